@@ -1,0 +1,42 @@
+# Every target sets up what it needs on a fresh machine: the venv, the package, Debian tools.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench soak clean setup
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/filekv serve
+
+# docker-compose (Debian's) checks compose.yaml; installed here so a fresh machine has it.
+test-tools:
+	@command -v docker-compose >/dev/null 2>&1 || { \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
+		|| echo "warning: could not install docker-compose; the compose test will say so"; }
+
+test: $(STAMP) test-tools
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/engine.py
+
+soak: $(STAMP)
+	FILEKV_SOAK=1 $(BIN)/python -m pytest -q tests/reliability tests/engine
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
