@@ -1,0 +1,48 @@
+"""filekv's storage engine: a crash-safe, log-structured key-value store in plain files.
+
+Import everything from here::
+
+    from filekv.engine import Store, StoreLocked, TransactionActive, VersionMismatch
+
+The engine imports no web framework; the HTTP service is built on top of it.
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    CorruptStore,
+    DiskFull,
+    InvalidKey,
+    StorageError,
+    StoreClosed,
+    StoreError,
+    StoreFailed,
+    StoreLocked,
+    TransactionActive,
+    TransactionClosed,
+    ValueTooLarge,
+    VersionMismatch,
+)
+from .fileio import FileIO
+from .store import Entry, FsyncMode, Store
+from .transaction import Transaction
+
+__all__ = [
+    "CorruptStore",
+    "DiskFull",
+    "Entry",
+    "FileIO",
+    "FsyncMode",
+    "InvalidKey",
+    "StorageError",
+    "Store",
+    "StoreClosed",
+    "StoreError",
+    "StoreFailed",
+    "StoreLocked",
+    "Transaction",
+    "TransactionActive",
+    "TransactionClosed",
+    "ValueTooLarge",
+    "VersionMismatch",
+]

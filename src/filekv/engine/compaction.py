@@ -1,0 +1,230 @@
+"""Compaction (Bitcask's merge): rewrite the live records of every sealed segment into one.
+
+Steps, each safe to interrupt by a crash:
+
+1. Under the lock, seal the active segment (fsync), reserve id M for the output and start a new
+   active segment M+1. Inputs are every segment below M; new writes go to M+1 and later.
+2. Without the lock, read the inputs oldest first; for each put still live (checked in short
+   batches under the lock) append a copy to ``M.seg.tmp``, keeping its revision.
+3. fsync the output, write ``M.hint.tmp`` (sorted keys and columns, own checksum), fsync, rename
+   both into place, fsync the directory. A crash before this leaves only ``.tmp`` files, which
+   the next open deletes.
+4. Under the lock in batches, repoint keys that still sit where they were copied from.
+5. Delete the inputs oldest first, then fsync the directory. A crash midway leaves a *suffix* of
+   inputs next to the output; replaying them in id order and then the output gives the same
+   state, because a key's newest input record is always in the suffix that survives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+from .errors import CorruptStore
+from .index import HASH_MASK, OFFSET_BITS, PLACE_SHIFT, pack
+from .record import (
+    FLAG_MERGED,
+    PUT,
+    PUT_VALUE_OFFSET,
+    SEGMENT_HEADER_SIZE,
+    HintColumns,
+    SegmentHeader,
+    encode_hint,
+    encode_put,
+    encode_segment_header,
+    iter_operations,
+    record_at,
+)
+from .segment import TEMP_SUFFIX, Segment, hint_name, segment_name
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+BATCH = 2048  # entries checked or moved per hold of the store lock: a pause well under 1 ms
+FLUSH_BYTES = 4 << 20
+
+
+def compact(store: Store) -> bool:
+    """Run one compaction of ``store``; False if there was nothing to merge."""
+    with store._compact_lock:
+        started = time.monotonic()
+        plan = _seal(store)
+        if plan is None:
+            return False
+        inputs, output_id = plan
+        copied = _write_output(store, inputs, output_id)
+        _switch(store, inputs, output_id, copied)
+        log.info(
+            "compacted %d segments into %s in %.3f s (%d live entries)",
+            len(inputs),
+            segment_name(output_id),
+            time.monotonic() - started,
+            len(copied[0]),
+        )
+        return True
+
+
+def _seal(store: Store) -> tuple[list[Segment], int] | None:
+    with store._lock:
+        if store._closed:
+            from .errors import StoreClosed
+
+            raise StoreClosed("the store is closed")
+        active = store._active
+        assert active is not None
+        sealed = [s for s in store._segments.values() if s is not active]
+        if active.size == SEGMENT_HEADER_SIZE and (
+            not sealed or (len(sealed) == 1 and sealed[0].merged)
+        ):
+            return None  # already compact: one merged segment and an empty active one
+        output_id = store._next_id
+        store._next_id += 1
+        store._start_new_segment()
+        inputs = sorted(
+            (s for s in store._segments.values() if s.segment_id < output_id),
+            key=lambda s: s.segment_id,
+        )
+    return inputs, output_id
+
+
+Copied = tuple[list[str], list[int], list[int], list[int], list[int], list[int]]
+
+
+def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied:
+    """Copy live entries into the output segment and its hint; return what was copied."""
+    io = store._io
+    directory = store._path
+    output_path = directory / (segment_name(output_id) + TEMP_SUFFIX)
+    keys: list[str] = []
+    old_locations: list[int] = []
+    offsets: list[int] = []
+    lengths: list[int] = []
+    revisions: list[int] = []
+    hashes: list[int] = []
+    fd = io.open(str(output_path), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    try:
+        header = SegmentHeader(output_id, store._revision, FLAG_MERGED)
+        buffer = bytearray(encode_segment_header(header))
+        position = SEGMENT_HEADER_SIZE
+        for segment in inputs:
+            data = io.read_file(str(segment.path))[: segment.size]
+            for batch in _live_batches(store, segment, data):
+                for key, encoded, start, length, revision, old in batch:
+                    value = data[start : start + length]
+                    record = encode_put(revision, encoded, value)
+                    keys.append(key)
+                    old_locations.append(old)
+                    offsets.append(position + PUT_VALUE_OFFSET + len(encoded))
+                    lengths.append(length)
+                    revisions.append(revision)
+                    hashes.append(old & HASH_MASK)
+                    buffer += record
+                    position += len(record)
+                if len(buffer) >= FLUSH_BYTES:
+                    io.write(fd, bytes(buffer))
+                    buffer.clear()
+        io.write(fd, bytes(buffer))
+        io.fsync(fd)
+    finally:
+        io.close(fd)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    hint = HintColumns(
+        segment_id=output_id,
+        max_revision=max(revisions, default=0),
+        created_ms=int(time.time() * 1000),
+        keys=[keys[i] for i in order],
+        value_offsets=[offsets[i] for i in order],
+        value_lengths=[lengths[i] for i in order],
+        revisions=[revisions[i] for i in order],
+        value_hashes=[hashes[i] for i in order],
+    )
+    hint_path = directory / (hint_name(output_id) + TEMP_SUFFIX)
+    hint_fd = io.open(str(hint_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        io.write(hint_fd, encode_hint(hint))
+        io.fsync(hint_fd)
+    finally:
+        io.close(hint_fd)
+    # The segment first: a segment without its hint is replayed; a hint without its segment is
+    # an orphan that open() deletes.
+    io.rename(str(output_path), str(directory / segment_name(output_id)))
+    io.rename(str(hint_path), str(directory / hint_name(output_id)))
+    io.fsync_dir(str(directory))
+    return keys, old_locations, offsets, lengths, revisions, hashes
+
+
+LiveEntry = tuple[str, bytes, int, int, int, int]  # key, encoded, value start, length, rev, old loc
+
+
+def _live_batches(store: Store, segment: Segment, data: bytes) -> list[list[LiveEntry]]:
+    """The puts of ``segment`` that the index still points at, in batches."""
+    candidates: list[tuple[str, bytes, int, int, int]] = []
+    offset = SEGMENT_HEADER_SIZE
+    while offset < len(data):
+        found = record_at(data, offset)
+        if found is None:
+            raise CorruptStore(str(segment.path), offset, "damaged record found by compaction")
+        revision, end = found
+        for op in iter_operations(data, offset):
+            if op.kind == PUT:
+                candidates.append(
+                    (op.key.decode("utf-8"), op.key, op.value_offset, op.value_length, revision)
+                )
+        offset = end
+    place_base = segment.segment_id << OFFSET_BITS
+    batches: list[list[LiveEntry]] = []
+    for first in range(0, len(candidates), BATCH):
+        live: list[LiveEntry] = []
+        with store._lock:
+            locations = store._index.locations
+            for key, encoded, start, length, revision in candidates[first : first + BATCH]:
+                location = locations.get(key)
+                if location is not None and location >> PLACE_SHIFT == place_base | start:
+                    live.append((key, encoded, start, length, revision, location))
+        batches.append(live)
+    return batches
+
+
+def _switch(store: Store, inputs: list[Segment], output_id: int, copied: Copied) -> None:
+    io = store._io
+    directory = store._path
+    keys, old_locations, offsets, lengths, revisions, hashes = copied
+    output_path = directory / segment_name(output_id)
+    fd = io.open(str(output_path), os.O_RDONLY)
+    size = os.path.getsize(output_path)
+    hint_size = os.path.getsize(directory / hint_name(output_id))
+    output = Segment(
+        output_id, output_path, fd, size, SegmentHeader(output_id, 0, FLAG_MERGED), True
+    )
+    with store._lock:
+        store._segments[output_id] = output
+        store._hint_bytes[output_id] = hint_size
+    for first in range(0, len(keys), BATCH):
+        with store._lock:
+            move = store._index.move
+            for i in range(first, min(first + BATCH, len(keys))):
+                move(
+                    keys[i],
+                    old_locations[i],
+                    pack(output_id, offsets[i], lengths[i], revisions[i], hashes[i]),
+                )
+    with store._lock:
+        for segment in inputs:
+            del store._segments[segment.segment_id]
+            store._hint_bytes.pop(segment.segment_id, None)
+            if store._pins.get(segment.segment_id):
+                store._retired[segment.segment_id] = segment.fd  # an fsync is running on it
+            else:
+                io.close(segment.fd)
+        store._last_compaction = time.time()
+        store._compactions += 1
+    for segment in inputs:  # oldest first: see the module docstring, step 5
+        io.unlink(str(segment.path))
+        hint = directory / hint_name(segment.segment_id)
+        if hint.exists():
+            io.unlink(str(hint))
+    io.fsync_dir(str(directory))

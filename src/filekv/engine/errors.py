@@ -1,0 +1,80 @@
+"""The engine's errors: one hierarchy, so callers can catch ``StoreError`` or any branch.
+
+::
+
+    StoreError
+    ├── StoreLocked            another process holds the data directory
+    ├── StoreClosed            the store was closed
+    ├── InvalidKey             empty, too long, or not encodable as UTF-8
+    ├── ValueTooLarge          value over the configured limit
+    ├── VersionMismatch        ``expect=`` did not match the key's revision
+    ├── TransactionActive      a write or a second transaction while one is open
+    ├── TransactionClosed      the transaction has already ended
+    ├── CorruptStore           damage that is not a torn tail: names the file and offset
+    └── StorageError           an operating-system I/O call failed
+        ├── DiskFull           ENOSPC: nothing was written; retry once space is freed
+        └── StoreFailed        an fsync failed: the store refuses writes until reopened
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class StoreLocked(StoreError):
+    """Another process (or another open Store) holds this data directory."""
+
+
+class StoreClosed(StoreError):
+    """The store was used after ``close()``."""
+
+
+class InvalidKey(StoreError):
+    """The key is empty, longer than the limit in UTF-8 bytes, or not valid text."""
+
+
+class ValueTooLarge(StoreError):
+    """The value is longer than the configured limit."""
+
+
+class VersionMismatch(StoreError):
+    """A compare-and-set (``expect=``) did not match the key's current revision."""
+
+    def __init__(self, key: str, expected: int, actual: int | None) -> None:
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+        current = "absent" if actual is None else str(actual)
+        super().__init__(f"revision mismatch: expected {expected}, current {current}")
+
+
+class TransactionActive(StoreError):
+    """A transaction is open: the store is read-only for every other writer."""
+
+
+class TransactionClosed(StoreError):
+    """The transaction has already been committed or rolled back."""
+
+
+class CorruptStore(StoreError):
+    """Damage inside a file that cannot be a torn tail; the store refuses to guess."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        super().__init__(f"{path}: corrupt at offset {offset}: {reason}")
+
+
+class StorageError(StoreError):
+    """An operating-system I/O call (write, fsync, rename, ...) failed."""
+
+
+class DiskFull(StorageError):
+    """The disk is full: the write was not done; it can be retried once space is freed."""
+
+
+class StoreFailed(StorageError):
+    """An fsync failed, so what is on disk is unknown: writes are refused until reopened."""

@@ -1,0 +1,265 @@
+"""The byte layout of segment files, records and hint files: encoding and decoding, no I/O.
+
+All integers are little-endian. docs/FORMAT.md describes the same layout in prose.
+
+Segment header (32 bytes, at offset 0 of every ``NNNNNNNNNN.seg``)::
+
+    0        6        8               16              24       28       32
+    +--------+--------+---------------+---------------+--------+--------+
+    | "FKVSEG"| version| segment id    | base revision | flags  | crc32  |
+    +--------+--------+---------------+---------------+--------+--------+
+
+Record (one put, one delete, or one whole transaction)::
+
+    0        4        8               16       20
+    +--------+--------+---------------+--------+---------------------------+
+    | crc32  | length | revision      | count  | count x operation         |
+    +--------+--------+---------------+--------+---------------------------+
+              \\______________ crc32 covers length and body ________________/
+
+    operation: | kind u8 | key length u16 | value length u32 | key | value |
+
+A record is the unit of atomicity: its checksum covers every operation in it, so a transaction
+written as one record is either whole on disk or detected as damaged and dropped.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+SEGMENT_MAGIC: Final = b"FKVSEG"
+HINT_MAGIC: Final = b"FKVHNT"
+FORMAT_VERSION: Final = 1
+
+SEGMENT_HEADER: Final = struct.Struct("<6sHQQI")  # magic, version, id, base revision, flags
+SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size + 4  # + crc32
+FLAG_MERGED: Final = 1  # written by compaction, not by clients
+
+RECORD_PREFIX: Final = struct.Struct("<II")  # crc32, body length
+RECORD_BODY_HEADER: Final = struct.Struct("<QI")  # revision, operation count
+OPERATION_HEADER: Final = struct.Struct("<BHI")  # kind, key length, value length
+RECORD_OVERHEAD: Final = RECORD_PREFIX.size + RECORD_BODY_HEADER.size  # 20 bytes
+MIN_BODY: Final = RECORD_BODY_HEADER.size
+MAX_BODY: Final = 1 << 31  # a larger length field is damage, not data
+
+PUT: Final = 1
+DELETE: Final = 2
+
+Operation = tuple[int, bytes, bytes]  # (kind, key, value); value is b"" for a delete
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    segment_id: int
+    base_revision: int
+    flags: int
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.flags & FLAG_MERGED)
+
+
+class FormatError(ValueError):
+    """Bytes that do not decode as the structure they should be."""
+
+
+def encode_segment_header(header: SegmentHeader) -> bytes:
+    head = SEGMENT_HEADER.pack(
+        SEGMENT_MAGIC, FORMAT_VERSION, header.segment_id, header.base_revision, header.flags
+    )
+    return head + zlib.crc32(head).to_bytes(4, "little")
+
+
+def decode_segment_header(data: bytes) -> SegmentHeader:
+    if len(data) < SEGMENT_HEADER_SIZE:
+        raise FormatError("segment header is incomplete")
+    head = data[: SEGMENT_HEADER.size]
+    magic, version, segment_id, base_revision, flags = SEGMENT_HEADER.unpack(head)
+    if magic != SEGMENT_MAGIC:
+        raise FormatError("not a filekv segment (bad magic)")
+    if int.from_bytes(data[SEGMENT_HEADER.size : SEGMENT_HEADER_SIZE], "little") != zlib.crc32(
+        head
+    ):
+        raise FormatError("segment header checksum mismatch")
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"segment format version {version}; this filekv reads version {FORMAT_VERSION}"
+        )
+    return SegmentHeader(segment_id, base_revision, flags)
+
+
+def encode_record(revision: int, operations: Sequence[Operation]) -> bytes:
+    parts = [RECORD_BODY_HEADER.pack(revision, len(operations))]
+    for kind, key, value in operations:
+        parts.append(OPERATION_HEADER.pack(kind, len(key), len(value)))
+        parts.append(key)
+        parts.append(value)
+    body = b"".join(parts)
+    length = len(body).to_bytes(4, "little")
+    return zlib.crc32(body, zlib.crc32(length)).to_bytes(4, "little") + length + body
+
+
+def encode_put(revision: int, key: bytes, value: bytes) -> bytes:
+    """The common single-put record, without the general path's list building (hot path)."""
+    body = RECORD_BODY_HEADER.pack(revision, 1) + OPERATION_HEADER.pack(PUT, len(key), len(value))
+    body = body + key + value
+    length = len(body).to_bytes(4, "little")
+    return zlib.crc32(body, zlib.crc32(length)).to_bytes(4, "little") + length + body
+
+
+# Where a single-put record's value starts, past prefix, body header and op header (add the key).
+PUT_VALUE_OFFSET: Final = RECORD_OVERHEAD + OPERATION_HEADER.size
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedOperation:
+    kind: int
+    key: bytes
+    value_offset: int  # absolute offset of the value in the file
+    value_length: int
+
+
+def record_at(data: bytes | memoryview, offset: int) -> tuple[int, int] | None:
+    """Check the record starting at ``offset``; return (revision, end offset), or None if damaged.
+
+    "Damaged" covers a record cut short, a length that runs past the data, a checksum mismatch,
+    and operations that do not add up to the length.
+    """
+    end_of_prefix = offset + RECORD_PREFIX.size
+    if end_of_prefix > len(data):
+        return None
+    crc, length = RECORD_PREFIX.unpack_from(data, offset)
+    end = end_of_prefix + length
+    if length < MIN_BODY or length > MAX_BODY or end > len(data):
+        return None
+    if zlib.crc32(data[offset + 4 : end]) != crc:
+        return None
+    revision, count = RECORD_BODY_HEADER.unpack_from(data, end_of_prefix)
+    position = end_of_prefix + RECORD_BODY_HEADER.size
+    for _ in range(count):
+        if position + OPERATION_HEADER.size > end:
+            return None
+        kind, key_length, value_length = OPERATION_HEADER.unpack_from(data, position)
+        if kind not in (PUT, DELETE):
+            return None
+        position += OPERATION_HEADER.size + key_length + value_length
+    if position != end:
+        return None
+    return revision, end
+
+
+def iter_operations(data: bytes | memoryview, offset: int) -> Iterator[DecodedOperation]:
+    """The operations of a record already checked by ``record_at``."""
+    position = offset + RECORD_OVERHEAD
+    (count,) = struct.unpack_from("<I", data, offset + RECORD_PREFIX.size + 8)
+    for _ in range(count):
+        kind, key_length, value_length = OPERATION_HEADER.unpack_from(data, position)
+        key_start = position + OPERATION_HEADER.size
+        value_start = key_start + key_length
+        yield DecodedOperation(kind, bytes(data[key_start:value_start]), value_start, value_length)
+        position = value_start + value_length
+
+
+# Hint file: a compact summary of one merged segment, so reopening does not replay its records.
+#
+#   header:  | "FKVHNT" | version u16 | segment id u64 | count u64 | max revision u64 |
+#            | created (unix ms) u64 | keys block length u64 |                     (54 bytes)
+#   keys:    UTF-8 keys sorted, joined by 0xFF (a byte that never occurs in UTF-8)
+#   columns: count x value offset u64 | count x value length u32 | count x revision u64
+#            | count x value hash u32
+#   trailer: crc32 of everything before it
+HINT_HEADER: Final = struct.Struct("<6sHQQQQQ")
+KEY_SEPARATOR: Final = b"\xff"
+
+
+@dataclass(frozen=True, slots=True)
+class HintColumns:
+    segment_id: int
+    max_revision: int
+    created_ms: int
+    keys: list[str]
+    value_offsets: Sequence[int]
+    value_lengths: Sequence[int]
+    revisions: Sequence[int]
+    value_hashes: Sequence[int]
+    key_bytes: int = 0  # total UTF-8 bytes of the keys (filled in by decode_hint)
+
+
+def encode_hint(columns: HintColumns) -> bytes:
+    from array import array
+
+    keys_block = KEY_SEPARATOR.join(key.encode("utf-8") for key in columns.keys)
+    parts = [
+        HINT_HEADER.pack(
+            HINT_MAGIC,
+            FORMAT_VERSION,
+            columns.segment_id,
+            len(columns.keys),
+            columns.max_revision,
+            columns.created_ms,
+            len(keys_block),
+        ),
+        keys_block,
+    ]
+    for code, values in (
+        ("Q", columns.value_offsets),
+        ("I", columns.value_lengths),
+        ("Q", columns.revisions),
+        ("I", columns.value_hashes),
+    ):
+        column = array(code, values)
+        if not _LITTLE_ENDIAN:
+            column.byteswap()
+        parts.append(column.tobytes())
+    data = b"".join(parts)
+    return data + zlib.crc32(data).to_bytes(4, "little")
+
+
+def decode_hint(data: bytes) -> HintColumns:
+    from array import array
+
+    if len(data) < HINT_HEADER.size + 4:
+        raise FormatError("hint file is incomplete")
+    if int.from_bytes(data[-4:], "little") != zlib.crc32(memoryview(data)[:-4]):
+        raise FormatError("hint file checksum mismatch")
+    magic, version, segment_id, count, max_revision, created_ms, keys_length = (
+        HINT_HEADER.unpack_from(data, 0)
+    )
+    if magic != HINT_MAGIC or version != FORMAT_VERSION:
+        raise FormatError("not a hint file of this format version")
+    position = HINT_HEADER.size
+    keys_block = data[position : position + keys_length]
+    position += keys_length
+    # Decoding with surrogateescape turns each 0xFF separator into "\udcff", which no valid key
+    # holds, so one C-level split yields every key without a Python loop.
+    keys = keys_block.decode("utf-8", "surrogateescape").split("\udcff") if count else []
+    if len(keys) != count:
+        raise FormatError("hint file key count mismatch")
+    columns: list[array[int]] = []
+    for code in ("Q", "I", "Q", "I"):
+        column = array(code)
+        size = column.itemsize * count
+        column.frombytes(data[position : position + size])
+        if not _LITTLE_ENDIAN:
+            column.byteswap()
+        position += size
+        columns.append(column)
+    if position != len(data) - 4:
+        raise FormatError("hint file length mismatch")
+    key_bytes = keys_length - max(count - 1, 0)
+    offsets, lengths, revisions, hashes = columns
+    return HintColumns(
+        segment_id, max_revision, created_ms, keys, offsets, lengths, revisions, hashes, key_bytes
+    )
+
+
+def value_hash(value: bytes) -> int:
+    """A stable 32-bit hash of a value for the value index; equal hashes are verified by reading."""
+    return zlib.crc32(value)
+
+
+_LITTLE_ENDIAN: Final = struct.pack("=I", 1) == struct.pack("<I", 1)

@@ -1,0 +1,152 @@
+"""Segment files: creating them, appending to them, and reading them back on open.
+
+A segment is ``NNNNNNNNNN.seg``: a 32-byte header, then records appended one after another.
+Only the newest segment is ever appended to, so only it can end in a torn record after a crash;
+damage anywhere else is corruption and is reported, never skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import CorruptStore
+from .fileio import FileIO
+from .record import (
+    SEGMENT_HEADER_SIZE,
+    FormatError,
+    SegmentHeader,
+    decode_segment_header,
+    encode_segment_header,
+    record_at,
+)
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SUFFIX = ".seg"
+HINT_SUFFIX = ".hint"
+BROKEN_SUFFIX = ".broken"
+TEMP_SUFFIX = ".tmp"
+
+
+def segment_name(segment_id: int) -> str:
+    return f"{segment_id:010d}{SEGMENT_SUFFIX}"
+
+
+def hint_name(segment_id: int) -> str:
+    return f"{segment_id:010d}{HINT_SUFFIX}"
+
+
+def list_segment_ids(directory: Path) -> list[int]:
+    ids = []
+    for name in os.listdir(directory):
+        stem, _dot, suffix = name.partition(".")
+        if "." + suffix == SEGMENT_SUFFIX and stem.isdigit():
+            ids.append(int(stem))
+    return sorted(ids)
+
+
+@dataclass(slots=True)
+class Segment:
+    """One open segment file. ``size`` is the write position (end of the last good record)."""
+
+    segment_id: int
+    path: Path
+    fd: int
+    size: int
+    header: SegmentHeader
+    merged: bool = field(default=False)
+
+
+def create_segment(
+    io: FileIO, directory: Path, segment_id: int, base_revision: int, *, flags: int = 0
+) -> Segment:
+    """Create a segment durably: header written and fsynced, directory entry fsynced."""
+    path = directory / segment_name(segment_id)
+    header = SegmentHeader(segment_id, base_revision, flags)
+    fd = io.open(str(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND)
+    try:
+        io.write(fd, encode_segment_header(header))
+        io.fsync(fd)
+        io.fsync_dir(str(directory))
+    except BaseException:
+        io.close(fd)
+        raise
+    return Segment(segment_id, path, fd, SEGMENT_HEADER_SIZE, header, header.merged)
+
+
+@dataclass(slots=True)
+class ScannedSegment:
+    """What reading a segment file found: its header, its bytes, and where good records end."""
+
+    header: SegmentHeader
+    data: bytes
+    good_end: int  # end of the last good record
+    records: list[tuple[int, int]]  # (record offset, revision) of each good record
+
+
+def scan_segment(io: FileIO, path: Path, *, may_have_torn_tail: bool) -> ScannedSegment:
+    """Read and check every record of a segment.
+
+    A damaged record followed by nothing that parses is a torn tail (allowed only in the newest
+    segment); a damaged record followed by a good one is corruption, whichever segment it is in.
+    """
+    data = io.read_file(str(path))
+    try:
+        header = decode_segment_header(data)
+    except FormatError as error:
+        raise CorruptStore(str(path), 0, str(error)) from error
+    records: list[tuple[int, int]] = []
+    offset = SEGMENT_HEADER_SIZE
+    size = len(data)
+    while offset < size:
+        found = record_at(data, offset)
+        if found is None:
+            break
+        records.append((offset, found[0]))
+        offset = found[1]
+    if offset < size:
+        resumes_at = _next_good_record(data, offset)
+        if resumes_at is not None:
+            raise CorruptStore(
+                str(path), offset, f"damaged record followed by a good one at offset {resumes_at}"
+            )
+        if not may_have_torn_tail:
+            raise CorruptStore(str(path), offset, "damaged record at the end of a sealed segment")
+    return ScannedSegment(header, data, offset, records)
+
+
+def _next_good_record(data: bytes, damaged_at: int) -> int | None:
+    """The offset of any good record after ``damaged_at``, or None if the rest is all damage."""
+    view = memoryview(data)
+    for offset in range(damaged_at + 1, len(data)):
+        if record_at(view, offset) is not None:
+            return offset
+    return None
+
+
+def cut_tail(io: FileIO, path: Path, fd: int, data: bytes, good_end: int) -> None:
+    """Keep the damaged tail's bytes in ``<segment>.broken`` and truncate the segment to its end."""
+    broken = path.with_name(path.name + BROKEN_SUFFIX)
+    number = 1
+    while broken.exists():
+        broken = path.with_name(f"{path.name}{BROKEN_SUFFIX}.{number}")
+        number += 1
+    broken_fd = io.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        io.write(broken_fd, data[good_end:])
+        io.fsync(broken_fd)
+    finally:
+        io.close(broken_fd)
+    io.truncate(fd, good_end)
+    io.fsync(fd)
+    io.fsync_dir(str(path.parent))
+    log.warning(
+        "%s: cut a damaged tail of %d bytes at offset %d (kept in %s)",
+        path,
+        len(data) - good_end,
+        good_end,
+        broken.name,
+    )

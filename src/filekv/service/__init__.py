@@ -1,0 +1,1 @@
+"""The HTTP service: a FastAPI app built by ``create_app(settings)``."""

@@ -1,0 +1,119 @@
+"""FastAPI dependencies: what a route may ask for, as ``Annotated`` aliases.
+
+Everything lives on ``request.app.state`` (set by the lifespan in ``app.py``), so nothing is opened
+at import time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+
+from filekv.service.auth import AuthService, Session
+from filekv.service.errors import NotAuthenticated
+from filekv.service.transactions import TransactionManager
+
+if TYPE_CHECKING:
+    from filekv.engine import Store
+
+__all__ = [
+    "AuthDep",
+    "BearerTokenDep",
+    "OptionalSessionDep",
+    "SessionDep",
+    "StoreDep",
+    "TransactionsDep",
+    "bearer_token",
+    "caller_session_id",
+    "current_session",
+    "get_auth",
+    "get_store",
+    "get_transactions",
+    "oauth2_scheme",
+    "optional_session",
+]
+
+# auto_error=False: a missing header is ours to answer (401 with our body, or anonymous access).
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/auth/token", auto_error=False)
+
+
+def get_store(request: Request) -> Store:
+    """The open engine store."""
+    store: Store = request.app.state.store
+    return store
+
+
+def get_auth(request: Request) -> AuthService:
+    """The user and token service."""
+    auth: AuthService = request.app.state.auth
+    return auth
+
+
+def get_transactions(request: Request) -> TransactionManager:
+    """The transaction lock holder and its lease."""
+    transactions: TransactionManager = request.app.state.transactions
+    return transactions
+
+
+if TYPE_CHECKING:
+    StoreDep = Annotated[Store, Depends(get_store)]
+else:  # FastAPI needs only the marker; this keeps deps importable without the engine loaded
+    StoreDep = Annotated[Any, Depends(get_store)]
+AuthDep = Annotated[AuthService, Depends(get_auth)]
+TransactionsDep = Annotated[TransactionManager, Depends(get_transactions)]
+
+
+def bearer_token(token: Annotated[str | None, Depends(oauth2_scheme)]) -> str:
+    """The raw bearer token; 401 when the request carries none."""
+    if not token:
+        raise NotAuthenticated("not authenticated: send Authorization: Bearer <token>")
+    return token
+
+
+BearerTokenDep = Annotated[str, Depends(bearer_token)]
+
+
+def current_session(token: BearerTokenDep, auth: AuthDep) -> Session:
+    """The caller's login session; 401 when the token is unknown, revoked or expired."""
+    session = auth.authenticate(token)
+    if session is None:
+        raise NotAuthenticated("invalid or expired token")
+    return session
+
+
+SessionDep = Annotated[Session, Depends(current_session)]
+
+
+def optional_session(
+    token: Annotated[str | None, Depends(oauth2_scheme)], auth: AuthDep
+) -> Session | None:
+    """The caller's session, or None when anonymous or the token is not (or no longer) valid."""
+    if not token:
+        return None
+    return auth.authenticate(token)
+
+
+OptionalSessionDep = Annotated[Session | None, Depends(optional_session)]
+
+
+def caller_session_id(request: Request, *, required: bool) -> str | None:
+    """The session id behind the request's bearer token, read straight from the header.
+
+    For hot-path routes, which call it only when the answer matters (auth mode, or a transaction
+    open), instead of resolving a dependency on every request. A token that is present but not
+    valid is 401, never silently anonymous; a missing one is 401 only when ``required``.
+    """
+    header = request.headers.get("authorization")
+    if not header:
+        if required:
+            raise NotAuthenticated("not authenticated: send Authorization: Bearer <token>")
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise NotAuthenticated("the Authorization header must be: Bearer <token>")
+    session = get_auth(request).authenticate(token.strip())
+    if session is None:
+        raise NotAuthenticated("invalid or expired token")
+    return session.session_id

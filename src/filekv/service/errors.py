@@ -1,0 +1,192 @@
+"""Errors to HTTP answers: ONE table, looked up by walking the exception's class hierarchy.
+
+Routes never catch domain errors. The engine raises ``StoreError`` subclasses, the auth service
+``AuthError`` subclasses, and this module's own ``ServiceError`` subclasses come from the
+transaction manager and the dependencies. ``install_error_handlers`` answers all of them with
+``{"detail": "<human string>"}`` and the status (and headers) of the nearest class in ``ERRORS``.
+
+The service's own errors::
+
+    ServiceError
+    ├── NotAuthenticated       no, unknown, revoked or expired bearer token       401
+    ├── KeyNotFound            no such key                                        404
+    ├── PreconditionFailed     If-Match / If-None-Match not met (staged or bad tag)   412
+    ├── NoTransaction          the caller holds no transaction                    409
+    │   └── TransactionExpired the caller's transaction was rolled back by its lease  409
+    ├── Locked                 another client holds the transaction lock          423 + Retry-After
+    ├── BodyTooLarge           request body over the limit, refused unread        413
+    └── StoreUnavailable       the store is not open                              503
+
+Choices worth knowing: ``StoreFailed`` (an fsync failed; the store refuses writes until it is
+reopened) is 503, because the server, not the request, is broken until an operator restarts it;
+``DiskFull`` is 507 and retryable. ``CorruptStore`` and bare ``StorageError`` are 500 with a fixed
+detail: their messages name files on the server, which are logged, not sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from orjson import dumps
+
+from filekv.engine.errors import (
+    CorruptStore,
+    DiskFull,
+    InvalidKey,
+    StorageError,
+    StoreClosed,
+    StoreError,
+    StoreFailed,
+    StoreLocked,
+    TransactionActive,
+    TransactionClosed,
+    ValueTooLarge,
+    VersionMismatch,
+)
+from filekv.service.auth import (
+    AuthError,
+    InvalidCredentials,
+    RegistrationClosed,
+    TooManyAttempts,
+    UsernameTaken,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base class of the errors the service itself raises."""
+
+
+class NotAuthenticated(ServiceError):
+    """The request needs a valid bearer token and has none."""
+
+
+class KeyNotFound(ServiceError):
+    """The key does not exist (in the caller's view)."""
+
+
+class PreconditionFailed(ServiceError):
+    """An ``If-Match`` or ``If-None-Match`` condition does not hold."""
+
+
+class NoTransaction(ServiceError):
+    """The caller holds no transaction."""
+
+
+class TransactionExpired(NoTransaction):
+    """The caller's transaction was idle past its lease and was rolled back whole."""
+
+
+class Locked(ServiceError):
+    """Another client holds the transaction lock; ``retry_after`` is whole seconds."""
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(
+            "locked: another client holds the transaction; "
+            f"retry after {self.retry_after} s or when it ends"
+        )
+
+
+class BodyTooLarge(ServiceError):
+    """The request body is larger than any acceptable request."""
+
+
+class StoreUnavailable(ServiceError):
+    """The store is not open (starting up, shutting down or failed)."""
+
+
+def _retry_after(exc: BaseException) -> dict[str, str]:
+    return {"Retry-After": str(getattr(exc, "retry_after", 1))}
+
+
+def _bearer(_: BaseException) -> dict[str, str]:
+    return {"WWW-Authenticate": "Bearer"}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorAnswer:
+    """How one exception class is answered: status, extra headers, and a fixed detail if any."""
+
+    status: int
+    headers: Callable[[BaseException], dict[str, str]] | None = None
+    # A fixed detail replaces str(exc) where the message could reveal something (paths, users).
+    detail: str | None = field(default=None)
+
+
+ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
+    # engine
+    StoreError: ErrorAnswer(500, detail="internal store error"),
+    StoreLocked: ErrorAnswer(503, detail="the data directory is in use by another process"),
+    StoreClosed: ErrorAnswer(503, detail="the store is closed"),
+    InvalidKey: ErrorAnswer(422),
+    ValueTooLarge: ErrorAnswer(413),
+    VersionMismatch: ErrorAnswer(412),
+    TransactionActive: ErrorAnswer(423, _retry_after),
+    TransactionClosed: ErrorAnswer(409, detail="the transaction has already ended"),
+    CorruptStore: ErrorAnswer(500, detail="the store found damaged data; see the server log"),
+    StorageError: ErrorAnswer(500, detail="an I/O error occurred; see the server log"),
+    DiskFull: ErrorAnswer(507, detail="the disk is full; the write was not done"),
+    StoreFailed: ErrorAnswer(
+        503, detail="the store failed to sync to disk and refuses writes until restarted"
+    ),
+    # auth
+    AuthError: ErrorAnswer(401, _bearer),
+    InvalidCredentials: ErrorAnswer(401, _bearer, detail="incorrect username or password"),
+    RegistrationClosed: ErrorAnswer(403, detail="registration is closed"),
+    UsernameTaken: ErrorAnswer(409, detail="that username is taken"),
+    TooManyAttempts: ErrorAnswer(429, _retry_after),
+    # service
+    ServiceError: ErrorAnswer(500),
+    NotAuthenticated: ErrorAnswer(401, _bearer),
+    KeyNotFound: ErrorAnswer(404),
+    PreconditionFailed: ErrorAnswer(412),
+    NoTransaction: ErrorAnswer(409),
+    TransactionExpired: ErrorAnswer(409),
+    Locked: ErrorAnswer(423, _retry_after),
+    BodyTooLarge: ErrorAnswer(413),
+    StoreUnavailable: ErrorAnswer(503, detail="the store is not open"),
+}
+
+ROOTS: Final = (StoreError, AuthError, ServiceError)
+
+
+def answer_for(exc: BaseException) -> ErrorAnswer | None:
+    """The answer of the nearest class in ``ERRORS`` along ``type(exc).__mro__``."""
+    for cls in type(exc).__mro__:
+        found = ERRORS.get(cls)
+        if found is not None:
+            return found
+    return None
+
+
+def error_response(exc: BaseException) -> Response:
+    """The JSON response for a mapped exception (500 with a fixed detail if unmapped)."""
+    answer = answer_for(exc) or ErrorAnswer(500, detail="internal error")
+    if answer.status >= 500:
+        logger.error("answering %d for %r", answer.status, exc, exc_info=exc)
+    detail = answer.detail or str(exc) or (type(exc).__doc__ or type(exc).__name__).strip()
+    headers = answer.headers(exc) if answer.headers else None
+    return Response(
+        dumps({"detail": detail}),
+        status_code=answer.status,
+        headers=headers,
+        media_type="application/json",
+    )
+
+
+async def _handle(_: Request, exc: Exception) -> Response:
+    return error_response(exc)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every exception under ``ROOTS`` through the table."""
+    for root in ROOTS:
+        app.add_exception_handler(root, _handle)

@@ -1,0 +1,48 @@
+"""``/healthz`` and ``/stats``: is the store open, and what it holds."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from filekv.service.errors import StoreUnavailable
+from filekv.service.schemas import Health, Stats, error
+
+if TYPE_CHECKING:
+    from filekv.engine import Store
+
+router = APIRouter(tags=["health"])
+
+
+def _open_store(request: Request) -> Store:
+    store: Store | None = getattr(request.app.state, "store", None)
+    if store is None or store.closed:
+        raise StoreUnavailable("the store is not open")
+    return store
+
+
+@router.get(
+    "/healthz",
+    summary="Liveness",
+    response_model=Health,
+    responses={503: error("The store is not open.")},
+)
+async def healthz(request: Request) -> Response:
+    """200 while the store is open and serving."""
+    _open_store(request)
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@router.get(
+    "/stats",
+    summary="Store statistics",
+    response_model=Stats,
+    responses={503: error("The store is not open.")},
+)
+def stats(request: Request) -> Response:
+    """Keys, bytes on disk, live bytes, segments, fsync mode, last compaction."""
+    found: dict[str, Any] = _open_store(request).stats()
+    return Response(orjson.dumps(found), media_type="application/json")

@@ -1,0 +1,248 @@
+"""``/keys``: read, write, delete and find keys.
+
+These are the hot path, so they stay lean: the request is read by hand (no body model, no
+dependency resolution), answers are ready ``orjson`` responses, and the bearer token is looked at
+only when the auth mode demands it or a transaction is open (then the holder must be told apart).
+The models in ``responses=`` document the wire format for ``/docs``; nothing validates answers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from filekv.engine.errors import VersionMismatch
+from filekv.service.deps import caller_session_id
+from filekv.service.errors import BodyTooLarge, KeyNotFound, PreconditionFailed
+from filekv.service.schemas import (
+    ETAG,
+    LOCKED,
+    UNAUTHORIZED,
+    KeyPage,
+    KeyValue,
+    PutResult,
+    ValueIn,
+    error,
+)
+
+if TYPE_CHECKING:
+    from filekv.engine import Entry, Store, Transaction
+    from filekv.service.transactions import TransactionManager
+
+router = APIRouter(tags=["keys"])
+
+DEFAULT_LIMIT: Final = 1000
+MAX_LIMIT: Final = 10_000
+# JSON may spell one UTF-8 byte as up to six characters (``\u0001``), so a legal body can be
+# several times the value limit; anything longer than this is refused before it is read.
+_JSON_EXPANSION: Final = 6
+_BODY_SLACK: Final = 4096
+
+
+def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
+
+
+def _session_id(request: Request, transactions: TransactionManager, *, write: bool) -> str | None:
+    mode = request.app.state.settings.auth_mode
+    required = mode == "all" or (write and mode == "writes")
+    if required or (transactions.wants_identity if write else transactions.is_open):
+        return caller_session_id(request, required=required)
+    return None
+
+
+def _decode(value: bytes) -> str:
+    # Values written through this API are UTF-8; anything else is shown, not refused.
+    return value.decode("utf-8", errors="replace")
+
+
+def _expect(request: Request) -> int | None:
+    """``If-Match: "<rev>"`` -> rev; ``If-None-Match: *`` -> 0 (must not exist); else None."""
+    if_match = request.headers.get("if-match")
+    if if_match is not None:
+        tag = if_match.strip().removeprefix("W/").strip('"')
+        if not tag.isdigit() or int(tag) < 1:
+            raise PreconditionFailed('If-Match must name one revision: "<rev>"')
+        return int(tag)
+    if request.headers.get("if-none-match", "").strip() == "*":
+        return 0
+    return None
+
+
+def _check_staged(key: str, expect: int | None, current: Entry | None) -> None:
+    """Apply ``expect`` to the holder's view, which the engine's ``tx.put`` does not check."""
+    if expect is None:
+        return
+    actual = current.revision if current is not None else None
+    if expect == 0 and current is not None:
+        raise PreconditionFailed("the key exists (If-None-Match: *)")
+    if expect > 0 and actual != expect:
+        raise VersionMismatch(key, expect, actual)
+
+
+async def _read_value(request: Request) -> str:
+    settings = request.app.state.settings
+    cap = _JSON_EXPANSION * settings.max_value_bytes + settings.max_key_bytes + _BODY_SLACK
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit():
+        if int(length) > cap:
+            raise BodyTooLarge(f"request body over {cap} bytes")
+        body = await request.body()
+    else:
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise BodyTooLarge(f"request body over {cap} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise RequestValidationError(
+            [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {exc}",
+              "input": None}]
+        ) from None
+    if not isinstance(parsed, dict) or set(parsed) != {"value"}:
+        raise RequestValidationError(
+            [{"type": "model_type", "loc": ("body",), "msg": 'body must be {"value": "<string>"}',
+              "input": None}]
+        )
+    value = parsed["value"]
+    if not isinstance(value, str):
+        raise RequestValidationError(
+            [{"type": "string_type", "loc": ("body", "value"), "msg": "value must be a string",
+              "input": None}]
+        )
+    return value
+
+
+_PUT_BODY: Final = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": ValueIn.model_json_schema()}},
+    }
+}
+
+
+@router.put(
+    "/keys/{key:path}",
+    summary="Write a key",
+    response_model=PutResult,
+    status_code=201,
+    responses={
+        200: {"model": PutResult, "description": "Replaced an existing key."},
+        201: {"description": "Created the key."},
+        401: UNAUTHORIZED,
+        412: error('If-Match: "<rev>" did not match, or If-None-Match: * and the key exists.'),
+        413: error("Value (or body) too large."),
+        423: LOCKED,
+    },
+    openapi_extra=_PUT_BODY,
+)
+async def put_key(key: str, request: Request) -> Response:
+    """Create or replace ``key``; inside the caller's transaction the write is staged."""
+    state = request.app.state
+    transactions: TransactionManager = state.transactions
+    session_id = _session_id(request, transactions, write=True)
+    transactions.writer(session_id)  # the lock before the request itself, even before the body
+    text = await _read_value(request)
+    value = text.encode("utf-8")
+    expect = _expect(request)
+    tx: Transaction | None = transactions.writer(session_id)  # the lease may have moved meanwhile
+    if tx is None:
+        store: Store = state.store
+        existed = key in store
+        revision: int | None = await store.aput(key, value, expect=expect)
+    else:
+        current = tx.entry(key)
+        _check_staged(key, expect, current)
+        tx.put(key, value)
+        existed, revision = current is not None, None
+    body = {"key": key, "value": text, "revision": revision, "staged": tx is not None}
+    return _json(body, 200 if existed else 201)
+
+
+@router.get(
+    "/keys/{key:path}",
+    summary="Read a key",
+    response_model=KeyValue,
+    responses={200: {"headers": ETAG}, 401: UNAUTHORIZED, 404: error("No such key.")},
+)
+async def get_key(key: str, request: Request) -> Response:
+    """The value of ``key``: committed data, or the holder's staged view of it."""
+    state = request.app.state
+    transactions: TransactionManager = state.transactions
+    session_id = _session_id(request, transactions, write=False)
+    tx = transactions.reader(session_id) if session_id is not None else None
+    entry = (tx or state.store).entry(key)
+    if entry is None:
+        raise KeyNotFound("no such key")
+    headers = {"ETag": f'"{entry.revision}"'} if entry.revision is not None else None
+    return _json({"key": key, "value": _decode(entry.value), "revision": entry.revision},
+                 headers=headers)
+
+
+@router.delete(
+    "/keys/{key:path}",
+    summary="Delete a key",
+    status_code=204,
+    response_class=Response,
+    responses={
+        401: UNAUTHORIZED,
+        404: error("No such key."),
+        412: error('If-Match: "<rev>" did not match.'),
+        423: LOCKED,
+    },
+)
+async def delete_key(key: str, request: Request) -> Response:
+    """Delete ``key``; inside the caller's transaction the delete is staged."""
+    state = request.app.state
+    transactions: TransactionManager = state.transactions
+    session_id = _session_id(request, transactions, write=True)
+    tx = transactions.writer(session_id)
+    expect = _expect(request)
+    if tx is None:
+        store: Store = state.store
+        existed = await store.adelete(key, expect=expect)
+    else:
+        current = tx.entry(key)
+        _check_staged(key, expect, current)
+        existed = tx.delete(key)
+    if not existed:
+        raise KeyNotFound("no such key")
+    return Response(status_code=204)
+
+
+@router.get(
+    "/keys",
+    summary="Find keys",
+    response_model=KeyPage,
+    responses={401: UNAUTHORIZED},
+)
+async def find_keys(
+    request: Request,
+    value: Annotated[str | None, Query(description="Only keys whose value equals this.")] = None,
+    prefix: Annotated[str, Query(description="Only keys starting with this.")] = "",
+    after: Annotated[str | None, Query(description="Exclusive cursor: the previous next.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = DEFAULT_LIMIT,
+) -> Response:
+    """Sorted keys matching ``value`` and ``prefix``, one page at a time."""
+    state = request.app.state
+    transactions: TransactionManager = state.transactions
+    session_id = _session_id(request, transactions, write=False)
+    tx = transactions.reader(session_id) if session_id is not None else None
+    source = tx or state.store
+    # One key more than the page tells whether another page exists, so a short page ends it.
+    if value is None:
+        keys = source.scan(prefix, after=after, limit=limit + 1)
+    else:
+        keys = source.find(value.encode("utf-8"), prefix=prefix, after=after, limit=limit + 1)
+    more = len(keys) > limit
+    page = keys[:limit]
+    return _json({"keys": page, "next": page[-1] if more else None})

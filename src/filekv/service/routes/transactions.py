@@ -1,0 +1,63 @@
+"""``/transactions``: open (or nest), inspect, commit and roll back the one transaction."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from filekv.service.deps import OptionalSessionDep, SessionDep, TransactionsDep
+from filekv.service.schemas import (
+    LOCKED,
+    UNAUTHORIZED,
+    CommitResult,
+    Depth,
+    TransactionState,
+    error,
+)
+
+router = APIRouter(prefix="/transactions", tags=["transactions"])
+
+NOT_HOLDER = error("You hold no transaction (or it expired: the detail says so).")
+
+
+@router.post(
+    "",
+    summary="Begin a transaction or a nested level",
+    status_code=201,
+    response_model=Depth,
+    responses={401: UNAUTHORIZED, 409: error("Your transaction expired."), 423: LOCKED},
+)
+def begin(session: SessionDep, transactions: TransactionsDep) -> Depth:
+    """Open the transaction, or one more level of it if you already hold it."""
+    return Depth(depth=transactions.begin(session.session_id))
+
+
+@router.get("", summary="The transaction lock", response_model=TransactionState)
+def status(session: OptionalSessionDep, transactions: TransactionsDep) -> TransactionState:
+    """Whether a transaction is open, whether it is yours, your depth and the lease left."""
+    found = transactions.status(session.session_id if session is not None else None)
+    return TransactionState(
+        active=found.active, mine=found.mine, depth=found.depth, expires_in=found.expires_in
+    )
+
+
+@router.post(
+    "/commit",
+    summary="Commit every level",
+    response_model=CommitResult,
+    responses={401: UNAUTHORIZED, 409: NOT_HOLDER},
+)
+async def commit(session: SessionDep, transactions: TransactionsDep) -> CommitResult:
+    """Apply every staged write atomically; durable on disk before this answers."""
+    applied = await transactions.commit(session.session_id)
+    return CommitResult(depth=0, applied=applied)
+
+
+@router.post(
+    "/rollback",
+    summary="Roll back the innermost level",
+    response_model=Depth,
+    responses={401: UNAUTHORIZED, 409: NOT_HOLDER},
+)
+def rollback(session: SessionDep, transactions: TransactionsDep) -> Depth:
+    """Undo the innermost level; at depth 0 the transaction has ended."""
+    return Depth(depth=transactions.rollback(session.session_id))

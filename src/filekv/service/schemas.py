@@ -1,0 +1,103 @@
+"""The JSON shapes of the HTTP API, as pydantic models for the OpenAPI document.
+
+Hot-path routes return ready ``orjson`` responses and name these models only in ``responses=``,
+so they document the wire format without validating every answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ValueIn(BaseModel):
+    """Body of ``PUT /keys/{key}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: str = Field(description="The value, any string (counted in UTF-8 bytes).")
+
+
+class KeyValue(BaseModel):
+    """One key and its value, as ``GET /keys/{key}`` returns it."""
+
+    key: str
+    value: str
+    revision: int | None = Field(description="Revision of the last write; null while staged.")
+
+
+class PutResult(KeyValue):
+    """Answer to ``PUT /keys/{key}``."""
+
+    staged: bool = Field(description="True when the write waits in the caller's transaction.")
+
+
+class KeyPage(BaseModel):
+    """One page of sorted keys; pass ``next`` as ``after`` for the following page."""
+
+    keys: list[str]
+    next: str | None = Field(description="Cursor for the next page; null on the last page.")
+
+
+class Depth(BaseModel):
+    """The caller's transaction depth after the call (0: no transaction)."""
+
+    depth: int
+
+
+class CommitResult(Depth):
+    """Answer to ``POST /transactions/commit``."""
+
+    applied: int = Field(description="Number of staged writes applied, atomically and durably.")
+
+
+class TransactionState(BaseModel):
+    """Answer to ``GET /transactions``."""
+
+    active: bool = Field(description="Whether anyone holds a transaction.")
+    mine: bool = Field(description="Whether the caller holds it.")
+    depth: int = Field(description="The caller's depth, 0 unless the caller is the holder.")
+    expires_in: float | None = Field(description="Seconds left on the lease; null if none open.")
+
+
+class Health(BaseModel):
+    """Answer to ``GET /healthz``."""
+
+    status: str
+
+
+class Stats(BaseModel):
+    """Answer to ``GET /stats`` (the engine may add more fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    keys: int
+    disk_bytes: int
+    live_bytes: int
+    segments: int
+    fsync: str
+    last_compaction: str | None = Field(description="ISO time of the last compaction, or null.")
+    recovered_truncations: int = Field(description="Torn tails cut at the last open.")
+
+
+class ErrorBody(BaseModel):
+    """Every error except request validation (422 keeps FastAPI's list form)."""
+
+    detail: str
+
+
+def error(description: str) -> dict[str, Any]:
+    """An entry of a route's ``responses=`` for an error status."""
+    return {"model": ErrorBody, "description": description}
+
+
+RETRY_AFTER: Final[dict[str, Any]] = {
+    "Retry-After": {"description": "Whole seconds to wait.", "schema": {"type": "integer"}}
+}
+ETAG: Final[dict[str, Any]] = {
+    "ETag": {"description": 'The revision, quoted: "<rev>".', "schema": {"type": "string"}}
+}
+UNAUTHORIZED: Final = error("Not authenticated: no, unknown, revoked or expired token.")
+LOCKED: Final[dict[str, Any]] = {**error("Another client holds the transaction."),
+                                 "headers": RETRY_AFTER}

@@ -1,0 +1,217 @@
+"""The transaction lock: who holds the store's one transaction, and the lease that frees it.
+
+The holder is a login session (``Session.session_id``, a hash of the token), not a user name: the
+same user logged in twice is two clients. While a transaction is open, the holder's writes are
+staged in the engine ``Transaction`` and everyone else's writes are refused with ``Locked``.
+
+The lease: every call by the holder renews it; a transaction idle for longer than ``timeout`` is
+aborted whole and the lock released. Expiry is checked lazily on every access *and* by a background
+task (``run_reaper``), so a holder that vanished does not keep the lock until someone else asks.
+A session whose transaction expired is remembered for a while, so its next transaction call (or
+write, which it believes staged) gets ``TransactionExpired`` rather than a silent fresh start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from filekv.service.errors import Locked, NoTransaction, TransactionExpired
+
+if TYPE_CHECKING:
+    from filekv.engine import Store, Transaction
+
+logger = logging.getLogger(__name__)
+
+# The reaper never sleeps longer than this, so a shortened lease is noticed soon enough.
+_REAPER_MAX_SLEEP = 1.0
+_REAPER_MIN_SLEEP = 0.005
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionStatus:
+    """What ``GET /transactions`` reports to one caller."""
+
+    active: bool
+    mine: bool
+    depth: int
+    expires_in: float | None
+
+
+class TransactionManager:
+    """Owns the one open engine transaction, its holder and its lease."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        timeout: float,
+        remember_expired: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._timeout = timeout
+        # Long enough that a client coming back after a pause still learns its work was dropped.
+        self._remember_expired = (
+            remember_expired if remember_expired is not None else max(3600.0, 10 * timeout)
+        )
+        self._clock = clock
+        self._tx: Transaction | None = None
+        self._holder: str | None = None
+        self._lease_expires_at = 0.0
+        self._committing = False
+        self._expired: dict[str, float] = {}  # session_id -> when to forget it
+
+    # -- what routes ask -------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """Whether anyone holds a transaction (after retiring an expired one)."""
+        self._expire_if_due()
+        return self._tx is not None
+
+    @property
+    def wants_identity(self) -> bool:
+        """Whether a write must be attributed to a session (a transaction is open, or expired)."""
+        self._expire_if_due()
+        return self._tx is not None or bool(self._expired)
+
+    def reader(self, session_id: str | None) -> Transaction | None:
+        """The holder's transaction for reading its staged view; None for everyone else."""
+        self._expire_if_due()
+        if self._tx is not None and session_id is not None and session_id == self._holder:
+            self._renew()
+            return self._tx
+        return None
+
+    def writer(self, session_id: str | None) -> Transaction | None:
+        """Where a write goes: the holder's transaction, or None for the store itself.
+
+        Raises ``Locked`` for anyone but the holder while a transaction is open, and
+        ``TransactionExpired`` (once) for a session whose transaction the lease rolled back.
+        """
+        self._expire_if_due()
+        if self._tx is None:
+            if session_id is not None:
+                self._raise_if_expired(session_id)
+            return None
+        if session_id is None or session_id != self._holder:
+            raise Locked(self._remaining())
+        self._renew()
+        return self._tx
+
+    def begin(self, session_id: str) -> int:
+        """Open the transaction, or a nested level of it for its holder; the new depth."""
+        self._expire_if_due()
+        self._raise_if_expired(session_id)
+        if self._tx is None:
+            self._tx = self._store.transaction()
+            self._holder = session_id
+            self._renew()
+            logger.info("transaction opened by session %s", session_id[:8])
+            return self._tx.depth
+        if session_id != self._holder:
+            raise Locked(self._remaining())
+        self._renew()
+        return self._tx.begin()
+
+    async def commit(self, session_id: str) -> int:
+        """Apply every level atomically and durably (the fsync off the loop); writes applied."""
+        tx = self._holders_transaction(session_id)
+        self._committing = True
+        try:
+            applied = await tx.acommit()
+        finally:
+            self._committing = False
+            if not tx.active:
+                self._release()
+        logger.info("transaction committed: %d writes", applied)
+        return applied
+
+    def rollback(self, session_id: str) -> int:
+        """Undo the innermost level; the new depth (0: the transaction ended)."""
+        tx = self._holders_transaction(session_id)
+        depth = tx.rollback()
+        if depth == 0:
+            self._release()
+        return depth
+
+    def status(self, session_id: str | None) -> TransactionStatus:
+        """The lock as seen by ``session_id``; renews the lease when it is the holder's."""
+        self._expire_if_due()
+        if self._tx is None:
+            return TransactionStatus(active=False, mine=False, depth=0, expires_in=None)
+        mine = session_id is not None and session_id == self._holder
+        if mine:
+            self._renew()
+        return TransactionStatus(
+            active=True,
+            mine=mine,
+            depth=self._tx.depth if mine else 0,
+            expires_in=round(self._remaining(), 3),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run_reaper(self) -> None:
+        """Forever: abort the transaction when its lease runs out, even if nobody asks."""
+        while True:
+            delay = _REAPER_MAX_SLEEP
+            if self._tx is not None:
+                delay = min(delay, self._remaining())
+            await asyncio.sleep(max(_REAPER_MIN_SLEEP, delay))
+            self._expire_if_due()
+
+    def close(self) -> None:
+        """Abort any open transaction: nothing staged outlives the server."""
+        if self._tx is not None:
+            logger.warning("shutting down with a transaction open: rolled back")
+            self._tx.abort()
+            self._release()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _holders_transaction(self, session_id: str) -> Transaction:
+        self._expire_if_due()
+        self._raise_if_expired(session_id)
+        if self._tx is None or session_id != self._holder:
+            raise NoTransaction("you hold no transaction")
+        self._renew()
+        return self._tx
+
+    def _raise_if_expired(self, session_id: str) -> None:
+        if self._expired.pop(session_id, None) is not None:
+            raise TransactionExpired(
+                "your transaction expired: it was idle longer than "
+                f"{self._timeout:g} s and was rolled back; nothing of it was applied"
+            )
+
+    def _remaining(self) -> float:
+        return max(0.0, self._lease_expires_at - self._clock())
+
+    def _renew(self) -> None:
+        self._lease_expires_at = self._clock() + self._timeout
+
+    def _expire_if_due(self) -> None:
+        now = self._clock()
+        if self._expired:
+            for session_id in [s for s, forget_at in self._expired.items() if forget_at <= now]:
+                del self._expired[session_id]
+        # A commit in flight is not idle: its fsync may outlast a short lease.
+        if self._tx is None or self._committing or now < self._lease_expires_at:
+            return
+        holder = self._holder
+        logger.warning("transaction of session %s expired; rolled back", (holder or "")[:8])
+        self._tx.abort()
+        self._release()
+        if holder is not None:
+            self._expired[holder] = now + self._remember_expired
+
+    def _release(self) -> None:
+        self._tx = None
+        self._holder = None
+        self._lease_expires_at = 0.0

@@ -1,0 +1,56 @@
+"""Settings: one class, read from ``FILEKV_*`` environment variables and CLI flags.
+
+There is deliberately no module-level instance: the CLI and tests build one with ``load_settings``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FsyncMode = Literal["always", "interval", "never"]
+AuthMode = Literal["transactions", "writes", "all"]
+Registration = Literal["open", "closed"]
+
+
+class Settings(BaseSettings):
+    """Everything a filekv server can be told; each field is also ``FILEKV_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="FILEKV_", extra="forbid", frozen=True)
+
+    data_dir: Path = Field(Path("data"), description="Folder holding the store's files.")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    fsync: FsyncMode = Field("always", description="When writes reach the disk.")
+    fsync_interval_ms: int = Field(
+        100, ge=1, le=60_000, description="With fsync=interval: the longest gap between fsyncs."
+    )
+    transaction_timeout: float = Field(
+        30.0, gt=0, description="Seconds a transaction may stay idle before it is rolled back."
+    )
+    token_ttl: float = Field(86_400.0, gt=0, description="Seconds a login token stays valid.")
+    auth_mode: AuthMode = Field(
+        "transactions", description="Which requests need a login: transactions, writes or all."
+    )
+    registration: Registration = Field("open", description="Whether POST /auth/register works.")
+    max_key_bytes: int = Field(1024, ge=1, le=65_535, description="Longest key, in UTF-8 bytes.")
+    max_value_bytes: int = Field(
+        1 << 20, ge=0, le=256 << 20, description="Largest value, in UTF-8 bytes."
+    )
+    compact_min_bytes: int = Field(
+        16 << 20, ge=0, description="No automatic compaction below this many bytes on disk."
+    )
+    compact_dead_ratio: float = Field(
+        0.5, gt=0, le=1, description="Compact when this share of the bytes on disk is dead."
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="Server log level."
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings from the environment, with explicit (non-None) overrides winning."""
+    return Settings(**{name: value for name, value in overrides.items() if value is not None})
