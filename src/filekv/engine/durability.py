@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import logging
 import threading
+from _thread import LockType
+from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 
 from .errors import StoreFailed
@@ -34,6 +36,7 @@ class GroupCommit:
         self._synced = 0
         self._syncing = False
         self._failure: BaseException | None = None
+        self._parked: list[LockType] = []
         self._async_waiters: list[tuple[int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
         self._wakeup = threading.Event()
         self._syncer: threading.Thread | None = None
@@ -58,16 +61,24 @@ class GroupCommit:
         """Return once everything up to ``seq`` is on disk; raise StoreFailed if fsync failed."""
         while True:
             with self._condition:
-                while True:
-                    if self._synced >= seq:
-                        return
-                    if self._failure is not None:
-                        raise StoreFailed(f"fsync failed earlier: {self._failure}")
-                    if not self._syncing:
-                        self._syncing = True
-                        break
-                    self._condition.wait()
-            self._lead()
+                if self._synced >= seq:
+                    return
+                if self._failure is not None:
+                    raise StoreFailed(f"fsync failed earlier: {self._failure}")
+                if self._syncing:
+                    # A bare lock per waiter, released by the leader: a woken writer does not
+                    # queue for a shared lock again (as Condition.wait would), which matters
+                    # when dozens of threads wake after every fsync.
+                    parked = _allocate_lock()
+                    parked.acquire()
+                    self._parked.append(parked)
+                else:
+                    self._syncing = True
+                    parked = None
+            if parked is None:
+                self._lead()
+            else:
+                parked.acquire()
 
     def _lead(self) -> None:
         try:
@@ -77,16 +88,23 @@ class GroupCommit:
             log.error("fsync failed; the store refuses writes until reopened: %s", error)
             with self._condition:
                 self._failure = error
-                self._syncing = False
-                self._condition.notify_all()
+                self._finish_round()
             self._resolve_async()
             raise StoreFailed(f"fsync failed: {error}") from error
         with self._condition:
             if target > self._synced:
                 self._synced = target
-            self._syncing = False
-            self._condition.notify_all()
+            self._finish_round()
         self._resolve_async()
+
+    def _finish_round(self) -> None:
+        # Called holding _condition: wake every parked writer; those not yet covered elect the
+        # next leader among themselves.
+        self._syncing = False
+        parked, self._parked = self._parked, []
+        for waiter in parked:
+            waiter.release()
+        self._condition.notify_all()
 
     def sync_now(self) -> None:
         """Make everything appended so far durable (interval flusher, close)."""
