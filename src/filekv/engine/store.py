@@ -732,6 +732,8 @@ class Store:
         hashed = value_hash(value)
         length = len(value)
         found: list[str] = []
+        if limit is not None and limit <= 0:
+            return found
         with self._lock:
             if self._closed:
                 raise StoreClosed("the store is closed")
