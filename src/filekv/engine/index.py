@@ -12,12 +12,13 @@ tuple of five::
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from itertools import islice, repeat
 from operator import lshift, or_
 
 from sortedcontainers import SortedList
+
+from .record import HintColumns
 
 HASH_BITS = 32
 REVISION_BITS = 48
@@ -134,39 +135,34 @@ class KeyIndex:
                 return
             yield key
 
-    def bulk_load(
-        self,
-        keys: list[str],
-        segment_id: int,
-        offsets: Iterable[int],
-        lengths: Iterable[int],
-        revisions: Iterable[int],
-        hashes: list[int],
-    ) -> None:
-        """Fill an empty index from sorted hint columns at C speed (no Python loop per key)."""
+    def bulk_load(self, hint: HintColumns) -> None:
+        """Fill an empty index from a hint file's columns at C speed (no Python loop per key)."""
         if self.locations:
             raise ValueError("bulk_load needs an empty index")
-        base = segment_id << SEGMENT_SHIFT
+        keys = hint.keys
+        hashes = hint.value_hashes
+        base = hint.segment_id << SEGMENT_SHIFT
         locations = map(
             or_,
-            map(or_, map(lshift, offsets, repeat(OFFSET_SHIFT)), repeat(base)),
+            map(or_, map(lshift, hint.value_offsets, repeat(OFFSET_SHIFT)), repeat(base)),
             map(
                 or_,
-                map(lshift, lengths, repeat(LENGTH_SHIFT)),
-                map(or_, map(lshift, revisions, repeat(REVISION_SHIFT)), hashes),
+                map(lshift, hint.value_lengths, repeat(LENGTH_SHIFT)),
+                map(or_, map(lshift, hint.revisions, repeat(REVISION_SHIFT)), hashes),
             ),
         )
         self.locations = dict(zip(keys, locations, strict=True))
         self.ordered = SortedList(keys)
-        by_value: dict[int, str | set[str]] = dict(zip(hashes, keys, strict=True))
-        if len(by_value) != len(keys):
-            # Some values (or hashes) repeat: only those groups need a set, built in one pass.
-            shared = {hashed for hashed, count in Counter(hashes).items() if count > 1}
-            groups: dict[int, set[str]] = {hashed: set() for hashed in shared}
-            for hashed, key in zip(hashes, keys, strict=True):
-                if hashed in shared:
-                    groups[hashed].add(key)
-            by_value.update(groups)
+        key_at = keys.__getitem__
+        hash_at = hashes.__getitem__
+        by_value: dict[int, str | set[str]] = dict(
+            zip(map(hash_at, hint.singles), map(key_at, hint.singles), strict=True)
+        )
+        grouped = hint.grouped
+        start = 0
+        for end in hint.group_ends:  # one step per shared value, not per key
+            by_value[hash_at(grouped[start])] = set(map(key_at, grouped[start:end]))
+            start = end
         self.by_value = by_value
 
     def _unlink_value(self, hashed: int, key: str) -> None:

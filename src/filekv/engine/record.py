@@ -167,12 +167,16 @@ def iter_operations(data: bytes | memoryview, offset: int) -> Iterator[DecodedOp
 # Hint file: a compact summary of one merged segment, so reopening does not replay its records.
 #
 #   header:  | "FKVHNT" | version u16 | segment id u64 | count u64 | max revision u64 |
-#            | created (unix ms) u64 | keys block length u64 |                     (54 bytes)
+#            | created (unix ms) u64 | keys block length u64 | singles u64 | groups u64 | (70 bytes)
 #   keys:    UTF-8 keys sorted, joined by 0xFF (a byte that never occurs in UTF-8)
 #   columns: count x value offset u64 | count x value length u32 | count x revision u64
 #            | count x value hash u32
+#   value groups, so the value index loads without a Python loop per key:
+#            singles x u32: entries whose value hash no other entry shares
+#            (count - singles) x u32: the other entries, ordered by value hash
+#            groups x u32: where each run of equal hashes ends in that list
 #   trailer: crc32 of everything before it
-HINT_HEADER: Final = struct.Struct("<6sHQQQQQ")
+HINT_HEADER: Final = struct.Struct("<6sHQQQQQQQ")
 KEY_SEPARATOR: Final = b"\xff"
 
 
@@ -187,11 +191,34 @@ class HintColumns:
     revisions: Sequence[int]
     value_hashes: Sequence[int]
     key_bytes: int = 0  # total UTF-8 bytes of the keys (filled in by decode_hint)
+    singles: Sequence[int] = ()  # filled in by decode_hint; encode_hint derives them
+    grouped: Sequence[int] = ()
+    group_ends: Sequence[int] = ()
+
+
+def value_groups(hashes: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+    """(entries with a unique hash, the others ordered by hash, end of each run of equal hashes)."""
+    order = sorted(range(len(hashes)), key=hashes.__getitem__)
+    singles: list[int] = []
+    grouped: list[int] = []
+    ends: list[int] = []
+    run_start = 0
+    for position in range(1, len(order) + 1):
+        if position < len(order) and hashes[order[position]] == hashes[order[run_start]]:
+            continue
+        if position - run_start == 1:
+            singles.append(order[run_start])
+        else:
+            grouped.extend(order[run_start:position])
+            ends.append(len(grouped))
+        run_start = position
+    return singles, grouped, ends
 
 
 def encode_hint(columns: HintColumns) -> bytes:
     from array import array
 
+    singles, grouped, ends = value_groups(columns.value_hashes)
     keys_block = KEY_SEPARATOR.join(key.encode("utf-8") for key in columns.keys)
     parts = [
         HINT_HEADER.pack(
@@ -202,6 +229,8 @@ def encode_hint(columns: HintColumns) -> bytes:
             columns.max_revision,
             columns.created_ms,
             len(keys_block),
+            len(singles),
+            len(ends),
         ),
         keys_block,
     ]
@@ -210,6 +239,9 @@ def encode_hint(columns: HintColumns) -> bytes:
         ("I", columns.value_lengths),
         ("Q", columns.revisions),
         ("I", columns.value_hashes),
+        ("I", singles),
+        ("I", grouped),
+        ("I", ends),
     ):
         column = array(code, values)
         if not _LITTLE_ENDIAN:
@@ -226,11 +258,13 @@ def decode_hint(data: bytes) -> HintColumns:
         raise FormatError("hint file is incomplete")
     if int.from_bytes(data[-4:], "little") != zlib.crc32(memoryview(data)[:-4]):
         raise FormatError("hint file checksum mismatch")
-    magic, version, segment_id, count, max_revision, created_ms, keys_length = (
+    magic, version, segment_id, count, max_revision, created_ms, keys_length, singles, groups = (
         HINT_HEADER.unpack_from(data, 0)
     )
     if magic != HINT_MAGIC or version != FORMAT_VERSION:
         raise FormatError("not a hint file of this format version")
+    if singles > count:
+        raise FormatError("hint file value groups do not add up")
     position = HINT_HEADER.size
     keys_block = data[position : position + keys_length]
     position += keys_length
@@ -240,9 +274,19 @@ def decode_hint(data: bytes) -> HintColumns:
     if len(keys) != count:
         raise FormatError("hint file key count mismatch")
     columns: list[array[int]] = []
-    for code in ("Q", "I", "Q", "I"):
+    for code, length in (
+        ("Q", count),
+        ("I", count),
+        ("Q", count),
+        ("I", count),
+        ("I", singles),
+        ("I", count - singles),
+        ("I", groups),
+    ):
         column = array(code)
-        size = column.itemsize * count
+        size = column.itemsize * length
+        if position + size > len(data) - 4:
+            raise FormatError("hint file is shorter than its header says")
         column.frombytes(data[position : position + size])
         if not _LITTLE_ENDIAN:
             column.byteswap()
@@ -250,10 +294,24 @@ def decode_hint(data: bytes) -> HintColumns:
         columns.append(column)
     if position != len(data) - 4:
         raise FormatError("hint file length mismatch")
-    key_bytes = keys_length - max(count - 1, 0)
-    offsets, lengths, revisions, hashes = columns
+    offsets, lengths, revisions, hashes, single_entries, grouped, ends = columns
+    if any(entry >= count for entry in (*single_entries[-1:], *grouped[-1:])) or (
+        ends and ends[-1] != count - singles
+    ):
+        raise FormatError("hint file value groups point outside the file")
     return HintColumns(
-        segment_id, max_revision, created_ms, keys, offsets, lengths, revisions, hashes, key_bytes
+        segment_id,
+        max_revision,
+        created_ms,
+        keys,
+        offsets,
+        lengths,
+        revisions,
+        hashes,
+        keys_length - max(count - 1, 0),
+        single_entries,
+        grouped,
+        ends,
     )
 
 
