@@ -197,14 +197,24 @@ class Store:
             compact_dead_ratio=compact_dead_ratio,
             auto_compact=auto_compact,
         )
-        store._path.mkdir(parents=True, exist_ok=True)
-        store._acquire_directory_lock()
+        try:
+            store._path.mkdir(parents=True, exist_ok=True)
+            store._acquire_directory_lock()
+        except OSError as error:
+            raise StorageError(
+                f"cannot open data directory {store._path}: {error.strerror or error}"
+            ) from error
         # Loading an index allocates millions of objects and no reference cycles; the cyclic
         # garbage collector would rescan them all again and again (measured: half the time).
         collecting = gc.isenabled()
         gc.disable()
         try:
             store._recover()
+        except OSError as error:
+            store._release_files()
+            raise StorageError(
+                f"cannot recover data directory {store._path}: {error.strerror or error}"
+            ) from error
         except BaseException:
             store._release_files()
             raise
