@@ -49,15 +49,35 @@ FLUSH_BYTES = 4 << 20
 
 
 def compact(store: Store) -> bool:
-    """Run one compaction of ``store``; False if there was nothing to merge."""
+    """Run one compaction of ``store``; False if there was nothing to merge.
+
+    An I/O error is raised as a StorageError (DiskFull for ENOSPC). Before the index moves to
+    the output, the output is removed and the store goes on as before; after it, a failure to
+    delete the inputs leaves files this process no longer tracks, so writes stop (StoreFailed)
+    until a reopen reads the directory afresh.
+    """
     with store._compact_lock:
         started = time.monotonic()
-        plan = _seal(store)
+        try:
+            plan = _seal(store)
+        except OSError as error:
+            raise store._storage_error(error, "starting a compaction") from error
         if plan is None:
             return False
         inputs, output_id = plan
-        copied = _write_output(store, inputs, output_id)
-        _switch(store, inputs, output_id, copied)
+        try:
+            copied = _write_output(store, inputs, output_id)
+            output = _open_output(store, output_id)
+        except OSError as error:
+            _discard_output(store, output_id)
+            raise store._storage_error(error, "compacting") from error
+        _install(store, output, copied)
+        try:
+            _retire(store, inputs)
+        except OSError as error:
+            store._failure = error
+            log.error("compaction could not delete its inputs; writes stop: %s", error)
+            raise store._storage_error(error, "deleting compacted segments") from error
         log.info(
             "compacted %d segments into %s in %.3f s (%d live entries)",
             len(inputs),
@@ -66,6 +86,21 @@ def compact(store: Store) -> bool:
             len(copied[0]),
         )
         return True
+
+
+def _discard_output(store: Store, output_id: int) -> None:
+    """Remove every file of a failed compaction; if that fails too, stop writes."""
+    directory = store._path
+    try:
+        for name in (segment_name(output_id), hint_name(output_id)):
+            for path in (directory / name, directory / (name + TEMP_SUFFIX)):
+                if path.exists():
+                    store._io.unlink(str(path))
+        store._io.fsync_dir(str(directory))
+    except OSError as error:
+        # A stale copy left on disk could bring deleted keys back at a later open.
+        store._failure = error
+        log.error("could not remove a failed compaction's output; writes stop: %s", error)
 
 
 def _seal(store: Store) -> tuple[list[Segment], int] | None:
@@ -189,20 +224,23 @@ def _live_batches(store: Store, segment: Segment, data: bytes) -> list[list[Live
     return batches
 
 
-def _switch(store: Store, inputs: list[Segment], output_id: int, copied: Copied) -> None:
-    io = store._io
+def _open_output(store: Store, output_id: int) -> Segment:
     directory = store._path
+    path = directory / segment_name(output_id)
+    fd = store._io.open(str(path), os.O_RDONLY)
+    header = SegmentHeader(output_id, 0, FLAG_MERGED)
+    segment = Segment(output_id, path, fd, os.path.getsize(path), header, True)
+    with store._lock:
+        store._hint_bytes[output_id] = os.path.getsize(directory / hint_name(output_id))
+    return segment
+
+
+def _install(store: Store, output: Segment, copied: Copied) -> None:
+    """Register the output and repoint, in short batches, keys still where they were copied from."""
     keys, old_locations, offsets, lengths, revisions, hashes = copied
-    output_path = directory / segment_name(output_id)
-    fd = io.open(str(output_path), os.O_RDONLY)
-    size = os.path.getsize(output_path)
-    hint_size = os.path.getsize(directory / hint_name(output_id))
-    output = Segment(
-        output_id, output_path, fd, size, SegmentHeader(output_id, 0, FLAG_MERGED), True
-    )
+    output_id = output.segment_id
     with store._lock:
         store._segments[output_id] = output
-        store._hint_bytes[output_id] = hint_size
     for first in range(0, len(keys), BATCH):
         with store._lock:
             move = store._index.move
@@ -212,6 +250,11 @@ def _switch(store: Store, inputs: list[Segment], output_id: int, copied: Copied)
                     old_locations[i],
                     pack(output_id, offsets[i], lengths[i], revisions[i], hashes[i]),
                 )
+
+
+def _retire(store: Store, inputs: list[Segment]) -> None:
+    io = store._io
+    directory = store._path
     with store._lock:
         for segment in inputs:
             del store._segments[segment.segment_id]

@@ -7,6 +7,7 @@ damage anywhere else is corruption and is reported, never skipped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -73,6 +74,9 @@ def create_segment(
         io.fsync_dir(str(directory))
     except BaseException:
         io.close(fd)
+        # A half-made file must not stay: it would become the newest segment at the next open.
+        with contextlib.suppress(OSError):
+            io.unlink(str(path))
         raise
     return Segment(segment_id, path, fd, SEGMENT_HEADER_SIZE, header, header.merged)
 

@@ -72,6 +72,7 @@ from .record import (
 )
 from .segment import (
     HINT_SUFFIX,
+    SEGMENT_SUFFIX,
     TEMP_SUFFIX,
     Segment,
     create_segment,
@@ -242,7 +243,13 @@ class Store:
     def _recover(self) -> None:
         directory = self._path
         for name in os.listdir(directory):
-            if name.endswith(TEMP_SUFFIX):  # an unfinished compaction output: never renamed in
+            stem, _, suffix = name.partition(".")
+            # Only our own unfinished compaction outputs (NNNNNNNNNN.seg.tmp, .hint.tmp): other
+            # programs' temporary files in the directory are theirs to clean up.
+            if stem.isdigit() and "." + suffix in (
+                SEGMENT_SUFFIX + TEMP_SUFFIX,
+                HINT_SUFFIX + TEMP_SUFFIX,
+            ):
                 self._io.unlink(str(directory / name))
         ids = list_segment_ids(directory)
         for name in os.listdir(directory):
@@ -358,7 +365,14 @@ class Store:
         if self._active is not None:
             self._io.fsync(self._active.fd)
             self._group.mark_synced(self._write_seq)
-        segment = create_segment(self._io, self._path, self._next_id, self._revision)
+        try:
+            segment = create_segment(self._io, self._path, self._next_id, self._revision)
+        except OSError as error:
+            if (self._path / segment_name(self._next_id)).exists():
+                # It could not even be removed: at the next open it would pass for the newest
+                # segment, so the one we keep appending to would no longer be. Stop writing.
+                self._failure = error
+            raise
         self._next_id += 1
         self._segments[segment.segment_id] = segment
         self._active = segment
@@ -485,7 +499,8 @@ class Store:
             raise StoreClosed("the store is closed")
         if self._failure is not None or self._group.failure is not None:
             raise StoreFailed(
-                "an earlier fsync failed: the store refuses writes until it is reopened"
+                "an earlier I/O failure left the files in an unknown state: "
+                "the store refuses writes until it is reopened"
             )
         if self._tx is not tx:
             if tx is None:

@@ -178,6 +178,12 @@ class Transaction:
         traceback: TracebackType | None,
     ) -> None:
         if exc_type is None and self._levels:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:
+                # A failed commit (e.g. DiskFull) keeps a bare transaction open for a retry;
+                # the with-block has no retry, so it must not leave the store locked.
+                self.abort()
+                raise
         else:
             self.abort()

@@ -6,17 +6,15 @@ at import time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 
+from filekv.engine import Store
 from filekv.service.auth import AuthService, Session
 from filekv.service.errors import NotAuthenticated
 from filekv.service.transactions import TransactionManager
-
-if TYPE_CHECKING:
-    from filekv.engine import Store
 
 __all__ = [
     "AuthDep",
@@ -57,10 +55,7 @@ def get_transactions(request: Request) -> TransactionManager:
     return transactions
 
 
-if TYPE_CHECKING:
-    StoreDep = Annotated[Store, Depends(get_store)]
-else:  # FastAPI needs only the marker; this keeps deps importable without the engine loaded
-    StoreDep = Annotated[Any, Depends(get_store)]
+StoreDep = Annotated[Store, Depends(get_store)]
 AuthDep = Annotated[AuthService, Depends(get_auth)]
 TransactionsDep = Annotated[TransactionManager, Depends(get_transactions)]
 

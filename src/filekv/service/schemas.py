@@ -99,5 +99,7 @@ ETAG: Final[dict[str, Any]] = {
     "ETag": {"description": 'The revision, quoted: "<rev>".', "schema": {"type": "string"}}
 }
 UNAUTHORIZED: Final = error("Not authenticated: no, unknown, revoked or expired token.")
-LOCKED: Final[dict[str, Any]] = {**error("Another client holds the transaction."),
-                                 "headers": RETRY_AFTER}
+LOCKED: Final[dict[str, Any]] = {
+    **error("Another client holds the transaction."),
+    "headers": RETRY_AFTER,
+}

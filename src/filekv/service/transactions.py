@@ -14,6 +14,7 @@ write, which it believes staged) gets ``TransactionExpired`` rather than a silen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -27,8 +28,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The reaper never sleeps longer than this, so a shortened lease is noticed soon enough.
-_REAPER_MAX_SLEEP = 1.0
 _REAPER_MIN_SLEEP = 0.005
 
 
@@ -43,7 +42,11 @@ class TransactionStatus:
 
 
 class TransactionManager:
-    """Owns the one open engine transaction, its holder and its lease."""
+    """Owns the one open engine transaction, its holder and its lease.
+
+    Used from the event loop only (the routes that call it are ``async``), so its state needs no
+    lock: nothing else runs between two of its statements but at an ``await``.
+    """
 
     def __init__(
         self,
@@ -65,8 +68,14 @@ class TransactionManager:
         self._lease_expires_at = 0.0
         self._committing = False
         self._expired: dict[str, float] = {}  # session_id -> when to forget it
+        self._wakeup: asyncio.Event | None = None  # set by begin() for the sleeping reaper
 
     # -- what routes ask -------------------------------------------------------------------
+
+    @property
+    def holder(self) -> str | None:
+        """The holder's session id as things stand, without first checking the lease."""
+        return self._holder
 
     @property
     def is_open(self) -> bool:
@@ -112,6 +121,8 @@ class TransactionManager:
             self._tx = self._store.transaction()
             self._holder = session_id
             self._renew()
+            if self._wakeup is not None:
+                self._wakeup.set()
             logger.info("transaction opened by session %s", session_id[:8])
             return self._tx.depth
         if session_id != self._holder:
@@ -159,11 +170,14 @@ class TransactionManager:
 
     async def run_reaper(self) -> None:
         """Forever: abort the transaction when its lease runs out, even if nobody asks."""
+        self._wakeup = wakeup = asyncio.Event()
         while True:
-            delay = _REAPER_MAX_SLEEP
-            if self._tx is not None:
-                delay = min(delay, self._remaining())
-            await asyncio.sleep(max(_REAPER_MIN_SLEEP, delay))
+            # Asleep until a transaction opens, then until its lease would run out (a renewal
+            # only means waking early and sleeping again).
+            delay = max(_REAPER_MIN_SLEEP, self._remaining()) if self._tx is not None else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), delay)
+            wakeup.clear()
             self._expire_if_due()
 
     def close(self) -> None:

@@ -38,7 +38,8 @@ MAX_PASSWORD_CHARS: Final = 1024
 
 _USERNAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _TEMP_PREFIX: Final = f".{USERS_FILE}."
-_TEMP_SUFFIX: Final = ".tmp"
+# Not ".tmp": the engine deletes every "*.tmp" in the data directory when it opens.
+_TEMP_SUFFIX: Final = ".new"
 
 
 class InvalidUser(ValueError):

@@ -105,19 +105,37 @@ async def _read_value(request: Request) -> str:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body",), "msg": f"invalid JSON: {exc}",
-              "input": None}]
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body",),
+                    "msg": f"invalid JSON: {exc}",
+                    "input": None,
+                }
+            ]
         ) from None
     if not isinstance(parsed, dict) or set(parsed) != {"value"}:
         raise RequestValidationError(
-            [{"type": "model_type", "loc": ("body",), "msg": 'body must be {"value": "<string>"}',
-              "input": None}]
+            [
+                {
+                    "type": "model_type",
+                    "loc": ("body",),
+                    "msg": 'body must be {"value": "<string>"}',
+                    "input": None,
+                }
+            ]
         )
     value = parsed["value"]
     if not isinstance(value, str):
         raise RequestValidationError(
-            [{"type": "string_type", "loc": ("body", "value"), "msg": "value must be a string",
-              "input": None}]
+            [
+                {
+                    "type": "string_type",
+                    "loc": ("body", "value"),
+                    "msg": "value must be a string",
+                    "input": None,
+                }
+            ]
         )
     return value
 
@@ -128,6 +146,28 @@ _PUT_BODY: Final = {
         "content": {"application/json": {"schema": ValueIn.model_json_schema()}},
     }
 }
+
+
+# GET first: routes are matched in order, and reads are the hottest path.
+@router.get(
+    "/keys/{key:path}",
+    summary="Read a key",
+    response_model=KeyValue,
+    responses={200: {"headers": ETAG}, 401: UNAUTHORIZED, 404: error("No such key.")},
+)
+async def get_key(key: str, request: Request) -> Response:
+    """The value of ``key``: committed data, or the holder's staged view of it."""
+    state = request.app.state
+    transactions: TransactionManager = state.transactions
+    session_id = _session_id(request, transactions, write=False)
+    tx = transactions.reader(session_id) if session_id is not None else None
+    entry = (tx or state.store).entry(key)
+    if entry is None:
+        raise KeyNotFound("no such key")
+    headers = {"ETag": f'"{entry.revision}"'} if entry.revision is not None else None
+    return _json(
+        {"key": key, "value": _decode(entry.value), "revision": entry.revision}, headers=headers
+    )
 
 
 @router.put(
@@ -166,26 +206,6 @@ async def put_key(key: str, request: Request) -> Response:
         existed, revision = current is not None, None
     body = {"key": key, "value": text, "revision": revision, "staged": tx is not None}
     return _json(body, 200 if existed else 201)
-
-
-@router.get(
-    "/keys/{key:path}",
-    summary="Read a key",
-    response_model=KeyValue,
-    responses={200: {"headers": ETAG}, 401: UNAUTHORIZED, 404: error("No such key.")},
-)
-async def get_key(key: str, request: Request) -> Response:
-    """The value of ``key``: committed data, or the holder's staged view of it."""
-    state = request.app.state
-    transactions: TransactionManager = state.transactions
-    session_id = _session_id(request, transactions, write=False)
-    tx = transactions.reader(session_id) if session_id is not None else None
-    entry = (tx or state.store).entry(key)
-    if entry is None:
-        raise KeyNotFound("no such key")
-    headers = {"ETag": f'"{entry.revision}"'} if entry.revision is not None else None
-    return _json({"key": key, "value": _decode(entry.value), "revision": entry.revision},
-                 headers=headers)
 
 
 @router.delete(

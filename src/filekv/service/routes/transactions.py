@@ -1,4 +1,8 @@
-"""``/transactions``: open (or nest), inspect, commit and roll back the one transaction."""
+"""``/transactions``: open (or nest), inspect, commit and roll back the one transaction.
+
+All ``async``: the transaction manager lives on the event loop (no thread may touch it), and
+none of these calls blocks (commit waits for its fsync off the loop).
+"""
 
 from __future__ import annotations
 
@@ -26,13 +30,13 @@ NOT_HOLDER = error("You hold no transaction (or it expired: the detail says so).
     response_model=Depth,
     responses={401: UNAUTHORIZED, 409: error("Your transaction expired."), 423: LOCKED},
 )
-def begin(session: SessionDep, transactions: TransactionsDep) -> Depth:
+async def begin(session: SessionDep, transactions: TransactionsDep) -> Depth:
     """Open the transaction, or one more level of it if you already hold it."""
     return Depth(depth=transactions.begin(session.session_id))
 
 
 @router.get("", summary="The transaction lock", response_model=TransactionState)
-def status(session: OptionalSessionDep, transactions: TransactionsDep) -> TransactionState:
+async def status(session: OptionalSessionDep, transactions: TransactionsDep) -> TransactionState:
     """Whether a transaction is open, whether it is yours, your depth and the lease left."""
     found = transactions.status(session.session_id if session is not None else None)
     return TransactionState(
@@ -58,6 +62,6 @@ async def commit(session: SessionDep, transactions: TransactionsDep) -> CommitRe
     response_model=Depth,
     responses={401: UNAUTHORIZED, 409: NOT_HOLDER},
 )
-def rollback(session: SessionDep, transactions: TransactionsDep) -> Depth:
+async def rollback(session: SessionDep, transactions: TransactionsDep) -> Depth:
     """Undo the innermost level; at depth 0 the transaction has ended."""
     return Depth(depth=transactions.rollback(session.session_id))

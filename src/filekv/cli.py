@@ -1,0 +1,316 @@
+"""The ``filekv`` command: ``serve``, ``user add``/``user list``, ``compact``.
+
+Every ``serve`` flag is a ``Settings`` field of the same name (``--token-ttl`` is ``token_ttl``);
+an unset flag falls back to ``FILEKV_<NAME>`` in the environment, then to the default.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+import filekv
+from filekv.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+app = typer.Typer(
+    name="filekv",
+    help="filekv: a crash-safe key-value store in its own files, served over HTTP.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+user_app = typer.Typer(
+    help="Manage users (kept in <data-dir>/users.json, passwords hashed with argon2id).",
+    no_args_is_help=True,
+)
+app.add_typer(user_app, name="user")
+
+_err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+def _help(field: str) -> str:
+    """The flag's help: the setting's description, its choices, and its env variable."""
+    info = Settings.model_fields[field]
+    choices = get_args(info.annotation)
+    text = info.description or ""
+    if choices and all(isinstance(c, str) for c in choices):
+        text += f" One of: {', '.join(choices)}."
+    return f"{text} (env FILEKV_{field.upper()}; default {info.default})"
+
+
+def _settings(**flags: Any) -> Settings:
+    """Settings from flags and environment, or a clear message and exit status 2."""
+    try:
+        return load_settings(**flags)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            _err.print(f"filekv: invalid setting {name}: {error['msg']}", markup=False)
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    _err.print(f"filekv: {message}", markup=False, highlight=False)
+    return typer.Exit(code)
+
+
+DataDirOption = Annotated[Path | None, typer.Option(help=_help("data_dir"))]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"filekv {filekv.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """filekv: a crash-safe key-value store in its own files, served over HTTP."""
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    data_dir: DataDirOption = None,
+    host: Annotated[str | None, typer.Option(help=_help("host"))] = None,
+    port: Annotated[int | None, typer.Option(help=_help("port"))] = None,
+    fsync: Annotated[str | None, typer.Option(help=_help("fsync"))] = None,
+    fsync_interval_ms: Annotated[int | None, typer.Option(help=_help("fsync_interval_ms"))] = None,
+    transaction_timeout: Annotated[
+        float | None, typer.Option(help=_help("transaction_timeout"))
+    ] = None,
+    token_ttl: Annotated[float | None, typer.Option(help=_help("token_ttl"))] = None,
+    auth_mode: Annotated[str | None, typer.Option(help=_help("auth_mode"))] = None,
+    registration: Annotated[str | None, typer.Option(help=_help("registration"))] = None,
+    max_key_bytes: Annotated[int | None, typer.Option(help=_help("max_key_bytes"))] = None,
+    max_value_bytes: Annotated[int | None, typer.Option(help=_help("max_value_bytes"))] = None,
+    compact_min_bytes: Annotated[int | None, typer.Option(help=_help("compact_min_bytes"))] = None,
+    compact_dead_ratio: Annotated[
+        float | None, typer.Option(help=_help("compact_dead_ratio"))
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
+) -> None:
+    """Serve the HTTP API (uvicorn with uvloop and httptools) until SIGINT or SIGTERM.
+
+    Only one process may serve a data directory: a second one exits at once with status 1.
+    """
+    settings = _settings(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        fsync=fsync,
+        fsync_interval_ms=fsync_interval_ms,
+        transaction_timeout=transaction_timeout,
+        token_ttl=token_ttl,
+        auth_mode=auth_mode,
+        registration=registration,
+        max_key_bytes=max_key_bytes,
+        max_value_bytes=max_value_bytes,
+        compact_min_bytes=compact_min_bytes,
+        compact_dead_ratio=compact_dead_ratio,
+        log_level=log_level,
+    )
+    raise typer.Exit(run_server(settings))
+
+
+def run_server(settings: Settings) -> int:
+    """Run uvicorn on ``create_app(settings)``; the exit status (0 after a clean shutdown)."""
+    import uvicorn
+
+    from filekv.engine import StoreLocked
+    from filekv.service.app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    startup_errors: list[BaseException] = []
+    app.router.lifespan_context = _remember_startup_error(
+        app.router.lifespan_context, startup_errors
+    )
+    # The lifespan's failure is reported below in one line; uvicorn's traceback would bury it.
+    uvicorn_error = logging.getLogger("uvicorn.error")
+    quiet = _DropStartupTraceback(startup_errors)
+    uvicorn_error.addFilter(quiet)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=settings.log_level,
+    )
+    server = uvicorn.Server(config)
+    code = 0
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits on a failed startup or an unusable port
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        uvicorn_error.removeFilter(quiet)
+    if startup_errors:
+        error = startup_errors[0]
+        where = settings.data_dir.resolve()
+        if isinstance(error, StoreLocked):
+            _err.print(
+                f"filekv: data directory {where} is in use by another process; not starting",
+                markup=False,
+                highlight=False,
+            )
+        else:
+            _err.print(
+                f"filekv: could not start on data directory {where}: {error}",
+                markup=False,
+                highlight=False,
+            )
+        return 1
+    if code == 0 and not server.started:
+        return 1
+    return code
+
+
+Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]
+
+
+def _remember_startup_error(lifespan: Lifespan, errors: list[BaseException]) -> Lifespan:
+    """Wrap a lifespan so that an exception raised before it is up lands in ``errors``."""
+
+    @asynccontextmanager
+    async def wrapped(app: Any) -> AsyncIterator[Any]:
+        started = False
+        try:
+            async with lifespan(app) as state:
+                started = True
+                yield state
+        except BaseException as exc:
+            if not started:
+                errors.append(exc)
+            raise
+
+    return wrapped
+
+
+class _DropStartupTraceback(logging.Filter):
+    """Hide the traceback of a failed lifespan startup (``run_server`` prints a one-line reason).
+
+    Starlette sends the traceback as the ``lifespan.startup.failed`` message and uvicorn logs it;
+    only that one is dropped, and only once the startup error has been recorded.
+    """
+
+    def __init__(self, startup_errors: list[BaseException]) -> None:
+        super().__init__()
+        self.startup_errors = startup_errors
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (self.startup_errors and record.getMessage().startswith("Traceback"))
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="User name: 1-64 of A-Z, a-z, 0-9, '_', '.', '-'.")],
+    data_dir: DataDirOption = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the password from the first line of stdin (scripts)."
+        ),
+    ] = False,
+) -> None:
+    """Add a user (works whether registration is open or closed, and while serving)."""
+    from filekv.service.auth import AuthService, UsernameTaken
+    from filekv.service.users import InvalidUser
+
+    settings = _settings(data_dir=data_dir)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    auth = AuthService(settings.data_dir, token_ttl=settings.token_ttl, registration="closed")
+    try:
+        auth.add_user(name, password)
+    except InvalidUser as exc:
+        raise _fail(str(exc), 2) from None
+    except UsernameTaken:
+        raise _fail(f"user {name!r} already exists") from None
+    typer.echo(f"added user {name}")
+
+
+@user_app.command("list")
+def user_list(data_dir: DataDirOption = None) -> None:
+    """List the user names, one per line."""
+    from filekv.service.users import UserFile
+
+    settings = _settings(data_dir=data_dir)
+    for username in UserFile(settings.data_dir).usernames():
+        typer.echo(username)
+
+
+# -- compact -------------------------------------------------------------------------------------
+
+
+@app.command()
+def compact(data_dir: DataDirOption = None) -> None:
+    """Compact the store now (rewrite live data, drop dead bytes) and print the figures.
+
+    The server must not be running on the directory: the store allows one process at a time.
+    """
+    from filekv.engine import Store, StoreError, StoreLocked
+
+    settings = _settings(data_dir=data_dir)
+    if not settings.data_dir.is_dir():
+        raise _fail(f"no data directory at {settings.data_dir.resolve()}")
+    try:
+        with Store.open(
+            settings.data_dir,
+            fsync=settings.fsync,
+            max_key_bytes=settings.max_key_bytes,
+            max_value_bytes=settings.max_value_bytes,
+            auto_compact=False,
+        ) as db:
+            before = db.stats()
+            db.compact()
+            after = db.stats()
+    except StoreLocked:
+        raise _fail(
+            f"data directory {settings.data_dir.resolve()} is in use (is a server running?)"
+        ) from None
+    except StoreError as exc:
+        raise _fail(f"compaction failed: {exc}") from None
+
+    table = Table(title=f"compacted {settings.data_dir}")
+    table.add_column("")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for field in ("keys", "disk_bytes", "live_bytes", "segments"):
+        table.add_row(field, f"{before[field]:,}", f"{after[field]:,}")
+    Console().print(table)
+
+
+def main() -> None:
+    """Console-script entry point (``filekv``)."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""A real ``filekv serve``: two clients and the lock, the lease, forged identities, restarts."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+MakeServer = Callable[..., Any]  # conftest's ``Server`` factory
+PASSWORD = "correct horse battery"
+
+
+@contextlib.contextmanager
+def session(server: Any, username: str) -> Iterator[httpx.Client]:
+    """A client logged in as ``username`` (a new session each call)."""
+    with server.client() as http:
+        yield log_in(http, username)
+
+
+def log_in(http: httpx.Client, username: str) -> httpx.Client:
+    http.post("/auth/register", json={"username": username, "password": PASSWORD})
+    token = http.post("/auth/token", data={"username": username, "password": PASSWORD})
+    assert token.status_code == 200, token.text
+    http.headers["Authorization"] = f"Bearer {token.json()['access_token']}"
+    return http
+
+
+def value_of(http: httpx.Client, key: str) -> str | None:
+    answer = http.get(f"/keys/{key}")
+    return answer.json()["value"] if answer.status_code == 200 else None
+
+
+def test_e2e_transactions_two_clients_and_the_lock(make_server: MakeServer) -> None:
+    server = make_server()
+    with session(server, "alice") as alice, session(server, "bob") as bob, server.client() as anon:
+        assert anon.put("/keys/shared", json={"value": "before"}).status_code == 201
+        assert alice.post("/transactions").json() == {"depth": 1}
+        assert alice.put("/keys/shared", json={"value": "alice-1"}).json()["staged"] is True
+        for other in (bob, anon):
+            refused = other.put("/keys/shared", json={"value": "other"})
+            assert refused.status_code == 423
+            assert int(refused.headers["retry-after"]) >= 1
+            assert other.delete("/keys/missing").status_code == 423
+            assert other.post("/transactions").status_code in {401, 423}
+            assert value_of(other, "shared") == "before"
+        assert value_of(alice, "shared") == "alice-1"
+
+        assert alice.post("/transactions").json() == {"depth": 2}
+        alice.put("/keys/shared", json={"value": "alice-2"})
+        alice.put("/keys/inner", json={"value": "x"})
+        assert alice.post("/transactions/rollback").json() == {"depth": 1}
+        assert value_of(alice, "shared") == "alice-1"
+        assert value_of(alice, "inner") is None
+        alice.put("/keys/outer", json={"value": "y"})
+        assert alice.post("/transactions/commit").json() == {"depth": 0, "applied": 2}
+
+        for reader in (alice, bob, anon):
+            assert value_of(reader, "shared") == "alice-1"
+            assert value_of(reader, "outer") == "y"
+            assert value_of(reader, "inner") is None
+        assert bob.put("/keys/shared", json={"value": "bob"}).status_code == 200
+
+
+def test_e2e_transactions_same_user_elsewhere_is_another_client(make_server: MakeServer) -> None:
+    server = make_server()
+    with session(server, "alice") as laptop, session(server, "alice") as phone:
+        laptop.post("/transactions")
+        assert phone.put("/keys/k", json={"value": "v"}).status_code == 423
+        assert phone.post("/transactions/commit").status_code == 409
+        assert phone.get("/transactions").json()["mine"] is False
+
+
+def test_e2e_transactions_lease_expiry_frees_the_lock(make_server: MakeServer) -> None:
+    server = make_server(transaction_timeout=0.5)
+    with session(server, "alice") as alice, session(server, "bob") as bob:
+        alice.post("/transactions")
+        alice.put("/keys/k", json={"value": "staged"})
+        assert bob.put("/keys/k", json={"value": "bob"}).status_code == 423
+        time.sleep(1.2)  # alice vanished: nobody calls the server meanwhile
+        assert bob.get("/transactions").json()["active"] is False
+        assert bob.put("/keys/k", json={"value": "bob"}).status_code == 201
+        expired = alice.post("/transactions/commit")
+        assert expired.status_code == 409
+        assert "expired" in expired.json()["detail"]
+        assert value_of(bob, "k") == "bob"
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        {"cookies": {"user": "alice"}},
+        {"headers": {"X-User": "alice"}},
+        {"headers": {"X-Username": "alice", "Cookie": "user=alice; session=alice"}},
+        {"headers": {"Authorization": "Bearer alice"}},
+    ],
+)
+def test_e2e_transactions_forged_identity_gets_nothing(
+    make_server: MakeServer, forgery: dict[str, dict[str, str]]
+) -> None:
+    server = make_server()
+    with session(server, "alice") as alice, server.client(**forgery) as forger:
+        alice.post("/transactions")
+        alice.put("/keys/secret", json={"value": "staged"})
+        assert forger.post("/transactions").status_code == 401
+        assert forger.post("/transactions/commit").status_code == 401
+        assert forger.post("/transactions/rollback").status_code == 401
+        assert forger.get("/auth/me").status_code == 401
+        assert forger.put("/keys/secret", json={"value": "x"}).status_code in {401, 423}
+        assert forger.get("/keys/secret").status_code in {401, 404}
+        assert forger.get("/transactions").json()["mine"] is False
+        assert alice.post("/transactions/commit").json()["applied"] == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_e2e_transactions_restart_with_one_open_shows_nothing(
+    make_server: MakeServer, sig: int
+) -> None:
+    server = make_server()
+    with session(server, "alice") as alice:
+        alice.put("/keys/kept", json={"value": "committed"})
+        alice.post("/transactions")
+        alice.put("/keys/kept", json={"value": "staged"})
+        alice.put("/keys/new", json={"value": "staged"})
+        alice.delete("/keys/kept")
+    server.restart(sig)
+    with server.client() as anon:
+        assert anon.get("/transactions").json()["active"] is False
+        assert value_of(anon, "kept") == "committed"
+        assert value_of(anon, "new") is None
+        assert anon.get("/keys").json() == {"keys": ["kept"], "next": None}
+        assert anon.put("/keys/new", json={"value": "v"}).status_code == 201

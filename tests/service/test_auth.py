@@ -1,0 +1,432 @@
+"""The /auth routes and the auth service behind them, through a TestClient.
+
+The app here is the auth router alone, wired like the real one (error table, ``app.state.auth``),
+so the clock can be injected; ``test_auth_app.py`` checks the same things through ``create_app``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from argon2 import PasswordHasher
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from filekv.service.auth import AuthService, InvalidCredentials, LoginThrottle
+from filekv.service.errors import install_error_handlers
+from filekv.service.routes import auth as auth_routes
+
+PASSWORD = "correct horse battery"
+
+
+@dataclass
+class FakeClock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class AuthApp:
+    client: TestClient
+    service: AuthService
+    clock: FakeClock
+    data_dir: Path
+    seen: list[str] = field(default_factory=list)  # every response body, for leak checks
+
+    def register(self, username: str = "alice", password: str = PASSWORD) -> int:
+        return self._record(
+            self.client.post("/auth/register", json={"username": username, "password": password})
+        ).status_code
+
+    def login(self, username: str = "alice", password: str = PASSWORD) -> tuple[int, Any]:
+        r = self._record(
+            self.client.post("/auth/token", data={"username": username, "password": password})
+        )
+        return r.status_code, r.json()
+
+    def token(self, username: str = "alice", password: str = PASSWORD) -> str:
+        status, body = self.login(username, password)
+        assert status == 200, body
+        return str(body["access_token"])
+
+    def me(self, token: str | None, **kwargs: object) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+        headers.update(kwargs.pop("headers", {}))
+        return self._record(self.client.get("/auth/me", headers=headers, **kwargs)).status_code
+
+    def _record(self, response):
+        self.seen.append(response.text + repr(dict(response.headers)))
+        return response
+
+
+def make_app(data_dir: Path, clock: FakeClock, **options: object) -> AuthApp:
+    service = AuthService(
+        data_dir,
+        token_ttl=float(options.pop("token_ttl", 3600.0)),
+        registration=str(options.pop("registration", "open")),
+        clock=clock,
+        throttle=options.pop("throttle", None),
+    )
+    app = FastAPI()
+    install_error_handlers(app)
+    app.include_router(auth_routes.router)
+    app.state.auth = service
+    return AuthApp(TestClient(app), service, clock, data_dir)
+
+
+@pytest.fixture
+def auth_app(tmp_path: Path) -> Iterator[AuthApp]:
+    a = make_app(tmp_path / "data", FakeClock())
+    with a.client:
+        yield a
+
+
+# -- register ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("registration", "existing", "body", "status"),
+    [
+        ("open", None, {"username": "alice", "password": PASSWORD}, 201),
+        ("open", None, {"username": "a" * 64, "password": "12345678"}, 201),
+        ("open", None, {"username": "A.b-c_9", "password": PASSWORD}, 201),
+        ("closed", None, {"username": "alice", "password": PASSWORD}, 403),
+        ("open", "alice", {"username": "alice", "password": "other password"}, 409),
+        ("open", None, {"username": "", "password": PASSWORD}, 422),
+        ("open", None, {"username": "a" * 65, "password": PASSWORD}, 422),
+        ("open", None, {"username": "al ice", "password": PASSWORD}, 422),
+        ("open", None, {"username": "al/ice", "password": PASSWORD}, 422),
+        ("open", None, {"username": "älice", "password": PASSWORD}, 422),
+        ("open", None, {"username": "alice\n", "password": PASSWORD}, 422),
+        ("open", None, {"username": "alice", "password": "1234567"}, 422),
+        ("open", None, {"username": "alice", "password": "x" * 1025}, 422),
+        ("open", None, {"username": "alice"}, 422),
+        ("open", None, {"password": PASSWORD}, 422),
+        ("open", None, {"username": "alice", "password": PASSWORD, "admin": True}, 422),
+        ("open", None, {"username": 7, "password": PASSWORD}, 422),
+    ],
+)
+def test_register_status(
+    tmp_path: Path, registration: str, existing: str | None, body: dict[str, Any], status: int
+) -> None:
+    a = make_app(tmp_path, FakeClock(), registration=registration)
+    if existing:
+        a.service.add_user(existing, PASSWORD)
+    r = a.client.post("/auth/register", json=body)
+    assert r.status_code == status, r.text
+    if status == 201:
+        assert r.json() == {"username": body["username"]}
+        assert a.service.usernames() == [body["username"]]
+    elif status != 422:
+        assert isinstance(r.json()["detail"], str)
+        assert a.service.usernames() == ([existing] if existing else [])
+    else:
+        assert a.service.usernames() == []
+
+
+def test_register_closed_still_allows_cli_add_user(tmp_path: Path) -> None:
+    a = make_app(tmp_path, FakeClock(), registration="closed")
+    a.service.add_user("root", PASSWORD)
+    assert a.login("root")[0] == 200
+
+
+# -- token -----------------------------------------------------------------------------------
+
+
+def test_token_ok_shape(auth_app: AuthApp) -> None:
+    assert auth_app.register() == 201
+    status, body = auth_app.login()
+    assert status == 200
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] == 3600
+    # token_urlsafe(32): 43 characters of base64url = 256 bits
+    assert len(body["access_token"]) >= 43
+
+
+def test_token_unknown_user_and_wrong_password_answer_alike(auth_app: AuthApp) -> None:
+    auth_app.register()
+    answers = []
+    for username, password in [("alice", "wrong password"), ("bob", PASSWORD), ("x" * 300, "p")]:
+        r = auth_app.client.post("/auth/token", data={"username": username, "password": password})
+        answers.append((r.status_code, r.json(), r.headers.get("www-authenticate")))
+    assert answers[0] == (401, {"detail": "incorrect username or password"}, "Bearer")
+    assert answers[1] == answers[0] == answers[2]
+
+
+@pytest.mark.parametrize(
+    "form",
+    [{}, {"username": "alice"}, {"password": PASSWORD}],
+)
+def test_token_missing_field_is_422(auth_app: AuthApp, form: dict[str, str]) -> None:
+    r = auth_app.client.post("/auth/token", data=form)
+    assert r.status_code == 422
+
+
+def test_token_json_body_is_not_a_login(auth_app: AuthApp) -> None:
+    auth_app.register()
+    r = auth_app.client.post("/auth/token", json={"username": "alice", "password": PASSWORD})
+    assert r.status_code == 422
+
+
+class CountingHasher(PasswordHasher):
+    """The real hasher, recording which hashes ``verify`` was asked to check."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=2, memory_cost=19_456, parallelism=1)
+        self.verified: list[str] = []
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        self.verified.append(str(hash))
+        return super().verify(hash, password)
+
+
+def test_token_unknown_user_is_verified_against_a_hash(tmp_path: Path) -> None:
+    """No timing oracle: an unknown name costs one argon2 verify, like a wrong password."""
+    hasher = CountingHasher()
+    service = AuthService(tmp_path, token_ttl=60, registration="open", hasher=hasher)
+    service.add_user("alice", PASSWORD)
+    for username in ["nobody", "alice"]:
+        with pytest.raises(InvalidCredentials):
+            service.login(username, "wrong password")
+    assert len(hasher.verified) == 2
+    assert all(h.startswith("$argon2id$") for h in hasher.verified)
+
+
+# -- throttling ------------------------------------------------------------------------------
+
+
+def test_token_throttled_after_repeated_failures_then_recovers(auth_app: AuthApp) -> None:
+    auth_app.register()
+    for _ in range(5):
+        assert auth_app.login("alice", "wrong password")[0] == 401
+    r = auth_app.client.post("/auth/token", data={"username": "alice", "password": PASSWORD})
+    assert r.status_code == 429  # even the right password waits
+    retry_after = int(r.headers["retry-after"])
+    assert retry_after == 30
+    assert "retry after 30" in r.json()["detail"]
+    # other names are not affected
+    auth_app.register("bob")
+    assert auth_app.login("bob")[0] == 200
+    auth_app.clock.advance(retry_after - 1)
+    assert auth_app.login()[0] == 429
+    auth_app.clock.advance(1)
+    assert auth_app.login()[0] == 200
+    # the success forgot the failures: four more failures do not lock
+    for _ in range(4):
+        assert auth_app.login("alice", "wrong password")[0] == 401
+    assert auth_app.login()[0] == 200
+
+
+def test_token_throttle_applies_to_unknown_names_too(auth_app: AuthApp) -> None:
+    """A lock-out must not reveal whether a name exists."""
+    for _ in range(5):
+        assert auth_app.login("ghost", "wrong password")[0] == 401
+    assert auth_app.login("ghost", "wrong password")[0] == 429
+
+
+def test_token_throttle_window_forgets_spread_out_failures(auth_app: AuthApp) -> None:
+    auth_app.register()
+    for _ in range(8):
+        assert auth_app.login("alice", "wrong password")[0] == 401
+        auth_app.clock.advance(16)  # at most 4 failures in any 60 s
+    assert auth_app.login()[0] == 200
+
+
+def test_throttle_backoff_doubles_up_to_the_cap_and_is_forgiven() -> None:
+    throttle = LoginThrottle(max_failures=2, window=60, base_delay=10, max_delay=40)
+    now = 0.0
+    delays = []
+    for _ in range(5):
+        throttle.failed("alice", now)
+        throttle.failed("alice", now)
+        delays.append(throttle.retry_after("alice", now))
+        now += delays[-1]
+        assert throttle.retry_after("alice", now) == 0
+    assert delays == [10, 20, 40, 40, 40]
+    # quiet for longer than the longest lock-out plus a window: back to the first delay
+    now += 40 + 60 + 1
+    throttle.failed("alice", now)
+    throttle.failed("alice", now)
+    assert throttle.retry_after("alice", now) == 10
+
+
+def test_throttle_table_is_bounded() -> None:
+    throttle = LoginThrottle(max_names=100)
+    for i in range(1000):
+        throttle.failed(f"user{i}", float(i))
+    assert len(throttle._names) == 100
+    assert "user999" in throttle._names
+
+
+# -- tokens: me, logout, expiry, forgeries ---------------------------------------------------
+
+
+def test_me_returns_the_username(auth_app: AuthApp) -> None:
+    auth_app.register()
+    token = auth_app.token()
+    r = auth_app.client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+    assert r.json() == {"username": "alice"}
+
+
+@pytest.mark.parametrize(
+    ("token", "extra"),
+    [
+        (None, {}),
+        ("garbage", {}),
+        ("", {}),
+        (None, {"headers": {"X-User": "alice"}}),
+        (None, {"cookies": {"user": "alice"}}),
+        ("garbage", {"headers": {"X-User": "alice"}, "cookies": {"user": "alice"}}),
+    ],
+    ids=["none", "garbage", "empty", "x-user-header", "user-cookie", "all-forged"],
+)
+def test_me_without_a_valid_token_is_401(
+    auth_app: AuthApp, token: str | None, extra: dict[str, Any]
+) -> None:
+    auth_app.register()
+    auth_app.token()  # alice is logged in elsewhere: that must not help
+    if "cookies" in extra:
+        auth_app.client.cookies.update(extra.pop("cookies"))
+    r = auth_app.client.get(
+        "/auth/me",
+        headers={
+            **({"Authorization": f"Bearer {token}"} if token is not None else {}),
+            **extra.get("headers", {}),
+        },
+    )
+    auth_app.client.cookies.clear()
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert isinstance(r.json()["detail"], str)
+
+
+def test_logout_kills_only_that_token(auth_app: AuthApp) -> None:
+    auth_app.register()
+    first, second = auth_app.token(), auth_app.token()
+    assert first != second
+    r = auth_app.client.post("/auth/logout", headers={"Authorization": f"Bearer {first}"})
+    assert r.status_code == 204
+    assert r.content == b""
+    assert auth_app.me(first) == 401
+    assert auth_app.me(second) == 200
+    r = auth_app.client.post("/auth/logout", headers={"Authorization": f"Bearer {first}"})
+    assert r.status_code == 401
+
+
+def test_logout_without_token_is_401(auth_app: AuthApp) -> None:
+    assert auth_app.client.post("/auth/logout").status_code == 401
+
+
+def test_token_expires_after_ttl(tmp_path: Path) -> None:
+    a = make_app(tmp_path, FakeClock(), token_ttl=60.0)
+    a.register()
+    token = a.token()
+    a.clock.advance(59.9)
+    assert a.me(token) == 200
+    a.clock.advance(0.1)
+    assert a.me(token) == 401
+
+
+def test_session_id_is_the_token_hash_not_the_token(auth_app: AuthApp) -> None:
+    auth_app.register()
+    token = auth_app.token()
+    session = auth_app.service.authenticate(token)
+    assert session is not None
+    assert session.username == "alice"
+    assert session.session_id == hashlib.sha256(token.encode()).hexdigest()
+    assert token not in repr(auth_app.service._tokens)
+
+
+def test_tokens_per_user_are_capped(auth_app: AuthApp, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("filekv.service.auth.MAX_TOKENS_PER_USER", 3)
+    auth_app.register()
+    tokens = [auth_app.token() for _ in range(5)]
+    assert [auth_app.me(t) for t in tokens] == [401, 401, 200, 200, 200]
+
+
+# -- persistence and secrecy -----------------------------------------------------------------
+
+
+def test_users_survive_a_restart(auth_app: AuthApp) -> None:
+    auth_app.register()
+    auth_app.register("bob", "bobs password")
+    again = AuthService(auth_app.data_dir, token_ttl=60, registration="open")
+    assert again.usernames() == ["alice", "bob"]
+    assert again.login("bob", "bobs password").access_token
+    # tokens do not survive a restart
+    old = auth_app.token()
+    assert again.authenticate(old) is None
+
+
+def test_users_file_is_private_and_written_atomically(auth_app: AuthApp) -> None:
+    auth_app.register()
+    auth_app.register("bob")
+    users_file = auth_app.data_dir / "users.json"
+    assert users_file.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in auth_app.data_dir.iterdir() if p.name.endswith((".tmp", ".new"))] == []
+    text = users_file.read_text()
+    assert PASSWORD not in text
+    assert text.count("$argon2id$") == 2
+
+
+def test_user_added_by_another_process_is_seen_without_restart(auth_app: AuthApp) -> None:
+    """``filekv user add`` writes the file while the server runs; the server reloads it."""
+    other = AuthService(auth_app.data_dir, token_ttl=60, registration="closed")
+    other.add_user("carol", PASSWORD)
+    assert auth_app.login("carol")[0] == 200
+    assert auth_app.register("carol") == 409
+
+
+def test_hashes_and_passwords_never_in_responses_or_logs(
+    auth_app: AuthApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    auth_app.register()
+    auth_app.register()  # 409
+    token = auth_app.token()
+    auth_app.me(token)
+    for _ in range(6):
+        auth_app.login("alice", "wrong password")
+    auth_app.login("nobody", "wrong password")
+    auth_app.client.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
+    stored = (auth_app.data_dir / "users.json").read_text()
+    the_hash = stored.split('"hash": "')[1].split('"')[0]
+    leaked = "\n".join(auth_app.seen) + "\n".join(r.getMessage() for r in caplog.records)
+    for secret in ["$argon2", the_hash, PASSWORD, "wrong password"]:
+        assert secret not in leaked
+    assert auth_app.seen  # the check looked at something
+
+
+def test_routes_do_not_hash_on_the_event_loop() -> None:
+    """argon2 is CPU-bound: the routes are plain functions, run in FastAPI's threadpool."""
+    for route in auth_routes.router.routes:
+        assert not inspect.iscoroutinefunction(route.endpoint), route.path
+
+
+def test_openapi_documents_every_status(auth_app: AuthApp) -> None:
+    paths = auth_app.client.get("/openapi.json").json()["paths"]
+    expected = {
+        ("/auth/register", "post"): {"201", "403", "409", "422"},
+        ("/auth/token", "post"): {"200", "401", "422", "429"},
+        ("/auth/logout", "post"): {"204", "401"},
+        ("/auth/me", "get"): {"200", "401"},
+    }
+    for (path, method), statuses in expected.items():
+        assert set(paths[path][method]["responses"]) == statuses, path
+    token_body = paths["/auth/token"]["post"]["requestBody"]["content"]
+    assert "application/x-www-form-urlencoded" in token_body
+    assert "Retry-After" in paths["/auth/token"]["post"]["responses"]["429"]["headers"]
