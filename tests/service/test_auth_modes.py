@@ -71,9 +71,15 @@ def test_auth_mode_writes_checks_login_before_lock(
     )
 
 
-def test_auth_mode_transactions_ignores_header_when_nothing_open(client: TestClient) -> None:
-    # Lean hot path: with no transaction open, the token is not even looked at.
-    assert client.put("/keys/k", json={"value": "v"}, headers=FORGED).status_code == 201
+def test_auth_mode_transactions_rejects_bad_token_even_when_nothing_open(
+    client: TestClient,
+) -> None:
+    # A token that is sent is checked, so an expired one is heard about (401) rather than the
+    # write going through as anonymous; without a header the write needs no login.
+    assert client.put("/keys/k", json={"value": "v"}, headers=FORGED).status_code == 401
+    assert client.get("/keys/k", headers=FORGED).status_code == 401
+    assert client.get("/keys/k").status_code == 404
+    assert client.put("/keys/k", json={"value": "v"}).status_code == 201
 
 
 def test_auth_mode_transactions_forged_token_while_locked_is_401(

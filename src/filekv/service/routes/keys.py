@@ -50,7 +50,13 @@ def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None =
 def _session_id(request: Request, transactions: TransactionManager, *, write: bool) -> str | None:
     mode = request.app.state.settings.auth_mode
     required = mode == "all" or (write and mode == "writes")
-    if required or (transactions.wants_identity if write else transactions.is_open):
+    # A token that is sent is always checked: a client whose token expired must hear so (401),
+    # not have its writes go through as anonymous. Without one, the header is not even parsed.
+    if (
+        required
+        or "authorization" in request.headers
+        or (transactions.wants_identity if write else transactions.is_open)
+    ):
         return caller_session_id(request, required=required)
     return None
 
