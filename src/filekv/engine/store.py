@@ -458,9 +458,13 @@ class Store:
         return self._tx is not None
 
     def __len__(self) -> int:
+        if self._closed:
+            raise StoreClosed("the store is closed")
         return len(self._index)
 
     def __contains__(self, key: object) -> bool:
+        if self._closed:
+            raise StoreClosed("the store is closed")
         return key in self._index.locations
 
     # ------------------------------------------------------------------ validation

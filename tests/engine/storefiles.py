@@ -1,0 +1,53 @@
+"""Helpers that look at a store's folder from the outside: segment files, hint files, copies."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from filekv.engine import Store
+
+SEGMENT_GLOB = "[0-9]" * 10 + ".seg"
+HINT_GLOB = "[0-9]" * 10 + ".hint"
+HEADER_BYTES = 32
+
+
+def segments(path: Path) -> list[Path]:
+    return sorted(path.glob(SEGMENT_GLOB))
+
+
+def hints(path: Path) -> list[Path]:
+    return sorted(path.glob(HINT_GLOB))
+
+
+def last_segment(path: Path) -> Path:
+    found = segments(path)
+    assert found, f"no segment files in {path}"
+    return found[-1]
+
+
+def copy_store(source: Path, target: Path) -> Path:
+    """Copy a closed store's folder (without its LOCK, which the next open recreates)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("LOCK"))
+    return target
+
+
+def contents(db: Store) -> dict[str, bytes]:
+    """Every key and value, read through the public API."""
+    result: dict[str, bytes] = {}
+    for key in db.scan():
+        value = db.get(key)
+        assert value is not None, f"scan lists {key!r} but get returns None"
+        result[key] = value
+    return result
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path, size: int) -> None:
+    with path.open("r+b") as handle:
+        handle.truncate(size)
