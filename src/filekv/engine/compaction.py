@@ -10,9 +10,9 @@ Steps, each safe to interrupt by a crash:
    both into place, fsync the directory. A crash before this leaves only ``.tmp`` files, which
    the next open deletes.
 4. Under the lock in batches, repoint keys that still sit where they were copied from.
-5. Delete the inputs oldest first, then fsync the directory. A crash midway leaves a *suffix* of
-   inputs next to the output; replaying them in id order and then the output gives the same
-   state, because a key's newest input record is always in the suffix that survives.
+5. Delete the inputs oldest first, fsyncing the directory after each. A crash midway leaves
+   a *suffix* of inputs next to the output; replaying them in id order and then the output gives
+   the same state, because a key's newest input record is always in the suffix that survives.
 """
 
 from __future__ import annotations
@@ -270,4 +270,7 @@ def _retire(store: Store, inputs: list[Segment]) -> None:
         hint = directory / hint_name(segment.segment_id)
         if hint.exists():
             io.unlink(str(hint))
-    io.fsync_dir(str(directory))
+        # One directory fsync per deletion: a file system may persist unlinks in any order, and
+        # only oldest-first keeps the survivors a suffix (else an old put could outlive the
+        # newer segment that deleted its key).
+        io.fsync_dir(str(directory))

@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from .errors import CorruptStore
 from .fileio import FileIO
@@ -95,7 +96,8 @@ def scan_segment(io: FileIO, path: Path, *, may_have_torn_tail: bool) -> Scanned
     """Read and check every record of a segment.
 
     A damaged record followed by nothing that parses is a torn tail (allowed only in the newest
-    segment); a damaged record followed by a good one is corruption, whichever segment it is in.
+    segment); a damaged record followed by a good one is corruption, whichever segment it is in,
+    unless the damage is a write-back hole at the end of the newest segment (see below).
     """
     data = io.read_file(str(path))
     try:
@@ -113,13 +115,35 @@ def scan_segment(io: FileIO, path: Path, *, may_have_torn_tail: bool) -> Scanned
         offset = found[1]
     if offset < size:
         resumes_at = _next_good_record(data, offset)
-        if resumes_at is not None:
+        if resumes_at is not None and not (
+            may_have_torn_tail and _is_write_back_hole(data, offset, resumes_at)
+        ):
             raise CorruptStore(
                 str(path), offset, f"damaged record followed by a good one at offset {resumes_at}"
             )
         if not may_have_torn_tail:
             raise CorruptStore(str(path), offset, "damaged record at the end of a sealed segment")
     return ScannedSegment(header, data, offset, records)
+
+
+PAGE: Final = 4096
+_ZERO_PAGE: Final = bytes(PAGE)
+
+
+def _is_write_back_hole(data: bytes, start: int, end: int) -> bool:
+    """Whether the damage in ``data[start:end]`` is a hole left by out-of-order write-back.
+
+    After a power cut, pages written later may have reached the disk while earlier ones did
+    not, which reads back as zeros. fsync makes the whole file durable, so nothing after such a
+    hole was ever acknowledged as durable: it is a torn tail, not corruption in the middle.
+    A hole is a stretch that is all zeros, or that holds a whole page-aligned page of zeros.
+    """
+    if not data[start:end].strip(b"\0"):
+        return True
+    first_page = -(-start // PAGE) * PAGE
+    return any(
+        data[page : page + PAGE] == _ZERO_PAGE for page in range(first_page, end - PAGE + 1, PAGE)
+    )
 
 
 def _next_good_record(data: bytes, damaged_at: int) -> int | None:

@@ -395,6 +395,11 @@ class Store:
         try:
             if self._failure is None and self._active is not None:
                 self._io.fsync(self._active.fd)
+        except OSError as error:
+            raise StoreFailed(
+                f"the final fsync of {self._active.path} failed: {error.strerror or error}; "
+                "writes since the last successful fsync may be lost"
+            ) from error
         finally:
             self._group.stop()
             self._release_files()

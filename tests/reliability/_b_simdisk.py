@@ -1,0 +1,297 @@
+"""A simulated disk behind the engine's ``FileIO``: what would survive a power cut, and faults.
+
+``SimDisk`` does every operation on real files (so the engine reads back what it wrote), but
+keeps its own account of what is *durable*:
+
+* per file (an inode, followed across renames): the bytes as of its last successful fsync, and
+  every write/truncate since (``pending``);
+* per directory: the names as of the last ``fsync_dir`` and every create/rename/unlink since.
+
+``image(dest, rng)`` writes the directory as a disk might hold it after a power cut: for each file,
+the unsynced writes are dropped, or torn at a random byte, or a random subset of them is kept
+(reordering; the gaps read back as zeros), or all kept; un-fsynced directory operations are undone
+from some point on (``ordered_metadata``, as a journaling file system commits them) or any subset
+of them is undone (``ordered_metadata=False``, what POSIX alone promises).
+
+Real fsyncs are skipped: durability is what this class says it is, and the tests stay fast.
+
+Faults: ``crash_at=K`` raises ``PowerLoss`` before the K-th mutating operation and from every
+later one (the machine is off); ``fail_at=N`` makes the N-th mutating operation of the kinds in
+``fail_kinds`` raise ``OSError(fail_errno)``. An fsync that fails loses its pending writes for
+good, as Linux does (the pages are marked clean): they stay readable but never become durable.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import shutil
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from filekv.engine.fileio import FileIO
+
+MUTATING = ("open", "write", "fsync", "truncate", "rename", "unlink", "fsync_dir")
+
+
+class PowerLoss(BaseException):
+    """Raised from the I/O layer at the crash point; BaseException so no handler swallows it."""
+
+
+@dataclass
+class Inode:
+    durable: bytes = b""
+    # ("write", offset, data) or ("truncate", size, b"") since the last good fsync
+    pending: list[tuple[str, int, bytes]] = field(default_factory=list)
+
+
+def _apply(content: bytes, op: tuple[str, int, bytes]) -> bytes:
+    kind, where, data = op
+    if kind == "truncate":
+        return content[:where] if where <= len(content) else content + bytes(where - len(content))
+    buf = bytearray(content)
+    if where > len(buf):
+        buf += bytes(where - len(buf))
+    buf[where : where + len(data)] = data
+    return bytes(buf)
+
+
+class SimDisk(FileIO):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        crash_at: int | None = None,
+        fail_at: int | None = None,
+        fail_kinds: tuple[str, ...] = ("write", "fsync", "truncate", "rename", "unlink"),
+        fail_errno: int = errno.EIO,
+        fail_persistent: bool = False,
+        partial_writes: bool = False,
+    ) -> None:
+        self.directory = str(directory)
+        self.names: dict[str, Inode] = {}  # the directory now
+        self.durable_names: dict[str, Inode] = {}  # the directory as of the last fsync_dir
+        self.dir_ops: list[tuple[str, str, str, Inode | None]] = []  # (kind, name, target, inode)
+        self.fds: dict[int, tuple[Inode, bool]] = {}  # fd -> (inode, append mode)
+        self.ops = 0  # mutating operations so far
+        self.counts: dict[str, int] = {}  # per kind, for fail_at
+        self.fault_ops = 0
+        self.crash_at = crash_at
+        self.crashed = False
+        self.fail_at = fail_at
+        self.fail_kinds = fail_kinds
+        self.fail_errno = fail_errno
+        self.fail_persistent = fail_persistent
+        self.partial_writes = partial_writes
+        self.failed: list[str] = []  # kinds of the operations made to fail
+        # Group commit fsyncs from one thread while another appends: the bookkeeping of one
+        # operation must not interleave with another's.
+        self.lock = threading.RLock()
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def adopt_existing(self) -> None:
+        """Count files already in the directory as durable (a store made by an earlier run)."""
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            if os.path.isfile(path) and name != "LOCK":
+                with open(path, "rb") as handle:
+                    inode = Inode(durable=handle.read())
+                self.names[name] = inode
+                self.durable_names[name] = inode
+
+    def _step(self, kind: str) -> None:
+        if self.crashed:
+            raise PowerLoss(kind)
+        self.ops += 1
+        if self.crash_at is not None and self.ops >= self.crash_at:
+            self.crashed = True
+            raise PowerLoss(kind)
+        if kind in self.fail_kinds and self.fail_at is not None:
+            self.fault_ops += 1
+            if self.fault_ops == self.fail_at or (
+                self.fail_persistent and self.fault_ops > self.fail_at
+            ):
+                self.failed.append(kind)
+                raise OSError(self.fail_errno, os.strerror(self.fail_errno))
+
+    def _name(self, path: str) -> str | None:
+        head, tail = os.path.split(path)
+        return tail if os.path.abspath(head) == os.path.abspath(self.directory) else None
+
+    # -- FileIO ----------------------------------------------------------------------------------
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        with self.lock:
+            name = self._name(path)
+            creating = bool(flags & os.O_CREAT) and not os.path.exists(path)
+            if creating or flags & os.O_TRUNC:
+                self._step("open")
+            fd = os.open(path, flags, mode)
+            if name is None:
+                return fd
+            inode = self.names.get(name)
+            if inode is None:
+                inode = Inode()
+                self.names[name] = inode
+                self.dir_ops.append(("create", name, "", inode))
+            if flags & os.O_TRUNC:
+                inode.pending.append(("truncate", 0, b""))
+            self.fds[fd] = (inode, bool(flags & os.O_APPEND))
+            return fd
+
+    def write(self, fd: int, data: bytes) -> None:
+        with self.lock:
+            tracked = self.fds.get(fd)
+            append = tracked is not None and tracked[1]
+            offset = os.fstat(fd).st_size if append else os.lseek(fd, 0, os.SEEK_CUR)
+            try:
+                self._step("write")
+            except OSError:
+                if self.partial_writes and len(data) > 1:  # a short write, then the error
+                    half = bytes(data[: len(data) // 2])
+                    os.write(fd, half)
+                    if tracked:
+                        tracked[0].pending.append(("write", offset, half))
+                raise
+            super().write(fd, data)
+            if tracked:
+                tracked[0].pending.append(("write", offset, bytes(data)))
+
+    def fsync(self, fd: int) -> None:
+        with self.lock:
+            tracked = self.fds.get(fd)
+            try:
+                self._step("fsync")
+            except OSError:
+                if tracked:  # Linux marks the pages clean: those writes never reach the disk
+                    tracked[0].pending.clear()
+                raise
+            if tracked:
+                inode = tracked[0]
+                for op in inode.pending:
+                    inode.durable = _apply(inode.durable, op)
+                inode.pending.clear()
+
+    def truncate(self, fd: int, size: int) -> None:
+        with self.lock:
+            self._step("truncate")
+            super().truncate(fd, size)
+            tracked = self.fds.get(fd)
+            if tracked:
+                tracked[0].pending.append(("truncate", size, b""))
+
+    def close(self, fd: int) -> None:  # not a disk operation: works after the power cut too
+        with self.lock:
+            self.fds.pop(fd, None)
+            os.close(fd)
+
+    def rename(self, source: str, target: str) -> None:
+        with self.lock:
+            self._step("rename")
+            super().rename(source, target)
+            src, dst = self._name(source), self._name(target)
+            if src is not None and dst is not None and src in self.names:
+                inode = self.names.pop(src)
+                self.names[dst] = inode
+                self.dir_ops.append(("rename", src, dst, inode))
+
+    def unlink(self, path: str) -> None:
+        with self.lock:
+            self._step("unlink")
+            super().unlink(path)
+            name = self._name(path)
+            if name is not None and name in self.names:
+                self.dir_ops.append(("unlink", name, "", self.names.pop(name)))
+
+    def fsync_dir(self, path: str) -> None:
+        with self.lock:
+            self._step("fsync_dir")
+            if os.path.abspath(path) == os.path.abspath(self.directory):
+                self.durable_names = dict(self.names)
+                self.dir_ops.clear()
+
+    # -- the disk after a power cut ----------------------------------------------------------------
+
+    def image(
+        self,
+        dest: Path,
+        rng: random.Random,
+        *,
+        ordered_metadata: bool = True,
+        only: str | None = None,
+        modes: tuple[str, ...] = ("drop", "all", "tear", "subset"),
+    ) -> str:
+        """Write one possible post-power-cut state of the directory into ``dest``; describe it.
+
+        ``only="drop"``: exactly what was made durable; ``only="all"``: the files as the
+        process sees them now (the page cache, including writes whose fsync failed).
+        """
+        if only == "all":
+            dest.mkdir(parents=True, exist_ok=True)
+            for name in sorted(self.names):
+                shutil.copyfile(os.path.join(self.directory, name), dest / name)
+            return "as written"
+        names = dict(self.durable_names)
+        ops = self.dir_ops
+        if only == "drop":
+            kept = []
+        elif only == "all":
+            kept = list(ops)
+        elif ordered_metadata:
+            kept = ops[: rng.randint(0, len(ops))]
+        else:
+            kept = [op for op in ops if rng.random() < 0.5]
+        for kind, name, target, inode in kept:
+            if kind == "create":
+                names[name] = inode  # type: ignore[assignment]
+            elif kind == "rename":
+                if names.get(name) is inode:
+                    del names[name]
+                names[target] = inode  # type: ignore[assignment]
+            elif kind == "unlink" and names.get(name) is inode:
+                del names[name]
+        contents: dict[int, tuple[bytes, str]] = {}
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, inode in sorted(names.items()):
+            if id(inode) not in contents:
+                contents[id(inode)] = self._content(inode, rng, only, modes)
+            data, _how = contents[id(inode)]
+            (dest / name).write_bytes(data)
+        described = ",".join(f"{n}:{contents[id(i)][1]}" for n, i in sorted(names.items()))
+        return f"dirops kept {len(kept)}/{len(ops)}; {described}"
+
+    @staticmethod
+    def _content(
+        inode: Inode, rng: random.Random, only: str | None, modes: tuple[str, ...]
+    ) -> tuple[bytes, str]:
+        pending = inode.pending
+        if not pending:
+            return inode.durable, "durable"
+        mode = only or rng.choice(modes)
+        content = inode.durable
+        if mode == "drop":
+            return content, mode
+        if mode == "all":
+            for op in pending:
+                content = _apply(content, op)
+            return content, mode
+        if mode == "tear":
+            full = content
+            for op in pending:
+                full = _apply(full, op)
+            # Torn: a prefix of the pending operations, the last write cut at a random byte.
+            cut = rng.randrange(len(pending))
+            for op in pending[:cut]:
+                content = _apply(content, op)
+            kind, where, data = pending[cut]
+            if kind == "write":
+                content = _apply(content, (kind, where, data[: rng.randint(0, len(data))]))
+            return content, f"tear@{cut}"
+        # subset: each pending write independently reached the disk or not (truncates keep order)
+        for op in pending:
+            if op[0] == "truncate" or rng.random() < 0.5:
+                content = _apply(content, op)
+        return content, mode

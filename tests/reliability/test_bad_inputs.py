@@ -1,0 +1,289 @@
+"""Bad inputs, one table (issue 4, item 5), against a real ``filekv serve``.
+
+Each row sends one hostile or broken request. Rows expected to fail must get that 4xx with a JSON
+``detail``, and leave the data directory byte for byte as it was (every file, users.json too)
+and every existing key readable as before. A few rows are *not* errors for a demanding user
+(the API takes any UTF-8 key, so ``..`` or ``/etc/passwd`` are just names): those must succeed,
+round-trip exactly, create nothing outside the data directory and leave other keys alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+from _b_server import Serve, snapshot
+
+PASSWORD = "bad inputs password"
+SEEDED = {"plain": "1", "dir/nested": "two", "ü-unicode": "drei", "x" * 1024: "max key"}
+
+
+@dataclass
+class Context:
+    server: Serve
+    client: httpx.Client
+    token: str
+
+
+def _login(client: httpx.Client, username: str = "mallory") -> str:
+    client.post("/auth/register", json={"username": username, "password": PASSWORD})
+    answer = client.post("/auth/token", data={"username": username, "password": PASSWORD})
+    assert answer.status_code == 200, answer.text
+    token: str = answer.json()["access_token"]
+    return token
+
+
+def _start(root: Path, **settings: object) -> Iterator[Context]:
+    server = Serve(root / "data", root / "server.log", **settings)
+    server.start()
+    try:
+        with server.client() as client:
+            for key, value in SEEDED.items():
+                assert client.put(f"/keys/{_quote(key)}", json={"value": value}).status_code == 201
+            yield Context(server, client, _login(client))
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
+    yield from _start(tmp_path_factory.mktemp("bad-inputs"))
+
+
+@pytest.fixture(scope="module")
+def short_ttl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
+    yield from _start(tmp_path_factory.mktemp("bad-inputs-ttl"), token_ttl=1)
+
+
+def _quote(key: str) -> str:
+    # Everything escaped, dots too: a client must not turn a '..' key into a dot segment.
+    return quote(key, safe="").replace(".", "%2E")
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _json_put(path: str, raw: bytes, content_type: str = "application/json") -> Request:
+    return lambda c: c.client.put(path, content=raw, headers={"Content-Type": content_type})
+
+
+def _after_logout(c: Context) -> httpx.Response:
+    token = _login(c.client)
+    assert c.client.post("/auth/logout", headers=_bearer(token)).status_code == 204
+    return c.client.post("/transactions", headers=_bearer(token))
+
+
+def _forged_token(c: Context) -> httpx.Response:
+    # A real token with its last character changed: well-formed, but not one the server issued.
+    forged = c.token[:-1] + ("A" if c.token[-1] != "A" else "B")
+    return c.client.post("/transactions", headers=_bearer(forged))
+
+
+Request = Callable[[Context], httpx.Response]
+BIG = b'{"value": "' + b"a" * ((1 << 20) + 1) + b'"}'
+TEN_MB = b'{"value": "' + b"a" * (10 << 20) + b'"}'
+
+# id, request, expected status. Statuses are what a careful API answers; see the comments.
+REJECTED: list[object] = [
+    pytest.param(lambda c: c.client.put("/keys/", json={"value": "x"}), 422, id="empty-key"),
+    pytest.param(_json_put("/keys/big", BIG), 413, id="value-1MiB+1"),
+    pytest.param(_json_put("/keys/huge", TEN_MB), 413, id="body-10MB"),
+    pytest.param(
+        lambda c: c.client.put("/keys/" + "k" * 1025, json={"value": "x"}), 422, id="key-1025-bytes"
+    ),
+    pytest.param(
+        lambda c: c.client.put("/keys/" + "é" * 513, json={"value": "x"}),  # 1026 UTF-8 bytes
+        422,
+        id="key-1026-utf8-bytes",
+    ),
+    pytest.param(
+        lambda c: c.client.put("/keys/bad%FFkey", json={"value": "x"}),
+        422,
+        id="percent-encoding-not-utf8",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG (service, keys route): '/keys/bad%FFkey' is stored as 'bad\\ufffdkey' "
+            "(201): bytes that are not UTF-8 become U+FFFD, so distinct keys collide",
+        ),
+    ),
+    pytest.param(
+        lambda c: c.client.put("/keys/cut%E0%A4", json={"value": "x"}),
+        422,
+        id="percent-encoding-truncated-utf8",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG (service, keys route): a truncated UTF-8 sequence '%E0%A4' in the key is "
+            "stored as U+FFFD (201) instead of being rejected",
+        ),
+    ),
+    pytest.param(
+        lambda c: c.client.put("/keys/bad%ZZ", json={"value": "x"}),
+        400,
+        id="percent-encoding-invalid-hex",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG (service): '%ZZ' is not percent-encoding (RFC 3986); it is stored "
+            "literally as the key 'bad%ZZ' (201), so a client bug goes unnoticed",
+        ),
+    ),
+    pytest.param(_json_put("/keys/m", b'{"value": '), 422, id="malformed-json"),
+    pytest.param(_json_put("/keys/m", b'{"value": "a\x00b"}'), 422, id="raw-NUL-in-json"),
+    pytest.param(_json_put("/keys/m", b'{"value": "\xff"}'), 422, id="body-not-utf8"),
+    pytest.param(_json_put("/keys/m", b'{"value": 5}'), 422, id="value-not-a-string"),
+    pytest.param(_json_put("/keys/m", b"[]"), 422, id="json-not-an-object"),
+    pytest.param(
+        _json_put("/keys/m", b'{"value": "x"}', "text/plain"),
+        415,
+        id="wrong-content-type",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG (service): a body sent as Content-Type: text/plain is parsed as JSON "
+            "and stored (201); expected 415 (or 422)",
+        ),
+    ),
+    pytest.param(lambda c: c.client.put("/keys/m", data={"value": "x"}), 422, id="form-body"),
+    pytest.param(lambda c: c.client.get("/keys", params={"limit": -1}), 422, id="limit=-1"),
+    pytest.param(lambda c: c.client.get("/keys", params={"limit": 10**9}), 422, id="limit=10^9"),
+    pytest.param(lambda c: c.client.get("/keys", params={"limit": "ten"}), 422, id="limit=ten"),
+    pytest.param(
+        lambda c: c.client.get("/keys/plain", headers={"X-Big": "a" * 100_000}),
+        431,
+        id="huge-header-100KB",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG (server config): a 100 KB request header is accepted (200); uvicorn with "
+            "httptools sets no header size limit, so headers are unbounded memory per request",
+        ),
+    ),
+    pytest.param(
+        lambda c: c.client.post("/transactions", headers=_bearer("garbage!!not-a-token")),
+        401,
+        id="garbage-token",
+    ),
+    pytest.param(_forged_token, 401, id="forged-token"),
+    pytest.param(_after_logout, 401, id="token-after-logout"),
+    pytest.param(
+        lambda c: c.client.post("/transactions", cookies={"user": "mallory"}),
+        401,
+        id="forged-user-cookie",
+    ),
+    pytest.param(
+        lambda c: c.client.post("/transactions", headers={"X-User": "mallory"}),
+        401,
+        id="x-user-header",
+    ),
+    pytest.param(
+        lambda c: c.client.get("/auth/me", headers={"X-User": "mallory", "Cookie": "user=mallory"}),
+        401,
+        id="me-with-forged-identity",
+    ),
+]
+
+
+def _state(c: Context) -> tuple[dict[str, bytes], dict[str, object]]:
+    files = snapshot(c.server.data_dir)
+    keys = {key: c.client.get(f"/keys/{_quote(key)}").json() for key in SEEDED}
+    return files, keys
+
+
+@pytest.mark.parametrize(("request_", "status"), REJECTED)
+def test_bad_inputs_rejected_with_detail_and_nothing_changes(
+    ctx: Context, request_: Request, status: int
+) -> None:
+    files, keys = _state(ctx)
+    answer = request_(ctx)
+    assert answer.status_code == status, answer.text[:300]
+    assert answer.headers["content-type"].startswith("application/json")
+    assert answer.json()["detail"]
+    if status == 401:
+        assert answer.headers.get("www-authenticate", "").lower().startswith("bearer")
+    assert _state(ctx) == (files, keys)
+
+
+def test_bad_inputs_expired_token_is_refused(short_ttl: Context) -> None:
+    files, keys = _state(short_ttl)
+    token = _login(short_ttl.client, "shortlived")
+    assert short_ttl.client.get("/auth/me", headers=_bearer(token)).status_code == 200
+    time.sleep(1.5)  # token_ttl=1: let it expire (this waits; it asserts nothing about time)
+    for answer in (
+        short_ttl.client.post("/transactions", headers=_bearer(token)),
+        short_ttl.client.get("/auth/me", headers=_bearer(token)),
+    ):
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["detail"]
+    # Logging in wrote the user file; the store's segments must not have changed.
+    after, keys_after = _state(short_ttl)
+    assert keys_after == keys
+    assert {n: b for n, b in after.items() if n != "users.json"} == {
+        n: b for n, b in files.items() if n != "users.json"
+    }
+
+
+# Keys a demanding user expects to be *accepted*: the contract says any UTF-8 is a key, and keys
+# are records inside segment files, never file names, so none of these can reach the file system.
+LITERAL_KEYS = [
+    pytest.param("../../etc/passwd", id="dotdot-path"),
+    pytest.param("..", id="dotdot-alone"),
+    pytest.param("/etc/passwd", id="absolute-path"),
+    pytest.param("C:\\Windows\\system.ini", id="windows-path"),
+    pytest.param("a\x00b", id="NUL"),
+    pytest.param("tab\tcr\rbell\x07del\x7f", id="control-characters"),
+    pytest.param(
+        "line\nfeed",
+        id="newline",
+        marks=pytest.mark.xfail(
+            strict=True,
+            reason="BUG (service, keys routes): a key containing a newline ('%0A') gets 404 "
+            "'Not Found' on PUT/GET/DELETE: Starlette's {key:path} pattern '.*' does not match "
+            "'\\n', so a valid UTF-8 key can never be written",
+        ),
+    ),
+    pytest.param("%2e%2e%2f", id="percent-encoded-dots-as-text"),
+]
+
+
+@pytest.mark.parametrize("key", LITERAL_KEYS)
+def test_bad_inputs_path_like_and_control_keys_are_plain_keys(ctx: Context, key: str) -> None:
+    outside = sorted(p.name for p in ctx.server.data_dir.parent.iterdir())
+    _, keys = _state(ctx)
+    path = f"/keys/{_quote(key)}"
+    put = ctx.client.put(path, json={"value": "literal"})
+    assert put.status_code in (200, 201), put.text
+    assert put.json()["key"] == key
+    got = ctx.client.get(path)
+    assert got.status_code == 200 and got.json()["key"] == key
+    assert got.json()["value"] == "literal"
+    assert key in ctx.client.get("/keys", params={"value": "literal"}).json()["keys"]
+    assert ctx.client.delete(path).status_code == 204
+    assert sorted(p.name for p in ctx.server.data_dir.parent.iterdir()) == outside
+    assert _state(ctx)[1] == keys
+
+
+def test_bad_inputs_unknown_query_params_are_ignored(ctx: Context) -> None:
+    # Ignored, not 422: the norm for HTTP APIs (clients can send newer optional parameters to
+    # older servers), and GET /keys is a read, so an ignored typo cannot change data.
+    files, keys = _state(ctx)
+    plain = ctx.client.get("/keys", params={"prefix": "dir/"})
+    extra = ctx.client.get("/keys", params={"prefix": "dir/", "bogus": "1", "limt": "5"})
+    assert plain.status_code == extra.status_code == 200
+    assert extra.json() == plain.json() == {"keys": ["dir/nested"], "next": None}
+    assert _state(ctx) == (files, keys)
+
+
+def test_bad_inputs_double_dot_segments_never_reach_another_route(ctx: Context) -> None:
+    # A raw '/keys/../stats' is normalised by clients; sent verbatim it must not become a key
+    # write elsewhere or a 5xx.
+    files, keys = _state(ctx)
+    with httpx.Client(base_url=ctx.server.url) as raw:
+        request = raw.build_request("PUT", "/keys/x", json={"value": "x"})
+        request.url = request.url.copy_with(raw_path=b"/keys/../stats")
+        answer = raw.send(request)
+    assert 400 <= answer.status_code < 500, answer.text
+    assert answer.json()["detail"]
+    assert _state(ctx) == (files, keys)

@@ -1,0 +1,190 @@
+"""schemathesis against the real server's /openapi.json, every operation (issue 4, item 4).
+
+Positive (valid per the schema) and negative (violating it) cases. Three callers: anonymous,
+a logged-in token, and that token holding an open transaction (re-opened before each case,
+since the fuzzer itself commits, rolls back and logs out). Every response must
+be no 5xx and conform to the schema: a declared status code, a declared content type, a body
+matching the declared model, declared headers. ``FILEKV_SOAK=1`` generates ten times as many.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import schemathesis
+from _b_server import Serve
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis.core.failures import FailureGroup
+
+SOAK = os.environ.get("FILEKV_SOAK") == "1"
+EXAMPLES = 300 if SOAK else 40  # per operation, generation mode and caller
+PASSWORD = "fuzzing password 1"
+TRANSACTION_TIMEOUT = 2.0  # short: a logged-out holder's orphaned transaction must expire
+CASES: dict[str, int] = {}
+STATUSES: dict[str, dict[int, int]] = {}
+UNSATISFIABLE: set[str] = set()  # operations with no negative cases
+FAILURES: list[str] = []
+KNOWN: list[str] = []
+# Schema lies already reported, each with its own strict xfail below: (operation, status).
+KNOWN_LIES = {("POST /auth/register", 400)}
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+    root = tmp_path_factory.mktemp("fuzz")
+    server = Serve(
+        root / "data",
+        root / "server.log",
+        log_level="warning",
+        transaction_timeout=TRANSACTION_TIMEOUT,
+    )
+    server.start()
+    with server.client() as client:
+        client.post("/auth/register", json={"username": "fuzzer", "password": PASSWORD})
+    yield server
+    server.stop()
+    total = sum(CASES.values())
+    print(f"\nschemathesis: {total} cases, by caller {CASES}")
+    print(f"  responses by operation and status: {STATUSES}")
+    print(f"  no negative cases possible for: {sorted(UNSATISFIABLE)}")
+    assert total >= 1000 or not CASES, f"only {total} generated cases"
+
+
+def _token(client: httpx.Client) -> str:
+    answer = client.post("/auth/token", data={"username": "fuzzer", "password": PASSWORD})
+    assert answer.status_code == 200, answer.text
+    token: str = answer.json()["access_token"]
+    return token
+
+
+class Caller:
+    """Keeps a live token (the fuzzer may log it out) and, if asked, its open transaction."""
+
+    def __init__(self, server: Serve, kind: str) -> None:
+        self.kind = kind
+        self.client = server.client()
+        self.token = _token(self.client) if kind != "anonymous" else ""
+        self.orphaned_waits = 0
+
+    def headers(self) -> dict[str, str]:
+        if self.kind == "anonymous":
+            return {}
+        auth = {"Authorization": f"Bearer {self.token}"}
+        if self.client.get("/auth/me", headers=auth).status_code != 200:
+            self.token = _token(self.client)
+            auth = {"Authorization": f"Bearer {self.token}"}
+        if self.kind == "transaction":
+            state = self.client.get("/transactions", headers=auth).json()
+            if not state["mine"]:
+                self._open_transaction(auth)
+        return auth
+
+    def _open_transaction(self, auth: dict[str, str]) -> None:
+        # If the fuzzer logged our token out while it held the transaction, the dead session
+        # keeps the lock until its lease ends (TRANSACTION_TIMEOUT): wait for that.
+        deadline = time.monotonic() + 10 * TRANSACTION_TIMEOUT
+        while True:
+            opened = self.client.post("/transactions", headers=auth)
+            if opened.status_code == 201 or time.monotonic() > deadline:
+                break
+            self.orphaned_waits += 1
+            time.sleep(0.2)
+        assert opened.status_code == 201, opened.text
+
+
+def _fuzz(server: Serve, kind: str) -> None:
+    """Run ``EXAMPLES`` generated cases against every operation of the live schema."""
+    # The pytest plugin's lazy loader (schemathesis.pytest.from_fixture) fails under pytest 9
+    # ("'Function' object has no attribute '_nodeid'"), so drive hypothesis directly.
+    api = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    caller = Caller(server, kind)
+    operations = [result.ok() for result in api.get_all_operations()]
+    assert len(operations) >= 14, [op.label for op in operations]
+    try:
+        for operation in operations:
+            for mode in (
+                schemathesis.GenerationMode.POSITIVE,
+                schemathesis.GenerationMode.NEGATIVE,
+            ):
+
+                @FUZZ
+                @given(case=operation.as_strategy(mode))
+                def run(case: schemathesis.Case) -> None:
+                    response = case.call_and_validate(headers=caller.headers())
+                    CASES[kind] = CASES.get(kind, 0) + 1
+                    by_status = STATUSES.setdefault(case.operation.label, {})
+                    by_status[response.status_code] = by_status.get(response.status_code, 0) + 1
+
+                try:
+                    run()
+                except FailureGroup as failures:
+                    curl = [x.strip() for x in str(failures).splitlines() if "curl " in x]
+                    for failure in failures.exceptions:
+                        line = f"{kind} {mode.value} {operation.label}: {_one_line(failure)}"
+                        line += f" | reproduce: {curl[0][:400] if curl else '?'}"
+                        known = any(
+                            operation.label == label and f"Received: {status}" in line
+                            for label, status in KNOWN_LIES
+                        )
+                        (KNOWN if known else FAILURES).append(line)
+                except Unsatisfiable:
+                    # Nothing in this operation's schema can be violated (e.g. a bare string
+                    # path parameter): no negative cases exist.
+                    assert mode is schemathesis.GenerationMode.NEGATIVE
+                    UNSATISFIABLE.add(operation.label)
+    finally:
+        if kind == "transaction":  # leave the store writable for the callers after this one
+            caller.client.post("/transactions/commit", headers=caller.headers())
+        caller.client.close()
+
+
+def _one_line(failure: BaseException) -> str:
+    text = " ".join(str(failure).split())
+    return text[:300]
+
+
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
+    database=None,
+)
+
+
+@pytest.mark.parametrize("kind", ["anonymous", "token", "transaction"])
+def test_fuzz_api_every_operation_conforms(fuzz_server: Serve, kind: str) -> None:
+    _fuzz(fuzz_server, kind)
+
+
+def test_fuzz_api_log_has_no_tracebacks(fuzz_server: Serve) -> None:
+    # A 5xx is caught above; an exception swallowed into a log line would not be.
+    assert "Traceback" not in Path(fuzz_server.log_path).read_text(errors="replace")
+
+
+def test_fuzz_api_found_no_schema_violations(fuzz_server: Serve) -> None:
+    print(f"\nschema violations: {len(FAILURES)} new, {len(KNOWN)} known (xfail below)")
+    for failure in FAILURES + KNOWN:
+        print("  " + failure)
+    assert FAILURES == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="SCHEMA LIE (service): POST /auth/register with a body that is not JSON (or not "
+    "UTF-8) answers 400 'There was an error parsing the body', a status its schema does not "
+    "declare (201, 403, 409, 422); PUT /keys/{key} answers 422 for the same body",
+)
+def test_fuzz_api_register_malformed_body_status_is_documented(fuzz_server: Serve) -> None:
+    with fuzz_server.client() as client:
+        declared = client.get("/openapi.json").json()["paths"]["/auth/register"]["post"]
+        answer = client.post(
+            "/auth/register", content=b"\xff", headers={"Content-Type": "application/json"}
+        )
+    assert str(answer.status_code) in declared["responses"], answer.text
