@@ -15,12 +15,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
-import pytest
 
 SOAK: Final = os.environ.get("FILEKV_SOAK") == "1"
 BIN: Final = Path(sys.executable).parent
@@ -111,16 +109,6 @@ class ServeProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[ServeProcess]:
-    """A started server (default flags) on ``tmp_path/data``; stopped at teardown."""
-    server = ServeProcess(tmp_path / "data", tmp_path / "server.log")
-    server.start()
-    yield server
-    with contextlib.suppress(Exception):
-        server.stop()
 
 
 def login(client: httpx.Client, username: str) -> dict[str, str]:
