@@ -7,11 +7,14 @@ an unset flag falls back to ``FILEKV_<NAME>`` in the environment, then to the de
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
 import typer
 from pydantic import ValidationError
@@ -20,6 +23,9 @@ from rich.table import Table
 
 import filekv
 from filekv.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +115,9 @@ def serve(
 ) -> None:
     """Serve the HTTP API (uvicorn with uvloop and httptools) until SIGINT or SIGTERM.
 
-    Only one process may serve a data directory: a second one exits at once with status 1.
+    SIGINT or SIGTERM shuts down gracefully (an open transaction rolled back, the store flushed
+    and closed) and exits with status 0. Only one process may serve a data directory: a second
+    one exits at once with status 1.
     """
     settings = _settings(
         data_dir=data_dir,
@@ -160,8 +168,10 @@ def run_server(settings: Settings) -> int:
     )
     server = uvicorn.Server(config)
     code = 0
+    stop = _StopOnSignal(server)
     try:
-        server.run()
+        with stop:
+            server.run()
     except SystemExit as exc:  # uvicorn exits on a failed startup or an unusable port
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
@@ -185,6 +195,36 @@ def run_server(settings: Settings) -> int:
     if code == 0 and not server.started:
         return 1
     return code
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM handlers for around ``server.run()``: a signal means a clean exit 0.
+
+    While it serves, uvicorn installs its own handlers (graceful shutdown); when it is done it
+    puts back the ones it found, these, and raises the captured signal again so that they run.
+    Python's defaults would turn that into death by SIGTERM (-15) or a KeyboardInterrupt after a
+    clean shutdown; these handlers just ask the server to stop, which covers a signal that
+    arrives before uvicorn's handlers are in place too.
+    """
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, server: uvicorn.Server) -> None:
+        self.server = server
+        self.previous: dict[int, Any] = {}
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        self.server.should_exit = True
+
+    def __enter__(self) -> _StopOnSignal:
+        # Handlers can only be set from the main thread (uvicorn skips its own there too).
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in self._SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 Lifespan = Callable[[Any], AbstractAsyncContextManager[Any]]

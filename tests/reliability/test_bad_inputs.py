@@ -106,31 +106,16 @@ REJECTED: list[object] = [
         lambda c: c.client.put("/keys/bad%FFkey", json={"value": "x"}),
         422,
         id="percent-encoding-not-utf8",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG (service, keys route): '/keys/bad%FFkey' is stored as 'bad\\ufffdkey' "
-            "(201): bytes that are not UTF-8 become U+FFFD, so distinct keys collide",
-        ),
     ),
     pytest.param(
         lambda c: c.client.put("/keys/cut%E0%A4", json={"value": "x"}),
         422,
         id="percent-encoding-truncated-utf8",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG (service, keys route): a truncated UTF-8 sequence '%E0%A4' in the key is "
-            "stored as U+FFFD (201) instead of being rejected",
-        ),
     ),
     pytest.param(
         lambda c: c.client.put("/keys/bad%ZZ", json={"value": "x"}),
-        400,
+        422,
         id="percent-encoding-invalid-hex",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG (service): '%ZZ' is not percent-encoding (RFC 3986); it is stored "
-            "literally as the key 'bad%ZZ' (201), so a client bug goes unnoticed",
-        ),
     ),
     pytest.param(_json_put("/keys/m", b'{"value": '), 422, id="malformed-json"),
     pytest.param(_json_put("/keys/m", b'{"value": "a\x00b"}'), 422, id="raw-NUL-in-json"),
@@ -141,13 +126,8 @@ REJECTED: list[object] = [
         _json_put("/keys/m", b'{"value": "x"}', "text/plain"),
         415,
         id="wrong-content-type",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG (service): a body sent as Content-Type: text/plain is parsed as JSON "
-            "and stored (201); expected 415 (or 422)",
-        ),
     ),
-    pytest.param(lambda c: c.client.put("/keys/m", data={"value": "x"}), 422, id="form-body"),
+    pytest.param(lambda c: c.client.put("/keys/m", data={"value": "x"}), 415, id="form-body"),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": -1}), 422, id="limit=-1"),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": 10**9}), 422, id="limit=10^9"),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": "ten"}), 422, id="limit=ten"),
@@ -155,11 +135,6 @@ REJECTED: list[object] = [
         lambda c: c.client.get("/keys/plain", headers={"X-Big": "a" * 100_000}),
         431,
         id="huge-header-100KB",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG (server config): a 100 KB request header is accepted (200); uvicorn with "
-            "httptools sets no header size limit, so headers are unbounded memory per request",
-        ),
     ),
     pytest.param(
         lambda c: c.client.post("/transactions", headers=_bearer("garbage!!not-a-token")),
@@ -237,12 +212,6 @@ LITERAL_KEYS = [
     pytest.param(
         "line\nfeed",
         id="newline",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG (service, keys routes): a key containing a newline ('%0A') gets 404 "
-            "'Not Found' on PUT/GET/DELETE: Starlette's {key:path} pattern '.*' does not match "
-            "'\\n', so a valid UTF-8 key can never be written",
-        ),
     ),
     pytest.param("%2e%2e%2f", id="percent-encoded-dots-as-text"),
 ]

@@ -175,12 +175,6 @@ def test_fuzz_api_found_no_schema_violations(fuzz_server: Serve) -> None:
     assert FAILURES == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="SCHEMA LIE (service): POST /auth/register with a body that is not JSON (or not "
-    "UTF-8) answers 400 'There was an error parsing the body', a status its schema does not "
-    "declare (201, 403, 409, 422); PUT /keys/{key} answers 422 for the same body",
-)
 def test_fuzz_api_register_malformed_body_status_is_documented(fuzz_server: Serve) -> None:
     with fuzz_server.client() as client:
         declared = client.get("/openapi.json").json()["paths"]["/auth/register"]["post"]

@@ -165,12 +165,6 @@ def test_login_abuse_real_server_never_shows_passwords_or_hashes(tmp_path: Path)
     assert "failed login" in log.lower() or "locked" in log.lower()  # it does log the events
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (service, POST /auth/register): a rejected password (too short) is echoed back "
-    "in the 422 body (FastAPI's validation error 'input' field), so a password appears in a "
-    "response (and in any proxy or client log of it)",
-)
 def test_login_abuse_rejected_password_is_not_echoed(
     clocked: tuple[TestClient, FakeClock],
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import pkgutil
 
 import orjson
@@ -70,6 +71,8 @@ def test_errors_every_auth_and_service_error_has_its_own_mapping(
         (errors.TransactionExpired("x"), 409),
         (errors.Locked(0.2), 423),
         (errors.BodyTooLarge("x"), 413),
+        (errors.UnsupportedMediaType("x"), 415),
+        (errors.HeadersTooLarge("x"), 431),
         (errors.StoreUnavailable("x"), 503),
     ],
 )
@@ -106,3 +109,58 @@ def test_errors_subclass_without_entry_uses_nearest_ancestor() -> None:
 
     assert errors.answer_for(Special("x")) is errors.ERRORS[engine_errors.DiskFull]
     assert errors.answer_for(ValueError("x")) is None
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        engine_errors.DiskFull("no space left on /data"),
+        engine_errors.StoreFailed("fsync failed"),
+        engine_errors.StoreClosed("closed"),
+        errors.StoreUnavailable("not open"),
+    ],
+)
+def test_errors_expected_5xx_log_one_warning_line_without_traceback(
+    exc: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG, logger="filekv.service.errors"):
+        errors.error_response(exc)
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.exc_info is None and "\n" not in record.getMessage()
+    assert type(exc).__name__ in record.getMessage()
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        engine_errors.VersionMismatch("k", 1, 2),
+        engine_errors.InvalidKey("k"),
+        errors.Locked(1),
+        errors.KeyNotFound("x"),
+    ],
+)
+def test_errors_4xx_log_nothing(exc: Exception, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="filekv.service.errors"):
+        errors.error_response(exc)
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        engine_errors.CorruptStore("/data/0000000001.seg", 7, "bad crc"),
+        engine_errors.StorageError("EIO"),
+        ValueError("a bug"),
+    ],
+)
+def test_errors_real_500s_log_their_traceback(
+    exc: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    try:
+        raise exc
+    except Exception as raised:
+        with caplog.at_level(logging.DEBUG, logger="filekv.service.errors"):
+            assert errors.error_response(raised).status_code == 500
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is not None

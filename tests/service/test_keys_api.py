@@ -289,3 +289,111 @@ def test_keys_default_limit_is_1000(make_client: Callable[..., TestClient]) -> N
         "keys": ["k1000"],
         "next": None,
     }
+
+
+# -- keys with any character, and their percent-encoding -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["line\nfeed", "trailing\n", "\n", "cr\r\nlf", "a\n/b\n/c", "tab\tand\x0bvt"]
+)
+def test_keys_with_newlines_work_on_every_route(client: TestClient, key: str) -> None:
+    path = "/keys/" + quote(key, safe="")
+    assert client.put(path, json={"value": "v"}).json()["key"] == key
+    assert client.get(path).json() == {"key": key, "value": "v", "revision": 1}
+    assert client.get("/keys").json()["keys"] == [key]
+    assert client.delete(path).status_code == 204
+    assert client.get("/keys").json()["keys"] == []
+
+
+@pytest.mark.parametrize(
+    ("raw_key", "problem"),
+    [
+        ("bad%FFkey", "not valid UTF-8"),  # a byte that never occurs in UTF-8
+        ("cut%E0%A4", "not valid UTF-8"),  # a three-byte sequence cut after two
+        ("%C3", "not valid UTF-8"),
+        ("over%C0%AFlong", "not valid UTF-8"),  # overlong '/'
+        ("bad%ZZ", "two hex digits"),
+        ("end%", "two hex digits"),
+        ("half%4", "two hex digits"),
+        ("a/b%G1/c", "two hex digits"),
+    ],
+)
+@pytest.mark.parametrize("method", ["PUT", "GET", "DELETE"])
+def test_keys_broken_percent_encoding_is_422_and_stores_nothing(
+    client: TestClient, raw_key: str, problem: str, method: str
+) -> None:
+    answer = client.request(method, "/keys/" + raw_key, json={"value": "v"})
+    assert answer.status_code == 422
+    (item,) = answer.json()["detail"]
+    assert item["loc"] == ["path", "key"] and problem in item["msg"]
+    assert client.get("/keys").json()["keys"] == []
+
+
+@pytest.mark.parametrize(
+    ("raw_key", "key"),
+    [("%25ZZ", "%ZZ"), ("100%25", "100%"), ("%C3%BC%2F%E6%97%A5", "ü/日"), ("%F0%9F%99%82", "🙂")],
+)
+def test_keys_valid_percent_encoding_is_decoded(client: TestClient, raw_key: str, key: str) -> None:
+    assert client.put("/keys/" + raw_key, json={"value": "v"}).json()["key"] == key
+    assert client.get("/keys/" + raw_key).json()["key"] == key
+    assert client.get("/keys").json()["keys"] == [key]
+
+
+def test_keys_openapi_path_is_plain_key(client: TestClient) -> None:
+    assert "/keys/{key}" in client.get("/openapi.json").json()["paths"]
+
+
+# -- the body's content type --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "application/json",
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/merge-patch+json",
+        "application/vnd.filekv+json; charset=UTF-8",
+    ],
+)
+def test_keys_put_accepts_json_or_no_content_type(
+    client: TestClient, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    answer = client.put("/keys/k", content=b'{"value": "v"}', headers=headers)
+    assert answer.status_code == 201, answer.text
+    assert client.get("/keys/k").json()["value"] == "v"
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/octet-stream",
+        "application/jsonx",
+        "json",
+    ],
+)
+def test_keys_put_with_other_content_type_is_415_and_stores_nothing(
+    client: TestClient, content_type: str
+) -> None:
+    answer = client.put(
+        "/keys/k", content=b'{"value": "v"}', headers={"Content-Type": content_type}
+    )
+    assert answer.status_code == 415
+    assert "application/json" in answer.json()["detail"]
+    assert client.get("/keys/k").status_code == 404
+
+
+def test_keys_put_content_type_is_checked_after_the_lock(
+    client: TestClient, login: Callable[..., dict[str, str]]
+) -> None:
+    alice = login(client, "alice")
+    client.post("/transactions", headers=alice)
+    answer = client.put("/keys/k", content=b"x", headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 423

@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 ROUTES = [
-    ("put", "/keys/{key}", {"200", "201", "401", "412", "413", "422", "423"}),
-    ("get", "/keys/{key}", {"200", "401", "404"}),
-    ("delete", "/keys/{key}", {"204", "401", "404", "412", "423"}),
+    ("put", "/keys/{key}", {"200", "201", "401", "412", "413", "415", "422", "423"}),
+    ("get", "/keys/{key}", {"200", "401", "404", "422"}),
+    ("delete", "/keys/{key}", {"204", "401", "404", "412", "422", "423"}),
     ("get", "/keys", {"200", "401", "422"}),
     ("post", "/transactions", {"201", "401", "409", "423"}),
     ("get", "/transactions", {"200"}),
@@ -43,6 +43,13 @@ def test_openapi_documents_route_with_its_statuses(
     assert statuses <= set(operation["responses"])
 
 
+def test_openapi_every_operation_declares_431(spec: dict[str, Any]) -> None:
+    # HeaderSizeLimit answers before any route runs, so any operation can get it.
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert "431" in operation["responses"], (method, path)
+
+
 def test_openapi_has_no_undocumented_routes(spec: dict[str, Any]) -> None:
     documented = {(method, path) for path, ops in spec["paths"].items() for method in ops}
     assert documented == {(method, path) for method, path, _ in ROUTES}
@@ -59,6 +66,9 @@ def test_openapi_has_no_undocumented_routes(spec: dict[str, Any]) -> None:
         ("post", "/transactions/commit", "200", "CommitResult"),
         ("get", "/stats", "200", "Stats"),
         ("put", "/keys/{key}", "423", "ErrorBody"),
+        ("put", "/keys/{key}", "415", "ErrorBody"),
+        ("get", "/keys/{key}", "431", "ErrorBody"),
+        ("get", "/keys/{key}", "422", "HTTPValidationError"),
         ("get", "/keys/{key}", "404", "ErrorBody"),
     ],
 )

@@ -125,3 +125,40 @@ def test_manager_reaper_aborts_without_any_call(store: Store) -> None:
         reaper.cancel()
 
     asyncio.run(scenario())
+
+
+def test_manager_end_session_of_holder_aborts_whole_and_is_not_remembered(
+    manager: TransactionManager, store: Store
+) -> None:
+    manager.begin("alice")
+    manager.begin("alice")
+    tx = manager.writer("alice")
+    assert tx is not None
+    tx.put("k", b"v")
+    manager.end_session("alice")
+    assert manager.holder is None and not tx.active
+    assert store.get("k") is None
+    assert manager.wants_identity is False  # not kept as "expired": no TransactionExpired later
+    assert manager.writer("alice") is None
+    store.put("k", b"w")
+
+
+def test_manager_end_session_of_others_changes_nothing(
+    manager: TransactionManager, clock: Clock
+) -> None:
+    manager.end_session("alice")  # nothing open: a no-op
+    manager.begin("alice")
+    manager.end_session("bob")
+    assert manager.holder == "alice"
+    with pytest.raises(Locked):
+        manager.writer("bob")
+
+
+def test_manager_end_session_forgets_an_expired_session(
+    manager: TransactionManager, clock: Clock
+) -> None:
+    manager.begin("alice")
+    clock.now += 11
+    assert manager.wants_identity is True
+    manager.end_session("alice")
+    assert manager.wants_identity is False

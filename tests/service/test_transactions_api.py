@@ -210,13 +210,42 @@ def test_transactions_holder_preconditions_apply_to_its_view(
     assert client.delete("/keys/missing", headers=alice).status_code == 404
 
 
-def test_transactions_logout_of_holder_leaves_lock_until_lease(
-    client: TestClient, alice: Headers
+def test_transactions_logout_of_holder_rolls_back_and_frees_lock(
+    client: TestClient, alice: Headers, login: Login
 ) -> None:
+    assert put(client, "k", "committed") == 201
     client.post("/transactions", headers=alice)
-    client.post("/auth/logout", headers=alice)
-    assert client.post("/transactions/commit", headers=alice).status_code == 401
-    assert put(client, "k", "v") == 423
+    assert put(client, "k", "staged", alice) == 200
+    client.post("/transactions", headers=alice)  # a nested level: rolled back as well
+    assert put(client, "n", "staged", alice) == 201
+    assert client.post("/auth/logout", headers=alice).status_code == 204
+    # At once, not after the lease: nobody could ever commit that transaction.
+    idle = {"active": False, "mine": False, "depth": 0, "expires_in": None}
+    assert client.get("/transactions").json() == idle
+    assert value_of(client, "k") == "committed" and value_of(client, "n") is None
+    assert put(client, "k", "v") == 200
+    # The dead token is simply 401 (not "your transaction expired") on every call.
+    for path in ("/transactions", "/transactions/commit", "/transactions/rollback"):
+        assert client.post(path, headers=alice).status_code == 401
+    # The same user's next login is a new client with nothing pending.
+    again = login(client, "alice")
+    assert client.post("/transactions", headers=again).json() == {"depth": 1}
+    assert client.post("/transactions/commit", headers=again).json() == {"depth": 0, "applied": 0}
+    assert value_of(client, "k") == "v"
+
+
+def test_transactions_logout_of_another_session_keeps_the_holders_transaction(
+    client: TestClient, alice: Headers, bob: Headers, login: Login
+) -> None:
+    other_alice = login(client, "alice")
+    client.post("/transactions", headers=alice)
+    assert put(client, "k", "staged", alice) == 201
+    for headers in (bob, other_alice):
+        assert client.post("/auth/logout", headers=headers).status_code == 204
+    assert client.get("/transactions", headers=alice).json()["mine"] is True
+    assert put(client, "k", "other") == 423
+    assert client.post("/transactions/commit", headers=alice).json() == {"depth": 0, "applied": 1}
+    assert value_of(client, "k") == "staged"
 
 
 # -- the lease ----------------------------------------------------------------------------------

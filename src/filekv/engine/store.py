@@ -392,12 +392,14 @@ class Store:
             thread.join()
         with self._compact_lock:  # wait for a synchronous compact() in another thread
             pass
+        active = self._active
         try:
-            if self._failure is None and self._active is not None:
-                self._io.fsync(self._active.fd)
+            if self._failure is None and active is not None:
+                self._io.fsync(active.fd)
         except OSError as error:
             raise StoreFailed(
-                f"the final fsync of {self._active.path} failed: {error.strerror or error}; "
+                f"the final fsync of {active.path if active else 'the store'} failed: "
+                f"{error.strerror or error}; "
                 "writes since the last successful fsync may be lost"
             ) from error
         finally:

@@ -21,7 +21,9 @@ import filekv
 from filekv.engine import Store
 from filekv.service.auth import AuthService
 from filekv.service.errors import install_error_handlers
+from filekv.service.middleware import MAX_HEADER_BYTES, HeaderSizeLimit
 from filekv.service.routes import auth, health, keys, transactions
+from filekv.service.schemas import error
 from filekv.service.transactions import TransactionManager
 from filekv.settings import Settings, load_settings
 
@@ -76,10 +78,13 @@ def create_app(settings: Settings) -> FastAPI:
         version=filekv.__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        # Every route can get it, from HeaderSizeLimit, before any route runs.
+        responses={431: error(f"Request headers over {MAX_HEADER_BYTES} bytes in total.")},
     )
     app.state.settings = settings
     app.state.store = None
     install_error_handlers(app)
+    app.add_middleware(HeaderSizeLimit)
     app.include_router(keys.router)
     app.include_router(transactions.router)
     app.include_router(auth.router)

@@ -15,7 +15,19 @@ The service's own errors::
     │   └── TransactionExpired the caller's transaction was rolled back by its lease  409
     ├── Locked                 another client holds the transaction lock          423 + Retry-After
     ├── BodyTooLarge           request body over the limit, refused unread        413
+    ├── UnsupportedMediaType   a body whose Content-Type is not JSON              415
+    ├── HeadersTooLarge        request headers over the limit, refused            431
     └── StoreUnavailable       the store is not open                              503
+
+Request validation (422) has its own handler, ``validation_error_response``: FastAPI's list form,
+but each item cut down to ``type``, ``loc``, ``msg`` and plain ``ctx`` values, so a rejected input
+(a too-short password, say) is never echoed back. A body the framework cannot parse at all (not
+UTF-8, a broken multipart) is answered the same way with 422, the status every route declares,
+instead of Starlette's undeclared 400.
+
+Logging: only a real 500 (a bug, damaged data, an unexpected I/O error) logs a traceback. The
+other 5xx answers are expected conditions (disk full, store failed or closed) and log one WARNING
+line each; 4xx answers log nothing.
 
 Choices worth knowing: ``StoreFailed`` (an fsync failed; the store refuses writes until it is
 reopened) is 503, because the server, not the request, is broken until an operator restarts it;
@@ -27,13 +39,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from orjson import dumps
+from starlette.exceptions import HTTPException
 
 from filekv.engine.errors import (
     CorruptStore,
@@ -99,6 +114,14 @@ class BodyTooLarge(ServiceError):
     """The request body is larger than any acceptable request."""
 
 
+class UnsupportedMediaType(ServiceError):
+    """The request body's ``Content-Type`` is not one the route reads (JSON)."""
+
+
+class HeadersTooLarge(ServiceError):
+    """The request's headers add up to more than the server accepts."""
+
+
 class StoreUnavailable(ServiceError):
     """The store is not open (starting up, shutting down or failed)."""
 
@@ -152,6 +175,8 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     TransactionExpired: ErrorAnswer(409),
     Locked: ErrorAnswer(423, _retry_after),
     BodyTooLarge: ErrorAnswer(413),
+    UnsupportedMediaType: ErrorAnswer(415),
+    HeadersTooLarge: ErrorAnswer(431),
     StoreUnavailable: ErrorAnswer(503, detail="the store is not open"),
 }
 
@@ -170,8 +195,12 @@ def answer_for(exc: BaseException) -> ErrorAnswer | None:
 def error_response(exc: BaseException) -> Response:
     """The JSON response for a mapped exception (500 with a fixed detail if unmapped)."""
     answer = answer_for(exc) or ErrorAnswer(500, detail="internal error")
-    if answer.status >= 500:
-        logger.error("answering %d for %r", answer.status, exc, exc_info=exc)
+    if answer.status == 500:
+        logger.error("answering 500 for %r", exc, exc_info=exc)
+    elif answer.status > 500:
+        # Expected and already explained by the error (ENOSPC, a failed fsync reported when it
+        # happened): one line, or a full disk would flood the log with identical tracebacks.
+        logger.warning("answering %d: %s: %s", answer.status, type(exc).__name__, exc)
     detail = answer.detail or str(exc) or (type(exc).__doc__ or type(exc).__name__).strip()
     headers = answer.headers(exc) if answer.headers else None
     return Response(
@@ -182,11 +211,55 @@ def error_response(exc: BaseException) -> Response:
     )
 
 
+# What of a validation error item is sent back. Not ``input`` (the rejected value itself: a
+# password, a token), nor ``url``; ``ctx`` only with plain values (``min_length``, ``pattern``).
+_ITEM_FIELDS: Final = ("type", "loc", "msg")
+_PLAIN: Final = (str, int, float, bool)
+
+
+def _scrubbed(item: Mapping[str, Any]) -> dict[str, Any]:
+    out = {name: item[name] for name in _ITEM_FIELDS if name in item}
+    ctx = item.get("ctx")
+    if isinstance(ctx, Mapping):
+        plain = {name: value for name, value in ctx.items() if isinstance(value, _PLAIN)}
+        if plain:
+            out["ctx"] = plain
+    return out
+
+
+def validation_error_response(errors: Iterable[Mapping[str, Any]]) -> Response:
+    """422 in FastAPI's list form, without the rejected inputs."""
+    return Response(
+        dumps({"detail": [_scrubbed(item) for item in errors]}),
+        status_code=422,
+        media_type="application/json",
+    )
+
+
 async def _handle(_: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
+async def _handle_validation(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return validation_error_response(exc.errors())
+
+
+async def _handle_http(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code != 400:
+        return await http_exception_handler(request, exc)
+    # The framework raises 400 only when it cannot parse a body (bytes that are not UTF-8 under
+    # a JSON content type, a multipart body without its boundary); the routes declare 422.
+    reason = "not valid UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError) else exc.detail
+    return validation_error_response(
+        [{"type": "body_invalid", "loc": ("body",), "msg": f"unparseable body: {reason}"}]
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Answer every exception under ``ROOTS`` through the table."""
+    """Answer every exception under ``ROOTS`` through the table, and validation errors as 422."""
     for root in ROOTS:
         app.add_exception_handler(root, _handle)
+    app.add_exception_handler(RequestValidationError, _handle_validation)
+    app.add_exception_handler(HTTPException, _handle_http)

@@ -9,6 +9,8 @@ aborted whole and the lock released. Expiry is checked lazily on every access *a
 task (``run_reaper``), so a holder that vanished does not keep the lock until someone else asks.
 A session whose transaction expired is remembered for a while, so its next transaction call (or
 write, which it believes staged) gets ``TransactionExpired`` rather than a silent fresh start.
+A session that logs out (``end_session``) loses its transaction at once and is not remembered:
+its token is dead, so its next call is 401 anyway.
 """
 
 from __future__ import annotations
@@ -179,6 +181,19 @@ class TransactionManager:
                 await asyncio.wait_for(wakeup.wait(), delay)
             wakeup.clear()
             self._expire_if_due()
+
+    def end_session(self, session_id: str) -> None:
+        """The session logged out: roll back its transaction whole and release the lock.
+
+        A commit in flight is left to finish (aborting under it could split its record); it
+        releases the lock itself.
+        """
+        self._expired.pop(session_id, None)
+        if self._tx is None or session_id != self._holder or self._committing:
+            return
+        logger.info("session %s logged out holding the transaction; rolled back", session_id[:8])
+        self._tx.abort()
+        self._release()
 
     def close(self) -> None:
         """Abort any open transaction: nothing staged outlives the server."""

@@ -1,7 +1,9 @@
 """``/auth``: sign up, log in (OAuth2 password flow), log out, who am I.
 
 Plain ``def`` routes on purpose: argon2 hashing is CPU-bound, and FastAPI runs ``def`` routes in
-its threadpool, so a login never blocks the event loop. Errors are the auth service's exceptions;
+its threadpool, so a login never blocks the event loop. The one exception is ``logout``, which
+hashes nothing and must run on the event loop, where the transaction manager lives (it releases
+the transaction the session held). Errors are the auth service's exceptions;
 ``filekv.service.errors`` turns them into statuses.
 """
 
@@ -13,7 +15,7 @@ from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, ConfigDict, Field
 
-from filekv.service.deps import AuthDep, BearerTokenDep, SessionDep
+from filekv.service.deps import AuthDep, BearerTokenDep, SessionDep, TransactionsDep
 from filekv.service.schemas import RETRY_AFTER, UNAUTHORIZED, error
 from filekv.service.users import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, USERNAME_PATTERN
 
@@ -89,9 +91,16 @@ def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: AuthDep) 
     response_class=Response,
     responses={401: UNAUTHORIZED},
 )
-def logout(token: BearerTokenDep, session: SessionDep, auth: AuthDep) -> Response:
-    """Revoke the token this request carries; the user's other tokens keep working."""
-    auth.logout(token)
+async def logout(
+    token: BearerTokenDep, session: SessionDep, auth: AuthDep, transactions: TransactionsDep
+) -> Response:
+    """Revoke the token this request carries; the user's other tokens keep working.
+
+    A transaction held by this token is rolled back whole and the lock released: nobody could
+    ever commit it, so it must not keep the store locked until its lease runs out.
+    """
+    auth.logout(token)  # a dict update under a lock: cheap enough for the event loop
+    transactions.end_session(session.session_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

@@ -4,20 +4,33 @@ These are the hot path, so they stay lean: the request is read by hand (no body 
 dependency resolution), answers are ready ``orjson`` responses, and the bearer token is looked at
 only when the auth mode demands it or a transaction is open (then the holder must be told apart).
 The models in ``responses=`` document the wire format for ``/docs``; nothing validates answers.
+
+A key is any UTF-8 string, so the key routes use their own path convertor: Starlette's ``path``
+(``.*``) does not match a newline. The server decodes the path leniently (bad UTF-8 becomes
+U+FFFD, a stray ``%`` stays as it is), so a key whose raw path has a ``%`` is checked against the
+raw bytes: distinct raw keys must never collide into one stored key.
 """
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Annotated, Any, Final
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.convertors import PathConvertor, register_url_convertor
 
 from filekv.engine.errors import VersionMismatch
 from filekv.service.deps import caller_session_id
-from filekv.service.errors import BodyTooLarge, KeyNotFound, PreconditionFailed
+from filekv.service.errors import (
+    BodyTooLarge,
+    KeyNotFound,
+    PreconditionFailed,
+    UnsupportedMediaType,
+)
 from filekv.service.schemas import (
     ETAG,
     LOCKED,
@@ -32,6 +45,17 @@ from filekv.service.schemas import (
 if TYPE_CHECKING:
     from filekv.engine import Entry, Store, Transaction
     from filekv.service.transactions import TransactionManager
+
+
+class KeyConvertor(PathConvertor):
+    """Like ``path``, but any character, newline included (``.`` stops at ``\\n``)."""
+
+    regex = r"[\s\S]*"
+
+
+# Registered before the routes below are declared: Starlette compiles their patterns then.
+register_url_convertor("key", KeyConvertor())
+KEY_PATH: Final = "/keys/{key:key}"
 
 router = APIRouter(tags=["keys"])
 
@@ -59,6 +83,41 @@ def _session_id(request: Request, transactions: TransactionManager, *, write: bo
     ):
         return caller_session_id(request, required=required)
     return None
+
+
+_BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def _check_key_encoding(request: Request) -> None:
+    """422 when the key's raw percent-encoding is broken or does not decode to UTF-8."""
+    raw: bytes | None = request.scope.get("raw_path")
+    if raw is None or b"%" not in raw:  # the common case costs one byte search
+        return
+    _, found, part = raw.partition(b"/keys/")
+    if not found:  # the prefix itself was percent-encoded: check the whole path
+        part = raw
+    if _BAD_ESCAPE.search(part) is not None:
+        msg = "invalid percent-encoding in the key: '%' must be followed by two hex digits"
+    else:
+        try:
+            unquote_to_bytes(part).decode("utf-8")
+            return
+        except UnicodeDecodeError:
+            msg = "the key's percent-encoded bytes are not valid UTF-8"
+    raise RequestValidationError([{"type": "key_encoding", "loc": ("path", "key"), "msg": msg}])
+
+
+def _check_json_body(request: Request) -> None:
+    """415 unless the body is declared JSON (or not declared at all)."""
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        return
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or ("/" in media and media.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"the body must be JSON (Content-Type: application/json), not {media or 'empty'}"
+    )
 
 
 def _decode(value: bytes) -> str:
@@ -156,7 +215,7 @@ _PUT_BODY: Final = {
 
 # GET first: routes are matched in order, and reads are the hottest path.
 @router.get(
-    "/keys/{key:path}",
+    KEY_PATH,
     summary="Read a key",
     response_model=KeyValue,
     responses={200: {"headers": ETAG}, 401: UNAUTHORIZED, 404: error("No such key.")},
@@ -166,6 +225,7 @@ async def get_key(key: str, request: Request) -> Response:
     state = request.app.state
     transactions: TransactionManager = state.transactions
     session_id = _session_id(request, transactions, write=False)
+    _check_key_encoding(request)
     tx = transactions.reader(session_id) if session_id is not None else None
     entry = (tx or state.store).entry(key)
     if entry is None:
@@ -177,7 +237,7 @@ async def get_key(key: str, request: Request) -> Response:
 
 
 @router.put(
-    "/keys/{key:path}",
+    KEY_PATH,
     summary="Write a key",
     response_model=PutResult,
     status_code=201,
@@ -187,6 +247,7 @@ async def get_key(key: str, request: Request) -> Response:
         401: UNAUTHORIZED,
         412: error('If-Match: "<rev>" did not match, or If-None-Match: * and the key exists.'),
         413: error("Value (or body) too large."),
+        415: error("The body is not JSON: send Content-Type: application/json."),
         423: LOCKED,
     },
     openapi_extra=_PUT_BODY,
@@ -197,6 +258,8 @@ async def put_key(key: str, request: Request) -> Response:
     transactions: TransactionManager = state.transactions
     session_id = _session_id(request, transactions, write=True)
     transactions.writer(session_id)  # the lock before the request itself, even before the body
+    _check_key_encoding(request)
+    _check_json_body(request)
     text = await _read_value(request)
     value = text.encode("utf-8")
     expect = _expect(request)
@@ -215,7 +278,7 @@ async def put_key(key: str, request: Request) -> Response:
 
 
 @router.delete(
-    "/keys/{key:path}",
+    KEY_PATH,
     summary="Delete a key",
     status_code=204,
     response_class=Response,
@@ -232,6 +295,7 @@ async def delete_key(key: str, request: Request) -> Response:
     transactions: TransactionManager = state.transactions
     session_id = _session_id(request, transactions, write=True)
     tx = transactions.writer(session_id)
+    _check_key_encoding(request)
     expect = _expect(request)
     if tx is None:
         store: Store = state.store

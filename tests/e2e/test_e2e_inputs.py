@@ -1,0 +1,85 @@
+"""A real ``filekv serve`` (uvicorn with httptools) on the inputs its parser decides about.
+
+The TestClient builds the ASGI scope itself; only a real server shows how httptools and uvicorn
+decode the path (a newline, bytes that are not UTF-8, a stray ``%``) and what a huge header does.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+MakeServer = Callable[..., Any]  # conftest's ``Server`` factory
+
+
+def raw_request(http: httpx.Client, method: str, raw_path: bytes, **kwargs: Any) -> httpx.Response:
+    """Send ``raw_path`` exactly as given (httpx would re-encode a stray '%')."""
+    request = http.build_request(method, "/", **kwargs)
+    request.url = request.url.copy_with(raw_path=raw_path)
+    return http.send(request)
+
+
+def test_e2e_inputs_keys_with_any_character_round_trip(server: Any) -> None:
+    keys = ["line\nfeed", "trailing\n", "cr\r\nlf", "%ZZ", "100%", "ü/日本\n"]
+    with server.client() as http:
+        for key in keys:
+            path = "/keys/" + quote(key, safe="")
+            assert http.put(path, json={"value": key}).json()["key"] == key
+            assert http.get(path).json()["value"] == key
+        assert http.get("/keys").json()["keys"] == sorted(keys)
+        for key in keys:
+            assert http.delete("/keys/" + quote(key, safe="")).status_code == 204
+
+
+@pytest.mark.parametrize(
+    "raw_key", [b"bad%FFkey", b"cut%E0%A4", b"bad%ZZ", b"end%", b"a%2"], ids=lambda k: k.decode()
+)
+def test_e2e_inputs_broken_percent_encoding_is_422(server: Any, raw_key: bytes) -> None:
+    with server.client() as http:
+        for method in ("PUT", "GET", "DELETE"):
+            answer = raw_request(http, method, b"/keys/" + raw_key, json={"value": "v"})
+            assert answer.status_code == 422, (method, answer.text)
+            assert answer.json()["detail"][0]["loc"] == ["path", "key"]
+        assert http.get("/keys").json()["keys"] == []
+
+
+def test_e2e_inputs_huge_header_is_431_and_the_connection_goes_on(server: Any) -> None:
+    with server.client() as http:
+        assert http.put("/keys/k", json={"value": "v"}).status_code == 201
+        refused = http.get("/keys/k", headers={"X-Big": "a" * 100_000})
+        assert refused.status_code == 431
+        assert "limit" in refused.json()["detail"]
+        assert http.get("/keys/k").json()["value"] == "v"
+
+
+def test_e2e_inputs_unparseable_register_body_is_422(server: Any) -> None:
+    with server.client() as http:
+        answer = http.post(
+            "/auth/register", content=b"\xff", headers={"Content-Type": "application/json"}
+        )
+        assert answer.status_code == 422
+        assert isinstance(answer.json()["detail"], list)
+
+
+def test_e2e_inputs_text_body_is_415(server: Any) -> None:
+    with server.client() as http:
+        answer = http.put(
+            "/keys/k", content=b'{"value": "v"}', headers={"Content-Type": "text/plain"}
+        )
+        assert answer.status_code == 415
+        assert http.get("/keys/k").status_code == 404
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_e2e_inputs_signal_shutdown_exits_0(make_server: MakeServer, sig: int) -> None:
+    server = make_server()
+    with server.client() as http:
+        assert http.put("/keys/k", json={"value": "v"}).status_code == 201
+    assert server.stop(sig) == 0, server.log()
+    log = server.log()
+    assert "store closed" in log and "Traceback" not in log
