@@ -86,8 +86,7 @@ def test_disk_full_gives_507_keeps_reads_and_recovers_when_space_is_freed(
             deleted = client.delete("/keys/fill/0000")
             assert deleted.status_code == 204
             del acknowledged["fill/0000"]
-        # uvicorn re-raises SIGTERM after a clean shutdown: -15 is a clean exit too.
-        assert server.stop() in (0, -signal.SIGTERM), server.log()[-2000:]
+        assert server.stop() == 0, server.log()[-2000:]  # a graceful shutdown exits 0
         assert "Application shutdown complete" in server.log()
 
         # Nothing acknowledged was damaged: a fresh process reads back exactly the same.
