@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import gc
@@ -222,6 +224,7 @@ class Store:
         finally:
             if collecting:
                 gc.enable()
+        _return_freed_heap()
         if fsync == "interval":
             store._interval_thread = threading.Thread(
                 target=store._run_interval_flusher, name="filekv-fsync-interval", daemon=True
@@ -955,3 +958,17 @@ class Store:
 def _entry_bytes(key_bytes: int, location: int) -> int:
     """The live-bytes estimate of one entry: its single-put record's size."""
     return ENTRY_OVERHEAD + key_bytes + ((location >> LENGTH_SHIFT) & LENGTH_MASK)
+
+
+def _return_freed_heap() -> None:
+    """Hand back to the OS the heap pages that loading the index used for temporaries.
+
+    Loading a hint file frees large temporaries (the decoded key block, column arrays) inside
+    the C heap; glibc keeps those pages, which showed as 20 % more RSS per key than a store
+    built by writes. ``malloc_trim`` returns them. Elsewhere (no glibc) this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
