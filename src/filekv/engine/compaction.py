@@ -256,13 +256,13 @@ def _retire(store: Store, inputs: list[Segment]) -> None:
     io = store._io
     directory = store._path
     with store._lock:
+        # A group-commit round that started before the seal may still be fsyncing an input;
+        # rounds that start now sync the new active segment. Readers hold this lock.
+        store._group.wait_for_round()
         for segment in inputs:
             del store._segments[segment.segment_id]
             store._hint_bytes.pop(segment.segment_id, None)
-            if store._pins.get(segment.segment_id):
-                store._retired[segment.segment_id] = segment.fd  # an fsync is running on it
-            else:
-                io.close(segment.fd)
+            io.close(segment.fd)
         store._last_compaction = time.time()
         store._compactions += 1
     for segment in inputs:  # oldest first: see the module docstring, step 5

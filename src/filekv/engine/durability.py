@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
@@ -24,17 +25,21 @@ from .errors import StoreFailed
 
 log = logging.getLogger(__name__)
 
-# Called under the store's lock: returns (highest appended sequence number, fsync function for
-# the file holding every not-yet-synced record up to it).
-SyncTarget = Callable[[], tuple[int, Callable[[], None]]]
+COMMIT_DELAY = 0.0002  # seconds a contended leader may wait for more appends before its fsync
+
+# Returns (highest appended sequence number, descriptor of the file holding every record up to it
+# that is not yet synced). It must not take the store's lock: writers append while a round runs.
+SyncPoint = Callable[[], tuple[int, int]]
 
 
 class GroupCommit:
-    def __init__(self, sync_target: SyncTarget) -> None:
-        self._sync_target = sync_target
+    def __init__(self, sync_point: SyncPoint, fsync: Callable[[int], None]) -> None:
+        self._sync_point = sync_point
+        self._fsync = fsync
         self._condition = threading.Condition()
         self._synced = 0
         self._syncing = False
+        self._contended = False  # whether the last round had writers waiting behind it
         self._failure: BaseException | None = None
         self._parked: list[LockType] = []
         self._async_waiters: list[tuple[int, asyncio.Future[None], asyncio.AbstractEventLoop]] = []
@@ -76,14 +81,27 @@ class GroupCommit:
                     self._syncing = True
                     parked = None
             if parked is None:
-                self._lead()
+                if self._lead() >= seq:
+                    return  # a lone writer is done after one round, without looking again
             else:
                 parked.acquire()
 
-    def _lead(self) -> None:
+    def _lead(self) -> int:
+        """Run one round: fsync everything appended so far; return the new synced sequence."""
         try:
-            target, fsync = self._sync_target()
-            fsync()
+            target, fd = self._sync_point()
+            if self._contended:
+                # Writers just woken by the last round are about to append again. Give them the
+                # GIL while appends keep coming (bounded), so this fsync covers them too rather
+                # than only the leader: PostgreSQL's commit_delay, driven by progress, not time.
+                deadline = time.monotonic() + COMMIT_DELAY
+                while time.monotonic() < deadline:
+                    time.sleep(0)
+                    latest, fd = self._sync_point()
+                    if latest == target:
+                        break
+                    target = latest
+            self._fsync(fd)
         except BaseException as error:
             log.error("fsync failed; the store refuses writes until reopened: %s", error)
             with self._condition:
@@ -94,21 +112,31 @@ class GroupCommit:
         with self._condition:
             if target > self._synced:
                 self._synced = target
+            synced = self._synced
             self._finish_round()
-        self._resolve_async()
+        if self._async_waiters:  # unlocked peek: the syncer thread resolves any it misses
+            self._resolve_async()
+        return synced
 
     def _finish_round(self) -> None:
         # Called holding _condition: wake every parked writer; those not yet covered elect the
         # next leader among themselves.
         self._syncing = False
         parked, self._parked = self._parked, []
+        self._contended = bool(parked)
         for waiter in parked:
             waiter.release()
         self._condition.notify_all()
 
+    def wait_for_round(self) -> None:
+        """Wait until no fsync round is running (so a file it may be syncing can be closed)."""
+        with self._condition:
+            while self._syncing:
+                self._condition.wait()
+
     def sync_now(self) -> None:
         """Make everything appended so far durable (interval flusher, close)."""
-        target, _ = self._sync_target()
+        target, _ = self._sync_point()
         self.wait(target)
 
     async def wait_async(self, seq: int) -> None:

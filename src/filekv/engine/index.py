@@ -13,7 +13,7 @@ tuple of five::
 from __future__ import annotations
 
 from collections.abc import Iterator
-from itertools import islice, repeat
+from itertools import repeat
 from operator import lshift, or_
 
 from sortedcontainers import SortedList
@@ -130,7 +130,8 @@ class KeyIndex:
             position = self.ordered.bisect_left(prefix)
         else:
             position = self.ordered.bisect_right(after)
-        for key in islice(self.ordered, position, None):
+        # SortedList.islice starts at a position in O(log n); itertools.islice would walk there.
+        for key in self.ordered.islice(position):
             if not key.startswith(prefix):
                 return
             yield key

@@ -142,8 +142,6 @@ class Store:
         self._segments: dict[int, Segment] = {}
         self._active: Segment | None = None
         self._hint_bytes: dict[int, int] = {}
-        self._pins: dict[int, int] = {}  # segment id -> fsyncs running on its fd
-        self._retired: dict[int, int] = {}  # segment id -> fd to close once unpinned
         self._next_id = 1
         self._revision = 0
         self._write_seq = 0
@@ -156,7 +154,10 @@ class Store:
         self._closed = False
         self._failure: BaseException | None = None
         self._lock_fd = -1
-        self._group = GroupCommit(self._sync_target)
+        # What a group-commit round must fsync: updated under the lock after every append and
+        # read without it, so a round never waits for the lock that writers hold.
+        self._sync_point: tuple[int, int] = (0, -1)
+        self._group = GroupCommit(lambda: self._sync_point, io.fsync)
         self._compact_lock = threading.Lock()
         self._compaction_thread: threading.Thread | None = None
         self._interval_stop = threading.Event()
@@ -379,6 +380,7 @@ class Store:
         self._next_id += 1
         self._segments[segment.segment_id] = segment
         self._active = segment
+        self._sync_point = (self._write_seq, segment.fd)
 
     def close(self) -> None:
         """Flush and fsync everything, stop background work and release the directory."""
@@ -395,6 +397,7 @@ class Store:
             thread.join()
         with self._compact_lock:  # wait for a synchronous compact() in another thread
             pass
+        self._group.wait_for_round()  # nobody may be syncing a file we are about to close
         active = self._active
         try:
             if self._failure is None and active is not None:
@@ -413,11 +416,7 @@ class Store:
         for segment in self._segments.values():
             with contextlib.suppress(OSError):
                 self._io.close(segment.fd)
-        for fd in self._retired.values():
-            with contextlib.suppress(OSError):
-                self._io.close(fd)
         self._segments.clear()
-        self._retired.clear()
         if self._lock_fd >= 0:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = -1
@@ -588,7 +587,6 @@ class Store:
                 hashed,
             )
             self._account_set(len(encoded), len(value), self._index.set(key, location))
-            self._write_seq += 1
             seq = self._write_seq
             self._after_write()
         return seq, revision
@@ -606,13 +604,15 @@ class Store:
             self._append(encode_record(revision, [(DELETE, encoded, b"")]))
             self._revision = revision
             self._account_remove(len(encoded), self._index.remove(key))
-            self._write_seq += 1
             seq = self._write_seq
             self._after_write()
         return seq
 
     def _append(self, record: bytes) -> int:
         """Append ``record`` to the active segment; return its offset. Called under the lock.
+
+        Each record appended gets the next sequence number (``_write_seq``), which is what
+        writers wait on for durability.
 
         A failed write is cut back off the file, so a later write never lands after a torn one;
         if even that fails, the store stops accepting writes.
@@ -637,6 +637,8 @@ class Store:
                 log.error("could not cut a failed write back off %s: %s", active.path, undo_error)
             raise self._storage_error(error, "writing") from error
         active.size = offset + len(record)
+        self._write_seq += 1
+        self._sync_point = (self._write_seq, active.fd)
         return offset
 
     def _storage_error(self, error: OSError, doing: str) -> StorageError:
@@ -676,35 +678,6 @@ class Store:
             self._maybe_compact()
 
     # ------------------------------------------------------------------ durability
-
-    def _sync_target(self) -> tuple[int, Callable[[], None]]:
-        with self._lock:
-            active = self._active
-            if active is None or (self._closed and not self._segments):
-                raise StoreClosed("the store is closed")
-            seq = self._write_seq
-            segment_id = active.segment_id
-            fd = active.fd
-            self._pins[segment_id] = self._pins.get(segment_id, 0) + 1
-
-        def fsync() -> None:
-            try:
-                self._io.fsync(fd)
-            finally:
-                self._unpin(segment_id)
-
-        return seq, fsync
-
-    def _unpin(self, segment_id: int) -> None:
-        with self._lock:
-            left = self._pins.get(segment_id, 1) - 1
-            if left:
-                self._pins[segment_id] = left
-                return
-            self._pins.pop(segment_id, None)
-            fd = self._retired.pop(segment_id, None)
-        if fd is not None:
-            self._io.close(fd)
 
     def _run_interval_flusher(self) -> None:
         while not self._interval_stop.wait(self._fsync_interval):
@@ -829,7 +802,6 @@ class Store:
                 offset = self._append(encode_record(revision, operations))
                 self._revision = revision
                 self._apply(operations, offset, revision)
-                self._write_seq += 1
                 seq = self._write_seq
             self._tx = None
             if operations:
