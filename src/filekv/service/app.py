@@ -85,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = None
     install_error_handlers(app)
     app.add_middleware(HeaderSizeLimit)
+    app.router.routes.extend(keys.fast_routes())  # first, so they match before the APIRoutes
     app.include_router(keys.router)
     app.include_router(transactions.router)
     app.include_router(auth.router)

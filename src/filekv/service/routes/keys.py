@@ -22,6 +22,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.convertors import PathConvertor, register_url_convertor
+from starlette.routing import Route
 
 from filekv.engine.errors import VersionMismatch
 from filekv.service.deps import caller_session_id
@@ -336,3 +337,32 @@ async def find_keys(
     more = len(keys) > limit
     page = keys[:limit]
     return _json({"keys": page, "next": page[-1] if more else None})
+
+
+async def _get_key_fast(request: Request) -> Response:
+    return await get_key(request.path_params["key"], request)
+
+
+async def _put_key_fast(request: Request) -> Response:
+    return await put_key(request.path_params["key"], request)
+
+
+async def _delete_key_fast(request: Request) -> Response:
+    return await delete_key(request.path_params["key"], request)
+
+
+def fast_routes() -> list[Route]:
+    """GET, PUT and DELETE ``/keys/{key}`` as plain Starlette routes, to match before the above.
+
+    These handlers read their input by hand and return ready responses, so FastAPI's
+    per-request machinery (solving dependencies, a sub-response, its route wrappers) does
+    nothing for them, yet cost more than the handlers themselves: measured in-process, 55 µs
+    per GET through the APIRoute against 24 µs through this route. The APIRoutes stay
+    registered for /docs and /openapi.json, which describe exactly what these routes do (the
+    same functions run), and the app's exception handlers apply to both.
+    """
+    return [
+        Route(KEY_PATH, _get_key_fast, methods=["GET"], include_in_schema=False),
+        Route(KEY_PATH, _put_key_fast, methods=["PUT"], include_in_schema=False),
+        Route(KEY_PATH, _delete_key_fast, methods=["DELETE"], include_in_schema=False),
+    ]
