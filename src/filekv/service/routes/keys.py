@@ -339,6 +339,45 @@ async def find_keys(
     return _json({"keys": page, "next": page[-1] if more else None})
 
 
+def _limit(text: str | None) -> int:
+    """``limit`` checked as FastAPI would check ``Query(ge=1, le=MAX_LIMIT)``, with its errors."""
+    if text is None:
+        return DEFAULT_LIMIT
+    if not _INTEGER.fullmatch(text):
+        raise _query_error(
+            "int_parsing", "Input should be a valid integer, unable to parse string as an integer"
+        )
+    limit = int(text)
+    if limit < 1:
+        raise _query_error("greater_than_equal", "Input should be greater than or equal to 1", ge=1)
+    if limit > MAX_LIMIT:
+        raise _query_error(
+            "less_than_equal", f"Input should be less than or equal to {MAX_LIMIT}", le=MAX_LIMIT
+        )
+    return limit
+
+
+_INTEGER: Final = re.compile(r"[+-]?[0-9]+")
+
+
+def _query_error(kind: str, message: str, **context: int) -> RequestValidationError:
+    item: dict[str, Any] = {"type": kind, "loc": ("query", "limit"), "msg": message}
+    if context:
+        item["ctx"] = context
+    return RequestValidationError([item])
+
+
+async def _find_keys_fast(request: Request) -> Response:
+    params = request.query_params
+    return await find_keys(
+        request,
+        value=params.get("value"),
+        prefix=params.get("prefix", ""),
+        after=params.get("after"),
+        limit=_limit(params.get("limit")),
+    )
+
+
 async def _get_key_fast(request: Request) -> Response:
     return await get_key(request.path_params["key"], request)
 
@@ -352,7 +391,7 @@ async def _delete_key_fast(request: Request) -> Response:
 
 
 def fast_routes() -> list[Route]:
-    """GET, PUT and DELETE ``/keys/{key}`` as plain Starlette routes, to match before the above.
+    """``/keys`` (find) and ``/keys/{key}`` as plain Starlette routes, to match before the above.
 
     These handlers read their input by hand and return ready responses, so FastAPI's
     per-request machinery (solving dependencies, a sub-response, its route wrappers) does
@@ -362,6 +401,7 @@ def fast_routes() -> list[Route]:
     same functions run), and the app's exception handlers apply to both.
     """
     return [
+        Route("/keys", _find_keys_fast, methods=["GET"], include_in_schema=False),
         Route(KEY_PATH, _get_key_fast, methods=["GET"], include_in_schema=False),
         Route(KEY_PATH, _put_key_fast, methods=["PUT"], include_in_schema=False),
         Route(KEY_PATH, _delete_key_fast, methods=["DELETE"], include_in_schema=False),
