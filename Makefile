@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/engine.py
 
 soak: $(STAMP)
-	FILEKV_SOAK=1 $(BIN)/python -m pytest -q tests/reliability tests/engine
+	FILEKV_SOAK=1 $(BIN)/python -m pytest -q -s --timeout 1800 tests/reliability tests/engine
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -873,3 +873,36 @@ def test_store_value_larger_than_a_segment(
     }
     db.compact()
     assert reopen(db).get("big1") == big
+
+
+def test_store_value_groups_loaded_from_hints_change_correctly(
+    db_path: Path, open_store: OpenStore, reopen: Reopen
+) -> None:
+    """Groups of keys sharing a value come back from a hint file and still take every change."""
+    db = open_store(db_path)
+    for i in range(6):
+        db.put(f"shared/{i}", b"same")
+    db.put("alone", b"other")
+    db.compact()
+    db = reopen(db)
+    assert db.find(b"same") == [f"shared/{i}" for i in range(6)]
+    db.put("shared/0", b"changed")  # leaves the group
+    db.delete("shared/1")
+    db.put("shared/new", b"same")  # joins it
+    db.put("alone", b"same")
+    assert db.find(b"same") == [
+        "alone",
+        "shared/2",
+        "shared/3",
+        "shared/4",
+        "shared/5",
+        "shared/new",
+    ]
+    assert db.find(b"changed") == ["shared/0"]
+    db.check()
+    for key in ("alone", "shared/2", "shared/3", "shared/4", "shared/5"):
+        db.delete(key)
+    assert db.find(b"same") == ["shared/new"]
+    db.check()
+    db = reopen(db)
+    assert db.find(b"same") == ["shared/new"]

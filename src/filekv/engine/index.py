@@ -61,6 +61,11 @@ def revision_of(location: int) -> int:
     return (location >> REVISION_SHIFT) & REVISION_MASK
 
 
+# The keys under one value hash: the key itself when it is alone (the common case, and no
+# container object at all), a tuple as loaded from a hint file, or a set once it changes.
+Holder = str | tuple[str, ...] | set[str]
+
+
 class KeyIndex:
     """Every live key, where its value is, in key order, and grouped by value hash.
 
@@ -72,9 +77,9 @@ class KeyIndex:
     def __init__(self) -> None:
         self.locations: dict[str, int] = {}
         self.ordered: SortedList = SortedList()
-        # value hash -> the one key with that hash, or a set when several share it; a bare str
-        # for the common single case saves a set object (about 200 bytes) per distinct value.
-        self.by_value: dict[int, str | set[str]] = {}
+        # value hash -> the keys with that hash (see Holder): a bare str for the common single
+        # case saves a set object (about 200 bytes) per distinct value.
+        self.by_value: dict[int, Holder] = {}
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -96,6 +101,8 @@ class KeyIndex:
             self.by_value[hashed] = key
         elif isinstance(holder, str):
             self.by_value[hashed] = {holder, key}
+        elif isinstance(holder, tuple):
+            self.by_value[hashed] = {*holder, key}
         else:
             holder.add(key)
         return previous
@@ -156,13 +163,14 @@ class KeyIndex:
         self.ordered = SortedList(keys)
         key_at = keys.__getitem__
         hash_at = hashes.__getitem__
-        by_value: dict[int, str | set[str]] = dict(
+        by_value: dict[int, Holder] = dict(
             zip(map(hash_at, hint.singles), map(key_at, hint.singles), strict=True)
         )
         grouped = hint.grouped
         start = 0
         for end in hint.group_ends:  # one step per shared value, not per key
-            by_value[hash_at(grouped[start])] = set(map(key_at, grouped[start:end]))
+            # A tuple, not a set: cheaper to build, and made a set only if the group changes.
+            by_value[hash_at(grouped[start])] = tuple(map(key_at, grouped[start:end]))
             start = end
         self.by_value = by_value
 
@@ -174,6 +182,9 @@ class KeyIndex:
             if holder == key:
                 del self.by_value[hashed]
             return
+        if isinstance(holder, tuple):
+            holder = set(holder)
+            self.by_value[hashed] = holder
         holder.discard(key)
         if len(holder) == 1:
             self.by_value[hashed] = next(iter(holder))
