@@ -63,25 +63,15 @@ from .record import (
     PUT_VALUE_OFFSET,
     RECORD_OVERHEAD,
     SEGMENT_HEADER_SIZE,
-    FormatError,
     Operation,
-    decode_hint,
-    decode_segment_header,
     encode_put,
     encode_record,
-    iter_operations,
     value_hash,
 )
+from .recovery import ENTRY_OVERHEAD, recover
 from .segment import (
-    HINT_SUFFIX,
-    SEGMENT_SUFFIX,
-    TEMP_SUFFIX,
     Segment,
     create_segment,
-    cut_tail,
-    hint_name,
-    list_segment_ids,
-    scan_segment,
     segment_name,
 )
 
@@ -93,8 +83,6 @@ log = logging.getLogger(__name__)
 FsyncMode = Literal["always", "interval", "never"]
 FSYNC_MODES: Final = ("always", "interval", "never")
 LOCK_NAME: Final = "LOCK"
-# Bytes a live single-put record costs on disk beyond its key and value: the live-bytes estimate.
-ENTRY_OVERHEAD: Final = PUT_VALUE_OFFSET
 COMPACTION_CHECK_EVERY: Final = 1024  # writes between two looks at the compaction thresholds
 
 
@@ -213,7 +201,7 @@ class Store:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            store._recover()
+            recover(store)
         except OSError as error:
             store._release_files()
             raise StorageError(
@@ -243,126 +231,6 @@ class Store:
             os.close(fd)
             raise StoreLocked(f"data directory {self._path} is in use by another process") from None
         self._lock_fd = fd
-
-    def _recover(self) -> None:
-        directory = self._path
-        for name in os.listdir(directory):
-            stem, _, suffix = name.partition(".")
-            # Only our own unfinished compaction outputs (NNNNNNNNNN.seg.tmp, .hint.tmp): other
-            # programs' temporary files in the directory are theirs to clean up.
-            if stem.isdigit() and "." + suffix in (
-                SEGMENT_SUFFIX + TEMP_SUFFIX,
-                HINT_SUFFIX + TEMP_SUFFIX,
-            ):
-                self._io.unlink(str(directory / name))
-        ids = list_segment_ids(directory)
-        for name in os.listdir(directory):
-            stem, _, suffix = name.partition(".")
-            if "." + suffix == HINT_SUFFIX and stem.isdigit() and int(stem) not in ids:
-                self._io.unlink(str(directory / name))  # orphan of a deleted segment
-        last = ids[-1] if ids else None
-        for segment_id in ids:
-            self._load_segment(segment_id, is_last=segment_id == last)
-        self._next_id = (last or 0) + 1
-        newest = self._segments.get(last) if last is not None else None
-        if newest is not None and not newest.merged and newest.size < self._segment_bytes:
-            self._active = newest
-        else:
-            self._start_new_segment()
-        merged = [s for s in self._segments.values() if s.merged]
-        if merged:
-            self._last_compaction = max(os.stat(s.path).st_mtime for s in merged)
-
-    def _load_segment(self, segment_id: int, *, is_last: bool) -> None:
-        path = self._path / segment_name(segment_id)
-        if is_last and os.path.getsize(path) < SEGMENT_HEADER_SIZE:
-            # Crash while the segment was being created: its header never reached the disk,
-            # and no record can have been written after it.
-            self._discard_unborn_segment(path)
-            return
-        flags = os.O_RDWR | os.O_APPEND if is_last else os.O_RDONLY
-        fd = self._io.open(str(path), flags)
-        try:
-            header_bytes = self._io.pread(fd, SEGMENT_HEADER_SIZE, 0)
-            try:
-                header = decode_segment_header(header_bytes)
-            except FormatError as error:
-                raise CorruptStore(str(path), 0, str(error)) from error
-            segment = Segment(segment_id, path, fd, SEGMENT_HEADER_SIZE, header, header.merged)
-            self._revision = max(self._revision, header.base_revision)
-            if not (segment.merged and self._load_hint(segment)):
-                self._replay(segment, is_last=is_last)
-        except BaseException:
-            self._io.close(fd)
-            raise
-        self._segments[segment_id] = segment
-
-    def _discard_unborn_segment(self, path: Path) -> None:
-        fd = self._io.open(str(path), os.O_RDWR)
-        try:
-            data = self._io.read_file(str(path))
-            if data:
-                cut_tail(self._io, path, fd, data, 0)
-        finally:
-            self._io.close(fd)
-        self._io.unlink(str(path))
-        self._io.fsync_dir(str(self._path))
-        self._recovered_truncations += 1
-        log.warning("%s: removed a segment whose creation a crash interrupted", path)
-
-    def _load_hint(self, segment: Segment) -> bool:
-        hint_path = self._path / hint_name(segment.segment_id)
-        if not hint_path.exists():
-            return False
-        try:
-            data = self._io.read_file(str(hint_path))
-            hint = decode_hint(data)
-            if hint.segment_id != segment.segment_id:
-                raise FormatError("hint file names another segment")
-        except (FormatError, OSError) as error:
-            log.warning("%s ignored (%s); replaying the segment instead", hint_path, error)
-            return False
-        segment.size = os.path.getsize(segment.path)
-        count = len(hint.keys)
-        if not self._index.locations:
-            self._index.bulk_load(hint)
-            self._live_bytes += ENTRY_OVERHEAD * count + hint.key_bytes + sum(hint.value_lengths)
-        else:  # earlier segments survived a crash mid-compaction: merge entry by entry
-            for position, key in enumerate(hint.keys):
-                length = hint.value_lengths[position]
-                location = pack(
-                    segment.segment_id,
-                    hint.value_offsets[position],
-                    length,
-                    hint.revisions[position],
-                    hint.value_hashes[position],
-                )
-                self._account_set(len(key.encode()), length, self._index.set(key, location))
-        self._revision = max(self._revision, hint.max_revision)
-        self._hint_bytes[segment.segment_id] = len(data)
-        return True
-
-    def _replay(self, segment: Segment, *, is_last: bool) -> None:
-        scanned = scan_segment(self._io, segment.path, may_have_torn_tail=is_last)
-        data = scanned.data
-        index = self._index
-        segment_id = segment.segment_id
-        for offset, revision in scanned.records:
-            for op in iter_operations(data, offset):
-                key = op.key.decode("utf-8")
-                if op.kind == PUT:
-                    start = op.value_offset
-                    length = op.value_length
-                    hashed = value_hash(data[start : start + length])
-                    location = pack(segment_id, start, length, revision, hashed)
-                    self._account_set(len(op.key), length, index.set(key, location))
-                else:
-                    self._account_remove(len(op.key), index.remove(key))
-            self._revision = max(self._revision, revision)
-        segment.size = scanned.good_end
-        if scanned.good_end < len(data):
-            cut_tail(self._io, segment.path, segment.fd, data, scanned.good_end)
-            self._recovered_truncations += 1
 
     def _start_new_segment(self) -> None:
         """Seal the active segment (fsynced whatever the mode) and start the next one."""
