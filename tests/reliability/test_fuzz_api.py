@@ -31,8 +31,7 @@ STATUSES: dict[str, dict[int, int]] = {}
 UNSATISFIABLE: set[str] = set()  # operations with no negative cases
 FAILURES: list[str] = []
 KNOWN: list[str] = []
-# Schema lies already reported, each with its own strict xfail below: (operation, status).
-# Schema lies found earlier and not yet fixed would be listed here; none are left.
+# Schema lies found and not yet fixed would be listed here as (operation, status); none are left.
 KNOWN_LIES: set[tuple[str, int]] = set()
 
 
@@ -170,7 +169,7 @@ def test_fuzz_api_log_has_no_tracebacks(fuzz_server: Serve) -> None:
 
 
 def test_fuzz_api_found_no_schema_violations(fuzz_server: Serve) -> None:
-    print(f"\nschema violations: {len(FAILURES)} new, {len(KNOWN)} known (xfail below)")
+    print(f"\nschema violations: {len(FAILURES)} new, {len(KNOWN)} known")
     for failure in FAILURES + KNOWN:
         print("  " + failure)
     assert FAILURES == []
