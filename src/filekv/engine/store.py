@@ -529,15 +529,11 @@ class Store:
     def _account_set(self, key_bytes: int, value_bytes: int, previous: int | None) -> None:
         self._live_bytes += ENTRY_OVERHEAD + key_bytes + value_bytes
         if previous is not None:
-            self._live_bytes -= (
-                ENTRY_OVERHEAD + key_bytes + ((previous >> LENGTH_SHIFT) & LENGTH_MASK)
-            )
+            self._live_bytes -= _entry_bytes(key_bytes, previous)
 
     def _account_remove(self, key_bytes: int, previous: int | None) -> None:
         if previous is not None:
-            self._live_bytes -= (
-                ENTRY_OVERHEAD + key_bytes + ((previous >> LENGTH_SHIFT) & LENGTH_MASK)
-            )
+            self._live_bytes -= _entry_bytes(key_bytes, previous)
 
     def _after_write(self) -> None:
         self._writes_since_check += 1
