@@ -126,7 +126,7 @@ def _seal(store: Store) -> tuple[list[Segment], int] | None:
     return inputs, output_id
 
 
-Copied = tuple[list[str], list[int], list[int], list[int], list[int], list[int]]
+Copied = tuple[list[str], list[int], list[int]]  # keys, where they were, where they are now
 
 
 def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied:
@@ -136,10 +136,8 @@ def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied
     output_path = directory / (segment_name(output_id) + TEMP_SUFFIX)
     keys: list[str] = []
     old_locations: list[int] = []
-    offsets: list[int] = []
-    lengths: list[int] = []
+    new_locations: list[int] = []
     revisions: list[int] = []
-    hashes: list[int] = []
     fd = io.open(str(output_path), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
     try:
         header = SegmentHeader(output_id, store._revision, FLAG_MERGED)
@@ -153,10 +151,16 @@ def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied
                     record = encode_put(revision, encoded, value)
                     keys.append(key)
                     old_locations.append(old)
-                    offsets.append(position + PUT_VALUE_OFFSET + len(encoded))
-                    lengths.append(length)
+                    new_locations.append(
+                        pack(
+                            output_id,
+                            position + PUT_VALUE_OFFSET + len(encoded),
+                            length,
+                            revision,
+                            old & HASH_MASK,
+                        )
+                    )
                     revisions.append(revision)
-                    hashes.append(old & HASH_MASK)
                     buffer += record
                     position += len(record)
                 if len(buffer) >= FLUSH_BYTES:
@@ -172,10 +176,7 @@ def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied
         max_revision=max(revisions, default=0),
         created_ms=int(time.time() * 1000),
         keys=[keys[i] for i in order],
-        value_offsets=[offsets[i] for i in order],
-        value_lengths=[lengths[i] for i in order],
-        revisions=[revisions[i] for i in order],
-        value_hashes=[hashes[i] for i in order],
+        locations=[new_locations[i] for i in order],
     )
     hint_path = directory / (hint_name(output_id) + TEMP_SUFFIX)
     hint_fd = io.open(str(hint_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -189,7 +190,7 @@ def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied
     io.rename(str(output_path), str(directory / segment_name(output_id)))
     io.rename(str(hint_path), str(directory / hint_name(output_id)))
     io.fsync_dir(str(directory))
-    return keys, old_locations, offsets, lengths, revisions, hashes
+    return keys, old_locations, new_locations
 
 
 LiveEntry = tuple[str, bytes, int, int, int, int]  # key, encoded, value start, length, rev, old loc
@@ -237,19 +238,14 @@ def _open_output(store: Store, output_id: int) -> Segment:
 
 def _install(store: Store, output: Segment, copied: Copied) -> None:
     """Register the output and repoint, in short batches, keys still where they were copied from."""
-    keys, old_locations, offsets, lengths, revisions, hashes = copied
-    output_id = output.segment_id
+    keys, old_locations, new_locations = copied
     with store._lock:
-        store._segments[output_id] = output
+        store._segments[output.segment_id] = output
     for first in range(0, len(keys), BATCH):
         with store._lock:
             move = store._index.move
             for i in range(first, min(first + BATCH, len(keys))):
-                move(
-                    keys[i],
-                    old_locations[i],
-                    pack(output_id, offsets[i], lengths[i], revisions[i], hashes[i]),
-                )
+                move(keys[i], old_locations[i], new_locations[i])
 
 
 def _retire(store: Store, inputs: list[Segment]) -> None:

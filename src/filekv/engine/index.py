@@ -1,85 +1,89 @@
 """The in-memory indexes: key -> location, ordered keys, value hash -> keys.
 
 Values stay on disk; memory holds, per key, the key string (shared by all three structures), one
-packed integer locating its value, a slot in the sorted key list and a slot in the value index.
-
-A location packs five fields into one Python int, because one int costs far less memory than a
-tuple of five::
-
-    | segment id 24 | value offset 40 | value length 32 | revision 48 | value hash 32 |
-    high bits                                                                 low bits
+packed integer locating its value (see ``record.pack``), a slot in the sorted key list and a slot
+in the value index.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import repeat
-from operator import lshift, or_
+from operator import and_
 
 from sortedcontainers import SortedList
 
-from .record import HintColumns
+from .record import (
+    HASH_BITS,
+    HASH_MASK,
+    LENGTH_BITS,
+    LENGTH_MASK,
+    LENGTH_SHIFT,
+    OFFSET_BITS,
+    OFFSET_MASK,
+    OFFSET_SHIFT,
+    REVISION_BITS,
+    REVISION_MASK,
+    REVISION_SHIFT,
+    SEGMENT_SHIFT,
+    HintColumns,
+    pack,
+    unpack,
+)
 
-HASH_BITS = 32
-REVISION_BITS = 48
-LENGTH_BITS = 32
-OFFSET_BITS = 40
-HASH_MASK = (1 << HASH_BITS) - 1
-REVISION_MASK = (1 << REVISION_BITS) - 1
-LENGTH_MASK = (1 << LENGTH_BITS) - 1
-OFFSET_MASK = (1 << OFFSET_BITS) - 1
-REVISION_SHIFT = HASH_BITS
-LENGTH_SHIFT = REVISION_SHIFT + REVISION_BITS
-OFFSET_SHIFT = LENGTH_SHIFT + LENGTH_BITS
-SEGMENT_SHIFT = OFFSET_SHIFT + OFFSET_BITS
+__all__ = [
+    "HASH_BITS",
+    "HASH_MASK",
+    "LENGTH_BITS",
+    "LENGTH_MASK",
+    "LENGTH_SHIFT",
+    "OFFSET_BITS",
+    "OFFSET_MASK",
+    "OFFSET_SHIFT",
+    "PLACE_SHIFT",
+    "REVISION_BITS",
+    "REVISION_MASK",
+    "REVISION_SHIFT",
+    "SEGMENT_SHIFT",
+    "KeyIndex",
+    "pack",
+    "revision_of",
+    "unpack",
+]
+
 # A location >> PLACE_SHIFT identifies where the value is (segment and offset), nothing else.
 PLACE_SHIFT = OFFSET_SHIFT
-
-
-def pack(segment_id: int, offset: int, length: int, revision: int, hashed: int) -> int:
-    return (
-        segment_id << SEGMENT_SHIFT
-        | offset << OFFSET_SHIFT
-        | length << LENGTH_SHIFT
-        | revision << REVISION_SHIFT
-        | hashed
-    )
-
-
-def unpack(location: int) -> tuple[int, int, int, int, int]:
-    """(segment id, value offset, value length, revision, value hash)."""
-    return (
-        location >> SEGMENT_SHIFT,
-        (location >> OFFSET_SHIFT) & OFFSET_MASK,
-        (location >> LENGTH_SHIFT) & LENGTH_MASK,
-        (location >> REVISION_SHIFT) & REVISION_MASK,
-        location & HASH_MASK,
-    )
 
 
 def revision_of(location: int) -> int:
     return (location >> REVISION_SHIFT) & REVISION_MASK
 
 
-# The keys under one value hash: the key itself when it is alone (the common case, and no
-# container object at all), a tuple as loaded from a hint file, or a set once it changes.
-Holder = str | tuple[str, ...] | set[str]
+# The keys under one value hash:
+# - the key itself when it is alone (the common case: no container object at all);
+# - a dict key -> location when several keys share the hash: find then verifies candidates with
+#   the locations at hand instead of looking each up in the million-entry key dict (a cache miss
+#   each), and a small dict costs less memory than a set;
+# - a range of positions in the hint file's grouped entries, as loaded: made into a dict the
+#   first time anything looks at or changes that group, so opening does not touch every key.
+Holder = str | dict[str, int] | range
 
 
 class KeyIndex:
     """Every live key, where its value is, in key order, and grouped by value hash.
 
-    Not thread-safe by itself: the Store serialises mutations under its lock.
+    Not thread-safe by itself: the Store serialises every call under its lock.
     """
 
-    __slots__ = ("by_value", "locations", "ordered")
+    __slots__ = ("_hint_grouped", "_hint_keys", "by_value", "locations", "ordered")
 
     def __init__(self) -> None:
         self.locations: dict[str, int] = {}
         self.ordered: SortedList = SortedList()
-        # value hash -> the keys with that hash (see Holder): a bare str for the common single
-        # case saves a set object (about 200 bytes) per distinct value.
         self.by_value: dict[int, Holder] = {}
+        # What range holders point into: the bulk-loaded hint's keys and its grouped entries.
+        self._hint_keys: list[str] = []
+        self._hint_grouped: Sequence[int] = ()
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -94,17 +98,20 @@ class KeyIndex:
         else:
             old_hash = previous & HASH_MASK
             if old_hash == hashed:
-                return previous
+                holder = self.by_value.get(hashed)
+                if isinstance(holder, dict):
+                    holder[key] = location
+                return previous  # a range holder reads locations when it becomes a dict
             self._unlink_value(old_hash, key)
         holder = self.by_value.get(hashed)
         if holder is None:
             self.by_value[hashed] = key
         elif isinstance(holder, str):
-            self.by_value[hashed] = {holder, key}
-        elif isinstance(holder, tuple):
-            self.by_value[hashed] = {*holder, key}
+            self.by_value[hashed] = {holder: self.locations[holder], key: location}
+        elif isinstance(holder, dict):
+            holder[key] = location
         else:
-            holder.add(key)
+            self._materialize(hashed, holder)[key] = location
         return previous
 
     def remove(self, key: str) -> int | None:
@@ -121,15 +128,31 @@ class KeyIndex:
         if self.locations.get(key) != expected:
             return False
         self.locations[key] = location
+        holder = self.by_value.get(location & HASH_MASK)
+        if isinstance(holder, dict):
+            holder[key] = location
         return True
 
-    def candidates(self, hashed: int) -> list[str]:
+    def candidates(self, hashed: int) -> list[tuple[str, int]]:
+        """(key, location) of every key whose value has this hash, in key order."""
         holder = self.by_value.get(hashed)
         if holder is None:
             return []
         if isinstance(holder, str):
-            return [holder]
-        return sorted(holder)
+            return [(holder, self.locations[holder])]
+        if isinstance(holder, range):
+            holder = self._materialize(hashed, holder)
+        return sorted(holder.items())
+
+    def group(self, holder: Holder) -> dict[str, int | None]:
+        """The keys a holder stands for and the locations it knows (for checks; changes nothing)."""
+        if isinstance(holder, str):
+            return {holder: self.locations.get(holder)}
+        if isinstance(holder, range):
+            keys, grouped = self._hint_keys, self._hint_grouped
+            members = [keys[grouped[position]] for position in holder]
+            return {key: self.locations.get(key) for key in members}
+        return dict(holder)
 
     def keys_from(self, prefix: str, after: str | None) -> Iterator[str]:
         """Keys in order, starting with ``prefix``, strictly greater than ``after``."""
@@ -144,35 +167,53 @@ class KeyIndex:
             yield key
 
     def bulk_load(self, hint: HintColumns) -> None:
-        """Fill an empty index from a hint file's columns at C speed (no Python loop per key)."""
+        """Fill an empty index from a hint file at C speed (no Python step per key).
+
+        Keys are touched in file (sorted) order only: groups of keys sharing a value hash become
+        range holders, so a million keys are not visited a second time in hash order.
+        """
         if self.locations:
             raise ValueError("bulk_load needs an empty index")
         keys = hint.keys
-        hashes = hint.value_hashes
-        base = hint.segment_id << SEGMENT_SHIFT
-        locations = map(
-            or_,
-            map(or_, map(lshift, hint.value_offsets, repeat(OFFSET_SHIFT)), repeat(base)),
-            map(
-                or_,
-                map(lshift, hint.value_lengths, repeat(LENGTH_SHIFT)),
-                map(or_, map(lshift, hint.revisions, repeat(REVISION_SHIFT)), hashes),
-            ),
-        )
+        locations = hint.locations
         self.locations = dict(zip(keys, locations, strict=True))
         self.ordered = SortedList(keys)
         key_at = keys.__getitem__
-        hash_at = hashes.__getitem__
+        location_at = locations.__getitem__
+        singles = hint.singles
         by_value: dict[int, Holder] = dict(
-            zip(map(hash_at, hint.singles), map(key_at, hint.singles), strict=True)
+            zip(
+                map(and_, map(location_at, singles), repeat(HASH_MASK)),
+                map(key_at, singles),
+                strict=True,
+            )
         )
         grouped = hint.grouped
-        start = 0
-        for end in hint.group_ends:  # one step per shared value, not per key
-            # A tuple, not a set: cheaper to build, and made a set only if the group changes.
-            by_value[hash_at(grouped[start])] = tuple(map(key_at, grouped[start:end]))
-            start = end
+        ends = hint.group_ends
+        starts = [0, *ends[:-1]] if ends else []
+        by_value.update(
+            zip(
+                map(and_, map(location_at, map(grouped.__getitem__, starts)), repeat(HASH_MASK)),
+                map(range, starts, ends),
+                strict=True,
+            )
+        )
         self.by_value = by_value
+        self._hint_keys = keys
+        self._hint_grouped = grouped
+
+    def _materialize(
+        self, hashed: int, holder: range, leaving: str | None = None
+    ) -> dict[str, int]:
+        """Replace a range holder by the dict it stands for (less ``leaving``, already gone)."""
+        keys, grouped, locations = self._hint_keys, self._hint_grouped, self.locations
+        members = {}
+        for position in holder:
+            key = keys[grouped[position]]
+            if key != leaving:
+                members[key] = locations[key]
+        self.by_value[hashed] = members
+        return members
 
     def _unlink_value(self, hashed: int, key: str) -> None:
         holder = self.by_value.get(hashed)
@@ -182,10 +223,9 @@ class KeyIndex:
             if holder == key:
                 del self.by_value[hashed]
             return
-        if isinstance(holder, tuple):
-            holder = set(holder)
-            self.by_value[hashed] = holder
-        holder.discard(key)
+        if isinstance(holder, range):
+            holder = self._materialize(hashed, holder, leaving=key)
+        holder.pop(key, None)
         if len(holder) == 1:
             self.by_value[hashed] = next(iter(holder))
         elif not holder:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CorruptStore
-from .index import pack
+from .index import LENGTH_MASK, LENGTH_SHIFT, pack
 from .record import (
     PUT,
     PUT_VALUE_OFFSET,
@@ -133,17 +133,10 @@ def _load_hint(store: Store, segment: Segment) -> bool:
     count = len(hint.keys)
     if not store._index.locations:
         store._index.bulk_load(hint)
-        store._live_bytes += ENTRY_OVERHEAD * count + hint.key_bytes + sum(hint.value_lengths)
+        store._live_bytes += ENTRY_OVERHEAD * count + hint.key_bytes + hint.value_bytes
     else:  # earlier segments survived a crash mid-compaction: merge entry by entry
-        for position, key in enumerate(hint.keys):
-            length = hint.value_lengths[position]
-            location = pack(
-                segment.segment_id,
-                hint.value_offsets[position],
-                length,
-                hint.revisions[position],
-                hint.value_hashes[position],
-            )
+        for key, location in zip(hint.keys, hint.locations, strict=True):
+            length = (location >> LENGTH_SHIFT) & LENGTH_MASK
             store._account_set(len(key.encode()), length, store._index.set(key, location))
     store._revision = max(store._revision, hint.max_revision)
     store._hint_bytes[segment.segment_id] = len(data)

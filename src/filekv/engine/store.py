@@ -613,11 +613,9 @@ class Store:
         with self._lock:
             if self._closed:
                 raise StoreClosed("the store is closed")
-            locations = self._index.locations
-            for key in self._index.candidates(hashed):
+            for key, location in self._index.candidates(hashed):
                 if (after is not None and key <= after) or not key.startswith(prefix):
                     continue
-                location = locations[key]
                 if (location >> LENGTH_SHIFT) & LENGTH_MASK != length:
                     continue
                 if self._read_value(location) != value:
@@ -771,14 +769,16 @@ class Store:
                 raise AssertionError("the ordered key list disagrees with the key index")
             grouped = 0
             for hashed, holder in index.by_value.items():
-                keys = [holder] if isinstance(holder, str) else list(holder)
-                if not keys:
+                group = index.group(holder)
+                if not group:
                     raise AssertionError("an empty group in the value index")
-                for key in keys:
+                for key, known in group.items():
                     location = index.locations.get(key)
                     if location is None or location & HASH_MASK != hashed:
                         raise AssertionError(f"value index holds {key!r} under a wrong hash")
-                grouped += len(keys)
+                    if known != location:
+                        raise AssertionError(f"value index has a stale location for {key!r}")
+                grouped += len(group)
             if grouped != len(index.locations):
                 raise AssertionError("the value index does not hold every key exactly once")
             for key, location in index.locations.items():
