@@ -13,7 +13,9 @@ bench/results/.
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import asyncio
 import dbm.dumb
 import gc
 import json
@@ -52,12 +54,13 @@ FALLBACK_RECORD_BYTES = 140
 PUT = "put (sequential, no fsync)"
 PUT_FSYNC = "put (sequential, durable)"
 PUT_FSYNC_32 = "put (32 threads, durable)"
+PUT_FSYNC_ASYNC = "put (32 asyncio tasks, durable)"
 GET = "get (random)"
 FIND = "find (10 matches)"
 SCAN = "scan (100 keys, prefix)"
 DISK = "disk: os.write+os.fsync loop"
 REOPEN = "reopen"
-MEASURE_ORDER = (PUT, PUT_FSYNC, PUT_FSYNC_32, GET, FIND, SCAN, REOPEN)
+MEASURE_ORDER = (PUT, PUT_FSYNC, PUT_FSYNC_32, PUT_FSYNC_ASYNC, GET, FIND, SCAN, REOPEN)
 
 
 def key_of(i: int) -> str:
@@ -133,6 +136,33 @@ def threaded_loop(
     elapsed = time.perf_counter() - start
     pooled = [x for s in samples for x in s.latencies_ns]
     return Sample(sum(s.count for s in samples), elapsed, pooled)
+
+
+def async_loop(
+    aop: Callable[..., Any], arg_slices: Sequence[Sequence[Any]], budget_s: float
+) -> Sample:
+    """Like threaded_loop with one asyncio task per slice on one event loop."""
+    latencies: list[int] = []
+    append = latencies.append
+    clock = time.perf_counter_ns
+
+    async def worker(args: Sequence[Any], stop: int) -> None:
+        for arg in args:
+            before = clock()
+            await aop(*arg)
+            after = clock()
+            append(after - before)
+            if after > stop:
+                break
+
+    async def main() -> float:
+        start = time.perf_counter()
+        stop = clock() + int(budget_s * 1e9)
+        await asyncio.gather(*(worker(s, stop) for s in arg_slices))
+        return time.perf_counter() - start
+
+    elapsed = asyncio.run(main())
+    return Sample(len(latencies), elapsed, latencies)
 
 
 def settle() -> None:
@@ -222,6 +252,61 @@ class FilekvSystem(System):
 
     def scanner(self) -> Callable[[str], object]:
         return self.db.scan  # type: ignore[no-any-return]
+
+
+class ThreadFloorSystem(System):
+    """Not a store: the least a durable put from many Python threads can cost here.
+
+    Each put appends its bytes to a shared list and parks on its own lock; one thread writes the
+    list, fsyncs and wakes every writer it covered: group commit with nothing else (no index, no
+    checksum, no error handling). What separates even this from a put with fsync=never is
+    CPython's hand-off of the GIL at every park and every wake-up.
+    """
+
+    name = "python floor: bare group commit, no store"
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.pending: list[tuple[bytes, Any]] = []
+        self.ready = threading.Condition()
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+
+    def open(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(folder / "append.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._sync, daemon=True)
+        self.thread.start()
+
+    def put(self, key: str, value: bytes) -> None:
+        parked = _thread.allocate_lock()
+        parked.acquire()
+        with self.ready:
+            self.pending.append((key.encode() + value, parked))
+            self.ready.notify()
+        parked.acquire()
+
+    def _sync(self) -> None:
+        while True:
+            with self.ready:
+                while not self.pending and not self.stopping:
+                    self.ready.wait()
+                if not self.pending:
+                    return
+                batch, self.pending = self.pending, []
+            os.write(self.fd, b"".join(data for data, _ in batch))
+            os.fsync(self.fd)
+            for _, parked in batch:
+                parked.release()
+
+    def close(self) -> None:
+        with self.ready:
+            self.stopping = True
+            self.ready.notify()
+        if self.thread is not None:
+            self.thread.join()
+        os.close(self.fd)
 
 
 class SqliteSystem(System):
@@ -488,6 +573,22 @@ class Bench:
         label = PUT_FSYNC if threads == 1 else PUT_FSYNC_32
         self.add(Result(label, system.name, samples, f"time-bounded {self.budget:g} s"))
 
+    def durable_aput(self, tasks: int) -> None:
+        """filekv's awaitable durable put: ``tasks`` asyncio tasks on one event loop."""
+        system = FilekvSystem("always")
+        items = self.items()
+        samples = []
+        for _ in range(self.repeats):
+            folder = self.fresh_dir("filekv")
+            system.open(folder)
+            settle()
+            slices = [items[t::tasks] for t in range(tasks)]
+            samples.append(async_loop(system.db.aput, slices, self.budget))
+            system.close()
+            shutil.rmtree(folder, ignore_errors=True)
+        note = f"await db.aput, time-bounded {self.budget:g} s"
+        self.add(Result(PUT_FSYNC_ASYNC, system.name, samples, note))
+
     def disk_baseline(self) -> None:
         """os.write + os.fsync of one record at a time to one file: what fsync=always can reach."""
         record = b"r" * self.record_bytes
@@ -608,6 +709,8 @@ class Bench:
             if self.filekv_ok:
                 self.durable_put(FilekvSystem("always"))
                 self.durable_put(FilekvSystem("always"), threads=32)
+                self.durable_put(ThreadFloorSystem(), threads=32)
+                self.durable_aput(tasks=32)
             self.durable_put(SqliteSystem("FULL"))
             self.log("one JSON file rewritten per write")
             self.json_file()
@@ -722,7 +825,7 @@ FILEKV_ALWAYS = "filekv fsync=always"
 
 def reference_for(results: list[Result], r: Result) -> Result | None:
     """The sqlite3 row a row is compared with: sync=FULL for durable puts, sync=OFF otherwise."""
-    if r.measure in (PUT_FSYNC, PUT_FSYNC_32):
+    if r.measure in (PUT_FSYNC, PUT_FSYNC_32, PUT_FSYNC_ASYNC):
         return find_result(results, PUT_FSYNC, SQLITE_FULL)
     return find_result(results, r.measure, SQLITE_OFF)
 

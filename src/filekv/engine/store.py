@@ -270,6 +270,7 @@ class Store:
         try:
             if self._failure is None and active is not None:
                 self._io.fsync(active.fd)
+                self._group.mark_synced(self._write_seq)  # a writer still parked is durable
         except OSError as error:
             raise StoreFailed(
                 f"the final fsync of {active.path if active else 'the store'} failed: "
