@@ -2,19 +2,12 @@
 
 ``make_app(**settings)`` builds an app on a fresh data directory; ``client`` wraps the default one
 in a ``TestClient`` with its lifespan running (so the store is open). ``server`` starts a real
-``filekv serve`` (or, before the CLI exists, uvicorn on the app factory) on a free port.
+``filekv serve`` on a free port (``serverproc.Server``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +16,12 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from serverproc import Server
 
 from filekv.service.app import create_app
 from filekv.settings import Settings
 
 PASSWORD = "correct horse battery"
-BIN = Path(sys.executable).parent
 
 
 def _settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -90,102 +83,6 @@ def login() -> Login:
     return log_in
 
 
-# -- a real server ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _has_cli() -> bool:
-    return importlib.util.find_spec("filekv.cli") is not None and (BIN / "filekv").exists()
-
-
-class Server:
-    """A ``filekv serve`` subprocess on ``data_dir``; restartable on the same directory."""
-
-    def __init__(self, data_dir: Path, log_path: Path, **settings: Any) -> None:
-        self.data_dir = data_dir
-        self.log_path = log_path
-        self.settings = settings
-        self.port = 0
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        if _has_cli():
-            return [
-                str(BIN / "filekv"),
-                "serve",
-                "--data-dir",
-                str(self.data_dir),
-                "--port",
-                str(self.port),
-            ]
-        return [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "filekv.service.app:app_from_env",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-        ]
-
-    def start(self, timeout: float = 20.0) -> None:
-        self.port = free_port()
-        env = {**os.environ, "FILEKV_DATA_DIR": str(self.data_dir), "FILEKV_PORT": str(self.port)}
-        env.update({f"FILEKV_{name.upper()}": str(value) for name, value in self.settings.items()})
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.command(), env=env, stdout=log, stderr=log)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited {self.process.returncode}: {self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        self.kill()
-        raise RuntimeError(f"server did not become healthy: {self.log()}")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        """Send ``sig`` and wait for the exit; the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def restart(self, sig: int = signal.SIGTERM) -> None:
-        self.stop(sig)
-        self.start()
-
-    def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10, **kwargs)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """Start a server with these settings (``FILEKV_*``) on a fresh data directory."""
@@ -193,7 +90,6 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
 
     def make(**settings: Any) -> Server:
         index = len(servers)
-        settings.setdefault("fsync", "always")
         server = Server(tmp_path / f"server{index}", tmp_path / f"server{index}.log", **settings)
         servers.append(server)
         server.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import typer
+from serverproc import Server, serve_command
 from typer.testing import CliRunner
 
 from filekv.cli import app
@@ -20,7 +20,6 @@ from filekv.service.auth import AuthService
 from filekv.settings import Settings
 
 PASSWORD = "correct horse battery"
-FILEKV = Path(sys.executable).parent / "filekv"
 
 runner = CliRunner()
 
@@ -162,15 +161,14 @@ def test_cli_version() -> None:
 
 
 def test_cli_second_serve_on_a_directory_in_use_exits_at_once(
-    make_server: Callable[..., object], tmp_path: Path
+    make_server: Callable[..., Server], tmp_path: Path
 ) -> None:
     first = make_server()
-    data_dir: Path = first.data_dir  # type: ignore[attr-defined]
-    url: str = first.url  # type: ignore[attr-defined]
+    data_dir = first.data_dir
+    url = first.url
     env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
-    second_port = "0"  # any port: it must never get as far as listening
     second = subprocess.run(
-        [str(FILEKV), "serve", "--data-dir", str(data_dir), "--port", second_port],
+        serve_command(data_dir, 0),  # any port: it must never get as far as listening
         env=env,
         capture_output=True,
         text=True,

@@ -7,13 +7,11 @@ secret reaches the server's log.
 from __future__ import annotations
 
 import signal
-from typing import Any
 
 import httpx
+from serverproc import Server
 
 PASSWORD = "correct horse battery"
-
-Server = Any  # tests/conftest.py's Server (the `server` fixture)
 
 
 def _login(

@@ -6,13 +6,13 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
+from serverproc import Server, serve_command
 
-MakeServer = Callable[..., Any]  # conftest's ``Server`` factory
+MakeServer = Callable[..., Server]  # the ``make_server`` fixture
 
 
 def url(key: str) -> str:
@@ -109,7 +109,7 @@ def test_e2e_data_second_server_on_same_dir_refuses(make_server: MakeServer) -> 
 
     server = make_server()
     other = subprocess.run(
-        [*server.command()[:-2], "--port", "0"], capture_output=True, timeout=30, text=True
+        serve_command(server.data_dir, 0), capture_output=True, timeout=30, text=True
     )
     assert other.returncode != 0
     assert str(server.data_dir) in other.stdout + other.stderr

@@ -13,8 +13,9 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from serverproc import Server
 
-MakeServer = Callable[..., Any]  # conftest's ``Server`` factory
+MakeServer = Callable[..., Server]  # the ``make_server`` fixture
 
 
 def raw_request(http: httpx.Client, method: str, raw_path: bytes, **kwargs: Any) -> httpx.Response:

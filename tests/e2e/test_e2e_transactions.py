@@ -10,8 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
+from serverproc import Server
 
-MakeServer = Callable[..., Any]  # conftest's ``Server`` factory
+MakeServer = Callable[..., Server]  # the ``make_server`` fixture
 PASSWORD = "correct horse battery"
 
 

@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from _b_server import Serve, snapshot
+from _b_server import snapshot
+from serverproc import Server
 
 PASSWORD = "bad inputs password"
 SEEDED = {"plain": "1", "dir/nested": "two", "ü-unicode": "drei", "x" * 1024: "max key"}
@@ -25,7 +26,7 @@ SEEDED = {"plain": "1", "dir/nested": "two", "ü-unicode": "drei", "x" * 1024: "
 
 @dataclass
 class Context:
-    server: Serve
+    server: Server
     client: httpx.Client
     token: str
 
@@ -39,7 +40,7 @@ def _login(client: httpx.Client, username: str = "mallory") -> str:
 
 
 def _start(root: Path, **settings: object) -> Iterator[Context]:
-    server = Serve(root / "data", root / "server.log", **settings)
+    server = Server(root / "data", root / "server.log", **settings)
     server.start()
     try:
         with server.client() as client:

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import pytest
 from _a_history import ClientReplay, check_own_keys, check_shared_keys, replay
-from _a_support import SOAK, ServeProcess, read_all
+from _a_support import SOAK, read_all
+from serverproc import Server
 
 ROUNDS = 300 if SOAK else 20
 WRITERS = 3
@@ -90,7 +91,7 @@ def test_crash_http_sigkill_loses_no_acknowledged_write(tmp_path: Path) -> None:
     rng = random.Random()
     seed = rng.randrange(1 << 30)
     rng.seed(seed)
-    server = ServeProcess(tmp_path / "data", tmp_path / "server.log")
+    server = Server(tmp_path / "data", tmp_path / "server.log", log_level="warning")
     writers = [Writer(cid, tmp_path / f"writer{cid}.stderr") for cid in range(WRITERS)]
     violations: list[str] = []
     verified: dict[str, str] = {}  # every key of every finished round -> value checked

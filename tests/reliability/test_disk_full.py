@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _b_server import Serve
+from serverproc import Server
 
 FILLER_BYTES = 640 << 10
 VALUE_CHARS = 60_000
@@ -46,7 +46,7 @@ def test_disk_full_gives_507_keeps_reads_and_recovers_when_space_is_freed(
 ) -> None:
     filler = tiny_fs / "filler"
     filler.write_bytes(b"\0" * FILLER_BYTES)  # tmpfs allocates it for real
-    server = Serve(tiny_fs / "data", tmp_path / "server.log")
+    server = Server(tiny_fs / "data", tmp_path / "server.log")
     acknowledged: dict[str, str] = {}
     try:
         server.start()
@@ -90,7 +90,7 @@ def test_disk_full_gives_507_keeps_reads_and_recovers_when_space_is_freed(
         assert "Application shutdown complete" in server.log()
 
         # Nothing acknowledged was damaged: a fresh process reads back exactly the same.
-        server = Serve(tiny_fs / "data", tmp_path / "server2.log")
+        server = Server(tiny_fs / "data", tmp_path / "server2.log")
         server.start()
         with server.client() as client:
             listed = client.get("/keys", params={"limit": 10000}).json()["keys"]
@@ -106,7 +106,7 @@ def test_disk_full_read_only_data_dir_at_startup_exits_with_a_clear_error(
     tiny_fs: Path, tmp_path: Path
 ) -> None:
     data = tiny_fs / "data"
-    server = Serve(data, tmp_path / "first.log")
+    server = Server(data, tmp_path / "first.log")
     server.start()
     with server.client() as client:
         assert client.put("/keys/kept", json={"value": "yes"}).status_code == 201
@@ -116,7 +116,7 @@ def test_disk_full_read_only_data_dir_at_startup_exits_with_a_clear_error(
         pytest.skip(f"cannot remount read-only: {remounted.stderr.strip()}")
     assert not os.access(data, os.W_OK) or _run("touch", str(data / "probe")).returncode != 0
 
-    refused = Serve(data, tmp_path / "readonly.log")
+    refused = Server(data, tmp_path / "readonly.log")
     process = refused.spawn()
     try:
         code = process.wait(60)

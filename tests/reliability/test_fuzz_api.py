@@ -17,10 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 import schemathesis
-from _b_server import Serve
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.core.failures import FailureGroup
+from serverproc import Server
 
 SOAK = os.environ.get("FILEKV_SOAK") == "1"
 EXAMPLES = 300 if SOAK else 40  # per operation, generation mode and caller
@@ -36,9 +36,9 @@ KNOWN_LIES: set[tuple[str, int]] = set()
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("fuzz")
-    server = Serve(
+    server = Server(
         root / "data",
         root / "server.log",
         log_level="warning",
@@ -66,7 +66,7 @@ def _token(client: httpx.Client) -> str:
 class Caller:
     """Keeps a live token (the fuzzer may log it out) and, if asked, its open transaction."""
 
-    def __init__(self, server: Serve, kind: str) -> None:
+    def __init__(self, server: Server, kind: str) -> None:
         self.kind = kind
         self.client = server.client()
         self.token = _token(self.client) if kind != "anonymous" else ""
@@ -98,7 +98,7 @@ class Caller:
         assert opened.status_code == 201, opened.text
 
 
-def _fuzz(server: Serve, kind: str) -> None:
+def _fuzz(server: Server, kind: str) -> None:
     """Run ``EXAMPLES`` generated cases against every operation of the live schema."""
     # The pytest plugin's lazy loader (schemathesis.pytest.from_fixture) fails under pytest 9
     # ("'Function' object has no attribute '_nodeid'"), so drive hypothesis directly.
@@ -159,23 +159,23 @@ FUZZ = settings(
 
 
 @pytest.mark.parametrize("kind", ["anonymous", "token", "transaction"])
-def test_fuzz_api_every_operation_conforms(fuzz_server: Serve, kind: str) -> None:
+def test_fuzz_api_every_operation_conforms(fuzz_server: Server, kind: str) -> None:
     _fuzz(fuzz_server, kind)
 
 
-def test_fuzz_api_log_has_no_tracebacks(fuzz_server: Serve) -> None:
+def test_fuzz_api_log_has_no_tracebacks(fuzz_server: Server) -> None:
     # A 5xx is caught above; an exception swallowed into a log line would not be.
     assert "Traceback" not in Path(fuzz_server.log_path).read_text(errors="replace")
 
 
-def test_fuzz_api_found_no_schema_violations(fuzz_server: Serve) -> None:
+def test_fuzz_api_found_no_schema_violations(fuzz_server: Server) -> None:
     print(f"\nschema violations: {len(FAILURES)} new, {len(KNOWN)} known")
     for failure in FAILURES + KNOWN:
         print("  " + failure)
     assert FAILURES == []
 
 
-def test_fuzz_api_register_malformed_body_status_is_documented(fuzz_server: Serve) -> None:
+def test_fuzz_api_register_malformed_body_status_is_documented(fuzz_server: Server) -> None:
     with fuzz_server.client() as client:
         declared = client.get("/openapi.json").json()["paths"]["/auth/register"]["post"]
         answer = client.post(

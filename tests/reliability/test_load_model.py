@@ -20,7 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 from _a_model import History, Zipf
-from _a_support import SOAK, ServeProcess
+from _a_support import SOAK
+from serverproc import Server
 
 CLIENTS = 64
 KEYS = 500
@@ -160,7 +161,7 @@ async def run_load(url: str, seed: int) -> tuple[Load, float, int]:
 @pytest.mark.timeout(900 if SOAK else 300)
 def test_load_model_64_clients_every_answer_linearizable(tmp_path: Path) -> None:
     seed = random.randrange(1 << 30)
-    server = ServeProcess(tmp_path / "data", tmp_path / "server.log")
+    server = Server(tmp_path / "data", tmp_path / "server.log", log_level="warning")
     server.start()
     try:
         load, elapsed, preload_errors = asyncio.run(run_load(server.url, seed))

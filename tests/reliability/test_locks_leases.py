@@ -23,7 +23,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _a_support import ServeProcess, free_port, login, serve_command
+from _a_support import login
+from serverproc import Server, free_port, serve_command
 
 WAIT = 60.0  # bound for a liveness poll; a healthy run needs a fraction of it
 
@@ -35,14 +36,14 @@ def refuses_connections(port: int) -> bool:
 
 
 def test_locks_second_server_on_same_directory_refuses_to_start(tmp_path: Path) -> None:
-    first = ServeProcess(tmp_path / "data", tmp_path / "first.log")
+    first = Server(tmp_path / "data", tmp_path / "first.log", log_level="warning")
     first.start()
     try:
         with first.client() as http:
             assert http.put("/keys/kept", json={"value": "by the first"}).status_code == 201
         port = free_port()
         second = subprocess.Popen(
-            serve_command(first.data_dir, port),
+            serve_command(first.data_dir, port, "--fsync", "always", "--log-level", "warning"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
@@ -71,7 +72,7 @@ def test_locks_second_server_on_same_directory_refuses_to_start(tmp_path: Path) 
     finally:
         first.stop(signal.SIGKILL)
     # A crashed owner leaves the LOCK file but not the lock: a new server takes over.
-    third = ServeProcess(tmp_path / "data", tmp_path / "third.log")
+    third = Server(tmp_path / "data", tmp_path / "third.log", log_level="warning")
     third.start()
     try:
         with third.client() as http:
@@ -95,7 +96,8 @@ def _put_until_unlocked(http: httpx.Client, key: str, value: str) -> tuple[httpx
 
 
 def test_locks_lease_rolls_back_a_vanished_holder(tmp_path: Path) -> None:
-    server = ServeProcess(tmp_path / "data", tmp_path / "server.log", "--transaction-timeout", "1")
+    data, log = tmp_path / "data", tmp_path / "server.log"
+    server = Server(data, log, "--transaction-timeout", "1", log_level="warning")
     server.start()
     try:
         with server.client() as holder, server.client() as other:
@@ -131,7 +133,7 @@ def test_locks_lease_rolls_back_a_vanished_holder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_locks_restart_with_transaction_open_leaves_nothing(tmp_path: Path, sig: int) -> None:
-    server = ServeProcess(tmp_path / "data", tmp_path / "server.log")
+    server = Server(tmp_path / "data", tmp_path / "server.log", log_level="warning")
     server.start()
     try:
         with server.client() as http:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _b_server import Serve
 from fastapi.testclient import TestClient
+from serverproc import Server
 
 from filekv.service.app import create_app
 from filekv.service.auth import AuthService, LoginThrottle
@@ -126,7 +126,7 @@ def test_login_abuse_unknown_names_answer_like_wrong_passwords(
 
 
 def test_login_abuse_real_server_never_shows_passwords_or_hashes(tmp_path: Path) -> None:
-    server = Serve(tmp_path / "data", tmp_path / "server.log", log_level="debug")
+    server = Server(tmp_path / "data", tmp_path / "server.log", log_level="debug")
     bodies: list[str] = []
     statuses: list[int] = []
     server.start()

@@ -1,0 +1,128 @@
+"""A real ``filekv serve`` subprocess for the tests that need one: end to end, CLI, reliability.
+
+``Server(data_dir, log_path, *args, **settings)`` runs exactly what a user runs, ``filekv serve
+--data-dir D --port P`` plus any extra CLI ``args``, with each keyword setting passed as its
+``FILEKV_<NAME>`` environment variable (``fsync="always"`` unless told otherwise). Every start
+takes a new free loopback port and appends the process's output to ``log_path``, after a
+``--- start N on port P`` line, so the whole history of a restarted server stays in one file.
+
+Deadlines are generous because the machine is small and shared; they only bound waits so that a
+hang fails, nothing here asserts on time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+
+FILEKV: Final = str(Path(sys.executable).parent / "filekv")
+START_TIMEOUT: Final = 60.0
+STOP_TIMEOUT: Final = 60.0
+CLIENT_TIMEOUT: Final = 30.0
+LOG_TAIL: Final = 4000  # enough of the log to see why a start failed, without flooding the report
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def serve_command(data_dir: Path, port: int, *args: str) -> list[str]:
+    """The ``filekv serve`` command line, for tests that run a second process their own way."""
+    return [FILEKV, "serve", "--data-dir", str(data_dir), "--port", str(port), *args]
+
+
+class Server:
+    """One ``filekv serve`` on ``data_dir``; it can be started again on the same directory."""
+
+    def __init__(self, data_dir: Path, log_path: Path, *args: str, **settings: Any) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.args = args
+        self.settings: dict[str, Any] = {"fsync": "always", **settings}
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def spawn(self) -> subprocess.Popen[bytes]:
+        """Start the process on a new port without waiting for it to serve (or to fail)."""
+        self.port = free_port()
+        env = {**os.environ}
+        env.update({f"FILEKV_{name.upper()}": str(value) for name, value in self.settings.items()})
+        with self.log_path.open("ab") as log:
+            log.write(f"--- start {self.starts} on port {self.port}\n".encode())
+            log.flush()  # before the child writes to the same file
+            self.process = subprocess.Popen(
+                serve_command(self.data_dir, self.port, *self.args),
+                env=env,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+            )
+        self.starts += 1
+        return self.process
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Spawn, wait for ``/healthz``; raise with the log's tail if it exits or never answers."""
+        process = self.spawn()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited {process.returncode}: {self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"server did not become healthy in {timeout} s: {self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int | None:
+        """Send ``sig`` and wait for the exit: the exit code (negative: ended by that signal).
+
+        ``None`` if it was never spawned, so a ``finally`` can always call it. A process still
+        running after ``timeout`` is killed and ``TimeoutExpired`` raised: a hung shutdown must
+        fail the test, and must not outlive it.
+        """
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self, sig: int = signal.SIGTERM) -> None:
+        self.stop(sig)
+        self.start()
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", CLIENT_TIMEOUT)
+        return httpx.Client(base_url=self.url, **kwargs)
+
+    def log(self) -> str:
+        """Everything every start of this server wrote, so that "never logged" checks see it all."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self) -> str:
+        return self.log()[-LOG_TAIL:]
