@@ -6,7 +6,7 @@ Steps, each safe to interrupt by a crash:
    active segment M+1. Inputs are every segment below M; new writes go to M+1 and later.
 2. Without the lock, read the inputs oldest first; for each put still live (checked in short
    batches under the lock) append a copy to ``M.seg.tmp``, keeping its revision.
-3. fsync the output, write ``M.hint.tmp`` (sorted keys and columns, own checksum), fsync, rename
+3. fsync the output, write ``M.hint.tmp`` (sorted keys and locations, own checksum), fsync, rename
    both into place, fsync the directory. A crash before this leaves only ``.tmp`` files, which
    the next open deletes.
 4. Under the lock in batches, repoint keys that still sit where they were copied from.

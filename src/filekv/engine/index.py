@@ -170,7 +170,8 @@ class KeyIndex:
         """Fill an empty index from a hint file at C speed (no Python step per key).
 
         Keys are touched in file (sorted) order only: groups of keys sharing a value hash become
-        range holders, so a million keys are not visited a second time in hash order.
+        range holders, so a million keys are not visited a second time in hash order. The hint's
+        key list and grouped entries stay referenced for those ranges (12 bytes per key).
         """
         if self.locations:
             raise ValueError("bulk_load needs an empty index")
