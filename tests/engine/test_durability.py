@@ -199,3 +199,31 @@ def test_durability_stop_wakes_a_parked_writer_with_an_error() -> None:
     gate.set()
     leader.join(timeout=10)
     stopper.join(timeout=10)
+
+
+def test_durability_wait_for_round_covers_a_round_from_its_start() -> None:
+    """A round that has read its descriptor but not yet fsynced it still counts as running:
+    compaction closes files right after wait_for_round() returns."""
+    log = FakeLog(delay=0.01)
+    picked = threading.Event()
+    events: list[str] = []
+
+    def slow_sync_point() -> tuple[int, int]:
+        point = log.sync_point()
+        picked.set()
+        time.sleep(0.05)  # between picking the descriptor and calling fsync on it
+        return point
+
+    def fsync(fd: int) -> None:
+        log.fsync(fd)
+        events.append("fsync done")
+
+    group = GroupCommit(slow_sync_point, fsync)
+    writer = threading.Thread(target=group.wait, args=(log.append(),))
+    writer.start()
+    assert picked.wait(10)
+    group.wait_for_round()
+    events.append("wait_for_round returned")
+    writer.join(timeout=10)
+    assert events == ["fsync done", "wait_for_round returned"]
+    group.stop()

@@ -102,10 +102,12 @@ class GroupCommit:
 
     def _run_round(self) -> None:
         """fsync everything appended so far; wake whoever that covered. Needs ``_busy`` owned."""
+        with self._mutex:
+            # Before reading the sync point: wait_for_round() must also cover a round that has
+            # picked its descriptor but not yet called fsync on it.
+            self._in_round = True
         try:
             target, fd = self._sync_point()
-            with self._mutex:
-                self._in_round = True
             self._fsync(fd)
         except BaseException as error:
             log.error("fsync failed; the store refuses writes until reopened: %s", error)
