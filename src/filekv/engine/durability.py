@@ -89,7 +89,7 @@ class GroupCommit:
         if parked is not None:
             parked.acquire()
             if self._synced < seq:
-                raise StoreFailed(f"fsync failed: {self._failure}")
+                raise StoreFailed(f"the write was not made durable: {self._failure}")
             return
         self._run_round()
         with self._mutex:
@@ -98,7 +98,7 @@ class GroupCommit:
             else:
                 self._busy = False
         if self._synced < seq:
-            raise StoreFailed(f"fsync failed: {self._failure}")
+            raise StoreFailed(f"the write was not made durable: {self._failure}")
 
     def _run_round(self) -> None:
         """fsync everything appended so far; wake whoever that covered. Needs ``_busy`` owned."""
