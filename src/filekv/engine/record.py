@@ -214,7 +214,7 @@ def unpack(location: int) -> tuple[int, int, int, int, int]:
 #
 #   header:  | "FKVHNT" | version u16 | segment id u64 | count u64 | max revision u64 |
 #            | created (unix ms) u64 | keys block length u64 | value bytes u64 | singles u64 |
-#            | groups u64 |  (78 bytes, little-endian)
+#            | groups u64 |  (72 bytes, little-endian)
 #   keys:    UTF-8 keys sorted, joined by 0xFF (a byte that never occurs in UTF-8)
 #   entries: count x location (above), 22 bytes big-endian, in key order
 #   value groups, so the value index loads without a Python step per key (little-endian u32):
