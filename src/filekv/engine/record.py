@@ -1,6 +1,7 @@
 """The byte layout of segment files, records and hint files: encoding and decoding, no I/O.
 
-All integers are little-endian. docs/FORMAT.md describes the same layout in prose.
+All integers are little-endian, but for the locations in hint files (one 176-bit number each,
+big-endian). docs/FORMAT.md describes the same layout in prose.
 
 Segment header (32 bytes, at offset 0 of every ``NNNNNNNNNN.seg``)::
 
