@@ -7,13 +7,16 @@ built key by key through the same changes and requires them to agree after every
 
 from __future__ import annotations
 
+import logging
 import struct
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from filekv.engine import Store
 from filekv.engine.index import HASH_MASK, KeyIndex, pack, unpack
 from filekv.engine.record import (
     HINT_HEADER,
@@ -195,3 +198,37 @@ def test_index_loaded_from_a_hint_behaves_like_one_built_by_set(
             assert group, "no empty group is left behind"
             assert all(lazy.locations[key] == location for key, location in group)
             assert all(lazy.locations[key] & HASH_MASK == hashed for key, _ in group)
+
+
+def test_index_store_with_a_version_1_hint_replays_then_writes_version_2(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An older hint (valid checksum, version 1) is not trusted: the segment is replayed, and the
+    next compaction leaves a current hint that the following open loads."""
+    folder = tmp_path / "db"
+    with Store.open(folder, fsync="never", auto_compact=False) as db:
+        for i in range(50):
+            db.put(f"k{i:02d}", b"shared" if i % 5 == 0 else b"v%d" % i)
+        db.compact()
+        expected = {key: db.get(key) for key in db.scan("")}
+    (hint,) = folder.glob("*.hint")
+    data = hint.read_bytes()
+    fields = list(HINT_HEADER.unpack_from(data, 0))
+    fields[1] = 1
+    hint.write_bytes(_resealed(HINT_HEADER.pack(*fields) + data[HINT_HEADER.size : -4]))
+    with caplog.at_level(logging.WARNING, logger="filekv.engine.recovery"):
+        db = Store.open(folder, fsync="never", auto_compact=False)
+    try:
+        assert any("ignored" in record.getMessage() for record in caplog.records)
+        assert {key: db.get(key) for key in db.scan("")} == expected
+        assert db.find(b"shared") == [f"k{i:02d}" for i in range(0, 50, 5)]
+        db.put("k99", b"new")
+        db.compact()
+    finally:
+        db.close()
+    (hint,) = folder.glob("*.hint")
+    assert HINT_HEADER.unpack_from(hint.read_bytes(), 0)[1] == 2
+    with Store.open(folder, fsync="never", auto_compact=False) as db:
+        assert db.get("k99") == b"new"
+        assert db.find(b"shared") == [f"k{i:02d}" for i in range(0, 50, 5)]
+        db.check()
