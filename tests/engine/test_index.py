@@ -17,14 +17,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filekv.engine import Store
-from filekv.engine.index import HASH_MASK, KeyIndex, pack, unpack
+from filekv.engine.index import KeyIndex
 from filekv.engine.record import (
+    HASH_MASK,
     HINT_HEADER,
     LOCATION_BYTES,
     FormatError,
     HintColumns,
     decode_hint,
     encode_hint,
+    pack,
+    unpack,
 )
 
 SEGMENT = 7

@@ -17,8 +17,17 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from _b_server import snapshot
 from serverproc import Server
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file of a data directory (but the LOCK) and its bytes."""
+    return {
+        str(path.relative_to(directory)): path.read_bytes()
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != "LOCK"
+    }
+
 
 PASSWORD = "bad inputs password"
 SEEDED = {"plain": "1", "dir/nested": "two", "ü-unicode": "drei", "x" * 1024: "max key"}

@@ -23,9 +23,11 @@ import time
 from typing import TYPE_CHECKING
 
 from .errors import CorruptStore
-from .index import HASH_MASK, OFFSET_BITS, PLACE_SHIFT, pack
 from .record import (
     FLAG_MERGED,
+    HASH_MASK,
+    OFFSET_BITS,
+    PLACE_SHIFT,
     PUT,
     PUT_VALUE_OFFSET,
     SEGMENT_HEADER_SIZE,
@@ -35,6 +37,7 @@ from .record import (
     encode_put,
     encode_segment_header,
     iter_operations,
+    pack,
     record_at,
 )
 from .segment import TEMP_SUFFIX, Segment, hint_name, segment_name
@@ -137,7 +140,7 @@ def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied
     keys: list[str] = []
     old_locations: list[int] = []
     new_locations: list[int] = []
-    revisions: list[int] = []
+    max_revision = 0
     fd = io.open(str(output_path), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
     try:
         header = SegmentHeader(output_id, store._revision, FLAG_MERGED)
@@ -160,7 +163,7 @@ def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied
                             old & HASH_MASK,
                         )
                     )
-                    revisions.append(revision)
+                    max_revision = max(max_revision, revision)
                     buffer += record
                     position += len(record)
                 if len(buffer) >= FLUSH_BYTES:
@@ -173,7 +176,7 @@ def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied
     order = sorted(range(len(keys)), key=keys.__getitem__)
     hint = HintColumns(
         segment_id=output_id,
-        max_revision=max(revisions, default=0),
+        max_revision=max_revision,
         created_ms=int(time.time() * 1000),
         keys=[keys[i] for i in order],
         locations=[new_locations[i] for i in order],

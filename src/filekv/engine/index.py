@@ -1,8 +1,8 @@
 """The in-memory indexes: key -> location, ordered keys, value hash -> keys.
 
 Values stay on disk; memory holds, per key, the key string (shared by all three structures), one
-packed integer locating its value (see ``record.pack``), a slot in the sorted key list and a slot
-in the value index.
+packed integer locating its value (``record.pack``: the same layout hint files store), a slot in
+the sorted key list and a slot in the value index.
 """
 
 from __future__ import annotations
@@ -13,51 +13,7 @@ from operator import and_
 
 from sortedcontainers import SortedList
 
-from .record import (
-    HASH_BITS,
-    HASH_MASK,
-    LENGTH_BITS,
-    LENGTH_MASK,
-    LENGTH_SHIFT,
-    OFFSET_BITS,
-    OFFSET_MASK,
-    OFFSET_SHIFT,
-    REVISION_BITS,
-    REVISION_MASK,
-    REVISION_SHIFT,
-    SEGMENT_SHIFT,
-    HintColumns,
-    pack,
-    unpack,
-)
-
-__all__ = [
-    "HASH_BITS",
-    "HASH_MASK",
-    "LENGTH_BITS",
-    "LENGTH_MASK",
-    "LENGTH_SHIFT",
-    "OFFSET_BITS",
-    "OFFSET_MASK",
-    "OFFSET_SHIFT",
-    "PLACE_SHIFT",
-    "REVISION_BITS",
-    "REVISION_MASK",
-    "REVISION_SHIFT",
-    "SEGMENT_SHIFT",
-    "KeyIndex",
-    "pack",
-    "revision_of",
-    "unpack",
-]
-
-# A location >> PLACE_SHIFT identifies where the value is (segment and offset), nothing else.
-PLACE_SHIFT = OFFSET_SHIFT
-
-
-def revision_of(location: int) -> int:
-    return (location >> REVISION_SHIFT) & REVISION_MASK
-
+from .record import HASH_MASK, HintColumns
 
 # The keys under one value hash:
 # - the key itself when it is alone (the common case: no container object at all);

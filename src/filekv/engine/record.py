@@ -188,6 +188,8 @@ LENGTH_SHIFT: Final = REVISION_SHIFT + REVISION_BITS
 OFFSET_SHIFT: Final = LENGTH_SHIFT + LENGTH_BITS
 SEGMENT_SHIFT: Final = OFFSET_SHIFT + OFFSET_BITS
 LOCATION_BYTES: Final = (SEGMENT_SHIFT + SEGMENT_BITS) // 8  # 22
+# A location >> PLACE_SHIFT identifies where the value is (segment and offset), nothing else.
+PLACE_SHIFT: Final = OFFSET_SHIFT
 
 
 def pack(segment_id: int, offset: int, length: int, revision: int, hashed: int) -> int:

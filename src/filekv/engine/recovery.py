@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import CorruptStore
-from .index import LENGTH_MASK, LENGTH_SHIFT, pack
 from .record import (
+    LENGTH_MASK,
+    LENGTH_SHIFT,
     PUT,
     PUT_VALUE_OFFSET,
     SEGMENT_HEADER_SIZE,
@@ -23,6 +24,7 @@ from .record import (
     decode_hint,
     decode_segment_header,
     iter_operations,
+    pack,
     value_hash,
 )
 from .segment import (

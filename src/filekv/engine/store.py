@@ -44,28 +44,26 @@ from .errors import (
     VersionMismatch,
 )
 from .fileio import FileIO
-from .index import (
+from .index import KeyIndex
+from .record import (
+    DELETE,
     HASH_MASK,
     LENGTH_MASK,
     LENGTH_SHIFT,
     OFFSET_MASK,
     OFFSET_SHIFT,
-    REVISION_MASK,
-    REVISION_SHIFT,
-    SEGMENT_SHIFT,
-    KeyIndex,
-    pack,
-)
-from .record import (
-    DELETE,
     OPERATION_HEADER,
     PUT,
     PUT_VALUE_OFFSET,
     RECORD_OVERHEAD,
+    REVISION_MASK,
+    REVISION_SHIFT,
     SEGMENT_HEADER_SIZE,
+    SEGMENT_SHIFT,
     Operation,
     encode_put,
     encode_record,
+    pack,
     value_hash,
 )
 from .recovery import ENTRY_OVERHEAD, recover
