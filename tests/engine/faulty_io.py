@@ -167,7 +167,7 @@ class PowerLossIO(FileIO):
         with self.lock:
             return self._take_image()
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
         path = _norm(path)
         with self.lock:
             self._before()

@@ -9,7 +9,7 @@ from filekv.engine import Store
 
 SEGMENT_GLOB = "[0-9]" * 10 + ".seg"
 HINT_GLOB = "[0-9]" * 10 + ".hint"
-HEADER_BYTES = 32
+HEADER_BYTES = 40  # format version 2
 
 
 def segments(path: Path) -> list[Path]:

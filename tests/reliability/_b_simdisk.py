@@ -123,7 +123,7 @@ class SimDisk(FileIO):
 
     # -- FileIO ----------------------------------------------------------------------------------
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
         with self.lock:
             name = self._name(path)
             creating = bool(flags & os.O_CREAT) and not os.path.exists(path)

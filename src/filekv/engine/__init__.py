@@ -13,6 +13,7 @@ from .errors import (
     CorruptStore,
     DiskFull,
     InvalidKey,
+    RecoveryInterrupted,
     StorageError,
     StoreClosed,
     StoreError,
@@ -20,6 +21,7 @@ from .errors import (
     StoreLocked,
     TransactionActive,
     TransactionClosed,
+    TransactionTooLarge,
     ValueTooLarge,
     VersionMismatch,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "FileIO",
     "FsyncMode",
     "InvalidKey",
+    "RecoveryInterrupted",
     "StorageError",
     "Store",
     "StoreClosed",
@@ -43,6 +46,7 @@ __all__ = [
     "Transaction",
     "TransactionActive",
     "TransactionClosed",
+    "TransactionTooLarge",
     "ValueTooLarge",
     "VersionMismatch",
 ]

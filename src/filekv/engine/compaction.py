@@ -30,7 +30,6 @@ from .record import (
     PLACE_SHIFT,
     PUT,
     PUT_VALUE_OFFSET,
-    SEGMENT_HEADER_SIZE,
     HintColumns,
     SegmentHeader,
     encode_hint,
@@ -39,8 +38,9 @@ from .record import (
     iter_operations,
     pack,
     record_at,
+    record_at_v1,
 )
-from .segment import TEMP_SUFFIX, Segment, hint_name, segment_name
+from .segment import TEMP_SUFFIX, Segment, hint_name, new_marker, segment_name
 
 if TYPE_CHECKING:
     from .store import Store
@@ -69,8 +69,8 @@ def compact(store: Store) -> bool:
             return False
         inputs, output_id = plan
         try:
-            copied = _write_output(store, inputs, output_id)
-            output = _open_output(store, output_id)
+            header, copied = _write_output(store, inputs, output_id)
+            output = _open_output(store, output_id, header)
         except OSError as error:
             _discard_output(store, output_id)
             raise store._storage_error(error, "compacting") from error
@@ -115,7 +115,7 @@ def _seal(store: Store) -> tuple[list[Segment], int] | None:
         active = store._active
         assert active is not None
         sealed = [s for s in store._segments.values() if s is not active]
-        if active.size == SEGMENT_HEADER_SIZE and (
+        if active.size == active.header.size and (
             not sealed or (len(sealed) == 1 and sealed[0].merged)
         ):
             return None  # already compact: one merged segment and an empty active one
@@ -132,8 +132,13 @@ def _seal(store: Store) -> tuple[list[Segment], int] | None:
 Copied = tuple[list[str], list[int], list[int]]  # keys, where they were, where they are now
 
 
-def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied:
-    """Copy live entries into the output segment and its hint; return what was copied."""
+def _write_output(
+    store: Store, inputs: list[Segment], output_id: int
+) -> tuple[SegmentHeader, Copied]:
+    """Copy live entries into the output segment and its hint; return its header and the copies.
+
+    Inputs of either format version are read; the output is always the current version.
+    """
     io = store._io
     directory = store._path
     output_path = directory / (segment_name(output_id) + TEMP_SUFFIX)
@@ -143,15 +148,16 @@ def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied
     max_revision = 0
     fd = io.open(str(output_path), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
     try:
-        header = SegmentHeader(output_id, store._revision, FLAG_MERGED)
+        header = SegmentHeader(output_id, store._revision, FLAG_MERGED, new_marker())
+        marker = header.marker
         buffer = bytearray(encode_segment_header(header))
-        position = SEGMENT_HEADER_SIZE
+        position = header.size
         for segment in inputs:
             data = io.read_file(str(segment.path))[: segment.size]
             for batch in _live_batches(store, segment, data):
                 for key, encoded, start, length, revision, old in batch:
                     value = data[start : start + length]
-                    record = encode_put(revision, encoded, value)
+                    record = encode_put(marker, revision, encoded, value)
                     keys.append(key)
                     old_locations.append(old)
                     new_locations.append(
@@ -193,7 +199,7 @@ def _write_output(store: Store, inputs: list[Segment], output_id: int) -> Copied
     io.rename(str(output_path), str(directory / segment_name(output_id)))
     io.rename(str(hint_path), str(directory / hint_name(output_id)))
     io.fsync_dir(str(directory))
-    return keys, old_locations, new_locations
+    return header, (keys, old_locations, new_locations)
 
 
 LiveEntry = tuple[str, bytes, int, int, int, int]  # key, encoded, value start, length, rev, old loc
@@ -202,13 +208,17 @@ LiveEntry = tuple[str, bytes, int, int, int, int]  # key, encoded, value start, 
 def _live_batches(store: Store, segment: Segment, data: bytes) -> list[list[LiveEntry]]:
     """The puts of ``segment`` that the index still points at, in batches."""
     candidates: list[tuple[str, bytes, int, int, int]] = []
-    offset = SEGMENT_HEADER_SIZE
+    header = segment.header
+    offset = header.size
     while offset < len(data):
-        found = record_at(data, offset)
+        if header.version >= 2:
+            found = record_at(data, offset, header.marker)
+        else:
+            found = record_at_v1(data, offset)
         if found is None:
             raise CorruptStore(str(segment.path), offset, "damaged record found by compaction")
         revision, end = found
-        for op in iter_operations(data, offset):
+        for op in iter_operations(data, offset, header.version):
             if op.kind == PUT:
                 candidates.append(
                     (op.key.decode("utf-8"), op.key, op.value_offset, op.value_length, revision)
@@ -228,11 +238,10 @@ def _live_batches(store: Store, segment: Segment, data: bytes) -> list[list[Live
     return batches
 
 
-def _open_output(store: Store, output_id: int) -> Segment:
+def _open_output(store: Store, output_id: int, header: SegmentHeader) -> Segment:
     directory = store._path
     path = directory / segment_name(output_id)
     fd = store._io.open(str(path), os.O_RDONLY)
-    header = SegmentHeader(output_id, 0, FLAG_MERGED)
     segment = Segment(output_id, path, fd, os.path.getsize(path), header, True)
     with store._lock:
         store._hint_bytes[output_id] = os.path.getsize(directory / hint_name(output_id))

@@ -10,6 +10,8 @@
     ├── VersionMismatch        ``expect=`` did not match the key's revision
     ├── TransactionActive      a write or a second transaction while one is open
     ├── TransactionClosed      the transaction has already ended
+    ├── TransactionTooLarge    a staged write would pass the transaction's byte or op limit
+    ├── RecoveryInterrupted    open() was asked to stop while it was still reading the files
     ├── CorruptStore           damage that is not a torn tail: names the file and offset
     └── StorageError           an operating-system I/O call failed
         ├── DiskFull           ENOSPC: nothing was written; retry once space is freed
@@ -56,6 +58,20 @@ class TransactionActive(StoreError):
 
 class TransactionClosed(StoreError):
     """The transaction has already been committed or rolled back."""
+
+
+class TransactionTooLarge(StoreError):
+    """Staging this write would take the transaction past its byte or operation limit.
+
+    Nothing was staged; the transaction stays open with what it had.
+    """
+
+
+class RecoveryInterrupted(StoreError):
+    """``Store.open`` was asked to stop (``should_stop``) before recovery finished.
+
+    Recovery only reads until it has scanned everything, so nothing on disk was changed.
+    """
 
 
 class CorruptStore(StoreError):

@@ -1,6 +1,7 @@
 """The one layer through which the engine touches files.
 
-Every write, fsync, rename and unlink the engine does goes through a ``FileIO``. Tests replace it
+Every write, fsync, rename and unlink the engine does goes through a ``FileIO``. Files it creates
+are 0600 (owner only), as etcd makes its data files. Tests replace it
 with a subclass that counts operations, fails the N-th one with EIO or ENOSPC, or forgets what was
 written since the last fsync (simulated power loss) — the way SQLite tests its commit paths.
 """
@@ -13,7 +14,7 @@ import os
 class FileIO:
     """Plain POSIX file operations on file descriptors."""
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+    def open(self, path: str, flags: int, mode: int = 0o600) -> int:
         return os.open(path, flags, mode)
 
     def write(self, fd: int, data: bytes) -> None:

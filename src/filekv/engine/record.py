@@ -3,25 +3,38 @@
 All integers are little-endian, but for the locations in hint files (one 176-bit number each,
 big-endian). docs/FORMAT.md describes the same layout in prose.
 
-Segment header (32 bytes, at offset 0 of every ``NNNNNNNNNN.seg``)::
+Segment header, version 2 (40 bytes, at offset 0 of every ``NNNNNNNNNN.seg``)::
 
-    0        6        8               16              24       28       32
-    +--------+--------+---------------+---------------+--------+--------+
-    | "FKVSEG"| version| segment id    | base revision | flags  | crc32  |
-    +--------+--------+---------------+---------------+--------+--------+
+    0        6        8               16              24       28              36       40
+    +--------+--------+---------------+---------------+--------+---------------+--------+
+    | "FKVSEG"| version| segment id    | base revision | flags  | record marker | crc32  |
+    +--------+--------+---------------+---------------+--------+---------------+--------+
 
-Record (one put, one delete, or one whole transaction)::
+The record marker is 8 random bytes drawn when the segment is created. It starts every record
+of the segment, so recovery looks for record boundaries only where it is, and a record's
+header checksum covers it. A value cannot pass for a record: its
+bytes would have to hold this marker, which no client ever sees (it is in no answer), so a
+torn write of a value made of encoded records still reads back as a torn tail, and a search for
+the next record after damage costs one ``bytes.find`` pass instead of a checksum at every byte.
 
-    0        4        8               16       20
-    +--------+--------+---------------+--------+---------------------------+
-    | crc32  | length | revision      | count  | count x operation         |
-    +--------+--------+---------------+--------+---------------------------+
-              \\______________ crc32 covers length and body ________________/
+Record, version 2 (one put, one delete, or one whole transaction)::
+
+    0               8        12       16              24       28       32
+    +---------------+--------+--------+---------------+--------+--------+---------------------+
+    | record marker | hcrc   | length | revision      | count  | bcrc   | count x operation   |
+    +---------------+--------+--------+---------------+--------+--------+---------------------+
+     hcrc: crc32 of (marker, length, revision, count, bcrc)
+     bcrc: crc32 of the ``length`` bytes of operations
 
     operation: | kind u8 | key length u16 | value length u32 | key | value |
 
-A record is the unit of atomicity: its checksum covers every operation in it, so a transaction
-written as one record is either whole on disk or detected as damaged and dropped.
+The header checksum makes the length trustworthy before a byte of the body is hashed, so a
+damaged length can never make recovery hash gigabytes. A record is the unit of atomicity: its
+body checksum covers every operation in it, so a transaction written as one record is either
+whole on disk or detected as damaged and dropped. ``MAX_BODY`` bounds it, at write and at read.
+
+Version 1 (read, never written): a 32-byte header without the marker, and records of
+``| crc32 | length | revision u64 | count u32 | operations |`` with one checksum over the rest.
 """
 
 from __future__ import annotations
@@ -36,18 +49,28 @@ from typing import Final, Literal
 
 SEGMENT_MAGIC: Final = b"FKVSEG"
 HINT_MAGIC: Final = b"FKVHNT"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2  # what this filekv writes
+OLDEST_VERSION: Final = 1  # the oldest it still reads
 
-SEGMENT_HEADER: Final = struct.Struct("<6sHQQI")  # magic, version, id, base revision, flags
-SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size + 4  # + crc32
+SEGMENT_HEADER_V1: Final = struct.Struct("<6sHQQI")  # magic, version, id, base revision, flags
+SEGMENT_HEADER: Final = struct.Struct("<6sHQQI8s")  # ... and the record marker
+SEGMENT_HEADER_SIZE_V1: Final = SEGMENT_HEADER_V1.size + 4  # + crc32: 32
+SEGMENT_HEADER_SIZE: Final = SEGMENT_HEADER.size + 4  # + crc32: 40
+MARKER_BYTES: Final = 8
 FLAG_MERGED: Final = 1  # written by compaction, not by clients
 
-RECORD_PREFIX: Final = struct.Struct("<II")  # crc32, body length
-RECORD_BODY_HEADER: Final = struct.Struct("<QI")  # revision, operation count
+RECORD_HEADER: Final = struct.Struct("<8sIIQII")  # marker, hcrc, length, revision, count, bcrc
+RECORD_HEADER_SIZE: Final = RECORD_HEADER.size  # 32
+_CHECKED: Final = struct.Struct("<IQII")  # what hcrc covers after the marker
 OPERATION_HEADER: Final = struct.Struct("<BHI")  # kind, key length, value length
-RECORD_OVERHEAD: Final = RECORD_PREFIX.size + RECORD_BODY_HEADER.size  # 20 bytes
-MIN_BODY: Final = RECORD_BODY_HEADER.size
-MAX_BODY: Final = 1 << 31  # a larger length field is damage, not data
+MAX_BODY: Final = 1 << 30  # the largest body written or read back; a larger length is damage
+MAX_OPERATIONS: Final = 1 << 24
+
+# Version 1 records (read only).
+RECORD_PREFIX_V1: Final = struct.Struct("<II")  # crc32, body length
+RECORD_BODY_HEADER_V1: Final = struct.Struct("<QI")  # revision, operation count
+RECORD_OVERHEAD_V1: Final = RECORD_PREFIX_V1.size + RECORD_BODY_HEADER_V1.size  # 20
+MAX_BODY_V1: Final = 1 << 31
 
 PUT: Final = 1
 DELETE: Final = 2
@@ -60,62 +83,110 @@ class SegmentHeader:
     segment_id: int
     base_revision: int
     flags: int
+    marker: bytes = bytes(MARKER_BYTES)  # version 2: starts every record
+    version: int = FORMAT_VERSION
 
     @property
     def merged(self) -> bool:
         return bool(self.flags & FLAG_MERGED)
+
+    @property
+    def size(self) -> int:
+        """Bytes the header takes at the start of the file: where the first record starts."""
+        return SEGMENT_HEADER_SIZE if self.version >= 2 else SEGMENT_HEADER_SIZE_V1
 
 
 class FormatError(ValueError):
     """Bytes that do not decode as the structure they should be."""
 
 
+class RecordTooLarge(ValueError):
+    """A record over ``MAX_BODY``: recovery would refuse it, so it is never written."""
+
+
 def encode_segment_header(header: SegmentHeader) -> bytes:
+    if header.version != FORMAT_VERSION or len(header.marker) != MARKER_BYTES:
+        raise ValueError(f"only version {FORMAT_VERSION} headers with an 8-byte marker are written")
     head = SEGMENT_HEADER.pack(
-        SEGMENT_MAGIC, FORMAT_VERSION, header.segment_id, header.base_revision, header.flags
+        SEGMENT_MAGIC,
+        FORMAT_VERSION,
+        header.segment_id,
+        header.base_revision,
+        header.flags,
+        header.marker,
     )
     return head + zlib.crc32(head).to_bytes(4, "little")
 
 
 def decode_segment_header(data: bytes) -> SegmentHeader:
-    if len(data) < SEGMENT_HEADER_SIZE:
+    """The header at the start of ``data``, version 1 or 2."""
+    if len(data) < SEGMENT_HEADER_SIZE_V1:
         raise FormatError("segment header is incomplete")
-    head = data[: SEGMENT_HEADER.size]
-    magic, version, segment_id, base_revision, flags = SEGMENT_HEADER.unpack(head)
+    magic, version = struct.unpack_from("<6sH", data, 0)
     if magic != SEGMENT_MAGIC:
         raise FormatError("not a filekv segment (bad magic)")
-    if int.from_bytes(data[SEGMENT_HEADER.size : SEGMENT_HEADER_SIZE], "little") != zlib.crc32(
-        head
-    ):
-        raise FormatError("segment header checksum mismatch")
-    if version != FORMAT_VERSION:
+    if not OLDEST_VERSION <= version <= FORMAT_VERSION:
+        # Each version has its own header size, so its checksum cannot be checked first.
         raise FormatError(
-            f"segment format version {version}; this filekv reads version {FORMAT_VERSION}"
+            f"segment format version {version} (or a damaged header); this filekv reads "
+            f"versions {OLDEST_VERSION} to {FORMAT_VERSION}"
         )
-    return SegmentHeader(segment_id, base_revision, flags)
+    layout = SEGMENT_HEADER if version == 2 else SEGMENT_HEADER_V1
+    if len(data) < layout.size + 4:
+        raise FormatError("segment header is incomplete")
+    if not _header_crc_ok(data, layout.size):
+        raise FormatError("segment header checksum mismatch")
+    if version == 2:
+        _, _, segment_id, base_revision, flags, marker = SEGMENT_HEADER.unpack_from(data, 0)
+        return SegmentHeader(segment_id, base_revision, flags, marker, 2)
+    _, _, segment_id, base_revision, flags = SEGMENT_HEADER_V1.unpack_from(data, 0)
+    return SegmentHeader(segment_id, base_revision, flags, bytes(MARKER_BYTES), 1)
 
 
-def encode_record(revision: int, operations: Sequence[Operation]) -> bytes:
-    parts = [RECORD_BODY_HEADER.pack(revision, len(operations))]
+def _header_crc_ok(data: bytes, size: int) -> bool:
+    return int.from_bytes(data[size : size + 4], "little") == zlib.crc32(data[:size])
+
+
+def encode_body(operations: Sequence[Operation]) -> bytes:
+    """The operations of a record, without its header (no marker or offset needed yet)."""
+    parts = []
     for kind, key, value in operations:
         parts.append(OPERATION_HEADER.pack(kind, len(key), len(value)))
         parts.append(key)
         parts.append(value)
     body = b"".join(parts)
-    length = len(body).to_bytes(4, "little")
-    return zlib.crc32(body, zlib.crc32(length)).to_bytes(4, "little") + length + body
+    if len(body) > MAX_BODY:
+        raise RecordTooLarge(f"a record body of {len(body)} bytes is over {MAX_BODY}")
+    return body
 
 
-def encode_put(revision: int, key: bytes, value: bytes) -> bytes:
+def encode_header(marker: bytes, revision: int, count: int, body: bytes, body_crc: int) -> bytes:
+    """The 32-byte header of a record of ``count`` operations, for a segment with ``marker``."""
+    length = len(body)
+    if length > MAX_BODY:
+        raise RecordTooLarge(f"a record body of {length} bytes is over {MAX_BODY}")
+    checked = _CHECKED.pack(length, revision, count, body_crc)
+    header_crc = zlib.crc32(checked, zlib.crc32(marker))
+    return RECORD_HEADER.pack(marker, header_crc, length, revision, count, body_crc)
+
+
+def encode_record(marker: bytes, revision: int, operations: Sequence[Operation]) -> bytes:
+    body = encode_body(operations)
+    return encode_header(marker, revision, len(operations), body, zlib.crc32(body)) + body
+
+
+def encode_put(marker: bytes, revision: int, key: bytes, value: bytes) -> bytes:
     """The common single-put record, without the general path's list building (hot path)."""
-    body = RECORD_BODY_HEADER.pack(revision, 1) + OPERATION_HEADER.pack(PUT, len(key), len(value))
-    body = body + key + value
-    length = len(body).to_bytes(4, "little")
-    return zlib.crc32(body, zlib.crc32(length)).to_bytes(4, "little") + length + body
+    body = OPERATION_HEADER.pack(PUT, len(key), len(value)) + key + value
+    return encode_header(marker, revision, 1, body, zlib.crc32(body)) + body
 
 
-# Where a single-put record's value starts, past prefix, body header and op header (add the key).
-PUT_VALUE_OFFSET: Final = RECORD_OVERHEAD + OPERATION_HEADER.size
+def put_record_size(key: bytes, value: bytes) -> int:
+    return RECORD_HEADER_SIZE + OPERATION_HEADER.size + len(key) + len(value)
+
+
+# Where a single-put record's value starts, past the record and operation headers (add the key).
+PUT_VALUE_OFFSET: Final = RECORD_HEADER_SIZE + OPERATION_HEADER.size
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,39 +197,81 @@ class DecodedOperation:
     value_length: int
 
 
-def record_at(data: bytes | memoryview, offset: int) -> tuple[int, int] | None:
-    """Check the record starting at ``offset``; return (revision, end offset), or None if damaged.
+def header_at(data: bytes | memoryview, offset: int, marker: bytes) -> tuple[int, int] | None:
+    """(revision, end offset) if a version 2 record header at ``offset`` checks out, else None.
 
-    "Damaged" covers a record cut short, a length that runs past the data, a checksum mismatch,
-    and operations that do not add up to the length.
+    O(1): it looks at the 32 header bytes only, so a length it returns can be trusted.
     """
-    end_of_prefix = offset + RECORD_PREFIX.size
-    if end_of_prefix > len(data):
+    if offset + RECORD_HEADER_SIZE > len(data):
         return None
-    crc, length = RECORD_PREFIX.unpack_from(data, offset)
-    end = end_of_prefix + length
-    if length < MIN_BODY or length > MAX_BODY or end > len(data):
+    found, header_crc, length, revision, count, body_crc = RECORD_HEADER.unpack_from(data, offset)
+    if found != marker:
         return None
-    if zlib.crc32(data[offset + 4 : end]) != crc:
+    checked = _CHECKED.pack(length, revision, count, body_crc)
+    if zlib.crc32(checked, zlib.crc32(marker)) != header_crc or length > MAX_BODY:
         return None
-    revision, count = RECORD_BODY_HEADER.unpack_from(data, end_of_prefix)
-    position = end_of_prefix + RECORD_BODY_HEADER.size
-    for _ in range(count):
-        if position + OPERATION_HEADER.size > end:
-            return None
-        kind, key_length, value_length = OPERATION_HEADER.unpack_from(data, position)
-        if kind not in (PUT, DELETE):
-            return None
-        position += OPERATION_HEADER.size + key_length + value_length
-    if position != end:
+    return revision, offset + RECORD_HEADER_SIZE + length
+
+
+def record_at(data: bytes | memoryview, offset: int, marker: bytes) -> tuple[int, int] | None:
+    """Check the version 2 record at ``offset``; (revision, end offset), or None if damaged.
+
+    "Damaged" covers a record cut short, a header or body checksum mismatch, and operations that
+    do not add up to the length. The body is hashed only once the header checked out.
+    """
+    found = header_at(data, offset, marker)
+    if found is None:
+        return None
+    revision, end = found
+    start = offset + RECORD_HEADER_SIZE
+    if end > len(data):
+        return None
+    count, body_crc = struct.unpack_from("<II", data, offset + 24)
+    if zlib.crc32(data[start:end]) != body_crc:
+        return None
+    if not _operations_fit(data, start, end, count):
         return None
     return revision, end
 
 
-def iter_operations(data: bytes | memoryview, offset: int) -> Iterator[DecodedOperation]:
-    """The operations of a record already checked by ``record_at``."""
-    position = offset + RECORD_OVERHEAD
-    (count,) = struct.unpack_from("<I", data, offset + RECORD_PREFIX.size + 8)
+def _operations_fit(data: bytes | memoryview, position: int, end: int, count: int) -> bool:
+    for _ in range(count):
+        if position + OPERATION_HEADER.size > end:
+            return False
+        kind, key_length, value_length = OPERATION_HEADER.unpack_from(data, position)
+        if kind not in (PUT, DELETE):
+            return False
+        position += OPERATION_HEADER.size + key_length + value_length
+    return position == end
+
+
+def record_at_v1(data: bytes | memoryview, offset: int) -> tuple[int, int] | None:
+    """``record_at`` for a version 1 segment (read only)."""
+    end_of_prefix = offset + RECORD_PREFIX_V1.size
+    if end_of_prefix > len(data):
+        return None
+    crc, length = RECORD_PREFIX_V1.unpack_from(data, offset)
+    end = end_of_prefix + length
+    if length < RECORD_BODY_HEADER_V1.size or length > MAX_BODY_V1 or end > len(data):
+        return None
+    if zlib.crc32(data[offset + 4 : end]) != crc:
+        return None
+    revision, count = RECORD_BODY_HEADER_V1.unpack_from(data, end_of_prefix)
+    if not _operations_fit(data, offset + RECORD_OVERHEAD_V1, end, count):
+        return None
+    return revision, end
+
+
+def iter_operations(
+    data: bytes | memoryview, offset: int, version: int = FORMAT_VERSION
+) -> Iterator[DecodedOperation]:
+    """The operations of a record already checked by ``record_at`` (or ``record_at_v1``)."""
+    if version >= 2:
+        position = offset + RECORD_HEADER_SIZE
+        (count,) = struct.unpack_from("<I", data, offset + 24)
+    else:
+        position = offset + RECORD_OVERHEAD_V1
+        (count,) = struct.unpack_from("<I", data, offset + RECORD_PREFIX_V1.size + 8)
     for _ in range(count):
         kind, key_length, value_length = OPERATION_HEADER.unpack_from(data, position)
         key_start = position + OPERATION_HEADER.size

@@ -4,6 +4,11 @@ Segments are read in id order, each record in file order, last write wins. A mer
 a good hint file is bulk-loaded from it; any other segment is replayed record by record. Only the
 newest segment may end in a torn record (it is the only one ever appended to): that tail is cut
 and kept in ``.broken``. Everything else that does not check out is ``CorruptStore``.
+
+Segments of format version 1 (an older filekv) are read as they are; the next write always goes
+to a new version 2 segment, and compaction rewrites them as version 2. ``should_stop`` (asked
+between segments and every few thousand records) lets a server that is told to stop during a
+long recovery exit at once; recovery changes nothing on disk until it has read everything.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import CorruptStore
+from .errors import CorruptStore, RecoveryInterrupted
 from .record import (
+    FORMAT_VERSION,
     LENGTH_MASK,
     LENGTH_SHIFT,
     PUT,
     PUT_VALUE_OFFSET,
     SEGMENT_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE_V1,
     FormatError,
     decode_hint,
     decode_segment_header,
@@ -32,6 +39,7 @@ from .segment import (
     SEGMENT_SUFFIX,
     TEMP_SUFFIX,
     Segment,
+    StopCheck,
     cut_tail,
     hint_name,
     list_segment_ids,
@@ -48,7 +56,7 @@ log = logging.getLogger(__name__)
 ENTRY_OVERHEAD = PUT_VALUE_OFFSET
 
 
-def recover(store: Store) -> None:
+def recover(store: Store, should_stop: StopCheck | None = None) -> None:
     """Read the directory's segments into ``store``'s indexes; cut a torn tail; set up writing."""
     directory = store._path
     for name in os.listdir(directory):
@@ -67,10 +75,17 @@ def recover(store: Store) -> None:
             store._io.unlink(str(directory / name))  # orphan of a deleted segment
     last = ids[-1] if ids else None
     for segment_id in ids:
-        _load_segment(store, segment_id, is_last=segment_id == last)
+        if should_stop is not None and should_stop():
+            raise RecoveryInterrupted("asked to stop while opening the store")
+        _load_segment(store, segment_id, is_last=segment_id == last, should_stop=should_stop)
     store._next_id = (last or 0) + 1
     newest = store._segments.get(last) if last is not None else None
-    if newest is not None and not newest.merged and newest.size < store._segment_bytes:
+    if (
+        newest is not None
+        and not newest.merged
+        and newest.header.version == FORMAT_VERSION
+        and newest.size < store._segment_bytes
+    ):
         store._active = newest
     else:
         store._start_new_segment()
@@ -79,9 +94,11 @@ def recover(store: Store) -> None:
         store._last_compaction = max(os.stat(s.path).st_mtime for s in merged)
 
 
-def _load_segment(store: Store, segment_id: int, *, is_last: bool) -> None:
+def _load_segment(
+    store: Store, segment_id: int, *, is_last: bool, should_stop: StopCheck | None
+) -> None:
     path = store._path / segment_name(segment_id)
-    if is_last and os.path.getsize(path) < SEGMENT_HEADER_SIZE:
+    if is_last and _is_unborn(path):
         # Crash while the segment was being created: its header never reached the disk,
         # and no record can have been written after it.
         _discard_unborn_segment(store, path)
@@ -94,14 +111,27 @@ def _load_segment(store: Store, segment_id: int, *, is_last: bool) -> None:
             header = decode_segment_header(header_bytes)
         except FormatError as error:
             raise CorruptStore(str(path), 0, str(error)) from error
-        segment = Segment(segment_id, path, fd, SEGMENT_HEADER_SIZE, header, header.merged)
+        segment = Segment(segment_id, path, fd, header.size, header, header.merged)
         store._revision = max(store._revision, header.base_revision)
         if not (segment.merged and _load_hint(store, segment)):
-            _replay(store, segment, is_last=is_last)
+            _replay(store, segment, is_last=is_last, should_stop=should_stop)
     except BaseException:
         store._io.close(fd)
         raise
     store._segments[segment_id] = segment
+
+
+def _is_unborn(path: Path) -> bool:
+    """A newest segment too short to hold its header (a version 1 header is shorter)."""
+    size = os.path.getsize(path)
+    if size >= SEGMENT_HEADER_SIZE:
+        return False
+    if size < SEGMENT_HEADER_SIZE_V1:
+        return True
+    try:
+        return decode_segment_header(path.read_bytes()).version != 1
+    except FormatError:
+        return True
 
 
 def _discard_unborn_segment(store: Store, path: Path) -> None:
@@ -145,13 +175,18 @@ def _load_hint(store: Store, segment: Segment) -> bool:
     return True
 
 
-def _replay(store: Store, segment: Segment, *, is_last: bool) -> None:
-    scanned = scan_segment(store._io, segment.path, may_have_torn_tail=is_last)
+def _replay(
+    store: Store, segment: Segment, *, is_last: bool, should_stop: StopCheck | None
+) -> None:
+    scanned = scan_segment(
+        store._io, segment.path, may_have_torn_tail=is_last, should_stop=should_stop
+    )
     data = scanned.data
     index = store._index
     segment_id = segment.segment_id
+    version = scanned.header.version
     for offset, revision in scanned.records:
-        for op in iter_operations(data, offset):
+        for op in iter_operations(data, offset, version):
             key = op.key.decode("utf-8")
             if op.kind == PUT:
                 start = op.value_offset

@@ -1,8 +1,9 @@
 """Segment files: creating them, appending to them, and reading them back on open.
 
-A segment is ``NNNNNNNNNN.seg``: a 32-byte header, then records appended one after another.
+A segment is ``NNNNNNNNNN.seg``: a 40-byte header, then records appended one after another.
 Only the newest segment is ever appended to, so only it can end in a torn record after a crash;
-damage anywhere else is corruption and is reported, never skipped.
+damage anywhere else is corruption and is reported, never skipped. Files are created 0600: the
+values are the users' data, no other local account's.
 """
 
 from __future__ import annotations
@@ -10,19 +11,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from .errors import CorruptStore
+from .errors import CorruptStore, RecoveryInterrupted
 from .fileio import FileIO
 from .record import (
-    SEGMENT_HEADER_SIZE,
+    MARKER_BYTES,
     FormatError,
     SegmentHeader,
     decode_segment_header,
     encode_segment_header,
+    header_at,
     record_at,
+    record_at_v1,
 )
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,14 @@ SEGMENT_SUFFIX = ".seg"
 HINT_SUFFIX = ".hint"
 BROKEN_SUFFIX = ".broken"
 TEMP_SUFFIX = ".tmp"
+STOP_CHECK_EVERY: Final = 4096  # records replayed between two looks at should_stop
+
+StopCheck = Callable[[], bool]
+
+
+def new_marker() -> bytes:
+    """A segment's record marker: random, so no client can put one inside a value."""
+    return os.urandom(MARKER_BYTES)
 
 
 def segment_name(segment_id: int) -> str:
@@ -67,7 +79,7 @@ def create_segment(
 ) -> Segment:
     """Create a segment durably: header written and fsynced, directory entry fsynced."""
     path = directory / segment_name(segment_id)
-    header = SegmentHeader(segment_id, base_revision, flags)
+    header = SegmentHeader(segment_id, base_revision, flags, new_marker())
     fd = io.open(str(path), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND)
     try:
         io.write(fd, encode_segment_header(header))
@@ -79,7 +91,7 @@ def create_segment(
         with contextlib.suppress(OSError):
             io.unlink(str(path))
         raise
-    return Segment(segment_id, path, fd, SEGMENT_HEADER_SIZE, header, header.merged)
+    return Segment(segment_id, path, fd, header.size, header, header.merged)
 
 
 @dataclass(slots=True)
@@ -92,12 +104,15 @@ class ScannedSegment:
     records: list[tuple[int, int]]  # (record offset, revision) of each good record
 
 
-def scan_segment(io: FileIO, path: Path, *, may_have_torn_tail: bool) -> ScannedSegment:
-    """Read and check every record of a segment.
+def scan_segment(
+    io: FileIO, path: Path, *, may_have_torn_tail: bool, should_stop: StopCheck | None = None
+) -> ScannedSegment:
+    """Read and check every record of a segment, in time linear in its size.
 
     A damaged record followed by nothing that parses is a torn tail (allowed only in the newest
     segment); a damaged record followed by a good one is corruption, whichever segment it is in,
     unless the damage is a write-back hole at the end of the newest segment (see below).
+    ``should_stop`` is asked every few thousand records: when it says yes, RecoveryInterrupted.
     """
     data = io.read_file(str(path))
     try:
@@ -105,16 +120,27 @@ def scan_segment(io: FileIO, path: Path, *, may_have_torn_tail: bool) -> Scanned
     except FormatError as error:
         raise CorruptStore(str(path), 0, str(error)) from error
     records: list[tuple[int, int]] = []
-    offset = SEGMENT_HEADER_SIZE
+    offset = header.size
     size = len(data)
+    marker = header.marker
+    version_2 = header.version >= 2
+    countdown = STOP_CHECK_EVERY
     while offset < size:
-        found = record_at(data, offset)
+        found = record_at(data, offset, marker) if version_2 else record_at_v1(data, offset)
         if found is None:
             break
         records.append((offset, found[0]))
         offset = found[1]
+        countdown -= 1
+        if not countdown:
+            countdown = STOP_CHECK_EVERY
+            if should_stop is not None and should_stop():
+                raise RecoveryInterrupted(f"asked to stop while reading {path.name}")
     if offset < size:
-        resumes_at = _next_good_record(data, offset)
+        if version_2:
+            resumes_at = _next_good_record(data, offset, marker)
+        else:
+            resumes_at = _next_good_record_v1(data, offset, should_stop)
         if resumes_at is not None and not (
             may_have_torn_tail and _is_write_back_hole(data, offset, resumes_at)
         ):
@@ -146,12 +172,34 @@ def _is_write_back_hole(data: bytes, start: int, end: int) -> bool:
     )
 
 
-def _next_good_record(data: bytes, damaged_at: int) -> int | None:
-    """The offset of any good record after ``damaged_at``, or None if the rest is all damage."""
+def _next_good_record(data: bytes, damaged_at: int, marker: bytes) -> int | None:
+    """The offset of any good record after ``damaged_at``, or None if the rest is all damage.
+
+    Linear in the tail: ``bytes.find`` walks to each copy of the marker (only record starts hold
+    it); a header is checked in O(1), and only a header that checks out, whose length can then be
+    trusted, has its body hashed. Such records never overlap, so no byte is hashed twice.
+    """
+    view = memoryview(data)
+    position = data.find(marker, damaged_at + 1)
+    while position != -1:
+        if header_at(view, position, marker) is not None and record_at(view, position, marker):
+            return position
+        position = data.find(marker, position + 1)
+    return None
+
+
+def _next_good_record_v1(data: bytes, damaged_at: int, should_stop: StopCheck | None) -> int | None:
+    """``_next_good_record`` for a version 1 segment, which has no marker: every offset is tried.
+
+    Only the newest segment of a store written by an older filekv can need this, once: the
+    next write goes to a new version 2 segment.
+    """
     view = memoryview(data)
     for offset in range(damaged_at + 1, len(data)):
-        if record_at(view, offset) is not None:
+        if record_at_v1(view, offset) is not None:
             return offset
+        if should_stop is not None and not offset % (1 << 20) and should_stop():
+            raise RecoveryInterrupted("asked to stop while looking past a damaged record")
     return None
 
 
@@ -162,7 +210,7 @@ def cut_tail(io: FileIO, path: Path, fd: int, data: bytes, good_end: int) -> Non
     while broken.exists():
         broken = path.with_name(f"{path.name}{BROKEN_SUFFIX}.{number}")
         number += 1
-    broken_fd = io.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    broken_fd = io.open(str(broken), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         io.write(broken_fd, data[good_end:])
         io.fsync(broken_fd)

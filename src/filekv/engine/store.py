@@ -21,6 +21,7 @@ import gc
 import logging
 import os
 import threading
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,20 +51,24 @@ from .record import (
     HASH_MASK,
     LENGTH_MASK,
     LENGTH_SHIFT,
+    MAX_BODY,
+    MAX_OPERATIONS,
     OFFSET_MASK,
     OFFSET_SHIFT,
     OPERATION_HEADER,
     PUT,
     PUT_VALUE_OFFSET,
-    RECORD_OVERHEAD,
+    RECORD_HEADER_SIZE,
     REVISION_MASK,
     REVISION_SHIFT,
-    SEGMENT_HEADER_SIZE,
     SEGMENT_SHIFT,
     Operation,
+    encode_body,
+    encode_header,
     encode_put,
     encode_record,
     pack,
+    put_record_size,
     value_hash,
 )
 from .recovery import ENTRY_OVERHEAD, recover
@@ -109,6 +114,8 @@ class Store:
         compact_min_bytes: int,
         compact_dead_ratio: float,
         auto_compact: bool,
+        max_transaction_bytes: int,
+        max_transaction_ops: int,
     ) -> None:
         # Private: Store.open validates, locks the directory and recovers before returning.
         self._path = path
@@ -122,6 +129,8 @@ class Store:
         self._compact_min_bytes = compact_min_bytes
         self._compact_dead_ratio = compact_dead_ratio
         self._auto_compact = auto_compact
+        self._max_transaction_bytes = max_transaction_bytes
+        self._max_transaction_ops = max_transaction_ops
 
         self._lock = threading.Lock()
         self._index = KeyIndex()
@@ -164,7 +173,10 @@ class Store:
         compact_min_bytes: int = 16 << 20,
         compact_dead_ratio: float = 0.5,
         auto_compact: bool = True,
+        max_transaction_bytes: int = 64 << 20,
+        max_transaction_ops: int = 10_000,
         io: FileIO | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Store:
         """Open (creating if needed) the store in ``path``; recover what a crash left behind."""
         if fsync not in FSYNC_MODES:
@@ -175,6 +187,13 @@ class Store:
             raise ValueError("max_value_bytes is out of range")
         if fsync_interval_ms < 1 or segment_bytes < 4096 or not 0 < compact_dead_ratio <= 1:
             raise ValueError("fsync_interval_ms, segment_bytes or compact_dead_ratio out of range")
+        # Every record the store may write must be one that recovery reads back (MAX_BODY).
+        if max_key_bytes + max_value_bytes + OPERATION_HEADER.size > MAX_BODY:
+            raise ValueError(f"max_key_bytes + max_value_bytes must stay under {MAX_BODY} bytes")
+        if not 1 <= max_transaction_bytes <= MAX_BODY:
+            raise ValueError(f"max_transaction_bytes must be between 1 and {MAX_BODY}")
+        if not 1 <= max_transaction_ops <= MAX_OPERATIONS:
+            raise ValueError(f"max_transaction_ops must be between 1 and {MAX_OPERATIONS}")
         store = cls(
             Path(path),
             io=io or FileIO(),
@@ -186,9 +205,12 @@ class Store:
             compact_min_bytes=compact_min_bytes,
             compact_dead_ratio=compact_dead_ratio,
             auto_compact=auto_compact,
+            max_transaction_bytes=max_transaction_bytes,
+            max_transaction_ops=max_transaction_ops,
         )
         try:
-            store._path.mkdir(parents=True, exist_ok=True)
+            # 0700, as etcd's: the files hold every value, for this account only.
+            store._path.mkdir(mode=0o700, parents=True, exist_ok=True)
             store._acquire_directory_lock()
         except OSError as error:
             raise StorageError(
@@ -199,7 +221,7 @@ class Store:
         collecting = gc.isenabled()
         gc.disable()
         try:
-            recover(store)
+            recover(store, should_stop)
         except OSError as error:
             store._release_files()
             raise StorageError(
@@ -220,7 +242,7 @@ class Store:
         return store
 
     def _acquire_directory_lock(self) -> None:
-        fd = os.open(self._path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self._path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             # flock locks belong to the open file description, so a second open() of the same
             # directory in this very process is refused too, not only another process.
@@ -328,6 +350,14 @@ class Store:
     @property
     def max_value_bytes(self) -> int:
         return self._max_value_bytes
+
+    @property
+    def max_transaction_bytes(self) -> int:
+        return self._max_transaction_bytes
+
+    @property
+    def max_transaction_ops(self) -> int:
+        return self._max_transaction_ops
 
     @property
     def in_transaction(self) -> bool:
@@ -444,10 +474,12 @@ class Store:
             if expect is not None:
                 self._check_expect(key, expect)
             revision = self._revision + 1
-            offset = self._append(encode_put(revision, encoded, value))
+            active = self._segment_for(put_record_size(encoded, value))
+            offset = active.size
+            self._write(active, encode_put(active.header.marker, revision, encoded, value))
             self._revision = revision
             location = pack(
-                self._active_id(),
+                active.segment_id,
                 offset + PUT_VALUE_OFFSET + len(encoded),
                 len(value),
                 revision,
@@ -468,15 +500,34 @@ class Store:
             if key not in self._index.locations:
                 return 0
             revision = self._revision + 1
-            self._append(encode_record(revision, [(DELETE, encoded, b"")]))
+            active = self._segment_for(RECORD_HEADER_SIZE + OPERATION_HEADER.size + len(encoded))
+            record = encode_record(active.header.marker, revision, [(DELETE, encoded, b"")])
+            self._write(active, record)
             self._revision = revision
             self._account_remove(len(encoded), self._index.remove(key))
             seq = self._write_seq
             self._after_write()
         return seq
 
-    def _append(self, record: bytes) -> int:
-        """Append ``record`` to the active segment; return its offset. Called under the lock.
+    def _segment_for(self, size: int) -> Segment:
+        """The segment the next record of ``size`` bytes goes to. Called under the lock.
+
+        A full active segment is sealed first. A record is encoded only once its segment is
+        known: its header starts with the segment's marker.
+        """
+        active = self._active
+        assert active is not None
+        if active.size + size > self._segment_bytes and active.size > active.header.size:
+            try:
+                self._start_new_segment()
+            except OSError as error:
+                raise self._storage_error(error, "starting a new segment") from error
+            active = self._active
+            assert active is not None
+        return active
+
+    def _write(self, active: Segment, record: bytes) -> None:
+        """Append ``record`` at ``active.size``. Called under the lock.
 
         Each record appended gets the next sequence number (``_write_seq``), which is what
         writers wait on for durability.
@@ -484,15 +535,6 @@ class Store:
         A failed write is cut back off the file, so a later write never lands after a torn one;
         if even that fails, the store stops accepting writes.
         """
-        active = self._active
-        assert active is not None
-        if active.size + len(record) > self._segment_bytes and active.size > SEGMENT_HEADER_SIZE:
-            try:
-                self._start_new_segment()
-            except OSError as error:
-                raise self._storage_error(error, "starting a new segment") from error
-            active = self._active
-            assert active is not None
         offset = active.size
         try:
             self._io.write(active.fd, record)
@@ -506,7 +548,6 @@ class Store:
         active.size = offset + len(record)
         self._write_seq += 1
         self._sync_point = (self._write_seq, active.fd)
-        return offset
 
     def _storage_error(self, error: OSError, doing: str) -> StorageError:
         if error.errno == errno.ENOSPC:
@@ -514,10 +555,6 @@ class Store:
         if self._failure is not None:
             return StoreFailed(f"I/O error while {doing}; the store refuses writes until reopened")
         return StorageError(f"I/O error while {doing}: {os.strerror(error.errno or errno.EIO)}")
-
-    def _active_id(self) -> int:
-        assert self._active is not None
-        return self._active.segment_id
 
     def _rotation_due(self) -> bool:
         active = self._active
@@ -646,32 +683,45 @@ class Store:
         return tx
 
     def _commit(self, tx: Transaction, staged: dict[str, bytes | None]) -> tuple[int, int]:
-        """Write a transaction's staged writes as one record; return (sequence number, count)."""
+        """Write a transaction's staged writes as one record; return (sequence number, count).
+
+        The body is encoded before the lock is taken (readers wait on that lock): while the
+        transaction is open no other writer can add or remove a key, so which deletes are
+        no-ops cannot change meanwhile.
+        """
+        locations = self._index.locations
+        operations: list[Operation] = []
+        for key, value in staged.items():
+            if value is None:
+                if key in locations:
+                    operations.append((DELETE, key.encode("utf-8"), b""))
+            else:
+                operations.append((PUT, key.encode("utf-8"), value))
+        body = encode_body(operations) if operations else b""
+        body_crc = zlib.crc32(body)
         with self._lock:
             self._check_writable(tx)
-            operations: list[Operation] = []
-            for key, value in staged.items():
-                encoded = key.encode("utf-8")
-                if value is None:
-                    if key in self._index.locations:
-                        operations.append((DELETE, encoded, b""))
-                else:
-                    operations.append((PUT, encoded, value))
             seq = 0
             if operations:
                 revision = self._revision + 1
-                offset = self._append(encode_record(revision, operations))
+                active = self._segment_for(RECORD_HEADER_SIZE + len(body))
+                offset = active.size
+                header = encode_header(
+                    active.header.marker, revision, len(operations), body, body_crc
+                )
+                self._write(active, header + body)
                 self._revision = revision
-                self._apply(operations, offset, revision)
+                self._apply(operations, active.segment_id, offset, revision)
                 seq = self._write_seq
             self._tx = None
             if operations:
                 self._after_write()
         return seq, len(staged)
 
-    def _apply(self, operations: list[Operation], offset: int, revision: int) -> None:
-        segment_id = self._active_id()
-        position = offset + RECORD_OVERHEAD
+    def _apply(
+        self, operations: list[Operation], segment_id: int, offset: int, revision: int
+    ) -> None:
+        position = offset + RECORD_HEADER_SIZE
         for kind, encoded, value in operations:
             position += OPERATION_HEADER.size + len(encoded)
             key = encoded.decode("utf-8")

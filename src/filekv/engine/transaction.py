@@ -2,6 +2,11 @@
 
 While a transaction is open the store refuses every other write (TransactionActive); the
 transaction's own reads see its staged writes and deletes over the committed data.
+
+What a transaction stages is bounded (``Store.open(max_transaction_bytes=, max_transaction_ops=)``):
+the count covers every level, since every level is held in memory, and it is an upper bound of
+the one record that commit writes, so a commit can never produce a record that recovery would
+refuse to read back.
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from .errors import TransactionClosed
+from .errors import TransactionClosed, TransactionTooLarge
+from .record import OPERATION_HEADER
 
 if TYPE_CHECKING:
     from .store import Entry, Store
@@ -24,6 +30,11 @@ class Transaction:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._levels: list[Level] = [{}]
+        # Per level, the bytes its operations take in a record (header, key, value): kept as the
+        # levels change so the limit check costs O(1) per write.
+        self._level_bytes: list[int] = [0]
+        self._staged_bytes = 0
+        self._staged_ops = 0
 
     # ------------------------------------------------------------------ state
 
@@ -54,19 +65,60 @@ class Transaction:
 
     # ------------------------------------------------------------------ writes
 
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes the staged operations of every level take in a record."""
+        return self._staged_bytes
+
+    @property
+    def staged_ops(self) -> int:
+        """Operations staged, every level counted."""
+        return self._staged_ops
+
     def put(self, key: str, value: bytes) -> None:
-        """Stage ``value`` under ``key`` in the innermost level."""
+        """Stage ``value`` under ``key`` in the innermost level.
+
+        TransactionTooLarge (nothing staged) if it would pass the transaction's limits.
+        """
         self._check_open()
-        self._store.encode_key(key)
-        self._levels[-1][key] = self._store.check_value(value)
+        encoded = self._store.encode_key(key)
+        value = self._store.check_value(value)
+        self._stage(key, len(encoded), value)
 
     def delete(self, key: str) -> bool:
         """Stage the deletion of ``key``; True if it existed in this transaction's view."""
         self._check_open()
-        self._store.encode_key(key)
+        encoded = self._store.encode_key(key)
         existed = self.get(key) is not None
-        self._levels[-1][key] = None
+        self._stage(key, len(encoded), None)
         return existed
+
+    def _stage(self, key: str, key_bytes: int, value: bytes | None) -> None:
+        """Put ``value`` in the innermost level, after checking the limits."""
+        level = self._levels[-1]
+        size = OPERATION_HEADER.size + key_bytes + (len(value) if value is not None else 0)
+        added_ops = 1
+        if key in level:  # a rewrite in the same level replaces the operation staged there
+            previous = level[key]
+            size -= OPERATION_HEADER.size + key_bytes + (len(previous) if previous else 0)
+            added_ops = 0
+        new_bytes = self._staged_bytes + size
+        new_ops = self._staged_ops + added_ops
+        store = self._store
+        if new_ops > store.max_transaction_ops:
+            raise TransactionTooLarge(
+                f"the transaction holds {self._staged_ops} operations; "
+                f"the limit is {store.max_transaction_ops}"
+            )
+        if new_bytes > store.max_transaction_bytes:
+            raise TransactionTooLarge(
+                f"this write would take the transaction to {new_bytes} bytes; "
+                f"the limit is {store.max_transaction_bytes}"
+            )
+        level[key] = value
+        self._level_bytes[-1] += size
+        self._staged_bytes = new_bytes
+        self._staged_ops = new_ops
 
     # ------------------------------------------------------------------ reads
 
@@ -132,12 +184,15 @@ class Transaction:
         """Open a nested level (a savepoint); return the new depth."""
         self._check_open()
         self._levels.append({})
+        self._level_bytes.append(0)
         return len(self._levels)
 
     def rollback(self) -> int:
         """Undo the innermost level; at depth 1 this ends the transaction. Return the new depth."""
         self._check_open()
-        self._levels.pop()
+        popped = self._levels.pop()
+        self._staged_ops -= len(popped)
+        self._staged_bytes -= self._level_bytes.pop()
         if not self._levels:
             self._store._end_transaction(self)
         return len(self._levels)
@@ -145,26 +200,52 @@ class Transaction:
     def abort(self) -> None:
         """Undo every level and end the transaction (a no-op once it has ended)."""
         if self._levels:
-            self._levels.clear()
+            self._clear()
             self._store._end_transaction(self)
+
+    def _clear(self) -> None:
+        self._levels.clear()
+        self._level_bytes.clear()
+        self._staged_bytes = self._staged_ops = 0
 
     def commit(self) -> int:
         """Apply every level as one atomic, durable record; return the number of staged writes."""
         self._check_open()
         seq, count = self._store._commit(self, self._staged())
-        self._levels.clear()
+        self._clear()
         self._store._wait_durable(seq)
         return count
 
     async def acommit(self) -> int:
-        """``commit`` for asyncio: the fsync wait happens off the event loop."""
-        self._check_open()
-        if self._store._rotation_due():
-            import asyncio
+        """``commit`` for asyncio: encoding, the write and the fsync wait all off the event loop.
 
-            return await asyncio.to_thread(self.commit)
-        seq, count = self._store._commit(self, self._staged())
-        self._levels.clear()
+        From the moment it starts the transaction takes no more writes (TransactionClosed), so
+        the thread encodes exactly what was staged; if the commit fails (DiskFull, say) the
+        transaction is open again with everything it had, as after a failed ``commit``.
+        """
+        import asyncio
+
+        self._check_open()
+        staged = self._staged()
+        saved = (self._levels, self._level_bytes, self._staged_bytes, self._staged_ops)
+        self._levels, self._level_bytes = [], []
+        store = self._store
+        running = asyncio.ensure_future(asyncio.to_thread(store._commit, self, staged))
+        try:
+            seq, count = await asyncio.shield(running)
+        except asyncio.CancelledError:
+            # The thread goes on; should it fail, the store must not stay locked by a
+            # transaction that nobody can reach any more.
+            def release_if_failed(done: asyncio.Future[tuple[int, int]]) -> None:
+                if not done.cancelled() and done.exception() is not None:
+                    store._end_transaction(self)
+
+            running.add_done_callback(release_if_failed)
+            raise
+        except Exception:
+            self._levels, self._level_bytes, self._staged_bytes, self._staged_ops = saved
+            raise
+        self._staged_bytes = self._staged_ops = 0
         await self._store._wait_durable_async(seq)
         return count
 
