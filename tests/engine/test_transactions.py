@@ -19,6 +19,7 @@ from filekv.engine import (
     Transaction,
     TransactionActive,
     TransactionClosed,
+    TransactionTooLarge,
     ValueTooLarge,
     VersionMismatch,
 )
@@ -484,3 +485,80 @@ def test_transaction_larger_than_a_segment(
     assert contents(again) == expected
     again.compact()
     assert contents(reopen(again)) == expected
+
+
+# -- limits (issue 17, finding 1: a huge transaction was acknowledged, then lost) -----------
+
+
+def test_transaction_over_op_limit_stages_nothing_and_stays_usable(
+    open_store: OpenStore, db_path: Path
+) -> None:
+    db = open_store(db_path, max_transaction_ops=3)
+    tx = db.transaction()
+    for key in ("a", "b", "c"):
+        tx.put(key, b"1")
+    with pytest.raises(TransactionTooLarge):
+        tx.put("d", b"1")
+    with pytest.raises(TransactionTooLarge):
+        tx.delete("e")
+    assert tx.get("d") is None and tx.staged_ops == 3
+    tx.put("a", b"rewritten in the same level: no new operation")
+    assert tx.commit() == 3
+    assert db.get("a") == b"rewritten in the same level: no new operation"
+    assert db.get("d") is None
+
+
+def test_transaction_byte_limit_counts_every_level(open_store: OpenStore, db_path: Path) -> None:
+    db = open_store(db_path, max_transaction_bytes=1000)
+    tx = db.transaction()
+    tx.put("k", b"x" * 600)
+    tx.begin()
+    with pytest.raises(TransactionTooLarge):
+        tx.put("k", b"y" * 600)  # the outer level still holds its 600 bytes
+    assert tx.get("k") == b"x" * 600
+    tx.put("small", b"z")
+    assert tx.rollback() == 1  # frees the inner level's bytes
+    assert tx.staged_bytes == 7 + 1 + 600
+    tx.put("k", b"x" * 900)  # a rewrite replaces: 7 + 1 + 900 bytes in all
+    with pytest.raises(TransactionTooLarge):
+        tx.put("other", b"w" * 100)
+    assert tx.commit() == 1
+    assert db.get("k") == b"x" * 900
+
+
+def test_transaction_at_the_limits_commits_and_reopens(
+    open_store: OpenStore, reopen: Reopen, db_path: Path
+) -> None:
+    db = open_store(db_path, max_transaction_bytes=4 << 20, max_transaction_ops=64)
+    tx = db.transaction()
+    value = bytes(range(256)) * (((4 << 20) // 64 - 64) // 256)
+    for i in range(64):
+        tx.put(f"big/{i:02d}", value)
+    with pytest.raises(TransactionTooLarge):
+        tx.put("one/more", b"")
+    assert tx.commit() == 64
+    db = reopen(db)
+    assert len(db) == 64 and all(db.get(f"big/{i:02d}") == value for i in range(64))
+
+
+def test_acommit_runs_off_the_event_loop(open_store: OpenStore, db_path: Path) -> None:
+    db = open_store(db_path)
+    loop_thread: list[threading.Thread] = []
+    commit_threads: list[threading.Thread] = []
+    original = db._commit
+
+    def spy(*args: object, **kwargs: object) -> tuple[int, int]:
+        commit_threads.append(threading.current_thread())
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    db._commit = spy  # type: ignore[method-assign]
+
+    async def run() -> int:
+        loop_thread.append(threading.current_thread())
+        tx = db.transaction()
+        tx.put("k", b"v")
+        return await tx.acommit()
+
+    assert asyncio.run(run()) == 1
+    assert commit_threads and commit_threads[0] is not loop_thread[0]
+    assert db.get("k") == b"v"
