@@ -192,13 +192,15 @@ def _next_good_record_v1(data: bytes, damaged_at: int, should_stop: StopCheck | 
     """``_next_good_record`` for a version 1 segment, which has no marker: every offset is tried.
 
     Only the newest segment of a store written by an older filekv can need this, once: the
-    next write goes to a new version 2 segment.
+    next write goes to a new version 2 segment. It can hash up to the end of the data at every
+    offset (quadratic), which is why version 2 has a marker; ``should_stop`` is asked at every
+    offset, since one offset alone can cost a checksum over the rest of the file.
     """
     view = memoryview(data)
     for offset in range(damaged_at + 1, len(data)):
         if record_at_v1(view, offset) is not None:
             return offset
-        if should_stop is not None and not offset % (1 << 20) and should_stop():
+        if should_stop is not None and should_stop():
             raise RecoveryInterrupted("asked to stop while looking past a damaged record")
     return None
 
