@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient
 from filekv.service.auth import AuthService, InvalidCredentials, LoginThrottle
 from filekv.service.errors import install_error_handlers
 from filekv.service.routes import auth as auth_routes
+from filekv.service.throttle import Attempt, Refused, address_key
 
 PASSWORD = "correct horse battery"
 
@@ -257,30 +258,73 @@ def test_token_throttle_window_forgets_spread_out_failures(auth_app: AuthApp) ->
     assert auth_app.login()[0] == 200
 
 
+def _fail_round(throttle: LoginThrottle, name: str, address: str, now: float, n: int) -> None:
+    for _ in range(n):
+        attempt = throttle.reserve(name, address, now)
+        assert isinstance(attempt, Attempt), attempt
+        throttle.settle(attempt, now, success=False)
+
+
+def _wait(throttle: LoginThrottle, name: str, address: str, now: float) -> float:
+    answer = throttle.reserve(name, address, now)
+    if isinstance(answer, Refused):
+        return answer.retry_after
+    throttle.settle(answer, now, success=None)  # only looking
+    return 0.0
+
+
 def test_throttle_backoff_doubles_up_to_the_cap_and_is_forgiven() -> None:
     throttle = LoginThrottle(max_failures=2, window=60, base_delay=10, max_delay=40)
     now = 0.0
     delays = []
     for _ in range(5):
-        throttle.failed("alice", now)
-        throttle.failed("alice", now)
-        delays.append(throttle.retry_after("alice", now))
+        _fail_round(throttle, "alice", "1.2.3.4", now, 2)
+        delays.append(_wait(throttle, "alice", "1.2.3.4", now))
         now += delays[-1]
-        assert throttle.retry_after("alice", now) == 0
+        assert _wait(throttle, "alice", "1.2.3.4", now) == 0
     assert delays == [10, 20, 40, 40, 40]
     # quiet for longer than the longest lock-out plus a window: back to the first delay
     now += 40 + 60 + 1
-    throttle.failed("alice", now)
-    throttle.failed("alice", now)
-    assert throttle.retry_after("alice", now) == 10
+    _fail_round(throttle, "alice", "1.2.3.4", now, 2)
+    assert _wait(throttle, "alice", "1.2.3.4", now) == 10
 
 
-def test_throttle_table_is_bounded() -> None:
-    throttle = LoginThrottle(max_names=100)
+@pytest.mark.parametrize("table", ["pairs", "addresses", "names", "trusted"])
+def test_throttle_tables_are_bounded(table: str) -> None:
+    throttle = LoginThrottle(max_entries=100)
     for i in range(1000):
-        throttle.failed(f"user{i}", float(i))
-    assert len(throttle._names) == 100
-    assert "user999" in throttle._names
+        attempt = throttle.reserve(f"user{i}", f"10.0.{i // 256}.{i % 256}", float(i))
+        assert isinstance(attempt, Attempt)
+        throttle.settle(attempt, float(i), success=i % 2 == 0)
+    entries = getattr(throttle, table)
+    entries = getattr(entries, "entries", entries)
+    assert 0 < len(entries) <= 100
+
+
+def test_throttle_tables_forget_idle_entries() -> None:
+    throttle = LoginThrottle(max_failures=5, window=60, max_delay=900, name_burst=10)
+    for i in range(50):
+        _fail_round(throttle, f"user{i}", f"10.0.0.{i}", 0.0, 1)
+    assert len(throttle.pairs.entries) == 50
+    # Long after the longest lock-out plus a window, one new attempt sweeps the old ones away.
+    _fail_round(throttle, "late", "10.9.9.9", 2000.0, 1)
+    assert len(throttle.pairs.entries) == len(throttle.addresses.entries) == 1
+    assert list(throttle.names) == ["late"]
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::1", "2001:db8:1:2::/64"),  # the same /64: one budget
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+        ("testclient", "testclient"),
+        (None, "unknown"),
+    ],
+)
+def test_throttle_address_key(host: str | None, key: str) -> None:
+    assert address_key(host) == key
 
 
 # -- tokens: me, logout, expiry, forgeries ---------------------------------------------------
@@ -438,8 +482,8 @@ def test_routes_do_not_hash_on_the_event_loop() -> None:
 def test_openapi_documents_every_status(auth_app: AuthApp) -> None:
     paths = auth_app.client.get("/openapi.json").json()["paths"]
     expected = {
-        ("/auth/register", "post"): {"201", "403", "409", "422"},
-        ("/auth/token", "post"): {"200", "401", "422", "429"},
+        ("/auth/register", "post"): {"201", "403", "409", "413", "422", "503", "507"},
+        ("/auth/token", "post"): {"200", "401", "413", "422", "429", "503"},
         ("/auth/logout", "post"): {"204", "401"},
         ("/auth/me", "get"): {"200", "401"},
     }

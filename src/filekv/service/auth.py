@@ -5,8 +5,10 @@
     AuthError                  base of what the auth service raises on purpose     401
     ├── InvalidCredentials     unknown user or wrong password (one answer for both)  401
     ├── RegistrationClosed     registration is closed: users come from the CLI     403
-    ├── UsernameTaken          the name is already registered                      409
-    └── TooManyAttempts        too many failed logins for this name; retry later   429
+    ├── UsernameTaken          the name is already registered (in any case)        409
+    ├── TooManyAttempts        too many failed logins; retry later                 429
+    └── UsersUnavailable       users.json is damaged or cannot be read or written  503
+        └── UsersDiskFull      no space left to write users.json; nothing changed  507
 
 Passwords are hashed with argon2id (``PASSWORD_HASHER``: t=2, m=19 MiB, p=1, OWASP's baseline;
 about 25 ms a hash on one core, so a login stays well under 100 ms on 2 cores). The hashing is
@@ -14,32 +16,43 @@ CPU-bound and synchronous: callers on an event loop run it in a thread (the auth
 ``def`` routes, which FastAPI runs in its threadpool).
 
 Tokens are 256-bit ``secrets.token_urlsafe(32)`` strings handed out once; the server keeps only
-their SHA-256 with the user name and expiry, in memory (a restart logs everyone out; users stay).
-The token's SHA-256 is also the session id, the identity a transaction holder is known by.
+their SHA-256 with the user name, the user's token epoch and the expiry, in memory (a restart logs
+everyone out; users stay). The token's SHA-256 is also the session id, the identity a transaction
+holder is known by. A token check refuses a token whose user is gone from ``users.json`` or whose
+epoch is not the user's current one (``filekv user revoke`` and ``user passwd`` replace it); the
+file is looked at by ``UserFile.poll``: one ``stat`` at most every 0.5 s, never a wait.
 
-Failed logins are throttled per user name (``LoginThrottle``): after ``max_failures`` failures
-within ``window`` seconds the name is refused with ``TooManyAttempts`` for ``base_delay`` seconds,
-doubling with every further lock-out up to ``max_delay``. Never forever; a success resets it.
+Failed logins are throttled by ``LoginThrottle`` (``throttle.py``): per user name and client
+address, per address, and a per-name ceiling that slows and never locks; attempts are reserved
+before the hash runs, so parallel guesses cannot overshoot.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import math
 import secrets
 import threading
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from filekv.service.users import UserFile, check_new_user, is_valid_username
+from filekv.service.throttle import Attempt, LoginThrottle, Refused, address_key
+from filekv.service.users import (
+    UserFile,
+    UserRecord,
+    UsersFileCorrupt,
+    check_new_user,
+    check_password,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +67,8 @@ __all__ = [
     "Session",
     "TooManyAttempts",
     "UsernameTaken",
+    "UsersDiskFull",
+    "UsersUnavailable",
 ]
 
 # argon2id, OWASP's minimum recommended parameters (m=19 MiB, t=2, p=1): about 25 ms per hash.
@@ -62,7 +77,8 @@ PASSWORD_HASHER: Final = PasswordHasher(time_cost=2, memory_cost=19_456, paralle
 TOKEN_BYTES: Final = 32  # 256 bits of randomness
 # A logged-in user could otherwise mint tokens without end; past this the oldest one is dropped.
 MAX_TOKENS_PER_USER: Final = 100
-_PRUNE_EVERY: Final = 60.0  # seconds between sweeps of expired tokens
+_PRUNE_EVERY: Final = 60.0  # seconds between sweeps of expired and revoked tokens
+LOCAL_CLIENT: Final = "local"  # the client address of logins that do not come over HTTP
 
 Clock = Callable[[], float]
 
@@ -80,17 +96,25 @@ class RegistrationClosed(AuthError):
 
 
 class UsernameTaken(AuthError):
-    """The user name is already registered."""
+    """The user name is already registered (names are unique case-insensitively)."""
 
 
 class TooManyAttempts(AuthError):
-    """Too many failed logins for this user name; ``retry_after`` is whole seconds."""
+    """Too many failed logins; ``retry_after`` is whole seconds."""
 
-    def __init__(self, retry_after: float) -> None:
+    def __init__(
+        self, retry_after: float, reason: str = "too many failed logins for this username"
+    ) -> None:
         self.retry_after = max(1, math.ceil(retry_after))
-        super().__init__(
-            f"too many failed logins for this username; retry after {self.retry_after} s"
-        )
+        super().__init__(f"{reason}; retry after {self.retry_after} s")
+
+
+class UsersUnavailable(AuthError):
+    """``users.json`` is damaged, or cannot be read or written; the operator must look."""
+
+
+class UsersDiskFull(UsersUnavailable):
+    """No space left to write ``users.json``: nothing was changed; retry once space is freed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,73 +135,9 @@ class IssuedToken:
 
 @dataclass(slots=True)
 class _TokenRecord:
-    username: str
+    username: str  # as registered
+    epoch: str  # the user's token epoch when the token was issued
     expires_at: float
-
-
-@dataclass(slots=True)
-class _FailureRecord:
-    recent: deque[float] = field(default_factory=deque)  # failure times within the window
-    lockouts: int = 0  # lock-outs in a row; sets the next delay
-    locked_until: float = 0.0
-    last_failure: float = 0.0
-
-
-class LoginThrottle:
-    """Per-user-name failure counting with exponential lock-outs (never permanent).
-
-    Not thread-safe by itself: ``AuthService`` calls it under its lock.
-    """
-
-    def __init__(
-        self,
-        *,
-        max_failures: int = 5,
-        window: float = 60.0,
-        base_delay: float = 30.0,
-        max_delay: float = 900.0,
-        max_names: int = 100_000,
-    ) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self.max_names = max_names
-        # Oldest failure first, so the table stays bounded under a spray of made-up names.
-        self._names: OrderedDict[str, _FailureRecord] = OrderedDict()
-
-    def retry_after(self, username: str, now: float) -> float:
-        """Seconds until ``username`` may try again (0 if it may try now)."""
-        record = self._names.get(username)
-        if record is None:
-            return 0.0
-        return max(0.0, record.locked_until - now)
-
-    def failed(self, username: str, now: float) -> None:
-        """Count a failed login; lock the name once it failed too often within the window."""
-        record = self._names.pop(username, None) or _FailureRecord()
-        # A quiet name is forgiven: no failure for longer than the longest lock-out plus a window.
-        if now - record.last_failure > self.max_delay + self.window:
-            record = _FailureRecord()
-        while record.recent and now - record.recent[0] > self.window:
-            record.recent.popleft()
-        record.recent.append(now)
-        record.last_failure = now
-        if len(record.recent) >= self.max_failures:
-            delay = min(self.base_delay * 2**record.lockouts, self.max_delay)
-            record.locked_until = now + delay
-            record.lockouts += 1
-            record.recent.clear()
-            logger.warning(
-                "login for %r locked for %.0f s after repeated failures", username, delay
-            )
-        self._names[username] = record
-        while len(self._names) > self.max_names:
-            self._names.popitem(last=False)
-
-    def succeeded(self, username: str) -> None:
-        """A correct password: forget the name's failures."""
-        self._names.pop(username, None)
 
 
 class AuthService:
@@ -213,74 +173,109 @@ class AuthService:
 
     # -- users -----------------------------------------------------------------------------------
 
-    def register(self, username: str, password: str) -> None:
-        """Self-service sign-up through the API; only while registration is open."""
+    def check_registration_open(self) -> None:
+        """Raise ``RegistrationClosed`` unless self-service sign-up is allowed (costs nothing)."""
         if self.registration != "open":
             raise RegistrationClosed("registration is closed")
+
+    def register(self, username: str, password: str) -> None:
+        """Self-service sign-up through the API; only while registration is open."""
+        self.check_registration_open()
         self.add_user(username, password)
 
     def add_user(self, username: str, password: str) -> None:
         """Add a user whatever the registration setting (the CLI's way).
 
-        Raises ``InvalidUser`` (a ``ValueError``) for a bad name or password, ``UsernameTaken``.
+        Raises ``InvalidUser`` (a ``ValueError``) for a bad name or password, ``UsernameTaken``
+        (also for a name differing only in case from a user's), ``UsersUnavailable``.
         """
         check_new_user(username, password)
-        # Cheap check first so a taken name does not cost a hash; ``add`` re-checks atomically.
-        if self.users.password_hash(username) is not None:
-            raise UsernameTaken("that username is taken")
-        if not self.users.add(username, self._hasher.hash(password)):
-            raise UsernameTaken("that username is taken")
+        with self._users_file():
+            # Cheap check first so a taken name does not cost a hash; ``add`` re-checks atomically.
+            if self.users.find(username) is not None:
+                raise UsernameTaken("that username is taken")
+            if not self.users.add(username, self._hasher.hash(password)):
+                raise UsernameTaken("that username is taken")
         logger.info("user %r added", username)
+
+    def set_password(self, username: str, password: str) -> str:
+        """A new password (``filekv user passwd``); every token of the user dies. Its name.
+
+        Raises ``InvalidUser`` for a bad password, ``UnknownUser``, ``UsersUnavailable``.
+        """
+        check_password(password)
+        with self._users_file():
+            record = self.users.set_password(username, self._hasher.hash(password))
+        self._forget_user(record.name)
+        logger.info("password of %r changed; its tokens are revoked", record.name)
+        return record.name
+
+    def revoke_tokens(self, username: str) -> str:
+        """Kill every token of the user (``filekv user revoke``), here and in a running server."""
+        with self._users_file():
+            record = self.users.revoke_tokens(username)
+        self._forget_user(record.name)
+        logger.info("every token of %r revoked", record.name)
+        return record.name
+
+    def remove_user(self, username: str) -> str:
+        """Delete the user (``filekv user remove``); their tokens stop working. Its name."""
+        with self._users_file():
+            record = self.users.remove(username)
+        self._forget_user(record.name)
+        logger.info("user %r removed", record.name)
+        return record.name
 
     def usernames(self) -> list[str]:
         """Every registered user name, sorted."""
-        return self.users.usernames()
+        with self._users_file():
+            return self.users.usernames()
 
     # -- tokens ----------------------------------------------------------------------------------
 
-    def login(self, username: str, password: str) -> IssuedToken:
+    def login(
+        self, username: str, password: str, *, client: str | None = LOCAL_CLIENT
+    ) -> IssuedToken:
         """Check the password and hand out a new token.
 
-        Raises ``TooManyAttempts`` while the name is locked (before any hashing, so a locked name
-        costs the server nothing) and ``InvalidCredentials`` for an unknown name or wrong password.
+        ``client`` is the caller's address (``request.client.host``). Raises ``TooManyAttempts``
+        when a throttle budget is spent (before any hashing, so a refused attempt costs the
+        server nothing), ``InvalidCredentials`` for an unknown name or wrong password, and
+        ``UsersUnavailable`` when ``users.json`` cannot be read.
         """
-        with self._lock:
-            wait = self._throttle.retry_after(username, self._clock())
-        if wait > 0:
-            raise TooManyAttempts(wait)
-
-        stored = self.users.password_hash(username)
-        if not self._verify(stored, password):
-            if is_valid_username(username):  # names that can never exist need no lock-out state
-                with self._lock:
-                    self._throttle.failed(username, self._clock())
-            logger.info("failed login for %r", username)
-            raise InvalidCredentials("incorrect username or password")
-        assert stored is not None  # _verify is never true without a stored hash
-        self._upgrade_hash(username, stored, password)
+        reserved = self._throttle.reserve(username, address_key(client), self._clock())
+        if isinstance(reserved, Refused):
+            raise TooManyAttempts(reserved.retry_after, reserved.reason)
+        user = self._check_password(reserved, username, password)
+        self._upgrade_hash(user, password)
 
         token = secrets.token_urlsafe(TOKEN_BYTES)
         with self._lock:
             now = self._clock()
-            self._throttle.succeeded(username)
             self._prune(now)
             digest = _digest(token)
-            self._tokens[digest] = _TokenRecord(username, now + self.token_ttl)
-            mine = self._tokens_of.setdefault(username, {})
+            self._tokens[digest] = _TokenRecord(user.name, user.token_epoch, now + self.token_ttl)
+            mine = self._tokens_of.setdefault(user.name, {})
             mine[digest] = None
             while len(mine) > MAX_TOKENS_PER_USER:
                 self._forget(next(iter(mine)))
-        logger.info("login for %r", username)
+        logger.info("login for %r", user.name)
         return IssuedToken(access_token=token, expires_in=int(self.token_ttl))
 
     def authenticate(self, token: str) -> Session | None:
-        """The session a token belongs to, or None if unknown, revoked or expired."""
+        """The session a token belongs to, or None if unknown, revoked or expired.
+
+        Cheap enough for every request: a dict lookup under a lock, and now and then (at most
+        every 0.5 s) one ``stat`` of ``users.json`` to notice a revoke, a password change or a
+        removed user.
+        """
+        self.users.poll()
         digest = _digest(token)
         with self._lock:
             record = self._tokens.get(digest)
             if record is None:
                 return None
-            if self._clock() >= record.expires_at:
+            if self._clock() >= record.expires_at or not self._still_valid(record):
                 self._forget(digest)
                 return None
             return Session(session_id=digest, username=record.username)
@@ -292,6 +287,22 @@ class AuthService:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _check_password(self, attempt: Attempt, username: str, password: str) -> UserRecord:
+        """Verify against the stored hash (a dummy one for an unknown name); settle the attempt."""
+        outcome: bool | None = None  # neither success nor failure if the file cannot be read
+        try:
+            with self._users_file():
+                user = self.users.find(username)
+            stored = user.password_hash if user is not None else None
+            outcome = self._verify(stored, password)
+        finally:
+            self._throttle.settle(attempt, self._clock(), success=outcome)
+        if not outcome:
+            logger.info("failed login for %r", username[:64])
+            raise InvalidCredentials("incorrect username or password")
+        assert user is not None  # _verify is never true without a stored hash
+        return user
+
     def _verify(self, stored: str | None, password: str) -> bool:
         try:
             return self._hasher.verify(stored or self._dummy_hash, password) and stored is not None
@@ -301,22 +312,49 @@ class AuthService:
             logger.error("stored password hash is unusable; treating the login as failed")
             return False
 
-    def _upgrade_hash(self, username: str, stored: str, password: str) -> None:
+    def _upgrade_hash(self, user: UserRecord, password: str) -> None:
         """Re-hash with the current parameters after a successful login, if they changed."""
         try:
-            if self._hasher.check_needs_rehash(stored):
-                self.users.replace_hash(username, stored, self._hasher.hash(password))
-        except (InvalidHashError, OSError) as exc:
+            if self._hasher.check_needs_rehash(user.password_hash):
+                self.users.replace_hash(user.name, user.password_hash, self._hasher.hash(password))
+        except (InvalidHashError, OSError, UsersFileCorrupt) as exc:
             # The exception's text is not logged: nothing hash-like may reach a log line.
-            logger.warning("could not upgrade the password hash of %r: %s", username, type(exc))
+            logger.warning("could not upgrade the password hash of %r: %s", user.name, type(exc))
+
+    @contextlib.contextmanager
+    def _users_file(self) -> Iterator[None]:
+        """Translate the users file's failures into answers (once, here)."""
+        try:
+            yield
+        except UsersFileCorrupt as exc:  # UserFile logged it, once per damaged version
+            raise UsersUnavailable("the users file is damaged; see the server log") from exc
+        except OSError as exc:
+            logger.warning("users file I/O failed: %s", exc)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise UsersDiskFull("the disk is full; the users file was not changed") from exc
+            raise UsersUnavailable(
+                "the users file could not be read or written; see the server log"
+            ) from exc
+
+    def _still_valid(self, record: _TokenRecord) -> bool:
+        """Whether the token's user still exists with the epoch it was issued under."""
+        user = self.users.cached(record.username)
+        return user is not None and user.token_epoch == record.epoch
+
+    def _forget_user(self, username: str) -> None:
+        with self._lock:
+            for digest in list(self._tokens_of.get(username, ())):
+                self._forget(digest)
 
     def _prune(self, now: float) -> None:
-        """Drop expired tokens now and then (called under the lock)."""
+        """Drop expired and revoked tokens now and then (called under the lock)."""
         if now - self._last_prune < _PRUNE_EVERY:
             return
         self._last_prune = now
-        expired = [d for d, r in self._tokens.items() if now >= r.expires_at]
-        for digest in expired:
+        dead = [
+            d for d, r in self._tokens.items() if now >= r.expires_at or not self._still_valid(r)
+        ]
+        for digest in dead:
             self._forget(digest)
 
     def _forget(self, digest: str) -> None:

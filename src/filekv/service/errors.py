@@ -32,7 +32,9 @@ line each; 4xx answers log nothing.
 Choices worth knowing: ``StoreFailed`` (an fsync failed; the store refuses writes until it is
 reopened) is 503, because the server, not the request, is broken until an operator restarts it;
 ``DiskFull`` is 507 and retryable. ``CorruptStore`` and bare ``StorageError`` are 500 with a fixed
-detail: their messages name files on the server, which are logged, not sent.
+detail: their messages name files on the server, which are logged, not sent. A damaged or
+unreadable ``users.json`` (``UsersUnavailable``) is 503, its detail a fixed sentence (what is wrong
+with the file is logged once, never sent); no space to rewrite it (``UsersDiskFull``) is 507.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ from filekv.service.auth import (
     RegistrationClosed,
     TooManyAttempts,
     UsernameTaken,
+    UsersDiskFull,
+    UsersUnavailable,
 )
 
 logger = logging.getLogger(__name__)
@@ -166,6 +170,8 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     RegistrationClosed: ErrorAnswer(403, detail="registration is closed"),
     UsernameTaken: ErrorAnswer(409, detail="that username is taken"),
     TooManyAttempts: ErrorAnswer(429, _retry_after),
+    UsersUnavailable: ErrorAnswer(503),  # its messages are fixed strings, never the file's
+    UsersDiskFull: ErrorAnswer(507),
     # service
     ServiceError: ErrorAnswer(500),
     NotAuthenticated: ErrorAnswer(401, _bearer),

@@ -5,21 +5,95 @@ its threadpool, so a login never blocks the event loop. The one exception is ``l
 hashes nothing and must run on the event loop, where the transaction manager lives (it releases
 the transaction the session held). Errors are the auth service's exceptions;
 ``filekv.service.errors`` turns them into statuses.
+
+The routes that take a body (register, token) are ``BodyCappedRoute``s: before FastAPI reads the
+body, registration's openness is checked (403 for a closed one, whatever is sent), and then at
+most ``MAX_AUTH_BODY_BYTES`` are read: a larger ``Content-Length`` is 413 unread, and a body
+streamed without one is counted as it arrives and refused (413) as soon as it passes the cap.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Final, Literal
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi.routing import APIRoute
 from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.types import Message
 
-from filekv.service.deps import AuthDep, BearerTokenDep, SessionDep, TransactionsDep
+from filekv.service.deps import AuthDep, BearerTokenDep, SessionDep, TransactionsDep, get_auth
+from filekv.service.errors import BodyTooLarge
 from filekv.service.schemas import RETRY_AFTER, UNAUTHORIZED, error
-from filekv.service.users import MAX_PASSWORD_CHARS, MIN_PASSWORD_CHARS, USERNAME_PATTERN
+from filekv.service.users import (
+    MAX_PASSWORD_CHARS,
+    MIN_PASSWORD_CHARS,
+    USERNAME_PATTERN,
+    check_password,
+)
 
-router = APIRouter(prefix="/auth", tags=["auth"])
+# A user name is at most 64 ASCII bytes and a password 1024 characters; JSON or form encoding may
+# spell one character as up to 12 bytes (an escaped surrogate pair, four %XX escapes). So no real
+# sign-up or login body comes near 16 KiB, and a larger one is refused before it is read.
+MAX_AUTH_BODY_BYTES: Final = 16 * 1024
+
+
+def _declared_length(request: Request) -> int | None:
+    """``Content-Length`` as a number, without ever converting thousands of digits."""
+    value = request.headers.get("content-length")
+    if value is None or not value.strip().isdigit():
+        return None  # absent, or malformed (the server's parser refuses those)
+    digits = value.strip().lstrip("0") or "0"
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
+async def _read_capped(request: Request, cap: int) -> Request:
+    """A request whose body is read already, at most ``cap`` bytes of it (else 413)."""
+    too_large = f"the request body is over {cap} bytes"
+    declared = _declared_length(request)
+    if declared is not None and declared > cap:
+        raise BodyTooLarge(too_large)
+    received = 0
+
+    async def counted() -> Message:
+        nonlocal received
+        message = await request.receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > cap:
+                raise BodyTooLarge(too_large)
+        return message
+
+    capped = Request(request.scope, counted)
+    await capped.body()  # cached on ``capped``: FastAPI parses it from there
+    return capped
+
+
+# Checks that need no body, run before it is read: route name -> check.
+_BEFORE_BODY: Final[dict[str, Callable[[Request], None]]] = {
+    "register": lambda request: get_auth(request).check_registration_open(),
+}
+
+
+class BodyCappedRoute(APIRoute):
+    """An ``APIRoute`` that runs its cheap checks, then reads at most the capped body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+        before = _BEFORE_BODY.get(self.name)
+
+        async def capped_handler(request: Request) -> Response:
+            if before is not None:
+                before(request)
+            return await handler(await _read_capped(request, MAX_AUTH_BODY_BYTES))
+
+        return capped_handler
+
+
+router = APIRouter(prefix="/auth", tags=["auth"], route_class=BodyCappedRoute)
 
 
 class Credentials(BaseModel):
@@ -31,13 +105,22 @@ class Credentials(BaseModel):
         min_length=1,
         max_length=64,
         pattern=USERNAME_PATTERN,
-        description="1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'.",
+        description=(
+            "1-64 characters of A-Z, a-z, 0-9, '_', '.', '-', starting with a letter or digit;"
+            " unique whatever the case."
+        ),
     )
     password: str = Field(
         min_length=MIN_PASSWORD_CHARS,
         max_length=MAX_PASSWORD_CHARS,
-        description=f"At least {MIN_PASSWORD_CHARS} characters.",
+        description=f"At least {MIN_PASSWORD_CHARS} characters, not only whitespace.",
     )
+
+    @field_validator("password")
+    @classmethod
+    def _not_only_whitespace(cls, password: str) -> str:
+        check_password(password)  # the one rule, shared with ``filekv user add``
+        return password
 
 
 class UserOut(BaseModel):
@@ -59,9 +142,14 @@ BAD_LOGIN: dict[str, Any] = {
     "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
 }
 THROTTLED: dict[str, Any] = {
-    **error("Too many failed logins for this username; wait Retry-After seconds."),
+    **error(
+        "Too many failed logins for this username from this address, from this address, or"
+        " for this username from many addresses; wait Retry-After seconds."
+    ),
     "headers": RETRY_AFTER,
 }
+TOO_LARGE: Final = error(f"The request body is over {MAX_AUTH_BODY_BYTES} bytes; not read.")
+USERS_UNAVAILABLE: Final = error("users.json is damaged or cannot be read; see the server log.")
 
 
 @router.post(
@@ -69,7 +157,10 @@ THROTTLED: dict[str, Any] = {
     status_code=status.HTTP_201_CREATED,
     responses={
         403: error("Registration is closed; users are added with `filekv user add`."),
-        409: error("That username is taken."),
+        409: error("That username is taken (names are unique whatever the case)."),
+        413: TOO_LARGE,
+        503: USERS_UNAVAILABLE,
+        507: error("The disk is full: the user was not added."),
     },
 )
 def register(body: Credentials, auth: AuthDep) -> UserOut:
@@ -78,10 +169,20 @@ def register(body: Credentials, auth: AuthDep) -> UserOut:
     return UserOut(username=body.username)
 
 
-@router.post("/token", responses={401: BAD_LOGIN, 429: THROTTLED})
-def token(form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: AuthDep) -> TokenOut:
-    """Log in with the OAuth2 password flow (form fields ``username``, ``password``)."""
-    issued = auth.login(form.username, form.password)
+@router.post(
+    "/token",
+    responses={401: BAD_LOGIN, 413: TOO_LARGE, 429: THROTTLED, 503: USERS_UNAVAILABLE},
+)
+def token(
+    request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: AuthDep
+) -> TokenOut:
+    """Log in with the OAuth2 password flow (form fields ``username``, ``password``).
+
+    The user name matches whatever its case. Failed logins are throttled per user name and
+    client address, per address, and per user name from many addresses (see the README).
+    """
+    client = request.client.host if request.client is not None else None
+    issued = auth.login(form.username, form.password, client=client)
     return TokenOut(access_token=issued.access_token, expires_in=issued.expires_in)
 
 

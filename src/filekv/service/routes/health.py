@@ -1,4 +1,9 @@
-"""``/healthz`` and ``/stats``: is the store open, and what it holds."""
+"""``/healthz`` and ``/stats``: is the store open, and what it holds.
+
+``/healthz`` answers anyone (probes send no token). ``/stats`` follows ``auth_mode`` like the
+``/keys`` reads: with ``auth_mode=all`` it needs a valid token, since the key count and whether a
+transaction is open are the store's business; in every mode a token that is sent is checked.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,9 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from filekv.service.deps import caller_session_id
 from filekv.service.errors import StoreUnavailable
-from filekv.service.schemas import Health, Stats, error
+from filekv.service.schemas import UNAUTHORIZED, Health, Stats, error
 
 if TYPE_CHECKING:
     from filekv.engine import Store
@@ -40,9 +46,13 @@ async def healthz(request: Request) -> Response:
     "/stats",
     summary="Store statistics",
     response_model=Stats,
-    responses={503: error("The store is not open.")},
+    responses={401: UNAUTHORIZED, 503: error("The store is not open.")},
 )
 def stats(request: Request) -> Response:
-    """Keys, bytes on disk, live bytes, segments, fsync mode, last compaction."""
+    """Keys, bytes on disk, live bytes, segments, fsync mode, last compaction.
+
+    With ``auth_mode=all``, only for a logged-in caller (401 otherwise).
+    """
+    caller_session_id(request, required=request.app.state.settings.auth_mode == "all")
     found: dict[str, Any] = _open_store(request).stats()
     return Response(orjson.dumps(found), media_type="application/json")
