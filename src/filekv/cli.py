@@ -1,4 +1,4 @@
-"""The ``filekv`` command: ``serve``, ``user add``/``user list``, ``compact``.
+"""The ``filekv`` command: ``serve``, ``user add|passwd|revoke|remove|list``, ``compact``.
 
 Every ``serve`` flag is a ``Settings`` field of the same name (``--token-ttl`` is ``token_ttl``);
 an unset flag falls back to ``FILEKV_<NAME>`` in the environment, then to the default.
@@ -10,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -26,6 +27,8 @@ from filekv.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     import uvicorn
+
+    from filekv.service.auth import AuthService
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,11 @@ def serve(
     compact_dead_ratio: Annotated[
         float | None, typer.Option(help=_help("compact_dead_ratio"))
     ] = None,
+    header_timeout: Annotated[float | None, typer.Option(help=_help("header_timeout"))] = None,
+    body_timeout: Annotated[float | None, typer.Option(help=_help("body_timeout"))] = None,
+    body_total_timeout: Annotated[
+        float | None, typer.Option(help=_help("body_total_timeout"))
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
 ) -> None:
     """Serve the HTTP API (uvicorn with uvloop and httptools) until SIGINT or SIGTERM.
@@ -133,6 +141,9 @@ def serve(
         max_value_bytes=max_value_bytes,
         compact_min_bytes=compact_min_bytes,
         compact_dead_ratio=compact_dead_ratio,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        body_total_timeout=body_total_timeout,
         log_level=log_level,
     )
     raise typer.Exit(run_server(settings))
@@ -142,8 +153,9 @@ def run_server(settings: Settings) -> int:
     """Run uvicorn on ``create_app(settings)``; the exit status (0 after a clean shutdown)."""
     import uvicorn
 
-    from filekv.engine import StoreLocked
+    from filekv.engine import RecoveryInterrupted, StoreLocked
     from filekv.service.app import create_app
+    from filekv.service.protocol import ReadLimits, max_target_bytes, protocol_class
 
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
@@ -162,11 +174,20 @@ def run_server(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with header size and read time limits enforced while it parses.
+        http=protocol_class(
+            ReadLimits(
+                header_timeout=settings.header_timeout,
+                body_timeout=settings.body_timeout,
+                body_total_timeout=settings.body_total_timeout,
+                max_target_bytes=max_target_bytes(settings.max_key_bytes),
+            )
+        ),
         lifespan="on",
         log_level=settings.log_level,
     )
     server = uvicorn.Server(config)
+    app.state.stop_requested = lambda: server.should_exit
     code = 0
     stop = _StopOnSignal(server)
     try:
@@ -179,6 +200,14 @@ def run_server(settings: Settings) -> int:
     if startup_errors:
         error = startup_errors[0]
         where = settings.data_dir.resolve()
+        if isinstance(error, RecoveryInterrupted):
+            # Asked to stop while still reading the files: recovery had changed nothing yet.
+            _err.print(
+                f"filekv: stopped while opening {where}; nothing was changed",
+                markup=False,
+                highlight=False,
+            )
+            return 0
         if isinstance(error, StoreLocked):
             _err.print(
                 f"filekv: data directory {where} is in use by another process; not starting",
@@ -265,44 +294,151 @@ class _DropStartupTraceback(logging.Filter):
 
 # -- users ---------------------------------------------------------------------------------------
 
+PasswordStdinOption = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin", help="Read the password from the first line of stdin (scripts)."
+    ),
+]
+UserNameArgument = Annotated[
+    str, typer.Argument(help="User name (matched whatever its case).", show_default=False)
+]
+
+
+def _read_password(password_stdin: bool, prompt: str = "Password") -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt(prompt, hide_input=True, confirmation_prompt=True)
+    return password
+
+
+def _auth(data_dir: Path | None) -> AuthService:
+    """The auth service on the data directory (imported late: ``--help`` stays fast)."""
+    from filekv.service.auth import AuthService
+
+    settings = _settings(data_dir=data_dir)
+    return AuthService(settings.data_dir, token_ttl=settings.token_ttl, registration="closed")
+
+
+def _users_file_failure(exc: BaseException) -> typer.Exit:
+    """Exit 1 with what is wrong with ``users.json`` (the operator's own file: say it all)."""
+    from filekv.service.auth import UsersDiskFull
+
+    cause = exc.__cause__
+    if isinstance(exc, UsersDiskFull):
+        return _fail("the disk is full: users.json was not changed (free some space and retry)")
+    return _fail(f"{cause or exc}; fix users.json or restore it from a backup")
+
+
+def _wait_for_running_server() -> None:
+    """Return only once a server running on the directory has seen the change.
+
+    A server looks at ``users.json`` at most every ``RELOAD_INTERVAL`` seconds on token checks;
+    waiting that long (and a little) means that when this command exits, tokens it revoked are
+    refused.
+    """
+    from filekv.service.users import RELOAD_INTERVAL
+
+    time.sleep(RELOAD_INTERVAL + 0.1)
+
 
 @user_app.command("add")
 def user_add(
-    name: Annotated[str, typer.Argument(help="User name: 1-64 of A-Z, a-z, 0-9, '_', '.', '-'.")],
-    data_dir: DataDirOption = None,
-    password_stdin: Annotated[
-        bool,
-        typer.Option(
-            "--password-stdin", help="Read the password from the first line of stdin (scripts)."
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="User name: 1-64 of A-Z, a-z, 0-9, '_', '.', '-', starting with a letter or "
+            "digit; unique whatever the case."
         ),
-    ] = False,
+    ],
+    data_dir: DataDirOption = None,
+    password_stdin: PasswordStdinOption = False,
 ) -> None:
     """Add a user (works whether registration is open or closed, and while serving)."""
-    from filekv.service.auth import AuthService, UsernameTaken
+    from filekv.service.auth import UsernameTaken, UsersUnavailable
     from filekv.service.users import InvalidUser
 
-    settings = _settings(data_dir=data_dir)
-    if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    else:
-        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
-    auth = AuthService(settings.data_dir, token_ttl=settings.token_ttl, registration="closed")
+    auth = _auth(data_dir)
+    password = _read_password(password_stdin)
     try:
         auth.add_user(name, password)
     except InvalidUser as exc:
         raise _fail(str(exc), 2) from None
     except UsernameTaken:
-        raise _fail(f"user {name!r} already exists") from None
+        raise _fail(f"user {name!r} already exists (names are unique whatever the case)") from None
+    except UsersUnavailable as exc:
+        raise _users_file_failure(exc) from None
     typer.echo(f"added user {name}")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    name: UserNameArgument,
+    data_dir: DataDirOption = None,
+    password_stdin: PasswordStdinOption = False,
+) -> None:
+    """Set a user's password; every token the user holds stops working (also while serving)."""
+    from filekv.service.auth import UsersUnavailable
+    from filekv.service.users import InvalidUser, UnknownUser
+
+    auth = _auth(data_dir)
+    password = _read_password(password_stdin, "New password")
+    try:
+        changed = auth.set_password(name, password)
+    except InvalidUser as exc:
+        raise _fail(str(exc), 2) from None
+    except UnknownUser:
+        raise _fail(f"no user {name!r}") from None
+    except UsersUnavailable as exc:
+        raise _users_file_failure(exc) from None
+    _wait_for_running_server()
+    typer.echo(f"changed the password of {changed}; its tokens are revoked")
+
+
+@user_app.command("revoke")
+def user_revoke(name: UserNameArgument, data_dir: DataDirOption = None) -> None:
+    """Kill every token of a user at once, also on a running server; the password stays."""
+    from filekv.service.auth import UsersUnavailable
+    from filekv.service.users import UnknownUser
+
+    auth = _auth(data_dir)
+    try:
+        revoked = auth.revoke_tokens(name)
+    except UnknownUser:
+        raise _fail(f"no user {name!r}") from None
+    except UsersUnavailable as exc:
+        raise _users_file_failure(exc) from None
+    _wait_for_running_server()
+    typer.echo(f"revoked every token of {revoked}")
+
+
+@user_app.command("remove")
+def user_remove(name: UserNameArgument, data_dir: DataDirOption = None) -> None:
+    """Remove a user; their tokens stop working at once, also on a running server."""
+    from filekv.service.auth import UsersUnavailable
+    from filekv.service.users import UnknownUser
+
+    auth = _auth(data_dir)
+    try:
+        removed = auth.remove_user(name)
+    except UnknownUser:
+        raise _fail(f"no user {name!r}") from None
+    except UsersUnavailable as exc:
+        raise _users_file_failure(exc) from None
+    _wait_for_running_server()
+    typer.echo(f"removed user {removed}")
 
 
 @user_app.command("list")
 def user_list(data_dir: DataDirOption = None) -> None:
     """List the user names, one per line."""
-    from filekv.service.users import UserFile
+    from filekv.service.auth import UsersUnavailable
 
-    settings = _settings(data_dir=data_dir)
-    for username in UserFile(settings.data_dir).usernames():
+    try:
+        names = _auth(data_dir).usernames()
+    except UsersUnavailable as exc:
+        raise _users_file_failure(exc) from None
+    for username in names:
         typer.echo(username)
 
 

@@ -40,11 +40,42 @@ class Settings(BaseSettings):
     max_value_bytes: int = Field(
         1 << 20, ge=0, le=256 << 20, description="Largest value, in UTF-8 bytes."
     )
+    max_transaction_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        lt=1 << 30,  # under the engine's largest record (1 GiB), which commit writes as one
+        description="Most bytes one transaction may stage (keys, values, framing), every level.",
+    )
+    max_transaction_ops: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Most writes and deletes one transaction may stage, every level.",
+    )
     compact_min_bytes: int = Field(
         16 << 20, ge=0, description="No automatic compaction below this many bytes on disk."
     )
     compact_dead_ratio: float = Field(
         0.5, gt=0, le=1, description="Compact when this share of the bytes on disk is dead."
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request's headers may take to arrive (from connection open, or "
+        "from the first byte of a keep-alive request); then 408 and the connection is closed.",
+    )
+    body_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Longest pause, in seconds, between two reads of a request body; then 408.",
+    )
+    body_total_timeout: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a request body may take to arrive in full; then 408.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Server log level."

@@ -8,13 +8,21 @@ import pytest
 from fastapi.testclient import TestClient
 
 ROUTES = [
-    ("put", "/keys/{key}", {"200", "201", "401", "412", "413", "415", "422", "423"}),
+    (
+        "put",
+        "/keys/{key}",
+        {"200", "201", "400", "401", "409", "412", "413", "415", "422", "423", "503", "507"},
+    ),
     ("get", "/keys/{key}", {"200", "401", "404", "422"}),
-    ("delete", "/keys/{key}", {"204", "401", "404", "412", "422", "423"}),
+    (
+        "delete",
+        "/keys/{key}",
+        {"204", "401", "404", "409", "412", "413", "422", "423", "503", "507"},
+    ),
     ("get", "/keys", {"200", "401", "422"}),
-    ("post", "/transactions", {"201", "401", "409", "423"}),
-    ("get", "/transactions", {"200"}),
-    ("post", "/transactions/commit", {"200", "401", "409"}),
+    ("post", "/transactions", {"201", "401", "409", "423", "503"}),
+    ("get", "/transactions", {"200", "401"}),
+    ("post", "/transactions/commit", {"200", "401", "409", "503", "507"}),
     ("post", "/transactions/rollback", {"200", "401", "409"}),
     ("post", "/auth/register", {"201", "403", "409", "422"}),
     ("post", "/auth/token", {"200", "401"}),
@@ -43,11 +51,12 @@ def test_openapi_documents_route_with_its_statuses(
     assert statuses <= set(operation["responses"])
 
 
-def test_openapi_every_operation_declares_431(spec: dict[str, Any]) -> None:
-    # HeaderSizeLimit answers before any route runs, so any operation can get it.
+@pytest.mark.parametrize("status", ["400", "405", "408", "414", "431"])
+def test_openapi_every_operation_declares_read_limits(spec: dict[str, Any], status: str) -> None:
+    # The HTTP protocol's read limits answer before any route runs, so any operation can get them.
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
-            assert "431" in operation["responses"], (method, path)
+            assert status in operation["responses"], (method, path)
 
 
 def test_openapi_has_no_undocumented_routes(spec: dict[str, Any]) -> None:
@@ -67,6 +76,9 @@ def test_openapi_has_no_undocumented_routes(spec: dict[str, Any]) -> None:
         ("get", "/stats", "200", "Stats"),
         ("put", "/keys/{key}", "423", "ErrorBody"),
         ("put", "/keys/{key}", "415", "ErrorBody"),
+        ("put", "/keys/{key}", "409", "ErrorBody"),
+        ("put", "/keys/{key}", "507", "ErrorBody"),
+        ("delete", "/keys/{key}", "413", "ErrorBody"),
         ("get", "/keys/{key}", "431", "ErrorBody"),
         ("get", "/keys/{key}", "422", "HTTPValidationError"),
         ("get", "/keys/{key}", "404", "ErrorBody"),

@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.requests import ClientDisconnect
 
 import filekv
 from filekv.engine import Store
 from filekv.service.auth import AuthService
 from filekv.service.errors import install_error_handlers
-from filekv.service.middleware import MAX_HEADER_BYTES, HeaderSizeLimit
+from filekv.service.protocol import MAX_HEADER_BYTES, client_disconnected
 from filekv.service.routes import auth, health, keys, transactions
 from filekv.service.schemas import error
 from filekv.service.transactions import TransactionManager
@@ -41,12 +42,18 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = Store.open(
+        # In a worker thread: recovering a big store can take a while, and a SIGTERM meanwhile
+        # must stop it (uvicorn sets should_exit, which recovery asks between records).
+        store = await asyncio.to_thread(
+            Store.open,
             settings.data_dir,
+            should_stop=app.state.stop_requested,
             fsync=settings.fsync,
             fsync_interval_ms=settings.fsync_interval_ms,
             max_key_bytes=settings.max_key_bytes,
             max_value_bytes=settings.max_value_bytes,
+            max_transaction_bytes=settings.max_transaction_bytes,
+            max_transaction_ops=settings.max_transaction_ops,
             compact_min_bytes=settings.compact_min_bytes,
             compact_dead_ratio=settings.compact_dead_ratio,
         )
@@ -78,13 +85,23 @@ def create_app(settings: Settings) -> FastAPI:
         version=filekv.__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
-        # Every route can get it, from HeaderSizeLimit, before any route runs.
-        responses={431: error(f"Request headers over {MAX_HEADER_BYTES} bytes in total.")},
+        # Every route can get these, before any route runs: 408, 414 and 431 from the read
+        # limits of the HTTP protocol (service/protocol.py), 400 from the HTTP parser (or a
+        # malformed header), 405 for a method the path does not have.
+        responses={
+            400: error("Malformed request (request line, headers or framing)."),
+            405: error("Method not allowed on this path; the Allow header lists those it has."),
+            408: error("The request did not arrive in time (header_timeout, body_timeout)."),
+            414: error("Request target (path and query) too long."),
+            431: error(f"Request headers over {MAX_HEADER_BYTES} bytes in total."),
+        },
     )
     app.state.settings = settings
+    # Set by ``filekv serve`` to "has the server been told to stop?", for a long recovery.
+    app.state.stop_requested = None
     app.state.store = None
     install_error_handlers(app)
-    app.add_middleware(HeaderSizeLimit)
+    app.add_exception_handler(ClientDisconnect, client_disconnected)
     app.router.routes.extend(keys.fast_routes())  # first, so they match before the APIRoutes
     app.include_router(keys.router)
     app.include_router(transactions.router)
