@@ -12,7 +12,10 @@ Protocol on stdout, one line per os.write (atomic below PIPE_BUF, so threads nev
 
 Each thread writes only keys ``t<thread>/k<n>``, one operation at a time, so the parent knows, per
 thread, the acknowledged operations and at most one operation in flight. Values are
-``value_for(tag)``: unique per write, and long enough that compaction has work to do.
+``value_for(tag)``: unique per write, long enough that compaction has work to do, and made of
+valid-looking encoded records (version 1, and version 2 with guessed markers), so that a torn
+value would show if it could steer recovery. Some transactions are filled up to the store's
+``max_transaction_bytes`` (the write past it is refused) and then committed.
 """
 
 from __future__ import annotations
@@ -24,19 +27,25 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
-from filekv.engine import Store, TransactionActive
+from filekv.engine import Store, TransactionActive, TransactionTooLarge
+
+sys.path.insert(0, str(Path(__file__).parent.parent))  # run as a script: tests/ for planted
+from planted import planted_value
 
 THREADS = 4
 KEYS_PER_THREAD = 6
-PAD = 160
+PAD = 400
+BIG = 16 << 10  # values of transactions filled to the limit: tags ending in "!"
+MAX_TRANSACTION_BYTES = 40 << 10
 
 T = TypeVar("T")
 
 
 def value_for(tag: str) -> bytes:
-    return (tag + "|").encode().ljust(PAD, b"#")
+    return planted_value((tag + "|").encode(), BIG if tag.endswith("!") else PAD)
 
 
 def emit(line: str) -> None:
@@ -67,6 +76,19 @@ def worker(db: Store, thread: int, round_no: int, seed: int) -> None:
             key = f"t{thread}/k{rng.randrange(KEYS_PER_THREAD)}"
             emit("I " + json.dumps([thread, op, {key: None}]))
             retry(lambda key=key: db.delete(key))
+        elif choice < 0.72:
+            tx = retry(db.transaction)
+            filled: dict[str, str | None] = {}
+            for step in range(KEYS_PER_THREAD):  # 6 x 16 KiB: the limit comes first
+                key = f"t{thread}/k{step}"
+                step_tag = f"{tag}:{step}!"
+                try:
+                    tx.put(key, value_for(step_tag))
+                except TransactionTooLarge:
+                    break
+                filled[key] = step_tag
+            emit("I " + json.dumps([thread, op, filled]))
+            tx.commit()
         else:
             tx = retry(db.transaction)
             levels: list[dict[str, str | None]] = [{}]
@@ -103,7 +125,10 @@ def compactor(db: Store) -> None:
 
 def main() -> None:
     folder, mode, round_no, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    options: dict[str, object] = {"fsync": "always"}
+    options: dict[str, object] = {
+        "fsync": "always",
+        "max_transaction_bytes": MAX_TRANSACTION_BYTES,
+    }
     if mode == "compact":
         options.update(segment_bytes=8 << 10, compact_min_bytes=8 << 10, compact_dead_ratio=0.2)
     db = Store.open(folder, **options)  # type: ignore[arg-type]

@@ -12,55 +12,26 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import FAST, OpenStore
+from planted import VALUE_KINDS, record_made_value
 from storefiles import contents, last_segment, segments, truncate
 
 import filekv.engine.record as record
 from filekv.engine import RecoveryInterrupted, Store
 from filekv.engine.record import (
-    DELETE,
     MARKER_BYTES,
     PUT,
     RecordTooLarge,
     decode_segment_header,
     encode_body,
-    encode_record,
 )
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "store-v1"  # written by filekv at 973f6ba
-
-
-def encode_record_v1(revision: int, operations: list[tuple[int, bytes, bytes]]) -> bytes:
-    """A version 1 record, as docs/FORMAT.md describes it (what an older filekv wrote)."""
-    body = struct.pack("<QI", revision, len(operations)) + b"".join(
-        struct.pack("<BHI", kind, len(key), len(value)) + key + value
-        for kind, key, value in operations
-    )
-    length = len(body).to_bytes(4, "little")
-    return zlib.crc32(body, zlib.crc32(length)).to_bytes(4, "little") + length + body
-
-
-def record_made_value(kind: str, size: int = 64 << 10) -> bytes:
-    """A value made of valid-looking encoded records and padding: what an attacker would send."""
-    if kind == "v1-records":
-        unit = encode_record_v1(10**9, [(PUT, b"planted", b"x" * 40), (DELETE, b"victim", b"")])
-    elif kind == "v2-records-zero-marker":
-        unit = encode_record(bytes(MARKER_BYTES), 10**9, [(PUT, b"planted", b"x" * 40)])
-    elif kind == "v2-records-guessed-marker":
-        unit = encode_record(os.urandom(MARKER_BYTES), 10**9, [(PUT, b"planted", b"x" * 40)])
-    else:
-        raise ValueError(kind)
-    padded = unit + bytes(512 - len(unit) % 512)  # one record at the start of every sector
-    return (padded * (size // len(padded) + 1))[:size]
-
-
-VALUE_KINDS = ["v1-records", "v2-records-zero-marker", "v2-records-guessed-marker"]
 
 
 def _write_attack(path: Path, kind: str) -> tuple[int, int, bytes]:

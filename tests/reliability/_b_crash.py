@@ -17,7 +17,14 @@ from _b_workload import Workload, read_all, read_revisions
 from filekv.engine import Store
 
 SEGMENT_BYTES = 4096  # the smallest the engine accepts: rotation every few writes
-OPTIONS = {"fsync": "always", "segment_bytes": SEGMENT_BYTES, "auto_compact": False}
+# Transactions of a few values reach this limit: the write past it must stage nothing.
+MAX_TRANSACTION_BYTES = 1500
+OPTIONS = {
+    "fsync": "always",
+    "segment_bytes": SEGMENT_BYTES,
+    "auto_compact": False,
+    "max_transaction_bytes": MAX_TRANSACTION_BYTES,
+}
 
 
 @contextlib.contextmanager

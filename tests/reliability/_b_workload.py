@@ -14,11 +14,14 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from planted import planted_value
+
 from filekv.engine import (
     DiskFull,
     StorageError,
     Store,
     StoreFailed,
+    TransactionTooLarge,
     VersionMismatch,
 )
 
@@ -54,12 +57,17 @@ class Workload:
         self.steps = steps
         self.value_max = value_max
         self.counter = 0
+        self.refused = 0  # transaction writes refused at the store's limit
         self.model = Model()
 
     def value(self) -> bytes:
+        """A fresh value; every third one is made of encoded records (tests/planted.py)."""
         self.counter += 1
         tag = f"{self.seed}:{self.counter}:".encode()
-        return tag + bytes([97 + self.counter % 26]) * self.rng.randint(0, self.value_max)
+        size = self.rng.randint(0, self.value_max)
+        if self.counter % 3 == 0:
+            return planted_value(tag, size)
+        return tag + bytes([97 + self.counter % 26]) * size
 
     # -- one run ---------------------------------------------------------------------------------
 
@@ -159,11 +167,25 @@ class Workload:
                 key = rng.choice(KEYS)
                 if roll < 0.45:
                     value = self.value()
-                    tx.put(key, value)
+                    try:
+                        tx.put(key, value)
+                    except TransactionTooLarge:
+                        # Refused whole: the model stages nothing either (the store's
+                        # max_transaction_bytes is small here, so big transactions hit it).
+                        needed = tx.staged_bytes + 7 + len(key.encode()) + len(value)
+                        assert needed > db.max_transaction_bytes, "refused under the limit"
+                        self.refused += 1
+                        continue
                     levels[-1][key] = value  # type: ignore[assignment]
                 elif roll < 0.65:
                     view = _view(committed, levels)
-                    assert tx.delete(key) == (key in view)
+                    try:
+                        assert tx.delete(key) == (key in view)
+                    except TransactionTooLarge:
+                        needed = tx.staged_bytes + 7 + len(key.encode())
+                        assert needed > db.max_transaction_bytes, "refused under the limit"
+                        self.refused += 1
+                        continue
                     levels[-1][key] = None  # type: ignore[assignment]
                 elif roll < 0.8:
                     levels.append({})
