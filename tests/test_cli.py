@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from filekv.cli import app
 from filekv.engine import Store
-from filekv.service.auth import AuthService
+from filekv.service.auth import AuthService, InvalidCredentials
 from filekv.settings import Settings
 
 PASSWORD = "correct horse battery"
@@ -37,7 +37,16 @@ ALL_COMMANDS = _commands(typer.main.get_command(app))
 
 def test_cli_has_every_documented_command() -> None:
     names = {" ".join(path) for path, _ in ALL_COMMANDS}
-    assert {"serve", "user", "user add", "user list", "compact"} <= names
+    assert {
+        "serve",
+        "user",
+        "user add",
+        "user list",
+        "user passwd",
+        "user revoke",
+        "user remove",
+        "compact",
+    } <= names
 
 
 @pytest.mark.parametrize("path", [p for p, _ in ALL_COMMANDS], ids=lambda p: " ".join(p) or "-")
@@ -111,6 +120,96 @@ def test_cli_user_list_is_sorted_and_reads_the_env(
     monkeypatch.setenv("FILEKV_DATA_DIR", str(tmp_path))
     assert runner.invoke(app, ["user", "list"]).output == "alice\nbob\ncarol\n"
     assert runner.invoke(app, ["user", "list", "--data-dir", str(tmp_path / "empty")]).output == ""
+
+
+def _user(data_dir: Path, *args: str, stdin: str | None = None) -> tuple[int, str]:
+    result = runner.invoke(app, ["user", *args, "--data-dir", str(data_dir)], input=stdin)
+    return result.exit_code, result.output
+
+
+def test_cli_user_passwd_sets_the_password_and_kills_the_tokens(tmp_path: Path) -> None:
+    _add(tmp_path, "alice")
+    server = AuthService(tmp_path, token_ttl=60, registration="closed")
+    token = server.login("alice", PASSWORD).access_token
+    code, output = _user(tmp_path, "passwd", "ALICE", "--password-stdin", stdin="new secret 42\n")
+    assert (code, output) == (0, "changed the password of alice; its tokens are revoked\n")
+    assert server.authenticate(token) is None
+    with pytest.raises(InvalidCredentials):
+        server.login("alice", PASSWORD)
+    assert server.login("alice", "new secret 42").access_token
+
+
+def test_cli_user_passwd_prompts_twice(tmp_path: Path) -> None:
+    _add(tmp_path, "bob")
+    code, output = _user(tmp_path, "passwd", "bob", stdin="another password\nanother password\n")
+    assert code == 0, output
+    assert "another password" not in output
+    assert AuthService(tmp_path, token_ttl=60, registration="closed").login(
+        "bob", "another password"
+    )
+
+
+def test_cli_user_revoke_kills_every_token_and_keeps_the_password(tmp_path: Path) -> None:
+    _add(tmp_path, "alice")
+    _add(tmp_path, "bob")
+    server = AuthService(tmp_path, token_ttl=60, registration="closed")
+    alice = [server.login("alice", PASSWORD).access_token for _ in range(3)]
+    bob = server.login("bob", PASSWORD).access_token
+    assert _user(tmp_path, "revoke", "alice") == (0, "revoked every token of alice\n")
+    assert [server.authenticate(t) for t in alice] == [None] * 3
+    assert server.authenticate(bob) is not None
+    assert server.login("alice", PASSWORD).access_token
+
+
+def test_cli_user_remove_deletes_the_user(tmp_path: Path) -> None:
+    _add(tmp_path, "alice")
+    _add(tmp_path, "bob")
+    server = AuthService(tmp_path, token_ttl=60, registration="closed")
+    token = server.login("alice", PASSWORD).access_token
+    assert _user(tmp_path, "remove", "Alice") == (0, "removed user alice\n")
+    assert _user(tmp_path, "list") == (0, "bob\n")
+    assert server.authenticate(token) is None
+    assert _add(tmp_path, "alice")[0] == 0  # the name is free again; the old token stays dead
+    assert server.authenticate(token) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "code", "message"),
+    [
+        (["passwd", "carol", "--password-stdin"], "long enough password\n", 1, "no user 'carol'"),
+        (["passwd", "alice", "--password-stdin"], " " * 12 + "\n", 2, "only whitespace"),
+        (["passwd", "alice", "--password-stdin"], "short\n", 2, "at least 8"),
+        (["revoke", "carol"], None, 1, "no user 'carol'"),
+        (["remove", "carol"], None, 1, "no user 'carol'"),
+        (["add", "Alice", "--password-stdin"], PASSWORD + "\n", 1, "already exists"),
+        (["add", "..", "--password-stdin"], PASSWORD + "\n", 2, "starting with a letter or digit"),
+        (["add", "__proto__", "--password-stdin"], PASSWORD + "\n", 2, "letter or digit"),
+        (["add", "carol", "--password-stdin"], " " * 8 + "\n", 2, "only whitespace"),
+    ],
+)
+def test_cli_user_refusals(
+    tmp_path: Path, args: list[str], stdin: str | None, code: int, message: str
+) -> None:
+    _add(tmp_path, "alice")
+    before = (tmp_path / "users.json").read_bytes()
+    exit_code, output = _user(tmp_path, *args, stdin=stdin)
+    assert (exit_code, message in output) == (code, True), output
+    assert (tmp_path / "users.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["list"], ["add", "bob", "--password-stdin"], ["revoke", "alice"], ["remove", "alice"]],
+)
+def test_cli_user_commands_on_a_damaged_users_file_say_what_is_wrong(
+    tmp_path: Path, args: list[str]
+) -> None:
+    (tmp_path / "users.json").write_text('{"format": 1, "users": {"alice": {"hash": "$argon2id$x"')
+    exit_code, output = _user(tmp_path, *args, stdin=PASSWORD + "\n")
+    assert exit_code == 1
+    assert "users.json" in output and "not a filekv users file" in output
+    assert "restore it from a backup" in output
+    assert "$argon2id$x" not in output
 
 
 def test_cli_compact_keeps_data_and_reports(tmp_path: Path) -> None:
