@@ -8,22 +8,10 @@ crash, power-loss and recovery suites write these values so that any such steeri
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 
-from filekv.engine.record import DELETE, MARKER_BYTES, PUT, encode_record
+from filekv.engine.record import DELETE, MARKER_BYTES, PUT, encode_record, encode_record_v1
 
 SECTOR = 512
-
-
-def encode_record_v1(revision: int, operations: list[tuple[int, bytes, bytes]]) -> bytes:
-    """A version 1 record, as docs/FORMAT.md describes it (what an older filekv wrote)."""
-    body = struct.pack("<QI", revision, len(operations)) + b"".join(
-        struct.pack("<BHI", kind, len(key), len(value)) + key + value
-        for kind, key, value in operations
-    )
-    length = len(body).to_bytes(4, "little")
-    return zlib.crc32(body, zlib.crc32(length)).to_bytes(4, "little") + length + body
 
 
 # One of each kind a client could plant: as an older filekv wrote them, and version 2 with

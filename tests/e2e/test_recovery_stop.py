@@ -10,21 +10,18 @@ from __future__ import annotations
 
 import os
 import signal
-import struct
 import subprocess
 import time
-import zlib
 from pathlib import Path
 
 from serverproc import free_port, serve_command
 
+from filekv.engine.record import PUT, SegmentHeader, encode_record_v1, encode_segment_header_v1
+
 
 def _v1_segment_with_long_damaged_tail(path: Path) -> None:
-    head = struct.pack("<6sHQQI", b"FKVSEG", 1, 1, 0, 0)
-    header = head + zlib.crc32(head).to_bytes(4, "little")
-    body = struct.pack("<QI", 1, 1) + struct.pack("<BHI", 1, 1, 1) + b"k" + b"v"
-    length = len(body).to_bytes(4, "little")
-    record = zlib.crc32(body, zlib.crc32(length)).to_bytes(4, "little") + length + body
+    header = encode_segment_header_v1(SegmentHeader(1, 0, 0, version=1))
+    record = encode_record_v1(1, [(PUT, b"k", b"v")])
     damaged = b"\x01" * (24 << 20)  # not zeros: no write-back hole, the search must run
     path.mkdir()
     (path / "0000000001.seg").write_bytes(header + record + damaged)

@@ -262,6 +262,24 @@ def record_at_v1(data: bytes | memoryview, offset: int) -> tuple[int, int] | Non
     return revision, end
 
 
+def encode_record_v1(revision: int, operations: Sequence[Operation]) -> bytes:
+    """A version 1 record. The engine never writes one: tests and benchmarks build old stores."""
+    body = RECORD_BODY_HEADER_V1.pack(revision, len(operations)) + b"".join(
+        OPERATION_HEADER.pack(kind, len(key), len(value)) + key + value
+        for kind, key, value in operations
+    )
+    length = len(body).to_bytes(4, "little")
+    return zlib.crc32(body, zlib.crc32(length)).to_bytes(4, "little") + length + body
+
+
+def encode_segment_header_v1(header: SegmentHeader) -> bytes:
+    """A version 1 segment header, for tests and benchmarks only (see ``encode_record_v1``)."""
+    head = SEGMENT_HEADER_V1.pack(
+        SEGMENT_MAGIC, 1, header.segment_id, header.base_revision, header.flags
+    )
+    return head + zlib.crc32(head).to_bytes(4, "little")
+
+
 def iter_operations(
     data: bytes | memoryview, offset: int, version: int = FORMAT_VERSION
 ) -> Iterator[DecodedOperation]:
