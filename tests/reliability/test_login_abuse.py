@@ -228,6 +228,8 @@ def test_login_abuse_one_address_spraying_names_is_locked_by_its_own_budget(
         throttle=LoginThrottle(max_failures=5, address_max_failures=10, address_base_delay=60),
     )
     auth.add_user("alice", PASSWORD)
+    auth.add_user("bob", PASSWORD)
+    assert auth.login("alice", PASSWORD, client="203.0.113.66")  # alice, behind the same NAT
     outcomes = []
     for i in range(12):  # one guess per made-up name: never 5 for one pair
         try:
@@ -238,7 +240,11 @@ def test_login_abuse_one_address_spraying_names_is_locked_by_its_own_budget(
         except TooManyAttempts as exc:
             outcomes.append(f"429 {exc.retry_after}")
     assert outcomes == ["401"] * 10 + ["429 60"] * 2
-    assert auth.login("alice", PASSWORD, client="198.51.100.7").access_token  # elsewhere: fine
+    assert auth.login("bob", PASSWORD, client="198.51.100.7").access_token  # elsewhere: fine
+    with pytest.raises(TooManyAttempts):  # bob never logged in from there: the address waits
+        auth.login("bob", PASSWORD, client="203.0.113.66")
+    # alice logged in from there before: the sprayer cannot lock her out of her usual address.
+    assert auth.login("alice", PASSWORD, client="203.0.113.66").access_token
 
 
 def test_login_abuse_many_addresses_are_slowed_but_the_owners_address_is_not(

@@ -15,8 +15,10 @@ Three budgets of failed password checks, all in memory, all bounded::
   A success resets the pair (not the address: one good account must not reset a sprayer).
 - The address budget stops one address spraying many names.
 - The name budget stops many addresses guessing one name together: past 100 failures they share
-  one guess a second. It slows, it never locks the owner: an address that logged in to that
-  name successfully within ``trusted_for`` (7 days) skips it.
+  one guess a second.
+- Neither of the last two can lock an owner out: a (name, address) pair with a successful login
+  within ``trusted_for`` (7 days) skips both, so alice behind the same NAT as a sprayer, or at
+  her usual address during a distributed attack, still logs in (her pair budget still applies).
 
 A lock-out never lasts forever: a pair or address quiet for longer than the longest lock-out
 plus a window starts again from the first delay. User names are keyed by their casefold (``alice``
@@ -75,7 +77,7 @@ class Attempt:
 
     name: str
     address: str
-    from_name_budget: bool  # False for a trusted address, which skipped the name budget
+    trusted: bool  # a recent success from this pair: the address and name budgets were skipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +245,11 @@ class LoginThrottle:
             wait = self.pairs.wait((name, address), now)
             if wait > 0:
                 return Refused(wait, "too many failed logins for this username")
-            wait = self.addresses.wait(address, now)
-            if wait > 0:
-                return Refused(wait, "too many failed logins from this address")
             trusted = self.trusted.get((name, address), 0.0) > now
             if not trusted:
+                wait = self.addresses.wait(address, now)
+                if wait > 0:
+                    return Refused(wait, "too many failed logins from this address")
                 bucket = self._bucket(name, now)
                 if bucket.tokens < 1:
                     return Refused(
@@ -263,16 +265,18 @@ class LoginThrottle:
                         self.name_refill,
                     )
             self.pairs.reserve((name, address), now)
-            self.addresses.reserve(address, now)
+            if not trusted:
+                self.addresses.reserve(address, now)
             self._expire_names(now)
-            return Attempt(name, address, from_name_budget=not trusted)
+            return Attempt(name, address, trusted=trusted)
 
     def settle(self, attempt: Attempt, now: float, *, success: bool | None) -> None:
         """The outcome of a reserved attempt: True, False (a failure), None (not checked)."""
         with self._lock:
             self.pairs.settle((attempt.name, attempt.address), now, success)
-            self.addresses.settle(attempt.address, now, success)
-            if attempt.from_name_budget and success is not False:
+            if not attempt.trusted:
+                self.addresses.settle(attempt.address, now, success)
+            if not attempt.trusted and success is not False:
                 bucket = self.names.get(attempt.name)
                 if bucket is not None:  # a success or a void attempt gives its token back
                     bucket.tokens = min(self.name_burst, bucket.tokens + 1)
