@@ -165,7 +165,7 @@ def encode_header(marker: bytes, revision: int, count: int, body: bytes, body_cr
     length = len(body)
     if length > MAX_BODY:
         raise RecordTooLarge(f"a record body of {length} bytes is over {MAX_BODY}")
-    checked = _CHECKED.pack(length, revision, count, body_crc)
+    checked = _CHECKED.pack(length, revision, count, body_crc)  # header bytes 12-31
     header_crc = zlib.crc32(checked, zlib.crc32(marker))
     return RECORD_HEADER.pack(marker, header_crc, length, revision, count, body_crc)
 
@@ -197,39 +197,50 @@ class DecodedOperation:
     value_length: int
 
 
-def header_at(data: bytes | memoryview, offset: int, marker: bytes) -> tuple[int, int] | None:
+def header_at(
+    data: bytes | memoryview, offset: int, marker: bytes, marker_crc: int | None = None
+) -> tuple[int, int] | None:
     """(revision, end offset) if a version 2 record header at ``offset`` checks out, else None.
 
     O(1): it looks at the 32 header bytes only, so a length it returns can be trusted.
+    ``marker_crc`` is ``zlib.crc32(marker)``, for callers that check many records.
     """
-    if offset + RECORD_HEADER_SIZE > len(data):
+    header_end = offset + RECORD_HEADER_SIZE
+    if header_end > len(data):
         return None
-    found, header_crc, length, revision, count, body_crc = RECORD_HEADER.unpack_from(data, offset)
-    if found != marker:
+    found, header_crc, length, revision, _, _ = RECORD_HEADER.unpack_from(data, offset)
+    if found != marker or length > MAX_BODY:
         return None
-    checked = _CHECKED.pack(length, revision, count, body_crc)
-    if zlib.crc32(checked, zlib.crc32(marker)) != header_crc or length > MAX_BODY:
+    # The checksum covers the marker and header bytes 12-31, as they lie on disk.
+    seed = zlib.crc32(marker) if marker_crc is None else marker_crc
+    if zlib.crc32(data[offset + 12 : header_end], seed) != header_crc:
         return None
-    return revision, offset + RECORD_HEADER_SIZE + length
+    return revision, header_end + length
 
 
-def record_at(data: bytes | memoryview, offset: int, marker: bytes) -> tuple[int, int] | None:
+def record_at(
+    data: bytes | memoryview, offset: int, marker: bytes, marker_crc: int | None = None
+) -> tuple[int, int] | None:
     """Check the version 2 record at ``offset``; (revision, end offset), or None if damaged.
 
     "Damaged" covers a record cut short, a header or body checksum mismatch, and operations that
     do not add up to the length. The body is hashed only once the header checked out.
     """
-    found = header_at(data, offset, marker)
-    if found is None:
-        return None
-    revision, end = found
+    # header_at, inlined: this runs once per record when a store opens.
     start = offset + RECORD_HEADER_SIZE
-    if end > len(data):
+    if start > len(data):
         return None
-    count, body_crc = struct.unpack_from("<II", data, offset + 24)
-    if zlib.crc32(data[start:end]) != body_crc:
+    found, header_crc, length, revision, count, body_crc = RECORD_HEADER.unpack_from(data, offset)
+    if found != marker or length > MAX_BODY:
         return None
-    if not _operations_fit(data, start, end, count):
+    seed = zlib.crc32(marker) if marker_crc is None else marker_crc
+    end = start + length
+    if (
+        zlib.crc32(data[offset + 12 : start], seed) != header_crc
+        or end > len(data)
+        or zlib.crc32(data[start:end]) != body_crc
+        or not _operations_fit(data, start, end, count)
+    ):
         return None
     return revision, end
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,6 @@ from .record import (
     SegmentHeader,
     decode_segment_header,
     encode_segment_header,
-    header_at,
     record_at,
     record_at_v1,
 )
@@ -123,10 +123,14 @@ def scan_segment(
     offset = header.size
     size = len(data)
     marker = header.marker
+    marker_crc = zlib.crc32(marker)
     version_2 = header.version >= 2
     countdown = STOP_CHECK_EVERY
     while offset < size:
-        found = record_at(data, offset, marker) if version_2 else record_at_v1(data, offset)
+        if version_2:
+            found = record_at(data, offset, marker, marker_crc)
+        else:
+            found = record_at_v1(data, offset)
         if found is None:
             break
         records.append((offset, found[0]))
@@ -180,9 +184,11 @@ def _next_good_record(data: bytes, damaged_at: int, marker: bytes) -> int | None
     trusted, has its body hashed. Such records never overlap, so no byte is hashed twice.
     """
     view = memoryview(data)
+    marker_crc = zlib.crc32(marker)
     position = data.find(marker, damaged_at + 1)
     while position != -1:
-        if header_at(view, position, marker) is not None and record_at(view, position, marker):
+        # record_at checks the header first and hashes the body only if it checks out.
+        if record_at(view, position, marker, marker_crc) is not None:
             return position
         position = data.find(marker, position + 1)
     return None
