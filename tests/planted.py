@@ -8,6 +8,7 @@ crash, power-loss and recovery suites write these values so that any such steeri
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from filekv.engine.record import DELETE, MARKER_BYTES, PUT, encode_record, encode_record_v1
 
@@ -42,3 +43,26 @@ def record_made_value(kind: str, size: int = 64 << 10) -> bytes:
 def planted_value(prefix: bytes, size: int) -> bytes:
     """``prefix`` followed by copies of ``PLANTED``, ``size`` bytes in all (at least the prefix)."""
     return (prefix + PLANTED * (size // len(PLANTED) + 1))[: max(size, len(prefix))]
+
+
+def _ascii_record(encode: Callable[[int, bytes], bytes]) -> bytes:
+    """An encoded record all of whose bytes are ASCII, found by trying revisions and values.
+
+    Values sent through the HTTP API are text, so a planted record must be valid UTF-8: each
+    checksum byte is ASCII one time in two, so a few hundred tries find one.
+    """
+    for revision in range(1 << 40, (1 << 40) + 100_000):
+        for filler in range(64):
+            encoded = encode(revision, b"planted-" + bytes([65 + filler % 26]) * (1 + filler))
+            if max(encoded) < 0x80:
+                return encoded
+    raise AssertionError("no ASCII record found")
+
+
+def planted_text() -> str:
+    """Text whose UTF-8 bytes are valid records (version 1, and version 2 with a zero marker)."""
+    v1 = _ascii_record(lambda revision, value: encode_record_v1(revision, [(PUT, b"k", value)]))
+    v2 = _ascii_record(
+        lambda revision, value: encode_record(bytes(MARKER_BYTES), revision, [(PUT, b"k", value)])
+    )
+    return (v1 + v2).decode("ascii")

@@ -22,9 +22,16 @@ import json
 import random
 import sys
 import time
+from pathlib import Path
 from typing import IO, Any
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).parent.parent))  # run as a script: tests/ for planted
+from planted import planted_text
+
+# Every value ends in text made of valid encoded records: a torn value must not steer recovery.
+PLANTED = planted_text()
 
 PASSWORD = "correct horse battery"
 OWN_KEYS = 8
@@ -72,7 +79,7 @@ class Round:
         return f"r{self.round}/c{self.cid}/k{n}"
 
     def value(self, kind: str) -> str:
-        return f"{kind}:r{self.round}:c{self.cid}:{self.seq}"
+        return f"{kind}:r{self.round}:c{self.cid}:{self.seq}|{PLANTED}"
 
     def next_seq(self) -> int:
         self.seq += 1
