@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from filekv.engine.fileio import FileIO
@@ -175,3 +176,14 @@ def test_stats_follows_auth_mode(
     forged = {"Authorization": "Bearer not-a-real-token"}
     assert client.get("/stats", headers=forged).status_code == 401
     assert client.get("/healthz").status_code == 200  # probes need no token
+
+
+def test_openapi_declares_the_new_auth_and_stats_statuses(app: FastAPI) -> None:
+    paths = TestClient(app).get("/openapi.json").json()["paths"]
+    expected = {
+        ("/auth/register", "post"): {"413", "503", "507"},
+        ("/auth/token", "post"): {"413", "429", "503"},
+        ("/stats", "get"): {"401"},
+    }
+    for (path, method), statuses in expected.items():
+        assert statuses <= set(paths[path][method]["responses"]), path
