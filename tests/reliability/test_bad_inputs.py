@@ -9,6 +9,7 @@ round-trip exactly, create nothing outside the data directory and leave other ke
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,7 +96,25 @@ def _forged_token(c: Context) -> httpx.Response:
     return c.client.post("/transactions", headers=_bearer(forged))
 
 
+def _raw(head: bytes, body: bytes) -> Request:
+    """Send ``head`` (request line and headers, without the blank line) and ``body`` verbatim."""
+
+    def send(c: Context) -> httpx.Response:
+        with socket.create_connection(("127.0.0.1", c.server.port), timeout=30) as sock:
+            sock.sendall(head + b"\r\nHost: x\r\nConnection: close\r\n\r\n" + body)
+            received = b""
+            while chunk := sock.recv(65536):
+                received += chunk
+        status_line, _, rest = received.partition(b"\r\n")
+        header_block, _, content = rest.partition(b"\r\n\r\n")
+        headers = [tuple(line.split(b": ", 1)) for line in header_block.split(b"\r\n")]
+        return httpx.Response(int(status_line.split()[1]), headers=headers, content=content)
+
+    return send
+
+
 Request = Callable[[Context], httpx.Response]
+DIGITS_5000 = "1" * 5000  # over Python's int() limit of 4300 digits
 BIG = b'{"value": "' + b"a" * ((1 << 20) + 1) + b'"}'
 TEN_MB = b'{"value": "' + b"a" * (10 << 20) + b'"}'
 
@@ -141,6 +160,41 @@ REJECTED: list[object] = [
     pytest.param(lambda c: c.client.get("/keys", params={"limit": -1}), 422, id="limit=-1"),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": 10**9}), 422, id="limit=10^9"),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": "ten"}), 422, id="limit=ten"),
+    # Issue 17, finding 10: long numbers were 500s with a traceback (int()'s digit limit).
+    pytest.param(
+        lambda c: c.client.get("/keys", params={"limit": DIGITS_5000}), 422, id="limit=5000-digits"
+    ),
+    pytest.param(
+        lambda c: c.client.get("/keys", params={"limit": "-" + DIGITS_5000}),
+        422,
+        id="limit=-5000-digits",
+    ),
+    pytest.param(
+        lambda c: c.client.put(
+            "/keys/plain", json={"value": "x"}, headers={"If-Match": f'"{DIGITS_5000}"'}
+        ),
+        412,
+        id="if-match-5000-digits",
+    ),
+    pytest.param(
+        lambda c: c.client.delete("/keys/plain", headers={"If-Match": f'"{DIGITS_5000}"'}),
+        412,
+        id="delete-if-match-5000-digits",
+    ),
+    pytest.param(
+        lambda c: c.client.put("/keys/plain", json={"value": "x"}, headers={"If-Match": b'"\xb2"'}),
+        412,
+        id="if-match-superscript-digit",
+    ),
+    pytest.param(
+        _raw(
+            b"PUT /keys/plain HTTP/1.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + b"0" * 4992 + b"13",
+            b'{"value":"x"}',
+        ),
+        400,
+        id="content-length-4994-digits",
+    ),
     pytest.param(
         lambda c: c.client.get("/keys/plain", headers={"X-Big": "a" * 100_000}),
         431,
@@ -266,3 +320,19 @@ def test_bad_inputs_double_dot_segments_never_reach_another_route(ctx: Context) 
     assert 400 <= answer.status_code < 500, answer.text
     assert answer.json()["detail"]
     assert _state(ctx) == (files, keys)
+
+
+@pytest.mark.parametrize("key", ["", "k" * 1025], ids=["empty", "1025-bytes"])
+def test_bad_inputs_bad_key_is_422_in_the_list_form(ctx: Context, key: str) -> None:
+    # Like every other 422 (issue 17, finding 11: the empty key's detail was a string).
+    answer = ctx.client.put(f"/keys/{key}", json={"value": "x"})
+    assert answer.status_code == 422
+    (item,) = answer.json()["detail"]
+    assert item["loc"] == ["path", "key"] and item["msg"]
+
+
+def test_bad_inputs_numbers_with_leading_zeros_still_count(ctx: Context) -> None:
+    assert ctx.client.get("/keys", params={"limit": "0" * 5000 + "2"}).json()["next"] is not None
+    revision = ctx.client.get("/keys/plain").json()["revision"]
+    tag = {"If-Match": f'"{"0" * 5000}{revision}"'}
+    assert ctx.client.put("/keys/plain", json={"value": "1"}, headers=tag).status_code == 200

@@ -49,8 +49,9 @@ def test_errors_every_auth_and_service_error_has_its_own_mapping(
 @pytest.mark.parametrize(
     ("exc", "status"),
     [
-        (engine_errors.InvalidKey("k"), 422),
         (engine_errors.ValueTooLarge("v"), 413),
+        (engine_errors.TransactionTooLarge("t"), 413),
+        (engine_errors.RecoveryInterrupted("r"), 503),
         (engine_errors.VersionMismatch("k", 1, 2), 412),
         (engine_errors.TransactionActive("t"), 423),
         (engine_errors.TransactionClosed("t"), 409),
@@ -69,6 +70,8 @@ def test_errors_every_auth_and_service_error_has_its_own_mapping(
         (errors.PreconditionFailed("x"), 412),
         (errors.NoTransaction("x"), 409),
         (errors.TransactionExpired("x"), 409),
+        (errors.TransactionEnded("x"), 409),
+        (errors.BadRequest("x"), 400),
         (errors.Locked(0.2), 423),
         (errors.BodyTooLarge("x"), 413),
         (errors.UnsupportedMediaType("x"), 415),
@@ -82,6 +85,15 @@ def test_errors_answer_has_status_and_string_detail(exc: Exception, status: int)
     body = orjson.loads(answer.body)
     assert list(body) == ["detail"]
     assert isinstance(body["detail"], str) and body["detail"]
+
+
+def test_errors_invalid_key_is_a_validation_error_of_the_path() -> None:
+    # An empty or too long key is 422 like every other rejected input: FastAPI's list form.
+    answer = errors.error_response(engine_errors.InvalidKey("the key is empty"))
+    assert answer.status_code == 422
+    assert orjson.loads(answer.body) == {
+        "detail": [{"type": "key_invalid", "loc": ["path", "key"], "msg": "the key is empty"}]
+    }
 
 
 @pytest.mark.parametrize(

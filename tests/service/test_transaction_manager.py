@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from filekv.engine import Store
-from filekv.service.errors import Locked, NoTransaction, TransactionExpired
-from filekv.service.transactions import TransactionManager
+from filekv.engine import Store, Transaction
+from filekv.service.errors import Locked, NoTransaction, TransactionEnded, TransactionExpired
+from filekv.service.transactions import NO_TRANSACTION, TransactionManager
 
 
 class Clock:
@@ -48,9 +48,19 @@ def test_manager_locked_retry_after_is_remaining_lease_rounded_up(
     assert refused.value.retry_after == retry_after
 
 
-def test_manager_writer_is_none_without_transaction(manager: TransactionManager) -> None:
-    assert manager.writer(None) is None
-    assert manager.writer("bob") is None
+def test_manager_writer_goes_to_the_store_without_transaction(
+    manager: TransactionManager,
+) -> None:
+    for session in (None, "bob"):
+        ticket = manager.writer(session)
+        assert ticket == NO_TRANSACTION
+        assert manager.write_target(session, ticket) is None
+
+
+def _staging(manager: TransactionManager, session: str) -> Transaction:
+    tx = manager.write_target(session, manager.writer(session))
+    assert tx is not None
+    return tx
 
 
 def test_manager_lease_expires_lazily_and_is_renewed_by_use(
@@ -60,7 +70,7 @@ def test_manager_lease_expires_lazily_and_is_renewed_by_use(
     clock.now += 9
     assert manager.reader("alice") is not None  # renews
     clock.now += 9
-    assert manager.writer("alice") is not None  # renews
+    assert manager.writer("alice") != NO_TRANSACTION  # renews
     clock.now += 9
     assert manager.status("bob").active is True  # others do not renew
     clock.now += 1.5
@@ -85,9 +95,8 @@ def test_manager_expired_session_is_forgotten_after_a_while(
 def test_manager_staged_writes_are_discarded_on_expiry(
     manager: TransactionManager, store: Store, clock: Clock
 ) -> None:
-    tx = manager.begin("alice") and manager.writer("alice")
-    assert tx is not None
-    tx.put("k", b"v")
+    manager.begin("alice")
+    _staging(manager, "alice").put("k", b"v")
     clock.now += 11
     assert manager.is_open is False
     assert store.get("k") is None
@@ -97,9 +106,7 @@ def test_manager_staged_writes_are_discarded_on_expiry(
 def test_manager_commit_applies_and_releases(manager: TransactionManager, store: Store) -> None:
     manager.begin("alice")
     assert manager.begin("alice") == 2
-    tx = manager.writer("alice")
-    assert tx is not None
-    tx.put("a", b"1")
+    _staging(manager, "alice").put("a", b"1")
     assert asyncio.run(manager.commit("alice")) == 1
     assert store.get("a") == b"1"
     assert manager.holder is None
@@ -132,14 +139,13 @@ def test_manager_end_session_of_holder_aborts_whole_and_is_not_remembered(
 ) -> None:
     manager.begin("alice")
     manager.begin("alice")
-    tx = manager.writer("alice")
-    assert tx is not None
+    tx = _staging(manager, "alice")
     tx.put("k", b"v")
     manager.end_session("alice")
     assert manager.holder is None and not tx.active
     assert store.get("k") is None
     assert manager.wants_identity is False  # not kept as "expired": no TransactionExpired later
-    assert manager.writer("alice") is None
+    assert manager.writer("alice") == NO_TRANSACTION
     store.put("k", b"w")
 
 
@@ -162,3 +168,108 @@ def test_manager_end_session_forgets_an_expired_session(
     assert manager.wants_identity is True
     manager.end_session("alice")
     assert manager.wants_identity is False
+
+
+# -- one decision point per write (issue 17, finding 5) -----------------------------------------
+# A write takes its ticket before its body is read and is placed by write_target after; whatever
+# happened to the transaction in between, the write lands where it started or is refused.
+
+
+@pytest.mark.parametrize("ending", ["rollback", "commit"])
+def test_manager_write_whose_transaction_ended_meanwhile_is_refused(
+    manager: TransactionManager, store: Store, ending: str
+) -> None:
+    manager.begin("alice")
+    ticket = manager.writer("alice")  # the body is on its way
+    if ending == "rollback":
+        assert manager.rollback("alice") == 0
+    else:
+        assert asyncio.run(manager.commit("alice")) == 0
+    with pytest.raises(TransactionEnded, match="ended while this write was received"):
+        manager.write_target("alice", ticket)
+    assert len(store) == 0
+    # the next write is an ordinary one again
+    assert manager.write_target("alice", manager.writer("alice")) is None
+
+
+def test_manager_write_whose_level_was_rolled_back_meanwhile_is_refused(
+    manager: TransactionManager,
+) -> None:
+    manager.begin("alice")
+    _staging(manager, "alice").put("outer", b"1")
+    manager.begin("alice")
+    ticket = manager.writer("alice")
+    assert manager.rollback("alice") == 1
+    with pytest.raises(TransactionEnded, match="changed level"):
+        manager.write_target("alice", ticket)
+    tx = _staging(manager, "alice")
+    assert tx.get("outer") == b"1" and tx.staged_ops == 1  # the outer level as it was
+
+
+def test_manager_write_whose_transaction_was_replaced_meanwhile_is_refused(
+    manager: TransactionManager,
+) -> None:
+    manager.begin("alice")
+    ticket = manager.writer("alice")
+    manager.rollback("alice")
+    manager.begin("alice")  # a new transaction of the same session: not the one it started in
+    with pytest.raises(TransactionEnded, match="ended while this write was received"):
+        manager.write_target("alice", ticket)
+
+
+def test_manager_write_started_outside_a_transaction_that_one_began_meanwhile(
+    manager: TransactionManager,
+) -> None:
+    alice, bob = manager.writer("alice"), manager.writer("bob")
+    manager.begin("alice")
+    with pytest.raises(TransactionEnded, match="began a transaction"):
+        manager.write_target("alice", alice)
+    with pytest.raises(Locked):
+        manager.write_target("bob", bob)
+    manager.rollback("alice")
+    # a transaction that began and ended meanwhile leaves a direct write free to go
+    assert manager.write_target("bob", bob) is None
+
+
+def test_manager_writes_during_the_holders_commit_are_refused(
+    manager: TransactionManager, store: Store
+) -> None:
+    async def scenario() -> None:
+        manager.begin("alice")
+        ticket = manager.writer("alice")
+        _staging(manager, "alice").put("k", b"v")
+        committing = asyncio.create_task(manager.commit("alice"))
+        await asyncio.sleep(0)  # the commit has started and waits for its thread
+        assert manager.holder == "alice"
+        with pytest.raises(TransactionEnded, match="being committed"):
+            manager.writer("alice")
+        with pytest.raises(TransactionEnded, match="being committed"):
+            manager.write_target("alice", ticket)
+        for call in (manager.rollback, manager.begin):
+            with pytest.raises(TransactionEnded, match="being committed"):
+                call("alice")
+        with pytest.raises(Locked):
+            manager.writer("bob")
+        assert manager.reader("alice") is None  # the store's view, before or after the commit
+        assert await committing == 1
+        assert store.get("k") == b"v"
+
+    asyncio.run(scenario())
+
+
+def test_manager_expired_sessions_writes_are_refused_until_it_acknowledges(
+    manager: TransactionManager, store: Store, clock: Clock
+) -> None:
+    manager.begin("alice")
+    ticket = manager.writer("alice")
+    clock.now += 11  # the lease runs out while the body is read
+    with pytest.raises(TransactionExpired, match="nor this write"):
+        manager.write_target("alice", ticket)
+    for _ in range(3):  # and stays refused: no later write goes to the store behind its back
+        with pytest.raises(TransactionExpired):
+            manager.writer("alice")
+    assert manager.writer("bob") == NO_TRANSACTION  # others write as usual
+    with pytest.raises(TransactionExpired):
+        manager.rollback("alice")  # told once, on a transaction call: acknowledged
+    assert manager.write_target("alice", manager.writer("alice")) is None
+    assert len(store) == 0

@@ -288,6 +288,14 @@ def test_transactions_holder_learns_of_expiry_with_409_once(
     assert answer.status_code == 409
     assert "expired" in answer.json()["detail"]
     assert value_of(short, "k") is None
+    if call == "PUT":
+        # A write does not acknowledge: the session's writes stay refused (none may go to the
+        # store while it believes them staged) until a transaction call tells it, once.
+        again = short.put("/keys/k", json={"value": "again"}, headers=alice)
+        assert again.status_code == 409 and "expired" in again.json()["detail"]
+        assert short.delete("/keys/k", headers=alice).status_code == 409
+        assert short.post("/transactions/rollback", headers=alice).status_code == 409
+        assert value_of(short, "k") is None
     # told once; afterwards the session is an ordinary client again
     assert short.post("/transactions", headers=alice).status_code == 201
 
@@ -325,3 +333,64 @@ def test_transactions_shutdown_discards_staged_writes(
         assert value_of(second, "k") is None
         assert second.get("/transactions").json()["active"] is False
         assert put(second, "k", "v") == 201
+
+
+# -- limits (issue 17, finding 1) ---------------------------------------------------------------
+
+OP_BYTES = 7 + 2 + 100  # one staged write of a 2-byte key and a 100-byte value, framing included
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"max_transaction_ops": 3}, {"max_transaction_bytes": 3 * OP_BYTES}],
+    ids=["ops", "bytes"],
+)
+def test_transactions_write_over_a_limit_is_413_stages_nothing_and_can_still_commit(
+    make_client: Callable[..., TestClient], login: Login, limits: dict[str, int]
+) -> None:
+    client = make_client(**limits)
+    alice = login(client, "alice")
+    assert put(client, "k9", "committed") == 201
+    client.post("/transactions", headers=alice)
+    for number in range(3):
+        assert put(client, f"k{number}", "x" * 100, alice) == 201
+    view = client.get("/keys", params={"prefix": "k"}, headers=alice).json()
+    over = client.put("/keys/k3", json={"value": "y" * 100}, headers=alice)
+    assert over.status_code == 413
+    assert "limit" in over.json()["detail"]
+    client.post("/transactions", headers=alice)  # a nested level counts against the same total
+    assert put(client, "k4", "z" * 100, alice) == 413
+    assert client.delete("/keys/k9", headers=alice).status_code == 413
+    # Nothing of the refused writes was staged; the transaction is still open and usable.
+    assert client.get("/keys", params={"prefix": "k"}, headers=alice).json() == view
+    assert value_of(client, "k3", alice) is None and value_of(client, "k9", alice) == "committed"
+    assert client.post("/transactions/rollback", headers=alice).json() == {"depth": 1}
+    assert put(client, "k0", "w" * 100, alice) == 200  # a rewrite in its level replaces it
+    assert client.post("/transactions/commit", headers=alice).json() == {"depth": 0, "applied": 3}
+    assert [value_of(client, f"k{n}") for n in range(4)] == ["w" * 100, "x" * 100, "x" * 100, None]
+
+
+def test_transactions_limit_settings_are_bounded() -> None:
+    from pydantic import ValidationError
+
+    from filekv.settings import Settings
+
+    defaults = Settings()
+    assert (defaults.max_transaction_bytes, defaults.max_transaction_ops) == (64 << 20, 10_000)
+    for bad in ({"max_transaction_bytes": 1 << 30}, {"max_transaction_ops": 0}):
+        with pytest.raises(ValidationError):
+            Settings(**bad)  # type: ignore[arg-type]
+
+
+# -- the status route checks a sent token (issue 17, finding 11) -------------------------------
+
+
+def test_transactions_status_with_a_bad_token_is_401(client: TestClient, login: Login) -> None:
+    alice = login(client, "alice")
+    forged = {"Authorization": alice["Authorization"][:-1] + "A"}
+    assert client.post("/auth/logout", headers=alice).status_code == 204
+    for headers in (alice, forged, {"Authorization": "Basic YWxpY2U6eA=="}):
+        answer = client.get("/transactions", headers=headers)
+        assert answer.status_code == 401, headers
+        assert answer.headers["www-authenticate"] == "Bearer"
+    assert client.get("/transactions").status_code == 200  # anonymous: still anyone's to ask

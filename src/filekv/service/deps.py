@@ -82,12 +82,17 @@ SessionDep = Annotated[Session, Depends(current_session)]
 
 
 def optional_session(
-    token: Annotated[str | None, Depends(oauth2_scheme)], auth: AuthDep
+    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)], auth: AuthDep
 ) -> Session | None:
-    """The caller's session, or None when anonymous or the token is not (or no longer) valid."""
+    """The caller's session, or None when anonymous; a token that is sent is checked (401)."""
     if not token:
+        if request.headers.get("authorization"):  # sent, but not as "Bearer <token>"
+            raise NotAuthenticated("the Authorization header must be: Bearer <token>")
         return None
-    return auth.authenticate(token)
+    session = auth.authenticate(token)
+    if session is None:
+        raise NotAuthenticated("invalid or expired token")
+    return session
 
 
 OptionalSessionDep = Annotated[Session | None, Depends(optional_session)]

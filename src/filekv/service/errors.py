@@ -11,8 +11,10 @@ The service's own errors::
     ├── NotAuthenticated       no, unknown, revoked or expired bearer token       401
     ├── KeyNotFound            no such key                                        404
     ├── PreconditionFailed     If-Match / If-None-Match not met (staged or bad tag)   412
+    ├── BadRequest             a malformed request line or header (Content-Length)    400
     ├── NoTransaction          the caller holds no transaction                    409
-    │   └── TransactionExpired the caller's transaction was rolled back by its lease  409
+    │   ├── TransactionExpired the caller's transaction was rolled back by its lease  409
+    │   └── TransactionEnded   it ended, or changed level, while a write was received  409
     ├── Locked                 another client holds the transaction lock          423 + Retry-After
     ├── BodyTooLarge           request body over the limit, refused unread        413
     ├── UnsupportedMediaType   a body whose Content-Type is not JSON              415
@@ -21,9 +23,10 @@ The service's own errors::
 
 Request validation (422) has its own handler, ``validation_error_response``: FastAPI's list form,
 but each item cut down to ``type``, ``loc``, ``msg`` and plain ``ctx`` values, so a rejected input
-(a too-short password, say) is never echoed back. A body the framework cannot parse at all (not
-UTF-8, a broken multipart) is answered the same way with 422, the status every route declares,
-instead of Starlette's undeclared 400.
+(a too-short password, say) is never echoed back. A table entry with a ``loc`` (the engine's
+``InvalidKey``: an empty or too long key) is answered in that same list form. A body the
+framework cannot parse at all (not UTF-8, a broken multipart) is answered the same way with 422,
+the status every route declares, instead of Starlette's undeclared 400.
 
 Logging: only a real 500 (a bug, damaged data, an unexpected I/O error) logs a traceback. The
 other 5xx answers are expected conditions (disk full, store failed or closed) and log one WARNING
@@ -56,6 +59,7 @@ from filekv.engine.errors import (
     CorruptStore,
     DiskFull,
     InvalidKey,
+    RecoveryInterrupted,
     StorageError,
     StoreClosed,
     StoreError,
@@ -63,6 +67,7 @@ from filekv.engine.errors import (
     StoreLocked,
     TransactionActive,
     TransactionClosed,
+    TransactionTooLarge,
     ValueTooLarge,
     VersionMismatch,
 )
@@ -95,12 +100,20 @@ class PreconditionFailed(ServiceError):
     """An ``If-Match`` or ``If-None-Match`` condition does not hold."""
 
 
+class BadRequest(ServiceError):
+    """The request itself is malformed (a header no sane client sends)."""
+
+
 class NoTransaction(ServiceError):
     """The caller holds no transaction."""
 
 
 class TransactionExpired(NoTransaction):
     """The caller's transaction was idle past its lease and was rolled back whole."""
+
+
+class TransactionEnded(NoTransaction):
+    """The transaction a write was sent into ended (or changed level) while it was received."""
 
 
 class Locked(ServiceError):
@@ -146,6 +159,9 @@ class ErrorAnswer:
     headers: Callable[[BaseException], dict[str, str]] | None = None
     # A fixed detail replaces str(exc) where the message could reveal something (paths, users).
     detail: str | None = field(default=None)
+    # Set for a 422: answered in the validation list form, as an error of this input.
+    loc: tuple[str, ...] | None = None
+    error_type: str = "value_error"
 
 
 ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
@@ -153,11 +169,13 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     StoreError: ErrorAnswer(500, detail="internal store error"),
     StoreLocked: ErrorAnswer(503, detail="the data directory is in use by another process"),
     StoreClosed: ErrorAnswer(503, detail="the store is closed"),
-    InvalidKey: ErrorAnswer(422),
+    InvalidKey: ErrorAnswer(422, loc=("path", "key"), error_type="key_invalid"),
     ValueTooLarge: ErrorAnswer(413),
     VersionMismatch: ErrorAnswer(412),
     TransactionActive: ErrorAnswer(423, _retry_after),
     TransactionClosed: ErrorAnswer(409, detail="the transaction has already ended"),
+    TransactionTooLarge: ErrorAnswer(413),
+    RecoveryInterrupted: ErrorAnswer(503, detail="the store was stopped while recovering"),
     CorruptStore: ErrorAnswer(500, detail="the store found damaged data; see the server log"),
     StorageError: ErrorAnswer(500, detail="an I/O error occurred; see the server log"),
     DiskFull: ErrorAnswer(507, detail="the disk is full; the write was not done"),
@@ -177,8 +195,10 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     NotAuthenticated: ErrorAnswer(401, _bearer),
     KeyNotFound: ErrorAnswer(404),
     PreconditionFailed: ErrorAnswer(412),
+    BadRequest: ErrorAnswer(400),
     NoTransaction: ErrorAnswer(409),
     TransactionExpired: ErrorAnswer(409),
+    TransactionEnded: ErrorAnswer(409),
     Locked: ErrorAnswer(423, _retry_after),
     BodyTooLarge: ErrorAnswer(413),
     UnsupportedMediaType: ErrorAnswer(415),
@@ -201,6 +221,9 @@ def answer_for(exc: BaseException) -> ErrorAnswer | None:
 def error_response(exc: BaseException) -> Response:
     """The JSON response for a mapped exception (500 with a fixed detail if unmapped)."""
     answer = answer_for(exc) or ErrorAnswer(500, detail="internal error")
+    if answer.loc is not None:
+        item = {"type": answer.error_type, "loc": answer.loc, "msg": str(exc)}
+        return validation_error_response([item])
     if answer.status == 500:
         logger.error("answering 500 for %r", exc, exc_info=exc)
     elif answer.status > 500:

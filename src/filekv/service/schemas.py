@@ -103,3 +103,8 @@ LOCKED: Final[dict[str, Any]] = {
     **error("Another client holds the transaction."),
     "headers": RETRY_AFTER,
 }
+DISK_FULL: Final = error("The disk is full: nothing was written; retry once space is freed.")
+STORE_FAILED: Final = error(
+    "The store is not writable: an fsync failed (writes are refused until the server is "
+    "restarted), or it is closed."
+)

@@ -7,10 +7,23 @@ staged in the engine ``Transaction`` and everyone else's writes are refused with
 The lease: every call by the holder renews it; a transaction idle for longer than ``timeout`` is
 aborted whole and the lock released. Expiry is checked lazily on every access *and* by a background
 task (``run_reaper``), so a holder that vanished does not keep the lock until someone else asks.
-A session whose transaction expired is remembered for a while, so its next transaction call (or
-write, which it believes staged) gets ``TransactionExpired`` rather than a silent fresh start.
+A session whose transaction expired is remembered for a while (``remember_expired``), so it is
+told (``TransactionExpired``, 409) rather than silently starting afresh: every write it sends,
+believing it staged, is refused, until it makes a transaction call (begin, commit or rollback),
+which is refused once and so acknowledges the loss. Only then do its writes go to the store again.
 A session that logs out (``end_session``) loses its transaction at once and is not remembered:
 its token is dead, so its next call is 401 anyway.
+
+One decision point per write. A write's body arrives over many event-loop turns, so a commit, a
+rollback, a ``begin`` or the lease may change the transaction while it is read. ``writer``
+checks the lock before the body is read and hands out a ``WriteTicket``: the generation of the
+transaction's levels it saw (``NO_TRANSACTION`` when none was open). Every change of the levels
+(begin, rollback, the start and the end of a commit, the end of the transaction) takes a new
+generation. After the body is read, ``write_target`` decides, and the route stages or appends
+without awaiting in between: the same generation still open means the write is staged there; no
+transaction then and none now means it goes to the store; anything else is refused (409 to the
+holder whose transaction ended or changed meanwhile, 423 to anyone else), so a write is never
+staged in a level it did not start in, nor applied after the transaction it was sent into.
 """
 
 from __future__ import annotations
@@ -21,9 +34,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, NewType
 
-from filekv.service.errors import Locked, NoTransaction, TransactionExpired
+from filekv.service.errors import Locked, NoTransaction, TransactionEnded, TransactionExpired
 
 if TYPE_CHECKING:
     from filekv.engine import Store, Transaction
@@ -31,6 +44,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _REAPER_MIN_SLEEP = 0.005
+
+WriteTicket = NewType("WriteTicket", int)
+"""What a write saw when it started: the transaction's level generation, or NO_TRANSACTION."""
+
+NO_TRANSACTION: Final = WriteTicket(0)
+
+_COMMITTING: Final = "your transaction is being committed; nothing more can join it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +89,9 @@ class TransactionManager:
         self._holder: str | None = None
         self._lease_expires_at = 0.0
         self._committing = False
+        # Bumped by every change of the transaction's levels; never 0 while one is open.
+        self._generation = 0
+        self._opened_generation = 0  # the generation that opened the current transaction
         self._expired: dict[str, float] = {}  # session_id -> when to forget it
         self._wakeup: asyncio.Event | None = None  # set by begin() for the sleeping reaper
 
@@ -92,28 +115,70 @@ class TransactionManager:
         return self._tx is not None or bool(self._expired)
 
     def reader(self, session_id: str | None) -> Transaction | None:
-        """The holder's transaction for reading its staged view; None for everyone else."""
+        """The holder's transaction for reading its staged view; None for everyone else.
+
+        None for the holder too while its commit runs: the staged view is being applied, and the
+        store shows each key either before or after it.
+        """
         self._expire_if_due()
         if self._tx is not None and session_id is not None and session_id == self._holder:
             self._renew()
-            return self._tx
+            return None if self._committing else self._tx
         return None
 
-    def writer(self, session_id: str | None) -> Transaction | None:
-        """Where a write goes: the holder's transaction, or None for the store itself.
+    def writer(self, session_id: str | None) -> WriteTicket:
+        """Check that ``session_id`` may write, before its request is read; the write's ticket.
 
-        Raises ``Locked`` for anyone but the holder while a transaction is open, and
-        ``TransactionExpired`` (once) for a session whose transaction the lease rolled back.
+        Raises ``Locked`` for anyone but the holder while a transaction is open,
+        ``TransactionEnded`` for the holder while its commit runs, and ``TransactionExpired``
+        for a session whose transaction the lease rolled back (until it acknowledges).
         """
         self._expire_if_due()
         if self._tx is None:
-            if session_id is not None:
-                self._raise_if_expired(session_id)
-            return None
+            if session_id is not None and session_id in self._expired:
+                raise self._expired_error(session_id, acknowledge=False)
+            return NO_TRANSACTION
         if session_id is None or session_id != self._holder:
             raise Locked(self._remaining())
+        if self._committing:
+            raise TransactionEnded(_COMMITTING)
         self._renew()
-        return self._tx
+        return WriteTicket(self._generation)
+
+    def write_target(self, session_id: str | None, ticket: WriteTicket) -> Transaction | None:
+        """Where a write that started with ``ticket`` goes now: a transaction, or None (the store).
+
+        The one decision point: the caller stages into the answer, or appends to the store,
+        without awaiting first. Refuses (see the module docstring) when the transaction the
+        write started in ended or changed level, or one began, since ``writer``.
+        """
+        self._expire_if_due()
+        tx = self._tx
+        if ticket == NO_TRANSACTION:
+            if tx is None:
+                if session_id is not None and session_id in self._expired:
+                    raise self._expired_error(session_id, acknowledge=False)
+                return None
+            if session_id is None or session_id != self._holder:
+                raise Locked(self._remaining())
+            raise TransactionEnded(
+                "you began a transaction while this write was received; it was not applied"
+            )
+        if tx is not None and ticket == self._generation:
+            self._renew()
+            return tx
+        if session_id is not None and session_id in self._expired:
+            raise self._expired_error(session_id, acknowledge=False)
+        if tx is not None and session_id == self._holder and ticket >= self._opened_generation:
+            if self._committing:
+                raise TransactionEnded(_COMMITTING)
+            raise TransactionEnded(
+                "your transaction changed level (begin or rollback) while this write was "
+                "received; it was not staged"
+            )
+        raise TransactionEnded(
+            "your transaction ended while this write was received; it was not applied"
+        )
 
     def begin(self, session_id: str) -> int:
         """Open the transaction, or a nested level of it for its holder; the new depth."""
@@ -123,24 +188,32 @@ class TransactionManager:
             self._tx = self._store.transaction()
             self._holder = session_id
             self._renew()
+            self._generation += 1
+            self._opened_generation = self._generation
             if self._wakeup is not None:
                 self._wakeup.set()
             logger.info("transaction opened by session %s", session_id[:8])
             return self._tx.depth
         if session_id != self._holder:
             raise Locked(self._remaining())
+        if self._committing:
+            raise TransactionEnded(_COMMITTING)
         self._renew()
+        self._generation += 1
         return self._tx.begin()
 
     async def commit(self, session_id: str) -> int:
         """Apply every level atomically and durably (the fsync off the loop); writes applied."""
         tx = self._holders_transaction(session_id)
         self._committing = True
+        self._generation += 1  # writes received meanwhile are refused, never half in it
         try:
             applied = await tx.acommit()
         finally:
             self._committing = False
-            if not tx.active:
+            if tx.active:  # it failed (DiskFull, say): still open, with what it had
+                self._generation += 1
+            else:
                 self._release()
         logger.info("transaction committed: %d writes", applied)
         return applied
@@ -149,6 +222,7 @@ class TransactionManager:
         """Undo the innermost level; the new depth (0: the transaction ended)."""
         tx = self._holders_transaction(session_id)
         depth = tx.rollback()
+        self._generation += 1
         if depth == 0:
             self._release()
         return depth
@@ -209,15 +283,28 @@ class TransactionManager:
         self._raise_if_expired(session_id)
         if self._tx is None or session_id != self._holder:
             raise NoTransaction("you hold no transaction")
+        if self._committing:
+            raise TransactionEnded(_COMMITTING)
         self._renew()
         return self._tx
 
     def _raise_if_expired(self, session_id: str) -> None:
-        if self._expired.pop(session_id, None) is not None:
-            raise TransactionExpired(
-                "your transaction expired: it was idle longer than "
-                f"{self._timeout:g} s and was rolled back; nothing of it was applied"
+        """For transaction calls: tell an expired session, once; that acknowledges it."""
+        if session_id in self._expired:
+            raise self._expired_error(session_id, acknowledge=True)
+
+    def _expired_error(self, session_id: str, *, acknowledge: bool) -> TransactionExpired:
+        message = (
+            "your transaction expired: it was idle longer than "
+            f"{self._timeout:g} s and was rolled back; nothing of it was applied"
+        )
+        if acknowledge:
+            del self._expired[session_id]
+        else:
+            message += (
+                ", nor this write; your writes are refused until you begin, commit or roll back"
             )
+        return TransactionExpired(message)
 
     def _remaining(self) -> float:
         return max(0.0, self._lease_expires_at - self._clock())
@@ -241,6 +328,7 @@ class TransactionManager:
             self._expired[holder] = now + self._remember_expired
 
     def _release(self) -> None:
+        self._generation += 1
         self._tx = None
         self._holder = None
         self._lease_expires_at = 0.0

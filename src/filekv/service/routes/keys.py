@@ -27,14 +27,17 @@ from starlette.routing import Route
 from filekv.engine.errors import VersionMismatch
 from filekv.service.deps import caller_session_id
 from filekv.service.errors import (
+    BadRequest,
     BodyTooLarge,
     KeyNotFound,
     PreconditionFailed,
     UnsupportedMediaType,
 )
 from filekv.service.schemas import (
+    DISK_FULL,
     ETAG,
     LOCKED,
+    STORE_FAILED,
     UNAUTHORIZED,
     KeyPage,
     KeyValue,
@@ -44,7 +47,7 @@ from filekv.service.schemas import (
 )
 
 if TYPE_CHECKING:
-    from filekv.engine import Entry, Store, Transaction
+    from filekv.engine import Entry, Store
     from filekv.service.transactions import TransactionManager
 
 
@@ -66,6 +69,15 @@ MAX_LIMIT: Final = 10_000
 # several times the value limit; anything longer than this is refused before it is read.
 _JSON_EXPANSION: Final = 6
 _BODY_SLACK: Final = 4096
+# Numbers in headers and the query are read only up to this many digits (after leading zeros):
+# enough for any revision or size, and far below Python's int() digit limit (4300), which
+# would otherwise turn a long number into a 500.
+_MAX_DIGITS: Final = 19
+
+WRITE_CONFLICT: Final = error(
+    "Your transaction expired (your writes are refused until you begin, commit or roll back), "
+    "or it ended or changed level while this request was received: nothing was applied."
+)
 
 
 def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -126,13 +138,22 @@ def _decode(value: bytes) -> str:
     return value.decode("utf-8", errors="replace")
 
 
+def _digits(text: str) -> str | None:
+    """``text`` without leading zeros if it is ASCII digits only ("0" for zero); else None."""
+    if not (text.isascii() and text.isdigit()):  # isdigit alone takes "²", which int() refuses
+        return None
+    return text.lstrip("0") or "0"
+
+
 def _expect(request: Request) -> int | None:
     """``If-Match: "<rev>"`` -> rev; ``If-None-Match: *`` -> 0 (must not exist); else None."""
     if_match = request.headers.get("if-match")
     if if_match is not None:
-        tag = if_match.strip().removeprefix("W/").strip('"')
-        if not tag.isdigit() or int(tag) < 1:
+        tag = _digits(if_match.strip().removeprefix("W/").strip('"'))
+        if tag is None or tag == "0":
             raise PreconditionFailed('If-Match must name one revision: "<rev>"')
+        if len(tag) > _MAX_DIGITS:
+            raise PreconditionFailed(f"If-Match names a revision of over {_MAX_DIGITS} digits")
         return int(tag)
     if request.headers.get("if-none-match", "").strip() == "*":
         return 0
@@ -154,7 +175,9 @@ async def _read_value(request: Request) -> str:
     settings = request.app.state.settings
     cap = _JSON_EXPANSION * settings.max_value_bytes + settings.max_key_bytes + _BODY_SLACK
     length = request.headers.get("content-length")
-    if length is not None and length.isdigit():
+    if length is not None and _digits(length) is not None:
+        if len(length) > _MAX_DIGITS:  # leading zeros too: no client sends them
+            raise BadRequest(f"Content-Length must be a number of at most {_MAX_DIGITS} digits")
         if int(length) > cap:
             raise BodyTooLarge(f"request body over {cap} bytes")
         body = await request.body()
@@ -245,11 +268,18 @@ async def get_key(key: str, request: Request) -> Response:
     responses={
         200: {"model": PutResult, "description": "Replaced an existing key."},
         201: {"description": "Created the key."},
+        400: error("Malformed Content-Length."),
         401: UNAUTHORIZED,
+        409: WRITE_CONFLICT,
         412: error('If-Match: "<rev>" did not match, or If-None-Match: * and the key exists.'),
-        413: error("Value (or body) too large."),
+        413: error(
+            "Value (or body) too large, or staging it would pass the transaction's limits "
+            "(max_transaction_bytes, max_transaction_ops): nothing was staged."
+        ),
         415: error("The body is not JSON: send Content-Type: application/json."),
         423: LOCKED,
+        503: STORE_FAILED,
+        507: DISK_FULL,
     },
     openapi_extra=_PUT_BODY,
 )
@@ -258,13 +288,15 @@ async def put_key(key: str, request: Request) -> Response:
     state = request.app.state
     transactions: TransactionManager = state.transactions
     session_id = _session_id(request, transactions, write=True)
-    transactions.writer(session_id)  # the lock before the request itself, even before the body
+    ticket = transactions.writer(session_id)  # the lock before the request, even before the body
     _check_key_encoding(request)
     _check_json_body(request)
     text = await _read_value(request)
     value = text.encode("utf-8")
     expect = _expect(request)
-    tx: Transaction | None = transactions.writer(session_id)  # the lease may have moved meanwhile
+    # The one decision point: the transaction may have ended while the body came in. Nothing
+    # awaits from here to the staging or the append, so nothing can change it in between.
+    tx = transactions.write_target(session_id, ticket)
     if tx is None:
         store: Store = state.store
         existed = key in store
@@ -286,8 +318,15 @@ async def put_key(key: str, request: Request) -> Response:
     responses={
         401: UNAUTHORIZED,
         404: error("No such key."),
+        409: WRITE_CONFLICT,
         412: error('If-Match: "<rev>" did not match.'),
+        413: error(
+            "Staging it would pass the transaction's limit of operations "
+            "(max_transaction_ops): nothing was staged."
+        ),
         423: LOCKED,
+        503: STORE_FAILED,
+        507: DISK_FULL,
     },
 )
 async def delete_key(key: str, request: Request) -> Response:
@@ -295,9 +334,10 @@ async def delete_key(key: str, request: Request) -> Response:
     state = request.app.state
     transactions: TransactionManager = state.transactions
     session_id = _session_id(request, transactions, write=True)
-    tx = transactions.writer(session_id)
+    ticket = transactions.writer(session_id)
     _check_key_encoding(request)
     expect = _expect(request)
+    tx = transactions.write_target(session_id, ticket)
     if tx is None:
         store: Store = state.store
         existed = await store.adelete(key, expect=expect)
@@ -347,7 +387,12 @@ def _limit(text: str | None) -> int:
         raise _query_error(
             "int_parsing", "Input should be a valid integer, unable to parse string as an integer"
         )
-    limit = int(text)
+    negative = text[0] == "-"
+    digits = text.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > _MAX_DIGITS:  # out of range either way: int() is not asked (a 500 at 4300)
+        limit = -1 if negative else MAX_LIMIT + 1
+    else:
+        limit = -int(digits) if negative else int(digits)
     if limit < 1:
         raise _query_error("greater_than_equal", "Input should be greater than or equal to 1", ge=1)
     if limit > MAX_LIMIT:

@@ -1,7 +1,8 @@
 """``/transactions``: open (or nest), inspect, commit and roll back the one transaction.
 
 All ``async``: the transaction manager lives on the event loop (no thread may touch it), and
-none of these calls blocks (commit waits for its fsync off the loop).
+none of these calls blocks: commit's encoding, write and fsync wait run off the loop (the engine's
+``acommit``), and the manager refuses whatever the holder sends into the transaction meanwhile.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from fastapi import APIRouter
 
 from filekv.service.deps import OptionalSessionDep, SessionDep, TransactionsDep
 from filekv.service.schemas import (
+    DISK_FULL,
     LOCKED,
+    STORE_FAILED,
     UNAUTHORIZED,
     CommitResult,
     Depth,
@@ -20,7 +23,10 @@ from filekv.service.schemas import (
 
 router = APIRouter(prefix="/transactions", tags=["transactions"])
 
-NOT_HOLDER = error("You hold no transaction (or it expired: the detail says so).")
+NOT_HOLDER = error(
+    "You hold no transaction (or it expired, or your commit of it is running: the detail says "
+    "which)."
+)
 
 
 @router.post(
@@ -28,16 +34,29 @@ NOT_HOLDER = error("You hold no transaction (or it expired: the detail says so).
     summary="Begin a transaction or a nested level",
     status_code=201,
     response_model=Depth,
-    responses={401: UNAUTHORIZED, 409: error("Your transaction expired."), 423: LOCKED},
+    responses={
+        401: UNAUTHORIZED,
+        409: error("Your transaction expired, or your commit of it is running."),
+        423: LOCKED,
+        503: STORE_FAILED,
+    },
 )
 async def begin(session: SessionDep, transactions: TransactionsDep) -> Depth:
     """Open the transaction, or one more level of it if you already hold it."""
     return Depth(depth=transactions.begin(session.session_id))
 
 
-@router.get("", summary="The transaction lock", response_model=TransactionState)
+@router.get(
+    "",
+    summary="The transaction lock",
+    response_model=TransactionState,
+    responses={401: UNAUTHORIZED},
+)
 async def status(session: OptionalSessionDep, transactions: TransactionsDep) -> TransactionState:
-    """Whether a transaction is open, whether it is yours, your depth and the lease left."""
+    """Whether a transaction is open, whether it is yours, your depth and the lease left.
+
+    Anyone may ask; a token that is sent is checked (401 if it is not valid).
+    """
     found = transactions.status(session.session_id if session is not None else None)
     return TransactionState(
         active=found.active, mine=found.mine, depth=found.depth, expires_in=found.expires_in
@@ -48,7 +67,7 @@ async def status(session: OptionalSessionDep, transactions: TransactionsDep) -> 
     "/commit",
     summary="Commit every level",
     response_model=CommitResult,
-    responses={401: UNAUTHORIZED, 409: NOT_HOLDER},
+    responses={401: UNAUTHORIZED, 409: NOT_HOLDER, 503: STORE_FAILED, 507: DISK_FULL},
 )
 async def commit(session: SessionDep, transactions: TransactionsDep) -> CommitResult:
     """Apply every staged write atomically; durable on disk before this answers."""
