@@ -5,17 +5,18 @@ concatenation, a header being received by httptools the same way) and waits for 
 as a client likes. ``ReadLimitedProtocol`` bounds both, at the cost of a counter per read and per
 header, and a timer only for a request whose head or body spans more than one read:
 
-======================  =================================================  ======================
-limit                   counted                                            answer
-======================  =================================================  ======================
-``MAX_HEADER_BYTES``    header names and values, as parsed                 431, connection kept
-2 x that, as sent       bytes of a head whose headers are not complete     431, then closed
-``max_target_bytes``    the request target (path and query), as received   414, then closed
-``header_timeout``      from connection open, or from the first byte of a  408 (silent close if
-                        keep-alive request, to the end of its headers      nothing was sent)
-``body_timeout``        the longest pause between two reads of a body      408, then closed
-``body_total_timeout``  from the end of the headers to the end of the body 408, then closed
-======================  =================================================  ======================
+======================  ==================================================  =====================
+limit                   counted                                             answer
+======================  ==================================================  =====================
+``MAX_HEADER_BYTES``    header names and values, as parsed                  431, connection kept
+2 x that                bytes of a head not complete yet, as sent, but the  431, then closed
+                        request target
+``max_target_bytes``    the request target (path and query), as received    414, then closed
+``header_timeout``      from connection open, or from the first byte of a   408 (a silent close
+                        keep-alive request, to the end of its headers       if nothing was sent)
+``body_timeout``        the longest pause between two reads of a body       408, then closed
+``body_total_timeout``  from the end of the headers to the end of the body  408, then closed
+======================  ==================================================  =====================
 
 Memory: a connection holds at most ``max_target_bytes`` + 2 x ``MAX_HEADER_BYTES`` of an
 unfinished head plus one read (uvloop reads at most 256 KB at a time), for at most
