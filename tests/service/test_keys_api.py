@@ -397,3 +397,23 @@ def test_keys_put_content_type_is_checked_after_the_lock(
     client.post("/transactions", headers=alice)
     answer = client.put("/keys/k", content=b"x", headers={"Content-Type": "text/plain"})
     assert answer.status_code == 423
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("POST", "/keys/k", {"GET", "HEAD", "PUT", "DELETE"}),
+        ("PATCH", "/keys/a/b", {"GET", "HEAD", "PUT", "DELETE"}),
+        ("DELETE", "/keys", {"GET", "HEAD"}),
+        ("PATCH", "/transactions", {"GET", "POST"}),  # FastAPI routes take no HEAD
+    ],
+)
+def test_keys_wrong_method_is_405_with_every_allowed_method(
+    client: TestClient, method: str, path: str, allowed: set[str]
+) -> None:
+    # Issue 17, finding 11: declared app-wide; Allow lists every route's methods on the path,
+    # not only those of the first route the router tried.
+    answer = client.request(method, path)
+    assert answer.status_code == 405
+    assert set(answer.headers["allow"].split(", ")) == allowed
+    assert method in answer.json()["detail"]

@@ -54,6 +54,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from orjson import dumps
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from filekv.engine.errors import (
     CorruptStore,
@@ -274,8 +275,35 @@ async def _handle_validation(_: Request, exc: Exception) -> Response:
     return validation_error_response(exc.errors())
 
 
+_METHODS: Final = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route takes on this path (the router names only its first match's)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
+def _method_not_allowed(request: Request) -> Response:
+    allowed = _allowed_methods(request)
+    return Response(
+        dumps({"detail": f"method {request.method} not allowed on this path; it takes {allowed}"}),
+        status_code=405,
+        headers={"Allow": allowed},
+        media_type="application/json",
+    )
+
+
 async def _handle_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        return _method_not_allowed(request)
     if exc.status_code != 400:
         return await http_exception_handler(request, exc)
     # The framework raises 400 only when it cannot parse a body (bytes that are not UTF-8 under
