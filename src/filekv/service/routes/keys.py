@@ -69,9 +69,9 @@ MAX_LIMIT: Final = 10_000
 # several times the value limit; anything longer than this is refused before it is read.
 _JSON_EXPANSION: Final = 6
 _BODY_SLACK: Final = 4096
-# Numbers in headers and the query are read only up to this many digits (after leading zeros):
-# enough for any revision or size, and far below Python's int() digit limit (4300), which
-# would otherwise turn a long number into a 500.
+# Numbers in headers and the query are read only up to this many digits: enough for any
+# revision or size, and far below Python's int() digit limit (4300), which would otherwise turn
+# a long number into a 500. Longer ones are answered without int() (412, 422, 400).
 _MAX_DIGITS: Final = 19
 
 WRITE_CONFLICT: Final = error(
@@ -321,8 +321,8 @@ async def put_key(key: str, request: Request) -> Response:
         409: WRITE_CONFLICT,
         412: error('If-Match: "<rev>" did not match.'),
         413: error(
-            "Staging it would pass the transaction's limit of operations "
-            "(max_transaction_ops): nothing was staged."
+            "Staging it would pass the transaction's limits (max_transaction_ops, "
+            "max_transaction_bytes): nothing was staged."
         ),
         423: LOCKED,
         503: STORE_FAILED,
