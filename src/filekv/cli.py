@@ -110,6 +110,12 @@ def serve(
     registration: Annotated[str | None, typer.Option(help=_help("registration"))] = None,
     max_key_bytes: Annotated[int | None, typer.Option(help=_help("max_key_bytes"))] = None,
     max_value_bytes: Annotated[int | None, typer.Option(help=_help("max_value_bytes"))] = None,
+    max_transaction_bytes: Annotated[
+        int | None, typer.Option(help=_help("max_transaction_bytes"))
+    ] = None,
+    max_transaction_ops: Annotated[
+        int | None, typer.Option(help=_help("max_transaction_ops"))
+    ] = None,
     compact_min_bytes: Annotated[int | None, typer.Option(help=_help("compact_min_bytes"))] = None,
     compact_dead_ratio: Annotated[
         float | None, typer.Option(help=_help("compact_dead_ratio"))
@@ -139,6 +145,8 @@ def serve(
         registration=registration,
         max_key_bytes=max_key_bytes,
         max_value_bytes=max_value_bytes,
+        max_transaction_bytes=max_transaction_bytes,
+        max_transaction_ops=max_transaction_ops,
         compact_min_bytes=compact_min_bytes,
         compact_dead_ratio=compact_dead_ratio,
         header_timeout=header_timeout,
