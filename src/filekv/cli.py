@@ -403,37 +403,33 @@ def user_passwd(
     typer.echo(f"changed the password of {changed}; its tokens are revoked")
 
 
-@user_app.command("revoke")
-def user_revoke(name: UserNameArgument, data_dir: DataDirOption = None) -> None:
-    """Kill every token of a user at once, also on a running server; the password stays."""
+def _change_user(name: str, data_dir: Path | None, change: Callable[[AuthService], str]) -> str:
+    """Run ``change`` on the users file; its answer once a running server has seen it."""
     from filekv.service.auth import UsersUnavailable
     from filekv.service.users import UnknownUser
 
     auth = _auth(data_dir)
     try:
-        revoked = auth.revoke_tokens(name)
+        changed = change(auth)
     except UnknownUser:
         raise _fail(f"no user {name!r}") from None
     except UsersUnavailable as exc:
         raise _users_file_failure(exc) from None
     _wait_for_running_server()
+    return changed
+
+
+@user_app.command("revoke")
+def user_revoke(name: UserNameArgument, data_dir: DataDirOption = None) -> None:
+    """Kill every token of a user at once, also on a running server; the password stays."""
+    revoked = _change_user(name, data_dir, lambda auth: auth.revoke_tokens(name))
     typer.echo(f"revoked every token of {revoked}")
 
 
 @user_app.command("remove")
 def user_remove(name: UserNameArgument, data_dir: DataDirOption = None) -> None:
     """Remove a user; their tokens stop working at once, also on a running server."""
-    from filekv.service.auth import UsersUnavailable
-    from filekv.service.users import UnknownUser
-
-    auth = _auth(data_dir)
-    try:
-        removed = auth.remove_user(name)
-    except UnknownUser:
-        raise _fail(f"no user {name!r}") from None
-    except UsersUnavailable as exc:
-        raise _users_file_failure(exc) from None
-    _wait_for_running_server()
+    removed = _change_user(name, data_dir, lambda auth: auth.remove_user(name))
     typer.echo(f"removed user {removed}")
 
 

@@ -17,9 +17,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+from _a_support import login
 from serverproc import Server
 
-PASSWORD = "commit off loop password"
 VALUES = 40
 VALUE = "v" * (1 << 20)  # 1 MiB each: 40 MiB in one record
 MAX_GAP = 2.0  # seconds: the slowest /healthz answer allowed while the commit runs
@@ -33,9 +33,7 @@ def big_server(make_server: Callable[..., Server]) -> Server:
 
 def test_commit_off_loop_health_answers_while_a_large_commit_runs(big_server: Server) -> None:
     with big_server.client() as client:
-        client.post("/auth/register", json={"username": "bulk", "password": PASSWORD})
-        token = client.post("/auth/token", data={"username": "bulk", "password": PASSWORD})
-        alice = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        alice = login(client, "bulk")
         assert client.post("/transactions", headers=alice).status_code == 201
         for number in range(VALUES):
             staged = client.put(f"/keys/big/{number}", json={"value": VALUE}, headers=alice)

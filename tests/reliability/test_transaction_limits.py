@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from _a_support import login
 from serverproc import Server
 
-PASSWORD = "transaction limits password"
 VALUE = "v" * (1 << 20)  # the largest value, 1 MiB
 LIMIT = 64 << 20  # the default max_transaction_bytes
 FRAMING = 7  # an operation's header in the record: kind, key length, value length
@@ -25,9 +25,7 @@ def test_transaction_limits_default_bytes_limit_refuses_the_write_over_it(
     server = make_server(log_level="warning")
     fits = LIMIT // (FRAMING + len("big/00") + len(VALUE))  # 63: the 64th passes 64 MiB
     with server.client() as client:
-        client.post("/auth/register", json={"username": "bulk", "password": PASSWORD})
-        token = client.post("/auth/token", data={"username": "bulk", "password": PASSWORD})
-        bulk = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        bulk = login(client, "bulk")
         assert client.post("/transactions", headers=bulk).status_code == 201
         for number in range(fits):
             staged = client.put(f"/keys/big/{number:02}", json={"value": VALUE}, headers=bulk)
