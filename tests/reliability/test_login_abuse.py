@@ -72,6 +72,18 @@ def clocked(
     return client, clock
 
 
+def _fast_auth(tmp_path: Path, clock: FakeClock, throttle: LoginThrottle) -> AuthService:
+    """An AuthService on a fake clock with a cheap hasher, for counting attempts."""
+    return AuthService(
+        tmp_path,
+        token_ttl=60,
+        registration="open",
+        clock=clock,
+        hasher=FAST_HASHER,
+        throttle=throttle,
+    )
+
+
 def _from(app: FastAPI, address: str) -> TestClient:
     """Another client of the same running app, from ``address``."""
     return TestClient(app, client=(address, 40000))
@@ -219,13 +231,10 @@ def test_login_abuse_one_address_spraying_names_is_locked_by_its_own_budget(
     tmp_path: Path,
 ) -> None:
     clock = FakeClock()
-    auth = AuthService(
+    auth = _fast_auth(
         tmp_path,
-        token_ttl=60,
-        registration="open",
-        clock=clock,
-        hasher=FAST_HASHER,
-        throttle=LoginThrottle(max_failures=5, address_max_failures=10, address_base_delay=60),
+        clock,
+        LoginThrottle(max_failures=5, address_max_failures=10, address_base_delay=60),
     )
     auth.add_user("alice", PASSWORD)
     auth.add_user("bob", PASSWORD)
@@ -252,14 +261,7 @@ def test_login_abuse_many_addresses_are_slowed_but_the_owners_address_is_not(
 ) -> None:
     """A distributed guesser shares one guess a second; alice's known address is let through."""
     clock = FakeClock()
-    auth = AuthService(
-        tmp_path,
-        token_ttl=60,
-        registration="open",
-        clock=clock,
-        hasher=FAST_HASHER,
-        throttle=LoginThrottle(name_burst=20, name_refill=1.0),
-    )
+    auth = _fast_auth(tmp_path, clock, LoginThrottle(name_burst=20, name_refill=1.0))
     auth.add_user("alice", PASSWORD)
     assert auth.login("alice", PASSWORD, client="198.51.100.7")  # alice's usual address
     checked = refused = 0
