@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench soak clean setup
+.PHONY: run test test-tools lint bench soak clean setup
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,15 @@ run: $(STAMP)
 	$(BIN)/filekv serve
 
 # docker-compose (Debian's) checks compose.yaml; installed here so a fresh machine has it.
+# chromium (Debian's, driven by Playwright: never `playwright install`) runs tests/browser, and
+# curl the README's examples (tests/test_readme.py); without chromium those tests fail under CI.
 test-tools:
 	@command -v docker-compose >/dev/null 2>&1 || { \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null) \
 		|| echo "warning: could not install docker-compose; the compose test will say so"; }
+	@{ command -v chromium >/dev/null 2>&1 && command -v curl >/dev/null 2>&1; } || { \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium curl >/dev/null) \
+		|| echo "warning: could not install chromium and curl; the browser and README tests will say so"; }
 
 test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q

@@ -281,6 +281,34 @@ def test_cli_second_serve_on_a_directory_in_use_exits_at_once(
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
 
 
+def test_cli_serve_on_a_port_in_use_says_which_setting_to_change(
+    make_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    first = make_server()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    second = subprocess.run(
+        serve_command(tmp_path / "other", first.port),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1
+    lines = second.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"filekv: port {first.port} on 127.0.0.1 is in use by another program;"
+        " choose another with --port or FILEKV_PORT"
+    )
+    assert "Errno" not in second.stderr
+    assert httpx.get(f"{first.url}/healthz", timeout=5).status_code == 200
+
+
+def test_cli_serve_start_up_line_names_the_docs_url(make_server: Callable[..., Server]) -> None:
+    server = make_server()
+    log = server.log_path.read_text()
+    assert f"filekv serving {server.url}; API docs at {server.url}/docs" in log
+
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

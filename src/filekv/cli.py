@@ -6,6 +6,7 @@ an unset flag falls back to ``FILEKV_<NAME>`` in the environment, then to the de
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
 import sys
@@ -177,6 +178,8 @@ def run_server(settings: Settings) -> int:
     uvicorn_error = logging.getLogger("uvicorn.error")
     quiet = _DropStartupTraceback(startup_errors)
     uvicorn_error.addFilter(quiet)
+    messages = _StartupMessages()
+    uvicorn_error.addFilter(messages)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -205,6 +208,15 @@ def run_server(settings: Settings) -> int:
         code = exc.code if isinstance(exc.code, int) else 1
     finally:
         uvicorn_error.removeFilter(quiet)
+        uvicorn_error.removeFilter(messages)
+    if messages.port_in_use:
+        _err.print(
+            f"filekv: port {settings.port} on {settings.host} is in use by another program;"
+            " choose another with --port or FILEKV_PORT",
+            markup=False,
+            highlight=False,
+        )
+        return 1
     if startup_errors:
         error = startup_errors[0]
         where = settings.data_dir.resolve()
@@ -298,6 +310,30 @@ class _DropStartupTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (self.startup_errors and record.getMessage().startswith("Traceback"))
+
+
+class _StartupMessages(logging.Filter):
+    """uvicorn's start-up lines, for a newcomer: where the docs are, and a port in use.
+
+    "Uvicorn running on http://H:P" gets the docs URL added. A port already taken is logged by
+    uvicorn as a bare ``[Errno 98]``; that record is dropped and remembered, and ``run_server``
+    says which setting to change instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.port_in_use = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, OSError) and record.msg.errno == errno.EADDRINUSE:
+            self.port_in_use = True
+            return False
+        if isinstance(record.msg, str) and record.msg.startswith("Uvicorn running on "):
+            url = record.getMessage().removeprefix("Uvicorn running on ").partition(" ")[0]
+            record.msg = f"filekv serving {url}; API docs at {url}/docs (press CTRL+C to quit)"
+            record.args = ()
+            record.__dict__.pop("color_message", None)  # uvicorn's coloured copy of the line
+        return True
 
 
 # -- users ---------------------------------------------------------------------------------------

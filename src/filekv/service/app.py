@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 import filekv
 from filekv.engine import Store
 from filekv.service.auth import AuthService
+from filekv.service.docs import install_docs
 from filekv.service.errors import install_error_handlers
 from filekv.service.protocol import MAX_HEADER_BYTES, client_disconnected
 from filekv.service.routes import auth, health, keys, transactions
@@ -85,6 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
         version=filekv.__version__,
         description=_DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from the package (service/docs.py), not a CDN
+        redoc_url=None,
         # Every route can get these, before any route runs: 408, 414 and 431 from the read
         # limits of the HTTP protocol (service/protocol.py), 400 from the HTTP parser (or a
         # malformed header), 405 for a method the path does not have.
@@ -107,6 +110,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(transactions.router)
     app.include_router(auth.router)
     app.include_router(health.router)
+    install_docs(app)
     return app
 
 

@@ -14,13 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field
 class ValueIn(BaseModel):
     """Body of ``PUT /keys/{key}``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"value": "hello"}]})
 
     value: str = Field(description="The value, any string (counted in UTF-8 bytes).")
 
 
 class KeyValue(BaseModel):
     """One key and its value, as ``GET /keys/{key}`` returns it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"key": "greeting", "value": "hello", "revision": 1}]}
+    )
 
     key: str
     value: str
@@ -29,6 +33,12 @@ class KeyValue(BaseModel):
 
 class PutResult(KeyValue):
     """Answer to ``PUT /keys/{key}``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"key": "greeting", "value": "hello", "revision": 1, "staged": False}]
+        }
+    )
 
     staged: bool = Field(description="True when the write waits in the caller's transaction.")
 
@@ -96,7 +106,32 @@ RETRY_AFTER: Final[dict[str, Any]] = {
     "Retry-After": {"description": "Whole seconds to wait.", "schema": {"type": "integer"}}
 }
 ETAG: Final[dict[str, Any]] = {
-    "ETag": {"description": 'The revision, quoted: "<rev>".', "schema": {"type": "string"}}
+    "ETag": {"description": 'The revision, quoted: `"<rev>"`.', "schema": {"type": "string"}}
+}
+# Descriptions are Markdown (HTML passes through it), so a literal ``<rev>`` is in backquotes.
+
+# The bearer token is optional on the routes whose answer depends on who asks (the holder of the
+# transaction sees and writes its staged data; auth_mode may require a login): declaring it
+# makes Swagger UI send the token once Authorize was used. ``{}`` is "or no token at all".
+OPTIONAL_BEARER: Final[list[dict[str, list[str]]]] = [{"OAuth2PasswordBearer": []}, {}]
+IF_MATCH: Final[dict[str, Any]] = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "description": (
+        'Write only if the key is at this revision, as a read\'s ETag gives it: `"<rev>"`. '
+        "Anything else, or another revision, is 412."
+    ),
+    "schema": {"type": "string"},
+    "example": '"1"',
+}
+IF_NONE_MATCH: Final[dict[str, Any]] = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "description": "`*`: write only if the key does not exist yet (other values are ignored).",
+    "schema": {"type": "string"},
+    "example": "*",
 }
 UNAUTHORIZED: Final = error("Not authenticated: no, unknown, revoked or expired token.")
 LOCKED: Final[dict[str, Any]] = {

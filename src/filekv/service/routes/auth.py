@@ -99,7 +99,10 @@ router = APIRouter(prefix="/auth", tags=["auth"], route_class=BodyCappedRoute)
 class Credentials(BaseModel):
     """Body of ``POST /auth/register``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"username": "alice", "password": "alice-secret-1"}]},
+    )
 
     username: str = Field(
         min_length=1,
@@ -125,6 +128,8 @@ class Credentials(BaseModel):
 
 class UserOut(BaseModel):
     """A user, by name (nothing else about a user is ever sent)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"username": "alice"}]})
 
     username: str
 

@@ -15,7 +15,7 @@ from fastapi.responses import Response
 
 from filekv.service.deps import caller_session_id
 from filekv.service.errors import StoreUnavailable
-from filekv.service.schemas import UNAUTHORIZED, Health, Stats, error
+from filekv.service.schemas import OPTIONAL_BEARER, UNAUTHORIZED, Health, Stats, error
 
 if TYPE_CHECKING:
     from filekv.engine import Store
@@ -47,6 +47,7 @@ async def healthz(request: Request) -> Response:
     summary="Store statistics",
     response_model=Stats,
     responses={401: UNAUTHORIZED, 503: error("The store is not open.")},
+    openapi_extra={"security": OPTIONAL_BEARER},
 )
 def stats(request: Request) -> Response:
     """Keys, bytes on disk, live bytes, segments, fsync mode, last compaction.

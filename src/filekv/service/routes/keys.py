@@ -36,7 +36,10 @@ from filekv.service.errors import (
 from filekv.service.schemas import (
     DISK_FULL,
     ETAG,
+    IF_MATCH,
+    IF_NONE_MATCH,
     LOCKED,
+    OPTIONAL_BEARER,
     STORE_FAILED,
     UNAUTHORIZED,
     KeyPage,
@@ -243,6 +246,7 @@ _PUT_BODY: Final = {
     summary="Read a key",
     response_model=KeyValue,
     responses={200: {"headers": ETAG}, 401: UNAUTHORIZED, 404: error("No such key.")},
+    openapi_extra={"security": OPTIONAL_BEARER},
 )
 async def get_key(key: str, request: Request) -> Response:
     """The value of ``key``: committed data, or the holder's staged view of it."""
@@ -271,7 +275,7 @@ async def get_key(key: str, request: Request) -> Response:
         400: error("Malformed Content-Length."),
         401: UNAUTHORIZED,
         409: WRITE_CONFLICT,
-        412: error('If-Match: "<rev>" did not match, or If-None-Match: * and the key exists.'),
+        412: error('`If-Match: "<rev>"` did not match, or `If-None-Match: *` and the key exists.'),
         413: error(
             "Value (or body) too large, or staging it would pass the transaction's limits "
             "(max_transaction_bytes, max_transaction_ops): nothing was staged."
@@ -281,7 +285,11 @@ async def get_key(key: str, request: Request) -> Response:
         503: STORE_FAILED,
         507: DISK_FULL,
     },
-    openapi_extra=_PUT_BODY,
+    openapi_extra={
+        **_PUT_BODY,
+        "security": OPTIONAL_BEARER,
+        "parameters": [IF_MATCH, IF_NONE_MATCH],
+    },
 )
 async def put_key(key: str, request: Request) -> Response:
     """Create or replace ``key``; inside the caller's transaction the write is staged."""
@@ -319,7 +327,7 @@ async def put_key(key: str, request: Request) -> Response:
         401: UNAUTHORIZED,
         404: error("No such key."),
         409: WRITE_CONFLICT,
-        412: error('If-Match: "<rev>" did not match.'),
+        412: error('`If-Match: "<rev>"` did not match.'),
         413: error(
             "Staging it would pass the transaction's limits (max_transaction_ops, "
             "max_transaction_bytes): nothing was staged."
@@ -328,6 +336,7 @@ async def put_key(key: str, request: Request) -> Response:
         503: STORE_FAILED,
         507: DISK_FULL,
     },
+    openapi_extra={"security": OPTIONAL_BEARER, "parameters": [IF_MATCH]},
 )
 async def delete_key(key: str, request: Request) -> Response:
     """Delete ``key``; inside the caller's transaction the delete is staged."""
@@ -355,6 +364,7 @@ async def delete_key(key: str, request: Request) -> Response:
     summary="Find keys",
     response_model=KeyPage,
     responses={401: UNAUTHORIZED},
+    openapi_extra={"security": OPTIONAL_BEARER},
 )
 async def find_keys(
     request: Request,

@@ -51,6 +51,8 @@ async def begin(session: SessionDep, transactions: TransactionsDep) -> Depth:
     summary="The transaction lock",
     response_model=TransactionState,
     responses={401: UNAUTHORIZED},
+    # The session dependency declares the bearer scheme; ``{}`` adds "or no token" to it.
+    openapi_extra={"security": [{}]},
 )
 async def status(session: OptionalSessionDep, transactions: TransactionsDep) -> TransactionState:
     """Whether a transaction is open, whether it is yours, your depth and the lease left.
