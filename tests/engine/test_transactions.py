@@ -545,13 +545,13 @@ def test_acommit_runs_off_the_event_loop(open_store: OpenStore, db_path: Path) -
     db = open_store(db_path)
     loop_thread: list[threading.Thread] = []
     commit_threads: list[threading.Thread] = []
-    original = db._commit
+    original = db.commit_transaction
 
     def spy(*args: object, **kwargs: object) -> tuple[int, int]:
         commit_threads.append(threading.current_thread())
         return original(*args, **kwargs)  # type: ignore[arg-type]
 
-    db._commit = spy  # type: ignore[method-assign]
+    db.commit_transaction = spy  # type: ignore[method-assign]
 
     async def run() -> int:
         loop_thread.append(threading.current_thread())

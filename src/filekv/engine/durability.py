@@ -245,3 +245,40 @@ def _settle(futures: list[asyncio.Future[None]], failure: BaseException | None) 
             future.set_result(None)
         else:
             future.set_exception(StoreFailed(f"fsync failed: {failure}"))
+
+
+class IntervalFlusher:
+    """``fsync="interval"``: a thread that runs a group-commit round every ``interval`` seconds
+    while writes are ``pending``. A failed round is handed to ``on_failure`` and ends it."""
+
+    def __init__(
+        self,
+        interval: float,
+        group: GroupCommit,
+        *,
+        pending: Callable[[], bool],
+        can_sync: Callable[[], bool],
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        self._interval = interval
+        self._group = group
+        self._pending = pending
+        self._can_sync = can_sync
+        self._on_failure = on_failure
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="filekv-fsync-interval", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if self._pending() and self._can_sync():
+                try:
+                    self._group.sync_now()
+                except Exception as error:  # logged by GroupCommit; writes now refuse
+                    self._on_failure(error)
+                    return
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it."""
+        self._stop.set()
+        self._thread.join()

@@ -79,6 +79,25 @@ class KeyIndex:
         self._unlink_value(previous & HASH_MASK, key)
         return previous
 
+    def check(self) -> None:
+        """AssertionError unless the three structures agree with each other."""
+        if list(self.ordered) != sorted(self.locations):
+            raise AssertionError("the ordered key list disagrees with the key index")
+        grouped = 0
+        for hashed, holder in self.by_value.items():
+            group = self.group(holder)
+            if not group:
+                raise AssertionError("an empty group in the value index")
+            for key, known in group.items():
+                location = self.locations.get(key)
+                if location is None or location & HASH_MASK != hashed:
+                    raise AssertionError(f"value index holds {key!r} under a wrong hash")
+                if known != location:
+                    raise AssertionError(f"value index has a stale location for {key!r}")
+            grouped += len(group)
+        if grouped != len(self.locations):
+            raise AssertionError("the value index does not hold every key exactly once")
+
     def move(self, key: str, expected: int, location: int) -> bool:
         """Repoint ``key`` to ``location`` only if it still points at ``expected`` (compaction)."""
         if self.locations.get(key) != expected:

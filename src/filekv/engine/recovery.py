@@ -9,22 +9,27 @@ Segments of format version 1 (an older filekv) are read as they are; the next wr
 to a new version 2 segment, and compaction rewrites them as version 2. ``should_stop`` (asked
 between segments and every few thousand records) lets a server that is told to stop during a
 long recovery exit at once; recovery changes nothing on disk until it has read everything.
+
+Owns nothing once it returns: it fills the ``SegmentSet`` (segments, live bytes, truncations,
+the active segment) and the ``KeyIndex`` it is handed, and reports the revision it found.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .errors import CorruptStore, RecoveryInterrupted
+from .index import KeyIndex
 from .record import (
     FORMAT_VERSION,
     LENGTH_MASK,
     LENGTH_SHIFT,
     PUT,
-    PUT_VALUE_OFFSET,
     SEGMENT_HEADER_SIZE,
     SEGMENT_HEADER_SIZE_V1,
     FormatError,
@@ -46,19 +51,26 @@ from .segment import (
     scan_segment,
     segment_name,
 )
-
-if TYPE_CHECKING:
-    from .store import Store
+from .segments import SegmentSet
 
 log = logging.getLogger(__name__)
 
-# Bytes a live single-put record costs on disk beyond its key and value: the live-bytes estimate.
-ENTRY_OVERHEAD = PUT_VALUE_OFFSET
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """What recovery found beyond the segments and the index it filled."""
+
+    revision: int  # the highest revision in the directory
+    last_compaction: float | None  # mtime of the newest merged segment, if any
 
 
-def recover(store: Store, should_stop: StopCheck | None = None) -> None:
-    """Read the directory's segments into ``store``'s indexes; cut a torn tail; set up writing."""
-    directory = store._path
+def recover(
+    segments: SegmentSet, index: KeyIndex, should_stop: StopCheck | None = None
+) -> Recovered:
+    """Read the directory's segments into ``segments`` and ``index``; cut a torn tail; set up
+    the active segment for writing."""
+    directory = segments.directory
+    io = segments.io
     for name in os.listdir(directory):
         stem, _, suffix = name.partition(".")
         # Only our own unfinished compaction outputs (NNNNNNNNNN.seg.tmp, .hint.tmp): other
@@ -67,58 +79,78 @@ def recover(store: Store, should_stop: StopCheck | None = None) -> None:
             SEGMENT_SUFFIX + TEMP_SUFFIX,
             HINT_SUFFIX + TEMP_SUFFIX,
         ):
-            store._io.unlink(str(directory / name))
+            io.unlink(str(directory / name))
     ids = list_segment_ids(directory)
     for name in os.listdir(directory):
         stem, _, suffix = name.partition(".")
         if "." + suffix == HINT_SUFFIX and stem.isdigit() and int(stem) not in ids:
-            store._io.unlink(str(directory / name))  # orphan of a deleted segment
+            io.unlink(str(directory / name))  # orphan of a deleted segment
     last = ids[-1] if ids else None
+    revision = 0
     for segment_id in ids:
         if should_stop is not None and should_stop():
             raise RecoveryInterrupted("asked to stop while opening the store")
-        _load_segment(store, segment_id, is_last=segment_id == last, should_stop=should_stop)
-    store._next_id = (last or 0) + 1
-    newest = store._segments.get(last) if last is not None else None
+        found = _load_segment(
+            segments, index, segment_id, is_last=segment_id == last, should_stop=should_stop
+        )
+        revision = max(revision, found)
+    segments.set_next_id((last or 0) + 1)
+    newest = segments.get(last) if last is not None else None
     if (
         newest is not None
         and not newest.merged
         and newest.header.version == FORMAT_VERSION
-        and newest.size < store._segment_bytes
+        and newest.size < segments.segment_bytes
     ):
-        store._active = newest
+        segments.resume(newest)
     else:
-        store._start_new_segment()
-    merged = [s for s in store._segments.values() if s.merged]
-    if merged:
-        store._last_compaction = max(os.stat(s.path).st_mtime for s in merged)
+        segments.start_new_segment(revision)
+    merged = [s for s in segments.all() if s.merged]
+    last_compaction = max(os.stat(s.path).st_mtime for s in merged) if merged else None
+    return Recovered(revision, last_compaction)
 
 
 def _load_segment(
-    store: Store, segment_id: int, *, is_last: bool, should_stop: StopCheck | None
-) -> None:
-    path = store._path / segment_name(segment_id)
+    segments: SegmentSet,
+    index: KeyIndex,
+    segment_id: int,
+    *,
+    is_last: bool,
+    should_stop: StopCheck | None,
+) -> int:
+    """Load one segment; return the highest revision it holds (0 if it was discarded)."""
+    io = segments.io
+    path = segments.directory / segment_name(segment_id)
     if is_last and _is_unborn(path):
         # Crash while the segment was being created: its header never reached the disk,
         # and no record can have been written after it.
-        _discard_unborn_segment(store, path)
-        return
+        _discard_unborn_segment(segments, path)
+        return 0
     flags = os.O_RDWR | os.O_APPEND if is_last else os.O_RDONLY
-    fd = store._io.open(str(path), flags)
+    fd = io.open(str(path), flags)
+    hint_bytes: int | None = None
     try:
-        header_bytes = store._io.pread(fd, SEGMENT_HEADER_SIZE, 0)
+        header_bytes = io.pread(fd, SEGMENT_HEADER_SIZE, 0)
         try:
             header = decode_segment_header(header_bytes)
         except FormatError as error:
             raise CorruptStore(str(path), 0, str(error)) from error
         segment = Segment(segment_id, path, fd, header.size, header, header.merged)
-        store._revision = max(store._revision, header.base_revision)
-        if not (segment.merged and _load_hint(store, segment)):
-            _replay(store, segment, is_last=is_last, should_stop=should_stop)
+        revision = header.base_revision
+        loaded = _load_hint(segments, index, segment) if segment.merged else None
+        if loaded is not None:
+            hint_revision, hint_bytes = loaded
+            revision = max(revision, hint_revision)
+        else:
+            revision = max(
+                revision,
+                _replay(segments, index, segment, is_last=is_last, should_stop=should_stop),
+            )
     except BaseException:
-        store._io.close(fd)
+        io.close(fd)
         raise
-    store._segments[segment_id] = segment
+    segments.add(segment, hint_bytes=hint_bytes)
+    return revision
 
 
 def _is_unborn(path: Path) -> bool:
@@ -134,57 +166,64 @@ def _is_unborn(path: Path) -> bool:
         return True
 
 
-def _discard_unborn_segment(store: Store, path: Path) -> None:
-    fd = store._io.open(str(path), os.O_RDWR)
+def _discard_unborn_segment(segments: SegmentSet, path: Path) -> None:
+    io = segments.io
+    fd = io.open(str(path), os.O_RDWR)
     try:
-        data = store._io.read_file(str(path))
+        data = io.read_file(str(path))
         if data:
-            cut_tail(store._io, path, fd, data, 0)
+            cut_tail(io, path, fd, data, 0)
     finally:
-        store._io.close(fd)
-    store._io.unlink(str(path))
-    store._io.fsync_dir(str(store._path))
-    store._recovered_truncations += 1
+        io.close(fd)
+    io.unlink(str(path))
+    io.fsync_dir(str(segments.directory))
+    segments.note_truncation()
     log.warning("%s: removed a segment whose creation a crash interrupted", path)
 
 
-def _load_hint(store: Store, segment: Segment) -> bool:
-    """Load a merged segment's hint file; False if there is none or it is damaged."""
-    hint_path = store._path / hint_name(segment.segment_id)
+def _load_hint(segments: SegmentSet, index: KeyIndex, segment: Segment) -> tuple[int, int] | None:
+    """Load a merged segment's hint file: (its max revision, its size), or None if there is
+    none or it is damaged."""
+    hint_path = segments.directory / hint_name(segment.segment_id)
     if not hint_path.exists():
-        return False
+        return None
     try:
-        data = store._io.read_file(str(hint_path))
+        data = segments.io.read_file(str(hint_path))
         hint = decode_hint(data)
         if hint.segment_id != segment.segment_id:
             raise FormatError("hint file names another segment")
     except (FormatError, OSError) as error:
         log.warning("%s ignored (%s); replaying the segment instead", hint_path, error)
-        return False
+        return None
     segment.size = os.path.getsize(segment.path)
-    count = len(hint.keys)
-    if not store._index.locations:
-        store._index.bulk_load(hint)
-        store._live_bytes += ENTRY_OVERHEAD * count + hint.key_bytes + hint.value_bytes
+    if not index.locations:
+        index.bulk_load(hint)
+        segments.account_bulk(len(hint.keys), hint.key_bytes, hint.value_bytes)
     else:  # earlier segments survived a crash mid-compaction: merge entry by entry
         for key, location in zip(hint.keys, hint.locations, strict=True):
             length = (location >> LENGTH_SHIFT) & LENGTH_MASK
-            store._account_set(len(key.encode()), length, store._index.set(key, location))
-    store._revision = max(store._revision, hint.max_revision)
-    store._hint_bytes[segment.segment_id] = len(data)
-    return True
+            segments.account_set(len(key.encode()), length, index.set(key, location))
+    return hint.max_revision, len(data)
 
 
 def _replay(
-    store: Store, segment: Segment, *, is_last: bool, should_stop: StopCheck | None
-) -> None:
+    segments: SegmentSet,
+    index: KeyIndex,
+    segment: Segment,
+    *,
+    is_last: bool,
+    should_stop: StopCheck | None,
+) -> int:
+    """Replay a segment record by record; return the highest revision in it."""
     scanned = scan_segment(
-        store._io, segment.path, may_have_torn_tail=is_last, should_stop=should_stop
+        segments.io, segment.path, may_have_torn_tail=is_last, should_stop=should_stop
     )
     data = scanned.data
-    index = store._index
     segment_id = segment.segment_id
     version = scanned.header.version
+    account_set = segments.account_set
+    account_remove = segments.account_remove
+    highest = 0
     for offset, revision in scanned.records:
         for op in iter_operations(data, offset, version):
             key = op.key.decode("utf-8")
@@ -193,11 +232,26 @@ def _replay(
                 length = op.value_length
                 hashed = value_hash(data[start : start + length])
                 location = pack(segment_id, start, length, revision, hashed)
-                store._account_set(len(op.key), length, index.set(key, location))
+                account_set(len(op.key), length, index.set(key, location))
             else:
-                store._account_remove(len(op.key), index.remove(key))
-        store._revision = max(store._revision, revision)
+                account_remove(len(op.key), index.remove(key))
+        highest = max(highest, revision)
     segment.size = scanned.good_end
     if scanned.good_end < len(data):
-        cut_tail(store._io, segment.path, segment.fd, data, scanned.good_end)
-        store._recovered_truncations += 1
+        cut_tail(segments.io, segment.path, segment.fd, data, scanned.good_end)
+        segments.note_truncation()
+    return highest
+
+
+def return_freed_heap() -> None:
+    """Hand back to the OS the heap pages that loading the index used for temporaries.
+
+    Loading a hint file frees large temporaries (the decoded key block, column arrays) inside
+    the C heap; glibc keeps those pages, which showed as 20 % more RSS per key than a store
+    built by writes. ``malloc_trim`` returns them. Elsewhere (no glibc) this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

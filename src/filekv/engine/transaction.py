@@ -7,27 +7,53 @@ What a transaction stages is bounded (``Store.open(max_transaction_bytes=, max_t
 the count covers every level, since every level is held in memory, and it is an upper bound of
 the one record that commit writes, so a commit can never produce a record that recovery would
 refuse to read back.
+
+Owns the staged levels and their byte and operation counts. It reaches the store only through
+``TransactionHost`` (which ``Store`` implements): it does not import the store module.
 """
 
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING, Self
+from typing import Protocol, Self
 
+from .entry import Entry
 from .errors import TransactionClosed, TransactionTooLarge
 from .record import OPERATION_HEADER
-
-if TYPE_CHECKING:
-    from .store import Entry, Store
 
 # A staged value of None is a staged delete.
 Level = dict[str, bytes | None]
 
 
+class TransactionHost(Protocol):
+    """What a transaction needs of its store: the public reads, and four calls for it alone."""
+
+    @property
+    def max_transaction_bytes(self) -> int: ...
+    @property
+    def max_transaction_ops(self) -> int: ...
+    def encode_key(self, key: str) -> bytes: ...
+    def check_value(self, value: bytes) -> bytes: ...
+    def get(self, key: str) -> bytes | None: ...
+    def entry(self, key: str) -> Entry | None: ...
+    def find(
+        self, value: bytes, *, prefix: str = "", after: str | None = None, limit: int | None = None
+    ) -> list[str]: ...
+    def scan(
+        self, prefix: str = "", *, after: str | None = None, limit: int | None = None
+    ) -> list[str]: ...
+    def commit_transaction(
+        self, tx: Transaction, staged: dict[str, bytes | None]
+    ) -> tuple[int, int]: ...
+    def end_transaction(self, tx: Transaction) -> None: ...
+    def wait_durable(self, seq: int) -> None: ...
+    async def wait_durable_async(self, seq: int) -> None: ...
+
+
 class Transaction:
     """Obtain one with ``Store.transaction()``. Levels nest with ``begin``; see the Store docs."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: TransactionHost) -> None:
         self._store = store
         self._levels: list[Level] = [{}]
         # Per level, the bytes its operations take in a record (header, key, value): kept as the
@@ -129,8 +155,6 @@ class Transaction:
 
     def entry(self, key: str) -> Entry | None:
         """As ``Store.entry``; a staged value has revision None."""
-        from .store import Entry
-
         self._check_open()
         staged, value = self._lookup(key)
         if not staged:
@@ -194,14 +218,14 @@ class Transaction:
         self._staged_ops -= len(popped)
         self._staged_bytes -= self._level_bytes.pop()
         if not self._levels:
-            self._store._end_transaction(self)
+            self._store.end_transaction(self)
         return len(self._levels)
 
     def abort(self) -> None:
         """Undo every level and end the transaction (a no-op once it has ended)."""
         if self._levels:
             self._clear()
-            self._store._end_transaction(self)
+            self._store.end_transaction(self)
 
     def _clear(self) -> None:
         self._levels.clear()
@@ -211,9 +235,9 @@ class Transaction:
     def commit(self) -> int:
         """Apply every level as one atomic, durable record; return the number of staged writes."""
         self._check_open()
-        seq, count = self._store._commit(self, self._staged())
+        seq, count = self._store.commit_transaction(self, self._staged())
         self._clear()
-        self._store._wait_durable(seq)
+        self._store.wait_durable(seq)
         return count
 
     async def acommit(self) -> int:
@@ -230,7 +254,7 @@ class Transaction:
         saved = (self._levels, self._level_bytes, self._staged_bytes, self._staged_ops)
         self._levels, self._level_bytes = [], []
         store = self._store
-        running = asyncio.ensure_future(asyncio.to_thread(store._commit, self, staged))
+        running = asyncio.ensure_future(asyncio.to_thread(store.commit_transaction, self, staged))
         try:
             seq, count = await asyncio.shield(running)
         except asyncio.CancelledError:
@@ -238,7 +262,7 @@ class Transaction:
             # transaction that nobody can reach any more.
             def release_if_failed(done: asyncio.Future[tuple[int, int]]) -> None:
                 if not done.cancelled() and done.exception() is not None:
-                    store._end_transaction(self)
+                    store.end_transaction(self)
 
             running.add_done_callback(release_if_failed)
             raise
@@ -246,7 +270,7 @@ class Transaction:
             self._levels, self._level_bytes, self._staged_bytes, self._staged_ops = saved
             raise
         self._staged_bytes = self._staged_ops = 0
-        await self._store._wait_durable_async(seq)
+        await self._store.wait_durable_async(seq)
         return count
 
     def __enter__(self) -> Self:

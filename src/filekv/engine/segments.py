@@ -1,0 +1,326 @@
+"""The segment set: every open segment file of a data directory, and the write position.
+
+Owns the segment table (id -> ``Segment``), the active segment that records are appended to,
+the next segment id, rotation and sealing, the file descriptors (segments and the directory
+``LOCK``), the live-bytes estimate, the hint-file sizes, the write sequence number that group
+commit waits on, and the sticky I/O failure after which writes are refused.
+
+Not thread-safe by itself: the Store calls it under its lock, except where a method says
+otherwise. It knows nothing of keys or revisions beyond what a caller hands it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Final
+
+from .errors import CorruptStore, DiskFull, StorageError, StoreFailed, StoreLocked
+from .fileio import FileIO
+from .record import (
+    HASH_MASK,
+    LENGTH_MASK,
+    LENGTH_SHIFT,
+    OFFSET_MASK,
+    OFFSET_SHIFT,
+    PUT_VALUE_OFFSET,
+    SEGMENT_SHIFT,
+    value_hash,
+)
+from .segment import Segment, create_segment, segment_name
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME: Final = "LOCK"
+# Bytes a live single-put record costs on disk beyond its key and value: the live-bytes estimate.
+ENTRY_OVERHEAD: Final = PUT_VALUE_OFFSET
+
+
+def entry_bytes(key_bytes: int, location: int) -> int:
+    """The live-bytes estimate of one entry: its single-put record's size."""
+    return ENTRY_OVERHEAD + key_bytes + ((location >> LENGTH_SHIFT) & LENGTH_MASK)
+
+
+class SegmentSet:
+    """The open segments of one directory. ``on_sealed(seq)``: every write up to seq is durable."""
+
+    def __init__(
+        self,
+        directory: Path,
+        io: FileIO,
+        *,
+        segment_bytes: int,
+        rotation_margin: int,
+        on_sealed: Callable[[int], None],
+    ) -> None:
+        self._directory = directory
+        self._io = io
+        self._segment_bytes = segment_bytes
+        self._rotation_at = segment_bytes - rotation_margin
+        self._on_sealed = on_sealed
+        self._segments: dict[int, Segment] = {}
+        self._active: Segment | None = None
+        self._hint_bytes: dict[int, int] = {}
+        self._next_id = 1
+        self._write_seq = 0
+        # What a group-commit round must fsync: updated after every append and read without the
+        # lock, so a round never waits for the lock that writers hold.
+        self._sync_point: tuple[int, int] = (0, -1)
+        self._live_bytes = 0
+        self._truncations = 0
+        self._failure: BaseException | None = None
+        self._lock_fd = -1
+
+    # ------------------------------------------------------------------ the directory
+
+    @property
+    def directory(self) -> Path:
+        return self._directory
+
+    @property
+    def io(self) -> FileIO:
+        return self._io
+
+    @property
+    def segment_bytes(self) -> int:
+        return self._segment_bytes
+
+    def lock_directory(self) -> None:
+        """Take the directory's ``LOCK`` (StoreLocked if another open holds it)."""
+        fd = os.open(self._directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # flock locks belong to the open file description, so a second open() of the same
+            # directory in this very process is refused too, not only another process.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLocked(
+                f"data directory {self._directory} is in use by another process"
+            ) from None
+        self._lock_fd = fd
+
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock_fd >= 0
+
+    def release(self) -> None:
+        """Close every segment file and release the directory lock."""
+        for segment in self._segments.values():
+            with contextlib.suppress(OSError):
+                self._io.close(segment.fd)
+        self._segments.clear()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = -1
+
+    # ------------------------------------------------------------------ the table
+
+    @property
+    def active(self) -> Segment | None:
+        return self._active
+
+    @property
+    def count(self) -> int:
+        return len(self._segments)
+
+    def all(self) -> list[Segment]:
+        """Every segment, oldest first."""
+        return sorted(self._segments.values(), key=lambda s: s.segment_id)
+
+    def get(self, segment_id: int) -> Segment | None:
+        return self._segments.get(segment_id)
+
+    def add(self, segment: Segment, *, hint_bytes: int | None = None) -> None:
+        """Register an open segment (and the size of its hint file, if it has one)."""
+        self._segments[segment.segment_id] = segment
+        if hint_bytes is not None:
+            self._hint_bytes[segment.segment_id] = hint_bytes
+
+    def set_hint_bytes(self, segment_id: int, size: int) -> None:
+        self._hint_bytes[segment_id] = size
+
+    def remove(self, segment: Segment) -> None:
+        """Forget ``segment`` and its hint file and close its descriptor (files stay on disk)."""
+        del self._segments[segment.segment_id]
+        self._hint_bytes.pop(segment.segment_id, None)
+        self._io.close(segment.fd)
+
+    def data_bytes(self) -> int:
+        """Bytes of every segment file (hint files not counted)."""
+        return sum(segment.size for segment in self._segments.values())
+
+    def disk_bytes(self) -> int:
+        """Bytes of every segment and hint file."""
+        return self.data_bytes() + sum(self._hint_bytes.values())
+
+    # ------------------------------------------------------------------ ids and rotation
+
+    def set_next_id(self, segment_id: int) -> None:
+        """After recovery: the id the next new segment gets."""
+        self._next_id = segment_id
+
+    def reserve_id(self) -> int:
+        """Take an id for a segment made elsewhere (compaction's output)."""
+        segment_id = self._next_id
+        self._next_id += 1
+        return segment_id
+
+    def resume(self, segment: Segment) -> None:
+        """After recovery: keep appending to ``segment`` (already added)."""
+        self._active = segment
+        self._sync_point = (self._write_seq, segment.fd)
+
+    def start_new_segment(self, base_revision: int) -> None:
+        """Seal the active segment (fsynced whatever the mode) and start the next one."""
+        if self._active is not None:
+            self._io.fsync(self._active.fd)
+            self._on_sealed(self._write_seq)
+        try:
+            segment = create_segment(self._io, self._directory, self._next_id, base_revision)
+        except OSError as error:
+            if (self._directory / segment_name(self._next_id)).exists():
+                # It could not even be removed: at the next open it would pass for the newest
+                # segment, so the one we keep appending to would no longer be. Stop writing.
+                self._failure = error
+            raise
+        self._next_id += 1
+        self._segments[segment.segment_id] = segment
+        self._active = segment
+        self._sync_point = (self._write_seq, segment.fd)
+
+    def rotation_due(self) -> bool:
+        """True when the next write may have to seal the active segment (read without lock)."""
+        active = self._active
+        return active is not None and active.size >= self._rotation_at
+
+    # ------------------------------------------------------------------ appending
+
+    def segment_for(self, size: int, base_revision: int) -> Segment:
+        """The segment the next record of ``size`` bytes goes to.
+
+        A full active segment is sealed first (the new one starts at ``base_revision``). A record
+        is encoded only once its segment is known: its header starts with the segment's marker.
+        """
+        active = self._active
+        assert active is not None
+        if active.size + size > self._segment_bytes and active.size > active.header.size:
+            try:
+                self.start_new_segment(base_revision)
+            except OSError as error:
+                raise self.storage_error(error, "starting a new segment") from error
+            active = self._active
+            assert active is not None
+        return active
+
+    def write(self, active: Segment, record: bytes) -> int:
+        """Append ``record`` at ``active.size``; return its sequence number.
+
+        Each record appended gets the next sequence number, which is what writers wait on for
+        durability. A failed write is cut back off the file, so a later write never lands after
+        a torn one; if even that fails, the set stops accepting writes.
+        """
+        offset = active.size
+        try:
+            self._io.write(active.fd, record)
+        except OSError as error:
+            try:
+                self._io.truncate(active.fd, offset)
+            except OSError as undo_error:
+                self._failure = undo_error
+                log.error("could not cut a failed write back off %s: %s", active.path, undo_error)
+            raise self.storage_error(error, "writing") from error
+        active.size = offset + len(record)
+        seq = self._write_seq = self._write_seq + 1
+        self._sync_point = (seq, active.fd)
+        return seq
+
+    @property
+    def write_seq(self) -> int:
+        """The sequence number of the last record appended (read without the lock)."""
+        return self._write_seq
+
+    def sync_point(self) -> tuple[int, int]:
+        """(write sequence number, active descriptor): what a group-commit round fsyncs."""
+        return self._sync_point
+
+    def sync_active(self) -> None:
+        """fsync the active segment and tell ``on_sealed``: for close."""
+        active = self._active
+        if active is not None:
+            self._io.fsync(active.fd)
+            self._on_sealed(self._write_seq)
+
+    # ------------------------------------------------------------------ failure
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The I/O error that left the files in an unknown state; writes refuse until reopen."""
+        return self._failure
+
+    def fail(self, error: BaseException) -> None:
+        self._failure = error
+
+    def storage_error(self, error: OSError, doing: str) -> StorageError:
+        """The engine error to raise for ``error`` while ``doing`` something."""
+        if error.errno == errno.ENOSPC:
+            return DiskFull(f"the disk is full ({doing}); nothing was written")
+        if self._failure is not None:
+            return StoreFailed(f"I/O error while {doing}; the store refuses writes until reopened")
+        return StorageError(f"I/O error while {doing}: {os.strerror(error.errno or errno.EIO)}")
+
+    # ------------------------------------------------------------------ live bytes
+
+    @property
+    def live_bytes(self) -> int:
+        return self._live_bytes
+
+    def account_set(self, key_bytes: int, value_bytes: int, previous: int | None) -> None:
+        """A key now holds a value of ``value_bytes``; ``previous`` is its old location."""
+        self._live_bytes += ENTRY_OVERHEAD + key_bytes + value_bytes
+        if previous is not None:
+            self._live_bytes -= entry_bytes(key_bytes, previous)
+
+    def account_remove(self, key_bytes: int, previous: int | None) -> None:
+        if previous is not None:
+            self._live_bytes -= entry_bytes(key_bytes, previous)
+
+    def account_bulk(self, entries: int, key_bytes: int, value_bytes: int) -> None:
+        """``entries`` new keys at once (a hint file loaded into an empty index)."""
+        self._live_bytes += ENTRY_OVERHEAD * entries + key_bytes + value_bytes
+
+    @property
+    def truncations(self) -> int:
+        """Torn tails and unborn segments that recovery cut off."""
+        return self._truncations
+
+    def note_truncation(self) -> None:
+        self._truncations += 1
+
+    # ------------------------------------------------------------------ reads
+
+    def read_value(self, location: int) -> bytes:
+        """Read the value at a packed ``location`` from its segment."""
+        segment = self._segments[location >> SEGMENT_SHIFT]
+        length = (location >> LENGTH_SHIFT) & LENGTH_MASK
+        data = self._io.pread(segment.fd, length, (location >> OFFSET_SHIFT) & OFFSET_MASK)
+        if len(data) != length:
+            raise CorruptStore(
+                str(segment.path), (location >> OFFSET_SHIFT) & OFFSET_MASK, "value cut short"
+            )
+        return data
+
+    def check_values(self, entries: Iterable[tuple[str, int]]) -> None:
+        """CorruptStore unless each value read back matches the hash its location holds."""
+        for key, location in entries:
+            if value_hash(self.read_value(location)) != location & HASH_MASK:
+                segment = self._segments[location >> SEGMENT_SHIFT]
+                raise CorruptStore(
+                    str(segment.path),
+                    (location >> OFFSET_SHIFT) & OFFSET_MASK,
+                    f"value of {key!r} does not match its hash",
+                )

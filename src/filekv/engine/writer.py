@@ -1,0 +1,260 @@
+"""The write path: turning a put, a delete or a transaction's commit into one appended record.
+
+Owns what the next write depends on: the revision counter, the transaction slot (at most one
+open transaction; while it is open every other write is refused), whether writes are still
+taken, and the key and value limits. It appends through the ``SegmentSet`` and applies each
+record to the ``KeyIndex``, all under the store lock, which it is handed; it waits for no fsync
+(the Store does that, outside the lock).
+"""
+
+from __future__ import annotations
+
+import threading
+import zlib
+from collections.abc import Callable
+from typing import Final
+
+from .errors import (
+    InvalidKey,
+    StoreClosed,
+    StoreFailed,
+    TransactionActive,
+    TransactionClosed,
+    ValueTooLarge,
+    VersionMismatch,
+)
+from .index import KeyIndex
+from .record import (
+    DELETE,
+    OPERATION_HEADER,
+    PUT,
+    PUT_VALUE_OFFSET,
+    RECORD_HEADER_SIZE,
+    REVISION_MASK,
+    REVISION_SHIFT,
+    Operation,
+    encode_body,
+    encode_header,
+    encode_put,
+    encode_record,
+    pack,
+    put_record_size,
+    value_hash,
+)
+from .segments import SegmentSet
+from .transaction import Transaction
+
+COMPACTION_CHECK_EVERY: Final = 1024  # writes between two looks at the compaction thresholds
+
+
+class Writer:
+    """Appends writes under the lock. ``maybe_compact`` is called every few thousand writes."""
+
+    def __init__(
+        self,
+        lock: threading.Lock,
+        segments: SegmentSet,
+        index: KeyIndex,
+        *,
+        max_key_bytes: int,
+        max_value_bytes: int,
+        group_failure: Callable[[], BaseException | None],
+        maybe_compact: Callable[[], None],
+    ) -> None:
+        self._lock = lock
+        self._segments = segments
+        self._index = index
+        self._max_key_bytes = max_key_bytes
+        self._max_value_bytes = max_value_bytes
+        self._group_failure = group_failure
+        self._maybe_compact = maybe_compact
+        self._revision = 0
+        self._tx: Transaction | None = None
+        self._closed = False
+        self._writes_since_check = 0
+
+    @property
+    def revision(self) -> int:
+        """The revision of the last write."""
+        return self._revision
+
+    def recovered(self, revision: int) -> None:
+        """After recovery: the highest revision found on disk."""
+        self._revision = revision
+
+    @property
+    def transaction(self) -> Transaction | None:
+        """The open transaction, if any."""
+        return self._tx
+
+    def begin(self, tx: Transaction) -> None:
+        """Give the slot to ``tx``. Under the lock."""
+        self.check_writable()
+        self._tx = tx
+
+    def close(self) -> None:
+        """Take no more writes; forget the open transaction. Under the lock."""
+        self._closed = True
+        self._tx = None
+
+    def encode_key(self, key: str) -> bytes:
+        """The key's UTF-8 bytes; InvalidKey if it is not a non-empty str within the limit."""
+        if type(key) is not str:
+            raise InvalidKey(f"a key must be a string, not {type(key).__name__}")
+        try:
+            encoded = key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidKey("the key is not valid Unicode text (lone surrogate)") from None
+        if not encoded:
+            raise InvalidKey("the key is empty")
+        if len(encoded) > self._max_key_bytes:
+            raise InvalidKey(
+                f"the key is {len(encoded)} bytes in UTF-8; the limit is {self._max_key_bytes}"
+            )
+        return encoded
+
+    def check_value(self, value: bytes) -> bytes:
+        if type(value) is not bytes:
+            if isinstance(value, bytearray | memoryview):
+                value = bytes(value)
+            else:
+                raise TypeError(f"a value must be bytes, not {type(value).__name__}")
+        if len(value) > self._max_value_bytes:
+            raise ValueTooLarge(
+                f"the value is {len(value)} bytes; the limit is {self._max_value_bytes}"
+            )
+        return value
+
+    def check_writable(self, tx: Transaction | None = None) -> None:
+        """Raise unless a write (of ``tx``, or outside any) may go ahead. Under the lock."""
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        if self._segments.failure is not None or self._group_failure() is not None:
+            raise StoreFailed(
+                "an earlier I/O failure left the files in an unknown state: "
+                "the store refuses writes until it is reopened"
+            )
+        if self._tx is not tx:
+            if tx is None:
+                raise TransactionActive(
+                    "a transaction is open: the store is read-only until it ends"
+                )
+            raise TransactionClosed("the transaction has ended")
+
+    def _check_expect(self, key: str, expect: int) -> None:
+        location = self._index.locations.get(key)
+        actual = None if location is None else (location >> REVISION_SHIFT) & REVISION_MASK
+        if expect == 0:
+            if actual is not None:
+                raise VersionMismatch(key, expect, actual)
+        elif actual != expect:
+            raise VersionMismatch(key, expect, actual)
+
+    def append_put(self, key: str, value: bytes, expect: int | None) -> tuple[int, int]:
+        encoded = self.encode_key(key)
+        value = self.check_value(value)
+        hashed = value_hash(value)
+        segments = self._segments
+        with self._lock:
+            self.check_writable()
+            if expect is not None:
+                self._check_expect(key, expect)
+            revision = self._revision + 1
+            active = segments.segment_for(put_record_size(encoded, value), self._revision)
+            offset = active.size
+            seq = segments.write(active, encode_put(active.header.marker, revision, encoded, value))
+            self._revision = revision
+            location = pack(
+                active.segment_id,
+                offset + PUT_VALUE_OFFSET + len(encoded),
+                len(value),
+                revision,
+                hashed,
+            )
+            segments.account_set(len(encoded), len(value), self._index.set(key, location))
+            self._after_write()
+        return seq, revision
+
+    def append_delete(self, key: str, expect: int | None) -> int:
+        """Append a delete record; return its sequence number, or 0 if the key was absent."""
+        encoded = self.encode_key(key)
+        segments = self._segments
+        with self._lock:
+            self.check_writable()
+            if expect is not None:
+                self._check_expect(key, expect)
+            if key not in self._index.locations:
+                return 0
+            revision = self._revision + 1
+            size = RECORD_HEADER_SIZE + OPERATION_HEADER.size + len(encoded)
+            active = segments.segment_for(size, self._revision)
+            record = encode_record(active.header.marker, revision, [(DELETE, encoded, b"")])
+            seq = segments.write(active, record)
+            self._revision = revision
+            segments.account_remove(len(encoded), self._index.remove(key))
+            self._after_write()
+        return seq
+
+    def _after_write(self) -> None:
+        # Under the lock, so the compaction thresholds are read consistently.
+        self._writes_since_check += 1
+        if self._writes_since_check >= COMPACTION_CHECK_EVERY:
+            self._writes_since_check = 0
+            self._maybe_compact()
+
+    def commit(self, tx: Transaction, staged: dict[str, bytes | None]) -> tuple[int, int]:
+        """Write a transaction's staged writes as one record; return (sequence number, count).
+
+        The body is encoded before the lock is taken (readers wait on that lock): while the
+        transaction is open no other writer can add or remove a key, so which deletes are
+        no-ops cannot change meanwhile.
+        """
+        locations = self._index.locations
+        operations: list[Operation] = []
+        for key, value in staged.items():
+            if value is None:
+                if key in locations:
+                    operations.append((DELETE, key.encode("utf-8"), b""))
+            else:
+                operations.append((PUT, key.encode("utf-8"), value))
+        body = encode_body(operations) if operations else b""
+        body_crc = zlib.crc32(body)
+        segments = self._segments
+        with self._lock:
+            self.check_writable(tx)
+            seq = 0
+            if operations:
+                revision = self._revision + 1
+                active = segments.segment_for(RECORD_HEADER_SIZE + len(body), self._revision)
+                offset = active.size
+                header = encode_header(
+                    active.header.marker, revision, len(operations), body, body_crc
+                )
+                seq = segments.write(active, header + body)
+                self._revision = revision
+                self._apply(operations, active.segment_id, offset, revision)
+            self._tx = None
+            if operations:
+                self._after_write()
+        return seq, len(staged)
+
+    def _apply(
+        self, operations: list[Operation], segment_id: int, offset: int, revision: int
+    ) -> None:
+        position = offset + RECORD_HEADER_SIZE
+        segments = self._segments
+        for kind, encoded, value in operations:
+            position += OPERATION_HEADER.size + len(encoded)
+            key = encoded.decode("utf-8")
+            if kind == PUT:
+                location = pack(segment_id, position, len(value), revision, value_hash(value))
+                segments.account_set(len(encoded), len(value), self._index.set(key, location))
+            else:
+                segments.account_remove(len(encoded), self._index.remove(key))
+            position += len(value)
+
+    def end(self, tx: Transaction) -> None:
+        """Empty the transaction slot if ``tx`` holds it."""
+        with self._lock:
+            if self._tx is tx:
+                self._tx = None
