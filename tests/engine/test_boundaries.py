@@ -1,4 +1,4 @@
-"""The engine stands alone: no web framework is imported by it, directly or indirectly."""
+"""The engine stands alone (no web framework, no print) and its modules form no import cycle."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import filekv.engine
 
@@ -62,3 +64,93 @@ def test_boundaries_engine_does_not_print() -> None:
             ):
                 offenders.append(f"{source.name}:{node.lineno}")
     assert not offenders, offenders
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _engine_imports(source: Path) -> set[str]:
+    """Engine modules that ``source`` imports at run time, at any depth (functions too).
+
+    Imports under ``if TYPE_CHECKING:`` are left out: they never run, so they cannot make an
+    import cycle (they only name types for mypy).
+    """
+    found: set[str] = set()
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                if node.module:
+                    found.add(node.module.split(".")[0])
+                else:  # from . import x
+                    found.update(alias.name for alias in node.names)
+            elif node.level == 0 and node.module and node.module.startswith("filekv.engine."):
+                found.add(node.module.split(".")[2])
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("filekv.engine."):
+                    found.add(alias.name.split(".")[2])
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source.read_text(), filename=str(source)))
+    return found
+
+
+def _engine_import_graph() -> dict[str, set[str]]:
+    modules = {source.stem: source for source in ENGINE_DIR.glob("*.py")}
+    return {
+        name: {target for target in _engine_imports(source) if target in modules} - {name}
+        for name, source in modules.items()
+        if name != "__init__"  # the package re-exports everything: it is the graph's root
+    }
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def walk(node: str) -> list[str] | None:
+        if node in visiting:
+            return [*visiting[visiting.index(node) :], node]
+        if node in done:
+            return None
+        visiting.append(node)
+        for target in sorted(graph.get(node, ())):
+            cycle = walk(target)
+            if cycle is not None:
+                return cycle
+        visiting.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        cycle = walk(node)
+        if cycle is not None:
+            return cycle
+    return None
+
+
+def test_boundaries_engine_modules_import_no_cycle() -> None:
+    graph = _engine_import_graph()
+    assert {"store", "recovery", "compaction", "transaction", "segments"} <= set(graph)
+    cycle = _find_cycle(graph)
+    assert cycle is None, " -> ".join(cycle or ())
+
+
+def test_boundaries_cycle_finder_sees_a_cycle() -> None:
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+@pytest.mark.parametrize("module", ["recovery", "compaction", "transaction", "writer", "segments"])
+def test_boundaries_engine_parts_do_not_import_the_store(module: str) -> None:
+    """The Store composes the other parts; none of them may reach back into it."""
+    assert "store" not in _engine_imports(ENGINE_DIR / f"{module}.py")
