@@ -30,11 +30,13 @@ test-tools:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium curl >/dev/null) \
 		|| echo "warning: could not install chromium and curl; the browser and README tests will say so"; }
 
-test: $(STAMP) test-tools
+# The lint runs first: a test run on code that does not type-check or format is not a pass.
+test: lint test-tools
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 bench: $(STAMP)
