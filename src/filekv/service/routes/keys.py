@@ -1,7 +1,8 @@
 """``/keys``: read, write, delete and find keys.
 
-These are the hot path, so they stay lean: the request is read by hand (no body model, no
-dependency resolution), answers are ready ``orjson`` responses, and the bearer token is looked at
+These are the hot path, so they stay lean: the request is read by hand in ``service/wire.py``
+(no body model, no dependency resolution), so a route parses, calls one method of the store or
+of the transaction, and answers with a ready ``orjson`` response. The bearer token is looked at
 only when the auth mode demands it or a transaction is open (then the holder must be told apart).
 The models in ``responses=`` document the wire format for ``/docs``; nothing validates answers.
 
@@ -13,26 +14,17 @@ raw bytes: distinct raw keys must never collide into one stored key.
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Annotated, Any, Final
-from urllib.parse import unquote_to_bytes
 
 import orjson
 from fastapi import APIRouter, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.routing import Route
 
 from filekv.engine.errors import VersionMismatch
 from filekv.service.deps import caller_session_id
-from filekv.service.errors import (
-    BadRequest,
-    BodyTooLarge,
-    KeyNotFound,
-    PreconditionFailed,
-    UnsupportedMediaType,
-)
+from filekv.service.errors import KeyNotFound, PreconditionFailed
 from filekv.service.schemas import (
     DISK_FULL,
     ETAG,
@@ -47,6 +39,14 @@ from filekv.service.schemas import (
     PutResult,
     ValueIn,
     error,
+)
+from filekv.service.wire import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    check_key_encoding,
+    parse_limit,
+    read_delete,
+    read_put,
 )
 
 if TYPE_CHECKING:
@@ -65,17 +65,6 @@ register_url_convertor("key", KeyConvertor())
 KEY_PATH: Final = "/keys/{key:key}"
 
 router = APIRouter(tags=["keys"])
-
-DEFAULT_LIMIT: Final = 1000
-MAX_LIMIT: Final = 10_000
-# JSON may spell one UTF-8 byte as up to six characters (``\u0001``), so a legal body can be
-# several times the value limit; anything longer than this is refused before it is read.
-_JSON_EXPANSION: Final = 6
-_BODY_SLACK: Final = 4096
-# Numbers in headers and the query are read only up to this many digits: enough for any
-# revision or size, and far below Python's int() digit limit (4300), which would otherwise turn
-# a long number into a 500. Longer ones are answered without int() (412, 422, 400).
-_MAX_DIGITS: Final = 19
 
 WRITE_CONFLICT: Final = error(
     "Your transaction expired (your writes are refused until you begin, commit or roll back), "
@@ -101,66 +90,9 @@ def _session_id(request: Request, transactions: TransactionManager, *, write: bo
     return None
 
 
-_BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-
-
-def _check_key_encoding(request: Request) -> None:
-    """422 when the key's raw percent-encoding is broken or does not decode to UTF-8."""
-    raw: bytes | None = request.scope.get("raw_path")
-    if raw is None or b"%" not in raw:  # the common case costs one byte search
-        return
-    _, found, part = raw.partition(b"/keys/")
-    if not found:  # the prefix itself was percent-encoded: check the whole path
-        part = raw
-    if _BAD_ESCAPE.search(part) is not None:
-        msg = "invalid percent-encoding in the key: '%' must be followed by two hex digits"
-    else:
-        try:
-            unquote_to_bytes(part).decode("utf-8")
-            return
-        except UnicodeDecodeError:
-            msg = "the key's percent-encoded bytes are not valid UTF-8"
-    raise RequestValidationError([{"type": "key_encoding", "loc": ("path", "key"), "msg": msg}])
-
-
-def _check_json_body(request: Request) -> None:
-    """415 unless the body is declared JSON (or not declared at all)."""
-    content_type = request.headers.get("content-type")
-    if not content_type:
-        return
-    media = content_type.partition(";")[0].strip().lower()
-    if media == "application/json" or ("/" in media and media.endswith("+json")):
-        return
-    raise UnsupportedMediaType(
-        f"the body must be JSON (Content-Type: application/json), not {media or 'empty'}"
-    )
-
-
 def _decode(value: bytes) -> str:
     # Values written through this API are UTF-8; anything else is shown, not refused.
     return value.decode("utf-8", errors="replace")
-
-
-def _digits(text: str) -> str | None:
-    """``text`` without leading zeros if it is ASCII digits only ("0" for zero); else None."""
-    if not (text.isascii() and text.isdigit()):  # isdigit alone takes "²", which int() refuses
-        return None
-    return text.lstrip("0") or "0"
-
-
-def _expect(request: Request) -> int | None:
-    """``If-Match: "<rev>"`` -> rev; ``If-None-Match: *`` -> 0 (must not exist); else None."""
-    if_match = request.headers.get("if-match")
-    if if_match is not None:
-        tag = _digits(if_match.strip().removeprefix("W/").strip('"'))
-        if tag is None or tag == "0":
-            raise PreconditionFailed('If-Match must name one revision: "<rev>"')
-        if len(tag) > _MAX_DIGITS:
-            raise PreconditionFailed(f"If-Match names a revision of over {_MAX_DIGITS} digits")
-        return int(tag)
-    if request.headers.get("if-none-match", "").strip() == "*":
-        return 0
-    return None
 
 
 def _check_staged(key: str, expect: int | None, current: Entry | None) -> None:
@@ -172,64 +104,6 @@ def _check_staged(key: str, expect: int | None, current: Entry | None) -> None:
         raise PreconditionFailed("the key exists (If-None-Match: *)")
     if expect > 0 and actual != expect:
         raise VersionMismatch(key, expect, actual)
-
-
-async def _read_value(request: Request) -> str:
-    settings = request.app.state.settings
-    cap = _JSON_EXPANSION * settings.max_value_bytes + settings.max_key_bytes + _BODY_SLACK
-    length = request.headers.get("content-length")
-    if length is not None and _digits(length) is not None:
-        if len(length) > _MAX_DIGITS:  # leading zeros too: no client sends them
-            raise BadRequest(f"Content-Length must be a number of at most {_MAX_DIGITS} digits")
-        if int(length) > cap:
-            raise BodyTooLarge(f"request body over {cap} bytes")
-        body = await request.body()
-    else:
-        chunks = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise BodyTooLarge(f"request body over {cap} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ("body",),
-                    "msg": f"invalid JSON: {exc}",
-                    "input": None,
-                }
-            ]
-        ) from None
-    if not isinstance(parsed, dict) or set(parsed) != {"value"}:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "model_type",
-                    "loc": ("body",),
-                    "msg": 'body must be {"value": "<string>"}',
-                    "input": None,
-                }
-            ]
-        )
-    value = parsed["value"]
-    if not isinstance(value, str):
-        raise RequestValidationError(
-            [
-                {
-                    "type": "string_type",
-                    "loc": ("body", "value"),
-                    "msg": "value must be a string",
-                    "input": None,
-                }
-            ]
-        )
-    return value
 
 
 _PUT_BODY: Final = {
@@ -253,7 +127,7 @@ async def get_key(key: str, request: Request) -> Response:
     state = request.app.state
     transactions: TransactionManager = state.transactions
     session_id = _session_id(request, transactions, write=False)
-    _check_key_encoding(request)
+    check_key_encoding(request)
     tx = transactions.reader(session_id) if session_id is not None else None
     entry = (tx or state.store).entry(key)
     if entry is None:
@@ -297,11 +171,8 @@ async def put_key(key: str, request: Request) -> Response:
     transactions: TransactionManager = state.transactions
     session_id = _session_id(request, transactions, write=True)
     ticket = transactions.writer(session_id)  # the lock before the request, even before the body
-    _check_key_encoding(request)
-    _check_json_body(request)
-    text = await _read_value(request)
+    text, expect = await read_put(request)
     value = text.encode("utf-8")
-    expect = _expect(request)
     # The one decision point: the transaction may have ended while the body came in. Nothing
     # awaits from here to the staging or the append, so nothing can change it in between.
     tx = transactions.write_target(session_id, ticket)
@@ -344,8 +215,7 @@ async def delete_key(key: str, request: Request) -> Response:
     transactions: TransactionManager = state.transactions
     session_id = _session_id(request, transactions, write=True)
     ticket = transactions.writer(session_id)
-    _check_key_encoding(request)
-    expect = _expect(request)
+    expect = read_delete(request)
     tx = transactions.write_target(session_id, ticket)
     if tx is None:
         store: Store = state.store
@@ -389,39 +259,6 @@ async def find_keys(
     return _json({"keys": page, "next": page[-1] if more else None})
 
 
-def _limit(text: str | None) -> int:
-    """``limit`` checked as FastAPI would check ``Query(ge=1, le=MAX_LIMIT)``, with its errors."""
-    if text is None:
-        return DEFAULT_LIMIT
-    if not _INTEGER.fullmatch(text):
-        raise _query_error(
-            "int_parsing", "Input should be a valid integer, unable to parse string as an integer"
-        )
-    negative = text[0] == "-"
-    digits = text.lstrip("+-").lstrip("0") or "0"
-    if len(digits) > _MAX_DIGITS:  # out of range either way: int() is not asked (a 500 at 4300)
-        limit = -1 if negative else MAX_LIMIT + 1
-    else:
-        limit = -int(digits) if negative else int(digits)
-    if limit < 1:
-        raise _query_error("greater_than_equal", "Input should be greater than or equal to 1", ge=1)
-    if limit > MAX_LIMIT:
-        raise _query_error(
-            "less_than_equal", f"Input should be less than or equal to {MAX_LIMIT}", le=MAX_LIMIT
-        )
-    return limit
-
-
-_INTEGER: Final = re.compile(r"[+-]?[0-9]+")
-
-
-def _query_error(kind: str, message: str, **context: int) -> RequestValidationError:
-    item: dict[str, Any] = {"type": kind, "loc": ("query", "limit"), "msg": message}
-    if context:
-        item["ctx"] = context
-    return RequestValidationError([item])
-
-
 async def _find_keys_fast(request: Request) -> Response:
     params = request.query_params
     return await find_keys(
@@ -429,7 +266,7 @@ async def _find_keys_fast(request: Request) -> Response:
         value=params.get("value"),
         prefix=params.get("prefix", ""),
         after=params.get("after"),
-        limit=_limit(params.get("limit")),
+        limit=parse_limit(params.get("limit")),
     )
 
 

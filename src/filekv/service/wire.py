@@ -1,0 +1,182 @@
+"""Reading requests by hand: the one home of the parsing the hot routes do without FastAPI.
+
+The key routes (and any route that wants their speed) read their input here, not through body
+models or ``Query``/``Header`` dependencies: those cost more than the handlers themselves (see
+``routes/keys.py`` ``fast_routes``). Each function checks one part of the request and raises the
+same error FastAPI or the service would raise for it (``RequestValidationError`` -> 422, the
+service's own ``BadRequest``, ``BodyTooLarge``, ``PreconditionFailed``, ``UnsupportedMediaType``),
+so the answers match the documented ones exactly.
+
+- ``read_put`` / ``read_delete`` / ``check_key_encoding``: everything a key route reads, in the
+  order the errors are reported (key encoding 422, media type 415, body 400/413/422, If-Match 412).
+- ``read_value``: a ``{"value": "<string>"}`` JSON body, refused before reading past its cap.
+- ``parse_expect``: ``If-Match: "<rev>"`` / ``If-None-Match: *``.
+- ``parse_limit``: a ``limit`` query parameter, as ``Query(ge=1, le=MAX_LIMIT)`` would check it.
+
+Owns no state.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+from urllib.parse import unquote_to_bytes
+
+import orjson
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+
+from filekv.service.errors import (
+    BadRequest,
+    BodyTooLarge,
+    PreconditionFailed,
+    UnsupportedMediaType,
+)
+
+DEFAULT_LIMIT: Final = 1000
+MAX_LIMIT: Final = 10_000
+# JSON may spell one UTF-8 byte as up to six characters (``\u0001``), so a legal body can be
+# several times the value limit; anything longer than this is refused before it is read.
+JSON_EXPANSION: Final = 6
+BODY_SLACK: Final = 4096
+# Numbers in headers and the query are read only up to this many digits: enough for any
+# revision or size, and far below Python's int() digit limit (4300), which would otherwise turn
+# a long number into a 500. Longer ones are answered without int() (412, 422, 400).
+MAX_DIGITS: Final = 19
+
+_BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+_INTEGER: Final = re.compile(r"[+-]?[0-9]+")
+
+
+async def read_put(request: Request) -> tuple[str, int | None]:
+    """A key PUT's input: (the value's text, the expected revision as for ``parse_expect``)."""
+    check_key_encoding(request)
+    check_json_body(request)
+    text = await read_value(request)
+    return text, parse_expect(request)
+
+
+def read_delete(request: Request) -> int | None:
+    """A key DELETE's input: the expected revision, as for ``parse_expect``."""
+    check_key_encoding(request)
+    return parse_expect(request)
+
+
+def check_key_encoding(request: Request) -> None:
+    """422 when the key's raw percent-encoding is broken or does not decode to UTF-8."""
+    raw: bytes | None = request.scope.get("raw_path")
+    if raw is None or b"%" not in raw:  # the common case costs one byte search
+        return
+    _, found, part = raw.partition(b"/keys/")
+    if not found:  # the prefix itself was percent-encoded: check the whole path
+        part = raw
+    if _BAD_ESCAPE.search(part) is not None:
+        msg = "invalid percent-encoding in the key: '%' must be followed by two hex digits"
+    else:
+        try:
+            unquote_to_bytes(part).decode("utf-8")
+            return
+        except UnicodeDecodeError:
+            msg = "the key's percent-encoded bytes are not valid UTF-8"
+    raise RequestValidationError([{"type": "key_encoding", "loc": ("path", "key"), "msg": msg}])
+
+
+def check_json_body(request: Request) -> None:
+    """415 unless the body is declared JSON (or not declared at all)."""
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        return
+    media = content_type.partition(";")[0].strip().lower()
+    if media == "application/json" or ("/" in media and media.endswith("+json")):
+        return
+    raise UnsupportedMediaType(
+        f"the body must be JSON (Content-Type: application/json), not {media or 'empty'}"
+    )
+
+
+def digits(text: str) -> str | None:
+    """``text`` without leading zeros if it is ASCII digits only ("0" for zero); else None."""
+    if not (text.isascii() and text.isdigit()):  # isdigit alone takes "²", which int() refuses
+        return None
+    return text.lstrip("0") or "0"
+
+
+def parse_expect(request: Request) -> int | None:
+    """``If-Match: "<rev>"`` -> rev; ``If-None-Match: *`` -> 0 (must not exist); else None."""
+    if_match = request.headers.get("if-match")
+    if if_match is not None:
+        tag = digits(if_match.strip().removeprefix("W/").strip('"'))
+        if tag is None or tag == "0":
+            raise PreconditionFailed('If-Match must name one revision: "<rev>"')
+        if len(tag) > MAX_DIGITS:
+            raise PreconditionFailed(f"If-Match names a revision of over {MAX_DIGITS} digits")
+        return int(tag)
+    if request.headers.get("if-none-match", "").strip() == "*":
+        return 0
+    return None
+
+
+async def read_value(request: Request) -> str:
+    """The string of a ``{"value": "<string>"}`` body; 413 past the cap, 400 or 422 if bad."""
+    settings = request.app.state.settings
+    cap = JSON_EXPANSION * settings.max_value_bytes + settings.max_key_bytes + BODY_SLACK
+    length = request.headers.get("content-length")
+    if length is not None and digits(length) is not None:
+        if len(length) > MAX_DIGITS:  # leading zeros too: no client sends them
+            raise BadRequest(f"Content-Length must be a number of at most {MAX_DIGITS} digits")
+        if int(length) > cap:
+            raise BodyTooLarge(f"request body over {cap} bytes")
+        body = await request.body()
+    else:
+        chunks = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise BodyTooLarge(f"request body over {cap} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _body_error("json_invalid", ("body",), f"invalid JSON: {exc}") from None
+    if not isinstance(parsed, dict) or set(parsed) != {"value"}:
+        raise _body_error("model_type", ("body",), 'body must be {"value": "<string>"}')
+    value = parsed["value"]
+    if not isinstance(value, str):
+        raise _body_error("string_type", ("body", "value"), "value must be a string")
+    return value
+
+
+def _body_error(kind: str, loc: tuple[str, ...], msg: str) -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": msg, "input": None}])
+
+
+def parse_limit(text: str | None) -> int:
+    """``limit`` checked as FastAPI would check ``Query(ge=1, le=MAX_LIMIT)``, with its errors."""
+    if text is None:
+        return DEFAULT_LIMIT
+    if not _INTEGER.fullmatch(text):
+        raise _query_error(
+            "int_parsing", "Input should be a valid integer, unable to parse string as an integer"
+        )
+    negative = text[0] == "-"
+    number = text.lstrip("+-").lstrip("0") or "0"
+    if len(number) > MAX_DIGITS:  # out of range either way: int() is not asked (a 500 at 4300)
+        limit = -1 if negative else MAX_LIMIT + 1
+    else:
+        limit = -int(number) if negative else int(number)
+    if limit < 1:
+        raise _query_error("greater_than_equal", "Input should be greater than or equal to 1", ge=1)
+    if limit > MAX_LIMIT:
+        raise _query_error(
+            "less_than_equal", f"Input should be less than or equal to {MAX_LIMIT}", le=MAX_LIMIT
+        )
+    return limit
+
+
+def _query_error(kind: str, message: str, **context: int) -> RequestValidationError:
+    item: dict[str, Any] = {"type": kind, "loc": ("query", "limit"), "msg": message}
+    if context:
+        item["ctx"] = context
+    return RequestValidationError([item])
