@@ -113,6 +113,8 @@ ETAG: Final[dict[str, Any]] = {
 # The bearer token is optional on the routes whose answer depends on who asks (the holder of the
 # transaction sees and writes its staged data; auth_mode may require a login): declaring it
 # makes Swagger UI send the token once Authorize was used. ``{}`` is "or no token at all".
+# The conditional headers have no example on purpose: Swagger UI would fill it in, and a plain
+# Execute would send a precondition.
 OPTIONAL_BEARER: Final[list[dict[str, list[str]]]] = [{"OAuth2PasswordBearer": []}, {}]
 IF_MATCH: Final[dict[str, Any]] = {
     "name": "If-Match",
@@ -123,7 +125,6 @@ IF_MATCH: Final[dict[str, Any]] = {
         "Anything else, or another revision, is 412."
     ),
     "schema": {"type": "string"},
-    "example": '"1"',
 }
 IF_NONE_MATCH: Final[dict[str, Any]] = {
     "name": "If-None-Match",
@@ -131,7 +132,6 @@ IF_NONE_MATCH: Final[dict[str, Any]] = {
     "required": False,
     "description": "`*`: write only if the key does not exist yet (other values are ignored).",
     "schema": {"type": "string"},
-    "example": "*",
 }
 UNAUTHORIZED: Final = error("Not authenticated: no, unknown, revoked or expired token.")
 LOCKED: Final[dict[str, Any]] = {

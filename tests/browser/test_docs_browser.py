@@ -1,0 +1,163 @@
+"""/docs and /redoc in a real browser, with nothing but the server reachable (issues 14, 15).
+
+The newcomer's flow, done the way a person does it in Swagger UI: "Try it out" on
+``POST /auth/register`` with the example as it is, **Authorize** with username and password, begin
+a transaction, write while holding it (staged, not 423), read the staged value, commit (1
+applied), and a second browser, not logged in, reads the committed value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+from serverproc import Server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator, Page
+
+OpenPage = Callable[[str], "Page"]
+
+
+@pytest.fixture
+def server(make_server: Callable[..., Server]) -> Server:
+    return make_server()
+
+
+def _operations(server: Server) -> dict[tuple[str, str], dict[str, Any]]:
+    spec = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
+    return {
+        (method.upper(), path): operation
+        for path, operations in spec["paths"].items()
+        for method, operation in operations.items()
+    }
+
+
+class SwaggerUI:
+    """The /docs page, driven by its buttons and fields as a person would."""
+
+    def __init__(self, page: Page, operations: dict[tuple[str, str], dict[str, Any]]) -> None:
+        self.page = page
+        self.operations = operations
+        page.wait_for_selector(".opblock-tag")
+
+    def operation(self, method: str, path: str) -> Locator:
+        found = self.operations[(method, path)]
+        return self.page.locator(f"#operations-{found['tags'][0]}-{found['operationId']}")
+
+    def execute(
+        self, method: str, path: str, *, params: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        """Open the operation, "Try it out", fill ``params``, Execute: (status, JSON body)."""
+        block = self.operation(method, path)
+        if not block.locator(".opblock-body").is_visible():
+            block.locator(".opblock-summary").click()
+        try_out = block.locator("button.try-out__btn")
+        if try_out.inner_text().strip() == "Try it out":
+            try_out.click()
+        for name, value in (params or {}).items():
+            block.locator(f'tr[data-param-name="{name}"] input').fill(value)
+        block.locator("button.execute").click()
+        status = block.locator(".live-responses-table tbody .response-col_status")
+        status.wait_for()
+        code = int(status.inner_text().strip())
+        body = block.locator(".live-responses-table tbody .response-col_description pre")
+        text = body.first.inner_text() if body.count() else ""
+        block.locator("button.btn-clear").click()  # the next Execute shows a fresh answer
+        return code, json.loads(text) if text.strip() else None
+
+    def authorize(self, username: str, password: str) -> None:
+        self.page.locator(".auth-wrapper button.authorize").click()
+        dialog = self.page.locator(".auth-container")
+        visible = [
+            label.inner_text().strip()
+            for label in dialog.locator("label").all()
+            if label.is_visible()
+        ]
+        assert visible == ["username:", "password:"]  # no client_id / client_secret clutter
+        dialog.locator("#oauth_username").fill(username)
+        dialog.locator("#oauth_password").fill(password)
+        dialog.locator(".auth-btn-wrapper button.authorize").click()
+        dialog.locator("h6", has_text="Authorized").wait_for()  # the token was issued
+        dialog.locator(".auth-btn-wrapper button.btn-done").click()
+
+
+def test_docs_shows_every_operation_group(server: Server, open_page: OpenPage) -> None:
+    operations = _operations(server)
+    docs = SwaggerUI(open_page(f"{server.url}/docs"), operations)
+    tags = {operation["tags"][0] for operation in operations.values()}
+    shown = {tag.get_attribute("data-tag") for tag in docs.page.locator(".opblock-tag").all()}
+    assert shown == tags
+    for method, path in operations:
+        assert docs.operation(method, path).count() == 1, (method, path)
+
+
+def test_docs_root_redirects_to_the_docs(server: Server, open_page: OpenPage) -> None:
+    page = open_page(f"{server.url}/")
+    assert page.url == f"{server.url}/docs"
+    page.wait_for_selector(".opblock-tag")
+
+
+def test_docs_newcomer_transaction_flow(server: Server, open_page: OpenPage) -> None:
+    operations = _operations(server)
+    docs = SwaggerUI(open_page(f"{server.url}/docs"), operations)
+
+    # The register example is a real user: Execute as it is.
+    assert docs.execute("POST", "/auth/register") == (201, {"username": "alice"})
+    docs.authorize("alice", "alice-secret-1")
+    assert docs.execute("GET", "/auth/me") == (200, {"username": "alice"})
+
+    assert docs.execute("POST", "/transactions") == (201, {"depth": 1})
+    # The PUT's example body is {"value": "hello"}; the token goes with it, so it is staged.
+    status, body = docs.execute("PUT", "/keys/{key}", params={"key": "greeting"})
+    assert (status, body) == (
+        201,
+        {"key": "greeting", "value": "hello", "revision": None, "staged": True},
+    )
+    status, body = docs.execute("GET", "/keys/{key}", params={"key": "greeting"})
+    assert (status, body) == (200, {"key": "greeting", "value": "hello", "revision": None})
+    status, body = docs.execute("GET", "/transactions")
+    assert (status, body["mine"], body["depth"]) == (200, True, 1)
+    assert docs.execute("POST", "/transactions/commit") == (200, {"depth": 0, "applied": 1})
+
+    # Another browser, not logged in, sees the committed value.
+    other = SwaggerUI(open_page(f"{server.url}/docs"), operations)
+    status, body = other.execute("GET", "/keys/{key}", params={"key": "greeting"})
+    assert (status, body) == (200, {"key": "greeting", "value": "hello", "revision": 1})
+
+
+def test_docs_compare_and_set_from_the_page(server: Server, open_page: OpenPage) -> None:
+    operations = _operations(server)
+    docs = SwaggerUI(open_page(f"{server.url}/docs"), operations)
+    assert docs.execute("PUT", "/keys/{key}", params={"key": "greeting"})[0] == 201
+    # If-Match and If-None-Match are fields of the form.
+    status, body = docs.execute("PUT", "/keys/{key}", params={"key": "greeting", "If-Match": '"7"'})
+    assert status == 412, body
+    status, body = docs.execute("PUT", "/keys/{key}", params={"key": "greeting", "If-Match": '"1"'})
+    assert (status, body["revision"]) == (200, 2)
+    status, body = docs.execute(
+        "PUT", "/keys/{key}", params={"key": "greeting", "If-Match": "", "If-None-Match": "*"}
+    )
+    assert status == 412, body
+
+
+def test_docs_412_description_keeps_its_placeholder(server: Server, open_page: OpenPage) -> None:
+    operations = _operations(server)
+    docs = SwaggerUI(open_page(f"{server.url}/docs"), operations)
+    block = docs.operation("PUT", "/keys/{key}")
+    block.locator(".opblock-summary").click()
+    description = block.locator('tr.response[data-code="412"] .response-col_description__inner')
+    assert 'If-Match: "<rev>"' in description.inner_text()
+
+
+def test_redoc_renders_every_operation(server: Server, open_page: OpenPage) -> None:
+    operations = _operations(server)
+    page = open_page(f"{server.url}/redoc")
+    page.wait_for_selector("[data-section-id^='operation/']")
+    for operation in operations.values():
+        section = page.locator(f"[data-section-id='operation/{operation['operationId']}']")
+        assert section.count() >= 1, operation["operationId"]
+        assert operation["summary"] in section.first.inner_text()
