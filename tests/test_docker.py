@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -135,9 +136,19 @@ def test_docker_port_matches_settings_env_and_compose() -> None:
     assert env()["FILEKV_PORT"] == str(default_port)
     assert env()["FILEKV_HOST"] == "0.0.0.0"
     service = compose_config()["services"]["filekv"]
-    targets = {int(p["target"]) for p in service["ports"]}
-    assert targets == {default_port}
+    published = {_published(port) for port in service["ports"]}
+    # Loopback only unless told otherwise (FILEKV_PUBLISH), as the README says.
+    assert published == {("127.0.0.1", default_port)}
     assert service["environment"]["FILEKV_PORT"] == str(default_port)
+
+
+def _published(port: Any) -> tuple[str, int]:
+    """(host address, container port) of a ``ports`` entry, long or short form."""
+    if isinstance(port, dict):  # docker compose v2: target, published, host_ip
+        return str(port.get("host_ip", "0.0.0.0")), int(port["target"])
+    # docker-compose v1: "[HOST:]PUBLISHED:TARGET[/PROTOCOL]"
+    rest, _, target = str(port).partition("/")[0].rpartition(":")
+    return rest.rpartition(":")[0] or "0.0.0.0", int(target)
 
 
 def test_docker_volume_is_the_data_dir() -> None:
@@ -196,3 +207,21 @@ def test_docker_healthcheck_command_works_against_a_real_server(
         timeout=30,
     )
     assert down.returncode != 0
+
+
+def test_docker_image_gets_the_docs_assets(tmp_path: Path) -> None:
+    # The image installs the package with `pip install .`: the wheel must carry every file of
+    # service/static (Swagger UI, ReDoc), or /docs is blank without internet in the container.
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("filekv-*.whl")
+    packaged = set(zipfile.ZipFile(wheel).namelist())
+    static = ROOT / "src" / "filekv" / "service" / "static"
+    expected = {f"filekv/service/static/{path.name}" for path in static.iterdir()}
+    assert "filekv/service/static/swagger-ui-bundle.js" in expected
+    assert expected <= packaged
