@@ -17,18 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filekv.engine import Store
-from filekv.engine.index import KeyIndex
-from filekv.engine.record import (
+from filekv.engine.hint import (
     HASH_MASK,
     HINT_HEADER,
     LOCATION_BYTES,
-    FormatError,
     HintColumns,
     decode_hint,
     encode_hint,
     pack,
     unpack,
 )
+from filekv.engine.index import KeyIndex
+from filekv.engine.record import FormatError
 
 SEGMENT = 7
 

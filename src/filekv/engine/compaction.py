@@ -29,21 +29,16 @@ import time
 from collections.abc import Callable
 
 from .errors import CorruptStore, StoreClosed
+from .hint import HASH_MASK, OFFSET_BITS, PLACE_SHIFT, HintColumns, encode_hint, pack
 from .index import KeyIndex
 from .record import (
     FLAG_MERGED,
-    HASH_MASK,
-    OFFSET_BITS,
-    PLACE_SHIFT,
     PUT,
     PUT_VALUE_OFFSET,
-    HintColumns,
     SegmentHeader,
-    encode_hint,
     encode_put,
     encode_segment_header,
     iter_operations,
-    pack,
     record_at,
     record_at_v1,
 )

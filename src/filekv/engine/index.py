@@ -1,7 +1,7 @@
 """The in-memory indexes: key -> location, ordered keys, value hash -> keys.
 
 Values stay on disk; memory holds, per key, the key string (shared by all three structures), one
-packed integer locating its value (``record.pack``: the same layout hint files store), a slot in
+packed integer locating its value (``hint.pack``: the same layout hint files store), a slot in
 the sorted key list and a slot in the value index.
 """
 
@@ -13,7 +13,7 @@ from operator import and_
 
 from sortedcontainers import SortedList
 
-from .record import HASH_MASK, HintColumns
+from .hint import HASH_MASK, HintColumns
 
 # The keys under one value hash:
 # - the key itself when it is alone (the common case: no container object at all);

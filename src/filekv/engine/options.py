@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from .record import LENGTH_MASK, MAX_BODY, MAX_OPERATIONS, OPERATION_HEADER
+from .hint import LENGTH_MASK
+from .record import MAX_BODY, MAX_OPERATIONS, OPERATION_HEADER
 
 FsyncMode = Literal["always", "interval", "never"]
 FSYNC_MODES: Final = ("always", "interval", "never")

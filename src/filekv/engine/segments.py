@@ -22,16 +22,8 @@ from typing import Final
 
 from .errors import CorruptStore, DiskFull, StorageError, StoreFailed, StoreLocked
 from .fileio import FileIO
-from .record import (
-    HASH_MASK,
-    LENGTH_MASK,
-    LENGTH_SHIFT,
-    OFFSET_MASK,
-    OFFSET_SHIFT,
-    PUT_VALUE_OFFSET,
-    SEGMENT_SHIFT,
-    value_hash,
-)
+from .hint import HASH_MASK, LENGTH_MASK, LENGTH_SHIFT, OFFSET_MASK, OFFSET_SHIFT, SEGMENT_SHIFT
+from .record import PUT_VALUE_OFFSET, value_hash
 from .segment import Segment, create_segment, segment_name
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,6 @@ short batches by compaction. Reads take it too, so compaction cannot close a fil
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import threading
@@ -38,18 +37,13 @@ from typing import Any, Self
 from .compaction import Compactor
 from .durability import GroupCommit, IntervalFlusher
 from .entry import Entry
-from .errors import StorageError, StoreClosed, StoreFailed
+from .errors import StoreClosed, StoreFailed
 from .fileio import FileIO
+from .hint import LENGTH_MASK, LENGTH_SHIFT, REVISION_MASK, REVISION_SHIFT
 from .index import KeyIndex
 from .options import FSYNC_MODES, FsyncMode, StoreOptions
-from .record import (
-    LENGTH_MASK,
-    LENGTH_SHIFT,
-    REVISION_MASK,
-    REVISION_SHIFT,
-    value_hash,
-)
-from .recovery import recover, return_freed_heap
+from .record import value_hash
+from .recovery import open_directory
 from .segments import SegmentSet
 from .transaction import Transaction
 from .writer import Writer
@@ -84,7 +78,7 @@ class Store:
             self._index,
             max_key_bytes=options.max_key_bytes,
             max_value_bytes=options.max_value_bytes,
-            group_failure=lambda: self._group.failure,
+            group=self._group,
             maybe_compact=lambda: self._compactor.maybe_start(),
         )
         self._compactor = Compactor(
@@ -136,34 +130,9 @@ class Store:
         )
         options.validate()
         store = cls(Path(path), io or FileIO(), options)
-        try:
-            # 0700, as etcd's: the files hold every value, for this account only.
-            store._path.mkdir(mode=0o700, parents=True, exist_ok=True)
-            store._segments.lock_directory()
-        except OSError as error:
-            raise StorageError(
-                f"cannot open data directory {store._path}: {error.strerror or error}"
-            ) from error
-        # Loading an index allocates millions of objects and no reference cycles; the cyclic
-        # garbage collector would rescan them all again and again (measured: half the time).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            recovered = recover(store._segments, store._index, should_stop)
-            store._writer.recovered(recovered.revision)
-            store._compactor.last_compaction = recovered.last_compaction
-        except OSError as error:
-            store._segments.release()
-            raise StorageError(
-                f"cannot recover data directory {store._path}: {error.strerror or error}"
-            ) from error
-        except BaseException:
-            store._segments.release()
-            raise
-        finally:
-            if collecting:
-                gc.enable()
-        return_freed_heap()
+        recovered = open_directory(store._segments, store._index, should_stop)
+        store._writer.recovered(recovered.revision)
+        store._compactor.last_compaction = recovered.last_compaction
         if fsync == "interval":
             segments = store._segments
             store._flusher = IntervalFlusher(

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from typing import Final
 
+from .durability import GroupCommit
 from .errors import (
     InvalidKey,
     StoreClosed,
@@ -23,6 +24,7 @@ from .errors import (
     ValueTooLarge,
     VersionMismatch,
 )
+from .hint import REVISION_MASK, REVISION_SHIFT, pack
 from .index import KeyIndex
 from .record import (
     DELETE,
@@ -30,14 +32,11 @@ from .record import (
     PUT,
     PUT_VALUE_OFFSET,
     RECORD_HEADER_SIZE,
-    REVISION_MASK,
-    REVISION_SHIFT,
     Operation,
     encode_body,
     encode_header,
     encode_put,
     encode_record,
-    pack,
     put_record_size,
     value_hash,
 )
@@ -48,7 +47,8 @@ COMPACTION_CHECK_EVERY: Final = 1024  # writes between two looks at the compacti
 
 
 class Writer:
-    """Appends writes under the lock. ``maybe_compact`` is called every few thousand writes."""
+    """Appends writes under the lock. ``maybe_compact`` is called every thousand writes or so;
+    ``group`` is asked only whether a failed fsync round has stopped writes."""
 
     def __init__(
         self,
@@ -58,7 +58,7 @@ class Writer:
         *,
         max_key_bytes: int,
         max_value_bytes: int,
-        group_failure: Callable[[], BaseException | None],
+        group: GroupCommit,
         maybe_compact: Callable[[], None],
     ) -> None:
         self._lock = lock
@@ -66,7 +66,7 @@ class Writer:
         self._index = index
         self._max_key_bytes = max_key_bytes
         self._max_value_bytes = max_value_bytes
-        self._group_failure = group_failure
+        self._group = group
         self._maybe_compact = maybe_compact
         self._revision = 0
         self._tx: Transaction | None = None
@@ -129,7 +129,7 @@ class Writer:
         """Raise unless a write (of ``tx``, or outside any) may go ahead. Under the lock."""
         if self._closed:
             raise StoreClosed("the store is closed")
-        if self._segments.failure is not None or self._group_failure() is not None:
+        if self._segments.failure is not None or self._group.failure is not None:
             raise StoreFailed(
                 "an earlier I/O failure left the files in an unknown state: "
                 "the store refuses writes until it is reopened"

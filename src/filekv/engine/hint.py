@@ -1,0 +1,231 @@
+"""Locations and hint files: the packed integer that says where a value is, and the file that
+stores a merged segment's keys and locations so that opening it needs no replay. No I/O.
+
+Owns no state. The key index (``index.py``) holds exactly these locations; compaction writes
+hint files and recovery reads them. docs/FORMAT.md describes the same layout in prose.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import repeat
+from operator import add, itemgetter, lt
+from typing import Final, Literal
+
+from .record import FormatError
+
+HINT_MAGIC: Final = b"FKVHNT"
+
+# A location: where a key's value is and what the index needs to know about it, packed into one
+# integer (one Python int costs far less memory than a tuple of five). The in-memory key index
+# holds exactly these integers, and hint files store them as 22 bytes big-endian, so loading a
+# hint turns each entry into an index entry with one C call (int.from_bytes), no bit shuffling.
+#
+#   | segment id 24 | value offset 40 | value length 32 | revision 48 | value hash 32 |
+#   high bits                                                                 low bits
+HASH_BITS: Final = 32
+REVISION_BITS: Final = 48
+LENGTH_BITS: Final = 32
+OFFSET_BITS: Final = 40
+SEGMENT_BITS: Final = 24
+HASH_MASK: Final = (1 << HASH_BITS) - 1
+REVISION_MASK: Final = (1 << REVISION_BITS) - 1
+LENGTH_MASK: Final = (1 << LENGTH_BITS) - 1
+OFFSET_MASK: Final = (1 << OFFSET_BITS) - 1
+REVISION_SHIFT: Final = HASH_BITS
+LENGTH_SHIFT: Final = REVISION_SHIFT + REVISION_BITS
+OFFSET_SHIFT: Final = LENGTH_SHIFT + LENGTH_BITS
+SEGMENT_SHIFT: Final = OFFSET_SHIFT + OFFSET_BITS
+LOCATION_BYTES: Final = (SEGMENT_SHIFT + SEGMENT_BITS) // 8  # 22
+# A location >> PLACE_SHIFT identifies where the value is (segment and offset), nothing else.
+PLACE_SHIFT: Final = OFFSET_SHIFT
+
+
+def pack(segment_id: int, offset: int, length: int, revision: int, hashed: int) -> int:
+    return (
+        segment_id << SEGMENT_SHIFT
+        | offset << OFFSET_SHIFT
+        | length << LENGTH_SHIFT
+        | revision << REVISION_SHIFT
+        | hashed
+    )
+
+
+def unpack(location: int) -> tuple[int, int, int, int, int]:
+    """(segment id, value offset, value length, revision, value hash)."""
+    return (
+        location >> SEGMENT_SHIFT,
+        (location >> OFFSET_SHIFT) & OFFSET_MASK,
+        (location >> LENGTH_SHIFT) & LENGTH_MASK,
+        (location >> REVISION_SHIFT) & REVISION_MASK,
+        location & HASH_MASK,
+    )
+
+
+# Hint file: a compact summary of one merged segment, so reopening does not replay its records.
+#
+#   header:  | "FKVHNT" | version u16 | segment id u64 | count u64 | max revision u64 |
+#            | created (unix ms) u64 | keys block length u64 | value bytes u64 | singles u64 |
+#            | groups u64 |  (72 bytes, little-endian)
+#   keys:    UTF-8 keys sorted, joined by 0xFF (a byte that never occurs in UTF-8)
+#   entries: count x location (above), 22 bytes big-endian, in key order
+#   value groups, so the value index loads without a Python step per key (little-endian u32):
+#            singles: entries whose value hash no other entry shares, in entry order
+#            grouped: the other entries, ordered by value hash, then by entry
+#            groups:  where each run of equal hashes ends in ``grouped``
+#   trailer: crc32 of everything before it
+HINT_VERSION: Final = 2  # version 1 (little-endian columns) is ignored: the segment is replayed
+HINT_HEADER: Final = struct.Struct("<6sHQQQQQQQQ")
+KEY_SEPARATOR: Final = b"\xff"
+_LOCATION: Final = struct.Struct(f"{LOCATION_BYTES}s")
+_BIG: Final[Literal["big"]] = "big"
+
+
+@dataclass(frozen=True, slots=True)
+class HintColumns:
+    segment_id: int
+    max_revision: int
+    created_ms: int
+    keys: list[str]
+    locations: Sequence[int]  # one per key, packed as above, segment id included
+    key_bytes: int = 0  # total UTF-8 bytes of the keys (filled in by decode_hint)
+    value_bytes: int = 0  # total bytes of the values (filled in by decode_hint)
+    singles: Sequence[int] = ()  # filled in by decode_hint; encode_hint derives them
+    grouped: Sequence[int] = ()
+    group_ends: Sequence[int] = ()
+
+
+def value_groups(hashes: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
+    """(entries with a unique hash, the others ordered by hash, end of each run of equal hashes).
+
+    Singles stay in entry order, so loading touches the (sorted) keys front to back instead of
+    jumping through a million of them in hash order: at that size each jump is a cache miss.
+    """
+    order = sorted(range(len(hashes)), key=hashes.__getitem__)  # stable: entry order within
+    singles: list[int] = []
+    grouped: list[int] = []
+    ends: list[int] = []
+    run_start = 0
+    for position in range(1, len(order) + 1):
+        if position < len(order) and hashes[order[position]] == hashes[order[run_start]]:
+            continue
+        if position - run_start == 1:
+            singles.append(order[run_start])
+        else:
+            grouped.extend(order[run_start:position])
+            ends.append(len(grouped))
+        run_start = position
+    singles.sort()
+    return singles, grouped, ends
+
+
+def encode_hint(columns: HintColumns) -> bytes:
+    from array import array
+
+    locations = columns.locations
+    if len(locations) != len(columns.keys):
+        raise ValueError("a hint needs one location per key")
+    singles, grouped, ends = value_groups([location & HASH_MASK for location in locations])
+    keys_block = KEY_SEPARATOR.join(key.encode("utf-8") for key in columns.keys)
+    value_bytes = sum((location >> LENGTH_SHIFT) & LENGTH_MASK for location in locations)
+    parts = [
+        HINT_HEADER.pack(
+            HINT_MAGIC,
+            HINT_VERSION,
+            columns.segment_id,
+            len(columns.keys),
+            columns.max_revision,
+            columns.created_ms,
+            len(keys_block),
+            value_bytes,
+            len(singles),
+            len(ends),
+        ),
+        keys_block,
+        b"".join(location.to_bytes(LOCATION_BYTES, "big") for location in locations),
+    ]
+    for values in (singles, grouped, ends):
+        column = array("I", values)
+        if not _LITTLE_ENDIAN:
+            column.byteswap()
+        parts.append(column.tobytes())
+    data = b"".join(parts)
+    return data + zlib.crc32(data).to_bytes(4, "little")
+
+
+def decode_hint(data: bytes) -> HintColumns:
+    from array import array
+
+    if len(data) < HINT_HEADER.size + 4:
+        raise FormatError("hint file is incomplete")
+    if int.from_bytes(data[-4:], "little") != zlib.crc32(memoryview(data)[:-4]):
+        raise FormatError("hint file checksum mismatch")
+    (
+        magic,
+        version,
+        segment_id,
+        count,
+        max_revision,
+        created_ms,
+        keys_length,
+        value_bytes,
+        singles,
+        groups,
+    ) = HINT_HEADER.unpack_from(data, 0)
+    if magic != HINT_MAGIC or version != HINT_VERSION:
+        raise FormatError("not a hint file of this format version")
+    if singles > count:
+        raise FormatError("hint file value groups do not add up")
+    position = HINT_HEADER.size
+    size = keys_length + count * LOCATION_BYTES + 4 * (count + groups)
+    if position + size != len(data) - 4:
+        raise FormatError("hint file length does not match its header")
+    keys_block = data[position : position + keys_length]
+    position += keys_length
+    # Decoding with surrogateescape turns each 0xFF separator into "\udcff", which no valid key
+    # holds, so one C-level split yields every key without a Python loop.
+    keys = keys_block.decode("utf-8", "surrogateescape").split("\udcff") if count else []
+    if len(keys) != count:
+        raise FormatError("hint file key count mismatch")
+    end = position + count * LOCATION_BYTES
+    entries = memoryview(data)[position:end]
+    locations = list(
+        map(int.from_bytes, map(itemgetter(0), _LOCATION.iter_unpack(entries)), repeat(_BIG))
+    )
+    position = end
+    columns: list[array[int]] = []
+    for length in (singles, count - singles, groups):
+        column = array("I")
+        column.frombytes(data[position : position + 4 * length])
+        if not _LITTLE_ENDIAN:
+            column.byteswap()
+        position += 4 * length
+        columns.append(column)
+    single_entries, grouped, ends = columns
+    # Singles are in entry order, so the last is the largest; groups must each hold two or more.
+    if (
+        max(single_entries[-1:], default=-1) >= count
+        or max(grouped, default=-1) >= count
+        or (ends and ends[-1] != count - singles)
+        or (ends and ends[0] < 2)
+        or not all(map(lt, map(add, ends, repeat(1)), ends[1:]))
+    ):
+        raise FormatError("hint file value groups point outside the file")
+    return HintColumns(
+        segment_id,
+        max_revision,
+        created_ms,
+        keys,
+        locations,
+        keys_length - max(count - 1, 0),
+        value_bytes,
+        single_entries,
+        grouped,
+        ends,
+    )
+
+
+_LITTLE_ENDIAN: Final = struct.pack("=I", 1) == struct.pack("<I", 1)
