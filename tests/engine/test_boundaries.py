@@ -154,3 +154,11 @@ def test_boundaries_cycle_finder_sees_a_cycle() -> None:
 def test_boundaries_engine_parts_do_not_import_the_store(module: str) -> None:
     """The Store composes the other parts; none of them may reach back into it."""
     assert "store" not in _engine_imports(ENGINE_DIR / f"{module}.py")
+
+
+@pytest.mark.parametrize("source", sorted(ENGINE_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_boundaries_engine_module_says_what_it_owns_and_stays_small(source: Path) -> None:
+    text = source.read_text()
+    docstring = ast.get_docstring(ast.parse(text)) or ""
+    assert "owns" in docstring.lower(), f"{source.name}: the docstring does not say what it owns"
+    assert text.count("\n") <= 450, f"{source.name} has {text.count(chr(10))} lines: split it"

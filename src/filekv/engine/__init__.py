@@ -4,7 +4,8 @@ Import everything from here::
 
     from filekv.engine import Store, StoreLocked, TransactionActive, VersionMismatch
 
-The engine imports no web framework; the HTTP service is built on top of it.
+The engine imports no web framework; the HTTP service is built on top of it. Owns no state:
+it re-exports the public names. Who owns what inside is drawn in ``store.py``'s docstring.
 """
 
 from __future__ import annotations

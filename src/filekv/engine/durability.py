@@ -15,6 +15,9 @@ Under CPython every park and wake-up is a hand-off of the GIL between threads (a
 cores on the 2-core machines we measure on); waking exactly the writers that are done, once each,
 is what keeps that cost down. Asyncio callers use ``await wait_async(seq)``: their futures are
 resolved by the syncer thread too, so the event loop never runs an fsync.
+
+Owns the fsync rounds: what is synced so far, who is parked, the syncer thread, and a failed
+round's error. It asks the ``SegmentSet`` (through ``sync_point``) what to sync.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@
     └── StorageError           an operating-system I/O call failed
         ├── DiskFull           ENOSPC: nothing was written; retry once space is freed
         └── StoreFailed        an fsync failed: the store refuses writes until reopened
+
+Owns no state: the classes only.
 """
 
 from __future__ import annotations

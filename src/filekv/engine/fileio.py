@@ -4,6 +4,7 @@ Every write, fsync, rename and unlink the engine does goes through a ``FileIO``.
 are 0600 (owner only), as etcd makes its data files. Tests replace it
 with a subclass that counts operations, fails the N-th one with EIO or ENOSPC, or forgets what was
 written since the last fsync (simulated power loss) — the way SQLite tests its commit paths.
+Owns no state: descriptors belong to whoever opened them (``SegmentSet``, compaction).
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Values stay on disk; memory holds, per key, the key string (shared by all three structures), one
 packed integer locating its value (``hint.pack``: the same layout hint files store), a slot in
 the sorted key list and a slot in the value index.
+
+Owns the three in-memory structures; the Store's lock serialises every call.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ A segment is ``NNNNNNNNNN.seg``: a 40-byte header, then records appended one aft
 Only the newest segment is ever appended to, so only it can end in a torn record after a crash;
 damage anywhere else is corruption and is reported, never skipped. Files are created 0600: the
 values are the users' data, no other local account's.
+
+Owns one file at a time: a ``Segment`` (its descriptor and write position) is held, once open, by
+the ``SegmentSet`` (``segments.py``); these functions create, scan and cut segment files.
 """
 
 from __future__ import annotations
