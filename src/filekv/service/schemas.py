@@ -46,6 +46,10 @@ class PutResult(KeyValue):
 class KeyPage(BaseModel):
     """One page of sorted keys; pass ``next`` as ``after`` for the following page."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"keys": ["users/alice/colour"], "next": None}]}
+    )
+
     keys: list[str]
     next: str | None = Field(description="Cursor for the next page; null on the last page.")
 
@@ -53,17 +57,27 @@ class KeyPage(BaseModel):
 class Depth(BaseModel):
     """The caller's transaction depth after the call (0: no transaction)."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"depth": 1}]})
+
     depth: int
 
 
 class CommitResult(Depth):
     """Answer to ``POST /transactions/commit``."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"depth": 0, "applied": 1}]})
+
     applied: int = Field(description="Number of staged writes applied, atomically and durably.")
 
 
 class TransactionState(BaseModel):
     """Answer to ``GET /transactions``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"active": True, "mine": True, "depth": 1, "expires_in": 29.5}]
+        }
+    )
 
     active: bool = Field(description="Whether anyone holds a transaction.")
     mine: bool = Field(description="Whether the caller holds it.")
@@ -73,6 +87,8 @@ class TransactionState(BaseModel):
 
 class Health(BaseModel):
     """Answer to ``GET /healthz``."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
 
     status: str
 
