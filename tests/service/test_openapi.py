@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -103,3 +104,93 @@ def test_openapi_has_oauth2_password_flow(spec: dict[str, Any]) -> None:
     schemes = spec["components"]["securitySchemes"]
     flows = [scheme["flows"] for scheme in schemes.values() if scheme["type"] == "oauth2"]
     assert flows and flows[0]["password"]["tokenUrl"] == "/auth/token"
+
+
+# Routes whose answer depends on who asks: the holder's staged view, auth_mode, a token that is
+# sent being checked. Swagger UI sends the token only where the schema declares the scheme.
+CALLER_DEPENDENT = [
+    ("put", "/keys/{key}"),
+    ("get", "/keys/{key}"),
+    ("delete", "/keys/{key}"),
+    ("get", "/keys"),
+    ("get", "/transactions"),
+    ("get", "/stats"),
+]
+LOGGED_IN = [
+    ("post", "/transactions"),
+    ("post", "/transactions/commit"),
+    ("post", "/transactions/rollback"),
+    ("post", "/auth/logout"),
+    ("get", "/auth/me"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), CALLER_DEPENDENT)
+def test_openapi_declares_optional_bearer_where_the_caller_matters(
+    spec: dict[str, Any], method: str, path: str
+) -> None:
+    security = spec["paths"][path][method]["security"]
+    assert {"OAuth2PasswordBearer": []} in security
+    assert {} in security  # optional: anonymous requests are fine too
+
+
+@pytest.mark.parametrize(("method", "path"), LOGGED_IN)
+def test_openapi_declares_required_bearer_for_logged_in_routes(
+    spec: dict[str, Any], method: str, path: str
+) -> None:
+    assert spec["paths"][path][method]["security"] == [{"OAuth2PasswordBearer": []}]
+
+
+@pytest.mark.parametrize(
+    ("method", "headers"),
+    [("put", {"If-Match", "If-None-Match"}), ("delete", {"If-Match"})],
+)
+def test_openapi_declares_the_conditional_headers(
+    spec: dict[str, Any], method: str, headers: set[str]
+) -> None:
+    parameters = spec["paths"]["/keys/{key}"][method]["parameters"]
+    declared = {p["name"] for p in parameters if p["in"] == "header"}
+    assert declared == headers
+    # No example: Swagger UI would fill it in and a plain Execute would send a precondition.
+    assert all("example" not in p and "examples" not in p["schema"] for p in parameters)
+
+
+def test_openapi_examples_are_realistic(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    put = spec["paths"]["/keys/{key}"]["put"]
+    body = put["requestBody"]["content"]["application/json"]["schema"]
+    assert body["examples"] == [{"value": "hello"}]
+    assert schemas["Credentials"]["examples"] == [
+        {"username": "alice", "password": "alice-secret-1"}
+    ]
+    assert schemas["PutResult"]["examples"][0]["revision"] == 1
+
+
+def _descriptions(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["description"]] if isinstance(node.get("description"), str) else []
+        return found + [text for value in node.values() for text in _descriptions(value)]
+    if isinstance(node, list):
+        return [text for value in node for text in _descriptions(value)]
+    return []
+
+
+def test_openapi_descriptions_keep_placeholders_in_code(spec: dict[str, Any]) -> None:
+    # Descriptions are Markdown, where a bare <rev> is an HTML tag and disappears.
+    for text in _descriptions(spec):
+        outside_code = "".join(re.split("`+", text)[::2])
+        assert "<" not in outside_code, text
+
+
+def test_docs_pages_load_only_from_the_server() -> None:
+    from filekv.service.app import create_app
+    from filekv.settings import Settings
+
+    client = TestClient(create_app(Settings()))
+    for page in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        html = client.get(page).text
+        urls = re.findall(r"""(?:src|href)=["']([^"']+)""", html)
+        assert all(url.startswith("/") for url in urls), (page, urls)
+        for url in urls:
+            assert client.get(url).status_code == 200, url
+    assert client.get("/", follow_redirects=False).headers["location"] == "/docs"
