@@ -209,16 +209,18 @@ def test_docker_healthcheck_command_works_against_a_real_server(
     assert down.returncode != 0
 
 
-def test_docker_image_gets_the_docs_assets(tmp_path: Path) -> None:
+def test_docker_image_gets_the_docs_assets_and_builds_without_warnings(tmp_path: Path) -> None:
     # The image installs the package with `pip install .`: the wheel must carry every file of
     # service/static (Swagger UI, ReDoc), or /docs is blank without internet in the container.
+    # And the build says nothing deprecated (pyproject's licence as an SPDX string, not a table).
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path), str(ROOT)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert built.returncode == 0, built.stderr
+    assert "SetuptoolsDeprecationWarning" not in built.stdout + built.stderr
     (wheel,) = tmp_path.glob("filekv-*.whl")
     packaged = set(zipfile.ZipFile(wheel).namelist())
     static = ROOT / "src" / "filekv" / "service" / "static"
