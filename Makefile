@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 setup: $(STAMP)
 
 run: $(STAMP)
+	@echo "the filekv command is $(BIN)/filekv (or: source $(BIN)/activate, then filekv --help)"
 	$(BIN)/filekv serve
 
 # docker-compose (Debian's) checks compose.yaml; installed here so a fresh machine has it.
