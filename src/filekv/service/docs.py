@@ -30,9 +30,8 @@ REDOC_URL: Final = "/redoc"
 OAUTH2_REDIRECT_URL: Final = "/docs/oauth2-redirect"
 FAVICON_URL: Final = f"{STATIC_URL}/favicon-32x32.png"
 
-# Swagger UI's settings: no call to the public validator (its badge), and the token kept across a
-# reload of the page.
-SWAGGER_UI_PARAMETERS: Final = {"validatorUrl": None, "persistAuthorization": True}
+# Swagger UI's settings: no call to the public validator (its badge).
+SWAGGER_UI_PARAMETERS: Final = {"validatorUrl": None}
 
 
 def install_docs(app: FastAPI) -> None:
