@@ -169,3 +169,56 @@ def test_readme_examples_print_what_the_readme_says(
         if (problem := check(step, output)) is not None
     ]
     assert problems == [], "\n".join(problems)
+
+
+SAMPLE: Final = """## The HTTP API
+
+```sh
+B=http://127.0.0.1:8000
+
+# a remark about what follows (a blank line above it: not output)
+curl $B/x -d 'a' \\
+     -d 'b'
+# {"a":1,
+#  "b":2}                      a remark after the output
+curl -i $B/y
+# HTTP/1.1 200 OK
+# etag: "1"
+# {"token":"..."}
+```
+
+## Next
+```sh
+not run
+```
+"""
+
+
+def test_readme_steps_follow_the_convention() -> None:
+    found = steps(SAMPLE)
+    assert [step.command for step in found] == [
+        "B=http://127.0.0.1:8000",
+        "curl $B/x -d 'a' \\\n     -d 'b'",
+        "curl -i $B/y",
+    ]
+    assert [step.expected for step in found] == [
+        [],
+        ['{"a":1,"b":2}'],
+        ["HTTP/1.1 200 OK", 'etag: "1"', '{"token":"..."}'],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("index", "output", "agrees"),
+    [
+        (0, "", True),
+        (0, "something", False),  # shown as printing nothing
+        (1, '{"a":1,"b":2}', True),
+        (1, '{"a":1,"b":3}', False),
+        (2, 'HTTP/1.1 200 OK\r\nETag: "1"\r\ndate: x\r\n\r\n{"token":"abc"}', True),
+        (2, 'HTTP/1.1 200 OK\r\ndate: x\r\n\r\n{"token":"abc"}', False),  # no ETag
+        (2, 'HTTP/1.1 404 Not Found\r\nETag: "1"\r\n\r\n{"token":"abc"}', False),
+    ],
+)
+def test_readme_check_compares_what_is_printed(index: int, output: str, agrees: bool) -> None:
+    assert (check(steps(SAMPLE)[index], output) is None) is agrees
