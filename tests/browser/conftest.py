@@ -32,7 +32,9 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"{reason} (make test installs it; under CI this fails)")
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is up, it keeps an event loop running
+# in the main thread, and every later test that calls asyncio.run() would fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     try:
         from playwright.sync_api import sync_playwright
