@@ -422,31 +422,21 @@ def user_passwd(
     password_stdin: PasswordStdinOption = False,
 ) -> None:
     """Set a user's password; every token the user holds stops working (also while serving)."""
-    from filekv.service.auth import UsersUnavailable
-    from filekv.service.users import InvalidUser, UnknownUser
-
-    auth = _auth(data_dir)
     password = _read_password(password_stdin, "New password")
-    try:
-        changed = auth.set_password(name, password)
-    except InvalidUser as exc:
-        raise _fail(str(exc), 2) from None
-    except UnknownUser:
-        raise _fail(f"no user {name!r}") from None
-    except UsersUnavailable as exc:
-        raise _users_file_failure(exc) from None
-    _wait_for_running_server()
+    changed = _change_user(name, data_dir, lambda auth: auth.set_password(name, password))
     typer.echo(f"changed the password of {changed}; its tokens are revoked")
 
 
 def _change_user(name: str, data_dir: Path | None, change: Callable[[AuthService], str]) -> str:
     """Run ``change`` on the users file; its answer once a running server has seen it."""
     from filekv.service.auth import UsersUnavailable
-    from filekv.service.users import UnknownUser
+    from filekv.service.users import InvalidUser, UnknownUser
 
     auth = _auth(data_dir)
     try:
         changed = change(auth)
+    except InvalidUser as exc:  # a new password that breaks the rules
+        raise _fail(str(exc), 2) from None
     except UnknownUser:
         raise _fail(f"no user {name!r}") from None
     except UsersUnavailable as exc:
@@ -497,13 +487,7 @@ def compact(data_dir: DataDirOption = None) -> None:
     if not settings.data_dir.is_dir():
         raise _fail(f"no data directory at {settings.data_dir.resolve()}")
     try:
-        with Store.open(
-            settings.data_dir,
-            fsync=settings.fsync,
-            max_key_bytes=settings.max_key_bytes,
-            max_value_bytes=settings.max_value_bytes,
-            auto_compact=False,
-        ) as db:
+        with Store.open(settings.data_dir, settings.store_options(auto_compact=False)) as db:
             before = db.stats()
             db.compact()
             after = db.stats()

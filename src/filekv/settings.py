@@ -6,12 +6,15 @@ There is deliberately no module-level instance: the CLI and tests build one with
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-FsyncMode = Literal["always", "interval", "never"]
+from filekv.engine.options import FsyncMode, StoreOptions
+
+# The store's defaults live in the engine (StoreOptions); the fields below repeat none of them.
+_STORE: Final = StoreOptions()
 AuthMode = Literal["transactions", "writes", "all"]
 Registration = Literal["open", "closed"]
 
@@ -24,9 +27,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("data"), description="Folder holding the store's files.")
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
-    fsync: FsyncMode = Field("always", description="When writes reach the disk.")
+    fsync: FsyncMode = Field(_STORE.fsync, description="When writes reach the disk.")
     fsync_interval_ms: int = Field(
-        100, ge=1, le=60_000, description="With fsync=interval: the longest gap between fsyncs."
+        _STORE.fsync_interval_ms,
+        ge=1,
+        le=60_000,
+        description="With fsync=interval: the longest gap between fsyncs.",
     )
     transaction_timeout: float = Field(
         30.0, gt=0, description="Seconds a transaction may stay idle before it is rolled back."
@@ -36,27 +42,34 @@ class Settings(BaseSettings):
         "transactions", description="Which requests need a login: transactions, writes or all."
     )
     registration: Registration = Field("open", description="Whether POST /auth/register works.")
-    max_key_bytes: int = Field(1024, ge=1, le=65_535, description="Longest key, in UTF-8 bytes.")
+    max_key_bytes: int = Field(
+        _STORE.max_key_bytes, ge=1, le=65_535, description="Longest key, in UTF-8 bytes."
+    )
     max_value_bytes: int = Field(
-        1 << 20, ge=0, le=256 << 20, description="Largest value, in UTF-8 bytes."
+        _STORE.max_value_bytes, ge=0, le=256 << 20, description="Largest value, in UTF-8 bytes."
     )
     max_transaction_bytes: int = Field(
-        64 << 20,
+        _STORE.max_transaction_bytes,
         ge=1,
         lt=1 << 30,  # under the engine's largest record (1 GiB), which commit writes as one
         description="Most bytes one transaction may stage (keys, values, framing), every level.",
     )
     max_transaction_ops: int = Field(
-        10_000,
+        _STORE.max_transaction_ops,
         ge=1,
         le=1_000_000,
         description="Most writes and deletes one transaction may stage, every level.",
     )
     compact_min_bytes: int = Field(
-        16 << 20, ge=0, description="No automatic compaction below this many bytes on disk."
+        _STORE.compact_min_bytes,
+        ge=0,
+        description="No automatic compaction below this many bytes on disk.",
     )
     compact_dead_ratio: float = Field(
-        0.5, gt=0, le=1, description="Compact when this share of the bytes on disk is dead."
+        _STORE.compact_dead_ratio,
+        gt=0,
+        le=1,
+        description="Compact when this share of the bytes on disk is dead.",
     )
     header_timeout: float = Field(
         10.0,
@@ -80,6 +93,20 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Server log level."
     )
+
+    def store_options(self, **changes: Any) -> StoreOptions:
+        """The engine's options these settings describe (``changes`` replacing fields)."""
+        fields: dict[str, Any] = {
+            "fsync": self.fsync,
+            "fsync_interval_ms": self.fsync_interval_ms,
+            "max_key_bytes": self.max_key_bytes,
+            "max_value_bytes": self.max_value_bytes,
+            "max_transaction_bytes": self.max_transaction_bytes,
+            "max_transaction_ops": self.max_transaction_ops,
+            "compact_min_bytes": self.compact_min_bytes,
+            "compact_dead_ratio": self.compact_dead_ratio,
+        }
+        return StoreOptions(**(fields | changes))
 
 
 def load_settings(**overrides: Any) -> Settings:

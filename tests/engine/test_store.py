@@ -25,6 +25,7 @@ from filekv.engine import (
     StoreError,
     StoreFailed,
     StoreLocked,
+    StoreOptions,
     Transaction,
     TransactionActive,
     TransactionClosed,
@@ -67,6 +68,35 @@ def test_store_open_creates_folder_and_reports_options(
     assert db.fsync_mode == "interval"
     assert db.closed is False
     assert len(db) == 0
+
+
+def test_store_open_takes_options_and_keywords_replace_their_fields(
+    db_path: Path, opened: Any
+) -> None:
+    options = StoreOptions(fsync="never", auto_compact=False, max_key_bytes=8)
+    db = Store.open(db_path, options, max_value_bytes=16)
+    opened.stores.append(db)  # checked and closed at teardown
+    assert (db.fsync_mode, db.max_key_bytes, db.max_value_bytes) == ("never", 8, 16)
+    with pytest.raises(InvalidKey):
+        db.put("123456789", b"v")
+    with pytest.raises(ValueTooLarge):
+        db.put("k", b"x" * 17)
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"fsync": "sometimes"},
+        {"max_key_bytes": 0},
+        {"fsync_interval_ms": 0},
+        {"segment_bytes": 100},
+        {"max_transaction_ops": 0},
+    ],
+    ids=lambda field: next(iter(field)),
+)
+def test_store_options_reject_a_value_out_of_range_when_built(field: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        StoreOptions(**field)
 
 
 def test_store_put_get_entry_delete(store: Store) -> None:

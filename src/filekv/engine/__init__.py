@@ -27,7 +27,8 @@ from .errors import (
     VersionMismatch,
 )
 from .fileio import FileIO
-from .store import Entry, FsyncMode, Store
+from .options import FsyncMode, StoreOptions
+from .store import Entry, Store
 from .transaction import Transaction
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "StoreError",
     "StoreFailed",
     "StoreLocked",
+    "StoreOptions",
     "Transaction",
     "TransactionActive",
     "TransactionClosed",

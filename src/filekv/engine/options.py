@@ -1,6 +1,9 @@
-"""``StoreOptions``: the settings ``Store.open`` takes, and the check that they make sense.
+"""``StoreOptions``: the one definition of what ``Store.open`` can be told, with the defaults.
 
-Owns no mutable state: one frozen value, validated once before anything is opened.
+Owns no mutable state: one frozen value that checks itself when built, before anything is opened.
+The server's settings (``filekv.settings``) take their defaults from here and build one with
+``Settings.store_options()``; adding an option means adding a field here (and, if the server
+should expose it, a field in ``Settings``).
 """
 
 from __future__ import annotations
@@ -17,18 +20,31 @@ FSYNC_MODES: Final = ("always", "interval", "never")
 
 @dataclass(frozen=True, slots=True)
 class StoreOptions:
-    """Every tunable of an open store; ``Store.open`` has the defaults and says what each means."""
+    """Every tunable of an open store; ValueError on construction if one is out of range."""
 
-    fsync: FsyncMode
-    fsync_interval_ms: int
-    max_key_bytes: int
-    max_value_bytes: int
-    segment_bytes: int
-    compact_min_bytes: int
-    compact_dead_ratio: float
-    auto_compact: bool
-    max_transaction_bytes: int
-    max_transaction_ops: int
+    fsync: FsyncMode = "always"
+    """When writes reach the disk: before put returns, every ``fsync_interval_ms``, or never."""
+    fsync_interval_ms: int = 100
+    """With fsync="interval": the longest gap between fsyncs."""
+    max_key_bytes: int = 1024
+    """Longest key, in UTF-8 bytes."""
+    max_value_bytes: int = 1 << 20
+    """Largest value, in bytes."""
+    segment_bytes: int = 64 << 20
+    """Size at which the active segment is sealed and a new one started."""
+    compact_min_bytes: int = 16 << 20
+    """No automatic compaction below this many bytes on disk."""
+    compact_dead_ratio: float = 0.5
+    """Compact automatically when this share of the bytes on disk is dead."""
+    auto_compact: bool = True
+    """Whether compaction starts by itself (``compact_*``); ``Store.compact`` works either way."""
+    max_transaction_bytes: int = 64 << 20
+    """Most bytes one transaction may stage (keys, values, framing), every level."""
+    max_transaction_ops: int = 10_000
+    """Most writes and deletes one transaction may stage, every level."""
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """ValueError naming the first option out of range."""

@@ -28,6 +28,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
@@ -48,7 +49,7 @@ from .segments import SegmentSet
 from .transaction import Transaction
 from .writer import Writer
 
-__all__ = ["FSYNC_MODES", "Entry", "FsyncMode", "Store"]
+__all__ = ["FSYNC_MODES", "Entry", "FsyncMode", "Store", "StoreOptions"]
 
 log = logging.getLogger(__name__)
 
@@ -101,42 +102,54 @@ class Store:
     def open(
         cls,
         path: str | os.PathLike[str],
+        options: StoreOptions | None = None,
         *,
-        fsync: FsyncMode = "always",
-        fsync_interval_ms: int = 100,
-        max_key_bytes: int = 1024,
-        max_value_bytes: int = 1 << 20,
-        segment_bytes: int = 64 << 20,
-        compact_min_bytes: int = 16 << 20,
-        compact_dead_ratio: float = 0.5,
-        auto_compact: bool = True,
-        max_transaction_bytes: int = 64 << 20,
-        max_transaction_ops: int = 10_000,
         io: FileIO | None = None,
         should_stop: Callable[[], bool] | None = None,
+        fsync: FsyncMode | None = None,
+        fsync_interval_ms: int | None = None,
+        max_key_bytes: int | None = None,
+        max_value_bytes: int | None = None,
+        segment_bytes: int | None = None,
+        compact_min_bytes: int | None = None,
+        compact_dead_ratio: float | None = None,
+        auto_compact: bool | None = None,
+        max_transaction_bytes: int | None = None,
+        max_transaction_ops: int | None = None,
     ) -> Store:
-        """Open (creating if needed) the store in ``path``; recover what a crash left behind."""
-        options = StoreOptions(
-            fsync=fsync,
-            fsync_interval_ms=fsync_interval_ms,
-            max_key_bytes=max_key_bytes,
-            max_value_bytes=max_value_bytes,
-            segment_bytes=segment_bytes,
-            compact_min_bytes=compact_min_bytes,
-            compact_dead_ratio=compact_dead_ratio,
-            auto_compact=auto_compact,
-            max_transaction_bytes=max_transaction_bytes,
-            max_transaction_ops=max_transaction_ops,
-        )
-        options.validate()
+        """Open (creating if needed) the store in ``path``; recover what a crash left behind.
+
+        ``options`` (default: ``StoreOptions()``, whose fields say what each means) with any
+        keyword given here replacing its field: ``Store.open(path, fsync="never")``.
+        """
+        changes: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("fsync", fsync),
+                ("fsync_interval_ms", fsync_interval_ms),
+                ("max_key_bytes", max_key_bytes),
+                ("max_value_bytes", max_value_bytes),
+                ("segment_bytes", segment_bytes),
+                ("compact_min_bytes", compact_min_bytes),
+                ("compact_dead_ratio", compact_dead_ratio),
+                ("auto_compact", auto_compact),
+                ("max_transaction_bytes", max_transaction_bytes),
+                ("max_transaction_ops", max_transaction_ops),
+            )
+            if value is not None
+        }
+        if options is None:
+            options = StoreOptions(**changes)
+        elif changes:
+            options = replace(options, **changes)
         store = cls(Path(path), io or FileIO(), options)
         recovered = open_directory(store._segments, store._index, should_stop)
         store._writer.recovered(recovered.revision)
         store._compactor.last_compaction = recovered.last_compaction
-        if fsync == "interval":
+        if options.fsync == "interval":
             segments = store._segments
             store._flusher = IntervalFlusher(
-                fsync_interval_ms / 1000,
+                options.fsync_interval_ms / 1000,
                 store._group,
                 pending=lambda: segments.write_seq > store._group.synced,
                 can_sync=lambda: segments.failure is None,

@@ -48,15 +48,8 @@ def create_app(settings: Settings) -> FastAPI:
         store = await asyncio.to_thread(
             Store.open,
             settings.data_dir,
+            settings.store_options(),
             should_stop=app.state.stop_requested,
-            fsync=settings.fsync,
-            fsync_interval_ms=settings.fsync_interval_ms,
-            max_key_bytes=settings.max_key_bytes,
-            max_value_bytes=settings.max_value_bytes,
-            max_transaction_bytes=settings.max_transaction_bytes,
-            max_transaction_ops=settings.max_transaction_ops,
-            compact_min_bytes=settings.compact_min_bytes,
-            compact_dead_ratio=settings.compact_dead_ratio,
         )
         manager = TransactionManager(store, timeout=settings.transaction_timeout)
         reaper: asyncio.Task[None] | None = None
