@@ -562,3 +562,73 @@ def test_acommit_runs_off_the_event_loop(open_store: OpenStore, db_path: Path) -
     assert asyncio.run(run()) == 1
     assert commit_threads and commit_threads[0] is not loop_thread[0]
     assert db.get("k") == b"v"
+
+
+# -- compare-and-set inside a transaction ----------------------------------------------------------
+
+
+def test_transaction_put_expect_checks_committed_revision(store: Store) -> None:
+    rev = store.put("k", b"v")
+    with store.transaction() as tx:
+        with pytest.raises(VersionMismatch) as raised:
+            tx.put("k", b"w", expect=rev + 1)
+        assert (raised.value.expected, raised.value.actual) == (rev + 1, rev)
+        with pytest.raises(VersionMismatch):
+            tx.put("k", b"w", expect=0)
+        assert tx.staged_ops == 0  # nothing staged by a failed check
+        assert tx.put("k", b"w", expect=rev) is True
+        assert tx.put("new", b"n", expect=0) is False
+    assert (store.get("k"), store.get("new")) == (b"w", b"n")
+
+
+def test_transaction_delete_expect_checks_committed_revision(store: Store) -> None:
+    rev = store.put("k", b"v")
+    with store.transaction() as tx:
+        with pytest.raises(VersionMismatch):
+            tx.delete("k", expect=rev + 1)
+        with pytest.raises(VersionMismatch):
+            tx.delete("absent", expect=1)
+        assert tx.delete("absent", expect=0) is False
+        assert tx.delete("k", expect=rev) is True
+    assert store.get("k") is None
+
+
+@pytest.mark.parametrize(
+    ("staged", "expect", "allowed"),
+    [
+        ("put", 0, False),  # a staged value exists in the view
+        ("put", 1, False),  # and has no revision until commit
+        ("delete", 0, True),  # a staged delete makes the key absent
+        ("delete", 1, False),
+    ],
+)
+def test_transaction_expect_sees_every_nested_level(
+    store: Store, staged: str, expect: int, allowed: bool
+) -> None:
+    assert store.put("k", b"v") == 1
+    tx = store.transaction()
+    tx.begin()
+    if staged == "put":
+        tx.put("k", b"outer")
+    else:
+        tx.delete("k")
+    tx.begin()  # the write sits one level out: the check must see it from depth 3
+    if allowed:
+        assert tx.put("k", b"inner", expect=expect) is False
+        assert tx.get("k") == b"inner"
+    else:
+        with pytest.raises(VersionMismatch, match="written in this transaction"):
+            tx.put("k", b"inner", expect=expect)
+        with pytest.raises(VersionMismatch):
+            tx.delete("k", expect=expect)
+    tx.rollback()  # back to depth 2: the outer write alone
+    assert tx.get("k") == (b"outer" if staged == "put" else None)
+    tx.rollback()  # depth 1: nothing staged, the committed revision counts again
+    assert tx.put("k", b"again", expect=1) is True
+    tx.commit()
+    assert store.get("k") == b"again"
+
+
+def test_transaction_expect_validates_the_key_first(store: Store) -> None:
+    with store.transaction() as tx, pytest.raises(InvalidKey):
+        tx.put("", b"v", expect=5)

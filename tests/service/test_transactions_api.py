@@ -210,6 +210,19 @@ def test_transactions_holder_preconditions_apply_to_its_view(
     assert client.delete("/keys/missing", headers=alice).status_code == 404
 
 
+def test_transactions_holder_precondition_failure_is_the_engines_mismatch(
+    client: TestClient, alice: Headers
+) -> None:
+    revision = client.put("/keys/k", json={"value": "v"}).json()["revision"]
+    client.post("/transactions", headers=alice)
+    assert client.delete("/keys/k", headers=alice).status_code == 204  # staged
+    stale = client.delete("/keys/k", headers={**alice, "If-Match": f'"{revision}"'})
+    assert stale.status_code == 412
+    assert "written in this transaction" in stale.json()["detail"]
+    create = client.put("/keys/k", json={"value": "n"}, headers={**alice, "If-None-Match": "*"})
+    assert create.status_code == 201  # staged delete: absent in the holder's view
+
+
 def test_transactions_logout_of_holder_rolls_back_and_frees_lock(
     client: TestClient, alice: Headers, login: Login
 ) -> None:

@@ -46,11 +46,16 @@ class ValueTooLarge(StoreError):
 class VersionMismatch(StoreError):
     """A compare-and-set (``expect=``) did not match the key's current revision."""
 
-    def __init__(self, key: str, expected: int, actual: int | None) -> None:
+    def __init__(
+        self, key: str, expected: int, actual: int | None, *, staged: bool = False
+    ) -> None:
         self.key = key
         self.expected = expected
-        self.actual = actual
-        current = "absent" if actual is None else str(actual)
+        self.actual = actual  # None: absent, or (staged) written in this transaction
+        if staged:
+            current = "written in this transaction (no revision until commit)"
+        else:
+            current = "absent" if actual is None else str(actual)
         super().__init__(f"revision mismatch: expected {expected}, current {current}")
 
 

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Protocol, Self
 
 from .entry import Entry
-from .errors import TransactionClosed, TransactionTooLarge
+from .errors import TransactionClosed, TransactionTooLarge, VersionMismatch
 from .record import OPERATION_HEADER
 
 # A staged value of None is a staged delete.
@@ -34,6 +34,7 @@ class TransactionHost(Protocol):
     def max_transaction_ops(self) -> int: ...
     def encode_key(self, key: str) -> bytes: ...
     def check_value(self, value: bytes) -> bytes: ...
+    def __contains__(self, key: object) -> bool: ...
     def get(self, key: str) -> bytes | None: ...
     def entry(self, key: str) -> Entry | None: ...
     def find(
@@ -101,23 +102,51 @@ class Transaction:
         """Operations staged, every level counted."""
         return self._staged_ops
 
-    def put(self, key: str, value: bytes) -> None:
-        """Stage ``value`` under ``key`` in the innermost level.
+    def put(self, key: str, value: bytes, *, expect: int | None = None) -> bool:
+        """Stage ``value`` under ``key`` in the innermost level; True if the key existed.
 
-        TransactionTooLarge (nothing staged) if it would pass the transaction's limits.
+        ``expect`` as for ``Store.put``, checked against this transaction's view: None stages
+        unconditionally; 0 requires the key to be absent; any other number requires it to be the
+        key's committed revision (a key written or deleted in this transaction has none).
+        Otherwise VersionMismatch; TransactionTooLarge if it would pass the transaction's
+        limits. Either way nothing is staged.
         """
         self._check_open()
         encoded = self._store.encode_key(key)
         value = self._store.check_value(value)
+        existed = self._check_expect(key, expect)
         self._stage(key, len(encoded), value)
+        return existed
 
-    def delete(self, key: str) -> bool:
-        """Stage the deletion of ``key``; True if it existed in this transaction's view."""
+    def delete(self, key: str, *, expect: int | None = None) -> bool:
+        """Stage the deletion of ``key``; True if it existed in this transaction's view.
+
+        ``expect`` as for ``put``.
+        """
         self._check_open()
         encoded = self._store.encode_key(key)
-        existed = self.get(key) is not None
+        existed = self._check_expect(key, expect)
         self._stage(key, len(encoded), None)
         return existed
+
+    def _check_expect(self, key: str, expect: int | None) -> bool:
+        """Whether ``key`` exists in this transaction's view; VersionMismatch if ``expect`` fails.
+
+        The same rule as the store's own check (``Writer``), over the staged levels first.
+        """
+        staged, value = self._lookup(key)
+        if staged:
+            exists = value is not None
+            if expect is not None and (expect != 0 or exists):
+                raise VersionMismatch(key, expect, None, staged=True)
+            return exists
+        if expect is None:
+            return key in self._store
+        entry = self._store.entry(key)
+        revision = None if entry is None else entry.revision
+        if (expect == 0 and revision is not None) or (expect != 0 and revision != expect):
+            raise VersionMismatch(key, expect, revision)
+        return entry is not None
 
     def _stage(self, key: str, key_bytes: int, value: bytes | None) -> None:
         """Put ``value`` in the innermost level, after checking the limits."""

@@ -10,7 +10,7 @@ The service's own errors::
     ServiceError
     ├── NotAuthenticated       no, unknown, revoked or expired bearer token       401
     ├── KeyNotFound            no such key                                        404
-    ├── PreconditionFailed     If-Match / If-None-Match not met (staged or bad tag)   412
+    ├── PreconditionFailed     If-Match names no one revision (a mismatch: VersionMismatch) 412
     ├── BadRequest             a malformed request line or header (Content-Length)    400
     ├── NoTransaction          the caller holds no transaction                    409
     │   ├── TransactionExpired the caller's transaction was rolled back by its lease  409
@@ -98,7 +98,7 @@ class KeyNotFound(ServiceError):
 
 
 class PreconditionFailed(ServiceError):
-    """An ``If-Match`` or ``If-None-Match`` condition does not hold."""
+    """An ``If-Match`` that names no single revision; a condition that fails is VersionMismatch."""
 
 
 class BadRequest(ServiceError):

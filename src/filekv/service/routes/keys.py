@@ -22,9 +22,8 @@ from fastapi.responses import Response
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.routing import Route
 
-from filekv.engine.errors import VersionMismatch
 from filekv.service.deps import caller_session_id
-from filekv.service.errors import KeyNotFound, PreconditionFailed
+from filekv.service.errors import KeyNotFound
 from filekv.service.schemas import (
     DISK_FULL,
     ETAG,
@@ -50,7 +49,7 @@ from filekv.service.wire import (
 )
 
 if TYPE_CHECKING:
-    from filekv.engine import Entry, Store
+    from filekv.engine import Store
     from filekv.service.transactions import TransactionManager
 
 
@@ -93,17 +92,6 @@ def _session_id(request: Request, transactions: TransactionManager, *, write: bo
 def _decode(value: bytes) -> str:
     # Values written through this API are UTF-8; anything else is shown, not refused.
     return value.decode("utf-8", errors="replace")
-
-
-def _check_staged(key: str, expect: int | None, current: Entry | None) -> None:
-    """Apply ``expect`` to the holder's view, which the engine's ``tx.put`` does not check."""
-    if expect is None:
-        return
-    actual = current.revision if current is not None else None
-    if expect == 0 and current is not None:
-        raise PreconditionFailed("the key exists (If-None-Match: *)")
-    if expect > 0 and actual != expect:
-        raise VersionMismatch(key, expect, actual)
 
 
 _PUT_BODY: Final = {
@@ -181,10 +169,7 @@ async def put_key(key: str, request: Request) -> Response:
         existed = key in store
         revision: int | None = await store.aput(key, value, expect=expect)
     else:
-        current = tx.entry(key)
-        _check_staged(key, expect, current)
-        tx.put(key, value)
-        existed, revision = current is not None, None
+        existed, revision = tx.put(key, value, expect=expect), None
     body = {"key": key, "value": text, "revision": revision, "staged": tx is not None}
     return _json(body, 200 if existed else 201)
 
@@ -221,9 +206,7 @@ async def delete_key(key: str, request: Request) -> Response:
         store: Store = state.store
         existed = await store.adelete(key, expect=expect)
     else:
-        current = tx.entry(key)
-        _check_staged(key, expect, current)
-        existed = tx.delete(key)
+        existed = tx.delete(key, expect=expect)
     if not existed:
         raise KeyNotFound("no such key")
     return Response(status_code=204)
