@@ -1,4 +1,4 @@
-"""The engine stands alone (no web framework, no print) and its modules form no import cycle."""
+"""The engine stands alone (no web framework, settings, pydantic or print); no import cycle."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pytest
 import filekv.engine
 
 WEB = ("fastapi", "starlette", "httpx", "uvicorn")
-FORBIDDEN = (*WEB, "filekv.service")
+# The server's settings depend on the engine (they build its StoreOptions), never the other way.
+OUTSIDE = ("pydantic", "pydantic_settings")
+FORBIDDEN = (*WEB, *OUTSIDE, "filekv.service", "filekv.settings", "filekv.cli")
 ENGINE_DIR = Path(filekv.engine.__file__).parent
 
 
@@ -20,8 +22,8 @@ def test_boundaries_importing_engine_loads_no_web_framework() -> None:
     code = (
         "import sys, filekv.engine\n"
         "from filekv.engine import Store\n"
-        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {WEB!r}"
-        " or m.startswith('filekv.service'))\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {(*WEB, *OUTSIDE)!r}"
+        " or m.startswith(('filekv.service', 'filekv.settings', 'filekv.cli')))\n"
         "print(','.join(bad))\n"
     )
     result = subprocess.run(

@@ -65,7 +65,8 @@ _EPOCH_BYTES: Final = 16
 
 _USERNAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _TEMP_PREFIX: Final = f".{USERS_FILE}."
-# Not ".tmp": the engine deletes every "*.tmp" in the data directory when it opens.
+# Recovery deletes only the engine's own unfinished files (NNNNNNNNNN.seg.tmp, .hint.tmp), so any
+# suffix would survive an open; ".new" keeps clear of that pattern all the same.
 _TEMP_SUFFIX: Final = ".new"
 _MAX_REASON_CHARS: Final = 200
 
