@@ -24,7 +24,12 @@ from filekv.engine.hint import (
     HintColumns,
     decode_hint,
     encode_hint,
+    length_of,
+    offset_of,
     pack,
+    place_of,
+    revision_of,
+    segment_of,
     unpack,
 )
 from filekv.engine.index import KeyIndex
@@ -43,6 +48,33 @@ def _hint(entries: dict[str, tuple[int, int]]) -> HintColumns:
     return HintColumns(
         SEGMENT, max((r for _, r in entries.values()), default=0), 0, keys, locations
     )
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (0, 0, 0, 0, 0),
+        (SEGMENT, 32, 1, 5, 0xABCD),
+        ((1 << 24) - 1, (1 << 40) - 1, (1 << 32) - 1, (1 << 48) - 1, (1 << 32) - 1),
+    ],
+    ids=["zero", "small", "all-ones"],
+)
+def test_location_accessors_read_the_fields_pack_wrote(
+    fields: tuple[int, int, int, int, int],
+) -> None:
+    location = pack(*fields)
+    assert unpack(location) == fields
+    read = (
+        segment_of(location),
+        offset_of(location),
+        length_of(location),
+        revision_of(location),
+        location & HASH_MASK,
+    )
+    assert read == fields
+    other_value = pack(fields[0], fields[1], fields[2] ^ 1, fields[3] ^ 1, fields[4] ^ 1)
+    assert place_of(location) == place_of(other_value)  # same segment and offset: same place
+    assert place_of(location) != place_of(pack(fields[0], fields[1] ^ 1, *fields[2:]))
 
 
 def _snapshot(index: KeyIndex) -> dict[int, list[tuple[str, int]]]:

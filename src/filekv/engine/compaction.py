@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 from .errors import CorruptStore, StoreClosed
-from .hint import HASH_MASK, OFFSET_BITS, PLACE_SHIFT, HintColumns, encode_hint, pack
+from .hint import HASH_MASK, OFFSET_BITS, HintColumns, encode_hint, pack, place_of
 from .index import KeyIndex
 from .record import (
     FLAG_MERGED,
@@ -286,7 +286,7 @@ class Compactor:
                 locations = self._index.locations
                 for key, encoded, start, length, revision in candidates[first : first + BATCH]:
                     location = locations.get(key)
-                    if location is not None and location >> PLACE_SHIFT == place_base | start:
+                    if location is not None and place_of(location) == place_base | start:
                         live.append((key, encoded, start, length, revision, location))
             batches.append(live)
         return batches

@@ -54,6 +54,34 @@ def pack(segment_id: int, offset: int, length: int, revision: int, hashed: int) 
     )
 
 
+# One accessor per field: the only places besides ``pack``/``unpack`` that know the layout.
+
+
+def segment_of(location: int) -> int:
+    """The id of the segment holding the value."""
+    return location >> SEGMENT_SHIFT
+
+
+def offset_of(location: int) -> int:
+    """The value's byte offset in its segment."""
+    return (location >> OFFSET_SHIFT) & OFFSET_MASK
+
+
+def length_of(location: int) -> int:
+    """The value's length in bytes."""
+    return (location >> LENGTH_SHIFT) & LENGTH_MASK
+
+
+def revision_of(location: int) -> int:
+    """The revision of the write that stored the value."""
+    return (location >> REVISION_SHIFT) & REVISION_MASK
+
+
+def place_of(location: int) -> int:
+    """Segment and offset together: equal for two locations exactly when the value is the same."""
+    return location >> PLACE_SHIFT
+
+
 def unpack(location: int) -> tuple[int, int, int, int, int]:
     """(segment id, value offset, value length, revision, value hash)."""
     return (
@@ -130,7 +158,7 @@ def encode_hint(columns: HintColumns) -> bytes:
         raise ValueError("a hint needs one location per key")
     singles, grouped, ends = value_groups([location & HASH_MASK for location in locations])
     keys_block = KEY_SEPARATOR.join(key.encode("utf-8") for key in columns.keys)
-    value_bytes = sum((location >> LENGTH_SHIFT) & LENGTH_MASK for location in locations)
+    value_bytes = sum(map(length_of, locations))
     parts = [
         HINT_HEADER.pack(
             HINT_MAGIC,

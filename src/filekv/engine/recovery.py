@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import CorruptStore, RecoveryInterrupted, StorageError
-from .hint import LENGTH_MASK, LENGTH_SHIFT, decode_hint, pack
+from .hint import decode_hint, length_of, pack
 from .index import KeyIndex
 from .record import (
     FORMAT_VERSION,
@@ -236,8 +236,7 @@ def _load_hint(segments: SegmentSet, index: KeyIndex, segment: Segment) -> tuple
         segments.account_bulk(len(hint.keys), hint.key_bytes, hint.value_bytes)
     else:  # earlier segments survived a crash mid-compaction: merge entry by entry
         for key, location in zip(hint.keys, hint.locations, strict=True):
-            length = (location >> LENGTH_SHIFT) & LENGTH_MASK
-            segments.account_set(len(key.encode()), length, index.set(key, location))
+            segments.account_set(len(key.encode()), length_of(location), index.set(key, location))
     return hint.max_revision, len(data)
 
 

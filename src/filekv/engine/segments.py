@@ -22,7 +22,17 @@ from typing import Final
 
 from .errors import CorruptStore, DiskFull, StorageError, StoreFailed, StoreLocked
 from .fileio import FileIO
-from .hint import HASH_MASK, LENGTH_MASK, LENGTH_SHIFT, OFFSET_MASK, OFFSET_SHIFT, SEGMENT_SHIFT
+from .hint import (
+    HASH_MASK,
+    LENGTH_MASK,
+    LENGTH_SHIFT,
+    OFFSET_MASK,
+    OFFSET_SHIFT,
+    SEGMENT_SHIFT,
+    length_of,
+    offset_of,
+    segment_of,
+)
 from .record import PUT_VALUE_OFFSET, value_hash
 from .segment import Segment, create_segment, segment_name
 
@@ -35,7 +45,7 @@ ENTRY_OVERHEAD: Final = PUT_VALUE_OFFSET
 
 def entry_bytes(key_bytes: int, location: int) -> int:
     """The live-bytes estimate of one entry: its single-put record's size."""
-    return ENTRY_OVERHEAD + key_bytes + ((location >> LENGTH_SHIFT) & LENGTH_MASK)
+    return ENTRY_OVERHEAD + key_bytes + length_of(location)
 
 
 class SegmentSet:
@@ -297,22 +307,22 @@ class SegmentSet:
 
     def read_value(self, location: int) -> bytes:
         """Read the value at a packed ``location`` from its segment."""
+        # segment_of, length_of and offset_of written out: every GET comes here, and the three
+        # calls would cost ~60 ns, 6 % of an in-process get.
         segment = self._segments[location >> SEGMENT_SHIFT]
         length = (location >> LENGTH_SHIFT) & LENGTH_MASK
         data = self._io.pread(segment.fd, length, (location >> OFFSET_SHIFT) & OFFSET_MASK)
         if len(data) != length:
-            raise CorruptStore(
-                str(segment.path), (location >> OFFSET_SHIFT) & OFFSET_MASK, "value cut short"
-            )
+            raise CorruptStore(str(segment.path), offset_of(location), "value cut short")
         return data
 
     def check_values(self, entries: Iterable[tuple[str, int]]) -> None:
         """CorruptStore unless each value read back matches the hash its location holds."""
         for key, location in entries:
             if value_hash(self.read_value(location)) != location & HASH_MASK:
-                segment = self._segments[location >> SEGMENT_SHIFT]
+                segment = self._segments[segment_of(location)]
                 raise CorruptStore(
                     str(segment.path),
-                    (location >> OFFSET_SHIFT) & OFFSET_MASK,
+                    offset_of(location),
                     f"value of {key!r} does not match its hash",
                 )

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from .compaction import Compactor
 from .durability import GroupCommit, IntervalFlusher
@@ -52,6 +52,8 @@ from .writer import Writer
 __all__ = ["FSYNC_MODES", "Entry", "FsyncMode", "Store", "StoreOptions"]
 
 log = logging.getLogger(__name__)
+
+CLOSED: Final = "the store is closed"
 
 
 class Store:
@@ -212,6 +214,15 @@ class Store:
     def closed(self) -> bool:
         return self._closed
 
+    def _check_open(self) -> None:
+        """StoreClosed once the store is closed: the guard every public call runs first.
+
+        ``get``, ``entry`` and ``find`` write out these two lines instead of calling it, as they
+        write out hint.py's location accessors: each call costs ~20 ns, 2 % of a get.
+        """
+        if self._closed:
+            raise StoreClosed(CLOSED)
+
     @property
     def revision(self) -> int:
         return self._writer.revision
@@ -237,13 +248,11 @@ class Store:
         return self._writer.transaction is not None
 
     def __len__(self) -> int:
-        if self._closed:
-            raise StoreClosed("the store is closed")
+        self._check_open()
         return len(self._index)
 
     def __contains__(self, key: object) -> bool:
-        if self._closed:
-            raise StoreClosed("the store is closed")
+        self._check_open()
         return key in self._index.locations
 
     # ------------------------------------------------------------------ validation
@@ -298,8 +307,7 @@ class Store:
     def sync(self) -> None:
         """Make every write so far durable, whatever the fsync mode."""
         with self._lock:
-            if self._closed:
-                raise StoreClosed("the store is closed")
+            self._check_open()
         self._group.sync_now()
 
     # ------------------------------------------------------------------ reads
@@ -307,8 +315,8 @@ class Store:
     def get(self, key: str) -> bytes | None:
         """The value of ``key``, or None."""
         with self._lock:
-            if self._closed:
-                raise StoreClosed("the store is closed")
+            if self._closed:  # _check_open, inlined on the hot path
+                raise StoreClosed(CLOSED)
             location = self._index.locations.get(key)
             if location is None:
                 return None
@@ -317,13 +325,13 @@ class Store:
     def entry(self, key: str) -> Entry | None:
         """The key, its value and its revision, or None."""
         with self._lock:
-            if self._closed:
-                raise StoreClosed("the store is closed")
+            if self._closed:  # _check_open, inlined on the hot path
+                raise StoreClosed(CLOSED)
             location = self._index.locations.get(key)
             if location is None:
                 return None
             value = self._segments.read_value(location)
-        return Entry(key, value, (location >> REVISION_SHIFT) & REVISION_MASK)
+        return Entry(key, value, (location >> REVISION_SHIFT) & REVISION_MASK)  # revision_of
 
     def find(
         self,
@@ -343,12 +351,12 @@ class Store:
         if limit is not None and limit <= 0:
             return found
         with self._lock:
-            if self._closed:
-                raise StoreClosed("the store is closed")
+            if self._closed:  # _check_open, inlined on the hot path
+                raise StoreClosed(CLOSED)
             for key, location in self._index.candidates(hashed):
                 if (after is not None and key <= after) or not key.startswith(prefix):
                     continue
-                if (location >> LENGTH_SHIFT) & LENGTH_MASK != length:
+                if (location >> LENGTH_SHIFT) & LENGTH_MASK != length:  # length_of
                     continue
                 if self._segments.read_value(location) != value:
                     continue  # a hash collision
@@ -362,8 +370,7 @@ class Store:
     ) -> list[str]:
         """Sorted keys starting with ``prefix``, strictly after ``after``: O(log n + results)."""
         with self._lock:
-            if self._closed:
-                raise StoreClosed("the store is closed")
+            self._check_open()
             return list(islice(self._index.keys_from(prefix, after), limit))
 
     # ------------------------------------------------------------------ transactions
@@ -399,8 +406,7 @@ class Store:
     def compact(self) -> bool:
         """Merge every sealed segment into one, now; False if there was nothing to merge."""
         with self._lock:
-            if self._closed:
-                raise StoreClosed("the store is closed")
+            self._check_open()
         return self._compactor.compact()
 
     def stats(self) -> dict[str, Any]:

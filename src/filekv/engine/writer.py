@@ -24,7 +24,7 @@ from .errors import (
     ValueTooLarge,
     VersionMismatch,
 )
-from .hint import REVISION_MASK, REVISION_SHIFT, pack
+from .hint import pack, revision_of
 from .index import KeyIndex
 from .record import (
     DELETE,
@@ -143,7 +143,7 @@ class Writer:
 
     def _check_expect(self, key: str, expect: int) -> None:
         location = self._index.locations.get(key)
-        actual = None if location is None else (location >> REVISION_SHIFT) & REVISION_MASK
+        actual = None if location is None else revision_of(location)
         if expect == 0:
             if actual is not None:
                 raise VersionMismatch(key, expect, actual)
