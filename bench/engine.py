@@ -768,7 +768,9 @@ def child_load(folder: str, n: int, repeats: int, budget: float, compact: str) -
         "find_latencies_ns": latencies,
         "find_matches": matches,
         "compact_s": compact_s,
-        "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float, str, bool))},
+        "stats": {
+            k: v for k, v in stats.as_dict().items() if isinstance(v, (int, float, str, bool))
+        },
     }
 
 

@@ -226,7 +226,7 @@ def test_cli_compact_keeps_data_and_reports(tmp_path: Path) -> None:
         assert len(db) == 49
         assert db.get("k0") is None
         assert db.get("k7") == b"v4-7"
-        assert db.stats()["compactions"] >= 0
+        assert db.stats().compactions >= 0
         db.check()
 
 

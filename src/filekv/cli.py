@@ -503,7 +503,7 @@ def compact(data_dir: DataDirOption = None) -> None:
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     for field in ("keys", "disk_bytes", "live_bytes", "segments"):
-        table.add_row(field, f"{before[field]:,}", f"{after[field]:,}")
+        table.add_row(field, f"{getattr(before, field):,}", f"{getattr(after, field):,}")
     Console().print(table)
 
 

@@ -289,7 +289,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.db = Store.open(self.folder / "db", **self.options)
         assert self.db.revision >= self.highest
         self.highest = self.db.revision
-        assert self.db.stats()["recovered_truncations"] == 0
+        assert self.db.stats().recovered_truncations == 0
 
     @rule()
     def compact(self) -> None:

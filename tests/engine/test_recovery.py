@@ -129,7 +129,7 @@ def _reopen_damaged(
             extra = sorted(set(found) - set(expected))
             changed = sorted(k for k in set(found) & set(expected) if found[k] != expected[k])
             return f"contents differ: missing {missing}, extra {extra}, changed {changed}"
-        truncations = db.stats()["recovered_truncations"]
+        truncations = db.stats().recovered_truncations
         if truncations != 1:
             return f"recovered_truncations == {truncations}, expected 1"
         good_end = built.start if expected == built.before else built.end
@@ -141,7 +141,7 @@ def _reopen_damaged(
         db.put("after-recovery", b"ok")
         db.close()
         db = Store.open(work, fsync="never", auto_compact=False)
-        if db.stats()["recovered_truncations"] != 0:
+        if db.stats().recovered_truncations != 0:
             return "second reopen is not clean"
         if contents(db) != {**expected, "after-recovery": b"ok"}:
             return "data differs after writing and reopening again"
@@ -264,9 +264,9 @@ def test_recovery_counts_reset_on_clean_open(tmp_path: Path, open_store: OpenSto
     built = build(tmp_path, "put")
     truncate(built.source / built.segment, built.end - 1)
     db = open_store(built.source)
-    assert db.stats()["recovered_truncations"] == 1
+    assert db.stats().recovered_truncations == 1
     db.close()
-    assert open_store(built.source).stats()["recovered_truncations"] == 0
+    assert open_store(built.source).stats().recovered_truncations == 0
 
 
 # -- damage in the middle --------------------------------------------------------------------------
@@ -343,7 +343,7 @@ def test_recovery_zeroed_record_in_newest_segment_is_a_write_back_hole(tmp_path:
     segment.write_bytes(bytes(data))
     with Store.open(work, fsync="never", auto_compact=False) as db:
         found = contents(db)
-        assert db.stats()["recovered_truncations"] == 1
+        assert db.stats().recovered_truncations == 1
     expected = dict(built.before)
     del expected["middle"]
     assert found == expected

@@ -214,16 +214,16 @@ def test_store_stats_keys(store: Store) -> None:
         "compactions",
         "compacting",
     }
-    assert expected <= set(stats)
-    assert stats["keys"] == 1
-    assert stats["fsync"] == "never"
-    assert stats["segments"] >= 1
-    assert stats["disk_bytes"] >= stats["live_bytes"] > 0
-    assert stats["last_compaction"] is None
-    assert stats["recovered_truncations"] == 0
-    assert stats["revision"] == store.revision
-    assert stats["compactions"] == 0
-    assert stats["compacting"] is False
+    assert expected <= {field.name for field in dataclasses.fields(stats)}
+    assert stats.keys == 1
+    assert stats.fsync == "never"
+    assert stats.segments >= 1
+    assert stats.disk_bytes >= stats.live_bytes > 0
+    assert stats.last_compaction is None
+    assert stats.recovered_truncations == 0
+    assert stats.revision == store.revision
+    assert stats.compactions == 0
+    assert stats.compacting is False
 
 
 def test_store_stats_after_compaction_records_time(store: Store) -> None:
@@ -231,8 +231,8 @@ def test_store_stats_after_compaction_records_time(store: Store) -> None:
     store.put("a", b"2")
     store.compact()
     stats = store.stats()
-    assert isinstance(stats["last_compaction"], str)
-    assert stats["compactions"] == 1
+    assert isinstance(stats.last_compaction, str)
+    assert stats.compactions == 1
 
 
 # -- compare-and-set -------------------------------------------------------------------------------
@@ -624,7 +624,7 @@ def test_store_fsync_modes_persist_on_close(
     db = open_store(db_path, fsync=fsync, fsync_interval_ms=5)
     for i in range(20):
         db.put(f"k{i}", b"%d" % i)
-    assert db.stats()["fsync"] == fsync
+    assert db.stats().fsync == fsync
     again = reopen(db)
     assert contents(again) == {f"k{i}": b"%d" % i for i in range(20)}
 
@@ -677,13 +677,13 @@ def test_store_compact_keeps_data_and_shrinks_disk(
 ) -> None:
     db = open_store(db_path, segment_bytes=32 << 10)
     expected = _fill_with_overwrites(db)
-    disk_before = db.stats()["disk_bytes"]
+    disk_before = db.stats().disk_bytes
     revisions = {key: db.entry(key).revision for key in expected}  # type: ignore[union-attr]
     db.compact()
     assert contents(db) == expected
     stats = db.stats()
-    assert stats["disk_bytes"] < disk_before / 5
-    assert stats["keys"] == len(expected)
+    assert stats.disk_bytes < disk_before / 5
+    assert stats.keys == len(expected)
     assert hints(db_path), "compaction writes a hint file"
     on_disk = sum(p.stat().st_size for p in segments(db_path))
     assert on_disk < disk_before / 5
@@ -777,16 +777,14 @@ def test_store_auto_compaction_triggers(db_path: Path, open_store: OpenStore) ->
             value = (b"%d|" % round_).ljust(200, b"-")
             db.put(f"k{i}", value)
             expected[f"k{i}"] = value
-        if db.stats()["compactions"] > 0 and round_ > 100:
+        if db.stats().compactions > 0 and round_ > 100:
             break
     deadline = time.monotonic() + 10  # compaction runs in the background: wait for it to finish
-    while (
-        db.stats()["compactions"] == 0 or db.stats()["compacting"]
-    ) and time.monotonic() < deadline:
+    while (db.stats().compactions == 0 or db.stats().compacting) and time.monotonic() < deadline:
         time.sleep(0.01)
     stats = db.stats()
-    assert stats["compactions"] >= 1
-    assert stats["disk_bytes"] < 200 * 10 * 200  # far less than everything ever written
+    assert stats.compactions >= 1
+    assert stats.disk_bytes < 200 * 10 * 200  # far less than everything ever written
     assert contents(db) == expected
 
 
@@ -864,7 +862,7 @@ def test_store_reads_and_writes_during_background_compaction(
     for thread in helpers:
         thread.join()
     assert not errors, errors[0]
-    assert db.stats()["compactions"] >= 1
+    assert db.stats().compactions >= 1
     expected = {key: value(key, n) for key, n in last_written.items()}
     assert contents(db) == expected
     for key, raw in expected.items():

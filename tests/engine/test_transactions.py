@@ -381,7 +381,7 @@ def test_transaction_commit_is_one_record(tmp_path: Path, open_store: OpenStore)
         truncate(target / segment_name, before + cut)
         again = open_store(target)
         assert contents(again) == base, f"commit record cut after {cut} of {record} bytes"
-        assert again.stats()["recovered_truncations"] == (1 if cut else 0)
+        assert again.stats().recovered_truncations == (1 if cut else 0)
         again.close()
     whole = open_store(copy_store(source, tmp_path / "whole"))
     assert contents(whole) == after_tx

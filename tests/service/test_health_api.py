@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+
+from filekv.engine import StoreStats
 
 
 def test_health_ok_while_open(client: TestClient) -> None:
@@ -40,6 +43,14 @@ def test_stats_has_every_promised_field(client: TestClient) -> None:
     assert stats["fsync"] == "always"
     assert stats["disk_bytes"] >= stats["live_bytes"] > 0
     assert stats["last_compaction"] is None
+
+
+def test_stats_answer_and_schema_are_the_engines_store_stats(client: TestClient) -> None:
+    names = [field.name for field in dataclasses.fields(StoreStats)]
+    assert list(client.get("/stats").json()) == names
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["Stats"]
+    assert list(schema["properties"]) == names
+    assert all(schema["properties"][name].get("description") for name in names)
 
 
 def test_app_creation_opens_nothing(make_app: Callable[..., FastAPI], tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from .errors import (
 )
 from .fileio import FileIO
 from .options import FsyncMode, StoreOptions
+from .stats import StoreStats
 from .store import Entry, Store
 from .transaction import Transaction
 
@@ -46,6 +47,7 @@ __all__ = [
     "StoreFailed",
     "StoreLocked",
     "StoreOptions",
+    "StoreStats",
     "Transaction",
     "TransactionActive",
     "TransactionClosed",

@@ -46,6 +46,7 @@ from .options import FSYNC_MODES, FsyncMode, StoreOptions
 from .record import value_hash
 from .recovery import open_directory
 from .segments import SegmentSet
+from .stats import StoreStats
 from .transaction import Transaction
 from .writer import Writer
 
@@ -409,28 +410,29 @@ class Store:
             self._check_open()
         return self._compactor.compact()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> StoreStats:
+        """A snapshot of the store's counts and sizes (``StoreStats`` says what each means)."""
         with self._lock:
             segments = self._segments
             compactor = self._compactor
             last_compaction = compactor.last_compaction
-            return {
-                "keys": len(self._index),
-                "disk_bytes": segments.disk_bytes(),
-                "live_bytes": segments.live_bytes,
-                "segments": segments.count,
-                "fsync": self._options.fsync,
-                "last_compaction": (
+            return StoreStats(
+                keys=len(self._index),
+                disk_bytes=segments.disk_bytes(),
+                live_bytes=segments.live_bytes,
+                segments=segments.count,
+                fsync=self._options.fsync,
+                last_compaction=(
                     datetime.fromtimestamp(last_compaction, UTC).isoformat()
                     if last_compaction is not None
                     else None
                 ),
-                "recovered_truncations": segments.truncations,
-                "revision": self._writer.revision,
-                "compactions": compactor.compactions,
-                "compacting": compactor.busy,
-                "in_transaction": self._writer.transaction is not None,
-            }
+                recovered_truncations=segments.truncations,
+                revision=self._writer.revision,
+                compactions=compactor.compactions,
+                compacting=compactor.busy,
+                in_transaction=self._writer.transaction is not None,
+            )
 
     def check(self) -> None:
         """Verify that every index agrees with the others and with the files; raise if not."""

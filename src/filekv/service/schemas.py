@@ -6,9 +6,12 @@ so they document the wire format without validating every answer.
 
 from __future__ import annotations
 
-from typing import Any, Final
+import dataclasses
+from typing import Any, Final, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from filekv.engine.stats import StoreStats
 
 
 class ValueIn(BaseModel):
@@ -93,18 +96,18 @@ class Health(BaseModel):
     status: str
 
 
-class Stats(BaseModel):
-    """Answer to ``GET /stats`` (the engine may add more fields)."""
+def _model_of(source: type[Any], doc: str) -> type[BaseModel]:
+    """A response model with the fields of the engine's dataclass ``source``, descriptions too."""
+    types = get_type_hints(source)
+    fields: dict[str, Any] = {
+        field.name: (types[field.name], Field(description=field.metadata["description"]))
+        for field in dataclasses.fields(source)
+    }
+    return create_model(source.__name__.removeprefix("Store"), __doc__=doc, **fields)
 
-    model_config = ConfigDict(extra="allow")
 
-    keys: int
-    disk_bytes: int
-    live_bytes: int
-    segments: int
-    fsync: str
-    last_compaction: str | None = Field(description="ISO time of the last compaction, or null.")
-    recovered_truncations: int = Field(description="Torn tails cut at the last open.")
+# Answer to GET /stats: exactly the fields of the engine's StoreStats, which the route sends.
+Stats = _model_of(StoreStats, "Answer to ``GET /stats``: ``Store.stats()``.")
 
 
 class ErrorBody(BaseModel):

@@ -7,7 +7,7 @@ transaction is open are the store's business; in every mode a token that is sent
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 from fastapi import APIRouter, Request
@@ -55,5 +55,4 @@ def stats(request: Request) -> Response:
     With ``auth_mode=all``, only for a logged-in caller (401 otherwise).
     """
     caller_session_id(request, required=request.app.state.settings.auth_mode == "all")
-    found: dict[str, Any] = _open_store(request).stats()
-    return Response(orjson.dumps(found), media_type="application/json")
+    return Response(orjson.dumps(_open_store(request).stats()), media_type="application/json")
