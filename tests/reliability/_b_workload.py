@@ -21,6 +21,7 @@ from filekv.engine import (
     StorageError,
     Store,
     StoreFailed,
+    Transaction,
     TransactionTooLarge,
     VersionMismatch,
 )
@@ -155,6 +156,12 @@ class Workload:
         except VersionMismatch:
             assert not good, f"CAS with the current revision {expect} of {key!r} was refused"
 
+    def _count_refusal(self, db: Store, tx: Transaction, key: str, value: bytes) -> None:
+        """A staged write refused at the limit: it must really have passed it (7: op header)."""
+        needed = tx.staged_bytes + 7 + len(key.encode()) + len(value)
+        assert needed > db.max_transaction_bytes, "refused under the limit"
+        self.refused += 1
+
     def transaction(self, db: Store) -> None:
         rng = self.rng
         committed = self.model.values
@@ -172,9 +179,7 @@ class Workload:
                     except TransactionTooLarge:
                         # Refused whole: the model stages nothing either (the store's
                         # max_transaction_bytes is small here, so big transactions hit it).
-                        needed = tx.staged_bytes + 7 + len(key.encode()) + len(value)
-                        assert needed > db.max_transaction_bytes, "refused under the limit"
-                        self.refused += 1
+                        self._count_refusal(db, tx, key, value)
                         continue
                     levels[-1][key] = value  # type: ignore[assignment]
                 elif roll < 0.65:
@@ -182,9 +187,7 @@ class Workload:
                     try:
                         assert tx.delete(key) == (key in view)
                     except TransactionTooLarge:
-                        needed = tx.staged_bytes + 7 + len(key.encode())
-                        assert needed > db.max_transaction_bytes, "refused under the limit"
-                        self.refused += 1
+                        self._count_refusal(db, tx, key, b"")
                         continue
                     levels[-1][key] = None  # type: ignore[assignment]
                 elif roll < 0.8:

@@ -47,6 +47,10 @@ from starlette.responses import Response
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from filekv.settings import Settings
+
+_SETTING_DEFAULTS: Final = Settings.model_fields
+
 logger = logging.getLogger(__name__)
 
 # 16 KiB of header names and values is what nginx and Node.js accept by default and far above
@@ -70,9 +74,10 @@ def max_target_bytes(max_key_bytes: int) -> int:
 class ReadLimits:
     """How long and how much a request may take to arrive (the settings of the same names)."""
 
-    header_timeout: float = 10.0
-    body_timeout: float = 30.0
-    body_total_timeout: float = 300.0
+    # The defaults are the settings' own, so each is written down once (settings.py).
+    header_timeout: float = _SETTING_DEFAULTS["header_timeout"].default
+    body_timeout: float = _SETTING_DEFAULTS["body_timeout"].default
+    body_total_timeout: float = _SETTING_DEFAULTS["body_total_timeout"].default
     max_target_bytes: int = MIN_TARGET_BYTES
 
 
