@@ -1,0 +1,210 @@
+"""``Client``: the synchronous client, one pooled keep-alive connection through httpx."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from types import TracebackType
+from typing import Any, Final
+
+import httpx
+
+from filekv.client import _protocol as p
+from filekv.client._errors import FilekvError, NotFound, translate_transport_errors
+from filekv.client._models import Entry
+
+log = logging.getLogger(__name__)
+
+_MISSING: Final[Any] = object()
+
+
+class Client:
+    """A filekv server at ``url`` (default ``$FILEKV_URL``, else ``http://127.0.0.1:8000``).
+
+    ``token`` is a bearer token to send (``login`` sets it); ``timeout`` bounds each request in
+    seconds; with ``wait_locked > 0`` an answer 423 (another client holds the transaction) is
+    retried after its ``Retry-After``, for at most ``wait_locked`` seconds in all, before
+    ``Locked`` is raised. ``transport`` replaces httpx's (for tests).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        wait_locked: float = 0.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = p.base_url(url)
+        self.wait_locked = wait_locked
+        self._http = httpx.Client(
+            base_url=self.url, timeout=timeout, limits=p.LIMITS, transport=transport
+        )
+        self.token = token
+
+    @property
+    def token(self) -> str | None:
+        """The bearer token sent with every request (None: anonymous)."""
+        return self._token
+
+    @token.setter
+    def token(self, token: str | None) -> None:
+        self._token = token
+        self._http.headers.pop("Authorization", None)
+        self._http.headers.update(p.auth_headers(token))
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._http.close()
+
+    def __repr__(self) -> str:
+        return f"Client({self.url!r})"
+
+    def _send(self, call: p.Call) -> httpx.Response:
+        deadline = time.monotonic() + self.wait_locked
+        while True:
+            with translate_transport_errors():
+                response = self._http.send(call.request(self._http))
+            delay = p.lock_delay(response, deadline - time.monotonic())
+            if delay is None:
+                return p.check(response)
+            log.debug("%s %s: locked, retrying in %.1f s", call.method, call.path, delay)
+            time.sleep(delay)
+
+    # --- auth
+
+    def register(self, username: str, password: str) -> None:
+        """Create a user (403 ``Forbidden`` if registration is closed, 409 if taken)."""
+        self._send(p.register_call(username, password))
+
+    def login(self, username: str, password: str) -> str:
+        """Log in; the token is kept (``kv.token``) and also returned."""
+        self.token = p.decode_token(self._send(p.login_call(username, password)))
+        return self.token
+
+    def logout(self) -> None:
+        """Revoke this client's token and forget it."""
+        self._send(p.LOGOUT)
+        self.token = None
+
+    def whoami(self) -> str:
+        """The user name of this client's token."""
+        name: str = p.decode_json(self._send(p.ME))["username"]
+        return name
+
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz``."""
+        return p.decode_json(self._send(p.HEALTH))
+
+    def stats(self) -> dict[str, Any]:
+        """``GET /stats``: the store's statistics."""
+        return p.decode_json(self._send(p.STATS))
+
+    # --- keys
+
+    def put(self, key: str, value: str, *, expect: int | None = None) -> int | None:
+        """Write ``key``; the new revision, or None if staged in your transaction.
+
+        ``expect=REV`` writes only if the key is at revision REV, ``expect=0`` only if it does
+        not exist (``PreconditionFailed`` otherwise).
+        """
+        return p.decode_revision(self._send(p.put_call(key, value, expect)))
+
+    def entry(self, key: str) -> Entry:
+        """The key, its value and revision; ``NotFound`` if absent."""
+        return p.decode_entry(self._send(p.get_call(key)))
+
+    def get(self, key: str, default: Any = _MISSING) -> Any:
+        """The value of ``key``; ``NotFound`` if absent, unless a ``default`` is given."""
+        try:
+            return self.entry(key).value
+        except NotFound:
+            if default is _MISSING:
+                raise
+            return default
+
+    def delete(self, key: str, *, expect: int | None = None) -> None:
+        """Delete ``key``; ``NotFound`` if absent; ``expect=`` as for ``put``."""
+        self._send(p.delete_call(key, expect))
+
+    def keys(self, prefix: str = "", *, limit: int | None = None) -> Iterator[str]:
+        """Every key starting with ``prefix``, sorted, fetched a page (``limit``) at a time."""
+        return self._pages(prefix=prefix, value=None, limit=limit)
+
+    def find(self, value: str, prefix: str = "", *, limit: int | None = None) -> Iterator[str]:
+        """Every key whose value equals ``value`` (and starts with ``prefix``), sorted."""
+        return self._pages(prefix=prefix, value=value, limit=limit)
+
+    def _pages(self, *, prefix: str, value: str | None, limit: int | None) -> Iterator[str]:
+        after: str | None = None
+        while True:
+            call = p.page_call(prefix=prefix, value=value, after=after, limit=limit)
+            keys, after = p.decode_page(self._send(call))
+            yield from keys
+            if after is None:
+                return
+
+    def batch(self, ops: Iterable[p.BatchOp]) -> int | None:
+        """Apply ops atomically at one revision (None if staged in your transaction).
+
+        Each op is ``("put", key, value)``, ``("delete", key)`` (optionally with an expected
+        revision last) or a dict ``{"op", "key", "value", "expect"}``.
+        """
+        return p.decode_revision(self._send(p.batch_call(ops)))
+
+    # --- transactions
+
+    def begin(self) -> int:
+        """Begin the transaction, or a nested level of it: the new depth."""
+        return p.decode_depth(self._send(p.BEGIN))
+
+    def commit(self) -> int:
+        """Commit every level atomically: how many writes were applied."""
+        return p.decode_applied(self._send(p.COMMIT))
+
+    def rollback(self) -> int:
+        """Undo the innermost level: the depth left (0: the transaction ended)."""
+        return p.decode_depth(self._send(p.ROLLBACK))
+
+    def release(self) -> int:
+        """Merge the innermost level into the one below: the depth left."""
+        return p.decode_depth(self._send(p.RELEASE))
+
+    def transaction_status(self) -> dict[str, Any]:
+        """``{"active", "mine", "depth", "expires_in"}``."""
+        return p.decode_json(self._send(p.STATUS))
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[int]:
+        """Begin (or nest) a level; yield its depth.
+
+        On normal exit the outermost level commits and a nested one is released into its
+        parent; on an exception that level is rolled back and the exception re-raised.
+        """
+        depth = self.begin()
+        try:
+            yield depth
+        except BaseException:
+            try:
+                self.rollback()
+            except FilekvError as exc:  # e.g. the lease expired: the original error matters
+                log.warning("rollback of transaction level %d failed: %s", depth, exc)
+            raise
+        if depth == 1:
+            self.commit()
+        else:
+            self.release()

@@ -1,0 +1,160 @@
+"""The client's exceptions: one per kind of answer, each with the server's ``detail``.
+
+::
+
+    FilekvError                 .status (None without an answer) and .detail
+    ├── NotFound                404  no such key
+    ├── Unauthorized            401  no, unknown, revoked or expired token; wrong password
+    ├── Forbidden               403  e.g. registration is closed
+    ├── Conflict                409  e.g. no transaction held, name taken, lease expired
+    ├── PreconditionFailed      412  expect= (If-Match / If-None-Match) did not hold
+    ├── TooLarge                413  value, body or transaction too large
+    ├── InvalidRequest          400, 415, 422, 431  the request itself is wrong
+    ├── Locked                  423  another client holds the transaction (.retry_after)
+    ├── TooManyRequests         429  login throttled (.retry_after)
+    ├── ServerError             5xx  the store failed, or the disk is full (507)
+    └── Unavailable             no answer: the server cannot be reached
+
+``error_for_status`` turns an HTTP answer into one of these, and ``translate_transport_errors``
+turns every httpx transport error into ``Unavailable``: the one place lower-level errors become
+the client's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+import httpx
+
+
+class FilekvError(Exception):
+    """Base of every client error: ``status`` (None without an answer) and ``detail``."""
+
+    def __init__(self, detail: str, *, status: int | None = None) -> None:
+        super().__init__(f"{status}: {detail}" if status is not None else detail)
+        self.status = status
+        self.detail = detail
+
+
+class NotFound(FilekvError):
+    """404: no such key."""
+
+
+class Unauthorized(FilekvError):
+    """401: no, unknown, revoked or expired token, or a wrong username or password."""
+
+
+class Forbidden(FilekvError):
+    """403: not allowed, e.g. registration is closed."""
+
+
+class Conflict(FilekvError):
+    """409: e.g. you hold no transaction, it expired, or the user name is taken."""
+
+
+class PreconditionFailed(FilekvError):
+    """412: the revision named by ``expect=`` did not match."""
+
+
+class TooLarge(FilekvError):
+    """413: a value, body or transaction past the server's limits."""
+
+
+class InvalidRequest(FilekvError):
+    """400, 415, 422 or 431: the request is malformed or invalid."""
+
+
+class _RetryAfter(FilekvError):
+    def __init__(
+        self, detail: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(detail, status=status)
+        self.retry_after = retry_after
+
+
+class Locked(_RetryAfter):
+    """423: another client holds the transaction; ``retry_after`` seconds (or None)."""
+
+
+class TooManyRequests(_RetryAfter):
+    """429: too many failed logins; ``retry_after`` seconds (or None)."""
+
+
+class ServerError(FilekvError):
+    """5xx: the server failed (503: the store; 507: its disk is full)."""
+
+
+class Unavailable(FilekvError):
+    """The server could not be reached (connection refused, timed out, cut off)."""
+
+
+STATUS_ERRORS: Final[Mapping[int, type[FilekvError]]] = {
+    400: InvalidRequest,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    412: PreconditionFailed,
+    413: TooLarge,
+    415: InvalidRequest,
+    422: InvalidRequest,
+    423: Locked,
+    429: TooManyRequests,
+    431: InvalidRequest,
+}
+
+
+def retry_after(response: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds, or None if absent or not a number (an HTTP date is ignored)."""
+    text = response.headers.get("retry-after")
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return response.text or response.reason_phrase
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):  # FastAPI's validation errors: [{"loc": [...], "msg": ...}]
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                loc = ".".join(str(part) for part in item.get("loc", ()))
+                parts.append(f"{loc}: {item.get('msg', '')}" if loc else str(item.get("msg")))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return response.text or response.reason_phrase
+
+
+def error_for_status(response: httpx.Response) -> FilekvError:
+    """The exception for an answer of status 400 or more."""
+    status = response.status_code
+    detail = _detail(response)
+    cls = STATUS_ERRORS.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else FilekvError
+    if issubclass(cls, _RetryAfter):
+        return cls(detail, status=status, retry_after=retry_after(response))
+    return cls(detail, status=status)
+
+
+@contextlib.contextmanager
+def translate_transport_errors() -> Iterator[None]:
+    """Every ``httpx.TransportError`` (no answer came) becomes ``Unavailable``."""
+    try:
+        yield
+    except httpx.TransportError as exc:
+        raise Unavailable(f"cannot reach the server: {exc!r}") from exc

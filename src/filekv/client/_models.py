@@ -1,0 +1,14 @@
+"""What the client returns besides plain values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A key, its value and its revision (None for the holder's staged, uncommitted write)."""
+
+    key: str
+    value: str
+    revision: int | None
