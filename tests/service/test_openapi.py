@@ -25,6 +25,12 @@ ROUTES = [
     ("get", "/transactions", {"200", "401"}),
     ("post", "/transactions/commit", {"200", "401", "409", "503", "507"}),
     ("post", "/transactions/rollback", {"200", "401", "409"}),
+    ("post", "/transactions/release", {"200", "401", "409"}),
+    (
+        "post",
+        "/batch",
+        {"200", "400", "401", "409", "412", "413", "415", "422", "423", "503", "507"},
+    ),
     ("post", "/auth/register", {"201", "403", "409", "422"}),
     ("post", "/auth/token", {"200", "401"}),
     ("post", "/auth/logout", {"204", "401"}),

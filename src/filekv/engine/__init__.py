@@ -10,10 +10,13 @@ it re-exports the public names. Who owns what inside is drawn in ``store.py``'s 
 
 from __future__ import annotations
 
+from .batch import BatchOp, Delete, Put
 from .errors import (
     CorruptStore,
     DiskFull,
+    InvalidBatch,
     InvalidKey,
+    NoSavepoint,
     RecoveryInterrupted,
     StorageError,
     StoreClosed,
@@ -33,12 +36,17 @@ from .store import Entry, Store
 from .transaction import Transaction
 
 __all__ = [
+    "BatchOp",
     "CorruptStore",
+    "Delete",
     "DiskFull",
     "Entry",
     "FileIO",
     "FsyncMode",
+    "InvalidBatch",
     "InvalidKey",
+    "NoSavepoint",
+    "Put",
     "RecoveryInterrupted",
     "StorageError",
     "Store",

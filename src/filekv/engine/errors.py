@@ -8,8 +8,10 @@
     ├── InvalidKey             empty, too long, or not encodable as UTF-8
     ├── ValueTooLarge          value over the configured limit
     ├── VersionMismatch        ``expect=`` did not match the key's revision
+    ├── InvalidBatch           a batch with no operation, or two on one key
     ├── TransactionActive      a write or a second transaction while one is open
     ├── TransactionClosed      the transaction has already ended
+    ├── NoSavepoint            release at depth 1: there is no nested level to merge
     ├── TransactionTooLarge    a staged write would pass the transaction's byte or op limit
     ├── RecoveryInterrupted    open() was asked to stop while it was still reading the files
     ├── CorruptStore           damage that is not a torn tail: names the file and offset
@@ -38,25 +40,47 @@ class StoreClosed(StoreError):
 class InvalidKey(StoreError):
     """The key is empty, longer than the limit in UTF-8 bytes, or not valid text."""
 
+    # In a batch, the index of the operation whose key it is (the message names it too).
+    op_index: int | None = None
+
 
 class ValueTooLarge(StoreError):
     """The value is longer than the configured limit."""
+
+
+class InvalidBatch(StoreError):
+    """A batch that cannot be applied as written: no operation at all, or two on one key.
+
+    ``op_index`` is the operation at fault (the second on a repeated key), None for an empty one.
+    """
+
+    def __init__(self, message: str, op_index: int | None = None) -> None:
+        self.op_index = op_index
+        super().__init__(message)
 
 
 class VersionMismatch(StoreError):
     """A compare-and-set (``expect=``) did not match the key's current revision."""
 
     def __init__(
-        self, key: str, expected: int, actual: int | None, *, staged: bool = False
+        self,
+        key: str,
+        expected: int,
+        actual: int | None,
+        *,
+        staged: bool = False,
+        op_index: int | None = None,
     ) -> None:
         self.key = key
         self.expected = expected
         self.actual = actual  # None: absent, or (staged) written in this transaction
+        self.op_index = op_index  # in a batch: the first operation whose condition failed
         if staged:
             current = "written in this transaction (no revision until commit)"
         else:
             current = "absent" if actual is None else str(actual)
-        super().__init__(f"revision mismatch: expected {expected}, current {current}")
+        where = "" if op_index is None else f"op {op_index} (key {key!r}): "
+        super().__init__(f"{where}revision mismatch: expected {expected}, current {current}")
 
 
 class TransactionActive(StoreError):
@@ -65,6 +89,10 @@ class TransactionActive(StoreError):
 
 class TransactionClosed(StoreError):
     """The transaction has already been committed or rolled back."""
+
+
+class NoSavepoint(StoreError):
+    """``release`` at depth 1: there is no nested level to merge (commit or roll back instead)."""
 
 
 class TransactionTooLarge(StoreError):

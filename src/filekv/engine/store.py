@@ -27,7 +27,7 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from itertools import islice
@@ -35,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
+from .batch import BatchOp, Prepared, Put, prepare
 from .compaction import Compactor
 from .durability import GroupCommit, IntervalFlusher
 from .entry import Entry
@@ -55,6 +56,9 @@ __all__ = ["FSYNC_MODES", "Entry", "FsyncMode", "Store", "StoreOptions"]
 log = logging.getLogger(__name__)
 
 CLOSED: Final = "the store is closed"
+# Value bytes above which ``abatch`` encodes in a thread: encoding and checksumming a large
+# batch would hold up the event loop (about a millisecond per MiB).
+ASYNC_INLINE_BATCH_BYTES: Final = 64 << 10
 
 
 class Store:
@@ -302,6 +306,41 @@ class Store:
         if seq and self._fsync_always:
             await self._group.wait_async(seq)
         return bool(seq)
+
+    def batch(self, ops: Sequence[BatchOp]) -> int:
+        """Apply ``Put``/``Delete`` operations atomically, as one record at one new revision.
+
+        All or nothing: every ``expect`` is checked first (the first that fails raises
+        VersionMismatch with its ``op_index``); a delete of an absent key is no error (and
+        writes nothing). Returns the new revision once durable (per fsync mode), or the current
+        one if nothing had to be written. See ``batch.prepare`` for what is refused.
+        """
+        prepared = self._prepare(ops)
+        seq, revision = self._writer.append_batch(prepared)
+        if seq and self._fsync_always:
+            self._group.wait(seq)
+        return revision
+
+    async def abatch(self, ops: Sequence[BatchOp]) -> int:
+        """``batch`` for asyncio: the fsync wait (and a large batch's encoding) off the loop."""
+        payload = sum(len(op.value) for op in ops if isinstance(op, Put))
+        if payload > ASYNC_INLINE_BATCH_BYTES or self._segments.rotation_due():
+            return await asyncio.to_thread(self.batch, ops)
+        seq, revision = self._writer.append_batch(self._prepare(ops))
+        if seq and self._fsync_always:
+            await self._group.wait_async(seq)
+        return revision
+
+    def _prepare(self, ops: Sequence[BatchOp]) -> list[Prepared]:
+        writer = self._writer
+        options = self._options
+        return prepare(
+            ops,
+            encode_key=writer.encode_key,
+            check_value=writer.check_value,
+            max_ops=options.max_transaction_ops,
+            max_bytes=options.max_transaction_bytes,
+        )
 
     # ------------------------------------------------------------------ durability
 

@@ -14,11 +14,13 @@ Owns the staged levels and their byte and operation counts. It reaches the store
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
+from .batch import BatchOp, prepare
 from .entry import Entry
-from .errors import TransactionClosed, TransactionTooLarge, VersionMismatch
+from .errors import NoSavepoint, TransactionClosed, TransactionTooLarge, VersionMismatch
 from .record import OPERATION_HEADER
 
 # A staged value of None is a staged delete.
@@ -129,7 +131,37 @@ class Transaction:
         self._stage(key, len(encoded), None)
         return existed
 
-    def _check_expect(self, key: str, expect: int | None) -> bool:
+    def batch(self, ops: Sequence[BatchOp]) -> int:
+        """Stage ``Put``/``Delete`` operations in the innermost level, all or none; return how many.
+
+        As ``Store.batch``: every ``expect`` is checked against this transaction's view before
+        anything is staged; the first that fails raises VersionMismatch with its ``op_index``,
+        and passing the transaction's limits raises TransactionTooLarge, with nothing staged.
+        """
+        self._check_open()
+        store = self._store
+        prepared = prepare(
+            ops,
+            encode_key=store.encode_key,
+            check_value=store.check_value,
+            max_ops=store.max_transaction_ops,
+            max_bytes=store.max_transaction_bytes,
+        )
+        for index, op in enumerate(prepared):
+            self._check_expect(op.key, op.expect, index)
+        # Staged in a level of its own, merged down only once every operation fits the limits.
+        self._levels.append({})
+        self._level_bytes.append(0)
+        try:
+            for op in prepared:
+                self._stage(op.key, len(op.encoded), op.value)
+        except BaseException:
+            self._drop_level()
+            raise
+        self._merge_level()
+        return len(prepared)
+
+    def _check_expect(self, key: str, expect: int | None, op_index: int | None = None) -> bool:
         """Whether ``key`` exists in this transaction's view; VersionMismatch if ``expect`` fails.
 
         The same rule as the store's own check (``Writer``), over the staged levels first.
@@ -138,14 +170,14 @@ class Transaction:
         if staged:
             exists = value is not None
             if expect is not None and (expect != 0 or exists):
-                raise VersionMismatch(key, expect, None, staged=True)
+                raise VersionMismatch(key, expect, None, staged=True, op_index=op_index)
             return exists
         if expect is None:
             return key in self._store
         entry = self._store.entry(key)
         revision = None if entry is None else entry.revision
         if (expect == 0 and revision is not None) or (expect != 0 and revision != expect):
-            raise VersionMismatch(key, expect, revision)
+            raise VersionMismatch(key, expect, revision, op_index=op_index)
         return entry is not None
 
     def _stage(self, key: str, key_bytes: int, value: bytes | None) -> None:
@@ -240,15 +272,49 @@ class Transaction:
         self._level_bytes.append(0)
         return len(self._levels)
 
+    def release(self) -> int:
+        """Merge the innermost level into the one below (SQL's RELEASE SAVEPOINT); new depth.
+
+        At depth 1 there is nothing below: NoSavepoint (commit or roll back instead).
+        """
+        self._check_open()
+        if len(self._levels) < 2:
+            raise NoSavepoint("release needs a nested level: at depth 1, commit or roll back")
+        self._merge_level()
+        return len(self._levels)
+
     def rollback(self) -> int:
         """Undo the innermost level; at depth 1 this ends the transaction. Return the new depth."""
         self._check_open()
-        popped = self._levels.pop()
-        self._staged_ops -= len(popped)
-        self._staged_bytes -= self._level_bytes.pop()
+        self._drop_level()
         if not self._levels:
             self._store.end_transaction(self)
         return len(self._levels)
+
+    def _drop_level(self) -> None:
+        popped = self._levels.pop()
+        self._staged_ops -= len(popped)
+        self._staged_bytes -= self._level_bytes.pop()
+
+    def _merge_level(self) -> None:
+        """Fold the innermost level into the one below: a key in both keeps one operation."""
+        popped = self._levels.pop()
+        popped_bytes = self._level_bytes.pop()
+        below = self._levels[-1]
+        freed_ops = freed_bytes = 0
+        for key, value in popped.items():
+            if key in below:
+                previous = below[key]
+                freed_ops += 1
+                freed_bytes += (
+                    OPERATION_HEADER.size
+                    + len(key.encode("utf-8"))
+                    + (len(previous) if previous is not None else 0)
+                )
+            below[key] = value
+        self._level_bytes[-1] += popped_bytes - freed_bytes
+        self._staged_ops -= freed_ops
+        self._staged_bytes -= freed_bytes
 
     def abort(self) -> None:
         """Undo every level and end the transaction (a no-op once it has ended)."""

@@ -14,6 +14,7 @@ import zlib
 from collections.abc import Callable
 from typing import Final
 
+from .batch import Prepared
 from .durability import GroupCommit
 from .errors import (
     InvalidKey,
@@ -141,14 +142,14 @@ class Writer:
                 )
             raise TransactionClosed("the transaction has ended")
 
-    def _check_expect(self, key: str, expect: int) -> None:
+    def _check_expect(self, key: str, expect: int, op_index: int | None = None) -> None:
         location = self._index.locations.get(key)
         actual = None if location is None else revision_of(location)
         if expect == 0:
             if actual is not None:
-                raise VersionMismatch(key, expect, actual)
+                raise VersionMismatch(key, expect, actual, op_index=op_index)
         elif actual != expect:
-            raise VersionMismatch(key, expect, actual)
+            raise VersionMismatch(key, expect, actual, op_index=op_index)
 
     def append_put(self, key: str, value: bytes, expect: int | None) -> tuple[int, int]:
         encoded = self.encode_key(key)
@@ -237,6 +238,48 @@ class Writer:
             if operations:
                 self._after_write()
         return seq, len(staged)
+
+    def append_batch(self, prepared: list[Prepared]) -> tuple[int, int]:
+        """Write checked batch operations as one record; return (sequence number, revision).
+
+        Every ``expect`` is checked under the lock before anything is written (the first that
+        fails raises VersionMismatch naming its index). A delete of a key that is absent is
+        left out of the record; when nothing is left, nothing is written and the answer is
+        (0, the current revision). The body is encoded before the lock is taken, as a commit's
+        is; should a delete turn out to be a no-op under the lock, it is encoded again there.
+        """
+        operations = [
+            (DELETE, op.encoded, b"") if op.value is None else (PUT, op.encoded, op.value)
+            for op in prepared
+        ]
+        body = encode_body(operations)
+        body_crc = zlib.crc32(body)
+        segments = self._segments
+        with self._lock:
+            self.check_writable()
+            locations = self._index.locations
+            for index, op in enumerate(prepared):
+                if op.expect is not None:
+                    self._check_expect(op.key, op.expect, index)
+            if any(op.value is None and op.key not in locations for op in prepared):
+                operations = [
+                    operation
+                    for operation, op in zip(operations, prepared, strict=True)
+                    if op.value is not None or op.key in locations
+                ]
+                if not operations:
+                    return 0, self._revision
+                body = encode_body(operations)
+                body_crc = zlib.crc32(body)
+            revision = self._revision + 1
+            active = segments.segment_for(RECORD_HEADER_SIZE + len(body), self._revision)
+            offset = active.size
+            header = encode_header(active.header.marker, revision, len(operations), body, body_crc)
+            seq = segments.write(active, header + body)
+            self._revision = revision
+            self._apply(operations, active.segment_id, offset, revision)
+            self._after_write()
+        return seq, revision
 
     def _apply(
         self, operations: list[Operation], segment_id: int, offset: int, revision: int

@@ -24,7 +24,7 @@ from filekv.service.auth import AuthService
 from filekv.service.docs import install_docs
 from filekv.service.errors import install_error_handlers
 from filekv.service.protocol import MAX_HEADER_BYTES, client_disconnected
-from filekv.service.routes import auth, health, keys, transactions
+from filekv.service.routes import auth, batch, health, keys, transactions
 from filekv.service.schemas import error
 from filekv.service.transactions import TransactionManager
 from filekv.settings import Settings, load_settings
@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(ClientDisconnect, client_disconnected)
     app.router.routes.extend(keys.fast_routes())  # first, so they match before the APIRoutes
     app.include_router(keys.router)
+    app.include_router(batch.router)
     app.include_router(transactions.router)
     app.include_router(auth.router)
     app.include_router(health.router)

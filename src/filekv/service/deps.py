@@ -31,6 +31,7 @@ __all__ = [
     "get_transactions",
     "oauth2_scheme",
     "optional_session",
+    "request_session_id",
 ]
 
 # auto_error=False: a missing header is ours to answer (401 with our body, or anonymous access).
@@ -117,3 +118,24 @@ def caller_session_id(request: Request, *, required: bool) -> str | None:
     if session is None:
         raise NotAuthenticated("invalid or expired token")
     return session.session_id
+
+
+def request_session_id(
+    request: Request, transactions: TransactionManager, *, write: bool
+) -> str | None:
+    """For the data routes (keys, batch): the caller's session id when it matters, else None.
+
+    It matters when the auth mode requires a login for this kind of request, when a token is
+    sent, or when a transaction is open (the holder must be told apart from everyone else).
+    """
+    mode = request.app.state.settings.auth_mode
+    required = mode == "all" or (write and mode == "writes")
+    # A token that is sent is always checked: a client whose token expired must hear so (401),
+    # not have its writes go through as anonymous. Without one, the header is not even parsed.
+    if (
+        required
+        or "authorization" in request.headers
+        or (transactions.wants_identity if write else transactions.is_open)
+    ):
+        return caller_session_id(request, required=required)
+    return None

@@ -59,7 +59,9 @@ from starlette.routing import Match
 from filekv.engine.errors import (
     CorruptStore,
     DiskFull,
+    InvalidBatch,
     InvalidKey,
+    NoSavepoint,
     RecoveryInterrupted,
     StorageError,
     StoreClosed,
@@ -171,10 +173,12 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     StoreLocked: ErrorAnswer(503, detail="the data directory is in use by another process"),
     StoreClosed: ErrorAnswer(503, detail="the store is closed"),
     InvalidKey: ErrorAnswer(422, loc=("path", "key"), error_type="key_invalid"),
+    InvalidBatch: ErrorAnswer(422, loc=("body", "ops"), error_type="batch_invalid"),
     ValueTooLarge: ErrorAnswer(413),
     VersionMismatch: ErrorAnswer(412),
     TransactionActive: ErrorAnswer(423, _retry_after),
     TransactionClosed: ErrorAnswer(409, detail="the transaction has already ended"),
+    NoSavepoint: ErrorAnswer(409),
     TransactionTooLarge: ErrorAnswer(413),
     RecoveryInterrupted: ErrorAnswer(503, detail="the store was stopped while recovering"),
     CorruptStore: ErrorAnswer(500, detail="the store found damaged data; see the server log"),
@@ -223,7 +227,10 @@ def error_response(exc: BaseException) -> Response:
     """The JSON response for a mapped exception (500 with a fixed detail if unmapped)."""
     answer = answer_for(exc) or ErrorAnswer(500, detail="internal error")
     if answer.loc is not None:
-        item = {"type": answer.error_type, "loc": answer.loc, "msg": str(exc)}
+        # An error of one operation of a batch is located at that operation's key.
+        index = getattr(exc, "op_index", None)
+        loc = answer.loc if index is None else ("body", "ops", index, "key")
+        item = {"type": answer.error_type, "loc": loc, "msg": str(exc)}
         return validation_error_response([item])
     if answer.status == 500:
         logger.error("answering 500 for %r", exc, exc_info=exc)

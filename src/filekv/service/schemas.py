@@ -7,7 +7,7 @@ so they document the wire format without validating every answer.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Final, get_type_hints
+from typing import Annotated, Any, Final, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
@@ -44,6 +44,72 @@ class PutResult(KeyValue):
     )
 
     staged: bool = Field(description="True when the write waits in the caller's transaction.")
+
+
+MAX_BATCH_OPS: Final = 1000
+MAX_BATCH_BYTES: Final = 16 << 20  # the whole request body, refused unread past this
+
+_EXPECT_DOC: Final = (
+    "Apply the batch only if the key is at this revision; 0: only if it does not exist."
+)
+
+
+class BatchPut(BaseModel):
+    """Write ``value`` under ``key``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["put"]
+    key: str = Field(min_length=1)
+    value: str = Field(description="The value, any string (counted in UTF-8 bytes).")
+    expect: int | None = Field(default=None, ge=0, description=_EXPECT_DOC)
+
+
+class BatchDelete(BaseModel):
+    """Delete ``key``; a key that does not exist is no error unless ``expect`` is given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    op: Literal["delete"]
+    key: str = Field(min_length=1)
+    expect: int | None = Field(default=None, ge=0, description=_EXPECT_DOC)
+
+
+class BatchIn(BaseModel):
+    """Body of ``POST /batch``: the operations, applied together or not at all."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "ops": [
+                        {"op": "put", "key": "users/alice/colour", "value": "blue"},
+                        {"op": "delete", "key": "users/bob/colour", "expect": 4},
+                    ]
+                }
+            ]
+        },
+    )
+
+    ops: list[Annotated[BatchPut | BatchDelete, Field(discriminator="op")]] = Field(
+        min_length=1, max_length=MAX_BATCH_OPS, description="One operation per key, in order."
+    )
+
+
+class BatchResult(BaseModel):
+    """Answer to ``POST /batch``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"revision": 12, "applied": 2, "staged": False}]}
+    )
+
+    revision: int | None = Field(
+        description="The revision of the batch's record (the current one if nothing had to be "
+        "written: only deletes of absent keys); null while staged in your transaction."
+    )
+    applied: int = Field(description="Number of operations applied (or staged).")
+    staged: bool = Field(description="True when the operations wait in the caller's transaction.")
 
 
 class KeyPage(BaseModel):

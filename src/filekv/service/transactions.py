@@ -218,6 +218,13 @@ class TransactionManager:
         logger.info("transaction committed: %d writes", applied)
         return applied
 
+    def release(self, session_id: str) -> int:
+        """Merge the innermost level into the one below; the new depth (409 at depth 1)."""
+        tx = self._holders_transaction(session_id)
+        depth = tx.release()
+        self._generation += 1  # a write received meanwhile was aimed at the level that went
+        return depth
+
     def rollback(self, session_id: str) -> int:
         """Undo the innermost level; the new depth (0: the transaction ended)."""
         tx = self._holders_transaction(session_id)

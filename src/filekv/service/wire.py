@@ -10,6 +10,8 @@ so the answers match the documented ones exactly.
 - ``read_put`` / ``read_delete`` / ``check_key_encoding``: everything a key route reads, in the
   order the errors are reported (key encoding 422, media type 415, body 400/413/422, If-Match 412).
 - ``read_value``: a ``{"value": "<string>"}`` JSON body, refused before reading past its cap.
+- ``read_body``: any body, refused (413) before reading past a cap.
+- ``read_batch``: a ``POST /batch`` body as engine ``Put``/``Delete`` operations.
 - ``parse_expect``: ``If-Match: "<rev>"`` / ``If-None-Match: *``.
 - ``parse_limit``: a ``limit`` query parameter, as ``Query(ge=1, le=MAX_LIMIT)`` would check it.
 
@@ -25,13 +27,16 @@ from urllib.parse import unquote_to_bytes
 import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
+from filekv.engine import BatchOp, Delete, Put
 from filekv.service.errors import (
     BadRequest,
     BodyTooLarge,
     PreconditionFailed,
     UnsupportedMediaType,
 )
+from filekv.service.schemas import MAX_BATCH_BYTES, BatchIn, BatchPut
 
 DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 10_000
@@ -120,22 +125,7 @@ async def read_value(request: Request) -> str:
     """The string of a ``{"value": "<string>"}`` body; 413 past the cap, 400 or 422 if bad."""
     settings = request.app.state.settings
     cap = JSON_EXPANSION * settings.max_value_bytes + settings.max_key_bytes + BODY_SLACK
-    length = request.headers.get("content-length")
-    if length is not None and digits(length) is not None:
-        if len(length) > MAX_DIGITS:  # leading zeros too: no client sends them
-            raise BadRequest(f"Content-Length must be a number of at most {MAX_DIGITS} digits")
-        if int(length) > cap:
-            raise BodyTooLarge(f"request body over {cap} bytes")
-        body = await request.body()
-    else:
-        chunks = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise BodyTooLarge(f"request body over {cap} bytes")
-            chunks.append(chunk)
-        body = b"".join(chunks)
+    body = await read_body(request, cap)
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -146,6 +136,47 @@ async def read_value(request: Request) -> str:
     if not isinstance(value, str):
         raise _body_error("string_type", ("body", "value"), "value must be a string")
     return value
+
+
+async def read_body(request: Request, cap: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to pass ``cap`` bytes.
+
+    A declared Content-Length over the cap is refused before a byte is read; a chunked body is
+    counted as it arrives, so no more than ``cap`` bytes (plus one chunk) are ever held.
+    """
+    length = request.headers.get("content-length")
+    if length is not None and digits(length) is not None:
+        if len(length) > MAX_DIGITS:  # leading zeros too: no client sends them
+            raise BadRequest(f"Content-Length must be a number of at most {MAX_DIGITS} digits")
+        if int(length) > cap:
+            raise BodyTooLarge(f"request body over {cap} bytes")
+        return await request.body()
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise BodyTooLarge(f"request body over {cap} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_batch(request: Request) -> list[BatchOp]:
+    """The operations of a ``POST /batch`` body: 415, 413 past ``MAX_BATCH_BYTES``, 422 if bad."""
+    check_json_body(request)
+    body = await read_body(request, MAX_BATCH_BYTES)
+    try:
+        parsed = BatchIn.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
+        ) from None
+    return [
+        Put(op.key, op.value.encode("utf-8"), op.expect)
+        if isinstance(op, BatchPut)
+        else Delete(op.key, op.expect)
+        for op in parsed.ops
+    ]
 
 
 def _body_error(kind: str, loc: tuple[str, ...], msg: str) -> RequestValidationError:

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.routing import Route
 
-from filekv.service.deps import caller_session_id
+from filekv.service.deps import request_session_id
 from filekv.service.errors import KeyNotFound
 from filekv.service.schemas import (
     DISK_FULL,
@@ -75,20 +75,6 @@ def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
 
 
-def _session_id(request: Request, transactions: TransactionManager, *, write: bool) -> str | None:
-    mode = request.app.state.settings.auth_mode
-    required = mode == "all" or (write and mode == "writes")
-    # A token that is sent is always checked: a client whose token expired must hear so (401),
-    # not have its writes go through as anonymous. Without one, the header is not even parsed.
-    if (
-        required
-        or "authorization" in request.headers
-        or (transactions.wants_identity if write else transactions.is_open)
-    ):
-        return caller_session_id(request, required=required)
-    return None
-
-
 def _decode(value: bytes) -> str:
     # Values written through this API are UTF-8; anything else is shown, not refused.
     return value.decode("utf-8", errors="replace")
@@ -114,7 +100,7 @@ async def get_key(key: str, request: Request) -> Response:
     """The value of ``key``: committed data, or the holder's staged view of it."""
     state = request.app.state
     transactions: TransactionManager = state.transactions
-    session_id = _session_id(request, transactions, write=False)
+    session_id = request_session_id(request, transactions, write=False)
     check_key_encoding(request)
     tx = transactions.reader(session_id) if session_id is not None else None
     entry = (tx or state.store).entry(key)
@@ -157,7 +143,7 @@ async def put_key(key: str, request: Request) -> Response:
     """Create or replace ``key``; inside the caller's transaction the write is staged."""
     state = request.app.state
     transactions: TransactionManager = state.transactions
-    session_id = _session_id(request, transactions, write=True)
+    session_id = request_session_id(request, transactions, write=True)
     ticket = transactions.writer(session_id)  # the lock before the request, even before the body
     text, expect = await read_put(request)
     value = text.encode("utf-8")
@@ -198,7 +184,7 @@ async def delete_key(key: str, request: Request) -> Response:
     """Delete ``key``; inside the caller's transaction the delete is staged."""
     state = request.app.state
     transactions: TransactionManager = state.transactions
-    session_id = _session_id(request, transactions, write=True)
+    session_id = request_session_id(request, transactions, write=True)
     ticket = transactions.writer(session_id)
     expect = read_delete(request)
     tx = transactions.write_target(session_id, ticket)
@@ -229,7 +215,7 @@ async def find_keys(
     """Sorted keys matching ``value`` and ``prefix``, one page at a time."""
     state = request.app.state
     transactions: TransactionManager = state.transactions
-    session_id = _session_id(request, transactions, write=False)
+    session_id = request_session_id(request, transactions, write=False)
     tx = transactions.reader(session_id) if session_id is not None else None
     source = tx or state.store
     # One key more than the page tells whether another page exists, so a short page ends it.

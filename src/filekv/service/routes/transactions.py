@@ -78,6 +78,24 @@ async def commit(session: SessionDep, transactions: TransactionsDep) -> CommitRe
 
 
 @router.post(
+    "/release",
+    summary="Release the innermost level",
+    response_model=Depth,
+    responses={
+        401: UNAUTHORIZED,
+        409: error(
+            "You hold no transaction (or it expired, or your commit of it is running), or you "
+            "are at depth 1, where there is no level to release into: commit or roll back."
+        ),
+    },
+)
+async def release(session: SessionDep, transactions: TransactionsDep) -> Depth:
+    """Merge the innermost level into the one below it, keeping its writes staged (SQL's
+    RELEASE SAVEPOINT): a later rollback of the outer level undoes them too."""
+    return Depth(depth=transactions.release(session.session_id))
+
+
+@router.post(
     "/rollback",
     summary="Roll back the innermost level",
     response_model=Depth,

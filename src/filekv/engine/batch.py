@@ -1,0 +1,113 @@
+"""A batch: several puts and deletes applied as one atomic record at one new revision.
+
+``Store.batch([Put("a", b"1"), Delete("b", expect=7)])`` writes every operation or none: each
+``expect`` is checked (as ``put``'s) before anything is written, and the record is one record
+like a transaction's commit, so recovery shows all of it or nothing. ``Transaction.batch`` stages
+the same operations in the open transaction, all or none.
+
+Owns the operation types and ``prepare``, the checks both paths share (keys, values, one
+operation per key, the transaction limits), done before any lock is taken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from .errors import InvalidBatch, InvalidKey, TransactionTooLarge, ValueTooLarge
+from .record import OPERATION_HEADER, RECORD_HEADER_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Write ``value`` under ``key``; ``expect`` as for ``Store.put``."""
+
+    key: str
+    value: bytes
+    expect: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Remove ``key`` (a missing key is no error unless ``expect`` says it must exist)."""
+
+    key: str
+    expect: int | None = None
+
+
+BatchOp = Put | Delete
+
+
+class Prepared(NamedTuple):
+    """One checked operation: ``value`` None for a delete."""
+
+    key: str
+    encoded: bytes
+    value: bytes | None
+    expect: int | None
+
+
+def prepare(
+    ops: Sequence[BatchOp],
+    *,
+    encode_key: Callable[[str], bytes],
+    check_value: Callable[[bytes], bytes],
+    max_ops: int,
+    max_bytes: int,
+) -> list[Prepared]:
+    """The operations checked and encoded, or the error of the first one at fault.
+
+    Refused (nothing written or staged): no operation (InvalidBatch); a bad key (InvalidKey) or
+    value (TypeError, ValueTooLarge); a second operation on one key (InvalidBatch: which would
+    win, and what would its ``expect`` be compared with?); more operations or record bytes than
+    a transaction may hold (TransactionTooLarge), since a batch is written as one such record.
+    Every message names the operation's index.
+    """
+    if not ops:
+        raise InvalidBatch("a batch needs at least one operation")
+    if len(ops) > max_ops:
+        raise TransactionTooLarge(
+            f"the batch holds {len(ops)} operations; the limit is {max_ops} (max_transaction_ops)"
+        )
+    prepared: list[Prepared] = []
+    first_index: dict[str, int] = {}
+    size = RECORD_HEADER_SIZE
+    for index, op in enumerate(ops):
+        if isinstance(op, Put):
+            value: bytes | None = _checked_value(check_value, op.value, index)
+        elif isinstance(op, Delete):
+            value = None
+        else:
+            raise TypeError(f"op {index}: a batch operation is a Put or a Delete, not {op!r}")
+        encoded = _encoded_key(encode_key, op.key, index)
+        earlier = first_index.setdefault(op.key, index)
+        if earlier != index:
+            raise InvalidBatch(
+                f"op {index} repeats the key of op {earlier}: one operation per key", index
+            )
+        size += OPERATION_HEADER.size + len(encoded) + (len(value) if value is not None else 0)
+        if size > max_bytes:
+            raise TransactionTooLarge(
+                f"the batch passes {max_bytes} record bytes at op {index} (max_transaction_bytes)"
+            )
+        prepared.append(Prepared(op.key, encoded, value, op.expect))
+    return prepared
+
+
+def _encoded_key(encode_key: Callable[[str], bytes], key: str, index: int) -> bytes:
+    try:
+        return encode_key(key)
+    except InvalidKey as exc:
+        error = InvalidKey(f"op {index}: {exc}")
+        error.op_index = index
+        raise error from None
+
+
+def _checked_value(check_value: Callable[[bytes], bytes], value: bytes, index: int) -> bytes:
+    try:
+        return check_value(value)
+    except ValueTooLarge as exc:
+        raise ValueTooLarge(f"op {index}: {exc}") from None
+    except TypeError as exc:
+        raise TypeError(f"op {index}: {exc}") from None
