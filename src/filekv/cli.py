@@ -1,4 +1,5 @@
-"""The ``filekv`` command: ``serve``, ``user add|passwd|revoke|remove|list``, ``compact``.
+"""The ``filekv`` command: ``serve``, ``user add|passwd|revoke|remove|list``, ``compact``, and
+the client verbs of ``filekv.client_cli`` (``get``, ``put``, ``login``, ``begin``, ...).
 
 Every ``serve`` flag is a ``Settings`` field of the same name (``--token-ttl`` is ``token_ttl``);
 an unset flag falls back to ``FILEKV_<NAME>`` in the environment, then to the default.
@@ -24,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 import filekv
+from filekv.client_cli import register_verbs
 from filekv.settings import Settings, load_settings
 
 if TYPE_CHECKING:
@@ -505,6 +507,9 @@ def compact(data_dir: DataDirOption = None) -> None:
     for field in ("keys", "disk_bytes", "live_bytes", "segments"):
         table.add_row(field, f"{getattr(before, field):,}", f"{getattr(after, field):,}")
     Console().print(table)
+
+
+register_verbs(app)
 
 
 def main() -> None:
