@@ -1,0 +1,349 @@
+"""The client verbs of ``filekv`` as a user runs them: real CLI processes against a real server.
+
+One ``filekv serve`` per module; every verb, every exit code provoked for real, ``--json``, the
+credentials file, and a transaction spread over separate CLI processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serverproc import FILEKV, Server, free_port
+
+from filekv.client import Client
+
+PASSWORD = "alice-secret-1"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("cli-client")
+    srv = Server(base / "data", base / "server.log", transaction_timeout=30)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def config_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("config")
+
+
+def run(
+    server: Server | None,
+    config: Path,
+    *args: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    url: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    environ["XDG_CONFIG_HOME"] = str(config)
+    environ["FILEKV_URL"] = url or (server.url if server else "")
+    environ.update(env or {})
+    return subprocess.run(
+        [FILEKV, *args],
+        input=stdin if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+    )
+
+
+def _one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("filekv: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def alice(server: Server, config_home: Path) -> Path:
+    """Alice registered and logged in with the CLI; the config dir that holds her token."""
+    done = run(server, config_home, "register", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    assert done.returncode == 0, done.stderr
+    done = run(server, config_home, "login", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    assert done.returncode == 0, done.stderr
+    return config_home
+
+
+def _token(config: Path, server: Server) -> str:
+    data = json.loads((config / "filekv" / "credentials.json").read_text())
+    token: str = data["tokens"][server.url]
+    return token
+
+
+def test_login_stores_a_0600_token_per_url(server: Server, alice: Path) -> None:
+    path = alice / "filekv" / "credentials.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    with Client(server.url, token=_token(alice, server)) as kv:
+        assert kv.whoami() == "alice"
+    assert [p.name for p in path.parent.iterdir()] == ["credentials.json"]  # no temp left
+
+
+def test_put_get_delete_with_odd_keys(server: Server, alice: Path) -> None:
+    for key in ["a/b/c", "with space", "100%", "ключ/ü", "%2F"]:
+        put = run(server, alice, "put", key, f"v-{key}")
+        assert put.returncode == 0, put.stderr
+        assert int(put.stdout) > 0
+        got = run(server, alice, "get", key)
+        assert (got.returncode, got.stdout) == (0, f"v-{key}\n")
+        with Client(server.url) as kv:
+            assert kv.get(key) == f"v-{key}"
+        assert run(server, alice, "delete", key).returncode == 0
+        gone = run(server, alice, "get", key)
+        assert gone.returncode == 1
+        assert "no such key" in _one_error_line(gone)
+
+
+def test_put_value_from_stdin_as_is(server: Server, alice: Path) -> None:
+    value = "line one\nline two\n"
+    assert run(server, alice, "put", "stdin-key", "-", stdin=value).returncode == 0
+    with Client(server.url) as kv:
+        assert kv.get("stdin-key") == value
+
+
+def test_json_output_of_the_key_verbs(server: Server, alice: Path) -> None:
+    put = json.loads(run(server, alice, "put", "j/k", "v", "--json").stdout)
+    assert put == {"key": "j/k", "revision": put["revision"], "staged": False}
+    got = json.loads(run(server, alice, "get", "j/k", "--json").stdout)
+    assert got == {"key": "j/k", "value": "v", "revision": put["revision"]}
+    assert json.loads(run(server, alice, "ls", "j/", "--json").stdout) == {"keys": ["j/k"]}
+    assert json.loads(run(server, alice, "find", "v", "--prefix", "j/", "--json").stdout) == {
+        "keys": ["j/k"]
+    }
+    assert json.loads(run(server, alice, "delete", "j/k", "--json").stdout) == {
+        "key": "j/k",
+        "deleted": True,
+    }
+
+
+def test_ls_and_find_one_key_per_line_and_null(server: Server, alice: Path) -> None:
+    with Client(server.url) as kv:
+        kv.batch([("put", f"ls/{i:03}", "same" if i % 2 else "other") for i in range(30)])
+        kv.put("ls/new\nline", "same")
+    listed = run(server, alice, "ls", "ls/")
+    assert listed.returncode == 0
+    nul = run(server, alice, "ls", "ls/", "-0")
+    keys = nul.stdout.split("\0")
+    assert keys[-1] == ""
+    assert keys[:-1] == [*(f"ls/{i:03}" for i in range(30)), "ls/new\nline"]
+    assert listed.stdout == "\n".join(keys[:-1]) + "\n"
+    found = run(server, alice, "find", "same", "--prefix", "ls/", "--null")
+    assert found.stdout.split("\0")[:-1] == [
+        *(f"ls/{i:03}" for i in range(1, 30, 2)),
+        "ls/new\nline",
+    ]
+    assert run(server, alice, "find", "same", "--prefix", "ls/0").stdout.splitlines()[0] == (
+        "ls/001"
+    )
+
+
+def test_batch_from_a_file_and_stdin(server: Server, alice: Path, tmp_path: Path) -> None:
+    ops = tmp_path / "ops.jsonl"
+    ops.write_text(
+        json.dumps({"op": "put", "key": "b/1", "value": "one"})
+        + "\n\n"
+        + json.dumps({"op": "put", "key": "b/2", "value": "two", "expect": 0})
+        + "\n"
+    )
+    done = run(server, alice, "batch", str(ops), "--json")
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert answer["applied"] == 2 and answer["staged"] is False
+    with Client(server.url) as kv:
+        assert kv.entry("b/1").revision == kv.entry("b/2").revision == answer["revision"]
+    line = json.dumps({"op": "delete", "key": "b/1"})
+    assert run(server, alice, "batch", "-", stdin=line + "\n").returncode == 0
+    with Client(server.url) as kv:
+        assert kv.get("b/1", default=None) is None
+
+
+def test_exit_5_batch_with_a_failing_expect_applies_nothing(server: Server, alice: Path) -> None:
+    lines = [
+        {"op": "put", "key": "p/new", "value": "x"},
+        {"op": "put", "key": "b/2", "value": "x", "expect": 0},  # b/2 exists
+    ]
+    done = run(server, alice, "batch", "-", stdin="".join(json.dumps(o) + "\n" for o in lines))
+    assert done.returncode == 5
+    _one_error_line(done)
+    with Client(server.url) as kv:
+        assert kv.get("p/new", default=None) is None
+    cas = run(server, alice, "put", "b/2", "y", "--expect", "1")
+    assert cas.returncode == 5
+
+
+@pytest.mark.parametrize(
+    "args, stdin",
+    [
+        (["batch", "-"], "not json\n"),
+        (["batch", "-"], '{"op": "frobnicate", "key": "k"}\n'),
+        (["batch", "-"], '{"op": "put", "key": "k"}\n'),
+        (["batch", "-"], ""),
+        (["batch", "/nonexistent/ops.jsonl"], ""),
+        (["get"], ""),  # a missing argument: click's usage error
+        (["put", "k", "v", "--expect", "-1"], ""),
+        (["put", "k" * 2000, "v"], ""),  # a key over max_key_bytes: the server's 422
+    ],
+)
+def test_exit_2_usage_and_invalid_input(
+    server: Server, alice: Path, args: list[str], stdin: str
+) -> None:
+    done = run(server, alice, *args, stdin=stdin)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip()
+
+
+def test_exit_3_locked_by_another_token(server: Server, alice: Path) -> None:
+    with Client(server.url) as bob:
+        bob.register("bob-locks", "bob-secret-1")
+        bob.login("bob-locks", "bob-secret-1")
+        bob.begin()
+        try:
+            done = run(server, alice, "put", "locked", "x")
+            assert done.returncode == 3
+            assert "locked" in _one_error_line(done)
+            status = json.loads(run(server, alice, "status", "--json").stdout)
+            assert status["transaction"]["active"] is True
+            assert status["transaction"]["mine"] is False
+            assert "held by another client" in run(server, alice, "status").stdout
+        finally:
+            bob.rollback()
+
+
+def test_exit_4_bad_token_and_token_override(server: Server, alice: Path) -> None:
+    bad = run(server, alice, "get", "anything", env={"FILEKV_TOKEN": "not-a-token"})
+    assert bad.returncode == 4
+    assert "invalid or expired token" in _one_error_line(bad)
+    with Client(server.url) as kv:
+        kv.register("carol", "carol-secret-1")
+        token = kv.login("carol", "carol-secret-1")
+    # FILEKV_TOKEN wins over the stored token: the transaction begun is carol's, not alice's
+    begun = run(server, alice, "begin", env={"FILEKV_TOKEN": token})
+    assert (begun.returncode, begun.stdout) == (0, "1\n")
+    with Client(server.url, token=token) as kv:
+        assert kv.transaction_status()["mine"] is True
+        assert kv.rollback() == 0
+
+
+def test_exit_6_conflict_and_release(server: Server, alice: Path) -> None:
+    nothing = run(server, alice, "commit")
+    assert nothing.returncode == 6
+    _one_error_line(nothing)
+    assert run(server, alice, "rollback").returncode == 6
+    assert run(server, alice, "begin").stdout == "1\n"
+    try:
+        assert run(server, alice, "release").returncode == 6  # depth 1: use commit
+        assert json.loads(run(server, alice, "begin", "--json").stdout) == {"depth": 2}
+        assert run(server, alice, "put", "rel/k", "inner").stdout == "staged\n"
+        assert json.loads(run(server, alice, "release", "--json").stdout) == {"depth": 1}
+        assert json.loads(run(server, alice, "rollback", "--json").stdout) == {"depth": 0}
+    finally:
+        run(server, alice, "rollback")
+    with Client(server.url) as kv:
+        assert kv.get("rel/k", default=None) is None
+
+
+def test_transaction_across_cli_processes(server: Server, alice: Path) -> None:
+    assert run(server, alice, "begin").returncode == 0
+    try:
+        assert run(server, alice, "put", "tx/a", "1").stdout == "staged\n"
+        assert json.loads(run(server, alice, "put", "tx/b", "2", "--json").stdout)["staged"]
+        assert run(server, alice, "get", "tx/a").stdout == "1\n"  # the holder sees its writes
+        with Client(server.url) as other:
+            assert other.get("tx/a", default=None) is None
+        status = json.loads(run(server, alice, "status", "--json").stdout)
+        assert status["transaction"]["mine"] is True and status["transaction"]["depth"] == 1
+        assert "transaction: yours, depth 1" in run(server, alice, "status").stdout
+        committed = run(server, alice, "commit", "--json")
+        assert json.loads(committed.stdout) == {"depth": 0, "applied": 2}
+    finally:
+        run(server, alice, "rollback")
+    with Client(server.url) as other:
+        assert (other.get("tx/a"), other.get("tx/b")) == ("1", "2")
+
+
+def test_url_flag_wins_over_the_environment(server: Server, alice: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    assert run(server, alice, "status", url=closed).returncode == 7
+    assert run(server, alice, "status", "--url", server.url, url=closed).returncode == 0
+
+
+def test_status(server: Server, alice: Path) -> None:
+    with Client(server.url) as kv:
+        count = kv.stats()["keys"]
+    done = run(server, alice, "status", "--json")
+    assert done.returncode == 0
+    answer = json.loads(done.stdout)
+    assert answer["health"] == {"status": "ok"}
+    assert answer["keys"] == count
+    assert answer["transaction"]["active"] is False
+    text = run(server, alice, "status").stdout.splitlines()
+    assert text == [f"server: {server.url} ok", f"keys: {count}", "transaction: none"]
+
+
+def test_exit_7_server_unreachable(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    for verb in (["get", "k"], ["status"], ["ls"]):
+        done = run(None, tmp_path, *verb, url=closed)
+        assert done.returncode == 7, done.stderr
+        _one_error_line(done)
+
+
+def test_exit_8_login_throttled(server: Server, tmp_path: Path) -> None:
+    with Client(server.url) as kv:
+        kv.register("dave", "dave-secret-1")
+    with httpx.Client(base_url=server.url) as http:
+        for _ in range(5):
+            wrong = http.post("/auth/token", data={"username": "dave", "password": "wrong-pass"})
+            assert wrong.status_code == 401
+    done = run(server, tmp_path, "login", "dave", "--password-stdin", stdin="dave-secret-1\n")
+    assert done.returncode == 8
+    _one_error_line(done)
+    assert not (tmp_path / "filekv" / "credentials.json").exists()
+
+
+def test_exit_4_wrong_password_and_register_taken(server: Server, tmp_path: Path) -> None:
+    wrong = run(server, tmp_path, "login", "alice", "--password-stdin", stdin="nope-nope-1\n")
+    assert wrong.returncode == 4
+    taken = run(server, tmp_path, "register", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    assert taken.returncode == 6
+    assert run(server, tmp_path, "logout").returncode == 4  # not logged in
+
+
+def test_login_prompts_hidden_and_json(server: Server, tmp_path: Path) -> None:
+    done = run(server, tmp_path, "login", "--json", stdin=f"alice\n{PASSWORD}\n")
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    assert answer["username"] == "alice" and answer["url"] == server.url
+    assert PASSWORD not in done.stdout + done.stderr  # the prompt does not echo it
+
+
+def test_logout_revokes_and_forgets(server: Server, tmp_path: Path) -> None:
+    other = server.url + "/"  # the same server, stored under one normalized URL
+    assert (
+        run(
+            server, tmp_path, "login", "alice", "--password-stdin", stdin=PASSWORD + "\n", url=other
+        ).returncode
+        == 0
+    )
+    token = _token(tmp_path, server)
+    out = run(server, tmp_path, "logout", "--json")
+    assert json.loads(out.stdout) == {"url": server.url, "logged_out": True}
+    with Client(server.url, token=token) as kv, pytest.raises(Exception, match="invalid"):
+        kv.whoami()
+    data = json.loads((tmp_path / "filekv" / "credentials.json").read_text())
+    assert server.url not in data["tokens"]
+    assert run(server, tmp_path, "begin").returncode == 4  # no token: begin needs a login
