@@ -347,3 +347,34 @@ def test_logout_revokes_and_forgets(server: Server, tmp_path: Path) -> None:
     data = json.loads((tmp_path / "filekv" / "credentials.json").read_text())
     assert server.url not in data["tokens"]
     assert run(server, tmp_path, "begin").returncode == 4  # no token: begin needs a login
+
+
+def test_readme_cli_examples_print_what_the_readme_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's "Command line client" blocks, run by ``test_readme``'s own convention."""
+    import test_readme
+
+    monkeypatch.setattr(test_readme, "SECTION", "## Command line client")
+    found = test_readme.steps(test_readme.README.read_text())
+    assert any(step.command.startswith("filekv begin") for step in found)
+    found.insert(0, test_readme.Step(0, "exec 2>&1", []))  # the README shows stderr lines too
+    srv = Server(tmp_path / "data", tmp_path / "server.log")
+    srv.start()
+    try:
+        for name in [n for n in os.environ if n.startswith("FILEKV_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("PATH", f"{Path(FILEKV).parent}{os.pathsep}{os.environ['PATH']}")
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        monkeypatch.setenv("FILEKV_URL", srv.url)
+        outputs = test_readme._run(found, srv.url, tmp_path)
+    finally:
+        srv.stop()
+    for step in found:  # the output names the server's URL too
+        step.expected = [line.replace(test_readme.README_URL, srv.url) for line in step.expected]
+    problems = [
+        problem
+        for step, output in zip(found, outputs, strict=True)
+        if (problem := test_readme.check(step, output)) is not None
+    ]
+    assert problems == [], "\n".join(problems)
