@@ -89,6 +89,21 @@ def test_batch_expect_follows_put_semantics(store: Store, op: Put | Delete, fail
         assert store.batch([op]) == 2
 
 
+def test_batch_several_ops_on_one_key_apply_in_order_last_wins(store: Store) -> None:
+    rev = store.put("a", b"0")
+    # Every expect is compared with the data before the batch: both hold though op 0 writes a.
+    assert store.batch([Put("a", b"1", expect=rev), Put("a", b"2", expect=rev)]) == rev + 1
+    assert store.get("a") == b"2"
+    before = store.stats().disk_bytes
+    assert store.batch([Put("b", b"x" * 1000), Delete("b")]) == rev + 1  # b ends absent
+    assert "b" not in store and store.stats().disk_bytes == before  # nothing to write
+    store.batch([Delete("a"), Put("a", b"3")])
+    assert store.get("a") == b"3"
+    with pytest.raises(VersionMismatch) as caught:
+        store.batch([Put("c", b"1"), Put("c", b"2", expect=1)])  # c did not exist before
+    assert caught.value.op_index == 1
+
+
 def test_batch_delete_of_absent_key_is_no_error_and_writes_nothing(store: Store) -> None:
     store.put("a", b"1")
     before = store.stats().disk_bytes
@@ -103,7 +118,6 @@ def test_batch_delete_of_absent_key_is_no_error_and_writes_nothing(store: Store)
     ("ops", "error", "index"),
     [
         ([], InvalidBatch, None),
-        ([Put("a", b"1"), Delete("a")], InvalidBatch, 1),
         ([Put("a", b"1"), Put("", b"2")], InvalidKey, 1),
         ([Put("k" * 2000, b"2")], InvalidKey, 0),
     ],
@@ -179,6 +193,14 @@ def test_transaction_batch_stages_all_and_commit_applies_them(store: Store) -> N
         assert tx.get("a") == b"2" and tx.get("b") == b"3"
         assert store.get("a") == b"1"  # staged, not applied
     assert contents(store) == {"a": b"2", "b": b"3"}
+
+
+def test_transaction_batch_repeated_key_last_wins(store: Store) -> None:
+    with store.transaction() as tx:
+        tx.batch([Put("a", b"1"), Delete("a"), Put("b", b"1"), Put("b", b"2")])
+        assert tx.get("a") is None and tx.get("b") == b"2"
+        assert tx.staged_ops == 2
+    assert contents(store) == {"b": b"2"}
 
 
 def test_transaction_batch_failing_expect_stages_nothing(store: Store) -> None:

@@ -84,6 +84,10 @@ def _json_put(path: str, raw: bytes, content_type: str = "application/json") -> 
     return lambda c: c.client.put(path, content=raw, headers={"Content-Type": content_type})
 
 
+def _json_post(path: str, raw: bytes, content_type: str = "application/json") -> Request:
+    return lambda c: c.client.post(path, content=raw, headers={"Content-Type": content_type})
+
+
 def _after_logout(c: Context) -> httpx.Response:
     token = _login(c.client)
     assert c.client.post("/auth/logout", headers=_bearer(token)).status_code == 204
@@ -157,6 +161,83 @@ REJECTED: list[object] = [
         id="wrong-content-type",
     ),
     pytest.param(lambda c: c.client.put("/keys/m", data={"value": "x"}), 415, id="form-body"),
+    # POST /batch: every refusal applies nothing, not even the batch's valid operations.
+    pytest.param(_json_post("/batch", b'{"ops": ['), 422, id="batch-broken-json"),
+    pytest.param(_json_post("/batch", b'{"ops": []}'), 422, id="batch-no-ops"),
+    pytest.param(_json_post("/batch", b"[]"), 422, id="batch-not-an-object"),
+    pytest.param(
+        _json_post(
+            "/batch", b'{"ops": [' + b",".join([b'{"op":"delete","key":"a"}'] * 1001) + b"]}"
+        ),
+        422,
+        id="batch-1001-ops",
+    ),
+    pytest.param(
+        _json_post("/batch", b'{"ops": [{"op":"drop","key":"plain"}]}'), 422, id="batch-bad-op"
+    ),
+    pytest.param(
+        _json_post(
+            "/batch",
+            b'{"ops": [{"op":"put","key":"new","value":"1"},'
+            b'{"op":"delete","key":"plain","expect":999}]}',
+        ),
+        412,
+        id="batch-expect-fails",
+    ),
+    pytest.param(
+        _json_post(
+            "/batch",
+            b'{"ops": [{"op":"put","key":"new","value":"1","expect":'
+            + DIGITS_5000.encode()
+            + b"}]}",
+        ),
+        422,
+        id="batch-expect-5000-digits",
+    ),
+    pytest.param(
+        _json_post(
+            "/batch",
+            b'{"ops": [{"op":"put","key":"new","value":"1","expect":' + b"9" * 40 + b"}]}",
+        ),
+        412,
+        id="batch-expect-40-digits",
+    ),
+    pytest.param(
+        _json_post(
+            "/batch",
+            b'{"ops": [{"op":"put","key":"new","value":"1"},{"op":"put","key":"'
+            + b"k" * 1025
+            + b'","value":"1"}]}',
+        ),
+        422,
+        id="batch-key-too-long",
+    ),
+    pytest.param(
+        lambda c: c.client.post(
+            "/batch", json={"ops": [{"op": "put", "key": "new", "value": "x" * ((1 << 20) + 1)}]}
+        ),
+        413,
+        id="batch-value-too-large",
+    ),
+    pytest.param(
+        _raw(
+            b"POST /batch HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 16777217",
+            b"",
+        ),
+        413,
+        id="batch-declared-over-16MiB",
+    ),
+    pytest.param(
+        _json_post("/batch", b'{"ops": [{"op":"delete","key":"plain"}]}', "text/plain"),
+        415,
+        id="batch-wrong-content-type",
+    ),
+    pytest.param(lambda c: c.client.post("/transactions/release"), 401, id="release-anonymous"),
+    pytest.param(
+        lambda c: c.client.post("/transactions/release", headers=_bearer("garbage!!")),
+        401,
+        id="release-garbage-token",
+    ),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": -1}), 422, id="limit=-1"),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": 10**9}), 422, id="limit=10^9"),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": "ten"}), 422, id="limit=ten"),

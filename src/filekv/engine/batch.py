@@ -5,8 +5,12 @@
 like a transaction's commit, so recovery shows all of it or nothing. ``Transaction.batch`` stages
 the same operations in the open transaction, all or none.
 
-Owns the operation types and ``prepare``, the checks both paths share (keys, values, one
-operation per key, the transaction limits), done before any lock is taken.
+Several operations on one key are allowed: they apply in order, so the last one wins (only it
+is written), and every ``expect`` is compared with the data as it was before the batch, as in
+etcd's compare-then-apply, never with an earlier operation of the same batch.
+
+Owns the operation types and ``prepare``, the checks both paths share (keys, values, the
+transaction limits), done before any lock is taken.
 """
 
 from __future__ import annotations
@@ -40,12 +44,13 @@ BatchOp = Put | Delete
 
 
 class Prepared(NamedTuple):
-    """One checked operation: ``value`` None for a delete."""
+    """One checked operation: ``value`` None for a delete; ``final`` if no later op has its key."""
 
     key: str
     encoded: bytes
     value: bytes | None
     expect: int | None
+    final: bool
 
 
 def prepare(
@@ -59,10 +64,9 @@ def prepare(
     """The operations checked and encoded, or the error of the first one at fault.
 
     Refused (nothing written or staged): no operation (InvalidBatch); a bad key (InvalidKey) or
-    value (TypeError, ValueTooLarge); a second operation on one key (InvalidBatch: which would
-    win, and what would its ``expect`` be compared with?); more operations or record bytes than
-    a transaction may hold (TransactionTooLarge), since a batch is written as one such record.
-    Every message names the operation's index.
+    value (TypeError, ValueTooLarge); more operations or record bytes than a transaction may
+    hold (TransactionTooLarge), since a batch is written as one such record (counted before
+    repeated keys are folded: an upper bound). Every message names the operation's index.
     """
     if not ops:
         raise InvalidBatch("a batch needs at least one operation")
@@ -71,7 +75,7 @@ def prepare(
             f"the batch holds {len(ops)} operations; the limit is {max_ops} (max_transaction_ops)"
         )
     prepared: list[Prepared] = []
-    first_index: dict[str, int] = {}
+    last_index: dict[str, int] = {}
     size = RECORD_HEADER_SIZE
     for index, op in enumerate(ops):
         if isinstance(op, Put):
@@ -81,18 +85,17 @@ def prepare(
         else:
             raise TypeError(f"op {index}: a batch operation is a Put or a Delete, not {op!r}")
         encoded = _encoded_key(encode_key, op.key, index)
-        earlier = first_index.setdefault(op.key, index)
-        if earlier != index:
-            raise InvalidBatch(
-                f"op {index} repeats the key of op {earlier}: one operation per key", index
-            )
+        last_index[op.key] = index
         size += OPERATION_HEADER.size + len(encoded) + (len(value) if value is not None else 0)
         if size > max_bytes:
             raise TransactionTooLarge(
                 f"the batch passes {max_bytes} record bytes at op {index} (max_transaction_bytes)"
             )
-        prepared.append(Prepared(op.key, encoded, value, op.expect))
-    return prepared
+        prepared.append(Prepared(op.key, encoded, value, op.expect, final=False))
+    return [
+        op._replace(final=True) if last_index[op.key] == index else op
+        for index, op in enumerate(prepared)
+    ]
 
 
 def _encoded_key(encode_key: Callable[[str], bytes], key: str, index: int) -> bytes:

@@ -8,7 +8,7 @@
     ├── InvalidKey             empty, too long, or not encodable as UTF-8
     ├── ValueTooLarge          value over the configured limit
     ├── VersionMismatch        ``expect=`` did not match the key's revision
-    ├── InvalidBatch           a batch with no operation, or two on one key
+    ├── InvalidBatch           a batch with no operation
     ├── TransactionActive      a write or a second transaction while one is open
     ├── TransactionClosed      the transaction has already ended
     ├── NoSavepoint            release at depth 1: there is no nested level to merge
@@ -49,9 +49,9 @@ class ValueTooLarge(StoreError):
 
 
 class InvalidBatch(StoreError):
-    """A batch that cannot be applied as written: no operation at all, or two on one key.
+    """A batch that cannot be applied as written (no operation at all).
 
-    ``op_index`` is the operation at fault (the second on a repeated key), None for an empty one.
+    ``op_index`` names the operation at fault, if one is (None for an empty batch).
     """
 
     def __init__(self, message: str, op_index: int | None = None) -> None:

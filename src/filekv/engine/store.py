@@ -310,9 +310,10 @@ class Store:
     def batch(self, ops: Sequence[BatchOp]) -> int:
         """Apply ``Put``/``Delete`` operations atomically, as one record at one new revision.
 
-        All or nothing: every ``expect`` is checked first (the first that fails raises
-        VersionMismatch with its ``op_index``); a delete of an absent key is no error (and
-        writes nothing). Returns the new revision once durable (per fsync mode), or the current
+        All or nothing: every ``expect`` is checked first, against the data before the batch
+        (the first that fails raises VersionMismatch with its ``op_index``); operations apply in
+        order, so of several on one key the last wins; a delete of an absent key is no error
+        (and writes nothing). Returns the new revision once durable (per fsync mode), or the current
         one if nothing had to be written. See ``batch.prepare`` for what is refused.
         """
         prepared = self._prepare(ops)

@@ -134,9 +134,11 @@ class Transaction:
     def batch(self, ops: Sequence[BatchOp]) -> int:
         """Stage ``Put``/``Delete`` operations in the innermost level, all or none; return how many.
 
-        As ``Store.batch``: every ``expect`` is checked against this transaction's view before
-        anything is staged; the first that fails raises VersionMismatch with its ``op_index``,
-        and passing the transaction's limits raises TransactionTooLarge, with nothing staged.
+        As ``Store.batch``: every ``expect`` is checked against this transaction's view as it
+        was before the batch, before anything is staged (the first that fails raises
+        VersionMismatch with its ``op_index``); the operations then apply in order, the last on
+        a key winning. Passing the transaction's limits raises TransactionTooLarge. Either way,
+        nothing is staged.
         """
         self._check_open()
         store = self._store

@@ -242,15 +242,17 @@ class Writer:
     def append_batch(self, prepared: list[Prepared]) -> tuple[int, int]:
         """Write checked batch operations as one record; return (sequence number, revision).
 
-        Every ``expect`` is checked under the lock before anything is written (the first that
-        fails raises VersionMismatch naming its index). A delete of a key that is absent is
+        Every ``expect`` is checked under the lock before anything is written, against the data
+        before the batch (the first that fails raises VersionMismatch naming its index); of
+        several operations on one key only the last is written. A delete of a key that is absent is
         left out of the record; when nothing is left, nothing is written and the answer is
         (0, the current revision). The body is encoded before the lock is taken, as a commit's
         is; should a delete turn out to be a no-op under the lock, it is encoded again there.
         """
-        operations = [
+        final = [op for op in prepared if op.final]  # the last operation on each key wins
+        operations: list[Operation] = [
             (DELETE, op.encoded, b"") if op.value is None else (PUT, op.encoded, op.value)
-            for op in prepared
+            for op in final
         ]
         body = encode_body(operations)
         body_crc = zlib.crc32(body)
@@ -261,10 +263,10 @@ class Writer:
             for index, op in enumerate(prepared):
                 if op.expect is not None:
                     self._check_expect(op.key, op.expect, index)
-            if any(op.value is None and op.key not in locations for op in prepared):
+            if any(op.value is None and op.key not in locations for op in final):
                 operations = [
                     operation
-                    for operation, op in zip(operations, prepared, strict=True)
+                    for operation, op in zip(operations, final, strict=True)
                     if op.value is not None or op.key in locations
                 ]
                 if not operations:

@@ -93,7 +93,10 @@ class BatchIn(BaseModel):
     )
 
     ops: list[Annotated[BatchPut | BatchDelete, Field(discriminator="op")]] = Field(
-        min_length=1, max_length=MAX_BATCH_OPS, description="One operation per key, in order."
+        min_length=1,
+        max_length=MAX_BATCH_OPS,
+        description="Applied in order: of several operations on one key the last wins; every "
+        "`expect` is compared with the data as it was before the batch.",
     )
 
 
@@ -180,6 +183,34 @@ class ErrorBody(BaseModel):
     """Every error except request validation (422 keeps FastAPI's list form)."""
 
     detail: str
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` written in place, for an ``openapi_extra`` body.
+
+    Pydantic points nested models at ``#/$defs/...``, which means nothing inside an OpenAPI
+    document (Swagger UI and schemathesis would see an empty body); a discriminator's
+    ``mapping`` holds such pointers too, and its ``propertyName`` alone says the same.
+    """
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {
+                name: resolve(value)
+                for name, value in node.items()
+                if not (name == "mapping" and "propertyName" in node)
+            }
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def error(description: str) -> dict[str, Any]:

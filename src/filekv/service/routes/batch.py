@@ -24,6 +24,7 @@ from filekv.service.schemas import (
     BatchIn,
     BatchResult,
     error,
+    inline_schema,
 )
 from filekv.service.wire import read_batch
 
@@ -52,8 +53,8 @@ router = APIRouter(tags=["keys"])
         ),
         415: error("The body is not JSON: send Content-Type: application/json."),
         422: {
-            "description": "Invalid body: not 1 to 1000 operations, a bad operation or key, or "
-            "two operations on one key (`loc` names the operation).",
+            "description": "Invalid body: not 1 to 1000 operations, or a bad operation or key "
+            "(`loc` names the operation).",
             "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
             },
@@ -65,7 +66,7 @@ router = APIRouter(tags=["keys"])
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": BatchIn.model_json_schema()}},
+            "content": {"application/json": {"schema": inline_schema(BatchIn)}},
         },
         "security": OPTIONAL_BEARER,
     },
@@ -75,7 +76,8 @@ async def batch(request: Request) -> Response:
 
     All or nothing, durable before the answer: a failed ``expect`` (0: the key must not exist)
     applies none of them (412 naming the first such operation); a delete of an absent key
-    without ``expect`` is no error. One operation per key. Inside your transaction the
+    without ``expect`` is no error. Every ``expect`` is compared with the data as it was
+    before the batch; of several operations on one key the last wins. Inside your transaction the
     operations are staged together (``"staged": true``) and applied by its commit.
     """
     state = request.app.state
