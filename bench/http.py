@@ -48,6 +48,7 @@ from pydantic import BaseModel  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 VALUE_LEN = 100
+BATCH = 100  # puts per POST /batch request
 
 
 def key_of(i: int) -> str:
@@ -222,6 +223,18 @@ request = function()
   local body = '{"value": "' .. value_of(i + 1, DISTINCT) .. '"}'
   return wrk.format("PUT", "/keys/" .. key_of(i), {["Content-Type"] = "application/json"}, body)
 end""",
+    "batch_put": r"""
+request = function()
+  local first = math.random(0, N - 1)
+  local ops = {}
+  for j = 0, BATCH - 1 do
+    local i = (first + j) % N
+    ops[#ops + 1] = '{"op": "put", "key": "' .. key_of(i) .. '", "value": "' ..
+      value_of(i + 1, DISTINCT) .. '"}'
+  end
+  local body = '{"ops": [' .. table.concat(ops, ",") .. ']}'
+  return wrk.format("POST", "/batch", {["Content-Type"] = "application/json"}, body)
+end""",
     "find_value": r"""
 request = function()
   return wrk.format("GET", "/keys?value=" .. value_of(math.random(0, DISTINCT - 1), DISTINCT))
@@ -231,7 +244,10 @@ end""",
 
 def wrk_script(tmp: Path, kind: str, n: int) -> Path:
     distinct = max(1, n // 10)
-    header = f"local N = {n}\nlocal DISTINCT = {distinct}\nlocal VALUE_LEN = {VALUE_LEN}\n"
+    header = (
+        f"local N = {n}\nlocal DISTINCT = {distinct}\nlocal VALUE_LEN = {VALUE_LEN}\n"
+        f"local BATCH = {BATCH}\n"
+    )
     path = tmp / f"{kind}-{n}.lua"
     path.write_text(header + LUA_COMMON + LUA_REQUESTS[kind] + "\n")
     return path
@@ -275,7 +291,7 @@ def httpx_loader_child(argv: list[str]) -> None:
     distinct = max(1, n // 10)
     base = f"http://127.0.0.1:{port}"
 
-    def request(rng: random.Random) -> tuple[str, str, dict[str, str] | None]:
+    def request(rng: random.Random) -> tuple[str, str, dict[str, Any] | None]:
         if kind == "get_const":
             return "GET", "/const", None
         if kind == "post_echo":
@@ -285,6 +301,13 @@ def httpx_loader_child(argv: list[str]) -> None:
         if kind == "put_key":
             i = rng.randrange(n)
             return "PUT", f"/keys/{key_of(i)}", {"value": value_of(i + 1, distinct)}
+        if kind == "batch_put":
+            first = rng.randrange(n)
+            ops = [
+                {"op": "put", "key": key_of(i % n), "value": value_of(i % n + 1, distinct)}
+                for i in range(first, first + BATCH)
+            ]
+            return "POST", "/batch", {"ops": ops}
         return "GET", f"/keys?value={value_of(rng.randrange(distinct), distinct)}", None
 
     async def main() -> dict[str, Any]:
@@ -440,6 +463,7 @@ def run(args: argparse.Namespace) -> tuple[list[LoadResult], dict[str, Any]]:
             (main, f"GET /keys/{{key}} ({args.keys:,} keys)", "get_key", args.keys),
             (trivial, "trivial POST /echo (pydantic)", "post_echo", args.keys),
             (main, "PUT /keys/{key} fsync=always", "put_key", args.keys),
+            (main, f"POST /batch of {BATCH} puts fsync=always", "batch_put", args.keys),
         ]
         for n in (args.small, args.big):
             if n > 0:
@@ -447,7 +471,7 @@ def run(args: argparse.Namespace) -> tuple[list[LoadResult], dict[str, Any]]:
         for repeat in range(args.repeats):
             log(f"round {repeat + 1} of {args.repeats}")
             for server, label, kind, n in rows:
-                if kind == "put_key":
+                if kind in ("put_key", "batch_put"):
                     os.sync()
                 runs.setdefault(label, []).append(measure(args, tmp, server, label, kind, n))
     finally:
@@ -549,7 +573,18 @@ def report(args: argparse.Namespace, results: list[LoadResult], extra: dict[str,
         )
     )
     p50 = a.latency_us["p50"] / b.latency_us["p50"] if a and b else None
-    tgt = Table(title="targets (issue 3): ratios measured in this run")
+    batch, single = get("POST /batch"), get("PUT /keys/{key}")
+    rows.append(
+        (
+            f"POST /batch of {BATCH} puts, fsync=always",
+            ">= 20 x single PUTs (keys written/s)",
+            BATCH * batch.rate / single.rate if batch and single else None,
+            20.0,
+            True,
+            f"keys/s ratio: {BATCH} x batch req/s over PUT req/s",
+        )
+    )
+    tgt = Table(title="targets (issues 3 and 10): ratios measured in this run")
     for col in ("measure", "target", "measured", "result", "how"):
         tgt.add_column(col)
     verdicts = []
