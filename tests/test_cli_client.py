@@ -299,7 +299,7 @@ def test_exit_7_server_unreachable(tmp_path: Path) -> None:
     for verb in (["get", "k"], ["status"], ["ls"]):
         done = run(None, tmp_path, *verb, url=closed)
         assert done.returncode == 7, done.stderr
-        _one_error_line(done)
+        assert _one_error_line(done).startswith(f"filekv: {closed}: cannot reach the server")
 
 
 def test_exit_8_login_throttled(server: Server, tmp_path: Path) -> None:

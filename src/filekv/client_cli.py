@@ -120,6 +120,8 @@ def connect(url: str | None, *, stored_token: bool = True) -> Iterator[Client]:
     try:
         with Client(server, token=token) as kv:
             yield kv
+    except Unavailable as exc:
+        fail(f"{server}: {exc.detail}", exit_code(exc))
     except FilekvError as exc:
         fail(exc.detail if exc.status is None else f"{exc.detail} ({exc.status})", exit_code(exc))
 
