@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import PASSWORD, Connect, unique
+from clientkit import PASSWORD, Connect, unique
 from serverproc import Server
 
 from filekv.client import DEFAULT_URL, Client, Entry, NotFound, PreconditionFailed, Unauthorized

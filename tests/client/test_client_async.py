@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from conftest import PASSWORD, unique
+from clientkit import PASSWORD, unique
 from serverproc import Server
 
 from filekv.client import AsyncClient, Entry, Locked, NotFound

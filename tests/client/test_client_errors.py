@@ -11,7 +11,7 @@ import inspect
 
 import httpx
 import pytest
-from conftest import PASSWORD, Connect, login_new_user, unique
+from clientkit import PASSWORD, Connect, login_new_user, unique
 from serverproc import Server, free_port
 
 import filekv.client

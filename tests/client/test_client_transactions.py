@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Connect, login_new_user, unique
+from clientkit import Connect, login_new_user, unique
 from serverproc import Server
 
 from filekv.client import Client, Conflict, Entry, Locked, PreconditionFailed
