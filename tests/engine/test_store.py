@@ -65,7 +65,7 @@ def test_store_open_creates_folder_and_reports_options(
     assert (db_path / "LOCK").exists()
     assert len(segments(db_path)) >= 1
     assert db.path == db_path
-    assert db.fsync_mode == "interval"
+    assert db.options.fsync == "interval"
     assert db.closed is False
     assert len(db) == 0
 
@@ -76,7 +76,8 @@ def test_store_open_takes_options_and_keywords_replace_their_fields(
     options = StoreOptions(fsync="never", auto_compact=False, max_key_bytes=8)
     db = Store.open(db_path, options, max_value_bytes=16)
     opened.stores.append(db)  # checked and closed at teardown
-    assert (db.fsync_mode, db.max_key_bytes, db.max_value_bytes) == ("never", 8, 16)
+    chosen = db.options
+    assert (chosen.fsync, chosen.max_key_bytes, chosen.max_value_bytes) == ("never", 8, 16)
     with pytest.raises(InvalidKey):
         db.put("123456789", b"v")
     with pytest.raises(ValueTooLarge):

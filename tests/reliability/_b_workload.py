@@ -159,7 +159,7 @@ class Workload:
     def _count_refusal(self, db: Store, tx: Transaction, key: str, value: bytes) -> None:
         """A staged write refused at the limit: it must really have passed it (7: op header)."""
         needed = tx.staged_bytes + 7 + len(key.encode()) + len(value)
-        assert needed > db.max_transaction_bytes, "refused under the limit"
+        assert needed > db.options.max_transaction_bytes, "refused under the limit"
         self.refused += 1
 
     def transaction(self, db: Store) -> None:

@@ -1,8 +1,10 @@
 """A batch: several puts and deletes applied as one atomic record at one new revision.
 
 ``Store.batch([Put("a", b"1"), Delete("b", expect=7)])`` writes every operation or none: each
-``expect`` is checked (as ``put``'s) before anything is written, and the record is one record
-like a transaction's commit, so recovery shows all of it or nothing. ``Transaction.batch`` stages
+``expect`` is checked (as ``put``'s) before anything is written (the first that fails raises
+VersionMismatch with its ``op_index``), and the record is one record like a transaction's
+commit, so recovery shows all of it or nothing. A delete of an absent key is no error (and
+writes nothing). ``Transaction.batch`` stages
 the same operations in the open transaction, all or none.
 
 Several operations on one key are allowed: they apply in order, so the last one wins (only it
@@ -16,15 +18,15 @@ transaction limits), done before any lock is taken.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from .errors import InvalidBatch, InvalidKey, TransactionTooLarge, ValueTooLarge
 from .record import OPERATION_HEADER, RECORD_HEADER_SIZE
 
 
-@dataclass(frozen=True, slots=True)
-class Put:
+# Named tuples, not frozen dataclasses: a batch builds up to thousands of them per request, and
+# a tuple is built three times as fast.
+class Put(NamedTuple):
     """Write ``value`` under ``key``; ``expect`` as for ``Store.put``."""
 
     key: str
@@ -32,8 +34,7 @@ class Put:
     expect: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Delete:
+class Delete(NamedTuple):
     """Remove ``key`` (a missing key is no error unless ``expect`` says it must exist)."""
 
     key: str
@@ -91,11 +92,13 @@ def prepare(
             raise TransactionTooLarge(
                 f"the batch passes {max_bytes} record bytes at op {index} (max_transaction_bytes)"
             )
-        prepared.append(Prepared(op.key, encoded, value, op.expect, final=False))
-    return [
-        op._replace(final=True) if last_index[op.key] == index else op
-        for index, op in enumerate(prepared)
-    ]
+        prepared.append(Prepared(op.key, encoded, value, op.expect, True))
+    if len(last_index) < len(prepared):  # a key repeats: only its last operation is final
+        prepared = [
+            op if last_index[op.key] == index else op._replace(final=False)
+            for index, op in enumerate(prepared)
+        ]
+    return prepared
 
 
 def _encoded_key(encode_key: Callable[[str], bytes], key: str, index: int) -> bytes:

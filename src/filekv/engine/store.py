@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from .batch import BatchOp, Prepared, Put, prepare
+from .batch import BatchOp, Put
 from .compaction import Compactor
 from .durability import GroupCommit, IntervalFlusher
 from .entry import Entry
@@ -56,8 +56,7 @@ __all__ = ["FSYNC_MODES", "Entry", "FsyncMode", "Store", "StoreOptions"]
 log = logging.getLogger(__name__)
 
 CLOSED: Final = "the store is closed"
-# Value bytes above which ``abatch`` encodes in a thread: encoding and checksumming a large
-# batch would hold up the event loop (about a millisecond per MiB).
+# Value bytes above which ``abatch`` encodes in a thread, not on the loop (~1 ms per MiB).
 ASYNC_INLINE_BATCH_BYTES: Final = 64 << 10
 
 
@@ -86,6 +85,8 @@ class Store:
             self._index,
             max_key_bytes=options.max_key_bytes,
             max_value_bytes=options.max_value_bytes,
+            max_transaction_ops=options.max_transaction_ops,
+            max_transaction_bytes=options.max_transaction_bytes,
             group=self._group,
             maybe_compact=lambda: self._compactor.maybe_start(),
         )
@@ -212,8 +213,9 @@ class Store:
         return self._path
 
     @property
-    def fsync_mode(self) -> str:
-        return self._options.fsync
+    def options(self) -> StoreOptions:
+        """The options the store was opened with (frozen): limits, fsync mode, thresholds."""
+        return self._options
 
     @property
     def closed(self) -> bool:
@@ -231,22 +233,6 @@ class Store:
     @property
     def revision(self) -> int:
         return self._writer.revision
-
-    @property
-    def max_key_bytes(self) -> int:
-        return self._options.max_key_bytes
-
-    @property
-    def max_value_bytes(self) -> int:
-        return self._options.max_value_bytes
-
-    @property
-    def max_transaction_bytes(self) -> int:
-        return self._options.max_transaction_bytes
-
-    @property
-    def max_transaction_ops(self) -> int:
-        return self._options.max_transaction_ops
 
     @property
     def in_transaction(self) -> bool:
@@ -310,16 +296,11 @@ class Store:
     def batch(self, ops: Sequence[BatchOp]) -> int:
         """Apply ``Put``/``Delete`` operations atomically, as one record at one new revision.
 
-        All or nothing: every ``expect`` is checked first, against the data before the batch
-        (the first that fails raises VersionMismatch with its ``op_index``); operations apply in
-        order, so of several on one key the last wins; a delete of an absent key is no error
-        (and writes nothing). Returns the new revision once durable (per fsync mode), or the current
-        one if nothing had to be written. See ``batch.prepare`` for what is refused.
+        The new revision once durable (per fsync mode); the current one if nothing had to be
+        written. ``batch.py`` says what ``expect`` is compared with and what is refused.
         """
-        prepared = self._prepare(ops)
-        seq, revision = self._writer.append_batch(prepared)
-        if seq and self._fsync_always:
-            self._group.wait(seq)
+        seq, revision = self._writer.append_batch(ops)
+        self.wait_durable(seq)
         return revision
 
     async def abatch(self, ops: Sequence[BatchOp]) -> int:
@@ -327,21 +308,9 @@ class Store:
         payload = sum(len(op.value) for op in ops if isinstance(op, Put))
         if payload > ASYNC_INLINE_BATCH_BYTES or self._segments.rotation_due():
             return await asyncio.to_thread(self.batch, ops)
-        seq, revision = self._writer.append_batch(self._prepare(ops))
-        if seq and self._fsync_always:
-            await self._group.wait_async(seq)
+        seq, revision = self._writer.append_batch(ops)
+        await self.wait_durable_async(seq)
         return revision
-
-    def _prepare(self, ops: Sequence[BatchOp]) -> list[Prepared]:
-        writer = self._writer
-        options = self._options
-        return prepare(
-            ops,
-            encode_key=writer.encode_key,
-            check_value=writer.check_value,
-            max_ops=options.max_transaction_ops,
-            max_bytes=options.max_transaction_bytes,
-        )
 
     # ------------------------------------------------------------------ durability
 

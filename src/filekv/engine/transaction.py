@@ -21,6 +21,7 @@ from typing import Protocol, Self
 from .batch import BatchOp, prepare
 from .entry import Entry
 from .errors import NoSavepoint, TransactionClosed, TransactionTooLarge, VersionMismatch
+from .options import StoreOptions
 from .record import OPERATION_HEADER
 
 # A staged value of None is a staged delete.
@@ -31,9 +32,7 @@ class TransactionHost(Protocol):
     """What a transaction needs of its store: the public reads, and four calls for it alone."""
 
     @property
-    def max_transaction_bytes(self) -> int: ...
-    @property
-    def max_transaction_ops(self) -> int: ...
+    def options(self) -> StoreOptions: ...
     def encode_key(self, key: str) -> bytes: ...
     def check_value(self, value: bytes) -> bytes: ...
     def __contains__(self, key: object) -> bool: ...
@@ -146,8 +145,8 @@ class Transaction:
             ops,
             encode_key=store.encode_key,
             check_value=store.check_value,
-            max_ops=store.max_transaction_ops,
-            max_bytes=store.max_transaction_bytes,
+            max_ops=store.options.max_transaction_ops,
+            max_bytes=store.options.max_transaction_bytes,
         )
         for index, op in enumerate(prepared):
             self._check_expect(op.key, op.expect, index)
@@ -194,15 +193,15 @@ class Transaction:
         new_bytes = self._staged_bytes + size
         new_ops = self._staged_ops + added_ops
         store = self._store
-        if new_ops > store.max_transaction_ops:
+        if new_ops > store.options.max_transaction_ops:
             raise TransactionTooLarge(
                 f"the transaction holds {self._staged_ops} operations; "
-                f"the limit is {store.max_transaction_ops}"
+                f"the limit is {store.options.max_transaction_ops}"
             )
-        if new_bytes > store.max_transaction_bytes:
+        if new_bytes > store.options.max_transaction_bytes:
             raise TransactionTooLarge(
                 f"this write would take the transaction to {new_bytes} bytes; "
-                f"the limit is {store.max_transaction_bytes}"
+                f"the limit is {store.options.max_transaction_bytes}"
             )
         level[key] = value
         self._level_bytes[-1] += size

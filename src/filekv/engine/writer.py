@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
-from .batch import Prepared
+from .batch import BatchOp, prepare
 from .durability import GroupCommit
 from .errors import (
     InvalidKey,
@@ -47,6 +47,10 @@ from .transaction import Transaction
 COMPACTION_CHECK_EVERY: Final = 1024  # writes between two looks at the compaction thresholds
 
 
+def _value_hashes(operations: list[Operation]) -> list[int]:
+    return [value_hash(value) if kind == PUT else 0 for kind, _, value in operations]
+
+
 class Writer:
     """Appends writes under the lock. ``maybe_compact`` is called every thousand writes or so;
     ``group`` is asked only whether a failed fsync round has stopped writes."""
@@ -59,6 +63,8 @@ class Writer:
         *,
         max_key_bytes: int,
         max_value_bytes: int,
+        max_transaction_ops: int,
+        max_transaction_bytes: int,
         group: GroupCommit,
         maybe_compact: Callable[[], None],
     ) -> None:
@@ -67,6 +73,8 @@ class Writer:
         self._index = index
         self._max_key_bytes = max_key_bytes
         self._max_value_bytes = max_value_bytes
+        self._max_transaction_ops = max_transaction_ops  # a batch is held to a commit's limits
+        self._max_transaction_bytes = max_transaction_bytes
         self._group = group
         self._maybe_compact = maybe_compact
         self._revision = 0
@@ -212,12 +220,16 @@ class Writer:
         """
         locations = self._index.locations
         operations: list[Operation] = []
+        keys: list[str] = []
         for key, value in staged.items():
             if value is None:
                 if key in locations:
                     operations.append((DELETE, key.encode("utf-8"), b""))
+                    keys.append(key)
             else:
                 operations.append((PUT, key.encode("utf-8"), value))
+                keys.append(key)
+        hashes = _value_hashes(operations)
         body = encode_body(operations) if operations else b""
         body_crc = zlib.crc32(body)
         segments = self._segments
@@ -233,14 +245,16 @@ class Writer:
                 )
                 seq = segments.write(active, header + body)
                 self._revision = revision
-                self._apply(operations, active.segment_id, offset, revision)
+                self._apply(operations, keys, hashes, active.segment_id, offset, revision)
             self._tx = None
             if operations:
                 self._after_write()
         return seq, len(staged)
 
-    def append_batch(self, prepared: list[Prepared]) -> tuple[int, int]:
-        """Write checked batch operations as one record; return (sequence number, revision).
+    def append_batch(self, ops: Sequence[BatchOp]) -> tuple[int, int]:
+        """Write batch operations as one record; return (sequence number, revision).
+
+        The operations are checked first (``batch.prepare``), outside the lock.
 
         Every ``expect`` is checked under the lock before anything is written, against the data
         before the batch (the first that fails raises VersionMismatch naming its index); of
@@ -249,11 +263,19 @@ class Writer:
         (0, the current revision). The body is encoded before the lock is taken, as a commit's
         is; should a delete turn out to be a no-op under the lock, it is encoded again there.
         """
+        prepared = prepare(
+            ops,
+            encode_key=self.encode_key,
+            check_value=self.check_value,
+            max_ops=self._max_transaction_ops,
+            max_bytes=self._max_transaction_bytes,
+        )
         final = [op for op in prepared if op.final]  # the last operation on each key wins
         operations: list[Operation] = [
             (DELETE, op.encoded, b"") if op.value is None else (PUT, op.encoded, op.value)
             for op in final
         ]
+        hashes = _value_hashes(operations)  # outside the lock, as the body's encoding
         body = encode_body(operations)
         body_crc = zlib.crc32(body)
         segments = self._segments
@@ -264,13 +286,14 @@ class Writer:
                 if op.expect is not None:
                     self._check_expect(op.key, op.expect, index)
             if any(op.value is None and op.key not in locations for op in final):
-                operations = [
-                    operation
-                    for operation, op in zip(operations, final, strict=True)
-                    if op.value is not None or op.key in locations
+                kept = [
+                    i for i, op in enumerate(final) if op.value is not None or op.key in locations
                 ]
-                if not operations:
+                if not kept:
                     return 0, self._revision
+                final = [final[i] for i in kept]
+                operations = [operations[i] for i in kept]
+                hashes = [hashes[i] for i in kept]
                 body = encode_body(operations)
                 body_crc = zlib.crc32(body)
             revision = self._revision + 1
@@ -279,23 +302,36 @@ class Writer:
             header = encode_header(active.header.marker, revision, len(operations), body, body_crc)
             seq = segments.write(active, header + body)
             self._revision = revision
-            self._apply(operations, active.segment_id, offset, revision)
+            keys = [op.key for op in final]
+            self._apply(operations, keys, hashes, active.segment_id, offset, revision)
             self._after_write()
         return seq, revision
 
     def _apply(
-        self, operations: list[Operation], segment_id: int, offset: int, revision: int
+        self,
+        operations: list[Operation],
+        keys: list[str],
+        hashes: list[int],
+        segment_id: int,
+        offset: int,
+        revision: int,
     ) -> None:
+        """Point the index at a multi-operation record just written at ``offset``. Under the lock.
+
+        ``keys`` and ``hashes`` go with ``operations`` (hashes of deletes unused): computed
+        before the lock was taken, so readers wait for as little as possible.
+        """
         position = offset + RECORD_HEADER_SIZE
         segments = self._segments
-        for kind, encoded, value in operations:
-            position += OPERATION_HEADER.size + len(encoded)
-            key = encoded.decode("utf-8")
+        index = self._index
+        op_header = OPERATION_HEADER.size
+        for (kind, encoded, value), key, hashed in zip(operations, keys, hashes, strict=True):
+            position += op_header + len(encoded)
             if kind == PUT:
-                location = pack(segment_id, position, len(value), revision, value_hash(value))
-                segments.account_set(len(encoded), len(value), self._index.set(key, location))
+                location = pack(segment_id, position, len(value), revision, hashed)
+                segments.account_set(len(encoded), len(value), index.set(key, location))
             else:
-                segments.account_remove(len(encoded), self._index.remove(key))
+                segments.account_remove(len(encoded), index.remove(key))
             position += len(value)
 
     def end(self, tx: Transaction) -> None:

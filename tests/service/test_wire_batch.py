@@ -1,0 +1,84 @@
+"""``wire._plain_batch``, the fast reading of a ``POST /batch`` body, agrees with ``BatchIn``.
+
+Whatever the plain reading takes, the model takes alike (same operations); what it leaves, the
+model judges. Random bodies near the valid shape (wrong types, extra or missing fields, bools
+for ints, negative expects, empty keys) exercise both sides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from filekv.engine import Delete, Put
+from filekv.service.schemas import BatchIn, BatchPut
+from filekv.service.wire import _plain_batch
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=2**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=5),
+)
+_OP = st.fixed_dictionaries(
+    {"op": st.sampled_from(["put", "delete", "Put", "drop"]) | _SCALARS},
+    optional={
+        "key": st.text(max_size=5) | _SCALARS,
+        "value": st.text(max_size=5) | _SCALARS,
+        "expect": _SCALARS,
+        "extra": _SCALARS,
+    },
+)
+_BODY = st.one_of(
+    st.fixed_dictionaries({"ops": st.lists(_OP, max_size=4)}),
+    st.fixed_dictionaries({"ops": st.lists(_OP, max_size=2)}, optional={"more": _SCALARS}),
+    st.lists(_OP, max_size=2),
+    _SCALARS,
+)
+
+
+def _by_model(raw: bytes) -> list[Put | Delete] | None:
+    try:
+        parsed = BatchIn.model_validate_json(raw)
+    except ValidationError:
+        return None
+    return [
+        Put(op.key, op.value.encode("utf-8"), op.expect)
+        if isinstance(op, BatchPut)
+        else Delete(op.key, op.expect)
+        for op in parsed.ops
+    ]
+
+
+@settings(max_examples=1500, deadline=None)
+@given(body=_BODY)
+@example(body={"ops": [{"op": "put", "key": "k", "value": "v", "expect": True}]})
+@example(body={"ops": [{"op": "delete", "key": "k", "expect": 0}]})
+@example(body={"ops": [{"op": "put", "key": "k", "value": "v", "expect": None}]})
+def test_wire_plain_batch_takes_only_what_the_model_takes_alike(body: Any) -> None:
+    raw = orjson.dumps(body)
+    plain = _plain_batch(orjson.loads(raw))
+    if plain is not None:
+        assert _by_model(raw) == plain
+
+
+def test_wire_plain_batch_takes_the_common_shapes() -> None:
+    body = {
+        "ops": [
+            {"op": "put", "key": "a", "value": "1"},
+            {"op": "put", "key": "b", "value": "ü", "expect": 0},
+            {"op": "delete", "key": "c"},
+            {"op": "delete", "key": "d", "expect": 7},
+        ]
+    }
+    assert _plain_batch(body) == [
+        Put("a", b"1"),
+        Put("b", "ü".encode(), 0),
+        Delete("c"),
+        Delete("d", 7),
+    ]
