@@ -20,6 +20,8 @@ from filekv.engine import Store
 from filekv.engine.hint import (
     HASH_MASK,
     HINT_HEADER,
+    HINT_HEADER_V3,
+    HINT_VERSION,
     LOCATION_BYTES,
     HintColumns,
     decode_hint,
@@ -164,7 +166,7 @@ def test_index_hint_entries_are_the_packed_locations_big_endian() -> None:
     hint = _hint({"a": (0xABCD, 5)})
     data = encode_hint(hint)
     keys_length = HINT_HEADER.unpack_from(data, 0)[6]
-    start = HINT_HEADER.size + keys_length
+    start = HINT_HEADER.size + HINT_HEADER_V3.size + keys_length  # version 3: the extension first
     entry = data[start : start + LOCATION_BYTES]
     assert unpack(int.from_bytes(entry, "big")) == (SEGMENT, 32, 1, 5, 0xABCD)
 
@@ -235,7 +237,7 @@ def test_index_loaded_from_a_hint_behaves_like_one_built_by_set(
             assert all(lazy.locations[key] & HASH_MASK == hashed for key, _ in group)
 
 
-def test_index_store_with_a_version_1_hint_replays_then_writes_version_2(
+def test_index_store_with_a_version_1_hint_replays_then_writes_the_current_version(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An older hint (valid checksum, version 1) is not trusted: the segment is replayed, and the
@@ -262,7 +264,7 @@ def test_index_store_with_a_version_1_hint_replays_then_writes_version_2(
     finally:
         db.close()
     (hint,) = folder.glob("*.hint")
-    assert HINT_HEADER.unpack_from(hint.read_bytes(), 0)[1] == 2
+    assert HINT_HEADER.unpack_from(hint.read_bytes(), 0)[1] == HINT_VERSION
     with Store.open(folder, fsync="never", auto_compact=False) as db:
         assert db.get("k99") == b"new"
         assert db.find(b"shared") == [f"k{i:02d}" for i in range(0, 50, 5)]

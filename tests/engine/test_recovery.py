@@ -355,6 +355,10 @@ def test_recovery_zeroed_record_in_sealed_segment_is_corrupt(tmp_path: Path) -> 
     work = tmp_path / "work"
     copy_store(built.source, work)
     sealed = segments(work)[0]
+    # Without its hint file (a crash before it was written), so the segment is replayed: a
+    # sealed segment loaded from a good hint is not read at open (issue 9), like a merged one.
+    for hint in hints(work):
+        hint.unlink()
     data = bytearray(sealed.read_bytes())
     data[HEADER_BYTES : HEADER_BYTES + 24] = bytes(24)
     sealed.write_bytes(bytes(data))

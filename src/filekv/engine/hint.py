@@ -1,5 +1,6 @@
 """Locations and hint files: the packed integer that says where a value is, and the file that
-stores a merged segment's keys and locations so that opening it needs no replay. No I/O.
+stores a sealed segment's keys and locations (and, for a plain segment, its deletes) so that
+opening it needs no replay. No I/O.
 
 Owns no state. The key index (``index.py``) holds exactly these locations; compaction writes
 hint files and recovery reads them. docs/FORMAT.md describes the same layout in prose.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from operator import add, itemgetter, lt
 from typing import Final, Literal
@@ -105,8 +106,14 @@ def unpack(location: int) -> tuple[int, int, int, int, int]:
 #            grouped: the other entries, ordered by value hash, then by entry
 #            groups:  where each run of equal hashes ends in ``grouped``
 #   trailer: crc32 of everything before it
-HINT_VERSION: Final = 2  # version 1 (little-endian columns) is ignored: the segment is replayed
+#   (version 3 only) after the header: | segment length u64 | deleted count u64 |
+#            | deleted block length u64 |  (24 bytes), and after the value groups the deleted
+#            keys (a plain sealed segment's deletes, not followed by a put of the key in that
+#            segment), UTF-8 sorted, joined by 0xFF. Segment length 0: a merged segment.
+HINT_VERSION: Final = 3  # version 2 (no deleted keys) is read; version 1 is ignored: replayed
+HINT_VERSION_V2: Final = 2
 HINT_HEADER: Final = struct.Struct("<6sHQQQQQQQQ")
+HINT_HEADER_V3: Final = struct.Struct("<QQQ")
 KEY_SEPARATOR: Final = b"\xff"
 _LOCATION: Final = struct.Struct(f"{LOCATION_BYTES}s")
 _BIG: Final[Literal["big"]] = "big"
@@ -124,6 +131,8 @@ class HintColumns:
     singles: Sequence[int] = ()  # filled in by decode_hint; encode_hint derives them
     grouped: Sequence[int] = ()
     group_ends: Sequence[int] = ()
+    deleted: list[str] = field(default_factory=list)  # keys this segment leaves deleted
+    segment_length: int = 0  # bytes of the segment the hint sums up; 0: merged, any length
 
 
 def value_groups(hashes: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
@@ -159,6 +168,7 @@ def encode_hint(columns: HintColumns) -> bytes:
     singles, grouped, ends = value_groups([location & HASH_MASK for location in locations])
     keys_block = KEY_SEPARATOR.join(key.encode("utf-8") for key in columns.keys)
     value_bytes = sum(map(length_of, locations))
+    deleted_block = KEY_SEPARATOR.join(key.encode("utf-8") for key in columns.deleted)
     parts = [
         HINT_HEADER.pack(
             HINT_MAGIC,
@@ -172,6 +182,7 @@ def encode_hint(columns: HintColumns) -> bytes:
             len(singles),
             len(ends),
         ),
+        HINT_HEADER_V3.pack(columns.segment_length, len(columns.deleted), len(deleted_block)),
         keys_block,
         b"".join(location.to_bytes(LOCATION_BYTES, "big") for location in locations),
     ]
@@ -180,6 +191,7 @@ def encode_hint(columns: HintColumns) -> bytes:
         if not _LITTLE_ENDIAN:
             column.byteswap()
         parts.append(column.tobytes())
+    parts.append(deleted_block)
     data = b"".join(parts)
     return data + zlib.crc32(data).to_bytes(4, "little")
 
@@ -203,12 +215,18 @@ def decode_hint(data: bytes) -> HintColumns:
         singles,
         groups,
     ) = HINT_HEADER.unpack_from(data, 0)
-    if magic != HINT_MAGIC or version != HINT_VERSION:
+    if magic != HINT_MAGIC or version not in (HINT_VERSION, HINT_VERSION_V2):
         raise FormatError("not a hint file of this format version")
     if singles > count:
         raise FormatError("hint file value groups do not add up")
     position = HINT_HEADER.size
-    size = keys_length + count * LOCATION_BYTES + 4 * (count + groups)
+    segment_length = deleted_count = deleted_length = 0
+    if version == HINT_VERSION:
+        if len(data) < position + HINT_HEADER_V3.size + 4:
+            raise FormatError("hint file is incomplete")
+        segment_length, deleted_count, deleted_length = HINT_HEADER_V3.unpack_from(data, position)
+        position += HINT_HEADER_V3.size
+    size = keys_length + count * LOCATION_BYTES + 4 * (count + groups) + deleted_length
     if position + size != len(data) - 4:
         raise FormatError("hint file length does not match its header")
     keys_block = data[position : position + keys_length]
@@ -233,6 +251,12 @@ def decode_hint(data: bytes) -> HintColumns:
         position += 4 * length
         columns.append(column)
     single_entries, grouped, ends = columns
+    deleted: list[str] = []
+    if deleted_count:
+        block = data[position : position + deleted_length]
+        deleted = block.decode("utf-8", "surrogateescape").split("\udcff")
+    if len(deleted) != deleted_count:
+        raise FormatError("hint file deleted key count mismatch")
     # Singles are in entry order, so the last is the largest; groups must each hold two or more.
     if (
         max(single_entries[-1:], default=-1) >= count
@@ -253,6 +277,8 @@ def decode_hint(data: bytes) -> HintColumns:
         single_entries,
         grouped,
         ends,
+        deleted,
+        segment_length,
     )
 
 

@@ -1,7 +1,9 @@
 """Opening a data directory: locking it and reading its segments back into the indexes.
 
-Segments are read in id order, each record in file order, last write wins. A merged segment with
-a good hint file is bulk-loaded from it; any other segment is replayed record by record. Only the
+Segments are read in id order, each record in file order, last write wins. A sealed segment
+(merged, or plain with a per-segment hint from ``segment_hints.py``) with a good hint file is
+loaded from it; the newest plain segment, and any without a good hint, is replayed record by
+record (and a replayed sealed segment gets its hint written in the background). Only the
 newest segment may end in a torn record (it is the only one ever appended to): that tail is cut
 and kept in ``.broken``. Everything else that does not check out is ``CorruptStore``.
 
@@ -122,13 +124,16 @@ def recover(
             io.unlink(str(directory / name))  # orphan of a deleted segment
     last = ids[-1] if ids else None
     revision = 0
+    unhinted: list[int] = []
     for segment_id in ids:
         if should_stop is not None and should_stop():
             raise RecoveryInterrupted("asked to stop while opening the store")
-        found = _load_segment(
+        found, hinted = _load_segment(
             segments, index, segment_id, is_last=segment_id == last, should_stop=should_stop
         )
         revision = max(revision, found)
+        if not hinted:
+            unhinted.append(segment_id)
     segments.set_next_id((last or 0) + 1)
     newest = segments.get(last) if last is not None else None
     if (
@@ -140,6 +145,12 @@ def recover(
         segments.resume(newest)
     else:
         segments.start_new_segment(revision)
+    # Plain sealed segments that had to be replayed get their hint now, in the background.
+    active = segments.active
+    for segment_id in unhinted:
+        segment = segments.get(segment_id)
+        if segment is not None and segment is not active and segment.header.version >= 2:
+            segments.schedule_hint(segment)
     merged = [s for s in segments.all() if s.merged]
     last_compaction = max(os.stat(s.path).st_mtime for s in merged) if merged else None
     return Recovered(revision, last_compaction)
@@ -152,15 +163,16 @@ def _load_segment(
     *,
     is_last: bool,
     should_stop: StopCheck | None,
-) -> int:
-    """Load one segment; return the highest revision it holds (0 if it was discarded)."""
+) -> tuple[int, bool]:
+    """Load one segment: (the highest revision it holds, 0 if it was discarded; whether it was
+    loaded from a hint file). Only the newest segment is always replayed."""
     io = segments.io
     path = segments.directory / segment_name(segment_id)
     if is_last and _is_unborn(path):
         # Crash while the segment was being created: its header never reached the disk,
         # and no record can have been written after it.
         _discard_unborn_segment(segments, path)
-        return 0
+        return 0, True
     flags = os.O_RDWR | os.O_APPEND if is_last else os.O_RDONLY
     fd = io.open(str(path), flags)
     hint_bytes: int | None = None
@@ -172,7 +184,7 @@ def _load_segment(
             raise CorruptStore(str(path), 0, str(error)) from error
         segment = Segment(segment_id, path, fd, header.size, header, header.merged)
         revision = header.base_revision
-        loaded = _load_hint(segments, index, segment) if segment.merged else None
+        loaded = None if is_last and not segment.merged else _load_hint(segments, index, segment)
         if loaded is not None:
             hint_revision, hint_bytes = loaded
             revision = max(revision, hint_revision)
@@ -185,7 +197,7 @@ def _load_segment(
         io.close(fd)
         raise
     segments.add(segment, hint_bytes=hint_bytes)
-    return revision
+    return revision, hint_bytes is not None
 
 
 def _is_unborn(path: Path) -> bool:
@@ -217,8 +229,8 @@ def _discard_unborn_segment(segments: SegmentSet, path: Path) -> None:
 
 
 def _load_hint(segments: SegmentSet, index: KeyIndex, segment: Segment) -> tuple[int, int] | None:
-    """Load a merged segment's hint file: (its max revision, its size), or None if there is
-    none or it is damaged."""
+    """Load a sealed segment's hint file: (its max revision, its size), or None if there is
+    none, it is damaged, or it sums up another length of the segment (a plain one only)."""
     hint_path = segments.directory / hint_name(segment.segment_id)
     if not hint_path.exists():
         return None
@@ -227,6 +239,10 @@ def _load_hint(segments: SegmentSet, index: KeyIndex, segment: Segment) -> tuple
         hint = decode_hint(data)
         if hint.segment_id != segment.segment_id:
             raise FormatError("hint file names another segment")
+        if not segment.merged and (
+            hint.segment_length == 0 or hint.segment_length != os.path.getsize(segment.path)
+        ):
+            raise FormatError("hint file sums up another length of the segment")
     except (FormatError, OSError) as error:
         log.warning("%s ignored (%s); replaying the segment instead", hint_path, error)
         return None
@@ -234,9 +250,13 @@ def _load_hint(segments: SegmentSet, index: KeyIndex, segment: Segment) -> tuple
     if not index.locations:
         index.bulk_load(hint)
         segments.account_bulk(len(hint.keys), hint.key_bytes, hint.value_bytes)
-    else:  # earlier segments survived a crash mid-compaction: merge entry by entry
+    else:  # a later segment, or earlier ones survived a crash mid-compaction: entry by entry
+        account_set = segments.account_set
+        set_location = index.set
         for key, location in zip(hint.keys, hint.locations, strict=True):
-            segments.account_set(len(key.encode()), length_of(location), index.set(key, location))
+            account_set(len(key.encode()), length_of(location), set_location(key, location))
+    for key in hint.deleted:
+        segments.account_remove(len(key.encode()), index.remove(key))
     return hint.max_revision, len(data)
 
 

@@ -35,6 +35,7 @@ from .hint import (
 )
 from .record import PUT_VALUE_OFFSET, value_hash
 from .segment import Segment, create_segment, segment_name
+from .segment_hints import HintWriter
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class SegmentSet:
         segment_bytes: int,
         rotation_margin: int,
         on_sealed: Callable[[int], None],
+        hint_sealed: bool = True,
     ) -> None:
         self._directory = directory
         self._io = io
@@ -77,6 +79,8 @@ class SegmentSet:
         self._truncations = 0
         self._failure: BaseException | None = None
         self._lock_fd = -1
+        # Hint files of plain sealed segments, written in the background (segment_hints.py).
+        self._hints = HintWriter(io, directory) if hint_sealed else None
 
     # ------------------------------------------------------------------ the directory
 
@@ -111,7 +115,9 @@ class SegmentSet:
         return self._lock_fd >= 0
 
     def release(self) -> None:
-        """Close every segment file and release the directory lock."""
+        """Stop the hint writer, close every segment file and release the directory lock."""
+        if self._hints is not None:
+            self._hints.close()
         for segment in self._segments.values():
             with contextlib.suppress(OSError):
                 self._io.close(segment.fd)
@@ -143,6 +149,16 @@ class SegmentSet:
         if hint_bytes is not None:
             self._hint_bytes[segment.segment_id] = hint_bytes
 
+    def schedule_hint(self, segment: Segment) -> None:
+        """Have the background writer sum up sealed plain ``segment`` in a hint file."""
+        if self._hints is not None and not segment.merged:
+            self._hints.schedule(segment.segment_id, segment.path)
+
+    def wait_for_hints(self) -> None:
+        """Wait until every hint scheduled so far is written (tests, benchmarks)."""
+        if self._hints is not None:
+            self._hints.wait_idle()
+
     def set_hint_bytes(self, segment_id: int, size: int) -> None:
         self._hint_bytes[segment_id] = size
 
@@ -150,6 +166,8 @@ class SegmentSet:
         """Forget ``segment`` and its hint file and close its descriptor (files stay on disk)."""
         del self._segments[segment.segment_id]
         self._hint_bytes.pop(segment.segment_id, None)
+        if self._hints is not None:
+            self._hints.written.pop(segment.segment_id, None)
         self._io.close(segment.fd)
 
     def data_bytes(self) -> int:
@@ -158,7 +176,11 @@ class SegmentSet:
 
     def disk_bytes(self) -> int:
         """Bytes of every segment and hint file."""
-        return self.data_bytes() + sum(self._hint_bytes.values())
+        hints = dict(self._hints.written) if self._hints is not None else {}
+        hints.update(self._hint_bytes)
+        return self.data_bytes() + sum(
+            size for segment_id, size in hints.items() if segment_id in self._segments
+        )
 
     # ------------------------------------------------------------------ ids and rotation
 
@@ -179,8 +201,9 @@ class SegmentSet:
 
     def start_new_segment(self, base_revision: int) -> None:
         """Seal the active segment (fsynced whatever the mode) and start the next one."""
-        if self._active is not None:
-            self._io.fsync(self._active.fd)
+        sealed = self._active
+        if sealed is not None:
+            self._io.fsync(sealed.fd)
             self._on_sealed(self._write_seq)
         try:
             segment = create_segment(self._io, self._directory, self._next_id, base_revision)
@@ -194,6 +217,8 @@ class SegmentSet:
         self._segments[segment.segment_id] = segment
         self._active = segment
         self._sync_point = (self._write_seq, segment.fd)
+        if sealed is not None:
+            self.schedule_hint(sealed)
 
     def rotation_due(self) -> bool:
         """True when the next write may have to seal the active segment (read without lock)."""

@@ -1,0 +1,201 @@
+"""The engine at scale: load, memory per key, reopen, compaction, reads (issue 9).
+
+Each step runs in a fresh subprocess (so its peak RSS, VmHWM, is its own) on one data directory:
+16-byte keys, 100-byte values, fsync="never", automatic compaction off.
+
+    .venv/bin/python bench/scale.py            # 10,000,000 keys
+    .venv/bin/python bench/scale.py --quick    # 1,000,000 keys
+
+Prints a table with the targets of issue 9 and the ratio of each figure to its target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import bench_tmpdir, machine_info
+
+from filekv.engine import Store
+
+VALUE = 100
+TAIL_BYTES = 64 << 20
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _key(i: int) -> str:
+    return f"key-{i:012d}"
+
+
+def _value(i: int) -> bytes:
+    return (i.to_bytes(8, "little") * 13)[:VALUE]
+
+
+def _open(path: Path) -> tuple[Store, float]:
+    started = time.perf_counter()
+    db = Store.open(path, fsync="never", auto_compact=False)
+    return db, time.perf_counter() - started
+
+
+def step(name: str, path: Path, keys: int) -> dict[str, Any]:
+    base = _status("VmRSS")
+    if name == "load":
+        db, _ = _open(path)
+        started = time.perf_counter()
+        for i in range(keys):
+            db.put(_key(i), _value(i))
+        elapsed = time.perf_counter() - started
+        steady = _status("VmRSS")
+        result = {"seconds": elapsed, "rss": steady - base, "peak": _status("VmHWM") - base}
+        db.close()  # finishes the hints of the sealed segments
+        return result
+    if name == "tail":  # overwrite keys until the newest segment is nearly 64 MiB
+        db, _ = _open(path)
+        i = 0
+        while True:
+            for _ in range(10_000):
+                db.put(_key(i % keys), _value(i + 1))
+                i += 1
+            newest = max(path.glob("*.seg"))
+            if newest.stat().st_size >= TAIL_BYTES - (1 << 20):
+                break
+        db.close()
+        return {"tail_bytes": newest.stat().st_size}
+    if name == "reopen":
+        db, elapsed = _open(path)
+        result = {"seconds": elapsed, "rss": _status("VmRSS") - base}
+        db.close()
+        return result
+    if name == "compact":
+        db, _ = _open(path)
+        steady = _status("VmRSS")
+        started = time.perf_counter()
+        db.compact()
+        elapsed = time.perf_counter() - started
+        result = {"seconds": elapsed, "steady": steady - base, "peak": _status("VmHWM") - base}
+        db.close()
+        return result
+    if name == "reads":
+        db, _ = _open(path)
+        rng = random.Random(1)
+        gets: list[float] = []
+        finds: list[float] = []
+        for _ in range(20_000):
+            i = rng.randrange(keys)
+            started = time.perf_counter_ns()
+            db.get(_key(i))
+            gets.append(time.perf_counter_ns() - started)
+        for _ in range(2_000):
+            i = rng.randrange(keys)
+            started = time.perf_counter_ns()
+            db.find(_value(i), limit=10)
+            finds.append(time.perf_counter_ns() - started)
+        disk = sum(p.stat().st_size for p in path.iterdir())
+        db.close()
+        return {
+            "get_ns": statistics.median(gets),
+            "find_ns": statistics.median(finds),
+            "disk": disk,
+        }
+    raise ValueError(name)
+
+
+def _run(name: str, path: Path, keys: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--step", name, "--dir", str(path), "--keys", str(keys)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--keys", type=int, default=10_000_000)
+    parser.add_argument("--quick", action="store_true", help="1,000,000 keys")
+    parser.add_argument("--tmpdir", default=None)
+    parser.add_argument("--step", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    keys = 1_000_000 if args.quick else args.keys
+    if args.step:
+        print(json.dumps(step(args.step, Path(args.dir), keys)))
+        return
+    root = bench_tmpdir(args.tmpdir)
+    path = root / "scale-db"
+    shutil.rmtree(path, ignore_errors=True)
+    mib = 1 << 20
+    try:
+        load = _run("load", path, keys)
+        plain = _run("reopen", path, keys)
+        _run("tail", path, keys)
+        tail = _run("reopen", path, keys)
+        compact = _run("compact", path, keys)
+        compacted = _run("reopen", path, keys)
+        reads = _run("reads", path, keys)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+    per_key = load["rss"] / keys
+    rows = [
+        ("load", f"{keys / load['seconds']:,.0f} puts/s ({load['seconds']:.1f} s)", "", None),
+        (
+            "RSS after load",
+            f"{load['rss'] / mib:,.0f} MiB = {per_key:.0f} B/key",
+            "<= 190 B/key",
+            per_key / 190,
+        ),
+        (
+            "load peak RSS",
+            f"{load['peak'] / mib:,.0f} MiB",
+            "<= 1.2x steady",
+            load["peak"] / load["rss"] / 1.2,
+        ),
+        ("reopen, never compacted", f"{plain['seconds']:.2f} s", "<= 6 s", plain["seconds"] / 6),
+        ("reopen, 64 MiB unsealed tail", f"{tail['seconds']:.2f} s", "", None),
+        ("compact()", f"{compact['seconds']:.1f} s", "", None),
+        (
+            "compaction peak RSS",
+            f"{compact['peak'] / mib:,.0f} MiB ({compact['peak'] / compact['steady']:.2f}x "
+            f"steady {compact['steady'] / mib:,.0f} MiB)",
+            "<= 1.3x steady",
+            compact["peak"] / compact["steady"] / 1.3,
+        ),
+        (
+            "reopen after compaction",
+            f"{compacted['seconds']:.2f} s",
+            "<= 6 s",
+            compacted["seconds"] / 6,
+        ),
+        ("get, median", f"{reads['get_ns'] / 1000:.1f} us", "", None),
+        ("find, median", f"{reads['find_ns'] / 1000:.1f} us", "", None),
+        ("disk bytes", f"{reads['disk'] / mib:,.0f} MiB", "", None),
+    ]
+    info = machine_info(root)
+    print(f"bench/scale.py --keys {keys:,}  ({', '.join(f'{k}={v}' for k, v in info.items())})")
+    print(f"{'measure':<30} {'figure':<48} {'target':<16} {'/target':>8}")
+    for measure, figure, target, ratio in rows:
+        shown = "" if ratio is None else f"{ratio:.2f} {'PASS' if ratio <= 1 else 'MISS'}"
+        print(f"{measure:<30} {figure:<48} {target:<16} {shown:>8}")
+    print(f"uptime: {os.popen('uptime').read().strip()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Hint files of plain sealed segments (segment_hints.py): written after sealing, trusted whole.
+
+Each test builds a store of several small sealed segments with puts and deletes, waits for the
+background hints, and then leaves the directory as a crash at each step of writing one hint would
+(no hint, a torn or complete ``.hint.tmp``, a torn or damaged ``.hint``, a hint of another segment):
+reopening must give exactly the model's contents, and replay every segment whose hint is not whole.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import OpenStore
+from faulty_io import FaultyIO
+from storefiles import contents, copy_store, flip_byte, hints, segments, truncate
+
+from filekv.engine import Store, recovery
+from filekv.engine.fileio import FileIO
+from filekv.engine.hint import HINT_HEADER, HINT_HEADER_V3, decode_hint, encode_hint
+from filekv.engine.segment_hints import summarize_segment
+
+SMALL: dict[str, Any] = {"segment_bytes": 4096, "max_value_bytes": 512, "max_key_bytes": 64}
+
+
+def _build(open_store: OpenStore, path: Path) -> dict[str, bytes]:
+    """A closed store of several sealed plain segments, each with its hint; return its contents."""
+    db = open_store(path, **SMALL)
+    rng = random.Random(9)
+    model: dict[str, bytes] = {}
+    for step in range(400):
+        key = f"k{rng.randrange(60):03d}"
+        if step % 5 == 4:
+            if key in model:
+                db.delete(key)
+                del model[key]
+        else:
+            value = rng.randbytes(rng.randrange(1, 200))
+            db.put(key, value)
+            model[key] = value
+    db._segments.wait_for_hints()
+    assert contents(db) == model
+    db.close()
+    return model
+
+
+def _replayed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Segment ids that recovery replays from now on (instead of loading a hint)."""
+    replayed: list[int] = []
+    real = recovery._replay
+
+    def counting(segments: Any, index: Any, segment: Any, **kwargs: Any) -> int:
+        replayed.append(segment.segment_id)
+        return real(segments, index, segment, **kwargs)
+
+    monkeypatch.setattr(recovery, "_replay", counting)
+    return replayed
+
+
+def _sealed_ids(path: Path) -> list[int]:
+    return [int(p.name.split(".")[0]) for p in segments(path)][:-1]
+
+
+def test_segment_hints_every_sealed_segment_gets_one_and_reopen_replays_only_the_tail(
+    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "db"
+    model = _build(open_store, path)
+    sealed = _sealed_ids(path)
+    assert len(sealed) >= 5
+    assert [int(p.name.split(".")[0]) for p in hints(path)] == sealed
+    deleted = sum(len(decode_hint(p.read_bytes()).deleted) for p in hints(path))
+    assert deleted > 0, "the workload must leave deletes in sealed segments"
+    replayed = _replayed(monkeypatch)
+    db = open_store(path, **SMALL)
+    assert contents(db) == model
+    assert replayed == [int(segments(path)[-1].name.split(".")[0])]
+
+
+def test_segment_hints_summary_matches_replay_of_the_same_segment(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    path = tmp_path / "db"
+    _build(open_store, path)
+    for hint_file in hints(path):
+        segment_id = int(hint_file.name.split(".")[0])
+        segment = path / hint_file.name.replace(".hint", ".seg")
+        on_disk = decode_hint(hint_file.read_bytes())
+        fresh = summarize_segment(FileIO(), segment, segment_id)
+        assert (on_disk.keys, list(on_disk.locations), on_disk.deleted) == (
+            fresh.keys,
+            list(fresh.locations),
+            fresh.deleted,
+        )
+        assert on_disk.segment_length == os.path.getsize(segment)
+
+
+def _damage(case: str, path: Path, victim: int, other: int, cut: int) -> None:
+    hint = path / f"{victim:010d}.hint"
+    data = hint.read_bytes()
+    if case == "no hint yet":
+        hint.unlink()
+    elif case == "torn temp file":
+        hint.unlink()
+        (path / f"{victim:010d}.hint.tmp").write_bytes(data[: cut % len(data)])
+    elif case == "whole temp file, not renamed":
+        hint.rename(path / f"{victim:010d}.hint.tmp")
+    elif case == "torn hint":
+        truncate(hint, cut % len(data))
+    elif case == "flipped byte":
+        flip_byte(hint, cut % len(data))
+    elif case == "hint of another segment":
+        (path / f"{other:010d}.hint").replace(hint)
+    elif case == "segment longer than its hint":
+        with open(path / f"{victim:010d}.seg", "ab") as handle:
+            handle.write(b"\0" * 7)  # a sealed segment never grows: the hint must not be used
+    else:
+        raise AssertionError(case)
+
+
+CASES = [
+    "no hint yet",
+    "torn temp file",
+    "whole temp file, not renamed",
+    "torn hint",
+    "flipped byte",
+    "hint of another segment",
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_segment_hints_a_crash_at_any_step_loses_nothing_and_a_bad_hint_is_not_trusted(
+    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    source = tmp_path / "built"
+    model = _build(open_store, source)
+    sealed = _sealed_ids(source)
+    size = (source / f"{sealed[1]:010d}.hint").stat().st_size
+    cuts = [0, 1, HINT_HEADER.size - 1, HINT_HEADER.size + 5, size // 2, size - 5, size - 1]
+    for trial, cut in enumerate(
+        cuts if case in ("torn temp file", "torn hint", "flipped byte") else [0]
+    ):
+        path = copy_store(source, tmp_path / f"copy{trial}")
+        victim, other = sealed[1], sealed[2]
+        _damage(case, path, victim, other, cut)
+        replayed = _replayed(monkeypatch)
+        db = open_store(path, **SMALL)
+        assert contents(db) == model, (case, cut)
+        assert victim in replayed, f"{case} at {cut}: the damaged hint was trusted"
+        db._segments.wait_for_hints()  # the replayed segment gets its hint again
+        assert not list(path.glob("*.tmp"))
+        db.close()
+        assert decode_hint((path / f"{victim:010d}.hint").read_bytes()).segment_id == victim
+        monkeypatch.undo()
+
+
+def test_segment_hints_a_store_without_them_opens_by_replay_and_gains_them(
+    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout of an older version 2 store: plain sealed segments and no hint files."""
+    path = tmp_path / "db"
+    model = _build(open_store, path)
+    for hint in hints(path):
+        hint.unlink()
+    replayed = _replayed(monkeypatch)
+    db = open_store(path, **SMALL)
+    assert contents(db) == model
+    assert replayed == [int(p.name.split(".")[0]) for p in segments(path)]
+    db._segments.wait_for_hints()
+    db.close()
+    assert [int(p.name.split(".")[0]) for p in hints(path)] == _sealed_ids(path)
+
+
+def _as_version_2(data: bytes) -> bytes:
+    """A version 3 hint without deleted keys written the way version 2 did (no extension)."""
+    body = data[:-4]
+    head = bytearray(body[: HINT_HEADER.size])
+    head[6:8] = (2).to_bytes(2, "little")
+    old = bytes(head) + body[HINT_HEADER.size + HINT_HEADER_V3.size :]
+    return old + zlib.crc32(old).to_bytes(4, "little")
+
+
+def test_segment_hints_a_version_2_compaction_hint_still_loads(
+    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "db"
+    model = _build(open_store, path)
+    db = open_store(path, **SMALL)
+    db.compact()
+    db.close()
+    (merged,) = [h for h in hints(path) if decode_hint(h.read_bytes()).segment_length == 0]
+    merged.write_bytes(_as_version_2(merged.read_bytes()))
+    assert decode_hint(merged.read_bytes()).keys == sorted(model)
+    replayed = _replayed(monkeypatch)
+    db = open_store(path, **SMALL)
+    assert contents(db) == model
+    assert int(merged.name.split(".")[0]) not in replayed
+
+
+def test_segment_hints_encode_decode_round_trip_with_deleted_keys() -> None:
+    from filekv.engine.hint import HintColumns, pack
+
+    columns = HintColumns(
+        7,
+        99,
+        1,
+        ["a", "b"],
+        [pack(7, 50, 3, 9, 1), pack(7, 80, 4, 10, 1)],
+        deleted=["c", "é"],
+        segment_length=4096,
+    )
+    decoded = decode_hint(encode_hint(columns))
+    assert (decoded.keys, list(decoded.locations), decoded.deleted, decoded.segment_length) == (
+        ["a", "b"],
+        list(columns.locations),
+        ["c", "é"],
+        4096,
+    )
+
+
+@pytest.mark.parametrize("fail_at", range(1, 6))
+def test_segment_hints_an_io_error_while_writing_one_leaves_no_file_and_writes_go_on(
+    tmp_path: Path, fail_at: int
+) -> None:
+    """Fail the N-th file-changing operation of the hint writer (write, fsync, rename, fsync)."""
+    path = tmp_path / "db"
+    db = Store.open(path, fsync="never", auto_compact=False, **SMALL)
+    db.put("x", b"1" * 300)
+    db._segments.wait_for_hints()
+    faulty = FaultyIO(fail_at, errno.EIO)
+    db._segments._hints._io = faulty  # only the hint writer sees the faults
+    for i in range(40):
+        db.put(f"k{i}", b"v" * 300)
+    db._segments.wait_for_hints()
+    assert faulty.fired, "the fault must hit the hint writer"
+    assert not list(path.glob("*.tmp"))
+    db.put("after", b"ok")
+    db.close()
+    db = Store.open(path, fsync="never", auto_compact=False, **SMALL)
+    try:
+        assert db.get("after") == b"ok"
+        assert db.get("k39") == b"v" * 300
+        assert db.get("x") == b"1" * 300
+        db.check()
+    finally:
+        db.close()
