@@ -146,11 +146,11 @@ def _header_crc_ok(data: bytes, size: int) -> bool:
 
 def encode_body(operations: Sequence[Operation]) -> bytes:
     """The operations of a record, without its header (no marker or offset needed yet)."""
-    parts = []
+    parts: list[bytes] = []
+    add = parts.extend
+    pack_header = OPERATION_HEADER.pack
     for kind, key, value in operations:
-        parts.append(OPERATION_HEADER.pack(kind, len(key), len(value)))
-        parts.append(key)
-        parts.append(value)
+        add((pack_header(kind, len(key), len(value)), key, value))
     body = b"".join(parts)
     if len(body) > MAX_BODY:
         raise RecordTooLarge(f"a record body of {len(body)} bytes is over {MAX_BODY}")

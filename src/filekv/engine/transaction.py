@@ -141,12 +141,15 @@ class Transaction:
         """
         self._check_open()
         store = self._store
+        options = store.options
         prepared = prepare(
             ops,
             encode_key=store.encode_key,
             check_value=store.check_value,
-            max_ops=store.options.max_transaction_ops,
-            max_bytes=store.options.max_transaction_bytes,
+            max_key_bytes=options.max_key_bytes,
+            max_value_bytes=options.max_value_bytes,
+            max_ops=options.max_transaction_ops,
+            max_bytes=options.max_transaction_bytes,
         )
         for index, op in enumerate(prepared):
             self._check_expect(op.key, op.expect, index)

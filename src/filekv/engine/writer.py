@@ -267,6 +267,8 @@ class Writer:
             ops,
             encode_key=self.encode_key,
             check_value=self.check_value,
+            max_key_bytes=self._max_key_bytes,
+            max_value_bytes=self._max_value_bytes,
             max_ops=self._max_transaction_ops,
             max_bytes=self._max_transaction_bytes,
         )
