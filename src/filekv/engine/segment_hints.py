@@ -117,11 +117,14 @@ class HintWriter:
 
     def wait_idle(self) -> None:
         """Wait until every hint scheduled so far is written (for tests and benchmarks)."""
-        if self._thread is None:
+        thread = self._thread
+        if thread is None or self._closing:
             return
         done = threading.Event()
         self._queue.put(done)
-        done.wait()
+        while not done.wait(0.1):
+            if not thread.is_alive():
+                return
 
     def close(self) -> None:
         """Finish the hints queued so far, stop the thread; later ``schedule`` calls do nothing."""
@@ -149,3 +152,18 @@ class HintWriter:
                 pass  # compaction deleted the segment first: it needs no hint
             except Exception as error:  # a missing hint only means a replay
                 log.warning("no hint file for %s (%s); it will be replayed", path.name, error)
+            except BaseException as error:  # e.g. a simulated power cut: this thread stops here
+                log.warning("hint writer stopped at %s (%r)", path.name, error)
+                self._closing = True
+                self._drain()
+                return
+
+    def _drain(self) -> None:
+        """Wake every ``wait_idle`` still queued once the thread can no longer serve them."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
