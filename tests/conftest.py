@@ -2,7 +2,7 @@
 
 ``make_app(**settings)`` builds an app on a fresh data directory; ``client`` wraps the default one
 in a ``TestClient`` with its lifespan running (so the store is open). ``server`` starts a real
-``filekv serve`` on a free port (``serverproc.Server``).
+``filekv serve`` on a free port (``support.server.Server``).
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from serverproc import Server
+from support.server import Server
+from support.server import login as log_in
 
 from filekv.service.app import create_app
 from filekv.settings import Settings
-
-PASSWORD = "correct horse battery"
 
 
 def _settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -64,14 +62,6 @@ def make_client(make_app: Callable[..., FastAPI]) -> Iterator[Callable[..., Test
             return stack.enter_context(TestClient(make_app(**overrides)))
 
         yield make
-
-
-def log_in(client: TestClient | httpx.Client, username: str = "alice") -> dict[str, str]:
-    """Register ``username`` (if new) and log in: the Authorization header of a new session."""
-    client.post("/auth/register", json={"username": username, "password": PASSWORD})
-    answer = client.post("/auth/token", data={"username": username, "password": PASSWORD})
-    assert answer.status_code == 200, answer.text
-    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
 
 
 Login = Callable[..., dict[str, str]]

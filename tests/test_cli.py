@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import typer
-from serverproc import Server, serve_command
+from support.server import Server, serve_command
 from typer.testing import CliRunner
 
 from filekv.cli import app

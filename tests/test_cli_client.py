@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serverproc import FILEKV, Server, free_port
+from support.server import FILEKV, Server, free_port
 
 from filekv.client import Client
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Final
 
 import pytest
-from serverproc import Server
+from support.server import Server
 
 README: Final = Path(__file__).resolve().parent.parent / "README.md"
 SECTION: Final = "## The HTTP API"

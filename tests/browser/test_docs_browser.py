@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from serverproc import Server
+from support.server import Server
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page

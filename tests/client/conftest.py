@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from clientkit import PASSWORD, Blocking, Connect, unique
-from serverproc import Server
+from support.server import Server
 
 from filekv.client import AsyncClient, Client
 

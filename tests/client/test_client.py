@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from clientkit import PASSWORD, Connect, unique
-from serverproc import Server
+from support.server import Server
 
 from filekv.client import DEFAULT_URL, Client, Entry, NotFound, PreconditionFailed, Unauthorized
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from clientkit import PASSWORD, unique
-from serverproc import Server
+from support.server import Server
 
 from filekv.client import AsyncClient, Entry, Locked, NotFound
 

@@ -12,7 +12,7 @@ import inspect
 import httpx
 import pytest
 from clientkit import PASSWORD, Connect, login_new_user, unique
-from serverproc import Server, free_port
+from support.server import Server, free_port
 
 import filekv.client
 from filekv.client import (

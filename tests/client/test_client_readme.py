@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
-from serverproc import Server
+from support.server import Server
 
 README: Final = Path(__file__).resolve().parents[2] / "README.md"
 SECTION: Final = "## Python client"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from clientkit import Connect, login_new_user, unique
-from serverproc import Server
+from support.server import Server
 
 from filekv.client import Client, Conflict, Entry, Locked, PreconditionFailed
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverproc import FILEKV, Server
+from support.server import FILEKV, Server
 
 PASSWORD = "correct horse battery"
 

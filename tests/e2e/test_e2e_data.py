@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from serverproc import Server, serve_command
+from support.server import Server, serve_command
 
 MakeServer = Callable[..., Server]  # the ``make_server`` fixture
 

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from serverproc import Server
+from support.server import Server
 
 MakeServer = Callable[..., Server]  # the ``make_server`` fixture
 

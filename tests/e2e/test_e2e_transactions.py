@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serverproc import Server
+from support.server import Server
 
 MakeServer = Callable[..., Server]  # the ``make_server`` fixture
 PASSWORD = "correct horse battery"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from planted import planted_text
-from serverproc import Server
+from support.server import Server
 
 
 def _last_segment(data_dir: Path) -> Path:

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from serverproc import free_port, serve_command
+from support.server import free_port, serve_command
 
 from filekv.engine.record import PUT, SegmentHeader, encode_record_v1, encode_segment_header_v1
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverproc import Server
+from support.server import Server
 
 from filekv.service.protocol import MAX_HEADER_BYTES
 

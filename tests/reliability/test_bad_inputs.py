@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from serverproc import Server
+from support.server import Server
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:

@@ -17,8 +17,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from _a_support import login
-from serverproc import Server
+from support.server import Server, login
 
 VALUES = 40
 VALUE = "v" * (1 << 20)  # 1 MiB each: 40 MiB in one record

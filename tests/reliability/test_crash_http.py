@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 from _a_history import ClientReplay, check_own_keys, check_shared_keys, replay
-from _a_support import SOAK, read_all
-from serverproc import Server
+from support import SOAK
+from support.server import Server, read_all
 
 ROUNDS = 300 if SOAK else 20
 WRITERS = 3

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serverproc import Server
+from support.server import Server
 
 FILLER_BYTES = 640 << 10
 VALUE_CHARS = 60_000

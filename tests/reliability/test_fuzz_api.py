@@ -22,7 +22,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.config import SchemathesisConfig
 from schemathesis.config._checks import POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES
 from schemathesis.core.failures import FailureGroup
-from serverproc import Server
+from support.server import Server
 
 SOAK = os.environ.get("FILEKV_SOAK") == "1"
 EXAMPLES = 300 if SOAK else 40  # per operation, generation mode and caller

@@ -20,8 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 from _a_model import History, Zipf
-from _a_support import SOAK
-from serverproc import Server
+from support import SOAK
+from support.server import Server
 
 CLIENTS = 64
 KEYS = 500

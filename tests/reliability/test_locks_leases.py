@@ -23,8 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _a_support import login
-from serverproc import Server, free_port, serve_command
+from support.server import Server, free_port, login, serve_command
 
 WAIT = 60.0  # bound for a liveness poll; a healthy run needs a fraction of it
 

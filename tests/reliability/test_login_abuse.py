@@ -29,7 +29,7 @@ import pytest
 from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from serverproc import Server
+from support.server import Server
 
 from filekv.service.app import create_app
 from filekv.service.auth import AuthService, InvalidCredentials, LoginThrottle, TooManyAttempts

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from _a_support import login
-from serverproc import Server
+from support.server import Server, login
 
 VALUE = "v" * (1 << 20)  # the largest value, 1 MiB
 LIMIT = 64 << 20  # the default max_transaction_bytes

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import httpx
 import orjson
 import pytest
-from serverproc import Server
+from support.server import Server
 
 PASSWORD = "write races password"
 SETTLE = 0.5  # seconds for the server to reach the body read after the first bytes

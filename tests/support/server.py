@@ -1,4 +1,4 @@
-"""A real ``filekv serve`` subprocess for the tests that need one: end to end, CLI, reliability.
+"""A real ``filekv serve`` subprocess and logging in to it: end to end, CLI, client, reliability.
 
 ``Server(data_dir, log_path, *args, **settings)`` runs exactly what a user runs, ``filekv serve
 --data-dir D --port P`` plus any extra CLI ``args``, with each keyword setting passed as its
@@ -8,6 +8,10 @@ takes a new free loopback port and appends the process's output to ``log_path``,
 
 Deadlines are generous because the machine is small and shared; they only bound waits so that a
 hang fails, nothing here asserts on time.
+
+Talking to it: ``PASSWORD`` (every test user's, unless a test needs its own), ``login`` (register
+if new, log in: the session's headers), ``read_all`` (every key under a prefix with its value,
+following the paging cursor) and ``quote_key`` (a key as it goes in a URL path).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
 
 import httpx
 
@@ -29,6 +34,7 @@ START_TIMEOUT: Final = 60.0
 STOP_TIMEOUT: Final = 60.0
 CLIENT_TIMEOUT: Final = 30.0
 LOG_TAIL: Final = 4000  # enough of the log to see why a start failed, without flooding the report
+PASSWORD: Final = "correct horse battery"
 
 
 def free_port() -> int:
@@ -126,3 +132,44 @@ class Server:
 
     def log_tail(self) -> str:
         return self.log()[-LOG_TAIL:]
+
+
+# -- talking to it ---------------------------------------------------------------------------------
+
+
+def login(client: httpx.Client, username: str = "alice") -> dict[str, str]:
+    """Register ``username`` if new, log in: the Authorization header of a new session.
+
+    ``client`` may be a ``TestClient`` too (it is an ``httpx.Client``).
+    """
+    client.post("/auth/register", json={"username": username, "password": PASSWORD})
+    answer = client.post("/auth/token", data={"username": username, "password": PASSWORD})
+    assert answer.status_code == 200, answer.text
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+def read_all(client: httpx.Client, prefix: str) -> dict[str, str]:
+    """Every committed key under ``prefix`` with its value, following the paging cursor."""
+    keys: list[str] = []
+    after: str | None = None
+    for _ in range(100_000):  # bounded: each page advances the cursor
+        params: dict[str, str | int] = {"prefix": prefix, "limit": 1000}
+        if after is not None:
+            params["after"] = after
+        page = client.get("/keys", params=params)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        keys.extend(body["keys"])
+        after = body["next"]
+        if after is None:
+            break
+    values: dict[str, str] = {}
+    for key in keys:
+        answer = client.get(f"/keys/{quote_key(key)}")
+        assert answer.status_code == 200, (key, answer.status_code, answer.text)
+        values[key] = answer.json()["value"]
+    return values
+
+
+def quote_key(key: str) -> str:
+    return quote(key, safe="/")
