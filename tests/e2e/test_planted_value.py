@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from planted import planted_text
+from support.planted import planted_text
 from support.server import Server
 
 

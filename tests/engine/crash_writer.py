@@ -32,8 +32,8 @@ from typing import TypeVar
 
 from filekv.engine import Store, TransactionActive, TransactionTooLarge
 
-sys.path.insert(0, str(Path(__file__).parent.parent))  # run as a script: tests/ for planted
-from planted import planted_value
+sys.path.insert(0, str(Path(__file__).parent.parent))  # run as a script: tests/ for support
+from support.planted import planted_value
 
 THREADS = 4
 KEYS_PER_THREAD = 6

@@ -9,7 +9,7 @@ import pytest
 from conftest import OpenStore, Reopen
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from storefiles import contents, last_segment, truncate
+from support.storefiles import contents, last_segment, truncate
 
 from filekv.engine import (
     Delete,

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from conftest import FAST, OpenStore
-from planted import VALUE_KINDS, record_made_value
-from storefiles import contents, last_segment, segments, truncate
+from support.planted import VALUE_KINDS, record_made_value
+from support.storefiles import contents, last_segment, segments, truncate
 
 import filekv.engine.record as record
 from filekv.engine import RecoveryInterrupted, Store

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from faulty_io import FaultyIO, PowerLossIO, write_image
-from storefiles import contents
+from support.storefiles import contents
 
 from filekv.engine import (
     DiskFull,

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import OpenStore
-from storefiles import (
+from support.storefiles import (
     HEADER_BYTES,
     contents,
     copy_store,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from conftest import OpenStore
 from faulty_io import FaultyIO
-from storefiles import contents, copy_store, flip_byte, hints, segments, truncate
+from support.storefiles import contents, copy_store, flip_byte, hints, segments, truncate
 
 from filekv.engine import Store, recovery
 from filekv.engine.fileio import FileIO

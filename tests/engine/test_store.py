@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import OpenStore, Reopen
-from storefiles import contents, flip_byte, hints, segments, truncate
+from support.storefiles import contents, flip_byte, hints, segments, truncate
 
 from filekv.engine import (
     CorruptStore,

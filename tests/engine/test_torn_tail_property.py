@@ -16,8 +16,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from planted import VALUE_KINDS, record_made_value
-from storefiles import contents, last_segment
+from support.planted import VALUE_KINDS, record_made_value
+from support.storefiles import contents, last_segment
 
 from filekv.engine import Store
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import OpenStore, Reopen
-from storefiles import contents, copy_store, last_segment, truncate
+from support.storefiles import contents, copy_store, last_segment, truncate
 
 from filekv.engine import (
     Entry,

@@ -27,8 +27,8 @@ from typing import IO, Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent.parent))  # run as a script: tests/ for planted
-from planted import planted_text
+sys.path.insert(0, str(Path(__file__).parent.parent))  # run as a script: tests/ for support
+from support.planted import planted_text
 
 # Every value ends in text made of valid encoded records: a torn value must not steer recovery.
 PLANTED = planted_text()

@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from planted import planted_value
+from support.planted import planted_value
 
 from filekv.engine import (
     DiskFull,

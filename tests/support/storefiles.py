@@ -1,4 +1,9 @@
-"""Helpers that look at a store's folder from the outside: segment files, hint files, copies."""
+"""A store's folder seen from the outside: its segment and hint files, copies, damage, contents.
+
+The engine suites find files (``segments``, ``hints``, ``last_segment``), damage them
+(``flip_byte``, ``truncate``), copy a closed store (``copy_store``) and read every key back
+through the public API (``contents``) with these, so that a test says what it does to the disk.
+"""
 
 from __future__ import annotations
 
