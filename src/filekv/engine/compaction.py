@@ -29,12 +29,24 @@ import time
 from collections.abc import Callable
 
 from .errors import CorruptStore, StoreClosed
-from .hint import HASH_MASK, OFFSET_BITS, HintColumns, encode_hint, pack, place_of
+from .hint import (
+    HASH_MASK,
+    OFFSET_BITS,
+    HintColumns,
+    decode_hint,
+    encode_hint,
+    length_of,
+    offset_of,
+    pack,
+    place_of,
+    revision_of,
+)
 from .index import KeyIndex
 from .record import (
     FLAG_MERGED,
     PUT,
     PUT_VALUE_OFFSET,
+    FormatError,
     SegmentHeader,
     encode_put,
     encode_segment_header,
@@ -260,7 +272,56 @@ class Compactor:
         return header, (keys, old_locations, new_locations)
 
     def _live_batches(self, segment: Segment, data: bytes) -> list[list[LiveEntry]]:
-        """The puts of ``segment`` that the index still points at, in batches."""
+        """The puts of ``segment`` that the index still points at, in batches.
+
+        The candidates are the segment's final puts, from its summary or its hint file when it
+        has one (no record parsed: a key the index still points at is live, whatever else the
+        segment held), else from reading every record.
+        """
+        known = self._final_puts(segment)
+        if known is not None:
+            batches: list[list[LiveEntry]] = []
+            for first in range(0, len(known), BATCH):
+                live: list[LiveEntry] = []
+                with self._lock:
+                    get = self._index.locations.get
+                    for key, location in known[first : first + BATCH]:
+                        if get(key) == location:
+                            live.append(
+                                (
+                                    key,
+                                    key.encode("utf-8"),
+                                    offset_of(location),
+                                    length_of(location),
+                                    revision_of(location),
+                                    location,
+                                )
+                            )
+                batches.append(live)
+            return batches
+        return self._parsed_live_batches(segment, data)
+
+    def _final_puts(self, segment: Segment) -> list[tuple[str, int]] | None:
+        """(key, location) of each key ``segment`` leaves written, if known without parsing it."""
+        summary = segment.summary  # a sealed segment's: it no longer changes
+        if summary is not None:
+            return [(key, where) for key, where in summary.final.items() if where is not None]
+        path = self._segments.directory / hint_name(segment.segment_id)
+        try:
+            hint = decode_hint(self._segments.io.read_file(str(path)))
+        except FileNotFoundError:
+            return None
+        except (FormatError, OSError) as error:
+            log.warning("%s ignored by compaction (%s); reading the segment instead", path, error)
+            return None
+        if hint.segment_id != segment.segment_id or (
+            not segment.merged and hint.segment_length != segment.size
+        ):
+            return None
+        return list(zip(hint.keys, hint.locations, strict=True))
+
+    def _parsed_live_batches(self, segment: Segment, data: bytes) -> list[list[LiveEntry]]:
+        """``_live_batches`` for a segment known only by its records."""
         candidates: list[tuple[str, bytes, int, int, int]] = []
         header = segment.header
         offset = header.size

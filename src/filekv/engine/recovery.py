@@ -44,6 +44,7 @@ from .segment import (
     SEGMENT_SUFFIX,
     TEMP_SUFFIX,
     Segment,
+    SegmentSummary,
     StopCheck,
     cut_tail,
     hint_name,
@@ -268,7 +269,11 @@ def _replay(
     is_last: bool,
     should_stop: StopCheck | None,
 ) -> int:
-    """Replay a segment record by record; return the highest revision in it."""
+    """Replay a segment record by record; return the highest revision in it.
+
+    The newest segment also gets its ``SegmentSummary`` back (it is appended to next, or sealed
+    at once), so its hint can be written without reading it again.
+    """
     scanned = scan_segment(
         segments.io, segment.path, may_have_torn_tail=is_last, should_stop=should_stop
     )
@@ -277,6 +282,7 @@ def _replay(
     version = scanned.header.version
     account_set = segments.account_set
     account_remove = segments.account_remove
+    final: dict[str, int | None] = {}  # each key's last operation here, for the summary
     highest = 0
     for offset, revision in scanned.records:
         for op in iter_operations(data, offset, version):
@@ -287,10 +293,14 @@ def _replay(
                 hashed = value_hash(data[start : start + length])
                 location = pack(segment_id, start, length, revision, hashed)
                 account_set(len(op.key), length, index.set(key, location))
+                final[key] = location
             else:
                 account_remove(len(op.key), index.remove(key))
+                final[key] = None
         highest = max(highest, revision)
     segment.size = scanned.good_end
+    if is_last and not segment.merged:
+        segment.summary = SegmentSummary(final, max(highest, scanned.header.base_revision))
     if scanned.good_end < len(data):
         cut_tail(segments.io, segment.path, segment.fd, data, scanned.good_end)
         segments.note_truncation()

@@ -66,8 +66,27 @@ def list_segment_ids(directory: Path) -> list[int]:
 
 
 @dataclass(slots=True)
+class SegmentSummary:
+    """Each key's last operation in one plain segment, noted as the segment is written.
+
+    ``final`` maps a key to its location, or to None when the segment's last operation on it is
+    a delete; ``max_revision`` is the newest record's revision. Once the segment is sealed this
+    *is* its hint file's content, so the hint is written without reading 64 MiB back and
+    parsing every record (measured: that parse took a fifth of the CPU under sustained batch
+    writes). Filled under the store lock while the segment is active; never changed after.
+    """
+
+    final: dict[str, int | None] = field(default_factory=dict)
+    max_revision: int = 0
+
+
+@dataclass(slots=True)
 class Segment:
-    """One open segment file. ``size`` is the write position (end of the last good record)."""
+    """One open segment file. ``size`` is the write position (end of the last good record).
+
+    ``summary`` is kept for the active segment and, once sealed, until its hint is written;
+    None when unknown (a segment read back from disk) or no longer needed.
+    """
 
     segment_id: int
     path: Path
@@ -75,6 +94,7 @@ class Segment:
     size: int
     header: SegmentHeader
     merged: bool = field(default=False)
+    summary: SegmentSummary | None = field(default=None)
 
 
 def create_segment(
@@ -94,7 +114,8 @@ def create_segment(
         with contextlib.suppress(OSError):
             io.unlink(str(path))
         raise
-    return Segment(segment_id, path, fd, header.size, header, header.merged)
+    summary = None if header.merged else SegmentSummary(max_revision=base_revision)
+    return Segment(segment_id, path, fd, header.size, header, header.merged, summary)
 
 
 @dataclass(slots=True)

@@ -6,7 +6,9 @@ then loads every sealed segment from its hint and replays only the active segmen
 
 Writing one hint, each step safe to interrupt by a crash:
 
-1. read the segment (every record must check out: it is sealed), keep each key's last operation;
+1. take each key's last operation: from the ``SegmentSummary`` the writer kept while the segment
+   was active, or, for a segment read back from disk (replayed at open), by reading the segment
+   (every record must check out: it is sealed);
 2. write ``N.hint.tmp`` with its own checksum and the segment length it covers, fsync it;
 3. rename it to ``N.hint``, fsync the directory.
 
@@ -32,13 +34,19 @@ from pathlib import Path
 from .fileio import FileIO
 from .hint import HintColumns, encode_hint, pack
 from .record import PUT, iter_operations, value_hash
-from .segment import TEMP_SUFFIX, hint_name, scan_segment
+from .segment import TEMP_SUFFIX, Segment, SegmentSummary, hint_name, scan_segment
 
 log = logging.getLogger(__name__)
 
 
 def summarize_segment(io: FileIO, path: Path, segment_id: int) -> HintColumns:
-    """The hint of a sealed segment: each key's last put (location) or last delete."""
+    """The hint of a sealed segment read back from disk: each key's last put or delete."""
+    summary, length = scan_summary(io, path, segment_id)
+    return hint_columns(segment_id, summary, length)
+
+
+def scan_summary(io: FileIO, path: Path, segment_id: int) -> tuple[SegmentSummary, int]:
+    """A sealed segment's summary, rebuilt by reading it; and the length it covers."""
     scanned = scan_segment(io, path, may_have_torn_tail=False)
     data = scanned.data
     version = scanned.header.version
@@ -55,23 +63,35 @@ def summarize_segment(io: FileIO, path: Path, segment_id: int) -> HintColumns:
             else:
                 final[key] = None
         highest = max(highest, revision)
+    return SegmentSummary(final, highest), scanned.good_end
+
+
+def hint_columns(segment_id: int, summary: SegmentSummary, length: int) -> HintColumns:
+    """The hint file's columns for a plain segment of ``length`` bytes summed up by ``summary``."""
+    final = summary.final
     keys = sorted(key for key, location in final.items() if location is not None)
     deleted = sorted(key for key, location in final.items() if location is None)
-    locations = [final[key] for key in keys]
     return HintColumns(
         segment_id=segment_id,
-        max_revision=highest,
+        max_revision=summary.max_revision,
         created_ms=int(time.time() * 1000),
         keys=keys,
-        locations=locations,  # type: ignore[arg-type]  # puts only: never None
+        locations=list(map(final.__getitem__, keys)),  # type: ignore[arg-type]  # puts: never None
         deleted=deleted,
-        segment_length=scanned.good_end,
+        segment_length=length,
     )
 
 
-def write_segment_hint(io: FileIO, directory: Path, segment_id: int, path: Path) -> int:
-    """Write ``path``'s hint file atomically (steps 1-3 above); return its size."""
-    data = encode_hint(summarize_segment(io, path, segment_id))
+def write_segment_hint(io: FileIO, directory: Path, segment: Segment) -> int:
+    """Write sealed ``segment``'s hint file atomically (steps 1-3 above); return its size."""
+    segment_id = segment.segment_id
+    summary = segment.summary
+    if summary is not None:
+        columns = hint_columns(segment_id, summary, segment.size)
+    else:
+        columns = summarize_segment(io, segment.path, segment_id)
+    data = encode_hint(columns)
+    del columns
     final = directory / hint_name(segment_id)
     temp = directory / (hint_name(segment_id) + TEMP_SUFFIX)
     fd = io.open(str(temp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -97,18 +117,17 @@ class HintWriter:
         self._io = io
         self._directory = directory
         # A segment to hint, an event to set once everything before it is done, or None: stop.
-        self._queue: queue.SimpleQueue[tuple[int, Path] | threading.Event | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[Segment | threading.Event | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closing = False
         self.written: dict[int, int] = {}  # segment id -> hint size, read by the segment set
 
-    def schedule(self, segment_id: int, path: Path) -> None:
-        """Write ``segment_id``'s hint soon, in the background."""
+    def schedule(self, segment: Segment) -> None:
+        """Write sealed ``segment``'s hint soon, in the background."""
         if self._closing:
+            segment.summary = None
             return
-        self._queue.put((segment_id, path))
+        self._queue.put(segment)
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._run, name="filekv-segment-hints", daemon=True
@@ -143,20 +162,24 @@ class HintWriter:
             if isinstance(item, threading.Event):
                 item.set()
                 continue
-            segment_id, path = item
+            segment = item
             try:
-                self.written[segment_id] = write_segment_hint(
-                    self._io, self._directory, segment_id, path
+                self.written[segment.segment_id] = write_segment_hint(
+                    self._io, self._directory, segment
                 )
             except FileNotFoundError:
                 pass  # compaction deleted the segment first: it needs no hint
             except Exception as error:  # a missing hint only means a replay
-                log.warning("no hint file for %s (%s); it will be replayed", path.name, error)
+                name = segment.path.name
+                log.warning("no hint file for %s (%s); it will be replayed", name, error)
             except BaseException as error:  # e.g. a simulated power cut: this thread stops here
-                log.warning("hint writer stopped at %s (%r)", path.name, error)
+                log.warning("hint writer stopped at %s (%r)", segment.path.name, error)
                 self._closing = True
                 self._drain()
                 return
+            finally:
+                segment.summary = None  # the hint file (or a replay) holds it now
+            del segment, item
 
     def _drain(self) -> None:
         """Wake every ``wait_idle`` still queued once the thread can no longer serve them."""
@@ -167,3 +190,5 @@ class HintWriter:
                 return
             if isinstance(item, threading.Event):
                 item.set()
+            elif item is not None:
+                item.summary = None

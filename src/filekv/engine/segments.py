@@ -152,7 +152,9 @@ class SegmentSet:
     def schedule_hint(self, segment: Segment) -> None:
         """Have the background writer sum up sealed plain ``segment`` in a hint file."""
         if self._hints is not None and not segment.merged:
-            self._hints.schedule(segment.segment_id, segment.path)
+            self._hints.schedule(segment)
+        else:
+            segment.summary = None
 
     def wait_for_hints(self) -> None:
         """Wait until every hint scheduled so far is written (tests, benchmarks)."""

@@ -41,6 +41,7 @@ from .record import (
     put_record_size,
     value_hash,
 )
+from .segment import Segment
 from .segments import SegmentSet
 from .transaction import Transaction
 
@@ -181,6 +182,10 @@ class Writer:
                 hashed,
             )
             segments.account_set(len(encoded), len(value), self._index.set(key, location))
+            summary = active.summary
+            assert summary is not None  # the active segment always has one
+            summary.final[key] = location
+            summary.max_revision = revision
             self._after_write()
         return seq, revision
 
@@ -201,6 +206,10 @@ class Writer:
             seq = segments.write(active, record)
             self._revision = revision
             segments.account_remove(len(encoded), self._index.remove(key))
+            summary = active.summary
+            assert summary is not None  # the active segment always has one
+            summary.final[key] = None
+            summary.max_revision = revision
             self._after_write()
         return seq
 
@@ -245,7 +254,7 @@ class Writer:
                 )
                 seq = segments.write(active, header + body)
                 self._revision = revision
-                self._apply(operations, keys, hashes, active.segment_id, offset, revision)
+                self._apply(operations, keys, hashes, active, offset, revision)
             self._tx = None
             if operations:
                 self._after_write()
@@ -305,7 +314,7 @@ class Writer:
             seq = segments.write(active, header + body)
             self._revision = revision
             keys = [op.key for op in final]
-            self._apply(operations, keys, hashes, active.segment_id, offset, revision)
+            self._apply(operations, keys, hashes, active, offset, revision)
             self._after_write()
         return seq, revision
 
@@ -314,11 +323,12 @@ class Writer:
         operations: list[Operation],
         keys: list[str],
         hashes: list[int],
-        segment_id: int,
+        active: Segment,
         offset: int,
         revision: int,
     ) -> None:
-        """Point the index at a multi-operation record just written at ``offset``. Under the lock.
+        """Point the index (and the segment's summary) at a multi-operation record just written
+        at ``offset`` in ``active``. Under the lock.
 
         ``keys`` and ``hashes`` go with ``operations`` (hashes of deletes unused): computed
         before the lock was taken, so readers wait for as little as possible.
@@ -326,15 +336,22 @@ class Writer:
         position = offset + RECORD_HEADER_SIZE
         segments = self._segments
         index = self._index
+        segment_id = active.segment_id
+        summary = active.summary
+        assert summary is not None  # the active segment always has one
+        final = summary.final
         op_header = OPERATION_HEADER.size
         for (kind, encoded, value), key, hashed in zip(operations, keys, hashes, strict=True):
             position += op_header + len(encoded)
             if kind == PUT:
                 location = pack(segment_id, position, len(value), revision, hashed)
                 segments.account_set(len(encoded), len(value), index.set(key, location))
+                final[key] = location
             else:
                 segments.account_remove(len(encoded), index.remove(key))
+                final[key] = None
             position += len(value)
+        summary.max_revision = revision
 
     def end(self, tx: Transaction) -> None:
         """Empty the transaction slot if ``tx`` holds it."""
