@@ -314,6 +314,16 @@ class SegmentSet:
         if previous is not None:
             self._live_bytes -= entry_bytes(key_bytes, previous)
 
+    def account_record(
+        self, written: int, written_bytes: int, replaced: list[tuple[int, int]]
+    ) -> None:
+        """A record wrote ``written`` values (``written_bytes`` of keys and values) and replaced
+        or deleted the entries ``replaced`` lists as (key bytes, previous location)."""
+        live = self._live_bytes + ENTRY_OVERHEAD * written + written_bytes
+        for key_bytes, previous in replaced:
+            live -= entry_bytes(key_bytes, previous)
+        self._live_bytes = live
+
     def account_remove(self, key_bytes: int, previous: int | None) -> None:
         if previous is not None:
             self._live_bytes -= entry_bytes(key_bytes, previous)

@@ -25,7 +25,14 @@ from .errors import (
     ValueTooLarge,
     VersionMismatch,
 )
-from .hint import pack, revision_of
+from .hint import (
+    LENGTH_SHIFT,
+    OFFSET_SHIFT,
+    REVISION_SHIFT,
+    SEGMENT_SHIFT,
+    pack,
+    revision_of,
+)
 from .index import KeyIndex
 from .record import (
     DELETE,
@@ -334,23 +341,33 @@ class Writer:
         before the lock was taken, so readers wait for as little as possible.
         """
         position = offset + RECORD_HEADER_SIZE
-        segments = self._segments
         index = self._index
-        segment_id = active.segment_id
+        set_location, remove_key = index.set, index.remove
         summary = active.summary
         assert summary is not None  # the active segment always has one
         final = summary.final
         op_header = OPERATION_HEADER.size
+        # ``pack`` inlined (one Python call less per operation, a tenth of a batch's cost).
+        fixed = active.segment_id << SEGMENT_SHIFT | revision << REVISION_SHIFT
+        written = written_bytes = 0  # for the live-bytes estimate, added up once per record
+        replaced: list[tuple[int, int]] = []
         for (kind, encoded, value), key, hashed in zip(operations, keys, hashes, strict=True):
-            position += op_header + len(encoded)
+            key_bytes = len(encoded)
+            position += op_header + key_bytes
             if kind == PUT:
-                location = pack(segment_id, position, len(value), revision, hashed)
-                segments.account_set(len(encoded), len(value), index.set(key, location))
+                length = len(value)
+                location = fixed | position << OFFSET_SHIFT | length << LENGTH_SHIFT | hashed
+                previous = set_location(key, location)
                 final[key] = location
+                written += 1
+                written_bytes += key_bytes + length
+                position += length
             else:
-                segments.account_remove(len(encoded), index.remove(key))
+                previous = remove_key(key)
                 final[key] = None
-            position += len(value)
+            if previous is not None:
+                replaced.append((key_bytes, previous))
+        self._segments.account_record(written, written_bytes, replaced)
         summary.max_revision = revision
 
     def end(self, tx: Transaction) -> None:
