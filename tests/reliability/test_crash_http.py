@@ -1,10 +1,10 @@
 """Crash consistency through HTTP: SIGKILL a busy ``filekv serve`` and check what clients were told.
 
-Three writer *processes* (``_a_crash_client``) run puts, deletes, CAS (``If-Match`` /
+Three writer *processes* (``support/crash_client.py``) run puts, deletes, CAS (``If-Match`` /
 ``If-None-Match: *``) and nested transactions against one server with ``fsync=always``; each logs
 every request before sending it and every answer after. At a random moment the server gets SIGKILL,
 is restarted on the same data directory, and the data is compared with the logs
-(``_a_history``): every acknowledged write present or superseded by a later acknowledged one,
+(``support.history``): every acknowledged write present or superseded by a later acknowledged one,
 nothing of a rolled-back or never-committed transaction visible, no transaction in part. Earlier
 rounds' keys are checked again after the last restart.
 
@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import pytest
-from _a_history import ClientReplay, check_own_keys, check_shared_keys, replay
 from support import SOAK
+from support.history import ClientReplay, check_own_keys, check_shared_keys, replay
 from support.server import Server, read_all
 
 ROUNDS = 300 if SOAK else 20
 WRITERS = 3
-CLIENT_SCRIPT = Path(__file__).with_name("_a_crash_client.py")
+CLIENT_SCRIPT = Path(__file__).parent.parent / "support" / "crash_client.py"
 WAIT = 90.0  # bound on any one wait for a writer; never reached on a healthy run
 
 

@@ -4,9 +4,10 @@ One ``filekv serve`` (``fsync=always``) on ``KEYS`` preloaded keys; 64 asyncio c
 ``httpx.AsyncClient`` (64 connections) for ``DURATION`` seconds (10; 120 with ``FILEKV_SOAK=1``):
 45 % reads and 45 % updates of zipfian keys (theta 0.99), 5 % finds (``GET /keys?value=``) of a
 recently written value, 5 % scans (``GET /keys?prefix=``). Each update writes a unique value, so
-every read, find and scan can be checked against the per-key histories (``_a_model``): a value
-read was the latest at some point of the read, finds are sound and complete, scans see exactly the
-keys (none is ever deleted). Figures (ops/s, errors by status, violations) print with ``-s``.
+every read, find and scan can be checked against the per-key histories
+(``support.linearizability``): a value read was the latest at some point of the read, finds are
+sound and complete, scans see exactly the keys (none is ever deleted). Figures (ops/s, errors by
+status, violations) print with ``-s``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _a_model import History, Zipf
 from support import SOAK
+from support.linearizability import History, Zipf
 from support.server import Server
 
 CLIENTS = 64

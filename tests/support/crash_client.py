@@ -1,9 +1,10 @@
 """A writer process for ``test_crash_http``: drives one client's workload, logging what it saw.
 
-Run as ``python _a_crash_client.py <client-id>``; it reads one JSON command per line on stdin
-(``{"url", "round", "log", "seed", "max_ops", "max_seconds"}``), answers ``ready`` once its first
-write of the round is acknowledged and ``done <ops>`` when the round ends for it: on the first
-transport error (the server was killed), or after ``max_ops``/``max_seconds`` (bounds only).
+Run by path as ``python tests/support/crash_client.py <client-id>``; it reads one JSON command
+per line on stdin (``{"url", "round", "log", "seed", "max_ops", "max_seconds"}``), answers
+``ready`` once its first write of the round is acknowledged and ``done <ops>`` when the round ends
+for it: on the first transport error (the server was killed), or after ``max_ops``/``max_seconds``
+(bounds only).
 
 The log (JSON lines, appended and flushed per line) is what the checker trusts:
 ``{"i": seq, ...}`` is an *intent* written before the request is sent; ``{"ack": seq, "st": s}``
@@ -27,13 +28,14 @@ from typing import IO, Any
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent.parent))  # run as a script: tests/ for support
+if not __package__:  # run by path: sys.path[0] is tests/support/, the package is in tests/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from support.planted import planted_text
+from support.server import PASSWORD
 
 # Every value ends in text made of valid encoded records: a torn value must not steer recovery.
 PLANTED = planted_text()
 
-PASSWORD = "correct horse battery"
 OWN_KEYS = 8
 SHARED_KEYS = 4
 ABSENT = None

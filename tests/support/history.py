@@ -1,4 +1,4 @@
-"""Replaying the crash writers' logs (``_a_crash_client``) into what may be on disk afterwards.
+"""Replaying the crash writers' logs (``support.crash_client``) into what may be on disk afterwards.
 
 For a key written by one client only, the log's order is the key's order, so after a SIGKILL the
 key must hold exactly the value of its last acknowledged write, or the value of the one write in
