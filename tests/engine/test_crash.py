@@ -1,6 +1,6 @@
 """Crash safety with real SIGKILL: every acknowledged write survives, no transaction is half there.
 
-A writer process (crash_writer.py: several threads, fsync="always", puts, deletes and nested
+A writer process (support/crash_writer.py: several threads, fsync="always", puts, deletes and nested
 transactions) announces each operation's effects before the call and acknowledges it after. The
 parent kills it at a random moment, reopens the folder and checks, per thread:
 
@@ -24,14 +24,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import support.crash_writer
+from support import SOAK
+from support.crash_writer import KEYS_PER_THREAD, THREADS, value_for
+
 from filekv.engine import Store
 
-sys.path.insert(0, str(Path(__file__).parent))
-from crash_writer import KEYS_PER_THREAD, THREADS, value_for
-
-SOAK = os.environ.get("FILEKV_SOAK") == "1"
 ROUNDS = 200 if SOAK else 20
-WRITER = Path(__file__).parent / "crash_writer.py"
+WRITER = Path(support.crash_writer.__file__)
 
 State = dict[str, str]  # key -> tag of its value; absent keys are absent
 

@@ -1,6 +1,7 @@
 """Writer process for test_crash.py: several threads write until the parent SIGKILLs the process.
 
-Usage: crash_writer.py FOLDER MODE ROUND SEED       (MODE: "ops" or "compact")
+Run by path: crash_writer.py FOLDER MODE ROUND SEED       (MODE: "ops" or "compact"). The
+parent imports it too, for ``THREADS``, ``KEYS_PER_THREAD`` and ``value_for``.
 
 Protocol on stdout, one line per os.write (atomic below PIPE_BUF, so threads never interleave):
 
@@ -32,7 +33,8 @@ from typing import TypeVar
 
 from filekv.engine import Store, TransactionActive, TransactionTooLarge
 
-sys.path.insert(0, str(Path(__file__).parent.parent))  # run as a script: tests/ for support
+if not __package__:  # run by path: sys.path[0] is tests/support/, the package is in tests/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from support.planted import planted_value
 
 THREADS = 4
