@@ -15,18 +15,17 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _b_crash import OPTIONS, scratch
-from _b_faults import FaultTally, count_fault_points, fault_run
-from _b_simdisk import SimDisk
+from support import SOAK
+from support.disk import SimDisk, scratch
+from support.io_faults import FaultTally, count_fault_points, fault_run
+from support.workload import OPTIONS
 
 from filekv.engine import StorageError, Store
 
-SOAK = os.environ.get("FILEKV_SOAK") == "1"
 SEEDS = range(2000, 2160 if SOAK else 2016)
 STEPS = 30
 

@@ -1,7 +1,7 @@
 """Power loss, simulated below the engine (issue 4, item 2).
 
 A SIGKILL keeps the page cache, so it cannot show that fsync is done right. Here the engine runs
-on ``SimDisk`` (``_b_simdisk.py``), which knows what each fsync and directory fsync made durable.
+on ``SimDisk`` (``support/disk.py``), which knows what each fsync and directory fsync made durable.
 A seeded workload (puts, deletes, compare-and-set, nested transactions with begin / rollback /
 commit / abort, ``compact()`` with 4 KiB segments so rotation happens, reopenings) is replayed and
 the power is cut before its K-th I/O operation, for every K. Each cut gives disk images (per file:
@@ -16,19 +16,18 @@ one step the cut interrupted, whole: never part of a transaction, never a rolled
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 
 import pytest
-from _b_crash import (
+from support import SOAK
+from support.disk import scratch
+from support.power_loss import (
     Tally,
     concurrent_crash_and_check,
     count_operations,
     crash_and_check,
-    scratch,
 )
 
-SOAK = os.environ.get("FILEKV_SOAK") == "1"
 SEEDS = range(1000, 1300 if SOAK else 1030)
 STEPS = 40
 

@@ -14,8 +14,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from support.planted import planted_value
-
 from filekv.engine import (
     DiskFull,
     StorageError,
@@ -25,8 +23,20 @@ from filekv.engine import (
     TransactionTooLarge,
     VersionMismatch,
 )
+from support.planted import planted_value
 
 KEYS = [f"k{i}" for i in range(6)] + ["dir/a", "dir/b", "ü-key"]
+
+SEGMENT_BYTES = 4096  # the smallest the engine accepts: rotation every few writes
+# Transactions of a few values reach this limit: the write past it must stage nothing.
+MAX_TRANSACTION_BYTES = 1500
+# The store options the workload runs with (power-loss and I/O-error runs alike).
+OPTIONS = {
+    "fsync": "always",
+    "segment_bytes": SEGMENT_BYTES,
+    "auto_compact": False,
+    "max_transaction_bytes": MAX_TRANSACTION_BYTES,
+}
 State = dict[str, bytes]
 
 
@@ -62,7 +72,7 @@ class Workload:
         self.model = Model()
 
     def value(self) -> bytes:
-        """A fresh value; every third one is made of encoded records (tests/planted.py)."""
+        """A fresh value; every third one is made of encoded records (support.planted)."""
         self.counter += 1
         tag = f"{self.seed}:{self.counter}:".encode()
         size = self.rng.randint(0, self.value_max)

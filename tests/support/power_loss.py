@@ -3,39 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _b_simdisk import PowerLoss, SimDisk
-from _b_workload import Workload, read_all, read_revisions
-
 from filekv.engine import Store
-
-SEGMENT_BYTES = 4096  # the smallest the engine accepts: rotation every few writes
-# Transactions of a few values reach this limit: the write past it must stage nothing.
-MAX_TRANSACTION_BYTES = 1500
-OPTIONS = {
-    "fsync": "always",
-    "segment_bytes": SEGMENT_BYTES,
-    "auto_compact": False,
-    "max_transaction_bytes": MAX_TRANSACTION_BYTES,
-}
-
-
-@contextlib.contextmanager
-def scratch() -> Iterator[Path]:
-    """A temporary directory in memory when the machine has /dev/shm (fast, and no real fsync)."""
-    base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-    path = Path(tempfile.mkdtemp(prefix="filekv-b-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+from support.disk import PowerLoss, SimDisk
+from support.workload import OPTIONS, Workload, read_all, read_revisions
 
 
 @dataclass

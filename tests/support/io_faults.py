@@ -16,11 +16,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _b_crash import OPTIONS
-from _b_simdisk import SimDisk
-from _b_workload import Outcome, Workload, read_all, read_revisions
-
 from filekv.engine import DiskFull, StorageError, Store, StoreFailed
+from support.disk import SimDisk
+from support.workload import OPTIONS, Outcome, Workload, read_all, read_revisions
 
 ALL_KINDS = ("open", "write", "fsync", "truncate", "rename", "unlink", "fsync_dir")
 
