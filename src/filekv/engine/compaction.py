@@ -1,18 +1,27 @@
-"""Compaction (Bitcask's merge): rewrite the live records of every sealed segment into one.
+"""Compaction (Bitcask's merge): rewrite the live records of every sealed segment into merged ones.
 
 Steps, each safe to interrupt by a crash:
 
-1. Under the lock, seal the active segment (fsync), reserve id M for the output and start a new
-   active segment M+1. Inputs are every segment below M; new writes go to M+1 and later.
+1. Under the lock, seal the active segment (fsync), reserve a run of ids M, M+1, ... for the
+   outputs and start a new active segment after them. Inputs are every segment below M; new
+   writes go to the new active segment and later.
 2. Without the lock, read the inputs oldest first; for each put still live (checked in short
-   batches under the lock) append a copy to ``M.seg.tmp``, keeping its revision.
-3. fsync the output, write ``M.hint.tmp`` (sorted keys and locations, own checksum), fsync, rename
-   both into place, fsync the directory. A crash before this leaves only ``.tmp`` files, which
-   the next open deletes.
-4. Under the lock in batches, repoint keys that still sit where they were copied from.
-5. Delete the inputs oldest first, fsyncing the directory after each. A crash midway leaves
-   a *suffix* of inputs next to the output; replaying them in id order and then the output gives
-   the same state, because a key's newest input record is always in the suffix that survives.
+   batches under the lock) append a copy to the current output (``merge_output.py``), keeping
+   its revision. An output that reaches ``segment_bytes`` is finished and the next one started,
+   so memory holds one output's keys at a time, never every live entry (bounded memory).
+3. Finishing an output: fsync it, write its hint (sorted keys and locations, own checksum),
+   fsync, rename both into place, fsync the directory. A crash before this leaves only ``.tmp``
+   files, which the next open deletes.
+4. Under the lock in batches, repoint keys that still sit where they were copied from, output by
+   output as each is finished.
+5. Once every output is finished, delete the inputs oldest first, fsyncing the directory after
+   each. A crash at any point leaves a *suffix* of the inputs next to finished outputs (all of
+   them once step 5 has begun); replaying the inputs in id order and then the outputs gives the
+   same state, because an output holds only copies of records live when copied, each with its own
+   revision, and any later write went to a segment after the outputs.
+
+A failure before step 5 discards the unfinished output; outputs already finished stay (they are
+valid segments the index may point into) and are merged again by the next compaction.
 
 ``Compactor`` owns compaction's own state: its lock (one compaction at a time), the background
 thread, when to start one (the thresholds, looked at by the Store every few thousand writes),
@@ -23,48 +32,26 @@ handed, under the Store's lock, which it is handed too.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Final
 
 from .errors import CorruptStore, StoreClosed
-from .hint import (
-    HASH_MASK,
-    OFFSET_BITS,
-    HintColumns,
-    decode_hint,
-    encode_hint,
-    length_of,
-    offset_of,
-    pack,
-    place_of,
-    revision_of,
-)
+from .hint import OFFSET_BITS, decode_hint, length_of, offset_of, place_of, revision_of
 from .index import KeyIndex
-from .record import (
-    FLAG_MERGED,
-    PUT,
-    PUT_VALUE_OFFSET,
-    FormatError,
-    SegmentHeader,
-    encode_put,
-    encode_segment_header,
-    iter_operations,
-    record_at,
-    record_at_v1,
-)
-from .segment import TEMP_SUFFIX, Segment, hint_name, new_marker, segment_name
+from .merge_output import MergedOutput
+from .record import PUT, FormatError, iter_operations, put_record_size, record_at, record_at_v1
+from .segment import Segment, hint_name
 from .segments import SegmentSet
 
 log = logging.getLogger(__name__)
 
-BATCH = 2048  # entries checked or moved per hold of the store lock: a pause well under 1 ms
-FLUSH_BYTES = 4 << 20
+BATCH: Final = 2048  # entries checked or moved per hold of the store lock: a pause well under 1 ms
+READ_WINDOW: Final = 1 << 20  # an input's live values are read in windows of about this size
 
-
-Copied = tuple[list[str], list[int], list[int]]  # keys, where they were, where they are now
-LiveEntry = tuple[str, bytes, int, int, int, int]  # key, encoded, value start, length, rev, old loc
+# key, its UTF-8 bytes, revision, where it is (the index's location), its value
+LiveEntry = tuple[str, bytes, int, int, bytes]
 
 
 class Compactor:
@@ -137,10 +124,11 @@ class Compactor:
     def compact(self) -> bool:
         """Run one compaction now; False if there was nothing to merge.
 
-        An I/O error is raised as a StorageError (DiskFull for ENOSPC). Before the index moves to
-        the output, the output is removed and the store goes on as before; after it, a failure to
-        delete the inputs leaves files this process no longer tracks, so writes stop (StoreFailed)
-        until a reopen reads the directory afresh.
+        An I/O error is raised as a StorageError (DiskFull for ENOSPC). Before the inputs are
+        deleted, the unfinished output is removed and the store goes on (outputs already
+        finished stay: they are valid segments); a failure to delete the inputs leaves files
+        this process no longer tracks, so writes stop (StoreFailed) until a reopen reads the
+        directory afresh.
         """
         with self._running:
             started = time.monotonic()
@@ -150,14 +138,8 @@ class Compactor:
                 raise self._segments.storage_error(error, "starting a compaction") from error
             if plan is None:
                 return False
-            inputs, output_id = plan
-            try:
-                header, copied = self._write_output(inputs, output_id)
-                output = self._open_output(output_id, header)
-            except OSError as error:
-                self._discard_output(output_id)
-                raise self._segments.storage_error(error, "compacting") from error
-            self._install(output, copied)
+            inputs, output_ids = plan
+            copied, outputs = self._merge(inputs, output_ids)
             try:
                 self._retire(inputs)
             except OSError as error:
@@ -165,29 +147,23 @@ class Compactor:
                 log.error("compaction could not delete its inputs; writes stop: %s", error)
                 raise self._segments.storage_error(error, "deleting compacted segments") from error
             log.info(
-                "compacted %d segments into %s in %.3f s (%d live entries)",
+                "compacted %d segments into %d in %.3f s (%d live entries)",
                 len(inputs),
-                segment_name(output_id),
+                outputs,
                 time.monotonic() - started,
-                len(copied[0]),
+                copied,
             )
             return True
 
-    def _discard_output(self, output_id: int) -> None:
-        """Remove every file of a failed compaction; if that fails too, stop writes."""
-        directory = self._segments.directory
-        try:
-            for name in (segment_name(output_id), hint_name(output_id)):
-                for path in (directory / name, directory / (name + TEMP_SUFFIX)):
-                    if path.exists():
-                        self._segments.io.unlink(str(path))
-            self._segments.io.fsync_dir(str(directory))
-        except OSError as error:
-            # A stale copy left on disk could bring deleted keys back at a later open.
-            self._segments.fail(error)
-            log.error("could not remove a failed compaction's output; writes stop: %s", error)
+    def _seal(self) -> tuple[list[Segment], range] | None:
+        """Seal the active segment and reserve the outputs' ids; None if already compact.
 
-    def _seal(self) -> tuple[list[Segment], int] | None:
+        Already compact: nothing but merged segments (each a previous compaction's output,
+        holding only what was live then) and an empty active segment, with no dead bytes.
+        An output is closed at ``segment_bytes``; the last reserved id takes whatever is left,
+        so the outputs never need more ids than reserved, even when copies outgrow the records
+        they come from (a put copied out of a batch gets a record header of its own).
+        """
         segments = self._segments
         with self._lock:
             if self._is_closed():
@@ -195,111 +171,111 @@ class Compactor:
             active = segments.active
             assert active is not None
             sealed = [s for s in segments.all() if s is not active]
-            if active.size == active.header.size and (
-                not sealed or (len(sealed) == 1 and sealed[0].merged)
+            if (
+                active.size == active.header.size
+                and all(s.merged for s in sealed)
+                and segments.dead_bytes() <= 0
             ):
-                return None  # already compact: one merged segment and an empty active one
-            output_id = segments.reserve_id()
+                return None
+            total = sum(s.size for s in sealed) + active.size
+            count = total // segments.segment_bytes + 2
+            first = segments.reserve_ids(count)
             segments.start_new_segment(self._revision())
-            inputs = [s for s in segments.all() if s.segment_id < output_id]
-        return inputs, output_id
+            inputs = [s for s in segments.all() if s.segment_id < first]
+        return inputs, range(first, first + count)
 
-    def _write_output(self, inputs: list[Segment], output_id: int) -> tuple[SegmentHeader, Copied]:
-        """Copy live entries into the output segment and its hint; return its header and the copies.
-
-        Inputs of either format version are read; the output is always the current version.
-        """
-        io = self._segments.io
-        directory = self._segments.directory
-        output_path = directory / (segment_name(output_id) + TEMP_SUFFIX)
-        keys: list[str] = []
-        old_locations: list[int] = []
-        new_locations: list[int] = []
-        max_revision = 0
-        fd = io.open(str(output_path), os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    def _merge(self, inputs: list[Segment], output_ids: range) -> tuple[int, int]:
+        """Copy the live puts of ``inputs`` into finished outputs; return (copies, outputs)."""
+        segments = self._segments
+        limit = segments.segment_bytes
+        ids = iter(output_ids)
+        last_id = output_ids[-1]
+        output: MergedOutput | None = None
+        copied = finished = 0
         try:
-            header = SegmentHeader(output_id, self._revision(), FLAG_MERGED, new_marker())
-            marker = header.marker
-            buffer = bytearray(encode_segment_header(header))
-            position = header.size
             for segment in inputs:
-                data = io.read_file(str(segment.path))[: segment.size]
-                for batch in self._live_batches(segment, data):
-                    for key, encoded, start, length, revision, old in batch:
-                        value = data[start : start + length]
-                        record = encode_put(marker, revision, encoded, value)
-                        keys.append(key)
-                        old_locations.append(old)
-                        new_locations.append(
-                            pack(
-                                output_id,
-                                position + PUT_VALUE_OFFSET + len(encoded),
-                                length,
-                                revision,
-                                old & HASH_MASK,
-                            )
+                for key, encoded, revision, old, value in self._live_entries(segment):
+                    if (
+                        output is not None
+                        and len(output)
+                        and output.size + put_record_size(encoded, value) > limit
+                        and output.segment_id != last_id
+                    ):
+                        self._finish(output)
+                        output = None
+                        finished += 1
+                    if output is None:
+                        output = MergedOutput(
+                            segments.io, segments.directory, next(ids), self._revision()
                         )
-                        max_revision = max(max_revision, revision)
-                        buffer += record
-                        position += len(record)
-                    if len(buffer) >= FLUSH_BYTES:
-                        io.write(fd, bytes(buffer))
-                        buffer.clear()
-            io.write(fd, bytes(buffer))
-            io.fsync(fd)
-        finally:
-            io.close(fd)
-        order = sorted(range(len(keys)), key=keys.__getitem__)
-        hint = HintColumns(
-            segment_id=output_id,
-            max_revision=max_revision,
-            created_ms=int(time.time() * 1000),
-            keys=[keys[i] for i in order],
-            locations=[new_locations[i] for i in order],
-        )
-        hint_path = directory / (hint_name(output_id) + TEMP_SUFFIX)
-        hint_fd = io.open(str(hint_path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        try:
-            io.write(hint_fd, encode_hint(hint))
-            io.fsync(hint_fd)
-        finally:
-            io.close(hint_fd)
-        # The segment first: a segment without its hint is replayed; a hint without its segment is
-        # an orphan that open() deletes.
-        io.rename(str(output_path), str(directory / segment_name(output_id)))
-        io.rename(str(hint_path), str(directory / hint_name(output_id)))
-        io.fsync_dir(str(directory))
-        return header, (keys, old_locations, new_locations)
+                    output.append(key, encoded, value, revision, old)
+                    copied += 1
+            if output is not None:
+                self._finish(output)
+                output = None
+                finished += 1
+        except OSError as error:
+            if output is not None:
+                self._discard(output)
+            raise segments.storage_error(error, "compacting") from error
+        return copied, finished
 
-    def _live_batches(self, segment: Segment, data: bytes) -> list[list[LiveEntry]]:
-        """The puts of ``segment`` that the index still points at, in batches.
+    def _finish(self, output: MergedOutput) -> None:
+        """Make ``output`` durable, register it and repoint the keys still where it copied
+        them from (in short batches under the lock)."""
+        segment, hint_bytes = output.finish()
+        keys, old_locations, new_locations = output.keys, output.old_locations, output.new_locations
+        with self._lock:
+            self._segments.add(segment, hint_bytes=hint_bytes)
+        move = self._index.move
+        for first in range(0, len(keys), BATCH):
+            with self._lock:
+                for i in range(first, min(first + BATCH, len(keys))):
+                    move(keys[i], old_locations[i], new_locations[i])
+
+    def _discard(self, output: MergedOutput) -> None:
+        """Remove an unfinished output's files; if that fails too, stop writes."""
+        try:
+            output.discard()
+        except OSError as error:
+            # A stale copy left on disk could bring deleted keys back at a later open.
+            self._segments.fail(error)
+            log.error("could not remove a failed compaction's output; writes stop: %s", error)
+
+    def _live_entries(self, segment: Segment) -> Iterator[LiveEntry]:
+        """The puts of ``segment`` that the index still points at, with their values.
 
         The candidates are the segment's final puts, from its summary or its hint file when it
         has one (no record parsed: a key the index still points at is live, whatever else the
-        segment held), else from reading every record.
+        segment held), checked in batches; their values are read in windows of ``READ_WINDOW``
+        bytes, so memory holds one batch. A segment with neither summary nor good hint (replayed
+        at open) is read whole and parsed: at most ``segment_bytes`` for a plain one.
         """
         known = self._final_puts(segment)
-        if known is not None:
-            batches: list[list[LiveEntry]] = []
-            for first in range(0, len(known), BATCH):
-                live: list[LiveEntry] = []
-                with self._lock:
-                    get = self._index.locations.get
-                    for key, location in known[first : first + BATCH]:
-                        if get(key) == location:
-                            live.append(
-                                (
-                                    key,
-                                    key.encode("utf-8"),
-                                    offset_of(location),
-                                    length_of(location),
-                                    revision_of(location),
-                                    location,
-                                )
-                            )
-                batches.append(live)
-            return batches
-        return self._parsed_live_batches(segment, data)
+        if known is None:
+            yield from self._parsed_live_entries(segment)
+            return
+        io = self._segments.io
+        fd = segment.fd
+        for first in range(0, len(known), BATCH):
+            live: list[tuple[int, str, int]] = []  # (offset, key, location)
+            with self._lock:
+                get = self._index.locations.get
+                for key, location in known[first : first + BATCH]:
+                    if get(key) == location:
+                        live.append((offset_of(location), key, location))
+            live.sort()
+            window = b""
+            window_start = 0
+            for start, key, location in live:
+                length = length_of(location)
+                if start < window_start or start + length > window_start + len(window):
+                    window_start = start
+                    window = io.pread(fd, max(READ_WINDOW, length), start)
+                    if len(window) < length:
+                        raise CorruptStore(str(segment.path), start, "a value ends past the file")
+                value = window[start - window_start : start - window_start + length]
+                yield key, key.encode("utf-8"), revision_of(location), location, value
 
     def _final_puts(self, segment: Segment) -> list[tuple[str, int]] | None:
         """(key, location) of each key ``segment`` leaves written, if known without parsing it."""
@@ -320,8 +296,12 @@ class Compactor:
             return None
         return list(zip(hint.keys, hint.locations, strict=True))
 
-    def _parsed_live_batches(self, segment: Segment, data: bytes) -> list[list[LiveEntry]]:
-        """``_live_batches`` for a segment known only by its records."""
+    def _parsed_live_entries(self, segment: Segment) -> Iterator[LiveEntry]:
+        """``_live_entries`` for a segment known only by its records.
+
+        Inputs of either format version are read; the outputs are always the current version.
+        """
+        data = self._segments.io.read_file(str(segment.path))[: segment.size]
         candidates: list[tuple[str, bytes, int, int, int]] = []
         header = segment.header
         offset = header.size
@@ -340,7 +320,6 @@ class Compactor:
                     )
             offset = end
         place_base = segment.segment_id << OFFSET_BITS
-        batches: list[list[LiveEntry]] = []
         for first in range(0, len(candidates), BATCH):
             live: list[LiveEntry] = []
             with self._lock:
@@ -348,31 +327,9 @@ class Compactor:
                 for key, encoded, start, length, revision in candidates[first : first + BATCH]:
                     location = locations.get(key)
                     if location is not None and place_of(location) == place_base | start:
-                        live.append((key, encoded, start, length, revision, location))
-            batches.append(live)
-        return batches
-
-    def _open_output(self, output_id: int, header: SegmentHeader) -> Segment:
-        directory = self._segments.directory
-        path = directory / segment_name(output_id)
-        fd = self._segments.io.open(str(path), os.O_RDONLY)
-        segment = Segment(output_id, path, fd, os.path.getsize(path), header, True)
-        with self._lock:
-            self._segments.set_hint_bytes(
-                output_id, os.path.getsize(directory / hint_name(output_id))
-            )
-        return segment
-
-    def _install(self, output: Segment, copied: Copied) -> None:
-        """Register the output; repoint, in short batches, keys still where they were copied."""
-        keys, old_locations, new_locations = copied
-        with self._lock:
-            self._segments.add(output)
-        for first in range(0, len(keys), BATCH):
-            with self._lock:
-                move = self._index.move
-                for i in range(first, min(first + BATCH, len(keys))):
-                    move(keys[i], old_locations[i], new_locations[i])
+                        value = data[start : start + length]
+                        live.append((key, encoded, revision, location, value))
+            yield from live
 
     def _retire(self, inputs: list[Segment]) -> None:
         io = self._segments.io

@@ -176,6 +176,11 @@ class SegmentSet:
         """Bytes of every segment file (hint files not counted)."""
         return sum(segment.size for segment in self._segments.values())
 
+    def dead_bytes(self) -> int:
+        """Segment bytes that hold neither a live entry nor a segment header (an estimate)."""
+        headers = sum(segment.header.size for segment in self._segments.values())
+        return self.data_bytes() - headers - self._live_bytes
+
     def disk_bytes(self) -> int:
         """Bytes of every segment and hint file."""
         hints = dict(self._hints.written) if self._hints is not None else {}
@@ -190,10 +195,11 @@ class SegmentSet:
         """After recovery: the id the next new segment gets."""
         self._next_id = segment_id
 
-    def reserve_id(self) -> int:
-        """Take an id for a segment made elsewhere (compaction's output)."""
+    def reserve_ids(self, count: int) -> int:
+        """Take ``count`` ids in a row for segments made elsewhere (compaction's outputs);
+        return the first. Ids left unused are simply skipped: only their order matters."""
         segment_id = self._next_id
-        self._next_id += 1
+        self._next_id += count
         return segment_id
 
     def resume(self, segment: Segment) -> None:
