@@ -6,9 +6,12 @@ a write), keep serving consistent reads, and never acknowledge a write it did no
 the run, a reopen with the real FileIO shows every acknowledged write, none refused with DiskFull,
 and the one operation that hit the fault whole or not at all.
 
-Power loss: PowerLossIO cuts the power at the N-th operation; the folder as the power cut leaves it
-(files cut to their fsynced bytes, torn at a random byte past them, un-fsynced directory changes
-undone) must reopen with every write acknowledged under fsync="always" and no partial transaction.
+Power loss: the simulated disk cuts the power before the N-th operation; the folder as the power
+cut may leave it (per file, unsynced writes dropped, torn at a random byte, a random subset kept,
+or all kept; un-fsynced directory changes undone from a random point) must reopen with every write
+acknowledged under fsync="always" and no partial transaction.
+
+Both run on ``support.disk.SimDisk``, the one fault-injecting disk of the suites.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
+import random
 import shutil
 import threading
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faulty_io import FaultyIO, PowerLossIO, write_image
+from support.disk import PowerLoss, SimDisk
 from support.storefiles import contents
 
 from filekv.engine import (
@@ -142,13 +145,13 @@ def _effects_of(op: Op) -> Effects:
 
 
 def _learn_effects(tmp: Path) -> int:
-    """Run the workload once with a counting FileIO: learn each op's effects and the op count."""
-    io = FaultyIO(fail_at=None)
-    with Store.open(tmp, io=io, **OPTIONS) as db:
+    """Run the workload once on a healthy disk: learn each op's effects and count the ops."""
+    disk = SimDisk(tmp)
+    with Store.open(tmp, io=disk, **OPTIONS) as db:
         for op in workload():
             _EFFECTS_CACHE[op.name] = op.run(db)
     shutil.rmtree(tmp)
-    return io.count
+    return disk.fault_ops
 
 
 def _states_allowed(acked: State, unknown: Effects | None) -> list[State]:
@@ -166,7 +169,7 @@ def _describe(found: State, allowed: list[State]) -> str:
 # -- injected errors -------------------------------------------------------------------------------
 
 
-def _drive(db: Store, io: FaultyIO, error: int) -> tuple[str | None, State, Effects | None]:
+def _drive(db: Store, disk: SimDisk, error: int) -> tuple[str | None, State, Effects | None]:
     """Run the workload; return (violation or None, acknowledged state, unknown effects)."""
     acked: State = {}
     unknown: Effects | None = (
@@ -174,7 +177,7 @@ def _drive(db: Store, io: FaultyIO, error: int) -> tuple[str | None, State, Effe
     )
     failed_store = False
     for op in workload():
-        fired_before = len(io.fired)
+        fired_before = len(disk.failed)
         try:
             effects = op.run(db)
         except DiskFull as exc:
@@ -187,11 +190,11 @@ def _drive(db: Store, io: FaultyIO, error: int) -> tuple[str | None, State, Effe
                 return f"{op.name}: retry after DiskFull raised {retry_error!r}", acked, unknown
             acked = _apply(acked, effects)
         except StorageError as exc:
-            hit = len(io.fired) > fired_before
+            hit = len(disk.failed) > fired_before
             if hit:
                 if (
                     error == errno.ENOSPC
-                    and io.fired[-1] == "write"
+                    and disk.failed[-1] == "write"
                     and not op.name.endswith("compact")
                 ):
                     return (
@@ -210,7 +213,7 @@ def _drive(db: Store, io: FaultyIO, error: int) -> tuple[str | None, State, Effe
             else:
                 failed_store = True
         except StoreError as exc:
-            return f"{op.name}: raised {exc!r} under an I/O fault ({io.fired})", acked, unknown
+            return f"{op.name}: raised {exc!r} under an I/O fault ({disk.failed})", acked, unknown
         except Exception as exc:
             return f"{op.name}: leaked {exc!r} (expected a StorageError)", acked, unknown
         else:
@@ -237,20 +240,20 @@ def _drive(db: Store, io: FaultyIO, error: int) -> tuple[str | None, State, Effe
 
 def _run_with_fault(folder: Path, fail_at: int, error: int, partial: bool) -> str | None:
     """One run with the ``fail_at``-th operation failing; the violation found, or None."""
-    io = FaultyIO(fail_at=fail_at, error=error, partial=partial)
+    disk = SimDisk(folder, fail_at=fail_at, fail_errno=error, partial_writes=partial)
     acked: State = {}
     unknown: Effects | None = None
     try:
-        db = Store.open(folder, io=io, **OPTIONS)
+        db = Store.open(folder, io=disk, **OPTIONS)
     except StorageError:
         db = None
     except Exception as exc:
         return f"open raised {exc!r}, not a StorageError"
     if db is not None:
         try:
-            problem, acked, unknown = _drive(db, io, error)
+            problem, acked, unknown = _drive(db, disk, error)
         finally:
-            io.armed = False
+            disk.fail_at = None  # the disk is healthy again
             with contextlib.suppress(StoreError):
                 db.close()
         if problem:
@@ -263,7 +266,7 @@ def _run_with_fault(folder: Path, fail_at: int, error: int, partial: bool) -> st
         found = contents(again)
         allowed = _states_allowed(acked, unknown)
         if found not in allowed:
-            return f"after reopen: {_describe(found, allowed)} (fault in {io.fired})"
+            return f"after reopen: {_describe(found, allowed)} (fault in {disk.failed})"
         again.check()
     except Exception as exc:
         return f"after reopen: {exc!r}"
@@ -293,18 +296,19 @@ def test_io_fault_at_every_operation(tmp_path: Path, error: int, partial: bool) 
 
 
 def test_io_disk_full_refuses_writes_until_space_returns(tmp_path: Path) -> None:
-    io = FaultyIO(fail_at=None, error=errno.ENOSPC, persistent=True, only=("write",))
-    db = Store.open(tmp_path / "db", io=io, **OPTIONS)
+    folder = tmp_path / "db"
+    disk = SimDisk(folder, fail_kinds=("write",), fail_errno=errno.ENOSPC, fail_persistent=True)
+    db = Store.open(folder, io=disk, **OPTIONS)
     try:
         db.put("a", b"1")
-        io.fail_at = io.count + 1  # the disk is full from the next write on
+        disk.fail_at = disk.fault_ops + 1  # the disk is full from the next write on
         for attempt in range(3):
             with pytest.raises(DiskFull):
                 db.put(f"b{attempt}", b"2" * 100)
             with pytest.raises(DiskFull), db.transaction() as tx:
                 tx.put("c", b"3")
             assert contents(db) == {"a": b"1"}
-        io.armed = False  # space freed
+        disk.fail_at = None  # space freed
         db.put("b", b"2")
         assert contents(db) == {"a": b"1", "b": b"2"}
         db.check()
@@ -316,11 +320,12 @@ def test_io_disk_full_refuses_writes_until_space_returns(tmp_path: Path) -> None
 
 
 def test_io_fsync_failure_fails_the_store_until_reopen(tmp_path: Path) -> None:
-    io = FaultyIO(fail_at=None, error=errno.EIO, only=("fsync",))
-    db = Store.open(tmp_path / "db", io=io, **OPTIONS)
+    folder = tmp_path / "db"
+    disk = SimDisk(folder, fail_kinds=("fsync",), fail_errno=errno.EIO)
+    db = Store.open(folder, io=disk, **OPTIONS)
     try:
         db.put("a", b"1")
-        io.fail_at = io.count + 1
+        disk.fail_at = disk.fault_ops + 1
         with pytest.raises(StoreFailed):
             db.put("b", b"2")
         with pytest.raises(StoreFailed):
@@ -330,7 +335,7 @@ def test_io_fsync_failure_fails_the_store_until_reopen(tmp_path: Path) -> None:
         assert db.get("a") == b"1"  # reads go on
         assert db.get("c") is None
     finally:
-        io.armed = False
+        disk.fail_at = None
         with contextlib.suppress(StoreError):
             db.close()
     with Store.open(tmp_path / "db", fsync="never") as again:
@@ -352,25 +357,29 @@ def _prepare(folder: Path) -> State:
         return contents(db)
 
 
-def _shutdown(db: Store, io: PowerLossIO) -> None:
+def _shutdown(db: Store, disk: SimDisk) -> None:
     """Close a store whose power was cut, and any descriptor it could not close itself."""
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception, PowerLoss):
         db.close()
-    for fd in list(io.by_fd):
+    for fd in list(disk.fds):
         with contextlib.suppress(OSError):
-            os.close(fd)
+            disk.close(fd)
+
+
+def _fresh(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    return path
 
 
 def _power_cut(tmp_path: Path, crash_at: int | None, seed: int) -> str | None:
-    folder = tmp_path / "live"
-    if folder.exists():
-        shutil.rmtree(folder)
+    folder = _fresh(tmp_path / "live")
     acked = _prepare(folder)
-    io = PowerLossIO(folder, crash_at, seed)
+    disk = SimDisk(folder, crash_at=crash_at)  # the prepared files count as durable
     in_flight: Effects | None = None
     try:
-        db = Store.open(folder, io=io, **OPTIONS)
-    except StorageError:
+        db = Store.open(folder, io=disk, **OPTIONS)
+    except (StorageError, PowerLoss):
         db = None
     except Exception as exc:
         return f"open raised {exc!r}"
@@ -378,21 +387,17 @@ def _power_cut(tmp_path: Path, crash_at: int | None, seed: int) -> str | None:
         for op in workload():
             try:
                 effects = op.run(db)
-            except Exception as exc:
-                if not io.crashed:
+            except (Exception, PowerLoss) as exc:
+                if not disk.crashed:
                     return f"{op.name} failed before the power cut: {exc!r}"
                 # The machine is dead from here on; how the error surfaced is test_io_fault's job.
                 in_flight = _effects_of(op)
                 break
             acked = _apply(acked, effects)  # acknowledged: it must be on stable storage now
-        image = io.image if io.image is not None else io.take_image_now()
-        _shutdown(db, io)
-    else:
-        image = io.image if io.image is not None else io.take_image_now()
-    after = tmp_path / "after"
-    if after.exists():
-        shutil.rmtree(after)
-    write_image(image, after)
+    after = _fresh(tmp_path / "after")
+    image = disk.image(after, random.Random(seed))
+    if db is not None:
+        _shutdown(db, disk)
     try:
         again = Store.open(after, fsync="never", auto_compact=False)
     except Exception as exc:
@@ -401,7 +406,7 @@ def _power_cut(tmp_path: Path, crash_at: int | None, seed: int) -> str | None:
         found = contents(again)
         allowed = _states_allowed(acked, in_flight)
         if found not in allowed:
-            return f"{_describe(found, allowed)}; files {sorted(image)}"
+            return f"{_describe(found, allowed)}; image {image}"
         again.check()
         again.put("after-power-cut", b"ok")
     except Exception as exc:
@@ -415,11 +420,11 @@ def test_io_power_loss_at_every_operation(tmp_path: Path) -> None:
     _learn_effects(tmp_path / "count")
     folder = tmp_path / "probe"
     _prepare(folder)
-    probe = PowerLossIO(folder, None, 0)
+    probe = SimDisk(folder)
     with Store.open(folder, io=probe, **OPTIONS) as db:
         for op in workload():
             op.run(db)
-    total = probe.count
+    total = probe.ops
     shutil.rmtree(folder)
     assert total > 20
     failures: dict[int, str] = {}
@@ -437,26 +442,23 @@ def test_io_power_loss_at_every_operation(tmp_path: Path) -> None:
 def test_io_power_loss_fresh_store(tmp_path: Path) -> None:
     """A store created and written under fsync="always": the first acknowledged put survives."""
     folder = tmp_path / "fresh"
-    io = PowerLossIO(folder, None, 1)
-    db = Store.open(folder, io=io, **OPTIONS)
+    disk = SimDisk(folder)
+    db = Store.open(folder, io=disk, **OPTIONS)
     db.put("first", b"1")
-    image = io.take_image_now()
+    disk.image(tmp_path / "after", random.Random(1))
     db.close()
-    write_image(image, tmp_path / "after")
     with Store.open(tmp_path / "after", fsync="never") as again:
         assert contents(again) == {"first": b"1"}
 
 
 def _threaded_power_cut(tmp_path: Path, crash_at: int | None) -> str | None:
     """Four threads put under fsync="always" (group commit) until the power is cut."""
-    folder = tmp_path / "threads"
-    if folder.exists():
-        shutil.rmtree(folder)
+    folder = _fresh(tmp_path / "threads")
     folder.mkdir()
-    io = PowerLossIO(folder, crash_at, seed=crash_at or 0)
+    disk = SimDisk(folder, crash_at=crash_at)
     try:
-        db = Store.open(folder, io=io, **OPTIONS)
-    except StorageError:
+        db = Store.open(folder, io=disk, **OPTIONS)
+    except (StorageError, PowerLoss):
         return None  # the power went off while it opened: nothing was acknowledged
     acked: dict[str, int] = {}  # key -> newest acknowledged sequence number
     attempted: dict[str, int] = {}
@@ -471,8 +473,8 @@ def _threaded_power_cut(tmp_path: Path, crash_at: int | None) -> str | None:
                 attempted[key] = n
             try:
                 db.put(key, f"{thread}:{n}".encode() * 20)
-            except Exception:
-                return  # the power is off
+            except (Exception, PowerLoss):
+                return  # the power is off (PowerLoss, or StoreFailed made of it)
             with lock:
                 acked[key] = n
 
@@ -481,12 +483,9 @@ def _threaded_power_cut(tmp_path: Path, crash_at: int | None) -> str | None:
         thread.start()
     for thread in threads:
         thread.join()
-    image = io.image if io.image is not None else io.take_image_now()
-    _shutdown(db, io)
-    after = tmp_path / "threads-after"
-    if after.exists():
-        shutil.rmtree(after)
-    write_image(image, after)
+    after = _fresh(tmp_path / "threads-after")
+    disk.image(after, random.Random(crash_at or 0))
+    _shutdown(db, disk)
     with Store.open(after, fsync="never", auto_compact=False) as again:
         for key, n in acked.items():
             raw = again.get(key)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import OpenStore
-from faulty_io import FaultyIO
+from support.disk import SimDisk
 from support.storefiles import contents, copy_store, flip_byte, hints, segments, truncate
 
 from filekv.engine import Store, recovery
@@ -230,17 +230,17 @@ def test_segment_hints_encode_decode_round_trip_with_deleted_keys() -> None:
 def test_segment_hints_an_io_error_while_writing_one_leaves_no_file_and_writes_go_on(
     tmp_path: Path, fail_at: int
 ) -> None:
-    """Fail the N-th file-changing operation of the hint writer (write, fsync, rename, fsync)."""
+    """Fail the hint writer's N-th disk-changing step (open, write, fsync, rename, fsync_dir)."""
     path = tmp_path / "db"
     db = Store.open(path, fsync="never", auto_compact=False, **SMALL)
     db.put("x", b"1" * 300)
     db._segments.wait_for_hints()
-    faulty = FaultyIO(fail_at, errno.EIO)
+    faulty = SimDisk(path, fail_at=fail_at, fail_errno=errno.EIO)
     db._segments._hints._io = faulty  # only the hint writer sees the faults
     for i in range(40):
         db.put(f"k{i}", b"v" * 300)
     db._segments.wait_for_hints()
-    assert faulty.fired, "the fault must hit the hint writer"
+    assert faulty.failed, "the fault must hit the hint writer"
     assert not list(path.glob("*.tmp"))
     db.put("after", b"ok")
     db.close()

@@ -1,24 +1,66 @@
-"""A simulated disk behind the engine's ``FileIO``: what would survive a power cut, and faults.
+"""The one simulated disk of the test suites: power cuts, I/O errors, and what survives them.
 
-``SimDisk`` does every operation on real files (so the engine reads back what it wrote), but
-keeps its own account of what is *durable*:
+``SimDisk`` replaces the engine's ``FileIO`` (``src/filekv/engine/fileio.py``, the one layer
+through which the engine touches files). It does every operation on real files, so the engine
+reads back what it wrote, but keeps its own account of what is *durable*:
 
 * per file (an inode, followed across renames): the bytes as of its last successful fsync, and
-  every write/truncate since (``pending``);
+  every write/truncate since (``pending``), an ``O_TRUNC`` open included;
 * per directory: the names as of the last ``fsync_dir`` and every create/rename/unlink since.
 
-``image(dest, rng)`` writes the directory as a disk might hold it after a power cut: for each file,
-the unsynced writes are dropped, or torn at a random byte, or a random subset of them is kept
+Only files directly in ``directory`` are tracked; files already there when the disk is made count
+as durable (a store an earlier run wrote and closed). ``LOCK`` is not a data file: the engine
+takes it with ``os.open``, not through ``FileIO``. Real fsyncs are skipped: durability is what
+this class says it is, and the tests stay fast.
+
+**What mutates.** Of ``FileIO``'s methods, these change the disk, and only these are the points
+where a power cut or an injected error can strike (``MUTATING``, counted in ``ops``): ``open``
+when it creates or truncates a file, ``write``, ``fsync``, ``truncate``, ``rename``, ``unlink``,
+``fsync_dir``. ``pread``, ``read_file``, a plain ``open`` and ``close`` change nothing.
+
+**Power cut.** ``crash_at=K`` raises ``PowerLoss`` (a ``BaseException``) before the K-th mutating
+operation and from every later operation but ``close``, reads included: the machine is off.
+``image(dest, rng)`` then writes the directory as a disk might hold it: for each file, the
+unsynced writes are dropped, or torn at a random byte, or a random subset of them is kept
 (reordering; the gaps read back as zeros), or all kept; un-fsynced directory operations are undone
 from some point on (``ordered_metadata``, as a journaling file system commits them) or any subset
-of them is undone (``ordered_metadata=False``, what POSIX alone promises).
+of them is undone (``ordered_metadata=False``, what POSIX alone promises). ``image`` can be taken
+at any moment, power cut or not.
 
-Real fsyncs are skipped: durability is what this class says it is, and the tests stay fast.
+**I/O errors.** Every mutating operation of a kind in ``fail_kinds`` (all of ``MUTATING`` unless
+told) is counted in ``fault_ops``; the ``fail_at``-th raises ``OSError(fail_errno)`` — once, or
+from then on with ``fail_persistent`` (a dead or full disk) — and its kind is appended to
+``failed``. ``fail_at`` may be set, or reset to ``None`` (the disk is healthy again), at any
+time. With ``partial_writes`` a failing write first writes half of its bytes, as a real disk may.
+An fsync that fails loses its pending writes for good, as Linux does (the pages are marked clean):
+they stay readable but never become durable.
 
-Faults: ``crash_at=K`` raises ``PowerLoss`` before the K-th mutating operation and from every
-later one (the machine is off); ``fail_at=N`` makes the N-th mutating operation of the kinds in
-``fail_kinds`` raise ``OSError(fail_errno)``. An fsync that fails loses its pending writes for
-good, as Linux does (the pages are marked clean): they stay readable but never become durable.
+**One disk, not two (issue 16).** This merges ``tests/reliability/_b_simdisk.py`` (``SimDisk``)
+and ``tests/engine/faulty_io.py`` (``FaultyIO``: errors; ``PowerLossIO``: power cuts). Where they
+disagreed, the stricter behaviour was kept:
+
+* Fault points: ``FaultyIO`` failed only write, fsync, fsync_dir, rename and truncate, and the old
+  ``SimDisk`` by default write, fsync, truncate, rename and unlink. Now every mutating kind can
+  fail by default: opens that create a file and unlinks too.
+* A failed fsync: ``FaultyIO`` only raised; here it also loses the file's unsynced writes.
+* The crash point: ``PowerLossIO`` ran the K-th operation, then cut the power and raised ``EIO``
+  from it and from every later one, so the engine took the cut for an I/O error and went on
+  handling it. Here the cut comes before the K-th operation and is a ``PowerLoss`` that no
+  ``except Exception`` or ``except OSError`` stops: a machine without power goes on with nothing,
+  and any cleanup on the way out meets the dead disk again. "Ran K, then the cut" leaves the disk
+  that "cut before K+1" leaves, but there the engine saw operation K succeed and may have
+  acknowledged a write on the strength of it, which the image must then hold. A disk that fails
+  every operation with ``EIO`` from some point on is ``fail_persistent=True``.
+* Crash points: ``PowerLossIO`` also counted read-only opens, which change nothing on disk; they
+  are not counted (a cut just before one leaves what a cut before the next mutating operation
+  leaves). But after the cut they fail, and so do reads, which the old ``SimDisk`` let through.
+* The image: ``PowerLossIO`` kept each file at its fsynced bytes or torn at a random byte past
+  them, undid every un-fsynced directory operation, and made a truncate (``O_TRUNC`` too) durable
+  at once. Here a truncate is pending until an fsync like a write, so an image may still hold the
+  bytes it cut off, and images also keep writes out of order and some directory operations:
+  every image ``PowerLossIO`` could make, this disk can make too, and more.
+* Bookkeeping of files already in the directory (``PowerLossIO``) is done at construction, not
+  by a separate call, and the real fsync (``FaultyIO``, ``PowerLossIO``) is skipped.
 """
 
 from __future__ import annotations
@@ -33,10 +75,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 from filekv.engine.fileio import FileIO
 
-MUTATING = ("open", "write", "fsync", "truncate", "rename", "unlink", "fsync_dir")
+# The FileIO operations that change the disk (an open only when it creates or truncates).
+MUTATING: Final = ("open", "write", "fsync", "truncate", "rename", "unlink", "fsync_dir")
 
 
 @contextlib.contextmanager
@@ -79,7 +123,7 @@ class SimDisk(FileIO):
         *,
         crash_at: int | None = None,
         fail_at: int | None = None,
-        fail_kinds: tuple[str, ...] = ("write", "fsync", "truncate", "rename", "unlink"),
+        fail_kinds: tuple[str, ...] = MUTATING,
         fail_errno: int = errno.EIO,
         fail_persistent: bool = False,
         partial_writes: bool = False,
@@ -89,9 +133,8 @@ class SimDisk(FileIO):
         self.durable_names: dict[str, Inode] = {}  # the directory as of the last fsync_dir
         self.dir_ops: list[tuple[str, str, str, Inode | None]] = []  # (kind, name, target, inode)
         self.fds: dict[int, tuple[Inode, bool]] = {}  # fd -> (inode, append mode)
-        self.ops = 0  # mutating operations so far
-        self.counts: dict[str, int] = {}  # per kind, for fail_at
-        self.fault_ops = 0
+        self.ops = 0  # mutating operations so far: the crash clock
+        self.fault_ops = 0  # mutating operations of the kinds in fail_kinds: the fault clock
         self.crash_at = crash_at
         self.crashed = False
         self.fail_at = fail_at
@@ -103,30 +146,39 @@ class SimDisk(FileIO):
         # Group commit fsyncs from one thread while another appends: the bookkeeping of one
         # operation must not interleave with another's.
         self.lock = threading.RLock()
+        self.adopt_existing()
 
     # -- bookkeeping -----------------------------------------------------------------------------
 
     def adopt_existing(self) -> None:
         """Count files already in the directory as durable (a store made by an earlier run)."""
-        for name in os.listdir(self.directory):
+        if not os.path.isdir(self.directory):
+            return
+        for name in sorted(os.listdir(self.directory)):
             path = os.path.join(self.directory, name)
-            if os.path.isfile(path) and name != "LOCK":
+            if os.path.isfile(path) and name != "LOCK" and name not in self.names:
                 with open(path, "rb") as handle:
                     inode = Inode(durable=handle.read())
                 self.names[name] = inode
                 self.durable_names[name] = inode
 
-    def _step(self, kind: str) -> None:
+    def _powered(self, kind: str) -> None:
+        """Any operation but close, after the power cut: the machine is off."""
         if self.crashed:
             raise PowerLoss(kind)
+
+    def _step(self, kind: str) -> None:
+        """Count one mutating operation: the power cut or the injected error may strike here."""
+        self._powered(kind)
         self.ops += 1
         if self.crash_at is not None and self.ops >= self.crash_at:
             self.crashed = True
             raise PowerLoss(kind)
-        if kind in self.fail_kinds and self.fail_at is not None:
+        if kind in self.fail_kinds:
             self.fault_ops += 1
-            if self.fault_ops == self.fail_at or (
-                self.fail_persistent and self.fault_ops > self.fail_at
+            if self.fail_at is not None and (
+                self.fault_ops == self.fail_at
+                or (self.fail_persistent and self.fault_ops > self.fail_at)
             ):
                 self.failed.append(kind)
                 raise OSError(self.fail_errno, os.strerror(self.fail_errno))
@@ -143,6 +195,8 @@ class SimDisk(FileIO):
             creating = bool(flags & os.O_CREAT) and not os.path.exists(path)
             if creating or flags & os.O_TRUNC:
                 self._step("open")
+            else:
+                self._powered("open")
             fd = os.open(path, flags, mode)
             if name is None:
                 return fd
@@ -173,6 +227,16 @@ class SimDisk(FileIO):
             super().write(fd, data)
             if tracked:
                 tracked[0].pending.append(("write", offset, bytes(data)))
+
+    def pread(self, fd: int, size: int, offset: int) -> bytes:
+        with self.lock:
+            self._powered("pread")
+        return super().pread(fd, size, offset)
+
+    def read_file(self, path: str) -> bytes:
+        with self.lock:
+            self._powered("read_file")
+        return super().read_file(path)
 
     def fsync(self, fd: int) -> None:
         with self.lock:
@@ -243,6 +307,17 @@ class SimDisk(FileIO):
         ``only="drop"``: exactly what was made durable; ``only="all"``: the files as the
         process sees them now (the page cache, including writes whose fsync failed).
         """
+        with self.lock:  # a background thread (the hint writer) may still be at work
+            return self._image(dest, rng, ordered_metadata, only, modes)
+
+    def _image(
+        self,
+        dest: Path,
+        rng: random.Random,
+        ordered_metadata: bool,
+        only: str | None,
+        modes: tuple[str, ...],
+    ) -> str:
         if only == "all":
             dest.mkdir(parents=True, exist_ok=True)
             for name in sorted(self.names):
