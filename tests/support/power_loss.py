@@ -1,4 +1,11 @@
-"""Power-loss runs: replay a seeded workload, cut the power at operation K, check the disk image."""
+"""Power-loss runs: replay a seeded workload, cut the power at operation K, check the disk image.
+
+``reliability/test_power_loss.py`` drives these over every crash point of many seeds:
+``count_operations`` finds the crash points, ``crash_and_check`` runs ``support.workload`` on a
+``support.disk.SimDisk`` that cuts the power before operation K and reopens disk images of the
+cut with the real ``FileIO``; ``concurrent_crash_and_check`` does the same with writers in
+threads sharing fsyncs (group commit). Findings add up in a ``Tally``.
+"""
 
 from __future__ import annotations
 

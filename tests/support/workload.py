@@ -4,8 +4,10 @@
 (begin / rollback / commit / abort), compaction and reopenings. Each step says, before running,
 what the committed state will be if it succeeds; ``Model`` records what the store acknowledged.
 
-Used by the power-loss test (a crash aborts the run from inside the I/O layer) and by the
-I/O-error test (an operation fails with EIO/ENOSPC and the run goes on).
+Used by the power-loss runs (``support.power_loss``: a crash aborts the run from inside the I/O
+layer) and by the I/O-error runs (``support.io_faults``: an operation fails with EIO/ENOSPC and
+the run goes on), both with ``OPTIONS``: small segments and a small transaction limit, so that
+rotation, compaction and refused transaction writes happen within a few dozen steps.
 """
 
 from __future__ import annotations
