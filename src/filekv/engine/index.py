@@ -10,8 +10,8 @@ Owns the three in-memory structures; the Store's lock serialises every call.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from itertools import repeat
-from operator import and_
+from itertools import compress, repeat
+from operator import and_, is_not
 
 from sortedcontainers import SortedList
 
@@ -179,6 +179,33 @@ class KeyIndex:
         self.by_value = by_value
         self._hint_keys = keys
         self._hint_grouped = grouped
+
+    def bulk_load_locations(self, locations: dict[str, int]) -> None:
+        """Fill an empty index from ``locations`` (taken over, not copied): the hint files of
+        several segments folded together. C speed but for keys whose value hash another shares.
+
+        Building the value index, the last key of each hash wins a plain ``dict(zip(...))``; a
+        comparison at C speed finds the others, and only they take a Python step each.
+        """
+        if self.locations:
+            raise ValueError("bulk_load_locations needs an empty index")
+        self.locations = locations
+        self.ordered = SortedList(locations)
+        keys = list(locations)
+        hashes = list(map(and_, locations.values(), repeat(HASH_MASK)))
+        by_value: dict[int, Holder] = dict(zip(hashes, keys, strict=True))
+        if len(by_value) < len(keys):
+            winners = map(by_value.__getitem__, hashes)
+            for key, hashed in compress(zip(keys, hashes, strict=True), map(is_not, winners, keys)):
+                holder = by_value[hashed]
+                if isinstance(holder, str):
+                    by_value[hashed] = {holder: locations[holder], key: locations[key]}
+                else:
+                    assert isinstance(holder, dict)
+                    holder[key] = locations[key]
+        self.by_value = by_value
+        self._hint_keys = []
+        self._hint_grouped = ()
 
     def _materialize(
         self, hashed: int, holder: range, leaving: str | None = None

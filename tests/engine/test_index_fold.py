@@ -1,0 +1,118 @@
+"""Opening from several hint files folds them into one bulk load (``recovery.HintFold``).
+
+The folded index must be exactly the index that setting each hint's entries one by one (and
+removing its deleted keys) builds: same locations, same key order, same value groups. Few
+hashes, so most keys share one and the value index's grouping is exercised.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from filekv.engine import Store
+from filekv.engine.hint import HintColumns, decode_hint, encode_hint, pack
+from filekv.engine.index import KeyIndex
+from filekv.engine.recovery import HintFold
+from filekv.engine.segment import list_segment_ids
+
+KEYS = [f"key{i:02d}" for i in range(10)] + ["é", "ü/x"]
+segment_hint = st.tuples(
+    st.dictionaries(
+        st.sampled_from(KEYS), st.tuples(st.integers(0, 3), st.integers(1, 500)), max_size=8
+    ),
+    st.lists(st.sampled_from(KEYS), max_size=4, unique=True),
+)
+
+
+def _columns(segment_id: int, puts: dict[str, tuple[int, int]], deleted: list[str]) -> HintColumns:
+    keys = sorted(puts)
+    columns = HintColumns(
+        segment_id=segment_id,
+        max_revision=0,
+        created_ms=0,
+        keys=keys,
+        locations=[pack(segment_id, 40 + i, 3, puts[k][1], puts[k][0]) for i, k in enumerate(keys)],
+        deleted=sorted(set(deleted) - set(puts)),  # a segment's final state: put or deleted
+    )
+    return decode_hint(encode_hint(columns))  # as read from disk, value groups and all
+
+
+def _snapshot(index: KeyIndex) -> dict[int, list[tuple[str, int | None]]]:
+    return {
+        hashed: sorted(index.group(holder).items()) for hashed, holder in index.by_value.items()
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(hints=st.lists(segment_hint, min_size=1, max_size=5))
+def test_index_fold_of_hints_equals_setting_each_entry(hints: list[Any]) -> None:
+    columns = [_columns(i + 1, puts, deleted) for i, (puts, deleted) in enumerate(hints)]
+    eager = KeyIndex()
+    for hint in columns:
+        for key, location in zip(hint.keys, hint.locations, strict=True):
+            eager.set(key, location)
+        for key in hint.deleted:
+            eager.remove(key)
+    fold = HintFold()
+    for hint in columns:
+        fold.add(hint)
+    folded = KeyIndex()
+    _load(fold, folded)
+    folded.check()
+    assert folded.locations == eager.locations
+    assert list(folded.ordered) == list(eager.ordered)
+    assert _snapshot(folded) == _snapshot(eager)
+
+
+class _Accounts:
+    """The one SegmentSet method a fold calls, counting what it is told."""
+
+    def __init__(self) -> None:
+        self.entries = self.key_bytes = self.value_bytes = 0
+
+    def account_bulk(self, entries: int, key_bytes: int, value_bytes: int) -> None:
+        self.entries += entries
+        self.key_bytes += key_bytes
+        self.value_bytes += value_bytes
+
+
+def _load(fold: HintFold, index: KeyIndex) -> _Accounts:
+    accounts = _Accounts()
+    fold.load_into(accounts, index)  # type: ignore[arg-type]
+    return accounts
+
+
+def test_index_fold_counts_utf8_key_bytes_and_value_bytes() -> None:
+    fold = HintFold()
+    fold.add(_columns(1, {"a": (1, 1), "é": (2, 2)}, []))
+    fold.add(_columns(2, {"ü/x": (3, 3)}, ["a"]))
+    index = KeyIndex()
+    accounts = _load(fold, index)
+    assert (accounts.entries, accounts.key_bytes, accounts.value_bytes) == (2, 2 + 4, 3 + 3)
+
+
+def test_index_fold_reopens_a_store_of_many_hinted_segments(tmp_path: Path) -> None:
+    """A real store: dozens of sealed segments with overwrites and deletes across them."""
+    options: dict[str, Any] = {"fsync": "never", "auto_compact": False, "segment_bytes": 4096}
+    expected: dict[str, bytes] = {}
+    with Store.open(tmp_path, **options) as db:
+        for i in range(2500):
+            key = f"k{i % 150}"
+            if i % 9 == 8:
+                db.delete(key)
+                expected.pop(key, None)
+            else:
+                value = b"same" if i % 4 == 0 else str(i).encode()
+                db.put(key, value)
+                expected[key] = value
+        stats = db.stats()
+    assert len(list_segment_ids(tmp_path)) > 20
+    with Store.open(tmp_path, **options) as db:
+        db.check()
+        assert {key: db.get(key) for key in db.scan("")} == expected
+        assert db.find(b"same") == sorted(k for k, v in expected.items() if v == b"same")
+        assert db.stats().live_bytes == stats.live_bytes
