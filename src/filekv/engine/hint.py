@@ -13,7 +13,7 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from operator import add, itemgetter, lt
+from operator import add, and_, itemgetter, lt
 from typing import Final, Literal
 
 from .record import FormatError
@@ -165,10 +165,10 @@ def encode_hint(columns: HintColumns) -> bytes:
     locations = columns.locations
     if len(locations) != len(columns.keys):
         raise ValueError("a hint needs one location per key")
-    singles, grouped, ends = value_groups([location & HASH_MASK for location in locations])
-    keys_block = KEY_SEPARATOR.join(key.encode("utf-8") for key in columns.keys)
+    singles, grouped, ends = value_groups(list(map(and_, locations, repeat(HASH_MASK))))
+    keys_block = _joined(columns.keys)
     value_bytes = sum(map(length_of, locations))
-    deleted_block = KEY_SEPARATOR.join(key.encode("utf-8") for key in columns.deleted)
+    deleted_block = _joined(columns.deleted)
     parts = [
         HINT_HEADER.pack(
             HINT_MAGIC,
@@ -184,7 +184,7 @@ def encode_hint(columns: HintColumns) -> bytes:
         ),
         HINT_HEADER_V3.pack(columns.segment_length, len(columns.deleted), len(deleted_block)),
         keys_block,
-        b"".join(location.to_bytes(LOCATION_BYTES, "big") for location in locations),
+        _location_entries(locations),
     ]
     for values in (singles, grouped, ends):
         column = array("I", values)
@@ -194,6 +194,23 @@ def encode_hint(columns: HintColumns) -> bytes:
     parts.append(deleted_block)
     data = b"".join(parts)
     return data + zlib.crc32(data).to_bytes(4, "little")
+
+
+def _joined(keys: list[str]) -> bytes:
+    """Keys as UTF-8 joined by 0xFF, built as one string: no bytes object per key (a hint of half
+    a million keys made as many temporaries). Keys are valid Unicode (``Writer.encode_key``), so
+    the only lone surrogate is the separator, which ``surrogateescape`` turns into 0xFF."""
+    return "\udcff".join(keys).encode("utf-8", "surrogateescape")
+
+
+def _location_entries(locations: Sequence[int]) -> bytes:
+    """Each location as 22 bytes big-endian, joined a few thousand at a time to keep the
+    temporaries few."""
+    entries = bytearray()
+    for first in range(0, len(locations), 4096):
+        chunk = locations[first : first + 4096]
+        entries += b"".join(map(int.to_bytes, chunk, repeat(LOCATION_BYTES), repeat(_BIG)))
+    return bytes(entries)
 
 
 def decode_hint(data: bytes) -> HintColumns:
