@@ -323,6 +323,20 @@ def test_exit_4_wrong_password_and_register_taken(server: Server, tmp_path: Path
     assert run(server, tmp_path, "logout").returncode == 4  # not logged in
 
 
+def test_exit_4_forbidden_register_on_a_closed_server(tmp_path: Path) -> None:
+    """Exit 4 covers 403 as well as 401: registration refused by a server that closed it."""
+    closed = Server(tmp_path / "data", tmp_path / "server.log", registration="closed")
+    closed.start()
+    try:
+        refused = run(
+            closed, tmp_path, "register", "erin", "--password-stdin", stdin=PASSWORD + "\n"
+        )
+    finally:
+        closed.stop()
+    assert refused.returncode == 4
+    assert "registration" in _one_error_line(refused)
+
+
 def test_login_prompts_hidden_and_json(server: Server, tmp_path: Path) -> None:
     done = run(server, tmp_path, "login", "--json", stdin=f"alice\n{PASSWORD}\n")
     assert done.returncode == 0, done.stderr
