@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -45,6 +46,7 @@ def test_cli_has_every_documented_command() -> None:
         "user passwd",
         "user revoke",
         "user remove",
+        "user set-role",
         "compact",
     } <= names
 
@@ -116,15 +118,77 @@ def test_cli_user_list_is_sorted_and_reads_the_env(
     for name in ["carol", "alice", "bob"]:
         _add(tmp_path, name)
     result = runner.invoke(app, ["user", "list", "--data-dir", str(tmp_path)])
-    assert (result.exit_code, result.output) == (0, "alice\nbob\ncarol\n")
+    assert (result.exit_code, result.output) == (0, "alice\tuser\nbob\tuser\ncarol\tuser\n")
     monkeypatch.setenv("FILEKV_DATA_DIR", str(tmp_path))
-    assert runner.invoke(app, ["user", "list"]).output == "alice\nbob\ncarol\n"
+    assert runner.invoke(app, ["user", "list"]).output == "alice\tuser\nbob\tuser\ncarol\tuser\n"
     assert runner.invoke(app, ["user", "list", "--data-dir", str(tmp_path / "empty")]).output == ""
 
 
 def _user(data_dir: Path, *args: str, stdin: str | None = None) -> tuple[int, str]:
     result = runner.invoke(app, ["user", *args, "--data-dir", str(data_dir)], input=stdin)
     return result.exit_code, result.output
+
+
+def _role(data_dir: Path, name: str) -> str:
+    auth = AuthService(data_dir, token_ttl=60, registration="closed")
+    session = auth.authenticate(auth.login(name, PASSWORD).access_token)
+    assert session is not None
+    return session.role
+
+
+def test_cli_user_add_admin_and_list_shows_roles(tmp_path: Path) -> None:
+    code, output = _user(tmp_path, "add", "root", "--admin", "--password-stdin", stdin=PASSWORD)
+    assert (code, output) == (0, "added user root (admin)\n")
+    assert _add(tmp_path, "alice") == (0, "added user alice\n")
+    assert _user(tmp_path, "list") == (0, "alice\tuser\nroot\tadmin\n")
+    assert (_role(tmp_path, "root"), _role(tmp_path, "alice")) == ("admin", "user")
+
+
+@pytest.mark.parametrize(
+    ("role", "message", "listed"),
+    [
+        ("admin", "alice is now an admin\n", "alice\tadmin\n"),
+        ("user", "alice is now a user\n", "alice\tuser\n"),
+    ],
+)
+def test_cli_user_set_role(tmp_path: Path, role: str, message: str, listed: str) -> None:
+    _user(tmp_path, "add", "alice", "--admin", "--password-stdin", stdin=PASSWORD)
+    _user(tmp_path, "set-role", "alice", "user")
+    assert _user(tmp_path, "set-role", "ALICE", role) == (0, message)
+    assert _user(tmp_path, "list") == (0, listed)
+    assert _role(tmp_path, "alice") == role
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["set-role", "carol", "admin"], 1, "no user 'carol'"),
+        (["set-role", "alice", "root"], 2, "Invalid value"),
+        (["set-role", "alice", "ADMIN"], 2, "Invalid value"),
+        (["set-role", "alice"], 2, "Missing argument"),
+    ],
+)
+def test_cli_user_set_role_refusals(
+    tmp_path: Path, args: list[str], code: int, message: str
+) -> None:
+    _add(tmp_path, "alice")
+    before = (tmp_path / "users.json").read_bytes()
+    result = runner.invoke(app, ["user", *args, "--data-dir", str(tmp_path)], terminal_width=200)
+    assert (result.exit_code, message in result.output) == (code, True), result.output
+    assert (tmp_path / "users.json").read_bytes() == before
+
+
+def test_cli_user_list_of_a_users_file_without_roles(tmp_path: Path) -> None:
+    """A ``users.json`` written before roles existed: it loads, and everyone is a user."""
+    _add(tmp_path, "alice")
+    _add(tmp_path, "bob")
+    path = tmp_path / "users.json"
+    document = json.loads(path.read_text())
+    for entry in document["users"].values():
+        del entry["role"]
+    path.write_text(json.dumps(document))
+    assert _user(tmp_path, "list") == (0, "alice\tuser\nbob\tuser\n")
+    assert _role(tmp_path, "bob") == "user"
 
 
 def test_cli_user_passwd_sets_the_password_and_kills_the_tokens(tmp_path: Path) -> None:
@@ -167,7 +231,7 @@ def test_cli_user_remove_deletes_the_user(tmp_path: Path) -> None:
     server = AuthService(tmp_path, token_ttl=60, registration="closed")
     token = server.login("alice", PASSWORD).access_token
     assert _user(tmp_path, "remove", "Alice") == (0, "removed user alice\n")
-    assert _user(tmp_path, "list") == (0, "bob\n")
+    assert _user(tmp_path, "list") == (0, "bob\tuser\n")
     assert server.authenticate(token) is None
     assert _add(tmp_path, "alice")[0] == 0  # the name is free again; the old token stays dead
     assert server.authenticate(token) is None
@@ -199,7 +263,13 @@ def test_cli_user_refusals(
 
 @pytest.mark.parametrize(
     "args",
-    [["list"], ["add", "bob", "--password-stdin"], ["revoke", "alice"], ["remove", "alice"]],
+    [
+        ["list"],
+        ["add", "bob", "--password-stdin"],
+        ["revoke", "alice"],
+        ["remove", "alice"],
+        ["set-role", "alice", "admin"],
+    ],
 )
 def test_cli_user_commands_on_a_damaged_users_file_say_what_is_wrong(
     tmp_path: Path, args: list[str]
@@ -245,7 +315,12 @@ def test_cli_compact_refuses_a_missing_directory(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "flags", [["--fsync", "sometimes"], ["--port", "70000"], ["--auth-mode", "nobody"]]
+    "flags",
+    [
+        ["--fsync", "sometimes"],
+        ["--port", "70000"],
+        ["--auth-mode", "nobody"],
+    ],
 )
 def test_cli_serve_rejects_bad_settings_before_starting(tmp_path: Path, flags: list[str]) -> None:
     result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path), *flags])

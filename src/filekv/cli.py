@@ -1,5 +1,5 @@
-"""The ``filekv`` command: ``serve``, ``user add|passwd|revoke|remove|list``, ``compact``, and
-the client verbs of ``filekv.client_cli`` (``get``, ``put``, ``login``, ``begin``, ...).
+"""The ``filekv`` command: ``serve``, ``user add|passwd|revoke|remove|set-role|list``, ``compact``,
+and the client verbs of ``filekv.client_cli`` (``get``, ``put``, ``login``, ``begin``, ...).
 
 Every ``serve`` flag is a ``Settings`` field of the same name (``--token-ttl`` is ``token_ttl``);
 an unset flag falls back to ``FILEKV_<NAME>`` in the environment, then to the default.
@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from enum import StrEnum
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, get_args
@@ -351,6 +352,13 @@ UserNameArgument = Annotated[
 ]
 
 
+class RoleChoice(StrEnum):
+    """The roles ``filekv user set-role`` takes (``users.ROLES``; a test keeps them equal)."""
+
+    user = "user"
+    admin = "admin"
+
+
 def _read_password(password_stdin: bool, prompt: str = "Password") -> str:
     if password_stdin:
         return sys.stdin.readline().rstrip("\r\n")
@@ -399,6 +407,10 @@ def user_add(
     ],
     data_dir: DataDirOption = None,
     password_stdin: PasswordStdinOption = False,
+    admin: Annotated[
+        bool,
+        typer.Option("--admin", help="Make the user an admin (may break the transaction lock)."),
+    ] = False,
 ) -> None:
     """Add a user (works whether registration is open or closed, and while serving)."""
     from filekv.service.auth import UsernameTaken, UsersUnavailable
@@ -407,14 +419,14 @@ def user_add(
     auth = _auth(data_dir)
     password = _read_password(password_stdin)
     try:
-        auth.add_user(name, password)
+        auth.add_user(name, password, role="admin" if admin else "user")
     except InvalidUser as exc:
         raise _fail(str(exc), 2) from None
     except UsernameTaken:
         raise _fail(f"user {name!r} already exists (names are unique whatever the case)") from None
     except UsersUnavailable as exc:
         raise _users_file_failure(exc) from None
-    typer.echo(f"added user {name}")
+    typer.echo(f"added user {name} (admin)" if admin else f"added user {name}")
 
 
 @user_app.command("passwd")
@@ -461,17 +473,31 @@ def user_remove(name: UserNameArgument, data_dir: DataDirOption = None) -> None:
     typer.echo(f"removed user {removed}")
 
 
+@user_app.command("set-role")
+def user_set_role(
+    name: UserNameArgument,
+    role: Annotated[
+        RoleChoice,
+        typer.Argument(help="admin (may break the transaction lock) or user.", show_default=False),
+    ],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Make a user an admin or a plain user; a running server obeys before this returns."""
+    changed = _change_user(name, data_dir, lambda auth: auth.set_role(name, role.value))
+    typer.echo(f"{changed} is now {'an admin' if role is RoleChoice.admin else 'a user'}")
+
+
 @user_app.command("list")
 def user_list(data_dir: DataDirOption = None) -> None:
-    """List the user names, one per line."""
+    """List the users, one per line: the name, a tab, the role (user or admin)."""
     from filekv.service.auth import UsersUnavailable
 
     try:
-        names = _auth(data_dir).usernames()
+        roles = _auth(data_dir).roles()
     except UsersUnavailable as exc:
         raise _users_file_failure(exc) from None
-    for username in names:
-        typer.echo(username)
+    for username, role in roles:
+        typer.echo(f"{username}\t{role}")
 
 
 # -- compact -------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def test_docs_newcomer_transaction_flow(server: Server, open_page: OpenPage) -> 
     # The register example is a real user: Execute as it is.
     assert docs.execute("POST", "/auth/register") == (201, {"username": "alice"})
     docs.authorize("alice", "alice-secret-1")
-    assert docs.execute("GET", "/auth/me") == (200, {"username": "alice"})
+    assert docs.execute("GET", "/auth/me") == (200, {"username": "alice", "role": "user"})
 
     assert docs.execute("POST", "/transactions") == (201, {"depth": 1})
     # The PUT's example body is {"value": "hello"}; the token goes with it, so it is staged.

@@ -43,7 +43,7 @@ def test_auth_e2e_forged_identities_get_nothing(server: Server) -> None:
             assert client.get("/auth/me", headers=forged).status_code == 401
             assert client.post("/transactions", headers=forged).status_code == 401
         # alice's real session is untouched by all that
-        assert client.get("/auth/me", headers=alice).json() == {"username": "alice"}
+        assert client.get("/auth/me", headers=alice).json() == {"username": "alice", "role": "user"}
 
 
 def test_auth_e2e_logout_kills_the_token_only(server: Server) -> None:

@@ -126,7 +126,7 @@ def test_login_abuse_locks_the_name_then_lets_the_real_user_in(
     assert answer.status_code == 200, answer.text
     token = answer.json()["access_token"]
     me = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
-    assert me.json() == {"username": "victim"}
+    assert me.json() == {"username": "victim", "role": "user"}
 
 
 def test_login_abuse_lockouts_grow_but_never_last_forever(

@@ -335,7 +335,7 @@ def test_me_returns_the_username(auth_app: AuthApp) -> None:
     token = auth_app.token()
     r = auth_app.client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200
-    assert r.json() == {"username": "alice"}
+    assert r.json() == {"username": "alice", "role": "user"}
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,7 @@ def test_auth_forged_identity_cannot_write_when_writes_need_login(
 
 def test_auth_token_opens_a_transaction_and_logout_ends_its_use(client: TestClient) -> None:
     alice = _register_and_login(client)
-    assert client.get("/auth/me", headers=alice).json() == {"username": "alice"}
+    assert client.get("/auth/me", headers=alice).json() == {"username": "alice", "role": "user"}
     assert client.post("/transactions", headers=alice).status_code == 201
     assert client.post("/transactions/rollback", headers=alice).json() == {"depth": 0}
     assert client.post("/auth/logout", headers=alice).status_code == 204

@@ -124,7 +124,7 @@ def test_damaged_users_file_leaves_issued_tokens_working(client: TestClient, log
     alice = login(client, "alice")
     users_file = client.app.state.auth.users.path  # type: ignore[attr-defined]
     users_file.write_bytes(b"{")
-    assert client.get("/auth/me", headers=alice).json() == {"username": "alice"}
+    assert client.get("/auth/me", headers=alice).json() == {"username": "alice", "role": "user"}
     assert client.get("/keys/k", headers=alice).status_code == 404
 
 

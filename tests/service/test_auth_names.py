@@ -83,7 +83,7 @@ def test_login_matches_the_name_whatever_its_case_and_shows_it_as_registered(
     assert answer.status_code == 200
     token = answer.json()["access_token"]
     me = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
-    assert me.json() == {"username": "Alice"}
+    assert me.json() == {"username": "Alice", "role": "user"}
 
 
 def test_case_variants_share_one_throttle(client: TestClient) -> None:

@@ -20,7 +20,9 @@ their SHA-256 with the user name, the user's token epoch and the expiry, in memo
 everyone out; users stay). The token's SHA-256 is also the session id, the identity a transaction
 holder is known by. A token check refuses a token whose user is gone from ``users.json`` or whose
 epoch is not the user's current one (``filekv user revoke`` and ``user passwd`` replace it); the
-file is looked at by ``UserFile.poll``: one ``stat`` at most every 0.5 s, never a wait.
+file is looked at by ``UserFile.poll``: one ``stat`` at most every 0.5 s, never a wait. The
+session a token check returns carries the user's role as that same table has it: the role is
+never in the token, and a demoted admin is a ``user`` from the first check after the reload.
 
 Failed logins are throttled by ``LoginThrottle`` (``throttle.py``): per user name and client
 address, per address, and a per-name ceiling that slows and never locks; attempts are reserved
@@ -47,6 +49,8 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from filekv.service.throttle import Attempt, LoginThrottle, Refused, address_key
 from filekv.service.users import (
+    DEFAULT_ROLE,
+    Role,
     UserFile,
     UserRecord,
     UsersFileCorrupt,
@@ -119,10 +123,18 @@ class UsersDiskFull(UsersUnavailable):
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """A logged-in client: ``session_id`` is the token's SHA-256 (never the token itself)."""
+    """A logged-in client: ``session_id`` is the token's SHA-256 (never the token itself).
+
+    ``role`` is the user's role in ``users.json`` when the token was checked, for this request.
+    """
 
     session_id: str
     username: str
+    role: Role = DEFAULT_ROLE
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,11 +191,14 @@ class AuthService:
             raise RegistrationClosed("registration is closed")
 
     def register(self, username: str, password: str) -> None:
-        """Self-service sign-up through the API; only while registration is open."""
-        self.check_registration_open()
-        self.add_user(username, password)
+        """Self-service sign-up through the API; only while registration is open.
 
-    def add_user(self, username: str, password: str) -> None:
+        Always a ``user``: nothing a client sends can make an admin.
+        """
+        self.check_registration_open()
+        self.add_user(username, password, role=DEFAULT_ROLE)
+
+    def add_user(self, username: str, password: str, *, role: Role = DEFAULT_ROLE) -> None:
         """Add a user whatever the registration setting (the CLI's way).
 
         Raises ``InvalidUser`` (a ``ValueError``) for a bad name or password, ``UsernameTaken``
@@ -194,9 +209,20 @@ class AuthService:
             # Cheap check first so a taken name does not cost a hash; ``add`` re-checks atomically.
             if self.users.find(username) is not None:
                 raise UsernameTaken("that username is taken")
-            if not self.users.add(username, self._hasher.hash(password)):
+            if not self.users.add(username, self._hasher.hash(password), role=role):
                 raise UsernameTaken("that username is taken")
-        logger.info("user %r added", username)
+        logger.info("user %r added (%s)", username, role)
+
+    def set_role(self, username: str, role: Role) -> str:
+        """Make the user an admin or a user (``filekv user set-role``). Its name.
+
+        Its tokens keep working: a running server reads the new role on its next token check
+        after the reload. Raises ``UnknownUser``, ``UsersUnavailable``.
+        """
+        with self._users_file():
+            record = self.users.set_role(username, role)
+        logger.info("role of %r set to %s", record.name, role)
+        return record.name
 
     def set_password(self, username: str, password: str) -> str:
         """A new password (``filekv user passwd``); every token of the user dies. Its name.
@@ -230,6 +256,11 @@ class AuthService:
         """Every registered user name, sorted."""
         with self._users_file():
             return self.users.usernames()
+
+    def roles(self) -> list[tuple[str, Role]]:
+        """Every registered user name with its role, sorted by name."""
+        with self._users_file():
+            return [(record.name, record.role) for record in self.users.records()]
 
     # -- tokens ----------------------------------------------------------------------------------
 
@@ -275,10 +306,17 @@ class AuthService:
             record = self._tokens.get(digest)
             if record is None:
                 return None
-            if self._clock() >= record.expires_at or not self._still_valid(record):
+            # The user as the file has it now: the epoch decides the token, and the role is
+            # this request's (never cached with the token, so a demotion takes effect here).
+            user = self.users.cached(record.username)
+            if (
+                self._clock() >= record.expires_at
+                or user is None
+                or user.token_epoch != record.epoch
+            ):
                 self._forget(digest)
                 return None
-            return Session(session_id=digest, username=record.username)
+            return Session(session_id=digest, username=record.username, role=user.role)
 
     def logout(self, token: str) -> None:
         """Revoke this one token (the user's other tokens keep working)."""

@@ -3,12 +3,20 @@
 Layout (JSON, written whole each time; a few users, rarely changed)::
 
     {"format": 1, "users": {"alice": {"hash": "$argon2id$v=19$m=19456,t=2,p=1$...",
+                                      "role": "user",
                                       "token_epoch": "5f0c3a9e1b7d4c26a8e9f1d2c3b4a596"}}}
 
 ``token_epoch`` is a random value every token of the user is bound to: ``revoke_tokens`` and
 ``set_password`` replace it, so every token issued before is refused; a removed user has none.
 Files written before the field existed load with an empty epoch (their users keep working, and
 the first revoke or password change gives them one).
+
+``role`` is ``user`` or ``admin`` (``ROLES``). Only ``filekv user add --admin`` and ``filekv user
+set-role`` make an admin; registration over HTTP always makes a ``user``. A file written before
+the field existed loads with every user a ``user``; any other value makes the file damaged (it
+is never guessed, least of all as ``admin``). A running server reads the role from the table
+``poll`` keeps fresh, so a demoted admin loses the right on its next token check after the
+reload (``RELOAD_INTERVAL``), like a revoked token.
 
 Names are unique case-insensitively: ``alice`` and ``Alice`` cannot both be added. A name is kept
 as registered, and looked up by its exact spelling first, then by its casefold. A file from before
@@ -38,7 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 from filekv.engine.fileio import FileIO
 
@@ -51,6 +59,10 @@ FILE_MODE: Final = 0o600
 # Token checks look at the file's identity at most this often: a change made by another process
 # (``filekv user revoke``) is seen by a running server within this many seconds.
 RELOAD_INTERVAL: Final = 0.5
+
+Role = Literal["user", "admin"]
+ROLES: Final[tuple[Role, ...]] = get_args(Role)
+DEFAULT_ROLE: Final[Role] = "user"
 
 # A letter or digit first: no ".", "..", ".hidden", "-flag" or "__proto__"-like names.
 USERNAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -85,11 +97,12 @@ class UsersFileCorrupt(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class UserRecord:
-    """One user as stored: the name as registered, the argon2id hash, the token epoch."""
+    """One user as stored: the name as registered, the argon2id hash, the token epoch, the role."""
 
     name: str
     password_hash: str
     token_epoch: str = ""
+    role: Role = DEFAULT_ROLE
 
 
 def is_valid_username(username: str) -> bool:
@@ -184,6 +197,12 @@ class UserFile:
             self._refresh()
             return sorted(self._table.users)
 
+    def records(self) -> list[UserRecord]:
+        """Every user, sorted by name."""
+        with self._mutex:
+            self._refresh()
+            return [self._table.users[name] for name in sorted(self._table.users)]
+
     def cached(self, name: str) -> UserRecord | None:
         """The user of exactly that name as last read, without any I/O (for token checks)."""
         return self._table.users.get(name)
@@ -207,14 +226,14 @@ class UserFile:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def add(self, username: str, password_hash: str) -> bool:
+    def add(self, username: str, password_hash: str, *, role: Role = DEFAULT_ROLE) -> bool:
         """Store a new user; False (nothing written) if the name is taken, in any case."""
         with self._mutex, self._file_lock():
             self._refresh()
             if self._table.taken(username):
                 return False
             users = dict(self._table.users)
-            users[username] = UserRecord(username, password_hash, new_token_epoch())
+            users[username] = UserRecord(username, password_hash, new_token_epoch(), role)
             self._write(users)
             return True
 
@@ -243,6 +262,12 @@ class UserFile:
     def revoke_tokens(self, username: str) -> UserRecord:
         """A new token epoch: every token the user holds is refused from now on."""
         return self._change(username, lambda r: replace(r, token_epoch=new_token_epoch()))
+
+    def set_role(self, username: str, role: Role) -> UserRecord:
+        """Make the user an ``admin`` or a ``user``; its tokens stay (roles are read per check)."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+        return self._change(username, lambda r: replace(r, role=role))
 
     def remove(self, username: str) -> UserRecord:
         """Delete the user (their tokens die with them); the removed record is returned."""
@@ -312,7 +337,7 @@ class UserFile:
         document = {
             "format": FORMAT_VERSION,
             "users": {
-                r.name: {"hash": r.password_hash, "token_epoch": r.token_epoch}
+                r.name: {"hash": r.password_hash, "role": r.role, "token_epoch": r.token_epoch}
                 for r in users.values()
             },
         }
@@ -363,7 +388,10 @@ def _decode(raw: bytes, path: Path) -> dict[str, UserRecord]:
             epoch = entry.get("token_epoch", "")
             if not isinstance(epoch, str):
                 raise TypeError("a token_epoch is not a string")
-            users[name] = UserRecord(name, entry["hash"], epoch)
+            role = entry.get("role", DEFAULT_ROLE)
+            if role not in ROLES:
+                raise ValueError(f"a role is not one of {', '.join(ROLES)}")
+            users[name] = UserRecord(name, entry["hash"], epoch, role)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         # The reason names the problem, never the file's content (a hash could be in it).
         reason = f"{type(exc).__name__}: {exc}"[:_MAX_REASON_CHARS]

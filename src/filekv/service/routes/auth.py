@@ -30,6 +30,7 @@ from filekv.service.users import (
     MAX_PASSWORD_CHARS,
     MIN_PASSWORD_CHARS,
     USERNAME_PATTERN,
+    Role,
     check_password,
 )
 
@@ -134,6 +135,16 @@ class UserOut(BaseModel):
     username: str
 
 
+class Me(UserOut):
+    """Answer to ``GET /auth/me``: the token's user and role, as ``users.json`` has it now."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"username": "alice", "role": "user"}]}
+    )
+
+    role: Role = Field(description="`user`, or `admin` (who may break the transaction lock).")
+
+
 class TokenOut(BaseModel):
     """A new bearer token: send it as ``Authorization: Bearer <access_token>``."""
 
@@ -211,6 +222,6 @@ async def logout(
 
 
 @router.get("/me", responses={401: UNAUTHORIZED})
-def me(session: SessionDep) -> UserOut:
-    """The user the token belongs to."""
-    return UserOut(username=session.username)
+def me(session: SessionDep) -> Me:
+    """The user the token belongs to, and its role."""
+    return Me(username=session.username, role=session.role)
