@@ -320,12 +320,23 @@ def test_cli_compact_refuses_a_missing_directory(tmp_path: Path) -> None:
         ["--fsync", "sometimes"],
         ["--port", "70000"],
         ["--auth-mode", "nobody"],
+        ["--transaction-max-seconds", "0"],
+        ["--transaction-max-seconds", "-1"],
     ],
 )
 def test_cli_serve_rejects_bad_settings_before_starting(tmp_path: Path, flags: list[str]) -> None:
     result = runner.invoke(app, ["serve", "--data-dir", str(tmp_path), *flags])
     assert result.exit_code == 2
     assert "invalid setting" in result.output
+
+
+def test_cli_serve_help_documents_transaction_max_seconds() -> None:
+    result = runner.invoke(app, ["serve", "--help"], terminal_width=400)
+    assert result.exit_code == 0
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "--transaction-max-seconds" in text
+    assert "however busy its holder" in text and "whichever of this and transaction_timeout" in text
+    assert "FILEKV_TRANSACTION_MAX_SECONDS; default 300.0" in text
 
 
 def test_cli_version() -> None:

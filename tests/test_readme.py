@@ -1,8 +1,10 @@
 """The README's shell examples, run as written against a real server on a fresh store (issue 15).
 
 Every ``sh`` block of the README's "The HTTP API" section is taken from README.md itself and run,
-in order, in one ``bash`` (so ``$B``, ``$ALICE`` and ``$BOB`` carry over), with ``$B`` pointed at
-the test's server. The README's own convention says what each command prints:
+in order, in one ``bash`` (so ``$B``, ``$ALICE``, ``$BOB`` and ``$ROOT`` carry over), with ``$B``
+pointed at the test's server. As the README asks, the commands run in the directory that holds
+the server's ``./data`` (where its ``filekv user add --admin`` step adds the admin), with the
+venv's ``filekv`` on the ``PATH``. The README's own convention says what each command prints:
 
 - the ``# `` lines right under a command (no blank line between) are its output, one line each;
   a line starting ``#  `` (two spaces) continues the line above (a long line, wrapped);
@@ -18,16 +20,16 @@ pasted into a shell, fails here.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import pytest
-from support.server import Server
+from support.server import FILEKV, Server
 
 README: Final = Path(__file__).resolve().parent.parent / "README.md"
 SECTION: Final = "## The HTTP API"
@@ -156,13 +158,19 @@ def test_readme_steps_are_found() -> None:
 
 
 def test_readme_examples_print_what_the_readme_says(
-    make_server: Callable[..., Server], tmp_path: Path
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if shutil.which("curl") is None:
         pytest.fail("curl is missing (make test installs it with apt-get)")
-    server = make_server()
-    found = steps(README.read_text())
-    outputs = _run(found, server.url, tmp_path)
+    monkeypatch.setenv("PATH", f"{Path(FILEKV).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("FILEKV_DATA_DIR", raising=False)
+    server = Server(tmp_path / "data", tmp_path / "server.log")  # ./data of the commands' cwd
+    server.start()
+    try:
+        found = steps(README.read_text())
+        outputs = _run(found, server.url, tmp_path)
+    finally:
+        server.stop()
     problems = [
         problem
         for step, output in zip(found, outputs, strict=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 
 import pytest
+from pydantic import ValidationError
 
 from filekv.engine import StoreOptions
 from filekv.settings import Settings
@@ -40,3 +41,30 @@ def test_settings_store_options_changes_replace_fields() -> None:
     options = Settings().store_options(auto_compact=False)
     assert options.auto_compact is False
     assert options.fsync == StoreOptions().fsync
+
+
+def test_settings_transaction_max_seconds_defaults_to_five_minutes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().transaction_max_seconds == 300.0
+    monkeypatch.setenv("FILEKV_TRANSACTION_MAX_SECONDS", "2.5")
+    assert Settings().transaction_max_seconds == 2.5
+
+
+@pytest.mark.parametrize("value", [0, -1.0, "soon"])
+def test_settings_transaction_max_seconds_must_be_positive(value: object) -> None:
+    with pytest.raises(ValidationError, match="transaction_max_seconds"):
+        Settings(transaction_max_seconds=value)
+
+
+@pytest.mark.parametrize(("timeout", "max_seconds"), [(30.0, 300.0), (600.0, 300.0), (1.0, 1.0)])
+def test_settings_transaction_max_seconds_may_be_below_the_timeout(
+    timeout: float, max_seconds: float
+) -> None:
+    # Documented, not refused: whichever limit comes first ends a transaction, so a timeout
+    # above the maximum age only means the maximum age is the one that applies.
+    settings = Settings(transaction_timeout=timeout, transaction_max_seconds=max_seconds)
+    assert (settings.transaction_timeout, settings.transaction_max_seconds) == (
+        timeout,
+        max_seconds,
+    )

@@ -109,6 +109,9 @@ def serve(
     transaction_timeout: Annotated[
         float | None, typer.Option(help=_help("transaction_timeout"))
     ] = None,
+    transaction_max_seconds: Annotated[
+        float | None, typer.Option(help=_help("transaction_max_seconds"))
+    ] = None,
     token_ttl: Annotated[float | None, typer.Option(help=_help("token_ttl"))] = None,
     auth_mode: Annotated[str | None, typer.Option(help=_help("auth_mode"))] = None,
     registration: Annotated[str | None, typer.Option(help=_help("registration"))] = None,
@@ -144,6 +147,7 @@ def serve(
         fsync=fsync,
         fsync_interval_ms=fsync_interval_ms,
         transaction_timeout=transaction_timeout,
+        transaction_max_seconds=transaction_max_seconds,
         token_ttl=token_ttl,
         auth_mode=auth_mode,
         registration=registration,

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     transaction_timeout: float = Field(
         30.0, gt=0, description="Seconds a transaction may stay idle before it is rolled back."
     )
+    transaction_max_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a transaction may stay open, however busy its holder, before it is "
+        "rolled back; whichever of this and transaction_timeout comes first ends it (below "
+        "transaction_timeout, it is the one limit).",
+    )
     token_ttl: float = Field(86_400.0, gt=0, description="Seconds a login token stays valid.")
     auth_mode: AuthMode = Field(
         "transactions", description="Which requests need a login: transactions, writes or all."

@@ -71,6 +71,8 @@ def test_errors_every_auth_and_service_error_has_its_own_mapping(
         (errors.NoTransaction("x"), 409),
         (errors.TransactionExpired("x"), 409),
         (errors.TransactionEnded("x"), 409),
+        (errors.TransactionBroken("x"), 409),
+        (errors.Forbidden("x"), 403),
         (errors.BadRequest("x"), 400),
         (errors.Locked(0.2), 423),
         (errors.BodyTooLarge("x"), 413),

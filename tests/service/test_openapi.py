@@ -23,6 +23,7 @@ ROUTES = [
     ("get", "/keys", {"200", "401", "422"}),
     ("post", "/transactions", {"201", "401", "409", "423", "503"}),
     ("get", "/transactions", {"200", "401"}),
+    ("delete", "/transactions", {"200", "401", "403"}),
     ("post", "/transactions/commit", {"200", "401", "409", "503", "507"}),
     ("post", "/transactions/rollback", {"200", "401", "409"}),
     ("post", "/transactions/release", {"200", "401", "409"}),
@@ -81,6 +82,10 @@ def test_openapi_has_no_undocumented_routes(spec: dict[str, Any]) -> None:
         ("get", "/transactions", "200", "TransactionState"),
         ("post", "/transactions/commit", "200", "CommitResult"),
         ("get", "/stats", "200", "Stats"),
+        ("delete", "/transactions", "200", "LockBroken"),
+        ("delete", "/transactions", "401", "ErrorBody"),
+        ("delete", "/transactions", "403", "ErrorBody"),
+        ("get", "/auth/me", "200", "Me"),
         ("put", "/keys/{key}", "423", "ErrorBody"),
         ("put", "/keys/{key}", "415", "ErrorBody"),
         ("put", "/keys/{key}", "409", "ErrorBody"),
@@ -124,6 +129,7 @@ CALLER_DEPENDENT = [
 ]
 LOGGED_IN = [
     ("post", "/transactions"),
+    ("delete", "/transactions"),
     ("post", "/transactions/commit"),
     ("post", "/transactions/rollback"),
     ("post", "/auth/logout"),
@@ -200,3 +206,17 @@ def test_docs_pages_load_only_from_the_server() -> None:
         for url in urls:
             assert client.get(url).status_code == 200, url
     assert client.get("/", follow_redirects=False).headers["location"] == "/docs"
+
+
+def test_openapi_break_lock_declares_exactly_its_statuses(spec: dict[str, Any]) -> None:
+    # Nothing it can answer is left out, and nothing it cannot answer is promised (no 422: it
+    # takes no parameters; no 409 or 503: it waits for a running commit, and needs no store).
+    responses = spec["paths"]["/transactions"]["delete"]["responses"]
+    assert set(responses) == {"200", "401", "403", "400", "405", "408", "414", "431"}
+
+
+def test_openapi_lock_broken_has_depth_only_as_an_integer(spec: dict[str, Any]) -> None:
+    schema = spec["components"]["schemas"]["LockBroken"]
+    assert schema["required"] == ["rolled_back"]
+    assert schema["properties"]["depth"]["type"] == "integer"  # absent, never null
+    assert spec["components"]["schemas"]["Me"]["properties"]["role"]["enum"] == ["user", "admin"]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from filekv.engine import Store, Transaction
-from filekv.service.errors import Locked, NoTransaction, TransactionEnded, TransactionExpired
+from filekv.service.errors import (
+    Locked,
+    NoTransaction,
+    TransactionBroken,
+    TransactionEnded,
+    TransactionExpired,
+)
 from filekv.service.transactions import NO_TRANSACTION, TransactionManager
 
 
@@ -273,3 +280,186 @@ def test_manager_expired_sessions_writes_are_refused_until_it_acknowledges(
         manager.rollback("alice")  # told once, on a transaction call: acknowledged
     assert manager.write_target("alice", manager.writer("alice")) is None
     assert len(store) == 0
+
+
+# -- a bounded transaction, and an admin who breaks the lock (issue 11) -------------------------
+
+
+@pytest.fixture
+def bounded(store: Store, clock: Clock) -> TransactionManager:
+    """A lease of 10 s and a maximum age of 60 s."""
+    return TransactionManager(
+        store, timeout=10.0, max_seconds=60.0, remember_expired=100.0, clock=clock
+    )
+
+
+# Every way a holder renews its lease; none of them may stretch the maximum age.
+RENEWALS = {
+    "write": lambda m: m.write_target("alice", m.writer("alice")),
+    "read": lambda m: m.reader("alice"),
+    "status": lambda m: m.status("alice"),
+    "nested begin": lambda m: m.begin("alice"),
+}
+
+
+@pytest.mark.parametrize("renew", RENEWALS.values(), ids=list(RENEWALS))
+def test_manager_max_seconds_rolls_back_a_holder_that_keeps_renewing(
+    bounded: TransactionManager, store: Store, clock: Clock, renew: Callable[..., object]
+) -> None:
+    bounded.begin("alice", username="alice")
+    _staging(bounded, "alice").put("k", b"v")
+    for _ in range(11):  # 5 s apart: the 10 s lease never runs out
+        clock.now += 5
+        if clock.now < 1060:
+            renew(bounded)
+            assert bounded.holder == "alice"
+    assert clock.now == 1055 and bounded.is_open
+    clock.now = 1060  # 60 s after begin, however busy alice was
+    assert bounded.is_open is False
+    assert store.get("k") is None
+    with pytest.raises(TransactionExpired, match=r"open longer than 60 s .* nor this write"):
+        bounded.writer("alice")
+    assert bounded.begin("bob") == 1  # the store is free for others
+
+
+def test_manager_max_seconds_is_told_once_on_a_transaction_call(
+    bounded: TransactionManager, clock: Clock
+) -> None:
+    bounded.begin("alice")
+    for _ in range(7):
+        clock.now += 9
+        bounded.status("alice")
+    with pytest.raises(TransactionExpired) as told:
+        bounded.rollback("alice")
+    assert str(told.value) == (
+        "your transaction expired: it was open longer than 60 s (transaction_max_seconds) and "
+        "was rolled back; nothing of it was applied"
+    )
+    assert bounded.begin("alice") == 1  # acknowledged: a new transaction
+
+
+@pytest.mark.parametrize(
+    ("idle", "busy_for", "expires_in", "retry_after"),
+    [
+        (0.0, 0.0, 10.0, 10),  # the lease is the nearer deadline
+        (4.0, 0.0, 6.0, 6),
+        (0.0, 55.0, 5.0, 5),  # renewed, but 5 s short of the maximum age
+        (0.0, 59.5, 0.5, 1),
+    ],
+)
+def test_manager_time_left_is_the_nearer_of_lease_and_max_age(
+    bounded: TransactionManager,
+    clock: Clock,
+    idle: float,
+    busy_for: float,
+    expires_in: float,
+    retry_after: int,
+) -> None:
+    bounded.begin("alice")
+    start = clock.now
+    while clock.now - start < busy_for:
+        clock.now = min(start + busy_for, clock.now + 5)
+        bounded.status("alice")
+    clock.now += idle
+    assert bounded.status("bob").expires_in == expires_in
+    with pytest.raises(Locked) as refused:
+        bounded.writer("bob")
+    assert refused.value.retry_after == retry_after
+
+
+@pytest.mark.parametrize(("timeout", "max_seconds"), [(0.0, 1.0), (1.0, 0.0), (1.0, -5.0)])
+def test_manager_refuses_limits_that_are_not_positive(
+    store: Store, timeout: float, max_seconds: float
+) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        TransactionManager(store, timeout=timeout, max_seconds=max_seconds)
+
+
+def test_manager_reaper_ends_an_old_transaction_at_its_max_age(store: Store) -> None:
+    # A long lease, a short maximum age: the reaper wakes for the nearer one.
+    manager = TransactionManager(store, timeout=60.0, max_seconds=0.1)
+
+    async def scenario() -> None:
+        reaper = asyncio.create_task(manager.run_reaper())
+        await asyncio.sleep(0)
+        manager.begin("alice")
+        await asyncio.sleep(0.5)
+        assert manager.holder is None
+        reaper.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_manager_break_lock_rolls_back_every_level_of_any_holder(
+    bounded: TransactionManager, store: Store
+) -> None:
+    bounded.begin("alice", username="alice")
+    _staging(bounded, "alice").put("a", b"1")
+    bounded.begin("alice")
+    _staging(bounded, "alice").put("b", b"2")
+    assert asyncio.run(bounded.break_lock("root")) == 2
+    assert bounded.holder is None and bounded.is_open is False
+    assert (store.get("a"), store.get("b")) == (None, None)
+    assert bounded.begin("bob") == 1
+
+
+def test_manager_break_lock_with_nothing_open_is_none(bounded: TransactionManager) -> None:
+    assert asyncio.run(bounded.break_lock("root")) is None
+    assert bounded.wants_identity is False  # nobody to tell
+
+
+@pytest.mark.parametrize(
+    "first_call",
+    ["begin", "commit", "rollback", "release"],
+)
+def test_manager_break_lock_former_holder_is_told_an_admin_ended_it(
+    bounded: TransactionManager, store: Store, first_call: str
+) -> None:
+    bounded.begin("alice")
+    ticket = bounded.writer("alice")  # a write on its way while the lock is broken
+    asyncio.run(bounded.break_lock("root"))
+    with pytest.raises(TransactionBroken, match=r"an admin ended your transaction.*nor this write"):
+        bounded.write_target("alice", ticket)
+    with pytest.raises(TransactionBroken, match="nor this write"):
+        bounded.writer("alice")  # and every write until it acknowledges
+    call = getattr(bounded, first_call)
+    with pytest.raises(TransactionBroken) as told:
+        result = call("alice")
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    assert str(told.value) == (
+        "an admin ended your transaction: it was rolled back; nothing of it was applied"
+    )
+    assert bounded.write_target("alice", bounded.writer("alice")) is None  # acknowledged
+    assert len(store) == 0
+
+
+def test_manager_break_lock_logs_both_user_names_at_warning(
+    bounded: TransactionManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    session = "f" * 64  # a session id is the token's SHA-256; only its first 8 digits are logged
+    bounded.begin(session, username="alice")
+    with caplog.at_level(logging.INFO, logger="filekv.service.transactions"):
+        asyncio.run(bounded.break_lock("root"))
+    (line,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    message = line.getMessage()
+    assert "'root'" in message and "'alice'" in message and "depth 1" in message
+    assert session not in message
+
+
+def test_manager_break_lock_waits_for_a_running_commit(
+    bounded: TransactionManager, store: Store
+) -> None:
+    async def scenario() -> None:
+        bounded.begin("alice")
+        _staging(bounded, "alice").put("k", b"v")
+        committing = asyncio.create_task(bounded.commit("alice"))
+        await asyncio.sleep(0)  # the commit has started and waits for its thread
+        breaking = asyncio.create_task(bounded.break_lock("root"))
+        await asyncio.sleep(0)
+        assert not breaking.done()  # never aborted under a commit (it could split its record)
+        assert await committing == 1
+        assert await breaking is None  # committed: nothing was left to roll back
+
+    asyncio.run(scenario())
+    assert store.get("k") == b"v"

@@ -51,7 +51,11 @@ def create_app(settings: Settings) -> FastAPI:
             settings.store_options(),
             should_stop=app.state.stop_requested,
         )
-        manager = TransactionManager(store, timeout=settings.transaction_timeout)
+        manager = TransactionManager(
+            store,
+            timeout=settings.transaction_timeout,
+            max_seconds=settings.transaction_max_seconds,
+        )
         reaper: asyncio.Task[None] | None = None
         try:
             app.state.auth = AuthService(

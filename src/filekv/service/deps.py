@@ -13,16 +13,18 @@ from fastapi.security import OAuth2PasswordBearer
 
 from filekv.engine import Store
 from filekv.service.auth import AuthService, Session
-from filekv.service.errors import NotAuthenticated
+from filekv.service.errors import Forbidden, NotAuthenticated
 from filekv.service.transactions import TransactionManager
 
 __all__ = [
+    "AdminDep",
     "AuthDep",
     "BearerTokenDep",
     "OptionalSessionDep",
     "SessionDep",
     "StoreDep",
     "TransactionsDep",
+    "admin_session",
     "bearer_token",
     "caller_session_id",
     "current_session",
@@ -80,6 +82,17 @@ def current_session(token: BearerTokenDep, auth: AuthDep) -> Session:
 
 
 SessionDep = Annotated[Session, Depends(current_session)]
+
+
+def admin_session(session: SessionDep) -> Session:
+    """The caller's session if its user is an admin now (the role as ``users.json`` has it); 403
+    for any other valid token, 401 without one."""
+    if not session.is_admin:
+        raise Forbidden("only an admin may do this")
+    return session
+
+
+AdminDep = Annotated[Session, Depends(admin_session)]
 
 
 def optional_session(

@@ -9,11 +9,13 @@ The service's own errors::
 
     ServiceError
     ├── NotAuthenticated       no, unknown, revoked or expired bearer token       401
+    ├── Forbidden              a valid token whose user lacks the role (admin)    403
     ├── KeyNotFound            no such key                                        404
     ├── PreconditionFailed     If-Match names no one revision (a mismatch: VersionMismatch) 412
     ├── BadRequest             a malformed request line or header (Content-Length)    400
     ├── NoTransaction          the caller holds no transaction                    409
     │   ├── TransactionExpired the caller's transaction was rolled back by its lease  409
+    │   ├── TransactionBroken  an admin broke the lock: the caller's was rolled back  409
     │   └── TransactionEnded   it ended, or changed level, while a write was received  409
     ├── Locked                 another client holds the transaction lock          423 + Retry-After
     ├── BodyTooLarge           request body over the limit, refused unread        413
@@ -95,6 +97,10 @@ class NotAuthenticated(ServiceError):
     """The request needs a valid bearer token and has none."""
 
 
+class Forbidden(ServiceError):
+    """The caller is authenticated, but its role does not allow this (it needs an admin)."""
+
+
 class KeyNotFound(ServiceError):
     """The key does not exist (in the caller's view)."""
 
@@ -113,6 +119,10 @@ class NoTransaction(ServiceError):
 
 class TransactionExpired(NoTransaction):
     """The caller's transaction was idle past its lease and was rolled back whole."""
+
+
+class TransactionBroken(NoTransaction):
+    """An admin broke the lock: the caller's transaction was rolled back whole."""
 
 
 class TransactionEnded(NoTransaction):
@@ -198,11 +208,13 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     # service
     ServiceError: ErrorAnswer(500),
     NotAuthenticated: ErrorAnswer(401, _bearer),
+    Forbidden: ErrorAnswer(403),
     KeyNotFound: ErrorAnswer(404),
     PreconditionFailed: ErrorAnswer(412),
     BadRequest: ErrorAnswer(400),
     NoTransaction: ErrorAnswer(409),
     TransactionExpired: ErrorAnswer(409),
+    TransactionBroken: ErrorAnswer(409),
     TransactionEnded: ErrorAnswer(409),
     Locked: ErrorAnswer(423, _retry_after),
     BodyTooLarge: ErrorAnswer(413),

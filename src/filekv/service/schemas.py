@@ -10,6 +10,7 @@ import dataclasses
 from typing import Annotated, Any, Final, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic.json_schema import SkipJsonSchema
 
 from filekv.engine.stats import StoreStats
 
@@ -154,7 +155,24 @@ class TransactionState(BaseModel):
     active: bool = Field(description="Whether anyone holds a transaction.")
     mine: bool = Field(description="Whether the caller holds it.")
     depth: int = Field(description="The caller's depth, 0 unless the caller is the holder.")
-    expires_in: float | None = Field(description="Seconds left on the lease; null if none open.")
+    expires_in: float | None = Field(
+        description="Seconds until it is rolled back: the lease left (renewed by the holder's "
+        "requests), or its time left under transaction_max_seconds if sooner; null if none open."
+    )
+
+
+class LockBroken(BaseModel):
+    """Answer to ``DELETE /transactions``: ``depth`` only when a transaction was rolled back."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"rolled_back": True, "depth": 2}, {"rolled_back": False}]}
+    )
+
+    rolled_back: bool = Field(description="Whether a transaction was open, and is now rolled back.")
+    # Absent, never null, when none was open (the route leaves out None).
+    depth: int | SkipJsonSchema[None] = Field(
+        default=None, description="The depth it had; absent when no transaction was open."
+    )
 
 
 class Health(BaseModel):
@@ -250,6 +268,7 @@ IF_NONE_MATCH: Final[dict[str, Any]] = {
     "schema": {"type": "string"},
 }
 UNAUTHORIZED: Final = error("Not authenticated: no, unknown, revoked or expired token.")
+ADMINS_ONLY: Final = error("The token is valid, but its user is not an admin.")
 LOCKED: Final[dict[str, Any]] = {
     **error("Another client holds the transaction."),
     "headers": RETRY_AFTER,

@@ -5,14 +5,22 @@ same user logged in twice is two clients. While a transaction is open, the holde
 staged in the engine ``Transaction`` and everyone else's writes are refused with ``Locked``.
 
 The lease: every call by the holder renews it; a transaction idle for longer than ``timeout`` is
-aborted whole and the lock released. Expiry is checked lazily on every access *and* by a background
-task (``run_reaper``), so a holder that vanished does not keep the lock until someone else asks.
-A session whose transaction expired is remembered for a while (``remember_expired``), so it is
-told (``TransactionExpired``, 409) rather than silently starting afresh: every write it sends,
-believing it staged, is refused, until it makes a transaction call (begin, commit or rollback),
-which is refused once and so acknowledges the loss. Only then do its writes go to the store again.
-A session that logs out (``end_session``) loses its transaction at once and is not remembered:
-its token is dead, so its next call is 401 anyway.
+aborted whole and the lock released. However busy its holder, a transaction open for longer than
+``max_seconds`` (the ``transaction_max_seconds`` setting) is aborted the same way, so no client
+can keep the store read-only for more than that: the transaction ends at whichever deadline comes
+first (``_deadline``). Expiry is checked lazily on every access *and* by a background task
+(``run_reaper``), so a holder that vanished does not keep the lock until someone else asks.
+
+An admin may end the transaction at any time (``break_lock``, ``DELETE /transactions``): it is
+aborted the same way, whoever holds it, and the admin's and the holder's user names are logged.
+
+A session whose transaction was ended behind its back (by the lease, the maximum age or an admin)
+is remembered for a while (``remember_expired``), with the reason, so it is told (409:
+``TransactionExpired``, or ``TransactionBroken`` for an admin) rather than silently starting
+afresh: every write it sends, believing it staged, is refused, until it makes a transaction call
+(begin, commit or rollback), which is refused once and so acknowledges the loss. Only then do its
+writes go to the store again. A session that logs out (``end_session``) loses its transaction at
+once and is not remembered: its token is dead, so its next call is 401 anyway.
 
 One decision point per write. A write's body arrives over many event-loop turns, so a commit, a
 rollback, a ``begin`` or the lease may change the transaction while it is read. ``writer``
@@ -31,12 +39,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, NewType
 
-from filekv.service.errors import Locked, NoTransaction, TransactionEnded, TransactionExpired
+from filekv.service.errors import (
+    Locked,
+    NoTransaction,
+    TransactionBroken,
+    TransactionEnded,
+    TransactionExpired,
+)
 
 if TYPE_CHECKING:
     from filekv.engine import Store, Transaction
@@ -51,6 +66,16 @@ WriteTicket = NewType("WriteTicket", int)
 NO_TRANSACTION: Final = WriteTicket(0)
 
 _COMMITTING: Final = "your transaction is being committed; nothing more can join it"
+_BROKEN: Final = "an admin ended your transaction: it was rolled back"
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """A transaction rolled back behind its holder's back: why, and when to forget the session."""
+
+    error: type[NoTransaction]
+    reason: str
+    forget_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +100,15 @@ class TransactionManager:
         store: Store,
         *,
         timeout: float,
+        max_seconds: float = math.inf,
         remember_expired: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if not timeout > 0 or not max_seconds > 0:
+            raise ValueError("timeout and max_seconds must be positive")
         self._store = store
         self._timeout = timeout
+        self._max_seconds = max_seconds
         # Long enough that a client coming back after a pause still learns its work was dropped.
         self._remember_expired = (
             remember_expired if remember_expired is not None else max(3600.0, 10 * timeout)
@@ -87,12 +116,15 @@ class TransactionManager:
         self._clock = clock
         self._tx: Transaction | None = None
         self._holder: str | None = None
+        self._holder_name: str | None = None  # the holder's user name, for the log only
+        self._opened_at = 0.0
         self._lease_expires_at = 0.0
         self._committing = False
+        self._commit_finished: asyncio.Event | None = None  # set when the running commit ends
         # Bumped by every change of the transaction's levels; never 0 while one is open.
         self._generation = 0
         self._opened_generation = 0  # the generation that opened the current transaction
-        self._expired: dict[str, float] = {}  # session_id -> when to forget it
+        self._expired: dict[str, _Ended] = {}  # session_id -> why it ended, when to forget it
         self._wakeup: asyncio.Event | None = None  # set by begin() for the sleeping reaper
 
     # -- what routes ask -------------------------------------------------------------------
@@ -180,19 +212,24 @@ class TransactionManager:
             "your transaction ended while this write was received; it was not applied"
         )
 
-    def begin(self, session_id: str) -> int:
-        """Open the transaction, or a nested level of it for its holder; the new depth."""
+    def begin(self, session_id: str, *, username: str | None = None) -> int:
+        """Open the transaction, or a nested level of it for its holder; the new depth.
+
+        ``username`` is the session's user, named in the log lines about this transaction.
+        """
         self._expire_if_due()
         self._raise_if_expired(session_id)
         if self._tx is None:
             self._tx = self._store.transaction()
             self._holder = session_id
+            self._holder_name = username
+            self._opened_at = self._clock()
             self._renew()
             self._generation += 1
             self._opened_generation = self._generation
             if self._wakeup is not None:
                 self._wakeup.set()
-            logger.info("transaction opened by session %s", session_id[:8])
+            logger.info("transaction opened by %s", self._who())
             return self._tx.depth
         if session_id != self._holder:
             raise Locked(self._remaining())
@@ -206,11 +243,13 @@ class TransactionManager:
         """Apply every level atomically and durably (the fsync off the loop); writes applied."""
         tx = self._holders_transaction(session_id)
         self._committing = True
+        self._commit_finished = finished = asyncio.Event()
         self._generation += 1  # writes received meanwhile are refused, never half in it
         try:
             applied = await tx.acommit()
         finally:
             self._committing = False
+            finished.set()
             if tx.active:  # it failed (DiskFull, say): still open, with what it had
                 self._generation += 1
             else:
@@ -249,6 +288,29 @@ class TransactionManager:
             expires_in=round(self._remaining(), 3),
         )
 
+    async def break_lock(self, admin: str) -> int | None:
+        """An admin ends the transaction, whoever holds it: its depth, or None if none was open.
+
+        Every level is rolled back and the lock released; the former holder is told, as after an
+        expired lease (``TransactionBroken``, 409). A commit in flight is waited for, not aborted
+        under (that could split its record): if it succeeds, there is nothing left to end.
+        """
+        while self._committing and self._commit_finished is not None:
+            await self._commit_finished.wait()
+        self._expire_if_due()
+        if self._tx is None:
+            logger.info("admin %r asked to break the transaction lock; none was open", admin)
+            return None
+        depth = self._tx.depth
+        logger.warning(
+            "admin %r broke the transaction lock of %s at depth %d: rolled back",
+            admin,
+            self._who(),
+            depth,
+        )
+        self._end(TransactionBroken, _BROKEN, self._clock())
+        return depth
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run_reaper(self) -> None:
@@ -272,7 +334,7 @@ class TransactionManager:
         self._expired.pop(session_id, None)
         if self._tx is None or session_id != self._holder or self._committing:
             return
-        logger.info("session %s logged out holding the transaction; rolled back", session_id[:8])
+        logger.info("%s logged out holding the transaction; rolled back", self._who())
         self._tx.abort()
         self._release()
 
@@ -300,42 +362,72 @@ class TransactionManager:
         if session_id in self._expired:
             raise self._expired_error(session_id, acknowledge=True)
 
-    def _expired_error(self, session_id: str, *, acknowledge: bool) -> TransactionExpired:
-        message = (
-            "your transaction expired: it was idle longer than "
-            f"{self._timeout:g} s and was rolled back; nothing of it was applied"
-        )
+    def _expired_error(self, session_id: str, *, acknowledge: bool) -> NoTransaction:
+        ended = self._expired[session_id]
+        message = f"{ended.reason}; nothing of it was applied"
         if acknowledge:
             del self._expired[session_id]
         else:
             message += (
                 ", nor this write; your writes are refused until you begin, commit or roll back"
             )
-        return TransactionExpired(message)
+        return ended.error(message)
+
+    def _deadline(self) -> float:
+        """When the open transaction is rolled back: its lease's end, or its maximum age."""
+        return min(self._lease_expires_at, self._opened_at + self._max_seconds)
 
     def _remaining(self) -> float:
-        return max(0.0, self._lease_expires_at - self._clock())
+        return max(0.0, self._deadline() - self._clock())
 
     def _renew(self) -> None:
         self._lease_expires_at = self._clock() + self._timeout
 
+    def _who(self) -> str:
+        """The holder for a log line: its user name and session id prefix (never the token)."""
+        session = (self._holder or "")[:8]
+        if self._holder_name is None:
+            return f"session {session}"
+        return f"{self._holder_name!r} (session {session})"
+
     def _expire_if_due(self) -> None:
         now = self._clock()
         if self._expired:
-            for session_id in [s for s, forget_at in self._expired.items() if forget_at <= now]:
+            for session_id in [s for s, e in self._expired.items() if e.forget_at <= now]:
                 del self._expired[session_id]
         # A commit in flight is not idle: its fsync may outlast a short lease.
-        if self._tx is None or self._committing or now < self._lease_expires_at:
+        if self._tx is None or self._committing or now < self._deadline():
             return
+        if now >= self._opened_at + self._max_seconds:
+            logger.warning(
+                "transaction of %s open longer than transaction_max_seconds (%g s); rolled back",
+                self._who(),
+                self._max_seconds,
+            )
+            reason = (
+                f"your transaction expired: it was open longer than {self._max_seconds:g} s "
+                "(transaction_max_seconds) and was rolled back"
+            )
+        else:
+            logger.warning("transaction of %s expired; rolled back", self._who())
+            reason = (
+                f"your transaction expired: it was idle longer than {self._timeout:g} s and was "
+                "rolled back"
+            )
+        self._end(TransactionExpired, reason, now)
+
+    def _end(self, error: type[NoTransaction], reason: str, now: float) -> None:
+        """Abort the open transaction behind its holder's back, who is told ``reason`` later."""
+        assert self._tx is not None
         holder = self._holder
-        logger.warning("transaction of session %s expired; rolled back", (holder or "")[:8])
         self._tx.abort()
         self._release()
         if holder is not None:
-            self._expired[holder] = now + self._remember_expired
+            self._expired[holder] = _Ended(error, reason, now + self._remember_expired)
 
     def _release(self) -> None:
         self._generation += 1
         self._tx = None
         self._holder = None
+        self._holder_name = None
         self._lease_expires_at = 0.0

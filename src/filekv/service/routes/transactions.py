@@ -1,4 +1,5 @@
-"""``/transactions``: open (or nest), inspect, commit and roll back the one transaction.
+"""``/transactions``: open (or nest), inspect, commit and roll back the one transaction; an
+admin breaks the lock (``DELETE``).
 
 All ``async``: the transaction manager lives on the event loop (no thread may touch it), and
 none of these calls blocks: commit's encoding, write and fsync wait run off the loop (the engine's
@@ -9,14 +10,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from filekv.service.deps import OptionalSessionDep, SessionDep, TransactionsDep
+from filekv.service.deps import AdminDep, OptionalSessionDep, SessionDep, TransactionsDep
 from filekv.service.schemas import (
+    ADMINS_ONLY,
     DISK_FULL,
     LOCKED,
     STORE_FAILED,
     UNAUTHORIZED,
     CommitResult,
     Depth,
+    LockBroken,
     TransactionState,
     error,
 )
@@ -24,8 +27,8 @@ from filekv.service.schemas import (
 router = APIRouter(prefix="/transactions", tags=["transactions"])
 
 NOT_HOLDER = error(
-    "You hold no transaction (or it expired, or your commit of it is running: the detail says "
-    "which)."
+    "You hold no transaction (or it expired, or an admin ended it, or your commit of it is "
+    "running: the detail says which)."
 )
 
 
@@ -36,14 +39,17 @@ NOT_HOLDER = error(
     response_model=Depth,
     responses={
         401: UNAUTHORIZED,
-        409: error("Your transaction expired, or your commit of it is running."),
+        409: error(
+            "Your transaction expired, or an admin ended it (told once), or your commit of it "
+            "is running."
+        ),
         423: LOCKED,
         503: STORE_FAILED,
     },
 )
 async def begin(session: SessionDep, transactions: TransactionsDep) -> Depth:
     """Open the transaction, or one more level of it if you already hold it."""
-    return Depth(depth=transactions.begin(session.session_id))
+    return Depth(depth=transactions.begin(session.session_id, username=session.username))
 
 
 @router.get(
@@ -84,8 +90,9 @@ async def commit(session: SessionDep, transactions: TransactionsDep) -> CommitRe
     responses={
         401: UNAUTHORIZED,
         409: error(
-            "You hold no transaction (or it expired, or your commit of it is running), or you "
-            "are at depth 1, where there is no level to release into: commit or roll back."
+            "You hold no transaction (or it expired, or an admin ended it, or your commit of it "
+            "is running), or you are at depth 1, where there is no level to release into: "
+            "commit or roll back."
         ),
     },
 )
@@ -104,3 +111,21 @@ async def release(session: SessionDep, transactions: TransactionsDep) -> Depth:
 async def rollback(session: SessionDep, transactions: TransactionsDep) -> Depth:
     """Undo the innermost level; at depth 0 the transaction has ended."""
     return Depth(depth=transactions.rollback(session.session_id))
+
+
+@router.delete(
+    "",
+    summary="Break the lock: roll back whatever transaction is open (admins only)",
+    response_model=LockBroken,
+    response_model_exclude_none=True,
+    responses={401: UNAUTHORIZED, 403: ADMINS_ONLY},
+)
+async def break_lock(admin: AdminDep, transactions: TransactionsDep) -> LockBroken:
+    """Roll back every level of the open transaction, whoever holds it, and release the lock.
+
+    The former holder's next transaction call, and each of its writes until then, is 409 saying
+    that an admin ended its transaction. A commit already running is waited for: if it succeeds,
+    nothing was open. Logged at WARNING with both user names.
+    """
+    depth = await transactions.break_lock(admin.username)
+    return LockBroken(rolled_back=depth is not None, depth=depth)
