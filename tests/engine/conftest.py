@@ -1,25 +1,20 @@
 """Engine test fixtures: a ``store`` checked for consistency at teardown, a ``reopen`` helper.
 
 Every store a test opens through ``open_store`` or ``reopen`` is checked (``db.check()``) and
-closed at teardown, the way bbolt's tests end with a consistency check.
+closed at teardown, the way bbolt's tests end with a consistency check. What test modules import
+(``FAST``, ``OpenStore``, ``Reopen``) is in ``support.engine_fixtures``, never in this file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.engine_fixtures import FAST, OpenStore, Reopen
 
 from filekv.engine import Store
-
-OpenStore = Callable[..., Store]
-Reopen = Callable[..., Store]
-
-# Options every test store uses unless it says otherwise: no fsync (speed), and no background
-# compaction, so a test sees exactly the records it wrote.
-FAST: dict[str, Any] = {"fsync": "never", "auto_compact": False}
 
 
 class _Opened:

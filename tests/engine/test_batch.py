@@ -6,9 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import OpenStore, Reopen
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.engine_fixtures import OpenStore, Reopen
 from support.storefiles import contents, last_segment, truncate
 
 from filekv.engine import (

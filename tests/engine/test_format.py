@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST, OpenStore
+from support.engine_fixtures import FAST, OpenStore
 from support.planted import VALUE_KINDS, record_made_value
 from support.storefiles import contents, last_segment, segments, truncate
 

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import OpenStore
+from support.engine_fixtures import OpenStore
 
 from filekv.engine import Store, StoreLocked
 

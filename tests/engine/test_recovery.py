@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OpenStore
+from support.engine_fixtures import OpenStore
 from support.storefiles import (
     HEADER_BYTES,
     contents,

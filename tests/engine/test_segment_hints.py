@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OpenStore
 from support.disk import SimDisk
+from support.engine_fixtures import OpenStore
 from support.storefiles import contents, copy_store, flip_byte, hints, segments, truncate
 
 from filekv.engine import Store, recovery

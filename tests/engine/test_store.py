@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import OpenStore, Reopen
+from support.engine_fixtures import OpenStore, Reopen
 from support.storefiles import contents, flip_byte, hints, segments, truncate
 
 from filekv.engine import (

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import OpenStore, Reopen
+from support.engine_fixtures import OpenStore, Reopen
 from support.storefiles import contents, copy_store, last_segment, truncate
 
 from filekv.engine import (
