@@ -9,6 +9,8 @@ shares a top-level name with another directory's module (each test directory has
 * ``planted``: values made of valid encoded records, which must never steer recovery.
 * ``storefiles``: a store's folder from the outside: segment and hint files, copies, damage,
   and every key read back.
+* ``engine_fixtures``: ``FAST`` and the types of the engine fixtures, which test modules import
+  (never from a ``conftest``).
 * ``disk``: ``SimDisk``, the one simulated disk behind the engine's ``FileIO``: power cuts, I/O
   errors, and what a power cut may leave on disk.
 * ``workload``: a seeded engine workload (with the store options it runs with) and the model of
