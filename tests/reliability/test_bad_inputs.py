@@ -238,6 +238,30 @@ REJECTED: list[object] = [
         401,
         id="release-garbage-token",
     ),
+    # DELETE /transactions is for admins (mallory is a user): refused, and nothing rolled back.
+    pytest.param(lambda c: c.client.delete("/transactions"), 401, id="break-lock-anonymous"),
+    pytest.param(
+        lambda c: c.client.delete("/transactions", headers=_bearer("garbage!!")),
+        401,
+        id="break-lock-garbage-token",
+    ),
+    pytest.param(
+        lambda c: c.client.delete("/transactions", headers=_bearer(c.token)),
+        403,
+        id="break-lock-as-a-user",
+    ),
+    pytest.param(
+        lambda c: c.client.delete(
+            "/transactions", headers={**_bearer(c.token), "X-Role": "admin", "X-User": "root"}
+        ),
+        403,
+        id="break-lock-forged-role-headers",
+    ),
+    pytest.param(
+        lambda c: c.client.delete("/transactions", headers={"X-User": "root", "X-Role": "admin"}),
+        401,
+        id="break-lock-identity-headers-only",
+    ),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": -1}), 422, id="limit=-1"),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": 10**9}), 422, id="limit=10^9"),
     pytest.param(lambda c: c.client.get("/keys", params={"limit": "ten"}), 422, id="limit=ten"),

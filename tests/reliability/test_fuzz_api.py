@@ -1,8 +1,10 @@
 """schemathesis against the real server's /openapi.json, every operation (issue 4, item 4).
 
-Positive (valid per the schema) and negative (violating it) cases. Three callers: anonymous,
-a logged-in token, and that token holding an open transaction (re-opened before each case,
-since the fuzzer itself commits, rolls back and logs out). Every response must
+Positive (valid per the schema) and negative (violating it) cases. Four callers: anonymous,
+a logged-in token, that token holding an open transaction (re-opened before each case,
+since the fuzzer itself commits, rolls back and logs out), and an admin holding one (which
+``DELETE /transactions`` breaks, so its answers with and without a transaction are both
+checked against the schema). Every response must
 be no 5xx and conform to the schema: a declared status code, a declared content type, a body
 matching the declared model, declared headers. ``FILEKV_SOAK=1`` generates ten times as many.
 """
@@ -10,6 +12,7 @@ matching the declared model, declared headers. ``FILEKV_SOAK=1`` generates ten t
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +25,12 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis.config import SchemathesisConfig
 from schemathesis.config._checks import POSITIVE_DATA_ACCEPTANCE_EXPECTED_STATUSES
 from schemathesis.core.failures import FailureGroup
-from support.server import Server
+from support.server import FILEKV, Server
 
 SOAK = os.environ.get("FILEKV_SOAK") == "1"
 EXAMPLES = 300 if SOAK else 40  # per operation, generation mode and caller
 PASSWORD = "fuzzing password 1"
+ADMIN = "fuzz-admin"
 TRANSACTION_TIMEOUT = 2.0  # short: a logged-out holder's orphaned transaction must expire
 CASES: dict[str, int] = {}
 STATUSES: dict[str, dict[int, int]] = {}
@@ -49,6 +53,27 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server.start()
     with server.client() as client:
         client.post("/auth/register", json={"username": "fuzzer", "password": PASSWORD})
+    admin = subprocess.run(
+        [
+            FILEKV,
+            "user",
+            "add",
+            ADMIN,
+            "--admin",
+            "--password-stdin",
+            "--data-dir",
+            str(root / "data"),
+        ],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert admin.returncode == 0, admin.stderr
+    with server.client() as client:
+        # A first login now makes this address a known one for the admin: the address lock that
+        # the fuzzed logins set off later does not apply to it (README, login throttling).
+        _token(client, ADMIN)
     yield server
     server.stop()
     total = sum(CASES.values())
@@ -58,8 +83,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     assert total >= 1000 or not CASES, f"only {total} generated cases"
 
 
-def _token(client: httpx.Client) -> str:
-    answer = client.post("/auth/token", data={"username": "fuzzer", "password": PASSWORD})
+def _token(client: httpx.Client, username: str = "fuzzer") -> str:
+    answer = client.post("/auth/token", data={"username": username, "password": PASSWORD})
     assert answer.status_code == 200, answer.text
     token: str = answer.json()["access_token"]
     return token
@@ -70,8 +95,9 @@ class Caller:
 
     def __init__(self, server: Server, kind: str) -> None:
         self.kind = kind
+        self.username = ADMIN if kind == "admin" else "fuzzer"
         self.client = server.client()
-        self.token = _token(self.client) if kind != "anonymous" else ""
+        self.token = _token(self.client, self.username) if kind != "anonymous" else ""
         self.orphaned_waits = 0
 
     def headers(self) -> dict[str, str]:
@@ -79,9 +105,9 @@ class Caller:
             return {}
         auth = {"Authorization": f"Bearer {self.token}"}
         if self.client.get("/auth/me", headers=auth).status_code != 200:
-            self.token = _token(self.client)
+            self.token = _token(self.client, self.username)
             auth = {"Authorization": f"Bearer {self.token}"}
-        if self.kind == "transaction":
+        if self.kind in ("transaction", "admin"):
             state = self.client.get("/transactions", headers=auth).json()
             if not state["mine"]:
                 self._open_transaction(auth)
@@ -89,7 +115,8 @@ class Caller:
 
     def _open_transaction(self, auth: dict[str, str]) -> None:
         # If the fuzzer logged our token out while it held the transaction, the dead session
-        # keeps the lock until its lease ends (TRANSACTION_TIMEOUT): wait for that.
+        # keeps the lock until its lease ends (TRANSACTION_TIMEOUT): wait for that. After the
+        # admin broke its own transaction, the first begin is the 409 that acknowledges it.
         deadline = time.monotonic() + 10 * TRANSACTION_TIMEOUT
         while True:
             opened = self.client.post("/transactions", headers=auth)
@@ -141,7 +168,7 @@ def _fuzz(server: Server, kind: str) -> None:
                     assert mode is schemathesis.GenerationMode.NEGATIVE
                     UNSATISFIABLE.add(operation.label)
     finally:
-        if kind == "transaction":  # leave the store writable for the callers after this one
+        if kind in ("transaction", "admin"):  # leave the store writable for the next caller
             caller.client.post("/transactions/commit", headers=caller.headers())
         caller.client.close()
 
@@ -172,7 +199,7 @@ FUZZ = settings(
 )
 
 
-@pytest.mark.parametrize("kind", ["anonymous", "token", "transaction"])
+@pytest.mark.parametrize("kind", ["anonymous", "token", "transaction", "admin"])
 def test_fuzz_api_every_operation_conforms(fuzz_server: Server, kind: str) -> None:
     _fuzz(fuzz_server, kind)
 
