@@ -869,13 +869,15 @@ def targets_of(bench: Bench) -> list[tuple[str, str, float | None, float, bool]]
             True,
         ),
         (
+            # Issue 9 retired "≥ 0.5 x put fsync=never": the bare floor itself is below it on
+            # CPython 3.11 (GIL hand-offs; docs/PERFORMANCE.md). Measured against the floor now.
             "put, fsync=always, 32 threads",
-            "≥ 0.5 x put fsync=never, 1 thread",
+            "≥ 0.8 x the python floor (bare group commit, no store), same run",
             ratio(
                 find_result(results, PUT_FSYNC_32, FILEKV_ALWAYS),
-                find_result(results, PUT, FILEKV_NEVER),
+                find_result(results, PUT_FSYNC_32, ThreadFloorSystem.name),
             ),
-            0.5,
+            0.8,
             True,
         ),
         (
@@ -1024,7 +1026,7 @@ def report(bench: Bench, info: dict[str, str]) -> dict[str, Any]:
     if never and aput:
         context.append(f"32 asyncio tasks (await db.aput): {aput.rate / never.rate:.2f}x")
     tgt = Table(
-        title="targets (issue 2): ratios measured in this run",
+        title="targets (issues 2 and 9): ratios measured in this run",
         caption="; ".join(context) or None,
     )
     for col in ("measure", "target", "measured", "result"):

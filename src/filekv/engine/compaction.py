@@ -38,10 +38,20 @@ from collections.abc import Callable, Iterator
 from typing import Final
 
 from .errors import CorruptStore, StoreClosed
-from .hint import OFFSET_BITS, decode_hint, length_of, offset_of, place_of, revision_of
+from .hint import (
+    LENGTH_MASK,
+    LENGTH_SHIFT,
+    OFFSET_BITS,
+    OFFSET_MASK,
+    OFFSET_SHIFT,
+    REVISION_MASK,
+    REVISION_SHIFT,
+    decode_hint,
+    place_of,
+)
 from .index import KeyIndex
-from .merge_output import MergedOutput
-from .record import PUT, FormatError, iter_operations, put_record_size, record_at, record_at_v1
+from .merge_output import LiveEntry, MergedOutput
+from .record import PUT, FormatError, iter_operations, record_at, record_at_v1
 from .segment import Segment, hint_name
 from .segments import SegmentSet
 
@@ -50,8 +60,7 @@ log = logging.getLogger(__name__)
 BATCH: Final = 2048  # entries checked or moved per hold of the store lock: a pause well under 1 ms
 READ_WINDOW: Final = 1 << 20  # an input's live values are read in windows of about this size
 
-# key, its UTF-8 bytes, revision, where it is (the index's location), its value
-LiveEntry = tuple[str, bytes, int, int, bytes]
+INFINITE: Final = 1 << 62  # no size limit for the last reserved output
 
 
 class Compactor:
@@ -187,29 +196,27 @@ class Compactor:
     def _merge(self, inputs: list[Segment], output_ids: range) -> tuple[int, int]:
         """Copy the live puts of ``inputs`` into finished outputs; return (copies, outputs)."""
         segments = self._segments
-        limit = segments.segment_bytes
         ids = iter(output_ids)
         last_id = output_ids[-1]
         output: MergedOutput | None = None
         copied = finished = 0
         try:
             for segment in inputs:
-                for key, encoded, revision, old, value in self._live_entries(segment):
-                    if (
-                        output is not None
-                        and len(output)
-                        and output.size + put_record_size(encoded, value) > limit
-                        and output.segment_id != last_id
-                    ):
-                        self._finish(output)
-                        output = None
-                        finished += 1
-                    if output is None:
-                        output = MergedOutput(
-                            segments.io, segments.directory, next(ids), self._revision()
-                        )
-                    output.append(key, encoded, value, revision, old)
-                    copied += 1
+                for batch in self._live_batches(segment):
+                    while batch:
+                        if output is None:
+                            output = MergedOutput(
+                                segments.io, segments.directory, next(ids), self._revision()
+                            )
+                        # The last reserved id takes whatever is left (see _seal).
+                        last = output.segment_id == last_id
+                        taken = output.append(batch, INFINITE if last else segments.segment_bytes)
+                        copied += taken
+                        batch = batch[taken:]
+                        if batch:  # the output is full
+                            self._finish(output)
+                            output = None
+                            finished += 1
             if output is not None:
                 self._finish(output)
                 output = None
@@ -242,18 +249,19 @@ class Compactor:
             self._segments.fail(error)
             log.error("could not remove a failed compaction's output; writes stop: %s", error)
 
-    def _live_entries(self, segment: Segment) -> Iterator[LiveEntry]:
-        """The puts of ``segment`` that the index still points at, with their values.
+    def _live_batches(self, segment: Segment) -> Iterator[list[LiveEntry]]:
+        """The puts of ``segment`` that the index still points at, with their values, in batches.
 
         The candidates are the segment's final puts, from its summary or its hint file when it
         has one (no record parsed: a key the index still points at is live, whatever else the
-        segment held), checked in batches; their values are read in windows of ``READ_WINDOW``
-        bytes, so memory holds one batch. A segment with neither summary nor good hint (replayed
-        at open) is read whole and parsed: at most ``segment_bytes`` for a plain one.
+        segment held), checked a batch at a time under the lock; their values are read in windows
+        of ``READ_WINDOW`` bytes, so memory holds one batch. A segment with neither summary nor
+        good hint (replayed at open) is read whole and parsed: at most ``segment_bytes`` for a
+        plain one.
         """
         known = self._final_puts(segment)
         if known is None:
-            yield from self._parsed_live_entries(segment)
+            yield from self._parsed_live_batches(segment)
             return
         io = self._segments.io
         fd = segment.fd
@@ -263,19 +271,25 @@ class Compactor:
                 get = self._index.locations.get
                 for key, location in known[first : first + BATCH]:
                     if get(key) == location:
-                        live.append((offset_of(location), key, location))
+                        live.append(((location >> OFFSET_SHIFT) & OFFSET_MASK, key, location))
             live.sort()
+            entries: list[LiveEntry] = []
             window = b""
-            window_start = 0
+            window_start = window_end = 0
             for start, key, location in live:
-                length = length_of(location)
-                if start < window_start or start + length > window_start + len(window):
+                length = (location >> LENGTH_SHIFT) & LENGTH_MASK
+                if start < window_start or start + length > window_end:
                     window_start = start
                     window = io.pread(fd, max(READ_WINDOW, length), start)
+                    window_end = start + len(window)
                     if len(window) < length:
                         raise CorruptStore(str(segment.path), start, "a value ends past the file")
-                value = window[start - window_start : start - window_start + length]
-                yield key, key.encode("utf-8"), revision_of(location), location, value
+                at = start - window_start
+                revision = (location >> REVISION_SHIFT) & REVISION_MASK
+                entries.append(
+                    (key, key.encode("utf-8"), revision, location, window[at : at + length])
+                )
+            yield entries
 
     def _final_puts(self, segment: Segment) -> list[tuple[str, int]] | None:
         """(key, location) of each key ``segment`` leaves written, if known without parsing it."""
@@ -296,8 +310,8 @@ class Compactor:
             return None
         return list(zip(hint.keys, hint.locations, strict=True))
 
-    def _parsed_live_entries(self, segment: Segment) -> Iterator[LiveEntry]:
-        """``_live_entries`` for a segment known only by its records.
+    def _parsed_live_batches(self, segment: Segment) -> Iterator[list[LiveEntry]]:
+        """``_live_batches`` for a segment known only by its records.
 
         Inputs of either format version are read; the outputs are always the current version.
         """
@@ -329,7 +343,7 @@ class Compactor:
                     if location is not None and place_of(location) == place_base | start:
                         value = data[start : start + length]
                         live.append((key, encoded, revision, location, value))
-            yield from live
+            yield live
 
     def _retire(self, inputs: list[Segment]) -> None:
         io = self._segments.io

@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Final
 
 from .fileio import FileIO
-from .hint import HASH_MASK, HintColumns, encode_hint, pack
+from .hint import (
+    HASH_MASK,
+    LENGTH_SHIFT,
+    OFFSET_SHIFT,
+    REVISION_SHIFT,
+    SEGMENT_SHIFT,
+    HintColumns,
+    encode_hint,
+)
 from .record import (
     FLAG_MERGED,
     PUT_VALUE_OFFSET,
@@ -33,6 +41,9 @@ from .record import (
 from .segment import TEMP_SUFFIX, Segment, hint_name, new_marker, segment_name
 
 FLUSH_BYTES: Final = 4 << 20  # buffered output written in pieces of about this size
+
+# key, its UTF-8 bytes, revision, where it is (the index's location), its value
+LiveEntry = tuple[str, bytes, int, int, bytes]
 
 
 class MergedOutput:
@@ -57,26 +68,43 @@ class MergedOutput:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def append(self, key: str, encoded: bytes, value: bytes, revision: int, old: int) -> None:
-        """Copy one live put (its revision kept) that the index has at ``old``."""
-        record = encode_put(self.header.marker, revision, encoded, value)
-        self.keys.append(key)
-        self.old_locations.append(old)
-        self.new_locations.append(
-            pack(
-                self.segment_id,
-                self.size + PUT_VALUE_OFFSET + len(encoded),
-                len(value),
-                revision,
-                old & HASH_MASK,
+    def append(self, entries: list[LiveEntry], limit: int) -> int:
+        """Copy live puts (revisions kept) until the output would pass ``limit`` bytes; return
+        how many were taken (at least one: a record larger than ``limit`` fills an output alone).
+
+        One call per batch, the loop's names bound once: compaction copies every live entry of
+        the store, and a method call per entry was a third of its time.
+        """
+        marker = self.header.marker
+        keys, old_locations, new_locations = self.keys, self.old_locations, self.new_locations
+        buffer = self._buffer
+        size = self.size
+        highest = self._max_revision
+        fixed = self.segment_id << SEGMENT_SHIFT
+        taken = 0
+        for key, encoded, revision, old, value in entries:
+            record = encode_put(marker, revision, encoded, value)
+            if size + len(record) > limit and keys:
+                break
+            keys.append(key)
+            old_locations.append(old)
+            new_locations.append(  # pack(), inlined; the value hash is the old location's
+                fixed
+                | (size + PUT_VALUE_OFFSET + len(encoded)) << OFFSET_SHIFT
+                | len(value) << LENGTH_SHIFT
+                | revision << REVISION_SHIFT
+                | old & HASH_MASK
             )
-        )
-        if revision > self._max_revision:
-            self._max_revision = revision
-        self._buffer += record
-        self.size += len(record)
-        if len(self._buffer) >= FLUSH_BYTES:
+            if revision > highest:
+                highest = revision
+            buffer += record
+            size += len(record)
+            taken += 1
+        self.size = size
+        self._max_revision = highest
+        if len(buffer) >= FLUSH_BYTES:
             self._flush()
+        return taken
 
     def _flush(self) -> None:
         assert self._fd is not None
