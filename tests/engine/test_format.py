@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from support.engine_fixtures import FAST, OpenStore
 from support.planted import VALUE_KINDS, record_made_value
-from support.storefiles import contents, last_segment, segments, truncate
+from support.storefiles import as_after_a_crash, contents, last_segment, segments, truncate
 
 import filekv.engine.record as record
 from filekv.engine import RecoveryInterrupted, Store
@@ -43,6 +43,7 @@ def _write_attack(path: Path, kind: str) -> tuple[int, int, bytes]:
         db.put("attack", value)
         end = os.path.getsize(last_segment(path))
     os.unlink(path / "LOCK")
+    as_after_a_crash(path)  # the tail is what a crash left: the newest segment is replayed
     return start, end, value
 
 

@@ -18,6 +18,7 @@ import pytest
 from support.engine_fixtures import OpenStore
 from support.storefiles import (
     HEADER_BYTES,
+    as_after_a_crash,
     contents,
     copy_store,
     flip_byte,
@@ -98,6 +99,7 @@ def build(tmp_path: Path, kind: str, *, rotate: bool = False) -> Built:
     LAST_RECORDS[kind](db)
     after = contents(db)
     db.close()
+    as_after_a_crash(source)  # damage below stands for what a crash leaves: replayed at open
     assert last_segment(source) == segment
     end = _size(segment)
     assert end > start > previous_start >= HEADER_BYTES

@@ -80,7 +80,9 @@ def _hints_match_segments(path: Path) -> int:
     return compared
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(actions=st.lists(step, min_size=1, max_size=60))
 def test_summary_hint_equals_the_hint_read_back(tmp_path_factory: Any, actions: list[Any]) -> None:
     path = tmp_path_factory.mktemp("store")

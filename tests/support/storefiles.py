@@ -1,7 +1,8 @@
 """A store's folder seen from the outside: its segment and hint files, copies, damage, contents.
 
 The engine suites find files (``segments``, ``hints``, ``last_segment``), damage them
-(``flip_byte``, ``truncate``), copy a closed store (``copy_store``) and read every key back
+(``flip_byte``, ``truncate``), make a closed store look crashed (``as_after_a_crash``), copy a
+closed store (``copy_store``) and read every key back
 through the public API (``contents``) with these, so that a test says what it does to the disk.
 """
 
@@ -29,6 +30,15 @@ def last_segment(path: Path) -> Path:
     found = segments(path)
     assert found, f"no segment files in {path}"
     return found[-1]
+
+
+def as_after_a_crash(path: Path) -> Path:
+    """Leave a closed store's folder as a crash (SIGKILL, power cut) would have left it: without
+    the hint that a clean close writes for the newest segment, so the next open replays that
+    segment and checks its tail, as recovery after a crash does."""
+    newest = last_segment(path)
+    newest.with_name(newest.name.replace(".seg", ".hint")).unlink(missing_ok=True)
+    return path
 
 
 def copy_store(source: Path, target: Path) -> Path:

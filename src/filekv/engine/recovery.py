@@ -242,10 +242,16 @@ def _load_segment(
             raise CorruptStore(str(path), 0, str(error)) from error
         segment = Segment(segment_id, path, fd, header.size, header, header.merged)
         revision = header.base_revision
-        loaded = None if is_last and not segment.merged else _read_hint(segments, segment)
+        # The newest plain segment has a good hint only after a clean close (the hint covers
+        # exactly its length); after a crash it is longer than that, or cut: replayed.
+        loaded = _read_hint(segments, segment, expected=not is_last or segment.merged)
         if loaded is not None:
             hint, hint_bytes = loaded
             revision = max(revision, hint.max_revision)
+            if is_last and not segment.merged:  # appended to next: its summary, from the hint
+                final: dict[str, int | None] = dict(zip(hint.keys, hint.locations, strict=True))
+                final.update(zip(hint.deleted, repeat(None)))
+                segment.summary = SegmentSummary(final, hint.max_revision)
             if index.locations:  # a replayed segment came first: entry by entry
                 _apply_hint(segments, index, hint)
             else:
@@ -291,9 +297,12 @@ def _discard_unborn_segment(segments: SegmentSet, path: Path) -> None:
     log.warning("%s: removed a segment whose creation a crash interrupted", path)
 
 
-def _read_hint(segments: SegmentSet, segment: Segment) -> tuple[HintColumns, int] | None:
-    """A sealed segment's hint file and its size, or None if there is none, it is damaged, or
-    it sums up another length of the segment (a plain one only)."""
+def _read_hint(
+    segments: SegmentSet, segment: Segment, *, expected: bool = True
+) -> tuple[HintColumns, int] | None:
+    """A segment's hint file and its size, or None if there is none, it is damaged, or it sums
+    up another length of the segment (a plain one only). A hint that is not ``expected`` (the
+    newest segment's, stale after any append since a clean close) is passed over quietly."""
     hint_path = segments.directory / hint_name(segment.segment_id)
     if not hint_path.exists():
         return None
@@ -307,7 +316,12 @@ def _read_hint(segments: SegmentSet, segment: Segment) -> tuple[HintColumns, int
         ):
             raise FormatError("hint file sums up another length of the segment")
     except (FormatError, OSError) as error:
-        log.warning("%s ignored (%s); replaying the segment instead", hint_path, error)
+        log.log(
+            logging.WARNING if expected else logging.DEBUG,
+            "%s ignored (%s); replaying the segment instead",
+            hint_path,
+            error,
+        )
         return None
     segment.size = os.path.getsize(segment.path)
     return hint, len(data)

@@ -35,7 +35,7 @@ from .hint import (
 )
 from .record import PUT_VALUE_OFFSET, value_hash
 from .segment import Segment, create_segment, segment_name
-from .segment_hints import HintWriter
+from .segment_hints import HintWriter, write_segment_hint
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,27 @@ class SegmentSet:
     @property
     def holds_lock(self) -> bool:
         return self._lock_fd >= 0
+
+    def hint_active(self) -> None:
+        """At a clean close, after the final fsync: write the active segment's hint too, so the
+        next open replays nothing. It covers the segment's length now; a later append makes it
+        stale (its length no longer matches) and the next open replays as before. A failure only
+        means a replay: logged, not raised."""
+        active = self._active
+        if (
+            self._hints is None
+            or active is None
+            or active.summary is None
+            or self._failure is not None
+            or active.size == active.header.size
+        ):
+            return
+        try:
+            self._hint_bytes[active.segment_id] = write_segment_hint(
+                self._io, self._directory, active
+            )
+        except OSError as error:
+            log.warning("no hint for %s at close (%s); it will be replayed", active.path, error)
 
     def release(self) -> None:
         """Stop the hint writer, close every segment file and release the directory lock."""
@@ -284,11 +305,12 @@ class SegmentSet:
         return self._sync_point
 
     def sync_active(self) -> None:
-        """fsync the active segment and tell ``on_sealed``: for close."""
+        """For close: fsync the active segment, tell ``on_sealed``, then ``hint_active``."""
         active = self._active
         if active is not None:
             self._io.fsync(active.fd)
             self._on_sealed(self._write_seq)
+            self.hint_active()
 
     # ------------------------------------------------------------------ failure
 

@@ -179,7 +179,7 @@ class Store:
         active = self._segments.active
         try:
             if self._segments.failure is None:
-                self._segments.sync_active()  # a writer still parked is durable
+                self._segments.sync_active()  # a writer still parked is durable; then its hint
         except OSError as error:
             raise StoreFailed(
                 f"the final fsync of {active.path if active else 'the store'} failed: "
