@@ -1,7 +1,8 @@
 """The engine at scale: load, memory per key, reopen, compaction, reads (issue 9).
 
 Each step runs in a fresh subprocess (so its peak RSS, VmHWM, is its own) on one data directory:
-16-byte keys, 100-byte values, fsync="never", automatic compaction off.
+16-byte keys, 100-byte values, fsync="never", automatic compaction off. Every step closes the
+store cleanly except "tail", which ends as a crash would (so its reopen replays the tail).
 
     .venv/bin/python bench/scale.py            # 10,000,000 keys
     .venv/bin/python bench/scale.py --quick    # 1,000,000 keys
@@ -81,8 +82,11 @@ def step(name: str, path: Path, keys: int) -> dict[str, Any]:
             newest = max(path.glob("*.seg"))
             if newest.stat().st_size >= TAIL_BYTES - (1 << 20):
                 break
-        db.close()
-        return {"tail_bytes": newest.stat().st_size}
+        db.sync()
+        # A crash, not a close (which would write the newest segment's hint): the reopen that
+        # follows replays the whole unsealed tail, as recovery after a SIGKILL does.
+        print(json.dumps({"tail_bytes": newest.stat().st_size}), flush=True)
+        os._exit(0)
     if name == "reopen":
         db, elapsed = _open(path)
         result = {"seconds": elapsed, "rss": _status("VmRSS") - base}
