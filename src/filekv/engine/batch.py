@@ -82,6 +82,7 @@ def prepare(
             f"the batch holds {len(ops)} operations; the limit is {max_ops} (max_transaction_ops)"
         )
     prepared: list[Prepared] = []
+    new = tuple.__new__  # the named tuple built in C, not by its generated Python __new__
     last_index: dict[str, int] = {}
     size = RECORD_HEADER_SIZE
     header = OPERATION_HEADER.size
@@ -108,7 +109,7 @@ def prepare(
             raise TransactionTooLarge(
                 f"the batch passes {max_bytes} record bytes at op {index} (max_transaction_bytes)"
             )
-        prepared.append(Prepared(key, encoded, value, op.expect, True))
+        prepared.append(new(Prepared, (key, encoded, value, op.expect, True)))
     if len(last_index) < len(prepared):  # a key repeats: only its last operation is final
         prepared = [
             op if last_index[op.key] == index else op._replace(final=False)

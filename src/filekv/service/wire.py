@@ -199,6 +199,9 @@ def _plain_batch(parsed: Any) -> list[BatchOp] | None:
     if type(items) is not list or not 1 <= len(items) <= MAX_BATCH_OPS:
         return None
     ops: list[BatchOp] = []
+    # tuple.__new__ builds the named tuple in C; the class call runs NamedTuple's generated
+    # Python __new__ (measured: a tenth of a 100-put POST /batch's server time).
+    new = tuple.__new__
     for item in items:
         if type(item) is not dict:
             return None
@@ -214,9 +217,9 @@ def _plain_batch(parsed: Any) -> list[BatchOp] | None:
             value = item.get("value")
             if type(value) is not str or len(item) != fields + 1:
                 return None
-            ops.append(Put(key, value.encode("utf-8"), expect))
+            ops.append(new(Put, (key, value.encode("utf-8"), expect)))
         elif kind == "delete" and len(item) == fields:
-            ops.append(Delete(key, expect))
+            ops.append(new(Delete, (key, expect)))
         else:
             return None
     return ops
