@@ -102,7 +102,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.store = None
     install_error_handlers(app)
     app.add_exception_handler(ClientDisconnect, client_disconnected)
-    app.router.routes.extend(keys.fast_routes())  # first, so they match before the APIRoutes
+    # First, so they match before the APIRoutes that document them.
+    app.router.routes.extend([*keys.fast_routes(), *batch.fast_routes()])
     app.include_router(keys.router)
     app.include_router(batch.router)
     app.include_router(transactions.router)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.routing import Route
 
 from filekv.service.deps import request_session_id
 from filekv.service.schemas import (
@@ -94,3 +95,10 @@ async def batch(request: Request) -> Response:
         revision, applied = None, tx.batch(ops)
     body = {"revision": revision, "applied": applied, "staged": tx is not None}
     return Response(orjson.dumps(body), media_type="application/json")
+
+
+def fast_routes() -> list[Route]:
+    """``POST /batch`` as a plain Starlette route as well, matched before the APIRoute above,
+    which stays for /docs and /openapi.json: the same function runs, without FastAPI's
+    per-request machinery (see ``keys.fast_routes``)."""
+    return [Route("/batch", batch, methods=["POST"], include_in_schema=False)]
