@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import add, and_, itemgetter, lt
+from itertools import compress, islice, repeat
+from operator import add, and_, eq, itemgetter, lt, ne, not_
 from typing import Final, Literal
 
 from .record import FormatError
@@ -140,22 +141,20 @@ def value_groups(hashes: Sequence[int]) -> tuple[list[int], list[int], list[int]
 
     Singles stay in entry order, so loading touches the (sorted) keys front to back instead of
     jumping through a million of them in hash order: at that size each jump is a cache miss.
+    Built with C-level iteration (a count per hash, then ``compress``): a Python step per entry
+    made this a fifth of compaction's time.
     """
-    order = sorted(range(len(hashes)), key=hashes.__getitem__)  # stable: entry order within
-    singles: list[int] = []
-    grouped: list[int] = []
-    ends: list[int] = []
-    run_start = 0
-    for position in range(1, len(order) + 1):
-        if position < len(order) and hashes[order[position]] == hashes[order[run_start]]:
-            continue
-        if position - run_start == 1:
-            singles.append(order[run_start])
-        else:
-            grouped.extend(order[run_start:position])
-            ends.append(len(grouped))
-        run_start = position
-    singles.sort()
+    count = len(hashes)
+    counts = Counter(hashes)
+    if len(counts) == count:  # every hash unique: the common case
+        return list(range(count)), [], []
+    alone = list(map(eq, map(counts.__getitem__, hashes), repeat(1)))
+    singles = list(compress(range(count), alone))
+    # Stable: entries of one hash stay in entry order.
+    grouped = sorted(compress(range(count), map(not_, alone)), key=hashes.__getitem__)
+    grouped_hashes = list(map(hashes.__getitem__, grouped))
+    changes = map(ne, grouped_hashes, islice(grouped_hashes, 1, None))
+    ends = [*map(add, compress(range(len(grouped) - 1), changes), repeat(1)), len(grouped)]
     return singles, grouped, ends
 
 
