@@ -176,7 +176,6 @@ class HintFold:
     def __init__(self) -> None:
         self._first: HintColumns | None = None  # one hint alone loads with its value groups
         self._locations: dict[str, int] | None = None
-        self.count = 0
 
     def add(self, hint: HintColumns) -> None:
         if self._first is None and self._locations is None:
@@ -192,13 +191,11 @@ class HintFold:
             for key in hint.deleted:
                 pop(key, None)
             locations.update(zip(hint.keys, hint.locations, strict=True))
-        self.count += 1
 
     def load_into(self, segments: SegmentSet, index: KeyIndex) -> None:
         """Load what was folded into the (empty) index, and start over."""
         first, locations = self._first, self._locations
         self._first = self._locations = None
-        self.count = 0
         if first is not None:
             index.bulk_load(first)
             segments.account_bulk(len(first.keys), first.key_bytes, first.value_bytes)
