@@ -95,7 +95,7 @@ def unpack(location: int) -> tuple[int, int, int, int, int]:
     )
 
 
-# Hint file: a compact summary of one merged segment, so reopening does not replay its records.
+# Hint file: a compact summary of one segment (merged or plain), so reopening need not replay it.
 #
 #   header:  | "FKVHNT" | version u16 | segment id u64 | count u64 | max revision u64 |
 #            | created (unix ms) u64 | keys block length u64 | value bytes u64 | singles u64 |

@@ -65,9 +65,6 @@ class MergedOutput:
         self.new_locations: list[int] = []  # where it is now
         self._max_revision = 0
 
-    def __len__(self) -> int:
-        return len(self.keys)
-
     def append(self, entries: list[LiveEntry], limit: int) -> int:
         """Copy live puts (revisions kept) until the output would pass ``limit`` bytes; return
         how many were taken (at least one: a record larger than ``limit`` fills an output alone).

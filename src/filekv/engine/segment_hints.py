@@ -179,7 +179,6 @@ class HintWriter:
                 return
             finally:
                 segment.summary = None  # the hint file (or a replay) holds it now
-            del segment, item
 
     def _drain(self) -> None:
         """Wake every ``wait_idle`` still queued once the thread can no longer serve them."""
