@@ -36,6 +36,7 @@ from .hint import (
 from .record import PUT_VALUE_OFFSET, value_hash
 from .segment import Segment, create_segment, segment_name
 from .segment_hints import HintWriter, write_segment_hint
+from .snapshot import SegmentPins
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class SegmentSet:
         self._lock_fd = -1
         # Hint files of plain sealed segments, written in the background (segment_hints.py).
         self._hints = HintWriter(io, directory) if hint_sealed else None
+        # Segments that open snapshots read: a removed one's descriptor stays open for them.
+        self.pins = SegmentPins(io)
 
     # ------------------------------------------------------------------ the directory
 
@@ -139,6 +142,7 @@ class SegmentSet:
         """Stop the hint writer, close every segment file and release the directory lock."""
         if self._hints is not None:
             self._hints.close()
+        self.pins.close()  # waits for a snapshot's chunk being read, then refuses the next
         for segment in self._segments.values():
             with contextlib.suppress(OSError):
                 self._io.close(segment.fd)
@@ -186,12 +190,14 @@ class SegmentSet:
         self._hint_bytes[segment_id] = size
 
     def remove(self, segment: Segment) -> None:
-        """Forget ``segment`` and its hint file and close its descriptor (files stay on disk)."""
+        """Forget ``segment`` and its hint file and close its descriptor (files stay on disk);
+        a snapshot pinning it keeps the descriptor open until it is done (``snapshot.py``)."""
         del self._segments[segment.segment_id]
         self._hint_bytes.pop(segment.segment_id, None)
         if self._hints is not None:
             self._hints.written.pop(segment.segment_id, None)
-        self._io.close(segment.fd)
+        if not self.pins.retire(segment):
+            self._io.close(segment.fd)
 
     def data_bytes(self) -> int:
         """Bytes of every segment file (hint files not counted)."""

@@ -47,6 +47,7 @@ from .options import FSYNC_MODES, FsyncMode, StoreOptions
 from .record import value_hash
 from .recovery import open_directory
 from .segments import SegmentSet
+from .snapshot import Snapshot
 from .stats import StoreStats
 from .transaction import Transaction
 from .writer import Writer
@@ -382,6 +383,24 @@ class Store:
         with self._lock:
             self._check_open()
             return list(islice(self._index.keys_from(prefix, after), limit))
+
+    def snapshot(self, prefix: str = "") -> Snapshot:
+        """The keys starting with ``prefix`` as they are now, to read in key order while writes
+        and compactions go on: ``with store.snapshot("user/") as snap:`` then ``snap.revision``
+        and ``for key, value, revision in snap``. Close it (the ``with``) to unpin its segment
+        files; ``snapshot.py`` says what it costs.
+        """
+        with self._lock:
+            self._check_open()
+            segments = self._segments
+            return Snapshot.take(
+                self._index,
+                segments.all(),
+                segments.pins,
+                segments.io,
+                revision=self._writer.revision,
+                prefix=prefix,
+            )
 
     # ------------------------------------------------------------------ transactions
 
