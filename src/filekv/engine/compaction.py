@@ -92,6 +92,8 @@ class Compactor:
         self._thread: threading.Thread | None = None
         self.last_compaction: float | None = None  # time.time() of the last one
         self.compactions = 0  # run by this process
+        # Told the seconds each finished compaction took (the service's metrics); None: nobody.
+        self.observer: Callable[[float], None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -155,13 +157,19 @@ class Compactor:
                 self._segments.fail(error)
                 log.error("compaction could not delete its inputs; writes stop: %s", error)
                 raise self._segments.storage_error(error, "deleting compacted segments") from error
+            elapsed = time.monotonic() - started
             log.info(
                 "compacted %d segments into %d in %.3f s (%d live entries)",
                 len(inputs),
                 outputs,
-                time.monotonic() - started,
+                elapsed,
                 copied,
             )
+            if self.observer is not None:
+                try:
+                    self.observer(elapsed)
+                except Exception:  # the compaction is done: a broken observer must not undo it
+                    log.exception("the compaction observer failed")
             return True
 
     def _seal(self) -> tuple[list[Segment], range] | None:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from _thread import LockType
 from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 # Returns (highest appended sequence number, descriptor of the file holding every record up to it
 # that is not yet synced). It must not take the store's lock: writers append while a round runs.
 SyncPoint = Callable[[], tuple[int, int]]
+# Told of every successful round: (seconds the fsync took, records it made durable). Metrics.
+RoundObserver = Callable[[float, int], None]
 
 
 class GroupCommit:
@@ -55,6 +58,8 @@ class GroupCommit:
         self._wakeup = threading.Event()
         self._syncer: threading.Thread | None = None
         self._stopping = False
+        # Set by whoever wants to watch the rounds (the service's metrics); None costs nothing.
+        self.observer: RoundObserver | None = None
 
     @property
     def synced(self) -> int:
@@ -109,6 +114,8 @@ class GroupCommit:
             # Before reading the sync point: wait_for_round() must also cover a round that has
             # picked its descriptor but not yet called fsync on it.
             self._in_round = True
+        observer = self.observer
+        started = time.perf_counter() if observer is not None else 0.0
         try:
             target, fd = self._sync_point()
             self._fsync(fd)
@@ -121,14 +128,18 @@ class GroupCommit:
                 self._round_ended.notify_all()
             self._resolve_async()
             return
+        elapsed = time.perf_counter() - started if observer is not None else 0.0
         with self._mutex:
             self._in_round = False
+            covered = target - self._synced
             if target > self._synced:
                 self._synced = target
             self._release_covered()
             self._round_ended.notify_all()
         if self._async_waiters:  # unlocked peek: the syncer resolves any it misses
             self._resolve_async()
+        if observer is not None:
+            _notify(observer, elapsed, max(0, covered))
 
     def _release_covered(self) -> None:
         # Called holding _mutex.
@@ -238,6 +249,14 @@ class GroupCommit:
                 self._failure = StoreFailed("the store was closed before the write was synced")
             self._release_all()
         self._resolve_async()
+
+
+def _notify(observer: RoundObserver, seconds: float, records: int) -> None:
+    # After the waiters were woken: a slow or broken observer never delays nor fails a write.
+    try:
+        observer(seconds, records)
+    except Exception:
+        log.exception("the fsync round observer failed")
 
 
 def _settle(futures: list[asyncio.Future[None]], failure: BaseException | None) -> None:

@@ -38,7 +38,7 @@ from typing import Any, Final, Self
 from .backup import take_backup
 from .batch import BatchOp, Put
 from .compaction import Compactor
-from .durability import GroupCommit, IntervalFlusher
+from .durability import GroupCommit, IntervalFlusher, RoundObserver
 from .entry import Entry
 from .errors import StoreClosed, StoreFailed
 from .fileio import FileIO
@@ -476,6 +476,23 @@ class Store:
                 compacting=compactor.busy,
                 in_transaction=self._writer.transaction is not None,
             )
+
+    def observe(
+        self,
+        *,
+        fsync: RoundObserver | None = None,
+        compaction: Callable[[float], None] | None = None,
+    ) -> None:
+        """Watch the store's background work (for metrics); None stops watching.
+
+        ``fsync(seconds, records)`` after every successful group-commit round: how long the fsync
+        took and how many records it made durable. ``compaction(seconds)`` after every finished
+        compaction. Both are called in the thread that did the work, after it is done, so they
+        must be quick and must not block; an exception they raise is logged and ignored.
+        Unwatched, the store does no timing at all.
+        """
+        self._group.observer = fsync
+        self._compactor.observer = compaction
 
     def check(self) -> None:
         """Verify that every index agrees with the others and with the files; raise if not."""
