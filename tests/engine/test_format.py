@@ -24,6 +24,7 @@ from support.storefiles import as_after_a_crash, contents, last_segment, segment
 import filekv.engine.record as record
 from filekv.engine import RecoveryInterrupted, Store
 from filekv.engine.record import (
+    FORMAT_VERSION,
     MARKER_BYTES,
     PUT,
     RecordTooLarge,
@@ -32,6 +33,9 @@ from filekv.engine.record import (
 )
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "store-v1"  # written by filekv at 973f6ba
+# Written by filekv at c534238 (segments version 2, hints version 3): a merged segment with its
+# hint, a plain newest one with the hint of a clean close; puts, deletes, a transaction, a batch.
+FIXTURE_V2 = Path(__file__).parent / "fixtures" / "store-v2"
 
 
 def _write_attack(path: Path, kind: str) -> tuple[int, int, bytes]:
@@ -148,7 +152,7 @@ def test_segments_carry_a_random_marker_at_every_record(
     headers = [decode_segment_header(path.read_bytes()) for path in segments(db.path)]
     markers = {header.marker for header in headers}
     assert len(headers) > 1 and len(markers) == len(headers)
-    assert all(header.version == 2 for header in headers)
+    assert all(header.version == FORMAT_VERSION for header in headers)
     for path, header in zip(segments(db.path), headers, strict=True):
         data = path.read_bytes()
         # Every record starts with the marker: 50 puts of equal size, so it occurs at a stride.
@@ -170,9 +174,9 @@ def test_files_are_private_to_their_owner(tmp_path: Path) -> None:
 # -- version 1 stores ----------------------------------------------------------------------
 
 
-def _fixture(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
-    work = tmp_path / "v1"
-    shutil.copytree(FIXTURE_V1, work)
+def _fixture(tmp_path: Path, fixture: Path = FIXTURE_V1) -> tuple[Path, dict[str, Any]]:
+    work = tmp_path / fixture.name
+    shutil.copytree(fixture, work)
     expected = json.loads((work / "expected.json").read_text())
     (work / "expected.json").unlink()
     return work, expected
@@ -188,18 +192,51 @@ def test_format_v1_store_opens_and_upgrades(tmp_path: Path) -> None:
         assert db.revision == expected["revision"]
         db.put("new", b"after the upgrade")
         db.check()
-    # The old files were not appended to: the write went to a new version 2 segment.
+    # The old files were not appended to: the write went to a new segment of this version.
     for name, data in v1_files.items():
         assert (work / name).read_bytes() == data
     newest = last_segment(work)
     assert newest.name not in v1_files
-    assert decode_segment_header(newest.read_bytes()).version == 2
+    assert decode_segment_header(newest.read_bytes()).version == FORMAT_VERSION
     want["new"] = b"after the upgrade"
     with Store.open(work, **FAST) as db:
         assert contents(db) == want
         db.compact()
-    assert {decode_segment_header(p.read_bytes()).version for p in segments(work)} == {2}
+    assert {decode_segment_header(p.read_bytes()).version for p in segments(work)} == {
+        FORMAT_VERSION
+    }
     with Store.open(work, **FAST) as db:
+        assert contents(db) == want
+        db.check()
+
+
+@pytest.mark.parametrize("crashed", [False, True], ids=["clean", "crashed"])
+def test_format_v2_store_opens_and_upgrades(tmp_path: Path, crashed: bool) -> None:
+    work, expected = _fixture(tmp_path, FIXTURE_V2)
+    if crashed:
+        as_after_a_crash(work)  # the newest version 2 segment replayed, not loaded from its hint
+    want = {key: value.encode() for key, value in expected["contents"].items()}
+    old_files = {path.name: path.read_bytes() for path in work.iterdir()}
+    assert {
+        decode_segment_header(work.joinpath(n).read_bytes()).version
+        for n in old_files
+        if n.endswith(".seg")
+    } == {2}
+    with Store.open(work, **FAST) as db:
+        assert contents(db) == want
+        assert db.revision == expected["revision"]
+        db.put("new", b"with a ttl", ttl=3600)
+        db.check()
+    for name, data in old_files.items():  # never rewritten in place
+        if name.endswith(".seg"):
+            assert (work / name).read_bytes() == data
+    assert decode_segment_header(last_segment(work).read_bytes()).version == FORMAT_VERSION
+    want["new"] = b"with a ttl"
+    with Store.open(work, **FAST) as db:
+        assert contents(db) == want
+        entry = db.entry("new")
+        assert entry is not None and entry.expires_at is not None
+        db.compact()
         assert contents(db) == want
         db.check()
 

@@ -21,6 +21,7 @@ from filekv.engine.hint import (
     HASH_MASK,
     HINT_HEADER,
     HINT_HEADER_V3,
+    HINT_HEADER_V4,
     HINT_VERSION,
     LOCATION_BYTES,
     HintColumns,
@@ -166,7 +167,8 @@ def test_index_hint_entries_are_the_packed_locations_big_endian() -> None:
     hint = _hint({"a": (0xABCD, 5)})
     data = encode_hint(hint)
     keys_length = HINT_HEADER.unpack_from(data, 0)[6]
-    start = HINT_HEADER.size + HINT_HEADER_V3.size + keys_length  # version 3: the extension first
+    # Versions 3 and 4: their header extensions first.
+    start = HINT_HEADER.size + HINT_HEADER_V3.size + HINT_HEADER_V4.size + keys_length
     entry = data[start : start + LOCATION_BYTES]
     assert unpack(int.from_bytes(entry, "big")) == (SEGMENT, 32, 1, 5, 0xABCD)
 

@@ -22,7 +22,13 @@ from support.storefiles import contents, copy_store, flip_byte, hints, segments,
 
 from filekv.engine import Store, recovery
 from filekv.engine.fileio import FileIO
-from filekv.engine.hint import HINT_HEADER, HINT_HEADER_V3, decode_hint, encode_hint
+from filekv.engine.hint import (
+    HINT_HEADER,
+    HINT_HEADER_V3,
+    HINT_HEADER_V4,
+    decode_hint,
+    encode_hint,
+)
 from filekv.engine.segment_hints import summarize_segment
 
 SMALL: dict[str, Any] = {"segment_bytes": 4096, "max_value_bytes": 512, "max_key_bytes": 64}
@@ -189,11 +195,12 @@ def test_segment_hints_a_store_without_them_opens_by_replay_and_gains_them(
 
 
 def _as_version_2(data: bytes) -> bytes:
-    """A version 3 hint without deleted keys written the way version 2 did (no extension)."""
+    """A version 4 hint without deleted or expiring keys written the way version 2 did (no
+    extensions)."""
     body = data[:-4]
     head = bytearray(body[: HINT_HEADER.size])
     head[6:8] = (2).to_bytes(2, "little")
-    old = bytes(head) + body[HINT_HEADER.size + HINT_HEADER_V3.size :]
+    old = bytes(head) + body[HINT_HEADER.size + HINT_HEADER_V3.size + HINT_HEADER_V4.size :]
     return old + zlib.crc32(old).to_bytes(4, "little")
 
 

@@ -11,7 +11,9 @@ it re-exports the public names. Who owns what inside is drawn in ``store.py``'s 
 from __future__ import annotations
 
 from .batch import BatchOp, Delete, Put
+from .changes import Change
 from .errors import (
+    Compacted,
     CorruptStore,
     DiskFull,
     InvalidBatch,
@@ -37,6 +39,8 @@ from .transaction import Transaction
 
 __all__ = [
     "BatchOp",
+    "Change",
+    "Compacted",
     "CorruptStore",
     "Delete",
     "DiskFull",

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .errors import DiskFull, StorageError, StoreClosed, StoreFailed
+from .errors import CorruptStore, DiskFull, StorageError, StoreClosed, StoreFailed
 from .fileio import FileIO
 from .hint import decode_hint
 from .record import FormatError
@@ -167,9 +167,10 @@ def _freeze(
     return frozen
 
 
-def verify_copy(directory: Path, io: FileIO | None = None) -> None:
+def verify_copy(directory: Path, io: FileIO | None = None, *, strict: bool = False) -> None:
     """CorruptStore unless every record of every segment in ``directory`` checks out; drop the
-    hint files that do not (a segment without a good hint is replayed at open)."""
+    hint files that do not (a segment without a good hint is replayed at open), or with
+    ``strict`` (a restore: a damaged hint means a damaged archive) raise CorruptStore for them."""
     io = io or FileIO()
     sizes: dict[int, tuple[int, bool]] = {}  # segment id -> (bytes, merged)
     for name in sorted(os.listdir(directory)):
@@ -195,6 +196,8 @@ def verify_copy(directory: Path, io: FileIO | None = None) -> None:
             if not merged and hint.segment_length != size:
                 raise FormatError("hint file sums up another length of the segment")
         except FormatError as error:
+            if strict:
+                raise CorruptStore(str(path), 0, str(error)) from error
             log.warning(
                 "%s left out of the backup (%s); its segment is replayed at open", name, error
             )

@@ -20,18 +20,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from .errors import InvalidBatch, InvalidKey, TransactionTooLarge, ValueTooLarge
-from .record import OPERATION_HEADER, RECORD_HEADER_SIZE
+from .errors import InvalidBatch, InvalidKey, InvalidTTL, TransactionTooLarge, ValueTooLarge
+from .expiry import check_ttl
+from .record import EXPIRY, OPERATION_HEADER, RECORD_HEADER_SIZE
 
 
 # Named tuples, not frozen dataclasses: a batch builds up to thousands of them per request, and
 # a tuple is built three times as fast.
 class Put(NamedTuple):
-    """Write ``value`` under ``key``; ``expect`` as for ``Store.put``."""
+    """Write ``value`` under ``key``; ``expect`` and ``ttl`` as for ``Store.put``."""
 
     key: str
     value: bytes
     expect: int | None = None
+    ttl: float | None = None
 
 
 class Delete(NamedTuple):
@@ -52,6 +54,7 @@ class Prepared(NamedTuple):
     value: bytes | None
     expect: int | None
     final: bool
+    ttl: float | None = None  # seconds, checked
 
 
 def prepare(
@@ -88,10 +91,13 @@ def prepare(
     header = OPERATION_HEADER.size
     for index, op in enumerate(ops):
         kind = type(op)
+        ttl = None
         if kind is Put:
             value: bytes | None = op.value  # type: ignore[union-attr]
             if type(value) is not bytes or len(value) > max_value_bytes:
                 value = _checked_value(check_value, op.value, index)  # type: ignore[union-attr]
+            if op.ttl is not None:  # type: ignore[union-attr]
+                ttl = _checked_ttl(op.ttl, index)  # type: ignore[union-attr]
         elif kind is Delete:
             value = None
         else:
@@ -105,17 +111,28 @@ def prepare(
             encoded = _encoded_key(encode_key, key, index)  # raises, naming what is wrong
         last_index[op.key] = index
         size += header + len(encoded) + (len(value) if value is not None else 0)
+        if ttl is not None:
+            size += EXPIRY.size
         if size > max_bytes:
             raise TransactionTooLarge(
                 f"the batch passes {max_bytes} record bytes at op {index} (max_transaction_bytes)"
             )
-        prepared.append(new(Prepared, (key, encoded, value, op.expect, True)))
+        prepared.append(new(Prepared, (key, encoded, value, op.expect, True, ttl)))
     if len(last_index) < len(prepared):  # a key repeats: only its last operation is final
         prepared = [
             op if last_index[op.key] == index else op._replace(final=False)
             for index, op in enumerate(prepared)
         ]
     return prepared
+
+
+def _checked_ttl(ttl: float, index: int) -> float:
+    try:
+        return check_ttl(ttl)
+    except InvalidTTL as exc:
+        error = InvalidTTL(f"op {index}: {exc}")
+        error.op_index = index
+        raise error from None
 
 
 def _encoded_key(encode_key: Callable[[str], bytes], key: str, index: int) -> bytes:

@@ -3,8 +3,9 @@
 Steps, each safe to interrupt by a crash:
 
 1. Under the lock, seal the active segment (fsync), reserve a run of ids M, M+1, ... for the
-   outputs and start a new active segment after them. Inputs are every segment below M; new
-   writes go to the new active segment and later.
+   outputs and start a new active segment after them. Inputs are every segment below M but the
+   newest plain ones that hold the last ``watch_history`` revisions (kept for watchers, see
+   ``_kept_history``); new writes go to the new active segment and later.
 2. Without the lock, read the inputs oldest first; for each put still live (checked in short
    batches under the lock) append a copy to the current output (``merge_output.py``), keeping
    its revision. An output that reaches ``segment_bytes`` is finished and the next one started,
@@ -78,6 +79,7 @@ class Compactor:
         min_bytes: int,
         dead_ratio: float,
         automatic: bool,
+        keep_revisions: int = 0,
     ) -> None:
         self._lock = lock
         self._segments = segments
@@ -88,6 +90,7 @@ class Compactor:
         self._min_bytes = min_bytes
         self._dead_ratio = dead_ratio
         self._automatic = automatic
+        self._keep_revisions = keep_revisions  # watch_history: see _kept_history
         self._running = threading.Lock()  # one compaction at a time
         self._thread: threading.Thread | None = None
         self.last_compaction: float | None = None  # time.time() of the last one
@@ -111,6 +114,10 @@ class Compactor:
             return
         if 1 - self._segments.live_bytes / disk < self._dead_ratio:
             return
+        if self._keep_revisions:
+            mergeable = self._mergeable(self._kept_history())
+            if len(mergeable) <= 1 and all(s.merged for s in mergeable):
+                return  # the dead bytes are in history kept for watchers
         self._thread = threading.Thread(
             target=self._compact_in_background, name="filekv-compaction", daemon=True
         )
@@ -188,18 +195,51 @@ class Compactor:
             active = segments.active
             assert active is not None
             sealed = [s for s in segments.all() if s is not active]
-            if (
+            kept = self._kept_history()
+            if not kept and (
                 active.size == active.header.size
                 and all(s.merged for s in sealed)
                 and segments.dead_bytes() <= 0
             ):
                 return None
+            mergeable = self._mergeable(kept)
+            if kept and len(mergeable) <= 1 and all(s.merged for s in mergeable):
+                return None  # at most one merged segment and history to keep: nothing to gain
             total = sum(s.size for s in sealed) + active.size
             count = total // segments.segment_bytes + 2
             first = segments.reserve_ids(count)
             segments.start_new_segment(self._revision())
-            inputs = [s for s in segments.all() if s.segment_id < first]
+            inputs = [
+                s for s in segments.all() if s.segment_id < first and s.segment_id not in kept
+            ]
         return inputs, range(first, first + count)
+
+    def _kept_history(self) -> set[int]:
+        """Ids of the plain segments that hold revisions newer than ``keep_revisions`` ago,
+        which watchers may still ask for (history.py reads them). Under the lock.
+
+        A plain segment holds the revisions after its base revision up to the next plain
+        segment's base (the active one: up to now), and plain segments are in revision order,
+        so the kept ones are the newest run of them. Leaving them out of a compaction is safe
+        in id order: everything a merged output copies is live, so no kept segment holds a
+        later record of its key, and every record of a kept segment is newer than anything
+        compaction copies (merged segments hold only revisions older than the kept ones).
+        """
+        if not self._keep_revisions:
+            return set()
+        revision = self._revision()
+        horizon = revision - self._keep_revisions
+        plain = [s for s in self._segments.all() if not s.merged]
+        for index in range(len(plain)):
+            following = plain[index + 1] if index + 1 < len(plain) else None
+            reaches = following.header.base_revision if following is not None else revision
+            if reaches > horizon:
+                return {s.segment_id for s in plain[index:]}
+        return set()
+
+    def _mergeable(self, kept: set[int]) -> list[Segment]:
+        """The segments a compaction would merge now (the active one included). Under the lock."""
+        return [s for s in self._segments.all() if s.segment_id not in kept]
 
     def _merge(self, inputs: list[Segment], output_ids: range) -> tuple[int, int]:
         """Copy the live puts of ``inputs`` into finished outputs; return (copies, outputs)."""
@@ -275,11 +315,15 @@ class Compactor:
         fd = segment.fd
         for first in range(0, len(known), BATCH):
             live: list[tuple[int, str, int]] = []  # (offset, key, location)
+            expiries: dict[str, float] = {}
             with self._lock:
                 get = self._index.locations.get
                 for key, location in known[first : first + BATCH]:
                     if get(key) == location:
                         live.append(((location >> OFFSET_SHIFT) & OFFSET_MASK, key, location))
+                held = self._index.expiries
+                if held:  # while a location holds, so does its expiry: one record wrote both
+                    expiries = {key: held[key] for _, key, _ in live if key in held}
             live.sort()
             entries: list[LiveEntry] = []
             window = b""
@@ -294,9 +338,9 @@ class Compactor:
                         raise CorruptStore(str(segment.path), start, "a value ends past the file")
                 at = start - window_start
                 revision = (location >> REVISION_SHIFT) & REVISION_MASK
-                entries.append(
-                    (key, key.encode("utf-8"), revision, location, window[at : at + length])
-                )
+                expires_at = expiries.get(key) if expiries else None
+                value = window[at : at + length]
+                entries.append((key, key.encode("utf-8"), revision, location, value, expires_at))
             yield entries
 
     def _final_puts(self, segment: Segment) -> list[tuple[str, int]] | None:
@@ -346,11 +390,13 @@ class Compactor:
             live: list[LiveEntry] = []
             with self._lock:
                 locations = self._index.locations
+                expiries = self._index.expiries
                 for key, encoded, start, length, revision in candidates[first : first + BATCH]:
                     location = locations.get(key)
                     if location is not None and place_of(location) == place_base | start:
                         value = data[start : start + length]
-                        live.append((key, encoded, revision, location, value))
+                        expires_at = expiries.get(key) if expiries else None
+                        live.append((key, encoded, revision, location, value, expires_at))
             yield live
 
     def _retire(self, inputs: list[Segment]) -> None:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A key's value and the revision that wrote it (None for a transaction's staged value)."""
+    """A key's value and the revision that wrote it (None for a transaction's staged value),
+    and when it expires (UNIX seconds; None: never)."""
 
     key: str
     value: bytes
     revision: int | None
+    expires_at: float | None = None

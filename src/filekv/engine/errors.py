@@ -14,6 +14,7 @@
     ├── NoSavepoint            release at depth 1: there is no nested level to merge
     ├── TransactionTooLarge    a staged write would pass the transaction's byte or op limit
     ├── RecoveryInterrupted    open() was asked to stop while it was still reading the files
+    ├── Compacted              changes asked for from a revision compaction no longer keeps
     ├── CorruptStore           damage that is not a torn tail: names the file and offset
     └── StorageError           an operating-system I/O call failed
         ├── DiskFull           ENOSPC: nothing was written; retry once space is freed
@@ -57,6 +58,12 @@ class InvalidBatch(StoreError):
     def __init__(self, message: str, op_index: int | None = None) -> None:
         self.op_index = op_index
         super().__init__(message)
+
+
+class InvalidTTL(StoreError, ValueError):
+    """A time to live that is not a number of seconds above 0 and at most ten years."""
+
+    op_index: int | None = None  # in a batch: the operation at fault
 
 
 class VersionMismatch(StoreError):
@@ -107,6 +114,22 @@ class RecoveryInterrupted(StoreError):
 
     Recovery only reads until it has scanned everything, so nothing on disk was changed.
     """
+
+
+class Compacted(StoreError):
+    """The changes after a revision were asked for, but compaction has dropped some of them.
+
+    ``oldest_available`` is the oldest revision the change feed can still deliver: ask again
+    from there (or read the keys afresh).
+    """
+
+    def __init__(self, asked: int, oldest_available: int) -> None:
+        self.asked = asked
+        self.oldest_available = oldest_available
+        super().__init__(
+            f"revision {asked} is no longer in the change history (compacted); "
+            f"the oldest available is {oldest_available}"
+        )
 
 
 class CorruptStore(StoreError):

@@ -111,10 +111,15 @@ def unpack(location: int) -> tuple[int, int, int, int, int]:
 #            | deleted block length u64 |  (24 bytes), and after the value groups the deleted
 #            keys (a plain sealed segment's deletes, not followed by a put of the key in that
 #            segment), UTF-8 sorted, joined by 0xFF. Segment length 0: a merged segment.
-HINT_VERSION: Final = 3  # version 2 (no deleted keys) is read; version 1 is ignored: replayed
-HINT_VERSION_V2: Final = 2
+#   (version 4 only) after the version 3 fields: | expiring count u64 | (8 bytes), and after
+#            the deleted keys the entries whose value expires: their positions in the entries
+#            (u32, ascending), then their ``expires_at`` (f64, UNIX seconds), little-endian.
+HINT_VERSION: Final = 4  # versions 2 and 3 are read; version 1 is ignored: replayed
+HINT_VERSION_V3: Final = 3  # deleted keys, no expiries
+HINT_VERSION_V2: Final = 2  # no deleted keys
 HINT_HEADER: Final = struct.Struct("<6sHQQQQQQQQ")
 HINT_HEADER_V3: Final = struct.Struct("<QQQ")
+HINT_HEADER_V4: Final = struct.Struct("<Q")
 KEY_SEPARATOR: Final = b"\xff"
 _LOCATION: Final = struct.Struct(f"{LOCATION_BYTES}s")
 _BIG: Final[Literal["big"]] = "big"
@@ -134,6 +139,7 @@ class HintColumns:
     group_ends: Sequence[int] = ()
     deleted: list[str] = field(default_factory=list)  # keys this segment leaves deleted
     segment_length: int = 0  # bytes of the segment the hint sums up; 0: merged, any length
+    expiries: dict[str, float] = field(default_factory=dict)  # keys (of ``keys``) that expire
 
 
 def value_groups(hashes: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
@@ -182,6 +188,7 @@ def encode_hint(columns: HintColumns) -> bytes:
             len(ends),
         ),
         HINT_HEADER_V3.pack(columns.segment_length, len(columns.deleted), len(deleted_block)),
+        HINT_HEADER_V4.pack(len(columns.expiries)),
         keys_block,
         _location_entries(locations),
     ]
@@ -191,6 +198,17 @@ def encode_hint(columns: HintColumns) -> bytes:
             column.byteswap()
         parts.append(column.tobytes())
     parts.append(deleted_block)
+    if columns.expiries:
+        expiries = columns.expiries
+        expiring = [i for i, key in enumerate(columns.keys) if key in expiries]
+        if len(expiring) != len(expiries):
+            raise ValueError("a hint's expiries must be of its own keys")
+        positions = array("I", expiring)
+        times = array("d", [expiries[columns.keys[i]] for i in expiring])
+        if not _LITTLE_ENDIAN:
+            positions.byteswap()
+            times.byteswap()
+        parts += (positions.tobytes(), times.tobytes())
     data = b"".join(parts)
     return data + zlib.crc32(data).to_bytes(4, "little")
 
@@ -231,18 +249,24 @@ def decode_hint(data: bytes) -> HintColumns:
         singles,
         groups,
     ) = HINT_HEADER.unpack_from(data, 0)
-    if magic != HINT_MAGIC or version not in (HINT_VERSION, HINT_VERSION_V2):
+    if magic != HINT_MAGIC or version not in (HINT_VERSION, HINT_VERSION_V3, HINT_VERSION_V2):
         raise FormatError("not a hint file of this format version")
     if singles > count:
         raise FormatError("hint file value groups do not add up")
     position = HINT_HEADER.size
-    segment_length = deleted_count = deleted_length = 0
-    if version == HINT_VERSION:
-        if len(data) < position + HINT_HEADER_V3.size + 4:
+    segment_length = deleted_count = deleted_length = expiring = 0
+    if version >= HINT_VERSION_V3:
+        extra = HINT_HEADER_V3.size + (HINT_HEADER_V4.size if version >= HINT_VERSION else 0)
+        if len(data) < position + extra + 4:
             raise FormatError("hint file is incomplete")
         segment_length, deleted_count, deleted_length = HINT_HEADER_V3.unpack_from(data, position)
-        position += HINT_HEADER_V3.size
+        if version >= HINT_VERSION:
+            (expiring,) = HINT_HEADER_V4.unpack_from(data, position + HINT_HEADER_V3.size)
+        position += extra
+    if expiring > count:
+        raise FormatError("hint file has more expiring entries than entries")
     size = keys_length + count * LOCATION_BYTES + 4 * (count + groups) + deleted_length
+    size += 12 * expiring
     if position + size != len(data) - 4:
         raise FormatError("hint file length does not match its header")
     keys_block = data[position : position + keys_length]
@@ -273,6 +297,19 @@ def decode_hint(data: bytes) -> HintColumns:
         deleted = block.decode("utf-8", "surrogateescape").split("\udcff")
     if len(deleted) != deleted_count:
         raise FormatError("hint file deleted key count mismatch")
+    position += deleted_length
+    expiries: dict[str, float] = {}
+    if expiring:
+        positions = array("I")
+        positions.frombytes(data[position : position + 4 * expiring])
+        times = array("d")
+        times.frombytes(data[position + 4 * expiring : position + 12 * expiring])
+        if not _LITTLE_ENDIAN:
+            positions.byteswap()
+            times.byteswap()
+        if positions[-1] >= count or not all(map(lt, positions, positions[1:])):
+            raise FormatError("hint file expiring entries point outside the file")
+        expiries = dict(zip(map(keys.__getitem__, positions), times, strict=True))
     # Singles are in entry order, so the last is the largest; groups must each hold two or more.
     if (
         max(single_entries[-1:], default=-1) >= count
@@ -295,6 +332,7 @@ def decode_hint(data: bytes) -> HintColumns:
         ends,
         deleted,
         segment_length,
+        expiries,
     )
 
 

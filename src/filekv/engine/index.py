@@ -1,4 +1,4 @@
-"""The in-memory indexes: key -> location, ordered keys, value hash -> keys.
+"""The in-memory indexes: key -> location, ordered keys, value hash -> keys, and expiries.
 
 Values stay on disk; memory holds, per key, the key string (shared by all three structures), one
 packed integer locating its value (``hint.pack``: the same layout hint files store), a slot in
@@ -9,6 +9,7 @@ Owns the three in-memory structures; the Store's lock serialises every call.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from itertools import compress, repeat
 from operator import and_, is_not
@@ -33,7 +34,15 @@ class KeyIndex:
     Not thread-safe by itself: the Store serialises every call under its lock.
     """
 
-    __slots__ = ("_hint_grouped", "_hint_keys", "by_value", "locations", "ordered")
+    __slots__ = (
+        "_hint_grouped",
+        "_hint_keys",
+        "by_expiry",
+        "by_value",
+        "expiries",
+        "locations",
+        "ordered",
+    )
 
     def __init__(self) -> None:
         self.locations: dict[str, int] = {}
@@ -42,6 +51,11 @@ class KeyIndex:
         # What range holders point into: the bulk-loaded hint's keys and its grouped entries.
         self._hint_keys: list[str] = []
         self._hint_grouped: Sequence[int] = ()
+        # Keys whose value expires: key -> expires_at (UNIX seconds), and the same pairs ordered
+        # by time, for counting the expired in O(log n) and for the sweeper. Empty (and never
+        # looked at on the hot path beyond a truth test) in a store that uses no TTL.
+        self.expiries: dict[str, float] = {}
+        self.by_expiry: SortedList = SortedList()
 
     def __len__(self) -> int:
         return len(self.locations)
@@ -79,7 +93,49 @@ class KeyIndex:
             return None
         self.ordered.remove(key)
         self._unlink_value(previous & HASH_MASK, key)
+        if self.expiries:
+            self.set_expiry(key, None)
         return previous
+
+    def set_expiry(self, key: str, expires_at: float | None) -> None:
+        """Note when ``key``'s value expires (None: never), after ``set`` pointed it at it."""
+        expiries = self.expiries
+        old = expiries.pop(key, None) if expiries else None
+        if old is not None:
+            self.by_expiry.remove((old, key))
+        if expires_at is not None:
+            expiries[key] = expires_at
+            self.by_expiry.add((expires_at, key))
+
+    def load_expiries(self, expiries: dict[str, float]) -> None:
+        """Take over the expiries of keys just bulk-loaded (the index has none yet)."""
+        if self.expiries:
+            raise ValueError("load_expiries needs an index without expiries")
+        self.expiries = expiries
+        self.by_expiry = SortedList((at, key) for key, at in expiries.items())
+
+    def is_expired(self, key: str, now: float) -> bool:
+        """True if ``key`` has a value whose time is up (it reads as absent from then on)."""
+        expires_at = self.expiries.get(key)
+        return expires_at is not None and expires_at <= now
+
+    def expired_count(self, now: float) -> int:
+        """How many keys have expired by ``now`` but are still held (the sweeper's backlog)."""
+        if not self.expiries:
+            return 0
+        # (t,) sorts before every (t, key): counted are the pairs of a time up to ``now``.
+        return int(self.by_expiry.bisect_left((math.nextafter(now, math.inf),)))
+
+    def expired_keys(self, now: float, limit: int) -> list[str]:
+        """Up to ``limit`` keys expired by ``now``, the longest expired first."""
+        if not self.expiries:
+            return []
+        end = min(self.expired_count(now), limit)
+        return [key for _, key in self.by_expiry.islice(0, end)]
+
+    def next_expiry(self) -> float | None:
+        """The earliest expiry held, or None."""
+        return self.by_expiry[0][0] if self.by_expiry else None
 
     def check(self) -> None:
         """AssertionError unless the three structures agree with each other."""
@@ -99,6 +155,10 @@ class KeyIndex:
             grouped += len(group)
         if grouped != len(self.locations):
             raise AssertionError("the value index does not hold every key exactly once")
+        if any(key not in self.locations for key in self.expiries):
+            raise AssertionError("an expiry is held for a key the index does not hold")
+        if list(self.by_expiry) != sorted((at, key) for key, at in self.expiries.items()):
+            raise AssertionError("the expiry order disagrees with the expiries")
 
     def move(self, key: str, expected: int, location: int) -> bool:
         """Repoint ``key`` to ``location`` only if it still points at ``expected`` (compaction)."""

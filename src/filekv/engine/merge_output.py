@@ -36,14 +36,15 @@ from .record import (
     PUT_VALUE_OFFSET,
     SegmentHeader,
     encode_put,
+    encode_put_ttl,
     encode_segment_header,
 )
 from .segment import TEMP_SUFFIX, Segment, hint_name, new_marker, segment_name
 
 FLUSH_BYTES: Final = 4 << 20  # buffered output written in pieces of about this size
 
-# key, its UTF-8 bytes, revision, where it is (the index's location), its value
-LiveEntry = tuple[str, bytes, int, int, bytes]
+# key, its UTF-8 bytes, revision, where it is (the index's location), its value, its expiry
+LiveEntry = tuple[str, bytes, int, int, bytes, float | None]
 
 
 class MergedOutput:
@@ -63,6 +64,7 @@ class MergedOutput:
         self.keys: list[str] = []
         self.old_locations: list[int] = []  # where each key was copied from
         self.new_locations: list[int] = []  # where it is now
+        self.expiries: dict[str, float] = {}  # of the keys copied, those whose value expires
         self._max_revision = 0
 
     def append(self, entries: list[LiveEntry], limit: int) -> int:
@@ -79,10 +81,16 @@ class MergedOutput:
         highest = self._max_revision
         fixed = self.segment_id << SEGMENT_SHIFT
         taken = 0
-        for key, encoded, revision, old, value in entries:
-            record = encode_put(marker, revision, encoded, value)
+        expiries = self.expiries
+        for key, encoded, revision, old, value, expires_at in entries:
+            if expires_at is None:
+                record = encode_put(marker, revision, encoded, value)
+            else:  # copied with its expiry, which stays what the client set
+                record = encode_put_ttl(marker, revision, encoded, value, expires_at)
             if size + len(record) > limit and keys:
                 break
+            if expires_at is not None:
+                expiries[key] = expires_at
             keys.append(key)
             old_locations.append(old)
             new_locations.append(  # pack(), inlined; the value hash is the old location's
@@ -125,6 +133,7 @@ class MergedOutput:
                 created_ms=int(time.time() * 1000),
                 keys=[self.keys[i] for i in order],
                 locations=[self.new_locations[i] for i in order],
+                expiries=self.expiries,
             )
         )
         del order

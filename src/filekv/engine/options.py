@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from .hint import LENGTH_MASK
-from .record import MAX_BODY, MAX_OPERATIONS, OPERATION_HEADER
+from .record import EXPIRY, MAX_BODY, MAX_OPERATIONS, OPERATION_HEADER
 
 FsyncMode = Literal["always", "interval", "never"]
 FSYNC_MODES: Final = ("always", "interval", "never")
@@ -42,6 +42,16 @@ class StoreOptions:
     """Most bytes one transaction may stage (keys, values, framing), every level."""
     max_transaction_ops: int = 10_000
     """Most writes and deletes one transaction may stage, every level."""
+    expiry_sweep_seconds: float = 1.0
+    """How often expired keys get their durable deletion written (they read as absent at once);
+    0 turns the background sweep off (``Store.sweep_expired`` still does it when called)."""
+
+    watch_history: int = 10_000
+    """Revisions compaction keeps in the log for watchers resuming from an older one
+    (``Store.changes``): at least the newest this many; 0 keeps only what is live."""
+    watch_buffer_bytes: int = 16 << 20
+    """Memory for the newest changes (keys, values, ~128 bytes each besides), so that live
+    watchers never read the files; a watcher further behind reads them."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -61,9 +71,18 @@ class StoreOptions:
         ):
             raise ValueError("fsync_interval_ms, segment_bytes or compact_dead_ratio out of range")
         # Every record the store may write must be one that recovery reads back (MAX_BODY).
-        if self.max_key_bytes + self.max_value_bytes + OPERATION_HEADER.size > MAX_BODY:
+        if (
+            self.max_key_bytes + self.max_value_bytes + OPERATION_HEADER.size + EXPIRY.size
+            > MAX_BODY
+        ):
             raise ValueError(f"max_key_bytes + max_value_bytes must stay under {MAX_BODY} bytes")
         if not 1 <= self.max_transaction_bytes <= MAX_BODY:
             raise ValueError(f"max_transaction_bytes must be between 1 and {MAX_BODY}")
+        if not 0 <= self.expiry_sweep_seconds <= 3600:
+            raise ValueError("expiry_sweep_seconds must be between 0 and 3600")
+        if not 0 <= self.watch_history <= 1 << 40:
+            raise ValueError("watch_history must be between 0 and 2**40")
+        if not 0 <= self.watch_buffer_bytes <= 1 << 40:
+            raise ValueError("watch_buffer_bytes must be between 0 and 2**40")
         if not 1 <= self.max_transaction_ops <= MAX_OPERATIONS:
             raise ValueError(f"max_transaction_ops must be between 1 and {MAX_OPERATIONS}")

@@ -3,7 +3,7 @@
 All integers are little-endian. Locations (the packed integers the index holds) and hint files
 are in ``hint.py``. docs/FORMAT.md describes the same layout in prose. Owns no state.
 
-Segment header, version 2 (40 bytes, at offset 0 of every ``NNNNNNNNNN.seg``)::
+Segment header, version 3 (as version 2; 40 bytes, at offset 0 of every ``NNNNNNNNNN.seg``)::
 
     0        6        8               16              24       28              36       40
     +--------+--------+---------------+---------------+--------+---------------+--------+
@@ -17,7 +17,7 @@ bytes would have to hold this marker, which no client ever sees (it is in no ans
 torn write of a value made of encoded records still reads back as a torn tail, and a search for
 the next record after damage costs one ``bytes.find`` pass instead of a checksum at every byte.
 
-Record, version 2 (one put, one delete, or one whole transaction)::
+Record, versions 2 and 3 (one put, one delete, one expiry, or one whole transaction)::
 
     0               8        12       16              24       28       32
     +---------------+--------+--------+---------------+--------+--------+---------------------+
@@ -27,6 +27,14 @@ Record, version 2 (one put, one delete, or one whole transaction)::
      bcrc: crc32 of the ``length`` bytes of operations
 
     operation: | kind u8 | key length u16 | value length u32 | key | value |
+     kind 1 put, 2 delete (value length 0); version 3 adds:
+     kind 3 put with an expiry: the value is followed by ``expires_at`` (f64, UNIX seconds),
+            and ``value length`` counts those 8 bytes too, so the layout is walked as for a put;
+     kind 4 expire: a delete written by the TTL sweeper (value length 0), told apart for
+            watchers.
+
+Version 3 exists so that a filekv that knows only kinds 1 and 2 refuses such a store by its
+segment version instead of calling its records damaged; version 3 reads versions 1 and 2 too.
 
 The header checksum makes the length trustworthy before a byte of the body is hashed, so a
 damaged length can never make recovery hash gigabytes. A record is the unit of atomicity: its
@@ -46,7 +54,7 @@ from dataclasses import dataclass
 from typing import Final
 
 SEGMENT_MAGIC: Final = b"FKVSEG"
-FORMAT_VERSION: Final = 2  # what this filekv writes
+FORMAT_VERSION: Final = 3  # what this filekv writes
 OLDEST_VERSION: Final = 1  # the oldest it still reads
 
 SEGMENT_HEADER_V1: Final = struct.Struct("<6sHQQI")  # magic, version, id, base revision, flags
@@ -71,6 +79,10 @@ MAX_BODY_V1: Final = 1 << 31
 
 PUT: Final = 1
 DELETE: Final = 2
+PUT_TTL: Final = 3  # a put whose operation ends with its expiry (version 3)
+EXPIRE: Final = 4  # a delete written because the key expired (version 3)
+KINDS: Final = frozenset((PUT, DELETE, PUT_TTL, EXPIRE))
+EXPIRY: Final = struct.Struct("<d")  # after a PUT_TTL's value: expires_at, UNIX seconds
 
 Operation = tuple[int, bytes, bytes]  # (kind, key, value); value is b"" for a delete
 
@@ -128,14 +140,14 @@ def decode_segment_header(data: bytes) -> SegmentHeader:
             f"segment format version {version} (or a damaged header); this filekv reads "
             f"versions {OLDEST_VERSION} to {FORMAT_VERSION}"
         )
-    layout = SEGMENT_HEADER if version == 2 else SEGMENT_HEADER_V1
+    layout = SEGMENT_HEADER if version >= 2 else SEGMENT_HEADER_V1
     if len(data) < layout.size + 4:
         raise FormatError("segment header is incomplete")
     if not _header_crc_ok(data, layout.size):
         raise FormatError("segment header checksum mismatch")
-    if version == 2:
+    if version >= 2:
         _, _, segment_id, base_revision, flags, marker = SEGMENT_HEADER.unpack_from(data, 0)
-        return SegmentHeader(segment_id, base_revision, flags, marker, 2)
+        return SegmentHeader(segment_id, base_revision, flags, marker, version)
     _, _, segment_id, base_revision, flags = SEGMENT_HEADER_V1.unpack_from(data, 0)
     return SegmentHeader(segment_id, base_revision, flags, bytes(MARKER_BYTES), 1)
 
@@ -172,14 +184,31 @@ def encode_record(marker: bytes, revision: int, operations: Sequence[Operation])
     return encode_header(marker, revision, len(operations), body, zlib.crc32(body)) + body
 
 
-def encode_put(marker: bytes, revision: int, key: bytes, value: bytes) -> bytes:
+def encode_put(
+    marker: bytes, revision: int, key: bytes, value: bytes, kind: int = PUT
+) -> bytes:
     """The common single-put record, without the general path's list building (hot path)."""
-    body = OPERATION_HEADER.pack(PUT, len(key), len(value)) + key + value
+    body = OPERATION_HEADER.pack(kind, len(key), len(value)) + key + value
     return encode_header(marker, revision, 1, body, zlib.crc32(body)) + body
 
 
-def put_record_size(key: bytes, value: bytes) -> int:
-    return RECORD_HEADER_SIZE + OPERATION_HEADER.size + len(key) + len(value)
+def encode_put_ttl(
+    marker: bytes, revision: int, key: bytes, value: bytes, expires_at: float
+) -> bytes:
+    """A single put of a value that expires at ``expires_at`` (UNIX seconds)."""
+    return encode_put(marker, revision, key, value + EXPIRY.pack(expires_at), PUT_TTL)
+
+
+def put_payload(value: bytes, expires_at: float | None) -> tuple[int, bytes]:
+    """(kind, what follows the key) of a put: the value, and for an expiring one its expiry."""
+    if expires_at is None:
+        return PUT, value
+    return PUT_TTL, value + EXPIRY.pack(expires_at)
+
+
+def put_record_size(key: bytes, value: bytes, expires_at: float | None = None) -> int:
+    extra = 0 if expires_at is None else EXPIRY.size
+    return RECORD_HEADER_SIZE + OPERATION_HEADER.size + len(key) + len(value) + extra
 
 
 # Where a single-put record's value starts, past the record and operation headers (add the key).
@@ -188,10 +217,11 @@ PUT_VALUE_OFFSET: Final = RECORD_HEADER_SIZE + OPERATION_HEADER.size
 
 @dataclass(frozen=True, slots=True)
 class DecodedOperation:
-    kind: int
+    kind: int  # PUT_TTL comes out as PUT, with its expiry; EXPIRE stays apart from DELETE
     key: bytes
     value_offset: int  # absolute offset of the value in the file
-    value_length: int
+    value_length: int  # the value's, without a PUT_TTL's expiry
+    expires_at: float | None = None
 
 
 def record_at(
@@ -226,7 +256,7 @@ def _operations_fit(data: bytes | memoryview, position: int, end: int, count: in
         if position + OPERATION_HEADER.size > end:
             return False
         kind, key_length, value_length = OPERATION_HEADER.unpack_from(data, position)
-        if kind not in (PUT, DELETE):
+        if kind not in KINDS or (kind == PUT_TTL and value_length < EXPIRY.size):
             return False
         position += OPERATION_HEADER.size + key_length + value_length
     return position == end
@@ -281,8 +311,14 @@ def iter_operations(
         kind, key_length, value_length = OPERATION_HEADER.unpack_from(data, position)
         key_start = position + OPERATION_HEADER.size
         value_start = key_start + key_length
-        yield DecodedOperation(kind, bytes(data[key_start:value_start]), value_start, value_length)
         position = value_start + value_length
+        key = bytes(data[key_start:value_start])
+        if kind == PUT_TTL:
+            value_length -= EXPIRY.size
+            (expires_at,) = EXPIRY.unpack_from(data, value_start + value_length)
+            yield DecodedOperation(PUT, key, value_start, value_length, expires_at)
+        else:
+            yield DecodedOperation(kind, key, value_start, value_length)
 
 
 # A stable 32-bit hash of a value for the value index; equal hashes are verified by reading.

@@ -176,8 +176,16 @@ class HintFold:
     def __init__(self) -> None:
         self._first: HintColumns | None = None  # one hint alone loads with its value groups
         self._locations: dict[str, int] | None = None
+        self._expiries: dict[str, float] = {}
 
     def add(self, hint: HintColumns) -> None:
+        expiries = self._expiries
+        if expiries:  # a later put or delete of a key ends its earlier expiry
+            for key in hint.deleted:
+                expiries.pop(key, None)
+            for key in hint.keys:
+                expiries.pop(key, None)
+        expiries.update(hint.expiries)
         if self._first is None and self._locations is None:
             self._first = hint
         else:
@@ -195,7 +203,11 @@ class HintFold:
     def load_into(self, segments: SegmentSet, index: KeyIndex) -> None:
         """Load what was folded into the (empty) index, and start over."""
         first, locations = self._first, self._locations
+        expiries = self._expiries
         self._first = self._locations = None
+        self._expiries = {}
+        if expiries:
+            index.load_expiries(expiries)
         if first is not None:
             index.bulk_load(first)
             segments.account_bulk(len(first.keys), first.key_bytes, first.value_bytes)
@@ -248,7 +260,7 @@ def _load_segment(
             if is_last and not segment.merged:  # appended to next: its summary, from the hint
                 final: dict[str, int | None] = dict(zip(hint.keys, hint.locations, strict=True))
                 final.update(zip(hint.deleted, repeat(None)))
-                segment.summary = SegmentSummary(final, hint.max_revision)
+                segment.summary = SegmentSummary(final, hint.max_revision, dict(hint.expiries))
             if index.locations:  # a replayed segment came first: entry by entry
                 _apply_hint(segments, index, hint)
             else:
@@ -328,8 +340,11 @@ def _apply_hint(segments: SegmentSet, index: KeyIndex, hint: HintColumns) -> Non
     """Apply a hint to an index that already holds entries (after a replayed segment)."""
     account_set = segments.account_set
     set_location = index.set
+    expiries = hint.expiries
     for key, location in zip(hint.keys, hint.locations, strict=True):
         account_set(len(key.encode()), length_of(location), set_location(key, location))
+        if expiries or index.expiries:
+            index.set_expiry(key, expiries.get(key))
     for key in hint.deleted:
         segments.account_remove(len(key.encode()), index.remove(key))
 
@@ -356,6 +371,7 @@ def _replay(
     account_set = segments.account_set
     account_remove = segments.account_remove
     final: dict[str, int | None] = {}  # each key's last operation here, for the summary
+    expiries: dict[str, float] = {}  # and of those puts, the ones that expire
     highest = 0
     for offset, revision in scanned.records:
         for op in iter_operations(data, offset, version):
@@ -367,13 +383,22 @@ def _replay(
                 location = pack(segment_id, start, length, revision, hashed)
                 account_set(len(op.key), length, index.set(key, location))
                 final[key] = location
+                expires_at = op.expires_at
+                if expires_at is not None or index.expiries:
+                    index.set_expiry(key, expires_at)
+                if expires_at is not None:
+                    expiries[key] = expires_at
+                    continue
             else:
                 account_remove(len(op.key), index.remove(key))
                 final[key] = None
+            if expiries:
+                expiries.pop(key, None)
         highest = max(highest, revision)
     segment.size = scanned.good_end
     if is_last and not segment.merged:
-        segment.summary = SegmentSummary(final, max(highest, scanned.header.base_revision))
+        highest = max(highest, scanned.header.base_revision)
+        segment.summary = SegmentSummary(final, highest, expiries)
     if scanned.good_end < len(data):
         cut_tail(segments.io, segment.path, segment.fd, data, scanned.good_end)
         segments.note_truncation()

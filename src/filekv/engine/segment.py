@@ -78,6 +78,9 @@ class SegmentSummary:
 
     final: dict[str, int | None] = field(default_factory=dict)
     max_revision: int = 0
+    # The keys of ``final`` whose last put here expires, and when (UNIX seconds); most stores
+    # have none, so this stays empty and costs nothing.
+    expiries: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -51,6 +51,7 @@ def scan_summary(io: FileIO, path: Path, segment_id: int) -> tuple[SegmentSummar
     data = scanned.data
     version = scanned.header.version
     final: dict[str, int | None] = {}
+    expiries: dict[str, float] = {}
     highest = scanned.header.base_revision
     for offset, revision in scanned.records:
         for op in iter_operations(data, offset, version):
@@ -60,10 +61,14 @@ def scan_summary(io: FileIO, path: Path, segment_id: int) -> tuple[SegmentSummar
                 length = op.value_length
                 hashed = value_hash(data[start : start + length])
                 final[key] = pack(segment_id, start, length, revision, hashed)
+                if op.expires_at is not None:
+                    expiries[key] = op.expires_at
+                    continue
             else:
                 final[key] = None
+            expiries.pop(key, None)
         highest = max(highest, revision)
-    return SegmentSummary(final, highest), scanned.good_end
+    return SegmentSummary(final, highest, expiries), scanned.good_end
 
 
 def hint_columns(segment_id: int, summary: SegmentSummary, length: int) -> HintColumns:
@@ -79,6 +84,7 @@ def hint_columns(segment_id: int, summary: SegmentSummary, length: int) -> HintC
         locations=list(map(final.__getitem__, keys)),  # type: ignore[arg-type]  # puts: never None
         deleted=deleted,
         segment_length=length,
+        expiries=dict(summary.expiries),
     )
 
 

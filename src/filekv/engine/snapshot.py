@@ -239,17 +239,19 @@ class Snapshot:
         At most ``max_keys`` items, and values of about ``max_bytes`` in all (always one at
         least), so memory per chunk stays bounded whatever the values' sizes.
         """
-        if self._closed:
-            raise RuntimeError("the snapshot is closed")
-        keys = self._keys
-        start = self._position
-        stop = min(start + max_keys, len(keys))
-        items: list[Item] = []
-        total = 0
-        pread = self._io.pread
-        table = self._segments
-        location_of = self._location_of
         with self._pins.reading():
+            # Looked at once reading: a close from another thread either came first (and this
+            # raises) or waits in ``unpin`` for this chunk to end.
+            if self._closed:
+                raise RuntimeError("the snapshot is closed")
+            keys = self._keys
+            start = self._position
+            stop = min(start + max_keys, len(keys))
+            items: list[Item] = []
+            total = 0
+            pread = self._io.pread
+            table = self._segments
+            location_of = self._location_of
             for key in keys[start:stop]:
                 location = location_of(key)
                 length = (location >> LENGTH_SHIFT) & LENGTH_MASK

@@ -21,8 +21,9 @@ from typing import Protocol, Self
 from .batch import BatchOp, prepare
 from .entry import Entry
 from .errors import NoSavepoint, TransactionClosed, TransactionTooLarge, VersionMismatch
+from .expiry import check_ttl
 from .options import StoreOptions
-from .record import OPERATION_HEADER
+from .record import EXPIRY, OPERATION_HEADER
 
 # A staged value of None is a staged delete.
 Level = dict[str, bytes | None]
@@ -50,6 +51,14 @@ class TransactionHost(Protocol):
     def end_transaction(self, tx: Transaction) -> None: ...
     def wait_durable(self, seq: int) -> None: ...
     async def wait_durable_async(self, seq: int) -> None: ...
+    def now(self) -> float: ...
+
+
+class ExpiringValue(bytes):
+    """A staged value put with a TTL: bytes (so limits, merging and reads treat it as any staged
+    value) that also carry when they expire, which the commit writes into the record."""
+
+    expires_at: float
 
 
 class Transaction:
@@ -88,7 +97,10 @@ class Transaction:
     def _lookup(self, key: str) -> tuple[bool, bytes | None]:
         for level in reversed(self._levels):
             if key in level:
-                return True, level[key]
+                value = level[key]
+                if type(value) is ExpiringValue and value.expires_at <= self._store.now():
+                    return True, None  # staged with a TTL that has run out: gone
+                return True, value
         return False, None
 
     # ------------------------------------------------------------------ writes
@@ -103,21 +115,34 @@ class Transaction:
         """Operations staged, every level counted."""
         return self._staged_ops
 
-    def put(self, key: str, value: bytes, *, expect: int | None = None) -> bool:
+    def put(
+        self, key: str, value: bytes, *, expect: int | None = None, ttl: float | None = None
+    ) -> bool:
         """Stage ``value`` under ``key`` in the innermost level; True if the key existed.
 
         ``expect`` as for ``Store.put``, checked against this transaction's view: None stages
         unconditionally; 0 requires the key to be absent; any other number requires it to be the
         key's committed revision (a key written or deleted in this transaction has none).
         Otherwise VersionMismatch; TransactionTooLarge if it would pass the transaction's
-        limits. Either way nothing is staged.
+        limits. Either way nothing is staged. ``ttl`` as for ``Store.put``, counted from now.
         """
         self._check_open()
         encoded = self._store.encode_key(key)
         value = self._store.check_value(value)
+        if ttl is not None:
+            value = self._expiring(value, check_ttl(ttl))
         existed = self._check_expect(key, expect)
         self._stage(key, len(encoded), value)
         return existed
+
+    def _expiring(self, value: bytes, ttl: float) -> bytes:
+        staged = ExpiringValue(value)
+        staged.expires_at = self._store.now() + ttl
+        return staged
+
+    def touches(self, key: str) -> bool:
+        """Whether any level has staged a write or delete of ``key``."""
+        return any(key in level for level in self._levels)
 
     def delete(self, key: str, *, expect: int | None = None) -> bool:
         """Stage the deletion of ``key``; True if it existed in this transaction's view.
@@ -158,7 +183,10 @@ class Transaction:
         self._level_bytes.append(0)
         try:
             for op in prepared:
-                self._stage(op.key, len(op.encoded), op.value)
+                value = op.value
+                if value is not None and op.ttl is not None:
+                    value = self._expiring(value, op.ttl)
+                self._stage(op.key, len(op.encoded), value)
         except BaseException:
             self._drop_level()
             raise
@@ -187,11 +215,10 @@ class Transaction:
     def _stage(self, key: str, key_bytes: int, value: bytes | None) -> None:
         """Put ``value`` in the innermost level, after checking the limits."""
         level = self._levels[-1]
-        size = OPERATION_HEADER.size + key_bytes + (len(value) if value is not None else 0)
+        size = _operation_bytes(key_bytes, value)
         added_ops = 1
         if key in level:  # a rewrite in the same level replaces the operation staged there
-            previous = level[key]
-            size -= OPERATION_HEADER.size + key_bytes + (len(previous) if previous else 0)
+            size -= _operation_bytes(key_bytes, level[key])
             added_ops = 0
         new_bytes = self._staged_bytes + size
         new_ops = self._staged_ops + added_ops
@@ -216,7 +243,9 @@ class Transaction:
     def get(self, key: str) -> bytes | None:
         self._check_open()
         staged, value = self._lookup(key)
-        return value if staged else self._store.get(key)
+        if staged:
+            return None if value is None else bytes(value)
+        return self._store.get(key)
 
     def entry(self, key: str) -> Entry | None:
         """As ``Store.entry``; a staged value has revision None."""
@@ -224,7 +253,10 @@ class Transaction:
         staged, value = self._lookup(key)
         if not staged:
             return self._store.entry(key)
-        return None if value is None else Entry(key, value, None)
+        if value is None:
+            return None
+        expires_at = value.expires_at if type(value) is ExpiringValue else None
+        return Entry(key, bytes(value), None, expires_at)
 
     def find(
         self,
@@ -308,13 +340,8 @@ class Transaction:
         freed_ops = freed_bytes = 0
         for key, value in popped.items():
             if key in below:
-                previous = below[key]
                 freed_ops += 1
-                freed_bytes += (
-                    OPERATION_HEADER.size
-                    + len(key.encode("utf-8"))
-                    + (len(previous) if previous is not None else 0)
-                )
+                freed_bytes += _operation_bytes(len(key.encode("utf-8")), below[key])
             below[key] = value
         self._level_bytes[-1] += popped_bytes - freed_bytes
         self._staged_ops -= freed_ops
@@ -391,3 +418,11 @@ class Transaction:
                 raise
         else:
             self.abort()
+
+
+def _operation_bytes(key_bytes: int, value: bytes | None) -> int:
+    """What staging ``value`` (None: a delete) adds to the commit's record, expiry included."""
+    if value is None:
+        return OPERATION_HEADER.size + key_bytes
+    extra = EXPIRY.size if type(value) is ExpiringValue else 0
+    return OPERATION_HEADER.size + key_bytes + len(value) + extra

@@ -14,7 +14,9 @@ import zlib
 from collections.abc import Callable, Sequence
 from typing import Final
 
+from .apply import apply_record, note_expiry, value_hashes
 from .batch import BatchOp, prepare
+from .changes import ChangeFeed
 from .durability import GroupCommit
 from .errors import (
     InvalidKey,
@@ -26,25 +28,26 @@ from .errors import (
     VersionMismatch,
 )
 from .hint import (
-    LENGTH_SHIFT,
-    OFFSET_SHIFT,
-    REVISION_SHIFT,
-    SEGMENT_SHIFT,
     pack,
     revision_of,
 )
 from .index import KeyIndex
 from .record import (
     DELETE,
+    EXPIRE,
+    EXPIRY,
     OPERATION_HEADER,
     PUT,
+    PUT_TTL,
     PUT_VALUE_OFFSET,
     RECORD_HEADER_SIZE,
     Operation,
     encode_body,
     encode_header,
     encode_put,
+    encode_put_ttl,
     encode_record,
+    put_payload,
     put_record_size,
     value_hash,
 )
@@ -53,10 +56,6 @@ from .segments import SegmentSet
 from .transaction import Transaction
 
 COMPACTION_CHECK_EVERY: Final = 1024  # writes between two looks at the compaction thresholds
-
-
-def _value_hashes(operations: list[Operation]) -> list[int]:
-    return [value_hash(value) if kind == PUT else 0 for kind, _, value in operations]
 
 
 class Writer:
@@ -75,6 +74,8 @@ class Writer:
         max_transaction_bytes: int,
         group: GroupCommit,
         maybe_compact: Callable[[], None],
+        clock: Callable[[], float],
+        feed: ChangeFeed,
     ) -> None:
         self._lock = lock
         self._segments = segments
@@ -85,6 +86,8 @@ class Writer:
         self._max_transaction_bytes = max_transaction_bytes
         self._group = group
         self._maybe_compact = maybe_compact
+        self._clock = clock  # for expiries: an expired key is absent to every check here
+        self._feed = feed  # told every committed change, under the lock, in revision order
         self._revision = 0
         self._tx: Transaction | None = None
         self._closed = False
@@ -158,8 +161,16 @@ class Writer:
                 )
             raise TransactionClosed("the transaction has ended")
 
+    def _live_location(self, key: str) -> int | None:
+        """The key's location, or None if it is absent or expired. Under the lock."""
+        index = self._index
+        location = index.locations.get(key)
+        if location is not None and index.expiries and index.is_expired(key, self._clock()):
+            return None
+        return location
+
     def _check_expect(self, key: str, expect: int, op_index: int | None = None) -> None:
-        location = self._index.locations.get(key)
+        location = self._live_location(key)
         actual = None if location is None else revision_of(location)
         if expect == 0:
             if actual is not None:
@@ -167,19 +178,28 @@ class Writer:
         elif actual != expect:
             raise VersionMismatch(key, expect, actual, op_index=op_index)
 
-    def append_put(self, key: str, value: bytes, expect: int | None) -> tuple[int, int]:
+    def append_put(
+        self, key: str, value: bytes, expect: int | None, expires_at: float | None = None
+    ) -> tuple[int, int]:
         encoded = self.encode_key(key)
         value = self.check_value(value)
         hashed = value_hash(value)
         segments = self._segments
+        index = self._index
         with self._lock:
             self.check_writable()
             if expect is not None:
                 self._check_expect(key, expect)
             revision = self._revision + 1
-            active = segments.segment_for(put_record_size(encoded, value), self._revision)
+            size = put_record_size(encoded, value, expires_at)
+            active = segments.segment_for(size, self._revision)
             offset = active.size
-            seq = segments.write(active, encode_put(active.header.marker, revision, encoded, value))
+            marker = active.header.marker
+            if expires_at is None:
+                record = encode_put(marker, revision, encoded, value)
+            else:
+                record = encode_put_ttl(marker, revision, encoded, value, expires_at)
+            seq = segments.write(active, record)
             self._revision = revision
             location = pack(
                 active.segment_id,
@@ -188,11 +208,15 @@ class Writer:
                 revision,
                 hashed,
             )
-            segments.account_set(len(encoded), len(value), self._index.set(key, location))
+            segments.account_set(len(encoded), len(value), index.set(key, location))
             summary = active.summary
             assert summary is not None  # the active segment always has one
             summary.final[key] = location
             summary.max_revision = revision
+            if expires_at is not None or index.expiries:  # a put without a TTL ends an expiry
+                index.set_expiry(key, expires_at)
+                note_expiry(summary.expiries, key, expires_at)
+            self._feed.publish(revision, "put", key, value, expires_at)
             self._after_write()
         return seq, revision
 
@@ -204,8 +228,8 @@ class Writer:
             self.check_writable()
             if expect is not None:
                 self._check_expect(key, expect)
-            if key not in self._index.locations:
-                return 0
+            if self._live_location(key) is None:
+                return 0  # an expired key is already gone: the sweeper writes its expiry
             revision = self._revision + 1
             size = RECORD_HEADER_SIZE + OPERATION_HEADER.size + len(encoded)
             active = segments.segment_for(size, self._revision)
@@ -217,8 +241,46 @@ class Writer:
             assert summary is not None  # the active segment always has one
             summary.final[key] = None
             summary.max_revision = revision
+            summary.expiries.pop(key, None)
+            self._feed.publish(revision, "delete", key, None, None)
             self._after_write()
         return seq
+
+    def append_expires(self, keys: list[str], skip: Callable[[str], bool]) -> tuple[int, int]:
+        """Write an expiry for each of ``keys`` still expired now, each its own record at its own
+        revision (the sweeper's work); return (the sequence number to wait for, 0 if none; how
+        many were written).
+
+        Keys ``skip`` names (the open transaction's) are left for a later sweep. Runs while a
+        transaction is open, which only clients are kept from writing by; refused, as every
+        write is, once the store is closed or failed.
+        """
+        segments = self._segments
+        index = self._index
+        with self._lock:
+            self.check_writable(self._tx)
+            now = self._clock()
+            seq = written = 0
+            for key in keys:
+                if not index.is_expired(key, now) or skip(key):
+                    continue
+                encoded = key.encode("utf-8")
+                revision = self._revision + 1
+                size = RECORD_HEADER_SIZE + OPERATION_HEADER.size + len(encoded)
+                active = segments.segment_for(size, self._revision)
+                record = encode_record(active.header.marker, revision, [(EXPIRE, encoded, b"")])
+                seq = segments.write(active, record)
+                self._revision = revision
+                segments.account_remove(len(encoded), index.remove(key))
+                summary = active.summary
+                assert summary is not None  # the active segment always has one
+                summary.final[key] = None
+                summary.max_revision = revision
+                summary.expiries.pop(key, None)
+                self._feed.publish(revision, "expire", key, None, None)
+                written += 1
+                self._after_write()
+        return seq, written
 
     def _after_write(self) -> None:
         # Under the lock, so the compaction thresholds are read consistently.
@@ -227,25 +289,31 @@ class Writer:
             self._writes_since_check = 0
             self._maybe_compact()
 
-    def commit(self, tx: Transaction, staged: dict[str, bytes | None]) -> tuple[int, int]:
+    def commit(
+        self,
+        tx: Transaction,
+        staged: dict[str, bytes | None],
+        expiries: dict[str, float] | None = None,
+    ) -> tuple[int, int]:
         """Write a transaction's staged writes as one record; return (sequence number, count).
 
         The body is encoded before the lock is taken (readers wait on that lock): while the
         transaction is open no other writer can add or remove a key, so which deletes are
         no-ops cannot change meanwhile.
         """
-        locations = self._index.locations
         operations: list[Operation] = []
         keys: list[str] = []
+        expiries = expiries or {}
         for key, value in staged.items():
             if value is None:
-                if key in locations:
+                if self._live_location(key) is not None:
                     operations.append((DELETE, key.encode("utf-8"), b""))
                     keys.append(key)
             else:
-                operations.append((PUT, key.encode("utf-8"), value))
+                kind, payload = put_payload(value, expiries.get(key))
+                operations.append((kind, key.encode("utf-8"), payload))
                 keys.append(key)
-        hashes = _value_hashes(operations)
+        hashes = value_hashes(operations)
         body = encode_body(operations) if operations else b""
         body_crc = zlib.crc32(body)
         segments = self._segments
@@ -261,7 +329,17 @@ class Writer:
                 )
                 seq = segments.write(active, header + body)
                 self._revision = revision
-                self._apply(operations, keys, hashes, active, offset, revision)
+                apply_record(
+                    self._index,
+                    self._segments,
+                    self._feed,
+                    operations,
+                    keys,
+                    hashes,
+                    active,
+                    offset,
+                    revision,
+                )
             self._tx = None
             if operations:
                 self._after_write()
@@ -290,22 +368,28 @@ class Writer:
         )
         final = [op for op in prepared if op.final]  # the last operation on each key wins
         operations: list[Operation] = [
-            (DELETE, op.encoded, b"") if op.value is None else (PUT, op.encoded, op.value)
+            (DELETE, op.encoded, b"")
+            if op.value is None
+            else (PUT, op.encoded, op.value)
+            if op.ttl is None
+            else (PUT_TTL, op.encoded, op.value + EXPIRY.pack(self._clock() + op.ttl))
             for op in final
         ]
-        hashes = _value_hashes(operations)  # outside the lock, as the body's encoding
+        hashes = value_hashes(operations)  # outside the lock, as the body's encoding
         body = encode_body(operations)
         body_crc = zlib.crc32(body)
         segments = self._segments
         with self._lock:
             self.check_writable()
-            locations = self._index.locations
+            live = self._live_location
             for index, op in enumerate(prepared):
                 if op.expect is not None:
                     self._check_expect(op.key, op.expect, index)
-            if any(op.value is None and op.key not in locations for op in final):
+            if any(op.value is None and live(op.key) is None for op in final):
                 kept = [
-                    i for i, op in enumerate(final) if op.value is not None or op.key in locations
+                    i
+                    for i, op in enumerate(final)
+                    if op.value is not None or live(op.key) is not None
                 ]
                 if not kept:
                     return 0, self._revision
@@ -321,7 +405,17 @@ class Writer:
             seq = segments.write(active, header + body)
             self._revision = revision
             keys = [op.key for op in final]
-            self._apply(operations, keys, hashes, active, offset, revision)
+            apply_record(
+                self._index,
+                self._segments,
+                self._feed,
+                operations,
+                keys,
+                hashes,
+                active,
+                offset,
+                revision,
+            )
             self._after_write()
         return seq, revision
 
@@ -334,41 +428,8 @@ class Writer:
         offset: int,
         revision: int,
     ) -> None:
-        """Point the index (and the segment's summary) at a multi-operation record just written
-        at ``offset`` in ``active``. Under the lock.
-
-        ``keys`` and ``hashes`` go with ``operations`` (hashes of deletes unused): computed
-        before the lock was taken, so readers wait for as little as possible.
-        """
-        position = offset + RECORD_HEADER_SIZE
-        index = self._index
-        set_location, remove_key = index.set, index.remove
-        summary = active.summary
-        assert summary is not None  # the active segment always has one
-        final = summary.final
-        op_header = OPERATION_HEADER.size
-        # ``pack`` inlined (one Python call less per operation, a tenth of a batch's cost).
-        fixed = active.segment_id << SEGMENT_SHIFT | revision << REVISION_SHIFT
-        written = written_bytes = 0  # for the live-bytes estimate, added up once per record
-        replaced: list[tuple[int, int]] = []
-        for (kind, encoded, value), key, hashed in zip(operations, keys, hashes, strict=True):
-            key_bytes = len(encoded)
-            position += op_header + key_bytes
-            if kind == PUT:
-                length = len(value)
-                location = fixed | position << OFFSET_SHIFT | length << LENGTH_SHIFT | hashed
-                previous = set_location(key, location)
-                final[key] = location
-                written += 1
-                written_bytes += key_bytes + length
-                position += length
-            else:
-                previous = remove_key(key)
-                final[key] = None
-            if previous is not None:
-                replaced.append((key_bytes, previous))
-        self._segments.account_record(written, written_bytes, replaced)
-        summary.max_revision = revision
+        index, segments, feed = self._index, self._segments, self._feed
+        apply_record(index, segments, feed, operations, keys, hashes, active, offset, revision)
 
     def end(self, tx: Transaction) -> None:
         """Empty the transaction slot if ``tx`` holds it."""

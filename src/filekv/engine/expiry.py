@@ -1,0 +1,67 @@
+"""Time to live: checking a TTL, and the sweeper that writes each expired key's deletion.
+
+An expired key is gone for every read at once (reads compare its ``expires_at`` with the clock;
+``KeyIndex`` keeps the expiries). The sweeper only makes that durable and visible to watchers:
+it writes an ``expire`` record per expired key, at least once a second, a bounded number per
+lock hold, so readers and writers wait microseconds, never for the whole backlog.
+
+Owns the sweeper thread; the store's ``Writer`` does the writing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Callable
+from typing import Final
+
+from .errors import InvalidTTL, StoreClosed, StoreError
+
+log = logging.getLogger(__name__)
+
+MAX_TTL: Final = 10 * 365 * 24 * 3600.0  # ten years, in seconds
+SWEEP_BATCH: Final = 512  # expiries written per hold of the store lock
+
+
+def check_ttl(ttl: object) -> float:
+    """``ttl`` as float seconds; InvalidTTL unless it is a real number in (0, ten years]."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float):
+        raise InvalidTTL(f"a ttl is a number of seconds, not {type(ttl).__name__}")
+    seconds = float(ttl)
+    if not math.isfinite(seconds) or seconds <= 0 or seconds > MAX_TTL:
+        raise InvalidTTL(f"a ttl must be above 0 and at most {MAX_TTL:.0f} seconds (ten years)")
+    return seconds
+
+
+class ExpirySweeper:
+    """A daemon thread calling ``sweep`` every ``interval`` seconds (and at once on ``wake``).
+
+    ``sweep()`` returns how many keys it expired; a full batch means more are waiting, so it is
+    called again without sleeping.
+    """
+
+    def __init__(self, sweep: Callable[[], int], interval: float) -> None:
+        self._sweep = sweep
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="filekv-expiry", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                while self._sweep() >= SWEEP_BATCH and not self._stop.is_set():
+                    pass
+            except StoreClosed:
+                return
+            except StoreError as error:  # a failed store refuses writes; reads still expire
+                log.warning("expiry sweep stopped until the store is reopened: %s", error)
+                return
+            except OSError as error:
+                log.warning("expiry sweep failed, will retry: %s", error)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()

@@ -1,0 +1,105 @@
+"""The upkeep side of the Store: compact, backup, stats, observe and check.
+
+A base class of ``Store`` (store.py), apart so that each module stays small enough to read at
+one sitting. Owns no state: ``Store.__init__`` sets the attributes declared below.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from .backup import take_backup
+from .compaction import Compactor
+from .durability import GroupCommit, RoundObserver
+from .index import KeyIndex
+from .options import StoreOptions
+from .segments import SegmentSet
+from .stats import StoreStats
+from .writer import Writer
+
+
+class StoreMaintenance:
+    """What a Store does to look after itself, and what it tells about itself."""
+
+    _lock: threading.Lock
+    _index: KeyIndex
+    _segments: SegmentSet
+    _writer: Writer
+    _group: GroupCommit
+    _compactor: Compactor
+    _options: StoreOptions
+    _clock: Callable[[], float]
+    _closed: bool
+
+    def _check_open(self) -> None: ...  # StoreReads's
+
+    def compact(self) -> bool:
+        """Merge every sealed segment into one, now; False if there was nothing to merge."""
+        with self._lock:
+            self._check_open()
+        return self._compactor.compact()
+
+    def backup(self, dest_dir: str | os.PathLike[str]) -> dict[str, int]:
+        """Write a copy of the store as of one revision into ``dest_dir`` (new or empty) while
+        writes go on: ``{"revision", "keys", "files", "bytes"}``. The copy is a store that
+        ``Store.open`` accepts, every record checksum verified; ``backup.py`` says how."""
+        self._check_open()
+        return take_backup(
+            self._lock,
+            self._segments,
+            is_closed=lambda: self._closed,
+            revision=lambda: self._writer.revision,
+            keys=lambda: len(self._index),
+            destination=Path(dest_dir),
+        ).as_dict()
+
+    def stats(self) -> StoreStats:
+        """A snapshot of the store's counts and sizes (``StoreStats`` says what each means)."""
+        with self._lock:
+            segments = self._segments
+            compactor = self._compactor
+            last_compaction = compactor.last_compaction
+            return StoreStats(
+                keys=len(self._index) - self._index.expired_count(self._clock()),
+                disk_bytes=segments.disk_bytes(),
+                live_bytes=segments.live_bytes,
+                segments=segments.count,
+                fsync=self._options.fsync,
+                last_compaction=(
+                    datetime.fromtimestamp(last_compaction, UTC).isoformat()
+                    if last_compaction is not None
+                    else None
+                ),
+                recovered_truncations=segments.truncations,
+                revision=self._writer.revision,
+                compactions=compactor.compactions,
+                compacting=compactor.busy,
+                in_transaction=self._writer.transaction is not None,
+            )
+
+    def observe(
+        self,
+        *,
+        fsync: RoundObserver | None = None,
+        compaction: Callable[[float], None] | None = None,
+    ) -> None:
+        """Watch the store's background work (for metrics); None stops watching.
+
+        ``fsync(seconds, records)`` after every successful group-commit round: how long the fsync
+        took and how many records it made durable. ``compaction(seconds)`` after every finished
+        compaction. Both are called in the thread that did the work, after it is done, so they
+        must be quick and must not block; an exception they raise is logged and ignored.
+        Unwatched, the store does no timing at all.
+        """
+        self._group.observer = fsync
+        self._compactor.observer = compaction
+
+    def check(self) -> None:
+        """Verify that every index agrees with the others and with the files; raise if not."""
+        with self._lock:
+            self._index.check()
+            self._segments.check_values(self._index.locations.items())
