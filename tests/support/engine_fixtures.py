@@ -16,6 +16,8 @@ from filekv.engine import Store
 OpenStore = Callable[..., Store]  # the ``open_store`` fixture: open a checked store at a path
 Reopen = Callable[..., Store]  # the ``reopen`` fixture: close a store and open it again
 
-# Options every test store uses unless it says otherwise: no fsync (speed), and no background
-# compaction, so a test sees exactly the records it wrote.
-FAST: dict[str, Any] = {"fsync": "never", "auto_compact": False}
+# Options every test store uses unless it says otherwise: no fsync (speed), no background
+# compaction, so a test sees exactly the records it wrote, and no change history kept by
+# compaction (watch_history=0), so that a compaction merges every sealed segment (the tests of
+# the change feed, tests/engine/test_changes.py, set it themselves).
+FAST: dict[str, Any] = {"fsync": "never", "auto_compact": False, "watch_history": 0}
