@@ -321,3 +321,15 @@ def test_ttl_model_exact_across_reopen_and_compaction(
             db.check()
     finally:
         db.close()
+
+
+def test_ttl_snapshot_leaves_out_expired_keys(
+    open_store: OpenStore, tmp_path: Path, clock: Clock
+) -> None:
+    db = _open(open_store, tmp_path / "db", clock)
+    db.put("a/1", b"v", ttl=1)
+    db.put("a/2", b"v")
+    db.put("a/3", b"v", ttl=100)
+    clock.advance(2)
+    with db.snapshot("a/") as snap:
+        assert [key for key, _, _ in snap] == ["a/2", "a/3"]

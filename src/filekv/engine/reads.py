@@ -155,4 +155,5 @@ class StoreReads:
                 segments.io,
                 revision=self._writer.revision,
                 prefix=prefix,
+                now=self._clock(),
             )

@@ -191,10 +191,12 @@ class Snapshot:
         *,
         revision: int,
         prefix: str,
+        now: float | None = None,
     ) -> Snapshot:
         """Copy the view and pin ``segments`` (every segment the index may point into).
 
-        Called under the store lock: nothing may change between the copy and the pin.
+        Called under the store lock: nothing may change between the copy and the pin. Keys
+        expired by ``now`` are left out, as every read leaves them out.
         """
         ordered = index.ordered
         if prefix:
@@ -203,6 +205,9 @@ class Snapshot:
             keys: list[str] = ordered[ordered.bisect_left(prefix) : stop]
         else:
             keys = list(ordered)
+        if index.expiries and now is not None and index.expired_count(now):
+            expiries = index.expiries
+            keys = [key for key in keys if not expiries.get(key, now + 1) <= now]
         locations = index.locations
         if len(keys) * WHOLE_COPY_SHARE >= len(locations):
             location_of = locations.copy().__getitem__
