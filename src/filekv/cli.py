@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 import filekv
+from filekv.backup_cli import register_backup_verbs
 from filekv.client_cli import register_verbs
 from filekv.settings import Settings, load_settings
 
@@ -132,6 +133,9 @@ def serve(
     body_total_timeout: Annotated[
         float | None, typer.Option(help=_help("body_total_timeout"))
     ] = None,
+    backup_time_limit: Annotated[
+        float | None, typer.Option(help=_help("backup_time_limit"))
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
 ) -> None:
     """Serve the HTTP API (uvicorn with uvloop and httptools) until SIGINT or SIGTERM.
@@ -160,6 +164,7 @@ def serve(
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         body_total_timeout=body_total_timeout,
+        backup_time_limit=backup_time_limit,
         log_level=log_level,
     )
     raise typer.Exit(run_server(settings))
@@ -540,6 +545,7 @@ def compact(data_dir: DataDirOption = None) -> None:
 
 
 register_verbs(app)
+register_backup_verbs(app)
 
 
 def main() -> None:

@@ -97,6 +97,14 @@ class Settings(BaseSettings):
         le=86_400,
         description="Seconds a request body may take to arrive in full; then 408.",
     )
+    backup_time_limit: float = Field(
+        3600.0,
+        gt=0,
+        le=7 * 86_400,
+        description="Seconds one GET /admin/backup may take to send, a slow reader's included; "
+        "then the connection is closed (the client sees a truncated archive) and its staged "
+        "links are removed.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="Server log level."
     )

@@ -24,6 +24,7 @@ ROUTES = [
     ("post", "/transactions", {"201", "401", "409", "423", "503"}),
     ("get", "/transactions", {"200", "401"}),
     ("delete", "/transactions", {"200", "401", "403"}),
+    ("get", "/admin/backup", {"200", "401", "403", "429", "500", "503", "507"}),
     ("post", "/transactions/commit", {"200", "401", "409", "503", "507"}),
     ("post", "/transactions/rollback", {"200", "401", "409"}),
     ("post", "/transactions/release", {"200", "401", "409"}),

@@ -5,19 +5,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import httpx
 
 from filekv.client import _protocol as p
-from filekv.client._errors import FilekvError, NotFound, translate_transport_errors
+from filekv.client._errors import (
+    FilekvError,
+    NotFound,
+    Unavailable,
+    translate_transport_errors,
+)
 from filekv.client._models import Entry
 
 log = logging.getLogger(__name__)
 
 _MISSING: Final[Any] = object()
+# Seconds to wait for a backup's first byte (the server verifies every record first) and
+# between two chunks.
+BACKUP_READ_TIMEOUT: Final = 600.0
 
 
 class Client:
@@ -165,6 +173,45 @@ class Client:
         revision last) or a dict ``{"op", "key", "value", "expect"}``.
         """
         return p.decode_revision(self._send(p.batch_call(ops)))
+
+    # --- backup
+
+    def backup(
+        self,
+        out: BinaryIO,
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> dict[str, int]:
+        """``GET /admin/backup`` (admins only) written to ``out``: the store's tar archive as of
+        one revision, ``{"revision", "bytes"}``. ``on_start(total_bytes)`` once the answer
+        starts, ``progress(bytes)`` after each chunk written. The server verifies the store
+        before it sends a byte, so the first byte may take a while: the read timeout is
+        ``BACKUP_READ_TIMEOUT``. ``Unavailable`` if the archive arrives cut short.
+        """
+        timeout = httpx.Timeout(self._http.timeout.connect, read=BACKUP_READ_TIMEOUT)
+        request = self._http.build_request("GET", "/admin/backup", timeout=timeout)
+        with translate_transport_errors():
+            response = self._http.send(request, stream=True)
+            try:
+                if response.status_code >= 400:
+                    response.read()
+                    p.check(response)
+                total = int(response.headers["content-length"])
+                revision = int(response.headers["x-filekv-revision"])
+                if on_start is not None:
+                    on_start(total)
+                written = 0
+                for chunk in response.iter_raw():
+                    out.write(chunk)
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            finally:
+                response.close()
+        if written != total:
+            raise Unavailable(f"the backup was cut off after {written} of {total} bytes")
+        return {"revision": revision, "bytes": written}
 
     # --- transactions
 

@@ -53,7 +53,7 @@ class StoreMaintenance:
             self._segments,
             is_closed=lambda: self._closed,
             revision=lambda: self._writer.revision,
-            keys=lambda: len(self._index),
+            keys=lambda: len(self._index) - self._index.expired_count(self._clock()),
             destination=Path(dest_dir),
         ).as_dict()
 

@@ -21,10 +21,11 @@ from starlette.requests import ClientDisconnect
 import filekv
 from filekv.engine import Store
 from filekv.service.auth import AuthService
+from filekv.service.backup import Backups
 from filekv.service.docs import install_docs
 from filekv.service.errors import install_error_handlers
 from filekv.service.protocol import MAX_HEADER_BYTES, client_disconnected
-from filekv.service.routes import auth, batch, health, keys, transactions
+from filekv.service.routes import auth, backup, batch, health, keys, transactions
 from filekv.service.schemas import error
 from filekv.service.transactions import TransactionManager
 from filekv.settings import Settings, load_settings
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     app.state.settings = settings
+    app.state.backups = Backups(time_limit=settings.backup_time_limit)
     # Set by ``filekv serve`` to "has the server been told to stop?", for a long recovery.
     app.state.stop_requested = None
     app.state.store = None
@@ -107,6 +109,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(keys.router)
     app.include_router(batch.router)
     app.include_router(transactions.router)
+    app.include_router(backup.router)
     app.include_router(auth.router)
     app.include_router(health.router)
     install_docs(app)

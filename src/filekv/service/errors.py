@@ -21,6 +21,7 @@ The service's own errors::
     ├── BodyTooLarge           request body over the limit, refused unread        413
     ├── UnsupportedMediaType   a body whose Content-Type is not JSON              415
     ├── HeadersTooLarge        request headers over the limit, refused            431
+    ├── BackupRunning          a backup is streaming already (one at a time)      429 + Retry-After
     └── StoreUnavailable       the store is not open                              503
 
 Request validation (422) has its own handler, ``validation_error_response``: FastAPI's list form,
@@ -152,6 +153,14 @@ class HeadersTooLarge(ServiceError):
     """The request's headers add up to more than the server accepts."""
 
 
+class BackupRunning(ServiceError):
+    """A backup is streaming already (one at a time); ``retry_after`` is whole seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(f"a backup is already running; retry after {retry_after} s")
+
+
 class StoreUnavailable(ServiceError):
     """The store is not open (starting up, shutting down or failed)."""
 
@@ -220,6 +229,7 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     BodyTooLarge: ErrorAnswer(413),
     UnsupportedMediaType: ErrorAnswer(415),
     HeadersTooLarge: ErrorAnswer(431),
+    BackupRunning: ErrorAnswer(429, _retry_after),
     StoreUnavailable: ErrorAnswer(503, detail="the store is not open"),
 }
 
