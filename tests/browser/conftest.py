@@ -78,16 +78,17 @@ class Offline:
 
 
 @pytest.fixture
-def open_page(browser: Browser) -> Iterator[Callable[[str], Page]]:
-    """``open_page(url)``: a page in a new browser context (no shared login), watched offline."""
+def open_page(browser: Browser) -> Iterator[Callable[..., Page]]:
+    """``open_page(url, **options)``: a page in a new browser context (no shared login), watched
+    offline; ``options`` go to ``browser.new_context`` (a viewport, permissions)."""
     watched: list[Offline] = []
     contexts = []
 
-    def open_(url: str) -> Page:
+    def open_(url: str, **options: Any) -> Page:
         scheme, _, rest = url.partition("://")
         offline = Offline(f"{scheme}://{rest.partition('/')[0]}")
         watched.append(offline)
-        context = browser.new_context()
+        context = browser.new_context(**options)
         contexts.append(context)
         page = offline.watch(context.new_page())
         page.set_default_timeout(30_000)

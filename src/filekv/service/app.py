@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 import filekv
 from filekv.engine import Store
 from filekv.service.auth import AuthService
+from filekv.service.console import install_console
 from filekv.service.backup import Backups
 from filekv.service.docs import install_docs
 from filekv.service.errors import install_error_handlers
@@ -113,6 +114,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(auth.router)
     app.include_router(health.router)
     install_docs(app)
+    install_console(app)
     return app
 
 

@@ -1,0 +1,822 @@
+"""The web console at /ui in headless Chromium, against a real ``filekv serve`` (issue 13).
+
+Driven as a person drives it: clicks, typing and keys, in browser contexts of their own (each
+its own login, as two people on two machines), with every request to another host refused and
+any JavaScript error failing the test (``conftest.py``). What the console claims is checked
+against the server over plain HTTP.
+
+One server serves the whole module (each test has keys of its own prefix, and the fixture
+``no_lock_left`` ends any transaction a test leaves open); the lease-expiry test has its own,
+with a short ``transaction_timeout`` and registration closed.
+
+Screenshots of the main views go to ``$FILEKV_SCREENSHOTS`` if it is set (the README's, under
+``docs/``, were made that way), else to the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+from support.server import FILEKV, PASSWORD, Server
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+OpenPage = Callable[..., "Page"]
+Expect = Any  # playwright.sync_api.expect, imported once the browser fixture said it is there
+
+ROOT_USER = "root"
+LAPTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+
+def _user_command(data_dir: Path, *args: str) -> None:
+    """``filekv user ARGS --data-dir D``, the way an operator adds users beside the server."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    done = subprocess.run(
+        [FILEKV, "user", *args, "--password-stdin", "--data-dir", str(data_dir)],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("console")
+    served = Server(folder / "data", folder / "server.log")
+    served.start()
+    try:
+        _user_command(served.data_dir, "add", ROOT_USER, "--admin")
+        yield served
+    finally:
+        served.stop()
+
+
+@pytest.fixture(scope="module")
+def http(server: Server) -> Iterator[httpx.Client]:
+    with server.client() as client:
+        yield client
+
+
+def _token(http: httpx.Client, name: str) -> dict[str, str]:
+    answer = http.post("/auth/token", data={"username": name, "password": PASSWORD})
+    assert answer.status_code == 200, answer.text
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
+@pytest.fixture(autouse=True)
+def no_lock_left(http: httpx.Client) -> Iterator[None]:
+    """A test that fails while a console holds the lock must not lock the next one out."""
+    yield
+    http.delete("/transactions", headers=_token(http, ROOT_USER))
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = os.environ.get("FILEKV_SCREENSHOTS")
+    path = Path(folder) if folder else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def expect(browser: Browser) -> Expect:
+    from playwright.sync_api import expect as playwright_expect
+
+    playwright_expect.set_options(timeout=10_000)
+    return playwright_expect
+
+
+# -- driving the console ---------------------------------------------------------------------------
+
+
+def register(http: httpx.Client, name: str) -> None:
+    answer = http.post("/auth/register", json={"username": name, "password": PASSWORD})
+    assert answer.status_code in (201, 409), answer.text
+
+
+def path_of(key: str) -> str:
+    # Every "/" escaped too: httpx, like a browser, would drop a "/../" part of a key.
+    return f"/keys/{quote(key, safe='')}"
+
+
+def put(http: httpx.Client, key: str, value: str, **headers: str) -> int:
+    answer = http.put(path_of(key), json={"value": value}, headers=headers)
+    assert answer.status_code in (200, 201), answer.text
+    revision: int = answer.json()["revision"]
+    return revision
+
+
+def value_of(http: httpx.Client, key: str) -> str | None:
+    answer = http.get(path_of(key))
+    if answer.status_code == 404:
+        return None
+    assert answer.status_code == 200, answer.text
+    text: str = answer.json()["value"]
+    return text
+
+
+def open_console(open_page: OpenPage, server: Server, fragment: str = "", **options: Any) -> Page:
+    options.setdefault("viewport", LAPTOP)
+    page = open_page(f"{server.url}/ui{fragment}", **options)
+    page.wait_for_selector("body[data-ready='true']")
+    wait_listed(page)
+    return page
+
+
+def wait_listed(page: Page) -> None:
+    # A selector, not wait_for_function: the page's policy forbids eval, Playwright's too.
+    page.wait_for_selector("#key-list:not([aria-busy])")
+
+
+def log_in(page: Page, expect: Expect, name: str) -> None:
+    page.click("#login-open")
+    page.fill("#login-username", name)
+    page.fill("#login-password", PASSWORD)
+    page.click("#login-submit")
+    expect(page.locator("#session-status")).to_contain_text(f"Logged in as {name}")
+
+
+def key_names(page: Page) -> list[str]:
+    wait_listed(page)
+    return page.locator("#key-list .row.key .row-name").all_text_contents()
+
+
+def folder_names(page: Page) -> list[str]:
+    wait_listed(page)
+    return page.locator("#key-list .row.folder .row-name").all_text_contents()
+
+
+def open_key(page: Page, expect: Expect, shown: str, key: str | None = None) -> None:
+    """Click the key row whose text is ``shown``; wait until the viewer shows ``key`` (in a
+    tree the row shows the key without the prefix; in a flat list, whole)."""
+    names = key_names(page)
+    assert shown in names, (shown, names)
+    page.locator("#key-list .row.key").nth(names.index(shown)).click()
+    expect(page.locator("#value-key")).to_have_text(printable(key) if key else shown)
+
+
+def create_key(page: Page, expect: Expect, key: str, value: str) -> None:
+    page.click("#new-key")
+    page.fill("#create-key", key)
+    page.fill("#edit-value", value)
+    page.click("#save")
+    expect(page.locator("#value-key")).to_have_text(printable(key))
+
+
+def clear_notices(page: Page) -> None:
+    """Dismiss every notice, for a screenshot of the page itself."""
+    while page.locator(".notice-close").count():
+        page.locator(".notice-close").first.click()
+
+
+def expect_error(page: Page, expect: Expect, text: str) -> None:
+    """An error notice saying ``text`` is shown."""
+    expect(page.locator(".notice.error").filter(has_text=text)).to_have_count(1)
+
+
+def printable(text: str) -> str:
+    """As the console shows a key: control characters as their Unicode pictures."""
+    return re.sub(
+        "[\x00-\x1f\x7f]", lambda m: "\u2421" if m[0] == "\x7f" else chr(0x2400 + ord(m[0])), text
+    )
+
+
+def batch_put(http: httpx.Client, items: list[tuple[str, str]]) -> None:
+    for start in range(0, len(items), 1000):
+        ops = [{"op": "put", "key": k, "value": v} for k, v in items[start : start + 1000]]
+        answer = http.post("/batch", json={"ops": ops})
+        assert answer.status_code == 200, answer.text
+
+
+SHOP = [
+    ("shop/config.json", json.dumps({"currency": "EUR", "tax": 0.2, "open": ["Mon", "Sat"]})),
+    ("shop/customers/alice/email", "alice@example.org"),
+    ("shop/customers/bob/email", "bob@example.org"),
+    ("shop/orders/2026-12-01/1001", json.dumps({"customer": "alice", "items": 3})),
+    ("shop/orders/2026-12-02/1002", json.dumps({"customer": "bob", "items": 1})),
+    ("shop/products/kettle", "Kettle, 1.7 l, steel"),
+    ("shop/products/teapot", "Teapot, porcelain"),
+    ("shop/welcome message", "Grüß Gott! Welcome to the shop."),
+]
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def test_console_browses_folders_as_a_tree_and_as_a_flat_list(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect, shots: Path
+) -> None:
+    batch_put(http, SHOP)
+    page = open_console(open_page, server, "#prefix=shop/")
+    assert folder_names(page) == ["customers/", "orders/", "products/"]
+    assert key_names(page) == ["config.json", "welcome message"]
+    open_key(page, expect, "config.json", "shop/config.json")
+    page.screenshot(path=shots / "console-keys.png")
+
+    page.locator("#key-list .row.folder", has_text="customers/").click()
+    expect(page.locator("#crumbs .crumb")).to_have_text(["all keys", "shop/", "customers/"])
+    assert folder_names(page) == ["alice/", "bob/"]
+    assert key_names(page) == []
+    page.locator("#key-list .row.folder", has_text="alice/").click()
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["email"])
+    open_key(page, expect, "email", "shop/customers/alice/email")
+    expect(page.locator("#value")).to_have_text("alice@example.org")
+
+    page.locator("#crumbs .crumb", has_text="shop/").click()
+    expect(page.locator("#key-list .row.folder .row-name")).to_have_count(3)
+    page.click("#view-flat")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text([k for k, _ in SHOP])
+    expect(page.locator("#view-flat")).to_have_attribute("aria-pressed", "true")
+    # Any prefix, not only a folder: the flat list of keys starting with it.
+    page.fill("#prefix", "shop/products/t")
+    page.press("#prefix", "Enter")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["shop/products/teapot"])
+
+
+def test_console_finds_keys_by_exact_value(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    batch_put(http, [("find/a", "blue"), ("find/b", "green"), ("find/c/d", "blue")])
+    batch_put(http, [("elsewhere/x", "blue"), ("find/e", "blue sky")])
+    page = open_console(open_page, server, "#prefix=find/&view=flat")
+    page.fill("#find-value", "blue")
+    page.press("#find-value", "Enter")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["find/a", "find/c/d"])
+    expect(page.locator("#list-status")).to_contain_text('whose value is "blue" under "find/"')
+    page.click("#view-tree")  # the same search, as folders
+    expect(page.locator("#key-list .row.folder .row-name")).to_have_text(["c/"])
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["a"])
+    page.click("#find-clear")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["a", "b", "e"])
+
+
+def test_console_pages_through_a_10000_key_prefix(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    expected = [f"big/k{i:05d}" for i in range(10_000)]
+    batch_put(http, [(key, str(i)) for i, key in enumerate(expected)])
+    page = open_console(open_page, server, "#prefix=big/&view=flat")
+    page.select_option("#page-size", "1000")
+    seen: list[str] = []
+    for page_number in range(1, 20):  # bounded: 10 pages are expected
+        expect(page.locator("#page-label")).to_have_text(f"page {page_number}")
+        seen.extend(key_names(page))
+        if page.locator("#page-next").is_disabled():
+            break
+        page.click("#page-next")
+    assert seen == expected
+    expect(page.locator("#list-status")).to_have_text('keys 9001\u201310000 under "big/"')
+    page.click("#page-prev")
+    expect(page.locator("#list-status")).to_contain_text("keys 8001\u20139000")
+    assert key_names(page) == expected[8000:9000]
+
+    # The tree shows the folder once, on one page: its 10,000 keys are skipped in one request.
+    tree = open_console(open_page, server, "#prefix=")
+    assert folder_names(tree).count("big/") == 1
+    assert tree.locator("#page-next").is_disabled()
+
+
+ODD = [
+    "odd/a b",
+    " odd/ leading and trailing ",
+    "odd/100%",
+    "odd/%2F is not a slash",
+    "odd/Zürich/ключ/κλειδί",
+    "odd/a/../b",
+    "odd/q?x=1&y=2#frag",
+    "odd/plus+sign",
+    "odd/new\nline\ttab",
+    "odd//double//slash/",
+]
+
+
+@pytest.mark.parametrize("made_by", ["console", "api"])
+def test_console_odd_keys_round_trip(
+    made_by: str, server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    keys = [f"{made_by}-{key}" for key in ODD]
+    page = open_console(open_page, server, f"#prefix={made_by}-&view=flat")
+    for number, key in enumerate(keys):
+        if made_by == "console" and "\n" not in key:  # an <input> holds one line
+            create_key(page, expect, key, f"value {number} of {key}")
+        else:
+            put(http, key, f"value {number} of {key}")
+    page.click("#keys-refresh")
+    expect(page.locator("#key-list .row.key")).to_have_count(len(keys))
+    assert key_names(page) == [printable(key) for key in sorted(keys)]
+    for number, key in enumerate(keys):
+        assert value_of(http, key) == f"value {number} of {key}"  # the exact key, on the server
+        open_key(page, expect, printable(key))
+        expect(page.locator("#value")).to_have_text(f"value {number} of {key}")
+
+    edited, deleted = keys[2], keys[5]  # the "%" key, the "/../" key
+    open_key(page, expect, edited)
+    page.click("#edit")
+    page.fill("#edit-value", "changed")
+    page.click("#save")
+    expect(page.locator("#value")).to_have_text("changed")
+    assert value_of(http, edited) == "changed"
+    open_key(page, expect, deleted)
+    page.click("#delete")
+    page.click("#confirm-ok")
+    expect(page.locator("#key-list .row.key")).to_have_count(len(keys) - 1)
+    assert value_of(http, deleted) is None
+
+
+def test_console_says_which_keys_a_browser_cannot_address(
+    server: Server, open_page: OpenPage, expect: Expect
+) -> None:
+    page = open_console(open_page, server)
+    page.click("#new-key")
+    page.fill("#create-key", "..")
+    page.fill("#edit-value", "x")
+    page.click("#save")
+    expect_error(page, expect, 'the key ".." cannot be sent in a URL')
+
+
+# -- one key -------------------------------------------------------------------------------------
+
+
+def test_console_shows_json_pretty_with_its_revision_and_copies(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect, shots: Path
+) -> None:
+    document = {"name": "filekv", "ports": [8000, 8001], "owner": {"team": "storage"}}
+    raw = json.dumps(document, separators=(",", ":"))
+    revision = put(http, "view/settings.json", raw)
+    page = open_console(
+        open_page,
+        server,
+        "#prefix=view/&key=view/settings.json",
+        permissions=["clipboard-read", "clipboard-write"],
+    )
+    expect(page.locator("#value-key")).to_have_text("view/settings.json")
+    expect(page.locator("#value-revision")).to_have_text(f"revision {revision}")
+    expect(page.locator("#value")).to_have_text(json.dumps(document, indent=2))
+    page.screenshot(path=shots / "console-value.png")
+    page.click("#toggle-pretty")
+    expect(page.locator("#value")).to_have_text(raw)
+
+    page.click("#copy-key")
+    expect(page.locator(".notice.success .notice-text").last).to_have_text("Key copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == "view/settings.json"
+    page.click("#copy-value")
+    expect(page.locator(".notice.success .notice-text").last).to_have_text("Value copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == raw
+
+    put(http, "view/plain", "not {json")
+    page.goto(f"{server.url}/ui#prefix=view/&key=view/plain")
+    expect(page.locator("#value")).to_have_text("not {json")
+    expect(page.locator("#toggle-pretty")).to_have_count(0)
+
+
+def test_console_edit_sends_the_revision_it_showed_and_reports_a_conflict(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    first = put(http, "edit/doc", "v1")
+    page = open_console(open_page, server, "#prefix=edit/&key=edit/doc")
+    page.click("#edit")
+    page.fill("#edit-value", "v2")
+    page.click("#save")
+    expect(page.locator("#value-revision")).to_have_text(re.compile(r"revision \d+"))
+    second = int(page.locator("#value-revision").inner_text().split()[1])
+    assert second > first and value_of(http, "edit/doc") == "v2"
+
+    page.click("#edit")
+    page.fill("#edit-value", "mine")
+    theirs = put(http, "edit/doc", "theirs")  # someone else, meanwhile
+    page.click("#save")
+    conflict = page.locator("#conflict")
+    expect(conflict).to_contain_text("Someone else changed this key while you were editing")
+    expect(conflict).to_contain_text(f"revision mismatch: expected {second}, current {theirs}")
+    expect(conflict.locator(".theirs")).to_have_text("theirs")
+    expect_error(page, expect, "Not saved")
+    assert value_of(http, "edit/doc") == "theirs"  # nothing overwritten unseen
+    expect(page.locator("#edit-value")).to_have_value("mine")  # and nothing typed lost
+
+    page.click("#conflict-overwrite")
+    page.click("#save")
+    expect(page.locator("#value")).to_have_text("mine")
+    assert value_of(http, "edit/doc") == "mine"
+
+    # "Discard mine" after a conflict on a key deleted meanwhile.
+    page.click("#edit")
+    page.fill("#edit-value", "lost")
+    assert http.delete("/keys/edit/doc").status_code == 204
+    page.click("#save")
+    expect(page.locator("#conflict")).to_contain_text("It has been deleted since.")
+    page.click("#conflict-theirs")
+    expect(page.locator("#missing")).to_have_text("Not readable: no such key")
+    assert value_of(http, "edit/doc") is None
+
+
+def test_console_deletes_only_after_confirmation(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    put(http, "del/x", "1")
+    put(http, "del/y", "2")
+    page = open_console(open_page, server, "#prefix=del/&key=del/x")
+    page.click("#delete")
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    expect(page.locator("#confirm-text")).to_contain_text('"del/x" is deleted for good')
+    page.click("#confirm-cancel")
+    expect(page.locator("#confirm-dialog")).to_be_hidden()
+    assert value_of(http, "del/x") == "1"
+
+    page.click("#delete")
+    page.click("#confirm-ok")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["y"])
+    expect(page.locator(".notice.success")).to_contain_text('Deleted "del/x".')
+    assert value_of(http, "del/x") is None
+
+    # A delete is guarded by the revision shown, like an edit.
+    open_key(page, expect, "y", "del/y")
+    put(http, "del/y", "changed meanwhile")
+    page.click("#delete")
+    page.click("#confirm-ok")
+    expect_error(page, expect, "changed since you opened it")
+    expect(page.locator("#value")).to_have_text("changed meanwhile")
+    assert value_of(http, "del/y") == "changed meanwhile"
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+
+def test_console_register_log_in_who_am_i_log_out(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    page = open_console(open_page, server)
+    expect(page.locator("#session-status")).to_have_text("Not logged in")
+    page.click("#register-open")
+    page.fill("#login-username", "erin")
+    page.fill("#login-password", "short")
+    page.click("#login-submit")
+    expect(page.locator("#login-error")).to_contain_text("password")  # the server's detail
+    page.fill("#login-password", PASSWORD)
+    page.click("#login-submit")
+    expect(page.locator("#session-status")).to_have_text("Logged in as erin user")
+
+    # The token is in sessionStorage, never a cookie, and it is a real one.
+    assert page.context.cookies() == []
+    token = page.evaluate("sessionStorage.getItem('filekv.token')")
+    me = http.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.json() == {"username": "erin", "role": "user"}
+    page.reload()  # the same tab keeps its login
+    expect(page.locator("#session-status")).to_have_text("Logged in as erin user")
+
+    page.click("#logout")
+    expect(page.locator("#login-open")).to_be_visible()
+    assert page.evaluate("sessionStorage.getItem('filekv.token')") is None
+    assert http.get("/auth/me", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+
+    page.click("#login-open")
+    page.fill("#login-username", "erin")
+    page.fill("#login-password", "wrong password")
+    page.click("#login-submit")
+    expect(page.locator("#login-error")).to_have_text("incorrect username or password")
+    page.keyboard.press("Escape")
+    log_in(page, expect, ROOT_USER)
+    expect(page.locator("#session-status")).to_have_text("Logged in as root admin")
+
+
+def test_console_notices_a_login_revoked_elsewhere(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    register(http, "gina")
+    page = open_console(open_page, server)
+    log_in(page, expect, "gina")
+    token = page.evaluate("sessionStorage.getItem('filekv.token')")
+    assert (
+        http.post("/auth/logout", headers={"Authorization": f"Bearer {token}"}).status_code == 204
+    )
+    page.click("#keys-refresh")
+    expect_error(page, expect, "You are logged out: invalid or expired")
+    expect(page.locator("#session-status")).to_have_text("Not logged in")
+
+
+# -- transactions --------------------------------------------------------------------------------
+
+
+def test_console_transaction_levels_with_staged_writes(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect, shots: Path
+) -> None:
+    register(http, "tina")
+    page = open_console(open_page, server, "#prefix=tx/&view=flat")
+    expect(page.locator("#tx-begin")).to_be_disabled()  # log in first
+    log_in(page, expect, "tina")
+    state, lease = page.locator("#tx-state"), page.locator("#tx-lease")
+
+    page.click("#tx-begin")
+    expect(state).to_have_text("Your transaction · depth 1")
+    expect(lease).to_have_text(re.compile(r"^lease: ([12]?[0-9]|30) s left$"))
+    create_key(page, expect, "tx/a", "staged a")
+    expect(page.locator("#value-revision")).to_have_text("staged: not committed yet")
+    expect(page.locator("#key-list .row.key", has_text="tx/a").locator(".badge")).to_have_text(
+        "staged"
+    )
+    assert value_of(http, "tx/a") is None  # nobody else sees it
+
+    page.click("#tx-begin")
+    expect(state).to_have_text("Your transaction · depth 2")
+    create_key(page, expect, "tx/b", "staged b")
+    expect(page.locator("#tx-staged li")).to_have_count(2)
+    clear_notices(page)
+    page.screenshot(path=shots / "console-transaction.png")
+    page.click("#tx-rollback")
+    expect(state).to_have_text("Your transaction · depth 1")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["tx/a"])
+
+    page.click("#tx-begin")
+    create_key(page, expect, "tx/c", "staged c")
+    page.click("#tx-release")
+    expect(state).to_have_text("Your transaction · depth 1")
+    expect(page.locator("#tx-staged li")).to_have_text(
+        ["staged put tx/a (level 1)", "staged put tx/c (level 1)"]
+    )
+    expect(page.locator("#tx-release")).to_be_disabled()  # nothing to release into at depth 1
+
+    page.click("#tx-commit")
+    expect(page.locator(".notice.success").last).to_contain_text("Committed: 2 write(s) applied.")
+    expect(state).to_have_text("No transaction open")
+    expect(lease).to_have_text("")
+    expect(page.locator("#key-list .badge")).to_have_count(0)
+    assert [value_of(http, k) for k in ("tx/a", "tx/b", "tx/c")] == ["staged a", None, "staged c"]
+
+    # A rollback at depth 1 ends it, with its writes.
+    page.click("#tx-begin")
+    create_key(page, expect, "tx/d", "never")
+    page.click("#tx-rollback")
+    expect(state).to_have_text("No transaction open")
+    assert value_of(http, "tx/d") is None
+
+
+def test_console_two_browsers_one_holds_the_lock_the_other_waits(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect, shots: Path
+) -> None:
+    register(http, "alice")
+    register(http, "bob")
+    put(http, "lock/k", "readable while locked")
+    holder = open_console(open_page, server, "#prefix=lock/")
+    log_in(holder, expect, "alice")
+    waiter = open_console(open_page, server, "#prefix=lock/&key=lock/k")
+    log_in(waiter, expect, "bob")
+    expect(waiter.locator("#edit")).to_be_enabled()
+
+    holder.click("#tx-begin")
+    expect(holder.locator("#tx-state")).to_have_text("Your transaction · depth 1")
+    banner = waiter.locator("#lock-banner")
+    expect(banner).to_be_visible()  # by itself: the waiter polls
+    expect(banner).to_contain_text("You (bob) are waiting")
+    expect(waiter.locator("#lock-retry")).to_have_text(re.compile(r"ends at the latest in \d+ s"))
+    expect(waiter.locator("#break-lock")).to_be_hidden()  # bob is no admin
+    for control in ("#new-key", "#edit", "#delete", "#tx-begin"):
+        expect(waiter.locator(control)).to_be_disabled()
+    expect(holder.locator("#lock-banner")).to_be_hidden()
+    clear_notices(waiter)
+    waiter.screenshot(path=shots / "console-locked.png")
+
+    # Reads still work for the waiter; the holder's staged write stays invisible to it.
+    create_key(holder, expect, "lock/new", "staged by alice")
+    waiter.click("#keys-refresh")
+    expect(waiter.locator("#key-list .row.key .row-name")).to_have_text(["k"])
+    waiter.locator("#key-list .row.key").first.click()
+    expect(waiter.locator("#value")).to_have_text("readable while locked")
+
+    holder.click("#tx-commit")
+    expect(banner).to_be_hidden()  # by itself, at the next poll
+    expect(waiter.locator("#new-key")).to_be_enabled()
+    expect(waiter.locator("#edit")).to_be_enabled()
+    waiter.click("#keys-refresh")
+    expect(waiter.locator("#key-list .row.key .row-name")).to_have_text(["k", "new"])
+
+
+def test_console_a_write_refused_by_the_lock_says_why(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    register(http, "hank")
+    page = open_console(open_page, server, "#prefix=race/")
+    page.click("#new-key")
+    page.fill("#create-key", "race/x")
+    page.fill("#edit-value", "1")
+    hank = _token(http, "hank")
+    assert http.post("/transactions", headers=hank).status_code == 201  # before the poll sees it
+    page.click("#save")
+    # Either the poll disabled Save first, or the server's 423 is shown with its detail.
+    expect(page.locator("#lock-banner")).to_be_visible()
+    if page.locator(".notice.error").count():
+        expect_error(page, expect, "locked: another client holds the transaction")
+    assert value_of(http, "race/x") is None
+
+
+def test_console_admin_breaks_the_lock(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    register(http, "carl")
+    carl = _token(http, "carl")
+    assert http.post("/transactions", headers=carl).status_code == 201
+    put(http, "admin/x", "staged by carl", **carl)
+    page = open_console(open_page, server)
+    log_in(page, expect, ROOT_USER)
+    expect(page.locator("#lock-banner")).to_be_visible()
+    page.click("#break-lock")
+    expect(page.locator("#confirm-title")).to_have_text("Break the lock?")
+    page.click("#confirm-ok")
+    expect(page.locator(".notice.success .notice-text").last).to_have_text(
+        "Lock broken: a transaction at depth 1 was rolled back."
+    )
+    expect(page.locator("#lock-banner")).to_be_hidden()
+    told = http.post("/transactions/commit", headers=carl)
+    assert told.status_code == 409
+    assert told.json()["detail"].startswith("an admin ended your transaction")
+    assert value_of(http, "admin/x") is None
+
+
+def test_console_holder_is_told_when_its_lease_expires(
+    tmp_path: Path, open_page: OpenPage, expect: Expect
+) -> None:
+    # A server of its own: a 2 s lease, and users only from `filekv user add`.
+    quick = Server(tmp_path / "data", tmp_path / "server.log", transaction_timeout=2)
+    quick.args = ("--registration", "closed")
+    quick.start()
+    try:
+        _user_command(quick.data_dir, "add", "dana")
+        page = open_console(open_page, quick)
+        expect(page.locator("#login-open")).to_be_visible()
+        expect(page.locator("#register-open")).to_be_hidden()  # registration is closed
+        log_in(page, expect, "dana")
+        page.click("#tx-begin")
+        expect(page.locator("#tx-lease")).to_have_text(re.compile(r"^lease: [12] s left$"))
+        # The console does not renew the lease by itself: idle, it runs out and is said so.
+        expect_error(
+            page,
+            expect,
+            "Your transaction is over: your transaction expired: it was idle longer than 2 s",
+        )
+        expect(page.locator("#tx-state")).to_have_text("No transaction open")
+    finally:
+        quick.stop()
+
+
+# -- server, errors, keyboard, screens -----------------------------------------------------------
+
+
+def test_console_server_panel_follows_the_stats(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    page = open_console(open_page, server)
+    stats = http.get("/stats").json()
+    expect(page.locator("#health")).to_have_text("server ok")
+    expect(page.locator("#stat-fsync")).to_have_text("always")
+    expect(page.locator("#stat-compaction")).to_have_text("never")
+    expect(page.locator("#stat-keys")).to_have_text(f"{stats['keys']:,}")
+    expect(page.locator("#stat-revision")).to_have_text(str(stats["revision"]))
+    expect(page.locator("#stat-disk")).to_have_attribute("title", f"{stats['disk_bytes']:,} bytes")
+    put(http, "stats/new", "1")  # by someone else: the panel refreshes by itself
+    expect(page.locator("#stat-keys")).to_have_text(f"{stats['keys'] + 1:,}")
+    expect(page.locator("#stat-revision")).to_have_text(str(stats["revision"] + 1))
+
+
+def test_console_shows_the_detail_of_every_api_error(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    put(http, "err/exists", "1")
+    page = open_console(open_page, server, "#prefix=err/")
+    errors = page.locator(".notice.error")
+    page.click("#new-key")
+    page.fill("#create-key", "err/" + "x" * 1021)  # 1025 bytes: one too many
+    page.fill("#edit-value", "v")
+    page.click("#save")
+    expect_error(page, expect, "key: the key is 1025 bytes in UTF-8; the limit is 1024")
+    page.fill("#create-key", "err/exists")
+    page.click("#save")
+    expect_error(page, expect, 'A key named "err/exists" exists already')
+    expect_error(page, expect, "revision mismatch: expected 0, current")
+    assert value_of(http, "err/exists") == "1"
+    page.fill("#edit-value", "x" * (1024 * 1024 + 1))
+    page.fill("#create-key", "err/big")
+    page.click("#save")
+    expect_error(page, expect, "the value is 1048577 bytes; the limit is 1048576")  # 413
+    while errors.count():
+        errors.first.locator(".notice-close").click()
+    expect(errors).to_have_count(0)
+
+
+def test_console_is_usable_by_keyboard_alone(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    put(http, "kb/one", "1")
+    put(http, "kb/two", "2")
+    page = open_console(open_page, server)
+    keyboard = page.keyboard
+    keyboard.press("/")
+    expect(page.locator("#prefix")).to_be_focused()
+    keyboard.type("kb/")
+    keyboard.press("Enter")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["one", "two"])
+    keyboard.press("Escape")  # leave the field without a mouse: Tab away, then "k"
+    page.locator("#prefix").blur()
+    keyboard.press("k")
+    expect(page.locator("#key-list .row.key").first).to_be_focused()
+    keyboard.press("ArrowDown")
+    keyboard.press("Enter")
+    expect(page.locator("#value-key")).to_have_text("kb/two")
+
+    page.locator("#value").focus()
+    keyboard.press("e")
+    expect(page.locator("#edit-value")).to_be_focused()
+    keyboard.press("Control+a")
+    keyboard.type("22")
+    keyboard.press("Control+Enter")
+    expect(page.locator("#value")).to_have_text("22")
+    assert value_of(http, "kb/two") == "22"
+
+    page.locator("#value").focus()
+    keyboard.press("e")
+    keyboard.type("not saved")
+    keyboard.press("Escape")
+    expect(page.locator("#value")).to_have_text("22")
+
+    page.locator("#value").focus()
+    keyboard.press("n")
+    expect(page.locator("#create-key")).to_be_focused()
+    expect(page.locator("#create-key")).to_have_value("kb/")  # the prefix shown, to go on
+    keyboard.type("three")
+    keyboard.press("Tab")
+    keyboard.type("3")
+    keyboard.press("Control+Enter")
+    expect(page.locator("#value-key")).to_have_text("kb/three")
+    assert value_of(http, "kb/three") == "3"
+
+    page.locator("#value").focus()
+    keyboard.press("Delete")
+    expect(page.locator("#confirm-cancel")).to_be_focused()  # the safe answer first
+    keyboard.press("Shift+Tab")
+    expect(page.locator("#confirm-ok")).to_be_focused()
+    keyboard.press("Enter")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["one", "two"])
+    assert value_of(http, "kb/three") is None
+
+    page.locator("#value-key").focus() if page.locator("#value-key").count() else None
+    keyboard.press("k")
+    keyboard.press("ArrowLeft")  # up to the parent folder
+    expect(page.locator("#crumbs .crumb")).to_have_text(["all keys"])
+    keyboard.press("?")
+    expect(page.locator("#help-dialog")).to_be_visible()
+    keyboard.press("Escape")
+    expect(page.locator("#help-dialog")).to_be_hidden()
+
+
+def _overflow(page: Page) -> int:
+    """How far the page is wider than the window (0: no sideways scrolling)."""
+    width: int = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    return width
+
+
+def test_console_fits_a_laptop_and_a_phone_screen(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect, shots: Path
+) -> None:
+    batch_put(http, SHOP)
+    fragment = "#prefix=shop/products/&key=shop/products/kettle"
+    laptop = open_console(open_page, server, fragment)
+    expect(laptop.locator("#value")).to_have_text("Kettle, 1.7 l, steel")
+    assert _overflow(laptop) == 0
+    boxes = [laptop.locator(sel).bounding_box() for sel in (".keys", ".viewer", ".server")]
+    assert all(box is not None for box in boxes)
+    keys, viewer, panel = (box for box in boxes if box is not None)
+    assert keys["x"] < viewer["x"] < panel["x"]  # three columns, side by side
+    assert keys["y"] == viewer["y"] == panel["y"]
+    assert panel["x"] + panel["width"] <= LAPTOP["width"]
+
+    phone = open_console(open_page, server, fragment, viewport=PHONE, is_mobile=True)
+    expect(phone.locator("#value")).to_have_text("Kettle, 1.7 l, steel")
+    assert _overflow(phone) == 0
+    for selector in (".keys", ".viewer", ".server", ".txbar", ".topbar"):
+        box = phone.locator(selector).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"]
+    keys_box, viewer_box = (
+        phone.locator(".keys").bounding_box(),
+        phone.locator(".viewer").bounding_box(),
+    )
+    assert keys_box is not None and viewer_box is not None
+    assert viewer_box["y"] > keys_box["y"]  # one column: the value below the keys
+    phone.screenshot(path=shots / "console-mobile.png")
+    log_in(phone, expect, ROOT_USER)  # the header wraps, nothing is cut off
+    assert _overflow(phone) == 0
