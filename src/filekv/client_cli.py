@@ -1,5 +1,6 @@
 """The ``filekv`` client verbs: ``get``, ``put``, ``delete``, ``ls``, ``find``, ``batch``,
-``login``, ``logout``, ``register``, ``begin``, ``release``, ``commit``, ``rollback``, ``status``.
+``login``, ``logout``, ``register``, ``begin``, ``release``, ``commit``, ``rollback``, ``status``,
+``watch``.
 
 Each verb is one call (or a few) of ``filekv.client.Client`` against ``--url`` / ``$FILEKV_URL``,
 with the token of ``$FILEKV_TOKEN`` or the one ``filekv login`` stored for that URL
@@ -25,6 +26,7 @@ from filekv.client import (
     Conflict,
     FilekvError,
     Forbidden,
+    Gone,
     InvalidRequest,
     Locked,
     NotFound,
@@ -49,6 +51,7 @@ EXIT_CODES: Final[tuple[tuple[type[FilekvError], int], ...]] = (
     (Unavailable, 7),
     (ServerError, 7),
     (TooManyRequests, 8),
+    (Gone, 9),
 )
 EXIT_OTHER: Final = 7  # a FilekvError of no class above: the server answered something unexpected
 
@@ -56,7 +59,8 @@ EXIT_CODES_HELP: Final = (
     "Exit codes of the client verbs: 0 ok, 1 not found, 2 usage or invalid input, "
     "3 locked (another client holds the transaction, 423), 4 not authorized (401/403), "
     "5 precondition failed (412), 6 conflict (409), 7 server unreachable or 5xx, "
-    "8 too many requests (429). Server: --url or FILEKV_URL (default http://127.0.0.1:8000); "
+    "8 too many requests (429), 9 gone (410: watch history compacted away). "
+    "Server: --url or FILEKV_URL (default http://127.0.0.1:8000); "
     "token: FILEKV_TOKEN, else the one `filekv login` stored."
 )
 
@@ -412,6 +416,55 @@ def status(url: UrlOption = None, as_json: JsonOption = False) -> None:
         emit_line("transaction: held by another client")
 
 
+# -- watching ------------------------------------------------------------------------------------
+
+
+def watch(
+    prefix: Annotated[
+        str, typer.Argument(help="Only keys starting with this (default: every key).")
+    ] = "",
+    from_revision: Annotated[
+        int | None,
+        typer.Option(
+            "--from", min=0, help="Start at this revision (inclusive); default: from now."
+        ),
+    ] = None,
+    url: UrlOption = None,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="One line of JSON per change: revision, op, key, value."),
+    ] = False,
+) -> None:
+    """Print each change under PREFIX as it is committed, until interrupted (Ctrl-C).
+
+    A line per change: revision, op (put, delete, expire), the key and a put's value (both as
+    JSON strings). A lost connection is resumed after the last change printed; exit 9 if
+    --from is older than the history the server keeps (watch_history).
+    """
+    with connect(url) as kv:
+        try:
+            for change in kv.watch(prefix, from_revision=from_revision):
+                if as_json:
+                    emit_json(
+                        {
+                            "revision": change.revision,
+                            "op": change.op,
+                            "key": change.key,
+                            "value": change.value,
+                            "expires_in": change.expires_in,
+                        }
+                    )
+                else:
+                    key = json.dumps(change.key, ensure_ascii=False)
+                    line = f"{change.revision} {change.op} {key}"
+                    if change.value is not None:
+                        line += " " + json.dumps(change.value, ensure_ascii=False)
+                    emit_line(line)
+                sys.stdout.flush()  # a pipe sees each change as it happens
+        except KeyboardInterrupt:
+            return
+
+
 VERBS: Final[tuple[Callable[..., None], ...]] = (
     get,
     put,
@@ -427,6 +480,7 @@ VERBS: Final[tuple[Callable[..., None], ...]] = (
     commit,
     rollback,
     status,
+    watch,
 )
 
 

@@ -109,6 +109,33 @@ class Settings(BaseSettings):
         "info", description="Server log level."
     )
 
+    watch_history: int = Field(
+        _STORE.watch_history,
+        ge=0,
+        le=1 << 40,
+        description="Revisions compaction keeps for watchers resuming from an older one "
+        "(GET /watch from_revision, Last-Event-ID); older ones answer 410.",
+    )
+    watch_max_watchers: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="Watch streams and long polls served at once; one more is 503.",
+    )
+    watch_queue_events: int = Field(
+        1000,
+        ge=1,
+        le=1_000_000,
+        description="Events queued for one watch stream that reads too slowly; one more ends "
+        "it with event: overflow (it resumes with Last-Event-ID).",
+    )
+    watch_heartbeat_seconds: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="Seconds between the comment lines that keep an idle watch stream open.",
+    )
+
     def store_options(self, **changes: Any) -> StoreOptions:
         """The engine's options these settings describe (``changes`` replacing fields)."""
         fields: dict[str, Any] = {
@@ -120,6 +147,7 @@ class Settings(BaseSettings):
             "max_transaction_ops": self.max_transaction_ops,
             "compact_min_bytes": self.compact_min_bytes,
             "compact_dead_ratio": self.compact_dead_ratio,
+            "watch_history": self.watch_history,
         }
         return StoreOptions(**(fields | changes))
 

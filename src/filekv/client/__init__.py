@@ -23,6 +23,7 @@ from filekv.client._errors import (
     Conflict,
     FilekvError,
     Forbidden,
+    Gone,
     InvalidRequest,
     Locked,
     NotFound,
@@ -35,15 +36,18 @@ from filekv.client._errors import (
 )
 from filekv.client._models import Entry
 from filekv.client._protocol import DEFAULT_URL
+from filekv.client._watch import Change
 
 __all__ = [
     "DEFAULT_URL",
     "AsyncClient",
+    "Change",
     "Client",
     "Conflict",
     "Entry",
     "FilekvError",
     "Forbidden",
+    "Gone",
     "InvalidRequest",
     "Locked",
     "NotFound",

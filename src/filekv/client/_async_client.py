@@ -15,6 +15,7 @@ import httpx
 from filekv.client import _protocol as p
 from filekv.client._errors import FilekvError, NotFound, translate_transport_errors
 from filekv.client._models import Entry
+from filekv.client._watch import Change, Resume, watch_async
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class AsyncClient:
     ) -> None:
         self.url = p.base_url(url)
         self.wait_locked = wait_locked
+        self._timeout = timeout  # for the connection a watch opens (see watch)
+        self._transport = transport
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=timeout, limits=p.LIMITS, transport=transport
         )
@@ -171,6 +174,20 @@ class AsyncClient:
         return p.decode_revision(await self._send(p.batch_call(ops)))
 
     # --- transactions
+
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        key: str | None = None,
+        from_revision: int | None = None,
+        reconnect_timeout: float | None = 60.0,
+    ) -> AsyncIterator[Change]:
+        """``Client.watch`` for asyncio: ``async for change in kv.watch("cfg/"):``."""
+        resume = Resume(prefix, key, from_revision)
+        return watch_async(
+            self.url, self._http.headers, self._timeout, self._transport, resume, reconnect_timeout
+        )
 
     async def begin(self) -> int:
         """Begin the transaction, or a nested level of it: the new depth."""

@@ -19,6 +19,7 @@ from filekv.client._errors import (
     translate_transport_errors,
 )
 from filekv.client._models import Entry
+from filekv.client._watch import Change, Resume, watch_sync
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Client:
     ) -> None:
         self.url = p.base_url(url)
         self.wait_locked = wait_locked
+        self._timeout = timeout  # for the connection a watch opens (see watch)
+        self._transport = transport
         self._http = httpx.Client(
             base_url=self.url, timeout=timeout, limits=p.LIMITS, transport=transport
         )
@@ -212,6 +215,30 @@ class Client:
         if written != total:
             raise Unavailable(f"the backup was cut off after {written} of {total} bytes")
         return {"revision": revision, "bytes": written}
+
+    # --- watching
+
+    def watch(
+        self,
+        prefix: str = "",
+        *,
+        key: str | None = None,
+        from_revision: int | None = None,
+        reconnect_timeout: float | None = 60.0,
+    ) -> Iterator[Change]:
+        """Every change under ``prefix`` (or to ``key``) from ``from_revision`` on (None: from
+        now), as it is committed: ``for change in kv.watch("cfg/"):``. Runs until you stop.
+
+        On a connection of its own; when it drops (or the server says this watcher fell
+        behind) it reconnects and resumes after the last change yielded, without a gap or a
+        duplicate, giving up with ``Unavailable`` after ``reconnect_timeout`` seconds without
+        the server (None: never). ``Gone`` (with ``oldest_revision``) if ``from_revision`` is
+        compacted away.
+        """
+        resume = Resume(prefix, key, from_revision)
+        return watch_sync(
+            self.url, self._http.headers, self._timeout, self._transport, resume, reconnect_timeout
+        )
 
     # --- transactions
 

@@ -8,6 +8,7 @@
     ├── Forbidden               403  e.g. registration is closed
     ├── Conflict                409  e.g. no transaction held, name taken, lease expired
     ├── PreconditionFailed      412  expect= (If-Match / If-None-Match) did not hold
+    ├── Gone                    410  a watch asked for history compacted away (.oldest_revision)
     ├── TooLarge                413  value, body or transaction too large
     ├── InvalidRequest          400, 415, 422, 431  the request itself is wrong
     ├── Locked                  423  another client holds the transaction (.retry_after)
@@ -59,6 +60,17 @@ class PreconditionFailed(FilekvError):
     """412: the revision named by ``expect=`` did not match."""
 
 
+class Gone(FilekvError):
+    """410: the revision a watch asked for is compacted away; ``oldest_revision`` is the
+    oldest one the server still has (or None)."""
+
+    def __init__(
+        self, detail: str, *, status: int | None = None, oldest_revision: int | None = None
+    ) -> None:
+        super().__init__(detail, status=status)
+        self.oldest_revision = oldest_revision
+
+
 class TooLarge(FilekvError):
     """413: a value, body or transaction past the server's limits."""
 
@@ -97,6 +109,7 @@ STATUS_ERRORS: Final[Mapping[int, type[FilekvError]]] = {
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    410: Gone,
     412: PreconditionFailed,
     413: TooLarge,
     415: InvalidRequest,
@@ -148,7 +161,18 @@ def error_for_status(response: httpx.Response) -> FilekvError:
         cls = ServerError if status >= 500 else FilekvError
     if issubclass(cls, _RetryAfter):
         return cls(detail, status=status, retry_after=retry_after(response))
+    if cls is Gone:
+        return Gone(detail, status=status, oldest_revision=_oldest_revision(response))
     return cls(detail, status=status)
+
+
+def _oldest_revision(response: httpx.Response) -> int | None:
+    try:
+        body: Any = response.json()
+    except ValueError:
+        return None
+    oldest = body.get("oldest_revision") if isinstance(body, dict) else None
+    return oldest if isinstance(oldest, int) else None
 
 
 @contextlib.contextmanager

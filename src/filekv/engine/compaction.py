@@ -204,7 +204,13 @@ class Compactor:
                 return None
             mergeable = self._mergeable(kept)
             if kept and len(mergeable) <= 1 and all(s.merged for s in mergeable):
-                return None  # at most one merged segment and history to keep: nothing to gain
+                # Nothing to gain now: every plain segment holds history to keep. Sealing a
+                # written active segment lets a later compaction merge it once its revisions
+                # are older than keep_revisions (else a store whose whole history fits in one
+                # segment would never be compacted before it is full).
+                if active.size > active.header.size:
+                    segments.start_new_segment(self._revision())
+                return None
             total = sum(s.size for s in sealed) + active.size
             count = total // segments.segment_bytes + 2
             first = segments.reserve_ids(count)

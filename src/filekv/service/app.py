@@ -26,9 +26,10 @@ from filekv.service.backup import Backups
 from filekv.service.docs import install_docs
 from filekv.service.errors import install_error_handlers
 from filekv.service.protocol import MAX_HEADER_BYTES, client_disconnected
-from filekv.service.routes import auth, backup, batch, health, keys, transactions
+from filekv.service.routes import auth, backup, batch, health, keys, transactions, watch
 from filekv.service.schemas import error
 from filekv.service.transactions import TransactionManager
+from filekv.service.watch import WatchHub
 from filekv.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
             max_seconds=settings.transaction_max_seconds,
         )
         reaper: asyncio.Task[None] | None = None
+        hub: WatchHub | None = None
         try:
             app.state.auth = AuthService(
                 settings.data_dir,
@@ -68,9 +70,20 @@ def create_app(settings: Settings) -> FastAPI:
             app.state.transactions = manager
             app.state.store = store
             reaper = asyncio.create_task(manager.run_reaper(), name="filekv-lease-reaper")
+            # Before the store closes, the watch streams end (uvicorn waits for them to).
+            hub = WatchHub(
+                store,
+                max_watchers=settings.watch_max_watchers,
+                queue_events=settings.watch_queue_events,
+                stop_requested=app.state.stop_requested,
+            )
+            app.state.watch_hub = hub
+            hub.start()
             logger.info("serving %s (fsync=%s)", settings.data_dir, settings.fsync)
             yield
         finally:
+            if hub is not None:
+                await hub.stop()
             if reaper is not None:
                 reaper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -113,6 +126,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(backup.router)
     app.include_router(auth.router)
     app.include_router(health.router)
+    app.include_router(watch.router)
     install_docs(app)
     install_console(app)
     return app

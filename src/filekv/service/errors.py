@@ -22,6 +22,7 @@ The service's own errors::
     ├── UnsupportedMediaType   a body whose Content-Type is not JSON              415
     ├── HeadersTooLarge        request headers over the limit, refused            431
     ├── BackupRunning          a backup is streaming already (one at a time)      429 + Retry-After
+    ├── TooManyWatchers        watch_max_watchers watchers already served         503 + Retry-After
     └── StoreUnavailable       the store is not open                              503
 
 Request validation (422) has its own handler, ``validation_error_response``: FastAPI's list form,
@@ -60,6 +61,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from filekv.engine.errors import (
+    Compacted,
     CorruptStore,
     DiskFull,
     InvalidBatch,
@@ -161,6 +163,10 @@ class BackupRunning(ServiceError):
         super().__init__(f"a backup is already running; retry after {retry_after} s")
 
 
+class TooManyWatchers(ServiceError):
+    """The server already serves as many watchers (streams and long polls) as it may."""
+
+
 class StoreUnavailable(ServiceError):
     """The store is not open (starting up, shutting down or failed)."""
 
@@ -171,6 +177,10 @@ def _retry_after(exc: BaseException) -> dict[str, str]:
 
 def _bearer(_: BaseException) -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
+
+
+def _oldest_revision(exc: BaseException) -> dict[str, Any]:
+    return {"oldest_revision": getattr(exc, "oldest_available", None)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +194,8 @@ class ErrorAnswer:
     # Set for a 422: answered in the validation list form, as an error of this input.
     loc: tuple[str, ...] | None = None
     error_type: str = "value_error"
+    # Fields the body carries beside ``detail`` (Compacted: where the history now starts).
+    extra: Callable[[BaseException], dict[str, Any]] | None = None
 
 
 ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
@@ -195,6 +207,7 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     InvalidBatch: ErrorAnswer(422, loc=("body", "ops"), error_type="batch_invalid"),
     ValueTooLarge: ErrorAnswer(413),
     VersionMismatch: ErrorAnswer(412),
+    Compacted: ErrorAnswer(410, extra=_oldest_revision),
     TransactionActive: ErrorAnswer(423, _retry_after),
     TransactionClosed: ErrorAnswer(409, detail="the transaction has already ended"),
     NoSavepoint: ErrorAnswer(409),
@@ -231,6 +244,7 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     HeadersTooLarge: ErrorAnswer(431),
     BackupRunning: ErrorAnswer(429, _retry_after),
     StoreUnavailable: ErrorAnswer(503, detail="the store is not open"),
+    TooManyWatchers: ErrorAnswer(503, _retry_after),
 }
 
 ROOTS: Final = (StoreError, AuthError, ServiceError)
@@ -262,8 +276,11 @@ def error_response(exc: BaseException) -> Response:
         logger.warning("answering %d: %s: %s", answer.status, type(exc).__name__, exc)
     detail = answer.detail or str(exc) or (type(exc).__doc__ or type(exc).__name__).strip()
     headers = answer.headers(exc) if answer.headers else None
+    body: dict[str, Any] = {"detail": detail}
+    if answer.extra is not None:
+        body.update(answer.extra(exc))
     return Response(
-        dumps({"detail": detail}),
+        dumps(body),
         status_code=answer.status,
         headers=headers,
         media_type="application/json",

@@ -125,6 +125,12 @@ class KeyPage(BaseModel):
 
     keys: list[str]
     next: str | None = Field(description="Cursor for the next page; null on the last page.")
+    revision: int | None = Field(
+        None,
+        description="Only in a long poll's answer (wait or after_revision given): the store's "
+        "revision before the keys were read; pass it as after_revision to wait for the next "
+        "change.",
+    )
 
 
 class Depth(BaseModel):

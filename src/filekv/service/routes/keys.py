@@ -24,6 +24,16 @@ from starlette.routing import Route
 
 from filekv.service.deps import request_session_id
 from filekv.service.errors import KeyNotFound
+from filekv.service.routes.watch import (
+    COMPACTED,
+    MAX_REVISION,
+    MAX_WAIT_SECONDS,
+    TOO_MANY_WATCHERS,
+    check_filter,
+    parse_after_revision,
+    parse_wait,
+    wait_for_change,
+)
 from filekv.service.schemas import (
     DISK_FULL,
     ETAG,
@@ -202,7 +212,12 @@ async def delete_key(key: str, request: Request) -> Response:
     "/keys",
     summary="Find keys",
     response_model=KeyPage,
-    responses={401: UNAUTHORIZED},
+    responses={
+        400: error("Long poll: after_revision is ahead of the store."),
+        401: UNAUTHORIZED,
+        410: COMPACTED,
+        503: TOO_MANY_WATCHERS,
+    },
     openapi_extra={"security": OPTIONAL_BEARER},
 )
 async def find_keys(
@@ -211,11 +226,33 @@ async def find_keys(
     prefix: Annotated[str, Query(description="Only keys starting with this.")] = "",
     after: Annotated[str | None, Query(description="Exclusive cursor: the previous next.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = DEFAULT_LIMIT,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="Long poll: answer once a key under the prefix changes after "
+            "after_revision, or after this many seconds.",
+        ),
+    ] = None,
+    after_revision: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            le=MAX_REVISION,
+            description="Long poll: changes after this revision count (default: from now).",
+        ),
+    ] = None,
 ) -> Response:
-    """Sorted keys matching ``value`` and ``prefix``, one page at a time."""
+    """Sorted keys matching ``value`` and ``prefix``, one page at a time; with ``wait`` (a
+    long poll), only once a key under ``prefix`` changed after ``after_revision``."""
     state = request.app.state
     transactions: TransactionManager = state.transactions
     session_id = request_session_id(request, transactions, write=False)
+    revision = None
+    if wait is not None or after_revision is not None:
+        check_filter(request, prefix, None)
+        revision = await wait_for_change(request, prefix, wait, after_revision)
     tx = transactions.reader(session_id) if session_id is not None else None
     source = tx or state.store
     # One key more than the page tells whether another page exists, so a short page ends it.
@@ -225,6 +262,8 @@ async def find_keys(
         keys = source.find(value.encode("utf-8"), prefix=prefix, after=after, limit=limit + 1)
     more = len(keys) > limit
     page = keys[:limit]
+    if revision is not None:
+        return _json({"keys": page, "next": page[-1] if more else None, "revision": revision})
     return _json({"keys": page, "next": page[-1] if more else None})
 
 
@@ -236,6 +275,8 @@ async def _find_keys_fast(request: Request) -> Response:
         prefix=params.get("prefix", ""),
         after=params.get("after"),
         limit=parse_limit(params.get("limit")),
+        wait=parse_wait(params.get("wait")),
+        after_revision=parse_after_revision(params.get("after_revision")),
     )
 
 

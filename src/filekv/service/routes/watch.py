@@ -1,0 +1,297 @@
+"""``GET /watch``: the store's changes as Server-Sent Events; and the long poll of ``GET /keys``.
+
+A stream first sends what happened after the position it asks for (``from_revision``, or the
+``Last-Event-ID`` a reconnecting ``EventSource`` sends), read from the change feed, then every
+new change as the hub (``service/watch.py``) hands it over. The watcher is registered with the
+hub *before* the history is read, and events the hub queued meanwhile are skipped up to the last
+revision the history delivered: no gap, no duplicate. A comment line every
+``watch_heartbeat_seconds`` keeps proxies from closing an idle stream. When the client goes
+away, Starlette cancels the stream and the watcher is removed at once.
+
+Same authorization as reading keys (``auth_mode=all`` needs a token). Errors are answered before
+the stream starts: 400 for a malformed ``Last-Event-ID`` or a position ahead of the store, 410
+with ``oldest_revision`` for one compaction has dropped, 503 past ``watch_max_watchers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any, Final
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+
+from filekv.engine import Compacted
+from filekv.service.deps import request_session_id
+from filekv.service.errors import BadRequest
+from filekv.service.schemas import UNAUTHORIZED, error
+from filekv.service.watch import (
+    Position,
+    Watcher,
+    WatchHub,
+    format_event,
+    number_chunk,
+    parse_event_id,
+)
+
+if TYPE_CHECKING:
+    from filekv.engine import Store
+    from filekv.service.transactions import TransactionManager
+
+router = APIRouter(tags=["watch"])
+
+MAX_WAIT_SECONDS: Final = 60.0  # the longest long poll
+MAX_REVISION: Final = (1 << 63) - 1
+RETRY_MS: Final = 2000  # what an EventSource waits before it reconnects
+
+_SSE_EXAMPLE: Final = (
+    'id: 7\nevent: put\ndata: {"key":"cfg/a","value":"1","revision":7,"expires_in":null}\n\n'
+)
+
+
+COMPACTED: Final[dict[str, Any]] = {
+    "description": "The revision asked for is compacted away; `oldest_revision` is the oldest "
+    "one still available.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "detail": {"type": "string"},
+                    "oldest_revision": {"type": "integer"},
+                },
+                "required": ["detail", "oldest_revision"],
+            }
+        }
+    },
+}
+TOO_MANY_WATCHERS: Final = error(
+    "Too many watchers already (watch_max_watchers), or the store is not open."
+)
+
+
+def _query_error(name: str, kind: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": ("query", name), "msg": message}])
+
+
+def check_filter(request: Request, prefix: str, key: str | None) -> None:
+    """A prefix or a key no longer than a key may be (422); not both."""
+    limit: int = request.app.state.settings.max_key_bytes
+    for name, text in (("prefix", prefix), ("key", key)):
+        if text is not None and len(text.encode("utf-8", errors="surrogatepass")) > limit:
+            raise _query_error(name, "string_too_long", f"longer than {limit} bytes in UTF-8")
+    if key is not None and prefix:
+        raise _query_error("key", "value_error", "give a prefix or a key, not both")
+    if key == "":
+        raise _query_error("key", "string_too_short", "a key is not empty")
+
+
+def start_position(store: Store, from_revision: int | None, last_event_id: str | None) -> Position:
+    """Where the stream starts: after ``Last-Event-ID`` if sent (a reconnect), else at
+    ``from_revision`` (inclusive), else after the current revision. 400 when malformed or
+    ahead of the store; Compacted (410) when no longer in the history."""
+    current = store.revision
+    if last_event_id is not None:
+        position = parse_event_id(last_event_id)
+        if position is None:
+            raise BadRequest("Last-Event-ID must be a revision (7) or an event of one (7.1)")
+    elif from_revision is not None:
+        position = Position(from_revision - 1) if from_revision > 0 else Position(0)
+    else:
+        position = Position(current)
+    if position.revision > current:
+        raise BadRequest(
+            f"revision {position.revision + 1} is ahead of the store (at revision {current})"
+        )
+    oldest = store.oldest_revision
+    if position.revision + 1 < oldest:
+        raise Compacted(position.revision + 1, oldest)
+    return position
+
+
+@router.get(
+    "/watch",
+    summary="Watch changes (Server-Sent Events)",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "A stream of `put`, `delete` and `expire` events (then `overflow` "
+            "if the client falls more than watch_queue_events behind).",
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}
+            },
+        },
+        400: error("Malformed Last-Event-ID, or a revision ahead of the store."),
+        401: UNAUTHORIZED,
+        410: COMPACTED,
+        503: TOO_MANY_WATCHERS,
+    },
+)
+async def watch(
+    request: Request,
+    prefix: Annotated[str, Query(description="Only keys starting with this.")] = "",
+    key: Annotated[str | None, Query(description="Only this key (instead of a prefix).")] = None,
+    from_revision: Annotated[
+        int | None,
+        Query(ge=0, le=MAX_REVISION, description="Start at this revision (inclusive)."),
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID",
+            max_length=64,
+            description="Resume after this event (sent by a reconnecting EventSource).",
+        ),
+    ] = None,
+) -> StreamingResponse:
+    """Every committed change under ``prefix`` (or to ``key``) after the start, as it happens."""
+    state = request.app.state
+    transactions: TransactionManager = state.transactions
+    request_session_id(request, transactions, write=False)
+    check_filter(request, prefix, key)
+    store: Store = state.store
+    hub: WatchHub = state.watch_hub
+    position = start_position(store, from_revision, last_event_id)
+    watcher = hub.add(key if key is not None else prefix, exact=key is not None)
+    heartbeat: float = state.settings.watch_heartbeat_seconds
+    return StreamingResponse(
+        _stream(store, hub, watcher, position, heartbeat),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _start_id(position: Position) -> str:
+    if position.index is None:
+        return str(position.revision)
+    return f"{position.revision + 1}.{position.index}"
+
+
+async def _stream(
+    store: Store, hub: WatchHub, watcher: Watcher, position: Position, heartbeat: float
+) -> AsyncIterator[bytes]:
+    last_id = _start_id(position)
+    try:
+        # An id alone sets a client's last event id without an event: a reconnect before the
+        # first change still resumes from here.
+        yield f"retry: {RETRY_MS}\nid: {last_id}\n\n".encode()
+        # The history, up to whatever the store has now; the hub queues what comes after.
+        upto = position.revision
+        try:
+            async for chunk in store.achange_chunks(after=position.revision, wait=False):
+                now = time.time()
+                parts = []
+                for change, index, last in number_chunk(chunk):
+                    if watcher.matches(change.key) and position.wants(change.revision, index):
+                        parts.append(format_event(change, index, last, now))
+                        last_id = str(change.revision) if last else f"{change.revision}.{index}"
+                upto = chunk[-1].revision
+                if parts:
+                    yield b"".join(parts)
+        except Compacted as exc:  # compaction overtook a slow catch-up
+            yield _final("compacted", exc.args[0], last_id, exc.oldest_available)
+            return
+        queue = watcher.queue
+        while True:
+            if watcher.overflowed:
+                detail = "this watcher fell too far behind: reconnect with Last-Event-ID"
+                yield _final("overflow", detail, last_id)
+                return
+            if not queue:
+                if watcher.closed:
+                    return
+                watcher.ready.clear()
+                try:
+                    await asyncio.wait_for(watcher.ready.wait(), heartbeat)
+                except TimeoutError:
+                    yield b": heartbeat\n\n"
+                continue
+            parts = []
+            while queue:
+                revision, index, event_id, data = queue.popleft()
+                if revision > upto and position.wants(revision, index):
+                    parts.append(data)
+                    last_id = event_id
+            if parts:
+                yield b"".join(parts)
+    finally:
+        hub.remove(watcher)
+
+
+def _final(event: str, detail: str, last_id: str, oldest: int | None = None) -> bytes:
+    body: dict[str, Any] = {"detail": detail, "last_event_id": last_id}
+    if oldest is not None:
+        body["oldest_revision"] = oldest
+    return f"event: {event}\ndata: ".encode() + orjson.dumps(body) + b"\n\n"
+
+
+# -- the long poll of GET /keys --------------------------------------------------------------------
+
+
+def parse_wait(text: str | None) -> float | None:
+    """``wait`` checked as ``Query(ge=0, le=60)`` would (422 with the same shape)."""
+    if text is None:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise _query_error("wait", "float_parsing", "Input should be a valid number") from None
+    if not 0 <= seconds <= MAX_WAIT_SECONDS:  # NaN fails both
+        raise _query_error(
+            "wait", "less_than_equal", f"Input should be between 0 and {MAX_WAIT_SECONDS:g}"
+        )
+    return seconds
+
+
+def parse_after_revision(text: str | None) -> int | None:
+    """``after_revision`` checked as ``Query(ge=0, le=2**63-1)`` would."""
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 19:
+        raise _query_error(
+            "after_revision", "int_parsing", "Input should be a revision: a whole number >= 0"
+        )
+    revision = int(text)
+    if revision > MAX_REVISION:
+        raise _query_error("after_revision", "less_than_equal", "Input is too large")
+    return revision
+
+
+async def wait_for_change(
+    request: Request, prefix: str, wait: float | None, after_revision: int | None
+) -> int:
+    """The long poll: return (the store's revision, read first) as soon as a key under
+    ``prefix`` has changed after ``after_revision`` (default: now), or after ``wait`` seconds."""
+    state = request.app.state
+    store: Store = state.store
+    hub: WatchHub = state.watch_hub
+    position = start_position(store, None if after_revision is None else after_revision + 1, None)
+    watcher = hub.add(prefix)
+    try:
+        changed = False
+        async for chunk in store.achange_chunks(after=position.revision, wait=False):
+            if any(change.key.startswith(prefix) for change in chunk):
+                changed = True
+                break
+        if not changed and wait:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(_changed(watcher, position.revision), wait)
+    finally:
+        hub.remove(watcher)
+    return store.revision
+
+
+async def _changed(watcher: Watcher, after: int) -> None:
+    while True:
+        if watcher.overflowed or watcher.closed:
+            return
+        while watcher.queue:
+            if watcher.queue.popleft()[0] > after:
+                return
+        watcher.ready.clear()
+        await watcher.ready.wait()

@@ -1,0 +1,346 @@
+"""Watching a real ``filekv serve``: ``GET /watch`` (Server-Sent Events) and the long poll.
+
+The streams are read with httpx's streaming API and parsed here by a few lines of the SSE rules
+(not by filekv's own client), so what is checked is what any EventSource or ``curl -N`` sees.
+Waits are bounded (a hang fails), nothing asserts on time.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from support.server import Server, login
+
+from filekv.engine import Store
+
+READ_TIMEOUT = 20.0  # a stream that says nothing for this long has hung
+
+
+@dataclass
+class Event:
+    name: str
+    id: str | None
+    data: dict[str, object]
+
+
+def events(response: httpx.Response) -> Iterator[Event | str]:
+    """The events of an SSE stream, and its comment lines (as str) as they come."""
+    name, event_id, data = "message", None, []
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            yield line
+        elif not line:
+            if data:
+                yield Event(name, event_id, json.loads("\n".join(data)))
+            name, data = "message", []
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                name = value
+            elif field == "id":
+                event_id = value
+            elif field == "data":
+                data.append(value)
+
+
+def take(response: httpx.Response, count: int) -> list[Event]:
+    got: list[Event] = []
+    for item in events(response):
+        if isinstance(item, Event):
+            got.append(item)
+            if len(got) == count:
+                break
+    return got
+
+
+def stream(http: httpx.Client, **kwargs: object) -> httpx.Response:
+    """The started answer of ``GET /watch`` (use it in a ``with``)."""
+    return http.stream("GET", "/watch", **kwargs)  # type: ignore[return-value, arg-type]
+
+
+def put(http: httpx.Client, key: str, value: str) -> int:
+    answer = http.put(f"/keys/{key}", json={"value": value})
+    assert answer.status_code in (200, 201), answer.text
+    revision: int = answer.json()["revision"]
+    return revision
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    base = tmp_path_factory.mktemp("watch")
+    srv = Server(
+        base / "data",
+        base / "server.log",
+        fsync="never",
+        watch_heartbeat_seconds=0.3,
+        watch_queue_events=20,
+        watch_max_watchers=4,
+    )
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def client(server: Server) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=READ_TIMEOUT))
+
+
+def test_e2e_watch_streams_each_committed_change_once_in_order(server: Server) -> None:
+    with client(server) as http:
+        start = put(http, "elsewhere", "x") + 1
+        with stream(http, params={"prefix": "s1/", "from_revision": start}) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            first = put(http, "s1/a", "1")
+            put(http, "other/b", "not watched")
+            batch = http.post(
+                "/batch",
+                json={
+                    "ops": [
+                        {"op": "put", "key": "s1/b", "value": "2"},
+                        {"op": "put", "key": "other/c", "value": "3"},
+                        {"op": "delete", "key": "s1/a"},
+                    ]
+                },
+            ).json()["revision"]
+            holder = login(http, "watch-holder")
+            begun = http.post("/transactions", headers=holder)
+            assert begun.status_code in (200, 201), begun.text
+            staged = http.put("/keys/s1/staged", json={"value": "v"}, headers=holder)
+            assert staged.json()["staged"] is True
+            assert http.post("/transactions/commit", headers=holder).status_code == 200
+            commit = batch + 1
+            got = take(response, 4)
+    assert [(e.name, e.id) for e in got] == [
+        ("put", str(first)),
+        ("put", f"{batch}.0"),
+        ("delete", str(batch)),
+        ("put", str(commit)),
+    ]
+    assert got[0].data == {"key": "s1/a", "value": "1", "revision": first, "expires_in": None}
+    assert got[2].data == {"key": "s1/a", "value": None, "revision": batch, "expires_in": None}
+    assert got[3].data["key"] == "s1/staged"
+
+
+def test_e2e_watch_one_key_and_heartbeats(server: Server) -> None:
+    with client(server) as http, stream(http, params={"key": "hb/k"}) as response:
+        put(http, "hb/k2", "not this key")
+        revision = put(http, "hb/k", "v")
+        seen: list[Event | str] = []
+        for item in events(response):
+            seen.append(item)
+            if isinstance(item, Event) and any(line == ": heartbeat" for line in seen):
+                break
+            if isinstance(item, str) and any(isinstance(e, Event) for e in seen):
+                break
+    changes = [e for e in seen if isinstance(e, Event)]
+    assert [(e.id, e.data["key"]) for e in changes] == [(str(revision), "hb/k")]
+    assert ": heartbeat" in seen
+
+
+def test_e2e_watch_overflow_ends_the_stream_and_resume_loses_nothing(server: Server) -> None:
+    big = "v" * 400_000  # the socket's buffers fill, then the watcher's queue (20 events)
+    with client(server) as http:
+        start = put(http, "of/start", "0")
+        with stream(http, params={"prefix": "of/", "from_revision": start + 1}) as response:
+            written = [put(http, f"of/{i:03d}", big) for i in range(80)]
+            got: list[Event] = []
+            for item in events(response):
+                if isinstance(item, Event):
+                    got.append(item)
+        assert got[-1].name == "overflow"
+        resume_from = got[-1].data["last_event_id"]
+        assert isinstance(resume_from, str)
+        received = [e.data["revision"] for e in got[:-1]]
+        assert received == written[: len(received)]
+        assert len(received) < len(written)
+        headers = {"Last-Event-ID": resume_from}
+        with stream(http, params={"prefix": "of/"}, headers=headers) as response:
+            rest = take(response, len(written) - len(received))
+    assert received + [e.data["revision"] for e in rest] == written
+
+
+def test_e2e_watch_a_disconnected_client_frees_its_watcher_at_once(server: Server) -> None:
+    with client(server) as http:
+        open_streams = [stream(http, params={"prefix": f"dc{i}/"}) for i in range(4)]
+        responses = [s.__enter__() for s in open_streams]
+        try:
+            assert all(r.status_code == 200 for r in responses)
+            refused = http.get("/watch", params={"prefix": "dc-more/"})
+            assert refused.status_code == 503
+            assert "watch_max_watchers" in refused.json()["detail"]
+        finally:
+            for s in open_streams:
+                s.__exit__(None, None, None)
+        for _ in range(200):  # bounded: the server notices the closed connections
+            with stream(http, params={"prefix": "dc-again/"}) as response:
+                if response.status_code == 200:
+                    break
+            threading.Event().wait(0.05)
+        assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("params", "headers", "status"),
+    [
+        ({"from_revision": "x"}, {}, 422),
+        ({"from_revision": "-1"}, {}, 422),
+        ({"from_revision": str(10**12)}, {}, 400),
+        ({}, {"Last-Event-ID": "seven"}, 400),
+        ({}, {"Last-Event-ID": "1.2.3"}, 400),
+        ({}, {"Last-Event-ID": str(10**15)}, 400),
+        ({"prefix": "p", "key": "k"}, {}, 422),
+        ({"key": ""}, {}, 422),
+        ({"prefix": "x" * 2000}, {}, 422),
+    ],
+)
+def test_e2e_watch_bad_positions_are_4xx_before_any_stream(
+    server: Server, params: dict[str, str], headers: dict[str, str], status: int
+) -> None:
+    with client(server) as http:
+        answer = http.get("/watch", params=params, headers=headers)
+    assert answer.status_code == status, answer.text
+    assert "detail" in answer.json()
+
+
+def test_e2e_long_poll_answers_at_a_change_under_its_prefix(server: Server) -> None:
+    with client(server) as http:
+        before = put(http, "lp/a", "1")
+        # A change after after_revision already happened: the answer comes at once.
+        answer = http.get("/keys", params={"prefix": "lp/", "wait": 60, "after_revision": 0})
+        assert answer.status_code == 200
+        assert answer.json()["keys"] == ["lp/a"]
+        assert answer.json()["revision"] >= before
+        # Nothing after it under the prefix: the poll waits until a change comes.
+        polled: list[httpx.Response] = []
+        poller = threading.Thread(
+            target=lambda: polled.append(
+                http.get("/keys", params={"prefix": "lp/", "wait": 60, "after_revision": before})
+            )
+        )
+        with client(server) as other:
+            poller.start()
+            put(other, "lp-not/x", "another prefix: the poll goes on")
+            threading.Event().wait(0.3)
+            assert not polled
+            changed = put(other, "lp/b", "2")
+        poller.join(30)  # well before the 60 s wait: the change ended it
+        assert not poller.is_alive()
+        assert polled[0].status_code == 200
+        assert polled[0].json()["keys"] == ["lp/a", "lp/b"]
+        assert polled[0].json()["revision"] >= changed
+        # Nothing changes: the answer comes after wait seconds, with the same revision.
+        quiet = http.get("/keys", params={"prefix": "lp/", "wait": 0.2})
+        assert quiet.status_code == 200
+        assert quiet.json()["keys"] == ["lp/a", "lp/b"]
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"wait": "61"}, 422),
+        ({"wait": "-1"}, 422),
+        ({"wait": "nan"}, 422),
+        ({"wait": "soon"}, 422),
+        ({"after_revision": "-1"}, 422),
+        ({"after_revision": "1e3"}, 422),
+        ({"after_revision": str(10**30)}, 422),
+        ({"after_revision": str(10**12)}, 400),
+    ],
+)
+def test_e2e_long_poll_bad_parameters(server: Server, params: dict[str, str], status: int) -> None:
+    with client(server) as http:
+        answer = http.get("/keys", params={"prefix": "lp/", **params})
+    assert answer.status_code == status, answer.text
+
+
+def test_e2e_watch_resumes_by_last_event_id_across_a_restart(tmp_path: Path) -> None:
+    server = Server(tmp_path / "data", tmp_path / "server.log", fsync="never")
+    server.start()
+    try:
+        with client(server) as http:
+            revisions = [put(http, f"r/{i}", str(i)) for i in range(3)]
+            batch = http.post(
+                "/batch",
+                json={"ops": [{"op": "put", "key": f"r/b{i}", "value": "b"} for i in range(3)]},
+            ).json()["revision"]
+            with stream(http, params={"prefix": "r/", "from_revision": 1}) as response:
+                got = take(response, 4)  # three puts and the batch's first operation
+        assert [e.id for e in got] == [*map(str, revisions), f"{batch}.0"]
+        server.restart()
+        with client(server) as http:
+            after = put(http, "r/after", "restart")
+            headers = {"Last-Event-ID": got[-1].id or ""}
+            with stream(http, params={"prefix": "r/"}, headers=headers) as response:
+                rest = take(response, 3)
+            assert [(e.id, e.data["key"]) for e in rest] == [
+                (f"{batch}.1", "r/b1"),
+                (str(batch), "r/b2"),
+                (str(after), "r/after"),
+            ]
+            # From the start of the stream's own id (sent first): nothing before, nothing twice.
+            with stream(http, params={"prefix": "r/"}) as response:
+                first_id = next(
+                    line for line in response.iter_lines() if line.startswith("id:")
+                ).removeprefix("id: ")
+            assert first_id == str(after)
+    finally:
+        server.stop()
+
+
+def test_e2e_watch_410_after_compaction(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    # Two compactions 20 writes apart: the first seals the segment that holds revisions 1-20,
+    # the second merges it (it is more than watch_history=5 revisions old): history dropped.
+    with Store.open(data, fsync="never", watch_history=5) as store:
+        for i in range(20):
+            store.put(f"c/{i % 3}", str(i).encode())
+        assert not store.compact()  # only history to keep: the segment is sealed
+        for i in range(20):
+            store.put(f"c/{i % 3}", str(i).encode())
+        assert store.compact()
+    server = Server(data, tmp_path / "server.log", fsync="never", watch_history=5)
+    server.start()
+    try:
+        with client(server) as http:
+            refused = http.get("/watch", params={"from_revision": 1})
+            assert refused.status_code == 410
+            oldest = refused.json()["oldest_revision"]
+            assert 1 < oldest <= 41 - 5
+            assert "detail" in refused.json()
+            polled = http.get("/keys", params={"wait": 1, "after_revision": 0})
+            assert polled.status_code == 410
+            assert polled.json()["oldest_revision"] == oldest
+            with stream(http, params={"from_revision": oldest}) as response:
+                assert response.status_code == 200
+                got = take(response, 40 - oldest + 1)
+            assert [e.data["revision"] for e in got] == list(range(oldest, 41))
+    finally:
+        server.stop()
+
+
+def test_e2e_watch_needs_a_token_when_auth_mode_is_all(tmp_path: Path) -> None:
+    server = Server(tmp_path / "data", tmp_path / "server.log", fsync="never", auth_mode="all")
+    server.start()
+    try:
+        with client(server) as http:
+            assert http.get("/watch").status_code == 401
+            assert http.get("/keys", params={"wait": 0.1}).status_code == 401
+            headers = login(http)
+            assert http.get("/watch", headers={"Authorization": "Bearer nope"}).status_code == 401
+            with stream(http, headers=headers, params={"prefix": "a/"}) as response:
+                assert response.status_code == 200
+                revision = put(httpx.Client(base_url=server.url, headers=headers), "a/k", "v")
+                assert take(response, 1)[0].data["revision"] == revision
+            assert http.get("/keys", params={"wait": 0.1}, headers=headers).status_code == 200
+    finally:
+        server.stop()
