@@ -113,6 +113,11 @@ def test_e2e_backup_while_eight_writers_run_holds_exactly_the_writes_up_to_its_r
         held = {key: (db.get(key) or b"").decode() for key in db.scan("w")}
         assert db.revision == revision
     assert held == before  # every write up to the revision, with its value, and none after
+    print(
+        f"backup under load: writers={WRITERS} revision={revision} archive_bytes="
+        f"{len(answer.content)} acknowledged_before={len(before)} acknowledged_after="
+        f"{len(after)} restored_keys={len(held)} violations=0"
+    )
 
 
 def test_e2e_backup_one_at_a_time_a_client_gone_and_one_that_stops_reading(
