@@ -41,12 +41,13 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 
 import httpx  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
+CONSOLE_KEYS = 10_000  # the store the target is stated for
 TARGET_MS = 300.0
 FIRST_LISTING = "/keys?prefix=&limit=100"
 
@@ -89,11 +90,15 @@ def _http_only(url: str, runs: int) -> Row:
     )
 
 
-def measure_console_load(url: str, runs: int = 15) -> list[Row]:
-    """The rows above against the server at ``url`` (``http://host:port``); [] without Chromium.
+def measure_console_load(url: str, runs: int = 15) -> list[dict[str, Any]]:
+    """The rows above (as dicts, for a JSON report) against the server at ``url``.
 
     Chromium or Playwright missing leaves only the httpx row.
     """
+    return [asdict(row) for row in _measure(url, runs)]
+
+
+def _measure(url: str, runs: int) -> list[Row]:
     rows = [_http_only(url, runs)]
     try:
         from playwright.sync_api import sync_playwright
@@ -138,10 +143,11 @@ def measure_console_load(url: str, runs: int = 15) -> list[Row]:
     ]
 
 
-def console_table(console: Any, rows: list[Row] | None, keys: int) -> None:
-    """Print ``rows`` as a rich table on ``console`` (a ``rich.console.Console``)."""
-    if not rows:
+def console_table(console: Any, measured: list[dict[str, Any]] | None, keys: int) -> None:
+    """Print what ``measure_console_load`` returned as a table on a ``rich.console.Console``."""
+    if not measured:
         return
+    rows = [Row(**row) for row in measured]
     from rich.table import Table
 
     floor = next((row for row in rows if row.note == "floor"), None)
@@ -185,7 +191,7 @@ def main() -> None:
     from rich.console import Console
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--keys", type=int, default=10_000)
+    parser.add_argument("--keys", type=int, default=CONSOLE_KEYS)
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="filekv-consolebench-") as tmp:

@@ -44,6 +44,7 @@ from _common import (  # noqa: E402
     machine_info,
     wait_for_quiet,
 )
+from console_load import CONSOLE_KEYS, console_table, measure_console_load  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -474,6 +475,10 @@ def run(args: argparse.Namespace) -> tuple[list[LoadResult], dict[str, Any]]:
                 if kind in ("put_key", "batch_put"):
                     os.sync()
                 runs.setdefault(label, []).append(measure(args, tmp, server, label, kind, n))
+        if CONSOLE_KEYS in by_size:  # issue 13: GET /ui with 10,000 keys, in headless Chromium
+            log("timing GET /ui (the console) in headless chromium")
+            url = f"http://127.0.0.1:{by_size[CONSOLE_KEYS].port}"
+            extra["console"] = measure_console_load(url, runs=5 if args.quick else 15)
     finally:
         for server in servers:
             server.stop()
@@ -601,6 +606,7 @@ def report(args: argparse.Namespace, results: list[LoadResult], extra: dict[str,
             {"measure": name, "target": target, "measured": measured, "result": verdict}
         )
     console.print(tgt)
+    console_table(console, extra.get("console"), CONSOLE_KEYS)
     if args.save:
         RESULTS_DIR.mkdir(exist_ok=True)
         stem = "http-quick" if args.quick else "http"
