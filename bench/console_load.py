@@ -188,12 +188,22 @@ def main() -> None:
     import argparse
     import socket
 
+    from _common import CpuWatch, describe_load, machine_info, wait_for_quiet
     from rich.console import Console
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keys", type=int, default=CONSOLE_KEYS)
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120.0,
+        help="first wait up to this many seconds for other work on the machine to stop (0: no)",
+    )
     args = parser.parse_args()
+    if args.wait_quiet > 0:
+        wait_for_quiet(args.wait_quiet)
+    watch = CpuWatch()
     with tempfile.TemporaryDirectory(prefix="filekv-consolebench-") as tmp:
         folder = Path(tmp) / "data"
         _preload(folder, args.keys)
@@ -217,7 +227,10 @@ def main() -> None:
             server.terminate()
             server.wait(60)
     console = Console(width=140)
+    for name, value in machine_info(Path(tempfile.gettempdir())).items():
+        console.print(f"{name}: {value}")
     console.print(f"command: python {' '.join(sys.argv)}")
+    console.print(f"other load: {describe_load(watch.summary())} (Chromium counts as other)")
     console_table(console, rows, args.keys)
 
 

@@ -647,19 +647,28 @@ def test_console_admin_breaks_the_lock(
     assert value_of(http, "admin/x") is None
 
 
-def test_console_holder_is_told_when_its_lease_expires(
+def test_console_with_everything_locked_down_and_a_short_lease(
     tmp_path: Path, open_page: OpenPage, expect: Expect
 ) -> None:
-    # A server of its own: a 2 s lease, and users only from `filekv user add`.
-    quick = Server(tmp_path / "data", tmp_path / "server.log", transaction_timeout=2)
-    quick.args = ("--registration", "closed")
-    quick.start()
+    # A server of its own: users only from `filekv user add`, every read needs a login, and a
+    # lease of 2 s.
+    strict = Server(tmp_path / "data", tmp_path / "server.log", transaction_timeout=2)
+    strict.args = ("--registration", "closed", "--auth-mode", "all")
+    strict.start()
     try:
-        _user_command(quick.data_dir, "add", "dana")
-        page = open_console(open_page, quick)
+        _user_command(strict.data_dir, "add", "dana")
+        page = open_console(open_page, strict)
         expect(page.locator("#login-open")).to_be_visible()
         expect(page.locator("#register-open")).to_be_hidden()  # registration is closed
+        expect_error(page, expect, "List keys: not authenticated: send Authorization")
+        expect(page.locator("#stats-error")).to_have_text(
+            "Statistics: not authenticated: send Authorization: Bearer <token>"
+        )
         log_in(page, expect, "dana")
+        expect(page.locator("#list-status")).to_have_text("0 entries")  # read once logged in
+        expect(page.locator("#stat-keys")).to_have_text("0")
+        expect(page.locator("#stats-error")).to_be_hidden()
+
         page.click("#tx-begin")
         expect(page.locator("#tx-lease")).to_have_text(re.compile(r"^lease: [12] s left$"))
         # The console does not renew the lease by itself: idle, it runs out and is said so.
@@ -670,7 +679,7 @@ def test_console_holder_is_told_when_its_lease_expires(
         )
         expect(page.locator("#tx-state")).to_have_text("No transaction open")
     finally:
-        quick.stop()
+        strict.stop()
 
 
 # -- server, errors, keyboard, screens -----------------------------------------------------------

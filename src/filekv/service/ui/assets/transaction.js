@@ -144,6 +144,9 @@ export class Transactions {
       else if (depth === 0) this.app.notices.success("Rolled back: the transaction has ended.");
       else this.app.notices.success(`${names[action]}: now at depth ${depth}.`);
     } catch (error) {
+      // A 409 is the server's word that this session's transaction is over (and hearing it
+      // acknowledged that): nothing staged here is left.
+      if (error.status === 409 && action !== "release") this.saveLevels([]);
       this.app.notices.error(`${names[action]}: ${error.detail}`);
     }
     await this.refresh();
