@@ -827,5 +827,8 @@ def test_console_fits_a_laptop_and_a_phone_screen(
     assert keys_box is not None and viewer_box is not None
     assert viewer_box["y"] > keys_box["y"]  # one column: the value below the keys
     phone.screenshot(path=shots / "console-mobile.png")
+    phone.locator("#key-list .row.key", has_text="teapot").click()
+    expect(phone.locator("#value-key")).to_have_text("shop/products/teapot")
+    expect(phone.locator("#value-key")).to_be_in_viewport()  # scrolled to, below the list
     log_in(phone, expect, ROOT_USER)  # the header wraps, nothing is cut off
     assert _overflow(phone) == 0

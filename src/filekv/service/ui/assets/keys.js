@@ -211,7 +211,7 @@ export class KeyBrowser {
     return el("button", {
       type: "button", class: "row key", title: printable(key),
       "aria-current": key === this.selected ? "true" : false,
-      onclick: () => this.app.viewer.show(key),
+      onclick: () => this.app.viewer.show(key, { reveal: true }),
     }, el("span", { class: "row-icon", "aria-hidden": "true" }, "•"), el("span", { class: "row-name" }, printable(label)),
     staged ? el("span", { class: "badge staged" }, "staged") : null);
   }

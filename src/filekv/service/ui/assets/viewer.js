@@ -5,6 +5,9 @@
 
 import { $, copyText, el, printable } from "./dom.js";
 
+// Where app.css puts the value below the key list (its narrowest layout).
+const ONE_COLUMN = "(max-width: 700px)";
+
 export class Viewer {
   constructor(app) {
     this.app = app;
@@ -23,7 +26,8 @@ export class Viewer {
     return this.entry?.key ?? null;
   }
 
-  async show(key, { quiet = false } = {}) {
+  /** Read and show key; reveal: scroll the value into view where it is below the list. */
+  async show(key, { quiet = false, reveal = false } = {}) {
     this.app.browser.select(key);
     this.conflict = null;
     try {
@@ -37,6 +41,7 @@ export class Viewer {
     }
     this.app.saveLocation();
     this.render();
+    if (reveal && window.matchMedia(ONE_COLUMN).matches) this.root.closest("section").scrollIntoView();
   }
 
   /** After a change elsewhere: read the shown key again, unless it is being edited. */
