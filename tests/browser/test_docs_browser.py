@@ -115,10 +115,19 @@ def test_docs_newcomer_transaction_flow(server: Server, open_page: OpenPage) -> 
     status, body = docs.execute("PUT", "/keys/{key}", params={"key": "greeting"})
     assert (status, body) == (
         201,
-        {"key": "greeting", "value": "hello", "revision": None, "staged": True},
+        {
+            "key": "greeting",
+            "value": "hello",
+            "revision": None,
+            "expires_in": None,
+            "staged": True,
+        },
     )
     status, body = docs.execute("GET", "/keys/{key}", params={"key": "greeting"})
-    assert (status, body) == (200, {"key": "greeting", "value": "hello", "revision": None})
+    assert (status, body) == (
+        200,
+        {"key": "greeting", "value": "hello", "revision": None, "expires_in": None},
+    )
     status, body = docs.execute("GET", "/transactions")
     assert (status, body["mine"], body["depth"]) == (200, True, 1)
     assert docs.execute("POST", "/transactions/commit") == (200, {"depth": 0, "applied": 1})
@@ -126,7 +135,10 @@ def test_docs_newcomer_transaction_flow(server: Server, open_page: OpenPage) -> 
     # Another browser, not logged in, sees the committed value.
     other = SwaggerUI(open_page(f"{server.url}/docs"), operations)
     status, body = other.execute("GET", "/keys/{key}", params={"key": "greeting"})
-    assert (status, body) == (200, {"key": "greeting", "value": "hello", "revision": 1})
+    assert (status, body) == (
+        200,
+        {"key": "greeting", "value": "hello", "revision": 1, "expires_in": None},
+    )
 
 
 def test_docs_compare_and_set_from_the_page(server: Server, open_page: OpenPage) -> None:

@@ -37,6 +37,7 @@ def test_e2e_data_survives_restart(make_server: MakeServer, sig: int) -> None:
                 "key": key,
                 "value": f"v{index}",
                 "revision": answer.json()["revision"],
+                "expires_in": None,
             }
         assert http.get("/keys").json()["keys"] == sorted(keys[1:])
 

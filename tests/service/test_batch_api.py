@@ -31,7 +31,12 @@ def test_batch_applies_all_at_one_revision(client: TestClient) -> None:
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"revision": 2, "applied": 4, "staged": False}
     assert client.get("/keys/a").json()["revision"] == 2
-    assert client.get("/keys/b/ü").json() == {"key": "b/ü", "value": "2", "revision": 2}
+    assert client.get("/keys/b/ü").json() == {
+        "key": "b/ü",
+        "value": "2",
+        "revision": 2,
+        "expires_in": None,
+    }
     assert client.get("/keys/old").status_code == 404
 
 

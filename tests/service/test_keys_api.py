@@ -24,6 +24,7 @@ def test_keys_put_then_get_round_trips_any_utf8_key(client: TestClient, key: str
         "key": key,
         "value": "v",
         "revision": created.json()["revision"],
+        "expires_in": None,
         "staged": False,
     }
     answer = client.get(url(key))
@@ -41,6 +42,7 @@ def test_keys_put_returns_201_then_200_with_growing_revisions(client: TestClient
         "key": "k",
         "value": "two",
         "revision": second.json()["revision"],
+        "expires_in": None,
         "staged": False,
     }
 
@@ -48,7 +50,7 @@ def test_keys_put_returns_201_then_200_with_growing_revisions(client: TestClient
 def test_keys_get_returns_value_revision_and_quoted_etag(client: TestClient) -> None:
     revision = client.put("/keys/k", json={"value": "v"}).json()["revision"]
     answer = client.get("/keys/k")
-    assert answer.json() == {"key": "k", "value": "v", "revision": revision}
+    assert answer.json() == {"key": "k", "value": "v", "revision": revision, "expires_in": None}
     assert answer.headers["etag"] == f'"{revision}"'
 
 
@@ -300,7 +302,7 @@ def test_keys_default_limit_is_1000(make_client: Callable[..., TestClient]) -> N
 def test_keys_with_newlines_work_on_every_route(client: TestClient, key: str) -> None:
     path = "/keys/" + quote(key, safe="")
     assert client.put(path, json={"value": "v"}).json()["key"] == key
-    assert client.get(path).json() == {"key": key, "value": "v", "revision": 1}
+    assert client.get(path).json() == {"key": key, "value": "v", "revision": 1, "expires_in": None}
     assert client.get("/keys").json()["keys"] == [key]
     assert client.delete(path).status_code == 204
     assert client.get("/keys").json()["keys"] == []

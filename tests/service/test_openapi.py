@@ -39,6 +39,8 @@ ROUTES = [
     ("get", "/auth/me", {"200", "401"}),
     ("get", "/healthz", {"200", "503"}),
     ("get", "/stats", {"200"}),
+    ("get", "/export", {"200", "401", "429"}),
+    ("get", "/metrics", {"200", "401"}),
 ]
 
 
@@ -172,7 +174,7 @@ def test_openapi_examples_are_realistic(spec: dict[str, Any]) -> None:
     schemas = spec["components"]["schemas"]
     put = spec["paths"]["/keys/{key}"]["put"]
     body = put["requestBody"]["content"]["application/json"]["schema"]
-    assert body["examples"] == [{"value": "hello"}]
+    assert body["examples"] == [{"value": "hello"}, {"value": "alice", "ttl": 30}]
     assert schemas["Credentials"]["examples"] == [
         {"username": "alice", "password": "alice-secret-1"}
     ]

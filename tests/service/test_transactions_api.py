@@ -93,12 +93,23 @@ def test_transactions_holder_reads_its_writes_others_read_committed(
     client.post("/transactions", headers=alice)
     staged = client.put("/keys/k", json={"value": "staged"}, headers=alice)
     assert staged.status_code == 200
-    assert staged.json() == {"key": "k", "value": "staged", "revision": None, "staged": True}
+    assert staged.json() == {
+        "key": "k",
+        "value": "staged",
+        "revision": None,
+        "expires_in": None,
+        "staged": True,
+    }
     assert put(client, "new", "staged", alice) == 201
     assert client.delete("/keys/gone", headers=alice).status_code == 204
 
     holder_view = client.get("/keys/k", headers=alice)
-    assert holder_view.json() == {"key": "k", "value": "staged", "revision": None}
+    assert holder_view.json() == {
+        "key": "k",
+        "value": "staged",
+        "revision": None,
+        "expires_in": None,
+    }
     assert "etag" not in holder_view.headers
     assert value_of(client, "gone", alice) is None
     assert client.get("/keys", headers=alice).json()["keys"] == ["k", "new"]

@@ -12,27 +12,43 @@ from typing import Annotated, Any, Final, Literal, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
 
+from filekv.engine.expiry import MAX_TTL
 from filekv.engine.stats import StoreStats
 
 
 class ValueIn(BaseModel):
     """Body of ``PUT /keys/{key}``."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"value": "hello"}]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"value": "hello"}, {"value": "alice", "ttl": 30}]},
+    )
 
     value: str = Field(description="The value, any string (counted in UTF-8 bytes).")
+    ttl: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_TTL,
+        description="Seconds until the key expires (then it is gone for every read); "
+        "omitted or null: never, and an earlier expiry of the key ends.",
+    )
 
 
 class KeyValue(BaseModel):
     """One key and its value, as ``GET /keys/{key}`` returns it."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"key": "greeting", "value": "hello", "revision": 1}]}
+        json_schema_extra={
+            "examples": [{"key": "greeting", "value": "hello", "revision": 1, "expires_in": None}]
+        }
     )
 
     key: str
     value: str
     revision: int | None = Field(description="Revision of the last write; null while staged.")
+    expires_in: float | None = Field(
+        default=None, description="Seconds until the key expires; null if it never does."
+    )
 
 
 class PutResult(KeyValue):
@@ -40,7 +56,15 @@ class PutResult(KeyValue):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [{"key": "greeting", "value": "hello", "revision": 1, "staged": False}]
+            "examples": [
+                {
+                    "key": "greeting",
+                    "value": "hello",
+                    "revision": 1,
+                    "expires_in": None,
+                    "staged": False,
+                }
+            ]
         }
     )
 
@@ -64,6 +88,9 @@ class BatchPut(BaseModel):
     key: str = Field(min_length=1)
     value: str = Field(description="The value, any string (counted in UTF-8 bytes).")
     expect: int | None = Field(default=None, ge=0, description=_EXPECT_DOC)
+    ttl: float | None = Field(
+        default=None, gt=0, le=MAX_TTL, description="Seconds until the key expires, as in PUT."
+    )
 
 
 class BatchDelete(BaseModel):

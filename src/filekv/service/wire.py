@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from filekv.engine import BatchOp, Delete, Put
+from filekv.engine.expiry import MAX_TTL
 from filekv.service.errors import (
     BadRequest,
     BodyTooLarge,
@@ -49,16 +50,18 @@ BODY_SLACK: Final = 4096
 # a long number into a 500. Longer ones are answered without int() (412, 422, 400).
 MAX_DIGITS: Final = 19
 
+_PUT_FIELDS: Final = frozenset(("value", "ttl"))
 _BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _INTEGER: Final = re.compile(r"[+-]?[0-9]+")
 
 
-async def read_put(request: Request) -> tuple[str, int | None]:
-    """A key PUT's input: (the value's text, the expected revision as for ``parse_expect``)."""
+async def read_put(request: Request) -> tuple[str, float | None, int | None]:
+    """A key PUT's input: (the value's text, its ttl or None, the expected revision as for
+    ``parse_expect``)."""
     check_key_encoding(request)
     check_json_body(request)
-    text = await read_value(request)
-    return text, parse_expect(request)
+    text, ttl = await read_value(request)
+    return text, ttl, parse_expect(request)
 
 
 def read_delete(request: Request) -> int | None:
@@ -121,8 +124,9 @@ def parse_expect(request: Request) -> int | None:
     return None
 
 
-async def read_value(request: Request) -> str:
-    """The string of a ``{"value": "<string>"}`` body; 413 past the cap, 400 or 422 if bad."""
+async def read_value(request: Request) -> tuple[str, float | None]:
+    """(the string, the ttl) of a ``{"value": "<string>", "ttl": <seconds>}`` body (``ttl``
+    optional); 413 past the cap, 400 or 422 if bad."""
     settings = request.app.state.settings
     cap = JSON_EXPANSION * settings.max_value_bytes + settings.max_key_bytes + BODY_SLACK
     body = await read_body(request, cap)
@@ -130,12 +134,33 @@ async def read_value(request: Request) -> str:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise _body_error("json_invalid", ("body",), f"invalid JSON: {exc}") from None
-    if not isinstance(parsed, dict) or set(parsed) != {"value"}:
-        raise _body_error("model_type", ("body",), 'body must be {"value": "<string>"}')
+    if not isinstance(parsed, dict) or "value" not in parsed or not set(parsed) <= _PUT_FIELDS:
+        raise _body_error(
+            "model_type", ("body",), 'body must be {"value": "<string>"} (and optionally "ttl")'
+        )
     value = parsed["value"]
     if not isinstance(value, str):
         raise _body_error("string_type", ("body", "value"), "value must be a string")
-    return value
+    return value, parse_ttl(parsed.get("ttl"), ("body", "ttl"))
+
+
+def parse_ttl(ttl: Any, loc: tuple[str | int, ...]) -> float | None:
+    """A ``ttl`` from JSON: None, or seconds above 0 and at most ten years; else 422."""
+    if ttl is None:
+        return None
+    if type(ttl) not in (int, float) or not 0 < ttl <= MAX_TTL:  # NaN fails both comparisons
+        raise RequestValidationError(
+            [
+                {
+                    "type": "ttl_invalid",
+                    "loc": loc,
+                    "msg": f"ttl must be a number of seconds above 0 and at most {MAX_TTL:.0f} "
+                    "(ten years)",
+                    "input": None,
+                }
+            ]
+        )
+    return float(ttl)
 
 
 async def read_body(request: Request, cap: int) -> bytes:
@@ -179,7 +204,7 @@ async def read_batch(request: Request) -> list[BatchOp]:
             [{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]
         ) from None
     return [
-        Put(op.key, op.value.encode("utf-8"), op.expect)
+        Put(op.key, op.value.encode("utf-8"), op.expect, op.ttl)
         if isinstance(op, BatchPut)
         else Delete(op.key, op.expect)
         for op in parsed.ops
@@ -215,9 +240,12 @@ def _plain_batch(parsed: Any) -> list[BatchOp] | None:
         kind = item.get("op")
         if kind == "put":
             value = item.get("value")
-            if type(value) is not str or len(item) != fields + 1:
+            ttl = item.get("ttl")
+            if ttl is not None and (type(ttl) not in (int, float) or not 0 < ttl <= MAX_TTL):
                 return None
-            ops.append(new(Put, (key, value.encode("utf-8"), expect)))
+            if type(value) is not str or len(item) != fields + 1 + ("ttl" in item):
+                return None
+            ops.append(new(Put, (key, value.encode("utf-8"), expect, ttl)))
         elif kind == "delete" and len(item) == fields:
             ops.append(new(Delete, (key, expect)))
         else:

@@ -155,7 +155,7 @@ async def put_key(key: str, request: Request) -> Response:
     transactions: TransactionManager = state.transactions
     session_id = request_session_id(request, transactions, write=True)
     ticket = transactions.writer(session_id)  # the lock before the request, even before the body
-    text, expect = await read_put(request)
+    text, ttl, expect = await read_put(request)
     value = text.encode("utf-8")
     # The one decision point: the transaction may have ended while the body came in. Nothing
     # awaits from here to the staging or the append, so nothing can change it in between.
@@ -163,10 +163,16 @@ async def put_key(key: str, request: Request) -> Response:
     if tx is None:
         store: Store = state.store
         existed = key in store
-        revision: int | None = await store.aput(key, value, expect=expect)
+        revision: int | None = await store.aput(key, value, expect=expect, ttl=ttl)
     else:
-        existed, revision = tx.put(key, value, expect=expect), None
-    body = {"key": key, "value": text, "revision": revision, "staged": tx is not None}
+        existed, revision = tx.put(key, value, expect=expect, ttl=ttl), None
+    body = {
+        "key": key,
+        "value": text,
+        "revision": revision,
+        "expires_in": ttl,
+        "staged": tx is not None,
+    }
     return _json(body, 200 if existed else 201)
 
 
@@ -213,8 +219,8 @@ async def delete_key(key: str, request: Request) -> Response:
     summary="Find keys",
     response_model=KeyPage,
     responses={
-        400: error("Long poll: after_revision is ahead of the store."),
         401: UNAUTHORIZED,
+        409: error("Long poll: after_revision is ahead of the store's revision."),
         410: COMPACTED,
         503: TOO_MANY_WATCHERS,
     },
