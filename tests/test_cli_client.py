@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,11 +116,25 @@ def test_put_value_from_stdin_as_is(server: Server, alice: Path) -> None:
         assert kv.get("stdin-key") == value
 
 
+def test_put_with_ttl_expires(server: Server, alice: Path) -> None:
+    # Long enough to outlast starting a second CLI process on a busy machine.
+    put = json.loads(run(server, alice, "put", "ttl/k", "v", "--ttl", "4", "--json").stdout)
+    assert put["expires_in"] == 4
+    got = json.loads(run(server, alice, "get", "ttl/k", "--json").stdout)
+    assert 0 < got["expires_in"] <= 4
+    deadline = time.monotonic() + 30
+    while run(server, alice, "get", "ttl/k").returncode == 0:  # gone once its time is up
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    refused = run(server, alice, "put", "ttl/k", "v", "--ttl", "0")
+    assert refused.returncode != 0 and "ttl" in refused.stderr.lower()
+
+
 def test_json_output_of_the_key_verbs(server: Server, alice: Path) -> None:
     put = json.loads(run(server, alice, "put", "j/k", "v", "--json").stdout)
-    assert put == {"key": "j/k", "revision": put["revision"], "staged": False}
+    assert put == {"key": "j/k", "revision": put["revision"], "staged": False, "expires_in": None}
     got = json.loads(run(server, alice, "get", "j/k", "--json").stdout)
-    assert got == {"key": "j/k", "value": "v", "revision": put["revision"]}
+    assert got == {"key": "j/k", "value": "v", "revision": put["revision"], "expires_in": None}
     assert json.loads(run(server, alice, "ls", "j/", "--json").stdout) == {"keys": ["j/k"]}
     assert json.loads(run(server, alice, "find", "v", "--prefix", "j/", "--json").stdout) == {
         "keys": ["j/k"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -156,6 +157,22 @@ def test_client_keys_pages_are_requested_one_by_one(
         assert list(iterator) == keys[1000:]
         assert len(pages) == 3
         assert "after=" in str(pages[1])
+
+
+def test_client_put_with_ttl_and_batch_ttl(connect: Connect, server: Server) -> None:
+    kv = connect(server.url)
+    key, other = unique("ttl"), unique("ttl")
+    kv.put(key, "v", ttl=60)
+    entry = kv.entry(key)
+    assert entry.expires_in is not None and 59 < entry.expires_in <= 60
+    kv.put(key, "v")  # no ttl: the expiry ends
+    assert kv.entry(key).expires_in is None
+    kv.batch([("put", other, "v", None, 0.2), {"op": "put", "key": key, "value": "w", "ttl": 60}])
+    assert kv.entry(key).expires_in is not None
+    deadline = time.monotonic() + 10
+    while kv.get(other, default=None) is not None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
 
 def test_client_put_rejects_non_str(server: Server) -> None:
