@@ -127,13 +127,16 @@ class Client:
 
     # --- keys
 
-    def put(self, key: str, value: str, *, expect: int | None = None) -> int | None:
+    def put(
+        self, key: str, value: str, *, expect: int | None = None, ttl: float | None = None
+    ) -> int | None:
         """Write ``key``; the new revision, or None if staged in your transaction.
 
         ``expect=REV`` writes only if the key is at revision REV, ``expect=0`` only if it does
-        not exist (``PreconditionFailed`` otherwise).
+        not exist (``PreconditionFailed`` otherwise). ``ttl``: seconds until the key expires
+        (then it is gone for every read); None: never, and an earlier expiry of the key ends.
         """
-        return p.decode_revision(self._send(p.put_call(key, value, expect)))
+        return p.decode_revision(self._send(p.put_call(key, value, expect, ttl)))
 
     def entry(self, key: str) -> Entry:
         """The key, its value and revision; ``NotFound`` if absent."""

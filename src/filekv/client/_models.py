@@ -12,3 +12,4 @@ class Entry:
     key: str
     value: str
     revision: int | None
+    expires_in: float | None = None  # seconds left when it was read; None: it never expires

@@ -113,10 +113,13 @@ STATS: Final = Call("GET", "/stats")
 # --- keys
 
 
-def put_call(key: str, value: str, expect: int | None) -> Call:
+def put_call(key: str, value: str, expect: int | None, ttl: float | None = None) -> Call:
     if not isinstance(value, str):
         raise TypeError(f"a value is a str, not {type(value).__name__}")
-    return Call("PUT", key_path(key), json={"value": value}, headers=expect_headers(expect))
+    body: dict[str, Any] = {"value": value}
+    if ttl is not None:
+        body["ttl"] = ttl
+    return Call("PUT", key_path(key), json=body, headers=expect_headers(expect))
 
 
 def decode_revision(response: httpx.Response) -> int | None:
@@ -131,7 +134,12 @@ def get_call(key: str) -> Call:
 
 def decode_entry(response: httpx.Response) -> Entry:
     body = response.json()
-    return Entry(key=body["key"], value=body["value"], revision=body["revision"])
+    return Entry(
+        key=body["key"],
+        value=body["value"],
+        revision=body["revision"],
+        expires_in=body.get("expires_in"),
+    )
 
 
 def delete_call(key: str, expect: int | None) -> Call:
@@ -164,17 +172,19 @@ BatchOp = tuple[Any, ...] | Mapping[str, Any]
 def _batch_op(index: int, op: BatchOp) -> dict[str, Any]:
     if isinstance(op, Mapping):
         item = dict(op)
-    elif isinstance(op, tuple) and op and op[0] == "put" and len(op) in (3, 4):
+    elif isinstance(op, tuple) and op and op[0] == "put" and len(op) in (3, 4, 5):
         item = {"op": "put", "key": op[1], "value": op[2]}
-        if len(op) == 4:
+        if len(op) >= 4:
             item["expect"] = op[3]
+        if len(op) == 5 and op[4] is not None:
+            item["ttl"] = op[4]
     elif isinstance(op, tuple) and op and op[0] == "delete" and len(op) in (2, 3):
         item = {"op": "delete", "key": op[1]}
         if len(op) == 3:
             item["expect"] = op[2]
     else:
         raise ValueError(
-            f"op {index}: expected ('put', key, value[, expect]), ('delete', key[, expect])"
+            f"op {index}: expected ('put', key, value[, expect[, ttl]]), ('delete', key[, expect])"
             f" or a dict, not {op!r}"
         )
     if item.get("op") not in ("put", "delete"):
