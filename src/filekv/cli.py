@@ -136,6 +136,16 @@ def serve(
     backup_time_limit: Annotated[
         float | None, typer.Option(help=_help("backup_time_limit"))
     ] = None,
+    watch_history: Annotated[int | None, typer.Option(help=_help("watch_history"))] = None,
+    watch_max_watchers: Annotated[
+        int | None, typer.Option(help=_help("watch_max_watchers"))
+    ] = None,
+    watch_queue_events: Annotated[
+        int | None, typer.Option(help=_help("watch_queue_events"))
+    ] = None,
+    watch_heartbeat_seconds: Annotated[
+        float | None, typer.Option(help=_help("watch_heartbeat_seconds"))
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
 ) -> None:
     """Serve the HTTP API (uvicorn with uvloop and httptools) until SIGINT or SIGTERM.
@@ -165,6 +175,10 @@ def serve(
         body_timeout=body_timeout,
         body_total_timeout=body_total_timeout,
         backup_time_limit=backup_time_limit,
+        watch_history=watch_history,
+        watch_max_watchers=watch_max_watchers,
+        watch_queue_events=watch_queue_events,
+        watch_heartbeat_seconds=watch_heartbeat_seconds,
         log_level=log_level,
     )
     raise typer.Exit(run_server(settings))

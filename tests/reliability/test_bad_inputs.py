@@ -327,6 +327,59 @@ REJECTED: list[object] = [
         401,
         id="me-with-forged-identity",
     ),
+    # Watching (issue 12): every position and wait is checked before a stream or a wait starts.
+    pytest.param(
+        lambda c: c.client.get("/watch", params={"from_revision": DIGITS_5000}),
+        422,
+        id="watch-from-revision-5000-digits",
+    ),
+    pytest.param(
+        lambda c: c.client.get("/watch", params={"from_revision": "-1"}), 422, id="watch-from-neg"
+    ),
+    pytest.param(
+        lambda c: c.client.get("/watch", params={"from_revision": str(1 << 62)}),
+        409,
+        id="watch-from-ahead-of-the-store",
+    ),
+    pytest.param(
+        lambda c: c.client.get("/watch", headers={"Last-Event-ID": "1;DROP"}),
+        422,
+        id="watch-last-event-id-garbage",
+    ),
+    pytest.param(
+        lambda c: c.client.get("/watch", headers={"Last-Event-ID": DIGITS_5000[:20]}),
+        422,
+        id="watch-last-event-id-20-digits",
+    ),
+    pytest.param(
+        lambda c: c.client.get("/watch", headers={"Last-Event-ID": "9" * 100}),
+        422,
+        id="watch-last-event-id-over-64-chars",
+    ),
+    pytest.param(
+        lambda c: c.client.get("/watch", params={"prefix": "p" * 1025}),
+        422,
+        id="watch-prefix-1025-bytes",
+    ),
+    pytest.param(
+        lambda c: c.client.get("/watch", params={"prefix": "a", "key": "b"}),
+        422,
+        id="watch-prefix-and-key",
+    ),
+    pytest.param(
+        lambda c: c.client.get("/keys", params={"wait": "60.001"}), 422, id="long-poll-wait-over-60"
+    ),
+    pytest.param(lambda c: c.client.get("/keys", params={"wait": "inf"}), 422, id="long-poll-inf"),
+    pytest.param(
+        lambda c: c.client.get("/keys", params={"after_revision": DIGITS_5000}),
+        422,
+        id="long-poll-after-5000-digits",
+    ),
+    pytest.param(
+        lambda c: c.client.get("/keys", params={"wait": "1", "after_revision": str(1 << 62)}),
+        409,
+        id="long-poll-after-ahead-of-the-store",
+    ),
 ]
 
 

@@ -23,6 +23,7 @@ The service's own errors::
     ├── HeadersTooLarge        request headers over the limit, refused            431
     ├── BackupRunning          a backup is streaming already (one at a time)      429 + Retry-After
     ├── TooManyWatchers        watch_max_watchers watchers already served         503 + Retry-After
+    ├── RevisionAhead          a watch or long poll from a revision the store has not reached 409
     └── StoreUnavailable       the store is not open                              503
 
 Request validation (422) has its own handler, ``validation_error_response``: FastAPI's list form,
@@ -164,6 +165,11 @@ class BackupRunning(ServiceError):
         super().__init__(f"a backup is already running; retry after {retry_after} s")
 
 
+class RevisionAhead(ServiceError):
+    """A watch or long poll asked to start after a revision the store has not reached (its
+    position comes from another store, or from writes a crash lost)."""
+
+
 class TooManyWatchers(ServiceError):
     """The server already serves as many watchers (streams and long polls) as it may."""
 
@@ -247,6 +253,7 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     BackupRunning: ErrorAnswer(429, _retry_after),
     StoreUnavailable: ErrorAnswer(503, detail="the store is not open"),
     TooManyWatchers: ErrorAnswer(503, _retry_after),
+    RevisionAhead: ErrorAnswer(409),
 }
 
 ROOTS: Final = (StoreError, AuthError, ServiceError)

@@ -9,7 +9,8 @@ revision the history delivered: no gap, no duplicate. A comment line every
 away, Starlette cancels the stream and the watcher is removed at once.
 
 Same authorization as reading keys (``auth_mode=all`` needs a token). Errors are answered before
-the stream starts: 400 for a malformed ``Last-Event-ID`` or a position ahead of the store, 410
+the stream starts: 422 for a malformed ``Last-Event-ID`` (its pattern is in the schema), 409 for a
+position ahead of the store (a client that saw writes a crash lost, or another store's), 410
 with ``oldest_revision`` for one compaction has dropped, 503 past ``watch_max_watchers``.
 """
 
@@ -28,7 +29,7 @@ from fastapi.responses import StreamingResponse
 
 from filekv.engine import Compacted
 from filekv.service.deps import request_session_id
-from filekv.service.errors import BadRequest
+from filekv.service.errors import BadRequest, RevisionAhead
 from filekv.service.schemas import UNAUTHORIZED, error
 from filekv.service.watch import (
     Position,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 
 router = APIRouter(tags=["watch"])
 
+# What the stream's ids look like: ``7``, or ``7.1`` inside a batch (never ``0.i``).
+EVENT_ID_PATTERN: Final = r"^(0|[1-9][0-9]{0,18}(\.(0|[1-9][0-9]{0,8}))?)$"
 MAX_WAIT_SECONDS: Final = 60.0  # the longest long poll
 MAX_REVISION: Final = (1 << 63) - 1
 RETRY_MS: Final = 2000  # what an EventSource waits before it reconnects
@@ -93,7 +96,7 @@ def check_filter(request: Request, prefix: str, key: str | None) -> None:
 
 def start_position(store: Store, from_revision: int | None, last_event_id: str | None) -> Position:
     """Where the stream starts: after ``Last-Event-ID`` if sent (a reconnect), else at
-    ``from_revision`` (inclusive), else after the current revision. 400 when malformed or
+    ``from_revision`` (inclusive), else after the current revision. RevisionAhead (409) when
     ahead of the store; Compacted (410) when no longer in the history."""
     current = store.revision
     if last_event_id is not None:
@@ -105,7 +108,7 @@ def start_position(store: Store, from_revision: int | None, last_event_id: str |
     else:
         position = Position(current)
     if position.revision > current:
-        raise BadRequest(
+        raise RevisionAhead(
             f"revision {position.revision + 1} is ahead of the store (at revision {current})"
         )
     oldest = store.oldest_revision
@@ -126,7 +129,7 @@ def start_position(store: Store, from_revision: int | None, last_event_id: str |
                 "text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}
             },
         },
-        400: error("Malformed Last-Event-ID, or a revision ahead of the store."),
+        409: error("from_revision or Last-Event-ID is ahead of the store's revision."),
         401: UNAUTHORIZED,
         410: COMPACTED,
         503: TOO_MANY_WATCHERS,
@@ -144,7 +147,8 @@ async def watch(
         str | None,
         Header(
             alias="Last-Event-ID",
-            max_length=64,
+            max_length=30,
+            pattern=EVENT_ID_PATTERN,
             description="Resume after this event (sent by a reconnecting EventSource).",
         ),
     ] = None,
