@@ -112,7 +112,10 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     app.state.settings = settings
-    app.state.backups = Backups(time_limit=settings.backup_time_limit)
+    app.state.backups = Backups(
+        time_limit=settings.backup_time_limit,
+        stopping=lambda: bool(app.state.stop_requested and app.state.stop_requested()),
+    )
     # Set by ``filekv serve`` to "has the server been told to stop?", for a long recovery.
     app.state.stop_requested = None
     app.state.store = None

@@ -10,9 +10,10 @@ Content-Length and a client can tell a cut-off download from a whole one.
 
 Bounds: one backup at a time (another is ``BackupRunning``, 429); a download still running after
 ``time_limit`` seconds (``backup_time_limit``) is cut off, so a slow reader cannot hold the slot
-and the staged links for ever. Whatever ends the stream (done, the client gone, cut off, an
-error), the staging folder is removed and the slot freed; a folder left by a crash is removed by
-the next backup (``remove_stale_staging``: while no backup runs, any is stale).
+and the staged links for ever; so is one running when the server is told to stop (uvicorn would
+let it finish first, holding up a SIGTERM). Whatever ends the stream (done, the client gone, cut
+off, an error), the staging folder is removed and the slot freed; a folder left by a crash is
+removed by the next backup (``remove_stale_staging``: while no backup runs, any is stale).
 """
 
 from __future__ import annotations
@@ -36,13 +37,15 @@ from filekv.service.errors import BackupRunning
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 10
+SHUTDOWN_POLL_SECONDS = 0.2
 
 
 class Backups:
     """The server's backup slot: at most one backup streams at a time."""
 
-    def __init__(self, *, time_limit: float) -> None:
+    def __init__(self, *, time_limit: float, stopping: Callable[[], bool] = lambda: False) -> None:
         self.time_limit = time_limit
+        self.stopping = stopping  # is the server shutting down? (then a stream is cut off)
         self.running = False
 
     async def start(self, store: Store, username: str) -> BackupResponse:
@@ -63,7 +66,9 @@ class Backups:
             len(manifest.files),
             manifest.data_bytes,
         )
-        return BackupResponse(staging, manifest, time_limit=self.time_limit, done=self._done)
+        return BackupResponse(
+            staging, manifest, time_limit=self.time_limit, stopping=self.stopping, done=self._done
+        )
 
     def _done(self) -> None:
         self.running = False
@@ -81,11 +86,18 @@ class BackupResponse(Response):
     media_type = "application/x-tar"
 
     def __init__(
-        self, staging: Path, manifest: Manifest, *, time_limit: float, done: Callable[[], None]
+        self,
+        staging: Path,
+        manifest: Manifest,
+        *,
+        time_limit: float,
+        stopping: Callable[[], bool],
+        done: Callable[[], None],
     ) -> None:
         self.staging = staging
         self.manifest = manifest
         self.time_limit = time_limit
+        self.stopping = stopping
         self._done = done
         self.complete = False  # the whole archive was sent
         self.status_code = 200
@@ -112,7 +124,16 @@ class BackupResponse(Response):
                         logger.info("backup download abandoned by the client")
                     group.cancel_scope.cancel()
 
+                async def watch_for_shutdown() -> None:
+                    # uvicorn lets a running answer finish before it stops: an archive could
+                    # hold a SIGTERM for backup_time_limit. It is cut off instead.
+                    while not self.stopping():
+                        await anyio.sleep(SHUTDOWN_POLL_SECONDS)
+                    logger.warning("backup download cut off: the server is shutting down")
+                    group.cancel_scope.cancel()
+
                 group.start_soon(watch_for_disconnect)
+                group.start_soon(watch_for_shutdown)
                 await self._stream(chunks, send)
                 group.cancel_scope.cancel()
         finally:
