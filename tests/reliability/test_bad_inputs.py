@@ -155,6 +155,28 @@ REJECTED: list[object] = [
     pytest.param(_json_put("/keys/m", b'{"value": "\xff"}'), 422, id="body-not-utf8"),
     pytest.param(_json_put("/keys/m", b'{"value": 5}'), 422, id="value-not-a-string"),
     pytest.param(_json_put("/keys/m", b"[]"), 422, id="json-not-an-object"),
+    # TTL (issue 12): refused before anything is written.
+    pytest.param(_json_put("/keys/m", b'{"value": "x", "ttl": 0}'), 422, id="ttl-zero"),
+    pytest.param(_json_put("/keys/m", b'{"value": "x", "ttl": -5}'), 422, id="ttl-negative"),
+    pytest.param(_json_put("/keys/m", b'{"value": "x", "ttl": "30"}'), 422, id="ttl-a-string"),
+    pytest.param(_json_put("/keys/m", b'{"value": "x", "ttl": true}'), 422, id="ttl-a-bool"),
+    pytest.param(
+        _json_put("/keys/m", b'{"value": "x", "ttl": 315360001}'), 422, id="ttl-over-ten-years"
+    ),
+    pytest.param(
+        _json_put("/keys/m", b'{"value": "x", "ttl": ' + DIGITS_5000.encode() + b"}"),
+        422,
+        id="ttl-5000-digits",
+    ),
+    pytest.param(
+        _json_post(
+            "/batch",
+            b'{"ops": [{"op":"put","key":"new","value":"1"},'
+            b'{"op":"put","key":"new2","value":"1","ttl":-1}]}',
+        ),
+        422,
+        id="batch-ttl-negative",
+    ),
     pytest.param(
         _json_put("/keys/m", b'{"value": "x"}', "text/plain"),
         415,
