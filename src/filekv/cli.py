@@ -147,6 +147,9 @@ def serve(
         float | None, typer.Option(help=_help("watch_heartbeat_seconds"))
     ] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
+    log_format: Annotated[str | None, typer.Option(help=_help("log_format"))] = None,
+    log_keys: Annotated[str | None, typer.Option(help=_help("log_keys"))] = None,
+    metrics: Annotated[str | None, typer.Option(help=_help("metrics"))] = None,
 ) -> None:
     """Serve the HTTP API (uvicorn with uvloop and httptools) until SIGINT or SIGTERM.
 
@@ -180,6 +183,9 @@ def serve(
         watch_queue_events=watch_queue_events,
         watch_heartbeat_seconds=watch_heartbeat_seconds,
         log_level=log_level,
+        log_format=log_format,
+        log_keys=log_keys,
+        metrics=metrics,
     )
     raise typer.Exit(run_server(settings))
 
@@ -190,11 +196,12 @@ def run_server(settings: Settings) -> int:
 
     from filekv.engine import RecoveryInterrupted, StoreLocked
     from filekv.service.app import create_app
+    from filekv.service.logs import configure_logging
     from filekv.service.protocol import ReadLimits, max_target_bytes, protocol_class
 
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)-9s %(name)s: %(message)s"
-    )
+    # Every line in one format, uvicorn's too: it gets no logging config of its own, and its
+    # access log is replaced by the application's (service/logs.py).
+    configure_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     startup_errors: list[BaseException] = []
     app.router.lifespan_context = _remember_startup_error(
@@ -222,6 +229,8 @@ def run_server(settings: Settings) -> int:
         ),
         lifespan="on",
         log_level=settings.log_level,
+        log_config=None,
+        access_log=False,
     )
     server = uvicorn.Server(config)
     app.state.stop_requested = lambda: server.should_exit

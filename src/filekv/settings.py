@@ -17,6 +17,7 @@ from filekv.engine.options import FsyncMode, StoreOptions
 _STORE: Final = StoreOptions()
 AuthMode = Literal["transactions", "writes", "all"]
 Registration = Literal["open", "closed"]
+LogFormat = Literal["json", "text"]
 
 
 class Settings(BaseSettings):
@@ -106,7 +107,22 @@ class Settings(BaseSettings):
         "links are removed.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
-        "info", description="Server log level."
+        "info", description="Server log level (info and debug include the access log)."
+    )
+    log_format: LogFormat = Field(
+        "json",
+        description="Server log lines, the access log's included: one JSON object a line, or "
+        "plain text.",
+    )
+    log_keys: bool = Field(
+        False,
+        description="true: name the key in access log lines (values, passwords and tokens "
+        "never are).",
+    )
+    metrics: bool = Field(
+        True,
+        description="true: serve Prometheus metrics at GET /metrics, counting every request; "
+        "false: no /metrics, nothing counted.",
     )
 
     watch_history: int = Field(

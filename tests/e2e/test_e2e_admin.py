@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from support.logs import records
 from support.server import FILEKV, PASSWORD, Server, login
 
 MakeServer = Callable[..., Server]
@@ -91,7 +92,7 @@ def test_e2e_admin_breaks_a_busy_holders_lock_and_a_demoted_admin_cannot(
         refused = client.delete("/transactions", headers=root)
         assert (refused.status_code, refused.json()) == (
             403,
-            {"detail": "only an admin may do this"},
+            {"detail": "only an admin may do this", "request_id": refused.headers["x-request-id"]},
         )
         assert client.get("/transactions", headers=bob).json()["mine"] is True
         assert client.get("/auth/me", headers=root).json() == {"username": "root", "role": "user"}
@@ -99,9 +100,9 @@ def test_e2e_admin_breaks_a_busy_holders_lock_and_a_demoted_admin_cannot(
     assert listed.stdout == "alice\tuser\nbob\tuser\nroot\tuser\n"
 
     log = server.log()
-    (line,) = [ln for ln in log.splitlines() if "broke the transaction lock" in ln]
-    assert line.startswith("WARNING")
-    assert "admin 'root' broke the transaction lock of 'alice'" in line
+    (line,) = [r for r in records(log) if "broke the transaction lock" in r.get("message", "")]
+    assert line["level"] == "WARNING"
+    assert "admin 'root' broke the transaction lock of 'alice'" in line["message"]
     for headers in (alice, bob, root):
         assert _token_of(headers) not in log
 
@@ -123,8 +124,12 @@ def test_e2e_transaction_max_seconds_ends_a_busy_holders_transaction(
         assert len(answers) >= 10
         assert client.post("/transactions", headers=bob).status_code == 201  # the lock is free
         assert client.get("/keys/busy").status_code == 404
-    assert re.search(
-        r"WARNING .*transaction of 'alice' \(session [0-9a-f]{8}\) open longer than "
-        r"transaction_max_seconds \(1.5 s\); rolled back",
-        server.log(),
-    )
+    warnings = [r.get("message", "") for r in records(server.log()) if r["level"] == "WARNING"]
+    assert any(
+        re.search(
+            r"transaction of 'alice' \(session [0-9a-f]{8}\) open longer than "
+            r"transaction_max_seconds \(1.5 s\); rolled back",
+            message,
+        )
+        for message in warnings
+    ), warnings

@@ -83,7 +83,10 @@ def test_break_lock_status_by_caller(
     if status == 401:
         assert answer.headers["www-authenticate"] == "Bearer"
     else:
-        assert answer.json() == {"detail": "only an admin may do this"}
+        assert answer.json() == {
+            "detail": "only an admin may do this",
+            "request_id": answer.headers["x-request-id"],
+        }
     assert _state(client, alice)["mine"] is True  # refused: the holder keeps its transaction
 
 
@@ -110,7 +113,8 @@ def test_break_lock_of_a_holder_that_keeps_renewing(
 def test_break_lock_admin_may_end_its_own(client: TestClient, root: Headers) -> None:
     client.post("/transactions", headers=root)
     assert client.delete("/transactions", headers=root).json() == {"rolled_back": True, "depth": 1}
-    assert client.post("/transactions/commit", headers=root).json() == {"detail": BROKEN}
+    told = client.post("/transactions/commit", headers=root)
+    assert told.json() == {"detail": BROKEN, "request_id": told.headers["x-request-id"]}
 
 
 @pytest.mark.parametrize(
@@ -136,7 +140,10 @@ def test_break_lock_former_holder_is_told_409_once(
         batch = client.post("/batch", json={"ops": [{"op": "delete", "key": "k"}]}, headers=alice)
         assert batch.status_code == 409
     told = client.request(method.upper(), path, headers=alice)
-    assert (told.status_code, told.json()) == (409, {"detail": BROKEN})
+    assert (told.status_code, told.json()) == (
+        409,
+        {"detail": BROKEN, "request_id": told.headers["x-request-id"]},
+    )
     assert client.get("/keys/k").status_code == 404
     # Acknowledged: its writes are ordinary ones again.
     assert client.put("/keys/k", json={"value": "direct"}, headers=alice).status_code == 201
@@ -205,7 +212,10 @@ def test_break_lock_demoted_admin_is_refused_within_the_reload_interval(
     cli.set_role("root", "user")
     time.sleep(users_module.RELOAD_INTERVAL + 0.1)
     refused = client.delete("/transactions", headers=root)
-    assert (refused.status_code, refused.json()) == (403, {"detail": "only an admin may do this"})
+    assert (refused.status_code, refused.json()) == (
+        403,
+        {"detail": "only an admin may do this", "request_id": refused.headers["x-request-id"]},
+    )
     assert client.get("/auth/me", headers=root).json()["role"] == "user"
     assert _state(client, alice)["mine"] is True
     cli.set_role("root", "admin")  # promoted while logged in: the same token has the right

@@ -86,7 +86,10 @@ def test_auth_closed_registration_is_403_before_the_body_is_looked_at(
     for body in [b"not json at all", b"x" * (MAX_AUTH_BODY_BYTES * 4), b'{"username": 7}']:
         answer = client.post("/auth/register", content=body, headers=JSON)
         assert answer.status_code == 403, answer.text
-        assert answer.json() == {"detail": "registration is closed"}
+        assert answer.json() == {
+            "detail": "registration is closed",
+            "request_id": answer.headers["x-request-id"],
+        }
 
 
 # -- a damaged users file --------------------------------------------------------------------
@@ -110,7 +113,10 @@ def test_damaged_users_file_is_503_without_its_content_and_logged_once(
     ]
     for answer in answers:
         assert answer.status_code == 503, answer.text
-        assert answer.json() == {"detail": "the users file is damaged; see the server log"}
+        assert answer.json() == {
+            "detail": "the users file is damaged; see the server log",
+            "request_id": answer.headers["x-request-id"],
+        }
         assert "argon2" not in answer.text
     damaged = [r for r in caplog.records if r.name == "filekv.service.users"]
     assert len(damaged) == 1 and damaged[0].levelno == logging.ERROR
@@ -147,7 +153,10 @@ def test_users_file_write_on_a_full_disk_is_507_and_changes_nothing(
     users.io = NoSpaceIO()
     answer = client.post("/auth/register", json={"username": "bob", "password": PASSWORD})
     assert answer.status_code == 507, answer.text
-    assert answer.json() == {"detail": "the disk is full; the users file was not changed"}
+    assert answer.json() == {
+        "detail": "the disk is full; the users file was not changed",
+        "request_id": answer.headers["x-request-id"],
+    }
     assert users.path.read_bytes() == before
     assert [p.name for p in users.path.parent.iterdir() if p.name.endswith(".new")] == []
     # Space freed: the same registration goes through.

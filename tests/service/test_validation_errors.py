@@ -92,6 +92,8 @@ def test_validation_errors_non_utf8_body_says_so(client: TestClient) -> None:
 def test_validation_errors_other_framework_errors_keep_their_status(client: TestClient) -> None:
     assert client.get("/no/such/route").status_code == 404
     assert client.post("/keys/k").status_code == 405
-    assert client.post("/keys/k").json() == {
-        "detail": "method POST not allowed on this path; it takes DELETE, GET, HEAD, PUT"
+    refused = client.post("/keys/k")
+    assert refused.json() == {
+        "detail": "method POST not allowed on this path; it takes DELETE, GET, HEAD, PUT",
+        "request_id": refused.headers["x-request-id"],
     }

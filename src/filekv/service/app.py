@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
@@ -25,8 +26,12 @@ from filekv.service.console import install_console
 from filekv.service.backup import Backups
 from filekv.service.docs import install_docs
 from filekv.service.errors import install_error_handlers
+from filekv.service.logs import AccessLog
+from filekv.service.metrics import Metrics, RouteTemplates
+from filekv.service.middleware import RequestMiddleware
 from filekv.service.protocol import MAX_HEADER_BYTES, client_disconnected
 from filekv.service.routes import auth, backup, batch, health, keys, transactions, watch
+from filekv.service.routes import metrics as metrics_routes
 from filekv.service.schemas import error
 from filekv.service.transactions import TransactionManager
 from filekv.service.watch import WatchHub
@@ -69,6 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
             )
             app.state.transactions = manager
             app.state.store = store
+            if metrics is not None:
+                metrics.watch(store)
             reaper = asyncio.create_task(manager.run_reaper(), name="filekv-lease-reaper")
             # Before the store closes, the watch streams end (uvicorn waits for them to).
             hub = WatchHub(
@@ -112,6 +119,9 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     app.state.settings = settings
+    # Per application, never prometheus-client's global registry (tests build many apps).
+    metrics = Metrics(app.state) if settings.metrics else None
+    app.state.metrics = metrics
     app.state.backups = Backups(
         time_limit=settings.backup_time_limit,
         stopping=lambda: bool(app.state.stop_requested and app.state.stop_requested()),
@@ -132,7 +142,43 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(watch.router)
     install_docs(app)
     install_console(app)
+    if metrics is not None:
+        app.include_router(metrics_routes.router)
+    install_docs(app)
+    # Request ids always; the access log at the levels that show it (as uvicorn's did).
+    access_log = (
+        AccessLog(log_format=settings.log_format, log_keys=settings.log_keys)
+        if settings.log_level in ("info", "debug")
+        else None
+    )
+    app.add_middleware(
+        RequestMiddleware,
+        templates=RouteTemplates(app.router),
+        access_log=access_log,
+        metrics=metrics,
+    )
+    _document_request_ids(app)
     return app
+
+
+def _document_request_ids(app: FastAPI) -> None:
+    """Add ``request_id`` to the schema of FastAPI's own 422 body, as to ``ErrorBody``."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            body = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+            if body is not None:
+                body.setdefault("properties", {})["request_id"] = {
+                    "type": "string",
+                    "title": "Request Id",
+                    "description": "The request's X-Request-ID.",
+                }
+            return schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def app_from_env() -> FastAPI:

@@ -182,6 +182,7 @@ class AuthService:
         # user -> their token digests, oldest login first (dict as an ordered set)
         self._tokens_of: dict[str, dict[str, None]] = {}
         self._last_prune = clock()
+        self.login_failures = 0  # wrong name or password, since start (GET /metrics)
 
     # -- users -----------------------------------------------------------------------------------
 
@@ -318,6 +319,16 @@ class AuthService:
                 return None
             return Session(session_id=digest, username=record.username, role=user.role)
 
+    def tokens_active(self) -> int:
+        """Tokens issued and neither expired nor revoked (counted for ``GET /metrics``)."""
+        with self._lock:
+            now = self._clock()
+            return sum(
+                1
+                for record in self._tokens.values()
+                if now < record.expires_at and self._still_valid(record)
+            )
+
     def logout(self, token: str) -> None:
         """Revoke this one token (the user's other tokens keep working)."""
         with self._lock:
@@ -336,6 +347,8 @@ class AuthService:
         finally:
             self._throttle.settle(attempt, self._clock(), success=outcome)
         if not outcome:
+            with self._lock:  # logins run in the threadpool: += is not atomic
+                self.login_failures += 1
             logger.info("failed login for %r", username[:64])
             raise InvalidCredentials("incorrect username or password")
         assert user is not None  # _verify is never true without a stored hash

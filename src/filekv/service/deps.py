@@ -14,6 +14,7 @@ from fastapi.security import OAuth2PasswordBearer
 from filekv.engine import Store
 from filekv.service.auth import AuthService, Session
 from filekv.service.errors import Forbidden, NotAuthenticated
+from filekv.service.logs import SCOPE_USER
 from filekv.service.transactions import TransactionManager
 
 __all__ = [
@@ -73,12 +74,17 @@ def bearer_token(token: Annotated[str | None, Depends(oauth2_scheme)]) -> str:
 BearerTokenDep = Annotated[str, Depends(bearer_token)]
 
 
-def current_session(token: BearerTokenDep, auth: AuthDep) -> Session:
-    """The caller's login session; 401 when the token is unknown, revoked or expired."""
-    session = auth.authenticate(token)
+def _verified(request: Request, session: Session | None) -> Session:
+    """``session``, or 401; its user is noted in the scope for the access log (never the token)."""
     if session is None:
         raise NotAuthenticated("invalid or expired token")
+    request.scope[SCOPE_USER] = session.username
     return session
+
+
+def current_session(request: Request, token: BearerTokenDep, auth: AuthDep) -> Session:
+    """The caller's login session; 401 when the token is unknown, revoked or expired."""
+    return _verified(request, auth.authenticate(token))
 
 
 SessionDep = Annotated[Session, Depends(current_session)]
@@ -103,10 +109,7 @@ def optional_session(
         if request.headers.get("authorization"):  # sent, but not as "Bearer <token>"
             raise NotAuthenticated("the Authorization header must be: Bearer <token>")
         return None
-    session = auth.authenticate(token)
-    if session is None:
-        raise NotAuthenticated("invalid or expired token")
-    return session
+    return _verified(request, auth.authenticate(token))
 
 
 OptionalSessionDep = Annotated[Session | None, Depends(optional_session)]
@@ -127,10 +130,7 @@ def caller_session_id(request: Request, *, required: bool) -> str | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise NotAuthenticated("the Authorization header must be: Bearer <token>")
-    session = get_auth(request).authenticate(token.strip())
-    if session is None:
-        raise NotAuthenticated("invalid or expired token")
-    return session.session_id
+    return _verified(request, get_auth(request).authenticate(token.strip())).session_id
 
 
 def request_session_id(

@@ -3,7 +3,9 @@
 Routes never catch domain errors. The engine raises ``StoreError`` subclasses, the auth service
 ``AuthError`` subclasses, and this module's own ``ServiceError`` subclasses come from the
 transaction manager and the dependencies. ``install_error_handlers`` answers all of them with
-``{"detail": "<human string>"}`` and the status (and headers) of the nearest class in ``ERRORS``.
+``{"detail": "<human string>", "request_id": "<the X-Request-ID>"}`` and the status (and
+headers) of the nearest class in ``ERRORS``. Every JSON error body names its request
+(``RequestMiddleware`` picks the id), so a user's report can be found in the access log.
 
 The service's own errors::
 
@@ -60,6 +62,7 @@ from fastapi.responses import Response
 from orjson import dumps
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
+from starlette.status import HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED
 
 from filekv.engine.errors import (
     Compacted,
@@ -90,6 +93,7 @@ from filekv.service.auth import (
     UsersDiskFull,
     UsersUnavailable,
 )
+from filekv.service.logs import SCOPE_REQUEST_ID
 
 logger = logging.getLogger(__name__)
 
@@ -268,7 +272,19 @@ def answer_for(exc: BaseException) -> ErrorAnswer | None:
     return None
 
 
-def error_response(exc: BaseException) -> Response:
+def _body(detail: Any, request_id: str | None) -> bytes:
+    if request_id is None:
+        return dumps({"detail": detail})
+    return dumps({"detail": detail, "request_id": request_id})
+
+
+def request_id_of(request: Request) -> str | None:
+    """The request's id as ``RequestMiddleware`` chose it (None outside the middleware)."""
+    found: str | None = request.scope.get(SCOPE_REQUEST_ID)
+    return found
+
+
+def error_response(exc: BaseException, request_id: str | None = None) -> Response:
     """The JSON response for a mapped exception (500 with a fixed detail if unmapped)."""
     answer = answer_for(exc) or ErrorAnswer(500, detail="internal error")
     if answer.loc is not None:
@@ -276,7 +292,7 @@ def error_response(exc: BaseException) -> Response:
         index = getattr(exc, "op_index", None)
         loc = answer.loc if index is None else ("body", "ops", index, "key")
         item = {"type": answer.error_type, "loc": loc, "msg": str(exc)}
-        return validation_error_response([item])
+        return validation_error_response([item], request_id)
     if answer.status == 500:
         logger.error("answering 500 for %r", exc, exc_info=exc)
     elif answer.status > 500:
@@ -288,6 +304,8 @@ def error_response(exc: BaseException) -> Response:
     body: dict[str, Any] = {"detail": detail}
     if answer.extra is not None:
         body.update(answer.extra(exc))
+    if request_id is not None:
+        body["request_id"] = request_id
     return Response(
         dumps(body),
         status_code=answer.status,
@@ -312,22 +330,24 @@ def _scrubbed(item: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def validation_error_response(errors: Iterable[Mapping[str, Any]]) -> Response:
+def validation_error_response(
+    errors: Iterable[Mapping[str, Any]], request_id: str | None = None
+) -> Response:
     """422 in FastAPI's list form, without the rejected inputs."""
     return Response(
-        dumps({"detail": [_scrubbed(item) for item in errors]}),
+        _body([_scrubbed(item) for item in errors], request_id),
         status_code=422,
         media_type="application/json",
     )
 
 
-async def _handle(_: Request, exc: Exception) -> Response:
-    return error_response(exc)
+async def _handle(request: Request, exc: Exception) -> Response:
+    return error_response(exc, request_id_of(request))
 
 
-async def _handle_validation(_: Request, exc: Exception) -> Response:
+async def _handle_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return validation_error_response(exc.errors())
+    return validation_error_response(exc.errors(), request_id_of(request))
 
 
 _METHODS: Final = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -347,8 +367,9 @@ def _allowed_methods(request: Request) -> str:
 
 def _method_not_allowed(request: Request) -> Response:
     allowed = _allowed_methods(request)
+    detail = f"method {request.method} not allowed on this path; it takes {allowed}"
     return Response(
-        dumps({"detail": f"method {request.method} not allowed on this path; it takes {allowed}"}),
+        _body(detail, request_id_of(request)),
         status_code=405,
         headers={"Allow": allowed},
         media_type="application/json",
@@ -359,13 +380,21 @@ async def _handle_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 405:
         return _method_not_allowed(request)
-    if exc.status_code != 400:
+    if exc.status_code in (HTTP_204_NO_CONTENT, HTTP_304_NOT_MODIFIED):  # no body allowed
         return await http_exception_handler(request, exc)
+    if exc.status_code != 400:
+        return Response(
+            _body(exc.detail, request_id_of(request)),
+            status_code=exc.status_code,
+            headers=exc.headers,
+            media_type="application/json",
+        )
     # The framework raises 400 only when it cannot parse a body (bytes that are not UTF-8 under
     # a JSON content type, a multipart body without its boundary); the routes declare 422.
     reason = "not valid UTF-8" if isinstance(exc.__cause__, UnicodeDecodeError) else exc.detail
     return validation_error_response(
-        [{"type": "body_invalid", "loc": ("body",), "msg": f"unparseable body: {reason}"}]
+        [{"type": "body_invalid", "loc": ("body",), "msg": f"unparseable body: {reason}"}],
+        request_id_of(request),
     )
 
 

@@ -47,6 +47,7 @@ from starlette.responses import Response
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from filekv.service.middleware import new_request_id
 from filekv.settings import Settings
 
 _SETTING_DEFAULTS: Final = Settings.model_fields
@@ -90,16 +91,19 @@ class _HeadRefused(Exception):
         self.detail = detail
 
 
-def _error_body(detail: str) -> bytes:
-    return json.dumps({"detail": detail}).encode()
+def _error_body(detail: str, request_id: str) -> bytes:
+    # Like every error body of the application's, it names its request (a new id: the request
+    # never reached the application, and its head may not even be complete).
+    return json.dumps({"detail": detail, "request_id": request_id}).encode()
 
 
 class _HeadersTooLarge:
     """The ASGI app that answers a request whose complete headers are over the limit: 431."""
 
     def __init__(self, size: int) -> None:
+        self.request_id = new_request_id()
         self.body = _error_body(
-            f"request headers are {size} bytes; the limit is {MAX_HEADER_BYTES}"
+            f"request headers are {size} bytes; the limit is {MAX_HEADER_BYTES}", self.request_id
         )
 
     async def __call__(
@@ -112,6 +116,7 @@ class _HeadersTooLarge:
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(self.body)).encode("ascii")),
+                    (b"x-request-id", self.request_id.encode("ascii")),
                 ],
             }
         )
@@ -319,8 +324,14 @@ class ReadLimitedProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request the parser refused, as JSON like every other error."""
+        self.transport.write(self._error_response(400, msg))
+        self.transport.close()
+
     def _error_response(self, status: int, detail: str) -> bytes:
-        body = _error_body(detail)
+        request_id = new_request_id()
+        body = _error_body(detail, request_id)
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
@@ -328,6 +339,7 @@ class ReadLimitedProtocol(HttpToolsProtocol):
             [
                 b"content-type: application/json\r\n",
                 b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"x-request-id: " + request_id.encode("ascii") + b"\r\n",
                 b"connection: close\r\n",
                 b"\r\n",
                 body,

@@ -234,6 +234,10 @@ class ErrorBody(BaseModel):
     """Every error except request validation (422 keeps FastAPI's list form)."""
 
     detail: str
+    request_id: str = Field(
+        description="The request's X-Request-ID (the client's, or one the server chose): "
+        "the access log line of the request names it too."
+    )
 
 
 def inline_schema(model: type[BaseModel]) -> dict[str, Any]:

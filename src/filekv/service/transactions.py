@@ -88,6 +88,15 @@ class TransactionStatus:
     expires_in: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class LockState:
+    """The transaction lock as ``GET /metrics`` shows it: whoever holds it."""
+
+    active: bool
+    depth: int
+    held_seconds: float
+
+
 class TransactionManager:
     """Owns the one open engine transaction, its holder and its lease.
 
@@ -287,6 +296,14 @@ class TransactionManager:
             depth=self._tx.depth if mine else 0,
             expires_in=round(self._remaining(), 3),
         )
+
+    def lock_state(self) -> LockState:
+        """Whether the lock is held, how deep, and for how long (metrics; renews nothing)."""
+        self._expire_if_due()
+        if self._tx is None:
+            return LockState(active=False, depth=0, held_seconds=0.0)
+        held = max(0.0, self._clock() - self._opened_at)
+        return LockState(active=True, depth=self._tx.depth, held_seconds=held)
 
     async def break_lock(self, admin: str) -> int | None:
         """An admin ends the transaction, whoever holds it: its depth, or None if none was open.
