@@ -106,10 +106,13 @@ class ChangeFeed:
             self._wake()
 
     def _drop_oldest(self) -> None:
+        # Down to 7/8 of the budget, not just under it: a full buffer then drops a run of
+        # changes every few hundred writes instead of one on every write.
         changes = self._changes
         head = self._head
         size = self._bytes
-        while size > self._max_bytes and head < len(changes) - 1:
+        target = self._max_bytes - (self._max_bytes >> 3)
+        while size > target and head < len(changes) - 1:
             dropped = changes[head]
             assert dropped is not None
             changes[head] = None

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 
 from filekv.engine import Compacted
 from filekv.service.deps import request_session_id
 from filekv.service.errors import BadRequest, RevisionAhead
-from filekv.service.schemas import UNAUTHORIZED, error
+from filekv.service.schemas import OPTIONAL_BEARER, UNAUTHORIZED, error
 from filekv.service.watch import (
     Position,
     Watcher,
@@ -83,15 +84,39 @@ def _query_error(name: str, kind: str, message: str) -> RequestValidationError:
 
 
 def check_filter(request: Request, prefix: str, key: str | None) -> None:
-    """A prefix or a key no longer than a key may be (422); not both."""
+    """A prefix and a key no longer than a key may be (422)."""
     limit: int = request.app.state.settings.max_key_bytes
     for name, text in (("prefix", prefix), ("key", key)):
         if text is not None and len(text.encode("utf-8", errors="surrogatepass")) > limit:
             raise _query_error(name, "string_too_long", f"longer than {limit} bytes in UTF-8")
-    if key is not None and prefix:
-        raise _query_error("key", "value_error", "give a prefix or a key, not both")
-    if key == "":
-        raise _query_error("key", "string_too_short", "a key is not empty")
+
+
+LAST_EVENT_ID: Final[dict[str, Any]] = {
+    "name": "Last-Event-ID",
+    "in": "header",
+    "required": False,
+    "description": "Resume after this event (a reconnecting EventSource sends it): `7`, or "
+    "`7.1` inside a batch. It wins over from_revision.",
+    "schema": {"type": "string", "pattern": EVENT_ID_PATTERN, "maxLength": 30},
+}
+
+
+def _last_event_id(request: Request) -> str | None:
+    """The ``Last-Event-ID`` header, 422 unless it names an event the stream could have sent."""
+    text = request.headers.get("last-event-id")
+    if text is None:
+        return None
+    if len(text) > 30 or re.fullmatch(EVENT_ID_PATTERN, text) is None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": ("header", "Last-Event-ID"),
+                    "msg": "Last-Event-ID must be a revision (7) or an event of one (7.1)",
+                }
+            ]
+        )
+    return text
 
 
 def start_position(store: Store, from_revision: int | None, last_event_id: str | None) -> Position:
@@ -134,23 +159,23 @@ def start_position(store: Store, from_revision: int | None, last_event_id: str |
         410: COMPACTED,
         503: TOO_MANY_WATCHERS,
     },
+    # Declared by hand and read by hand: a nullable header parameter would have schema
+    # generators send the text "null".
+    openapi_extra={"security": OPTIONAL_BEARER, "parameters": [LAST_EVENT_ID]},
 )
 async def watch(
     request: Request,
     prefix: Annotated[str, Query(description="Only keys starting with this.")] = "",
-    key: Annotated[str | None, Query(description="Only this key (instead of a prefix).")] = None,
+    key: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            description="Only this key (with a prefix too: only if the key starts with it).",
+        ),
+    ] = None,
     from_revision: Annotated[
         int | None,
         Query(ge=0, le=MAX_REVISION, description="Start at this revision (inclusive)."),
-    ] = None,
-    last_event_id: Annotated[
-        str | None,
-        Header(
-            alias="Last-Event-ID",
-            max_length=30,
-            pattern=EVENT_ID_PATTERN,
-            description="Resume after this event (sent by a reconnecting EventSource).",
-        ),
     ] = None,
 ) -> StreamingResponse:
     """Every committed change under ``prefix`` (or to ``key``) after the start, as it happens."""
@@ -160,8 +185,11 @@ async def watch(
     check_filter(request, prefix, key)
     store: Store = state.store
     hub: WatchHub = state.watch_hub
-    position = start_position(store, from_revision, last_event_id)
-    watcher = hub.add(key if key is not None else prefix, exact=key is not None)
+    position = start_position(store, from_revision, _last_event_id(request))
+    if key is None:
+        watcher = hub.add(prefix)
+    else:  # both filters hold; no key is empty, so "" matches nothing
+        watcher = hub.add(key if key.startswith(prefix) else "", exact=True)
     heartbeat: float = state.settings.watch_heartbeat_seconds
     return StreamingResponse(
         _stream(store, hub, watcher, position, heartbeat),
