@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 
 MAX_TTL: Final = 10 * 365 * 24 * 3600.0  # ten years, in seconds
 SWEEP_BATCH: Final = 512  # expiries written per hold of the store lock
+PACE: Final = 3.0  # rest this many times a full batch's time before the next: 25 % at most
 
 
 def check_ttl(ttl: object) -> float:
@@ -51,8 +53,16 @@ class ExpirySweeper:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             try:
-                while self._sweep() >= SWEEP_BATCH and not self._stop.is_set():
-                    pass
+                while True:
+                    started = time.monotonic()
+                    if self._sweep() < SWEEP_BATCH:
+                        break  # nothing more is due: sleep until the next round
+                    # More are due. Rest PACE times as long as the batch took, so that a wave
+                    # of expiries takes at most a quarter of the process's time (as Redis's
+                    # active expiry keeps to 25 % of its CPU): reads and writes keep their speed
+                    # while the backlog is written, as they already see it gone.
+                    if self._stop.wait((time.monotonic() - started) * PACE):
+                        return
             except StoreClosed:
                 return
             except StoreError as error:  # a failed store refuses writes; reads still expire

@@ -97,6 +97,28 @@ class KeyIndex:
             self.set_expiry(key, None)
         return previous
 
+    def remove_expired(self, keys: list[str]) -> list[int]:
+        """``remove`` for keys the sweeper expires; their previous locations, in order.
+
+        They are nearly always the head of the expiry order (the longest expired first), which
+        is then cut off in one slice instead of one search per key.
+        """
+        head = [key for _, key in self.by_expiry.islice(0, len(keys))]
+        if head == keys:
+            del self.by_expiry[: len(keys)]
+            pop = self.expiries.pop
+            for key in keys:
+                pop(key)
+        previous = []
+        for key in keys:
+            location = self.locations.pop(key)
+            self.ordered.remove(key)
+            self._unlink_value(location & HASH_MASK, key)
+            if self.expiries:
+                self.set_expiry(key, None)
+            previous.append(location)
+        return previous
+
     def set_expiry(self, key: str, expires_at: float | None) -> None:
         """Note when ``key``'s value expires (None: never), after ``set`` pointed it at it."""
         expiries = self.expiries

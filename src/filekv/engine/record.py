@@ -199,6 +199,12 @@ def encode_put_ttl(
     return encode_put(marker, revision, key, value + EXPIRY.pack(expires_at), PUT_TTL)
 
 
+def encode_expire(marker: bytes, revision: int, key: bytes) -> bytes:
+    """The record of one expiry (the sweeper writes many at a time: no list building)."""
+    body = OPERATION_HEADER.pack(EXPIRE, len(key), 0) + key
+    return encode_header(marker, revision, 1, body, zlib.crc32(body)) + body
+
+
 def put_payload(value: bytes, expires_at: float | None) -> tuple[int, bytes]:
     """(kind, what follows the key) of a put: the value, and for an expiring one its expiry."""
     if expires_at is None:
