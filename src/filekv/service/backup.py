@@ -120,7 +120,9 @@ class BackupResponse(Response):
                 async def watch_for_disconnect() -> None:
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    if not self.complete:  # uvicorn says "disconnect" after a whole answer too
+                    if self.stopping():  # a stalled connection aborted at shutdown (protocol.py)
+                        logger.warning("backup download cut off: the server is shutting down")
+                    elif not self.complete:  # uvicorn says "disconnect" after a whole answer too
                         logger.info("backup download abandoned by the client")
                     group.cancel_scope.cancel()
 

@@ -157,6 +157,20 @@ class ReadLimitedProtocol(HttpToolsProtocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, except for an answer stuck on a client that reads nothing.
+
+        uvicorn lets an answer still being sent finish, and waits for its connection to close;
+        one streamed to a client that has stopped reading (a stalled backup download: the
+        transport's buffer full, writes paused) would hold the server's exit for ever, its
+        unsent bytes waiting to be flushed. That connection is aborted instead.
+        """
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self.flow.write_paused:
+            self.transport.abort()
+            return
+        super().shutdown()
+
     def handle_websocket_upgrade(self) -> None:
         self._disarm()  # the transport now belongs to the websocket protocol
         super().handle_websocket_upgrade()
