@@ -276,7 +276,22 @@ def test_e2e_watch_resumes_by_last_event_id_across_a_restart(tmp_path: Path) -> 
             with stream(http, params={"prefix": "r/", "from_revision": 1}) as response:
                 got = take(response, 4)  # three puts and the batch's first operation
         assert [e.id for e in got] == [*map(str, revisions), f"{batch}.0"]
-        server.restart()
+        # A stream still open does not hold up a graceful stop: it is ended, the exit is clean.
+        ended: list[bool] = []
+
+        def follow() -> None:
+            with client(server) as http, stream(http, params={"prefix": "r/"}) as response:
+                for _ in events(response):
+                    pass
+            ended.append(True)
+
+        follower = threading.Thread(target=follow)
+        follower.start()
+        threading.Event().wait(0.5)
+        assert server.stop() == 0
+        follower.join(30)
+        assert ended == [True]
+        server.start()
         with client(server) as http:
             after = put(http, "r/after", "restart")
             headers = {"Last-Event-ID": got[-1].id or ""}

@@ -310,3 +310,9 @@ def test_changes_expire_appears_with_its_own_revision(open_store: OpenStore, db_
     changes = _all(db, 0)
     assert changes[0] == Change(1, "put", "session", b"s", 1_000_010.0)
     assert changes[1] == Change(2, "expire", "session", None, None)
+
+
+@pytest.mark.parametrize("after", [-1, 1.5, "3"])
+def test_changes_after_must_be_a_revision(store: Store, after: object) -> None:
+    with pytest.raises(ValueError, match="after must be a revision"):
+        store.changes(after=after)  # type: ignore[arg-type]

@@ -178,7 +178,10 @@ class ChangeFeed:
         return HistoryReader(self._segments.io, plain, after=after, upto=self._floor)
 
     def check_available(self, after: int) -> None:
-        """Compacted unless the changes after ``after`` can all be delivered. Under the lock."""
+        """Compacted unless the changes after ``after`` can all be delivered (ValueError for a
+        revision below 0). Under the lock."""
+        if type(after) is not int or after < 0:
+            raise ValueError(f"after must be a revision (an int >= 0), not {after!r}")
         if after < self._floor:
             oldest = self.oldest_available()
             if after + 1 < oldest:

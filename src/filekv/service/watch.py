@@ -8,7 +8,8 @@ prefix matches (a dict per prefix length: a change costs one lookup per distinct
 
 Bounded: at most ``watch_max_watchers`` watchers (one more is 503); a watcher's queue holds at
 most ``watch_queue_events`` events: one more and the watcher is marked overflowed, its queue
-dropped, and its stream ends with ``event: overflow`` naming the last event it was sent.
+dropped, and its stream ends with ``event: overflow`` naming the last event it was sent (or
+sooner, past ``QUEUE_BYTES`` of queued events).
 
 Event ids: ``<revision>`` on a revision's last operation (every single put or delete), and
 ``<revision>.<i>`` on operation i (0-based) of a batch or commit when more of it follow, so that
@@ -37,7 +38,11 @@ from filekv.service.errors import TooManyWatchers
 
 log = logging.getLogger(__name__)
 
-STOP_POLL_SECONDS: Final = 0.5  # how often the hub asks whether the server is shutting down
+STOP_POLL_SECONDS: Final = 0.5
+# Bytes of events one watcher may have queued (values can be 1 MiB each): past this, overflow,
+# as past watch_queue_events events. Events are shared between watchers, so this bounds what
+# one slow reader can pin, not a copy per watcher.
+QUEUE_BYTES: Final = 16 << 20  # how often the hub asks whether the server is shutting down
 _EVENT_ID: Final = re.compile(r"(0|[1-9][0-9]{0,18})(?:\.(0|[1-9][0-9]{0,8}))?")
 
 # (revision, index within the revision, the event's id, the event's bytes)
@@ -119,6 +124,7 @@ class Watcher:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     overflowed: bool = False
     closed: bool = False  # the server is shutting down or the store closed
+    queued_bytes: int = 0
 
     def matches(self, key: str) -> bool:
         return key == self.prefix if self.exact else key.startswith(self.prefix)
@@ -126,12 +132,22 @@ class Watcher:
     def push(self, event: Event) -> None:
         if self.overflowed:
             return
-        if len(self.queue) >= self.limit:
+        size = self.queued_bytes + len(event[3])
+        if len(self.queue) >= self.limit or size > QUEUE_BYTES:
             self.overflowed = True
             self.queue.clear()  # memory stays bounded: the client resumes from its last id
+            self.queued_bytes = 0
         else:
             self.queue.append(event)
+            self.queued_bytes = size
         self.ready.set()
+
+    def take(self) -> list[Event]:
+        """Every event queued, in order; the queue is empty after."""
+        events = list(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        return events
 
     def end(self) -> None:
         self.closed = True

@@ -244,8 +244,7 @@ async def _stream(
                     yield b": heartbeat\n\n"
                 continue
             parts = []
-            while queue:
-                revision, index, event_id, data = queue.popleft()
+            for revision, index, event_id, data in watcher.take():
                 if revision > upto and position.wants(revision, index):
                     parts.append(data)
                     last_id = event_id
@@ -322,8 +321,7 @@ async def _changed(watcher: Watcher, after: int) -> None:
     while True:
         if watcher.overflowed or watcher.closed:
             return
-        while watcher.queue:
-            if watcher.queue.popleft()[0] > after:
-                return
+        if any(event[0] > after for event in watcher.take()):
+            return
         watcher.ready.clear()
         await watcher.ready.wait()
