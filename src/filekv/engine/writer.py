@@ -19,18 +19,13 @@ from .batch import BatchOp, prepare
 from .changes import ChangeFeed
 from .durability import GroupCommit
 from .errors import (
-    InvalidKey,
     StoreClosed,
     StoreFailed,
     TransactionActive,
     TransactionClosed,
-    ValueTooLarge,
     VersionMismatch,
 )
-from .hint import (
-    pack,
-    revision_of,
-)
+from .hint import pack, revision_of
 from .index import KeyIndex
 from .record import (
     DELETE,
@@ -54,6 +49,7 @@ from .record import (
 from .segment import Segment
 from .segments import SegmentSet
 from .transaction import Transaction
+from .validation import check_value, encode_key
 
 COMPACTION_CHECK_EVERY: Final = 1024  # writes between two looks at the compaction thresholds
 
@@ -119,31 +115,11 @@ class Writer:
 
     def encode_key(self, key: str) -> bytes:
         """The key's UTF-8 bytes; InvalidKey if it is not a non-empty str within the limit."""
-        if type(key) is not str:
-            raise InvalidKey(f"a key must be a string, not {type(key).__name__}")
-        try:
-            encoded = key.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidKey("the key is not valid Unicode text (lone surrogate)") from None
-        if not encoded:
-            raise InvalidKey("the key is empty")
-        if len(encoded) > self._max_key_bytes:
-            raise InvalidKey(
-                f"the key is {len(encoded)} bytes in UTF-8; the limit is {self._max_key_bytes}"
-            )
-        return encoded
+        return encode_key(key, self._max_key_bytes)
 
     def check_value(self, value: bytes) -> bytes:
-        if type(value) is not bytes:
-            if isinstance(value, bytearray | memoryview):
-                value = bytes(value)
-            else:
-                raise TypeError(f"a value must be bytes, not {type(value).__name__}")
-        if len(value) > self._max_value_bytes:
-            raise ValueTooLarge(
-                f"the value is {len(value)} bytes; the limit is {self._max_value_bytes}"
-            )
-        return value
+        """``value`` as bytes; TypeError or ValueTooLarge if it cannot be stored."""
+        return check_value(value, self._max_value_bytes)
 
     def check_writable(self, tx: Transaction | None = None) -> None:
         """Raise unless a write (of ``tx``, or outside any) may go ahead. Under the lock."""
