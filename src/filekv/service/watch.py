@@ -33,7 +33,7 @@ from typing import Final
 
 import orjson
 
-from filekv.engine import Change, Store, StoreClosed
+from filekv.engine import Change, Compacted, Store, StoreClosed
 from filekv.service.errors import TooManyWatchers
 
 log = logging.getLogger(__name__)
@@ -251,14 +251,31 @@ class WatchHub:
 
     async def _run(self) -> None:
         try:
-            async for chunk in self._store.achange_chunks(after=self.position):
-                self.dispatch(chunk)
+            while True:
+                try:
+                    async for chunk in self._store.achange_chunks(after=self.position):
+                        self.dispatch(chunk)
+                except Compacted:
+                    # The hub fell further behind than the buffer and the history reach (a
+                    # starved loop): every watcher gets overflow and resumes by itself (or
+                    # hears 410); the hub goes on from now.
+                    log.warning("the watch hub fell behind the change history; watchers resume")
+                    self._overflow_all()
+                    self.position = self._store.revision
         except StoreClosed:
             pass
         except Exception:
             log.exception("the watch hub stopped reading the change feed")
         finally:
             self._end_all()
+
+    def _overflow_all(self) -> None:
+        for table in [self._exact, *self._prefixes.values()]:
+            for group in table.values():
+                for watcher in group:
+                    watcher.overflowed = True
+                    watcher.take()
+                    watcher.ready.set()
 
     async def _watch_for_stop(self) -> None:
         # uvicorn waits for open responses before it shuts the application down, and a watch

@@ -1,0 +1,135 @@
+"""The watch hub in process: event ids, resume positions, fan-out by prefix, the queue bounds,
+and a hub that fell behind the history (every watcher told to resume)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from filekv.engine import Change, Put, Store
+from filekv.service.errors import TooManyWatchers
+from filekv.service.watch import (
+    QUEUE_BYTES,
+    Position,
+    Watcher,
+    WatchHub,
+    event_id,
+    number_chunk,
+    parse_event_id,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "position"),
+    [
+        ("7", Position(7)),
+        ("0", Position(0)),
+        ("7.0", Position(6, 0)),
+        ("7.12", Position(6, 12)),
+        (" 7 ", Position(7)),
+        ("0.1", None),
+        ("07", None),
+        ("7.", None),
+        ("-1", None),
+        ("x", None),
+        ("1" * 20, None),
+    ],
+)
+def test_watch_parse_event_id(text: str, position: Position | None) -> None:
+    assert parse_event_id(text) == position
+
+
+def test_watch_position_skips_exactly_what_was_received() -> None:
+    inside = Position(6, 1)  # received revision 7's operations 0 and 1
+    assert [inside.wants(7, i) for i in range(4)] == [False, False, True, True]
+    assert inside.wants(8, 0) and not inside.wants(6, 5)
+    after = Position(7)
+    assert not after.wants(7, 3) and after.wants(8, 0)
+
+
+def test_watch_number_chunk_ids() -> None:
+    chunk = [
+        Change(5, "put", "a", b"", None),
+        Change(6, "put", "b", b"", None),
+        Change(6, "delete", "c", None, None),
+        Change(6, "put", "d", b"", None),
+        Change(7, "put", "e", b"", None),
+    ]
+    ids = [event_id(c.revision, i, last) for c, i, last in number_chunk(chunk)]
+    assert ids == ["5", "6.0", "6.1", "6", "7"]
+
+
+def test_watch_queue_overflows_by_count_and_by_bytes() -> None:
+    async def main() -> None:
+        by_count = Watcher("", False, limit=3)
+        for i in range(4):
+            by_count.push((i, 0, str(i), b"x"))
+        assert by_count.overflowed and not by_count.queue
+        by_bytes = Watcher("", False, limit=1000)
+        big = b"x" * (QUEUE_BYTES // 3 + 1)
+        for i in range(3):
+            by_bytes.push((i, 0, str(i), big))
+        assert by_bytes.overflowed and by_bytes.queued_bytes == 0
+
+    asyncio.run(main())
+
+
+def test_watch_hub_fans_out_by_prefix_and_key(tmp_path: Path) -> None:
+    async def main() -> None:
+        with Store.open(tmp_path / "db", fsync="never") as store:
+            hub = WatchHub(store, max_watchers=4, queue_events=100)
+            every = hub.add("")
+            cfg = hub.add("cfg/")
+            one = hub.add("cfg/a", exact=True)
+            other = hub.add("other/")
+            with pytest.raises(TooManyWatchers):
+                hub.add("x")
+            hub.start()
+            store.batch([Put("cfg/a", b"1"), Put("cfg/ab", b"2"), Put("z", b"3")])
+            for _ in range(200):
+                if len(every.queue) == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert [e[2] for e in every.take()] == ["1.0", "1.1", "1"]
+            assert [e[2] for e in cfg.take()] == ["1.0", "1.1"]
+            assert [e[2] for e in one.take()] == ["1.0"]
+            assert not other.queue
+            hub.remove(other)
+            assert hub.watchers == 3
+            hub.add("x")  # the freed place is free
+            await hub.stop()
+            assert every.closed and cfg.closed
+
+    asyncio.run(main())
+
+
+def test_watch_hub_behind_the_history_tells_every_watcher_to_resume(tmp_path: Path) -> None:
+    async def main() -> None:
+        with Store.open(
+            tmp_path / "db", fsync="never", watch_history=0, watch_buffer_bytes=0
+        ) as store:
+            for i in range(50):
+                store.put("k", str(i).encode())
+            store.compact()
+            hub = WatchHub(store, max_watchers=10, queue_events=100)
+            hub.position = 0  # as if the hub had been starved since revision 0
+            watcher = hub.add("")
+            hub.start()
+            for _ in range(200):
+                if watcher.overflowed:
+                    break
+                await asyncio.sleep(0.01)
+            assert watcher.overflowed
+            assert hub.position == store.revision
+            fresh = hub.add("")
+            store.put("k", b"after")
+            for _ in range(200):
+                if fresh.queue:
+                    break
+                await asyncio.sleep(0.01)
+            assert [e[0] for e in fresh.take()] == [store.revision]  # the hub went on
+            await hub.stop()
+
+    asyncio.run(main())
