@@ -11,6 +11,7 @@ import logging
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -239,13 +240,17 @@ def test_index_loaded_from_a_hint_behaves_like_one_built_by_set(
             assert all(lazy.locations[key] & HASH_MASK == hashed for key, _ in group)
 
 
+NO_HISTORY: dict[str, Any] = {"fsync": "never", "auto_compact": False, "watch_history": 0}
+
+
 def test_index_store_with_a_version_1_hint_replays_then_writes_the_current_version(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An older hint (valid checksum, version 1) is not trusted: the segment is replayed, and the
     next compaction leaves a current hint that the following open loads."""
     folder = tmp_path / "db"
-    with Store.open(folder, fsync="never", auto_compact=False) as db:
+    # No watch history kept: compaction merges the (recent) segment into one with a hint.
+    with Store.open(folder, **NO_HISTORY) as db:
         for i in range(50):
             db.put(f"k{i:02d}", b"shared" if i % 5 == 0 else b"v%d" % i)
         db.compact()
@@ -256,7 +261,7 @@ def test_index_store_with_a_version_1_hint_replays_then_writes_the_current_versi
     fields[1] = 1
     hint.write_bytes(_resealed(HINT_HEADER.pack(*fields) + data[HINT_HEADER.size : -4]))
     with caplog.at_level(logging.WARNING, logger="filekv.engine.recovery"):
-        db = Store.open(folder, fsync="never", auto_compact=False)
+        db = Store.open(folder, **NO_HISTORY)
     try:
         assert any("ignored" in record.getMessage() for record in caplog.records)
         assert {key: db.get(key) for key in db.scan("")} == expected
@@ -267,7 +272,7 @@ def test_index_store_with_a_version_1_hint_replays_then_writes_the_current_versi
         db.close()
     (hint,) = folder.glob("*.hint")
     assert HINT_HEADER.unpack_from(hint.read_bytes(), 0)[1] == HINT_VERSION
-    with Store.open(folder, fsync="never", auto_compact=False) as db:
+    with Store.open(folder, **NO_HISTORY) as db:
         assert db.get("k99") == b"new"
         assert db.find(b"shared") == [f"k{i:02d}" for i in range(0, 50, 5)]
         db.check()
