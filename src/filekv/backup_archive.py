@@ -102,13 +102,14 @@ def build_manifest(directory: Path, *, revision: int, keys: int) -> Manifest:
     )
 
 
-def stage_backup(store: Store) -> tuple[Path, Manifest]:
+def stage_backup(store: Store, *, verify_in_child: bool = False) -> tuple[Path, Manifest]:
     """Take ``store``'s backup into a new staging folder inside its directory (hard links: no
     copy, no space), with a link to the users file; the folder and the archive's manifest.
+    ``verify_in_child``: see ``Store.backup`` (a server's choice).
     The caller removes the folder (``shutil.rmtree``) once the archive is written."""
     staging = new_staging_dir(store.path)
     try:
-        result = store.backup(staging)
+        result = store.backup(staging, verify_in_child=verify_in_child)
         # users.json is replaced whole (rename), never written in place: a link is one version.
         with contextlib.suppress(FileNotFoundError):  # no users yet
             os.link(store.path / USERS_NAME, staging / USERS_NAME)

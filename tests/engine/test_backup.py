@@ -15,7 +15,12 @@ import pytest
 from support.engine_fixtures import FAST, OpenStore
 
 from filekv.engine import CorruptStore, Delete, Store, StoreClosed
-from filekv.engine.backup import STAGING_PREFIX, remove_stale_staging, verify_copy
+from filekv.engine.backup import (
+    STAGING_PREFIX,
+    remove_stale_staging,
+    verify_copy,
+    verify_copy_in_child,
+)
 from filekv.engine.segment import hint_name, segment_name
 
 SMALL = {"segment_bytes": 4096}  # a few records per segment: many sealed segments quickly
@@ -224,6 +229,30 @@ def test_verify_copy_names_the_damaged_segment_and_offset(
         verify_copy(tmp_path / "copy")
     assert raised.value.path == str(damaged) and raised.value.offset > 0
     db.check()  # the live store's segment was not touched
+
+
+def test_verify_copy_in_child_finds_what_verify_copy_finds(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    db = open_store(tmp_path / "live", **SMALL)
+    for i in range(60):
+        db.put(f"k{i}", b"v" * 200)
+    db.backup(tmp_path / "copy", verify_in_child=True)
+    verify_copy_in_child(tmp_path / "copy")  # a sound copy: no error
+    damaged = tmp_path / "copy" / segment_name(2)
+    data = bytearray(damaged.read_bytes())
+    damaged.unlink()
+    data[-10] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CorruptStore) as here:
+        verify_copy(tmp_path / "copy")
+    with pytest.raises(CorruptStore) as there:
+        verify_copy_in_child(tmp_path / "copy")
+    assert (there.value.path, there.value.offset, there.value.reason) == (
+        here.value.path,
+        here.value.offset,
+        here.value.reason,
+    )
 
 
 def test_verify_copy_drops_a_damaged_hint(open_store: OpenStore, tmp_path: Path) -> None:

@@ -33,10 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import secrets
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,8 +93,12 @@ def take_backup(
     revision: Callable[[], int],
     keys: Callable[[], int],
     destination: Path,
+    verify: Callable[[Path], None] | None = None,
 ) -> BackupResult:
-    """Write a verified copy of the store into ``destination`` (new or empty); see the steps."""
+    """Write a verified copy of the store into ``destination`` (new or empty); see the steps.
+
+    ``verify`` checks the copy (default ``verify_copy``, in this process; a server passes
+    ``verify_copy_in_child``)."""
     destination = Path(destination)
     _prepare(destination)
     store_dir = segments.directory
@@ -103,7 +110,7 @@ def take_backup(
         for segment_id in frozen.segment_ids:
             with contextlib.suppress(FileNotFoundError):  # none, or compaction removed it
                 os.link(store_dir / hint_name(segment_id), stage / hint_name(segment_id))
-        verify_copy(stage)
+        (verify or verify_copy)(stage)
         if stage != destination:
             _copy_files(stage, destination)
         _fsync_dir(destination)
@@ -204,6 +211,40 @@ def verify_copy(directory: Path, io: FileIO | None = None, *, strict: bool = Fal
             path.unlink()
 
 
+def verify_copy_in_child(directory: Path) -> None:
+    """``verify_copy`` in a child process at a lower CPU priority, same result and errors.
+
+    In a server, verifying in a thread holds the interpreter's lock for every record checked
+    (seconds for a large store), which the event loop serving the writers then waits for; a child
+    process leaves the server's interpreter alone, and runs on another core when there is one.
+    """
+    done = subprocess.run(
+        [sys.executable, "-m", "filekv.engine.backup", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode == 0:
+        return
+    try:
+        found = json.loads(done.stdout)
+        error = CorruptStore(str(found["path"]), int(found["offset"]), str(found["reason"]))
+    except (ValueError, KeyError, TypeError):
+        raise StorageError(f"verifying the backup failed: {done.stderr.strip()[-500:]}") from None
+    raise error
+
+
+def _verify_main(argv: list[str]) -> int:
+    """``python -m filekv.engine.backup DIR``: ``verify_copy(DIR)``; damage as JSON, exit 1."""
+    os.nice(10)  # the server comes first
+    try:
+        verify_copy(Path(argv[1]))
+    except CorruptStore as error:
+        print(json.dumps({"path": error.path, "offset": error.offset, "reason": error.reason}))
+        return 1
+    return 0
+
+
 def remove_stale_staging(store_dir: Path) -> int:
     """Remove the staging folders a backup interrupted by a crash left in ``store_dir``.
 
@@ -271,4 +312,9 @@ __all__ = [
     "remove_stale_staging",
     "take_backup",
     "verify_copy",
+    "verify_copy_in_child",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(_verify_main(sys.argv))

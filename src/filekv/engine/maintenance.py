@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .backup import take_backup
+from .backup import take_backup, verify_copy_in_child
 from .compaction import Compactor
 from .durability import GroupCommit, RoundObserver
 from .index import KeyIndex
@@ -43,10 +43,13 @@ class StoreMaintenance:
             self._check_open()
         return self._compactor.compact()
 
-    def backup(self, dest_dir: str | os.PathLike[str]) -> dict[str, int]:
+    def backup(
+        self, dest_dir: str | os.PathLike[str], *, verify_in_child: bool = False
+    ) -> dict[str, int]:
         """Write a copy of the store as of one revision into ``dest_dir`` (new or empty) while
         writes go on: ``{"revision", "keys", "files", "bytes"}``. The copy is a store that
-        ``Store.open`` accepts, every record checksum verified; ``backup.py`` says how."""
+        ``Store.open`` accepts, every record checksum verified (``verify_in_child``: by a child
+        process, as a server does to keep its interpreter free); ``backup.py`` says how."""
         self._check_open()
         return take_backup(
             self._lock,
@@ -55,6 +58,7 @@ class StoreMaintenance:
             revision=lambda: self._writer.revision,
             keys=lambda: len(self._index) - self._index.expired_count(self._clock()),
             destination=Path(dest_dir),
+            verify=verify_copy_in_child if verify_in_child else None,
         ).as_dict()
 
     def stats(self) -> StoreStats:

@@ -76,7 +76,7 @@ class Backups:
 
 def _stage(store: Store) -> tuple[Path, Manifest]:
     remove_stale_staging(store.path)  # we hold the slot: no other backup's folder is there
-    return stage_backup(store)
+    return stage_backup(store, verify_in_child=True)  # the event loop keeps the GIL
 
 
 class BackupResponse(Response):
