@@ -1,6 +1,7 @@
 """Watch benchmark (issue 12): many SSE watchers on one ``filekv serve``, and publish's cost.
 
     python bench/watch.py [--watchers 1000] [--prefixes 100] [--rate 1000] [--seconds 10]
+                          [--wait-quiet 120]
     python bench/watch.py --part publish      # only the in-process put with and without the feed
 
 Part "publish": ``Store.put`` (fsync=never, in process) with the change feed as it is, beside the
@@ -42,7 +43,13 @@ import orjson  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from _common import CpuWatch, bench_tmpdir, describe_load, machine_info  # noqa: E402
+from _common import (  # noqa: E402
+    CpuWatch,
+    bench_tmpdir,
+    describe_load,
+    machine_info,
+    wait_for_quiet,
+)
 from support.server import Server  # noqa: E402
 
 from filekv.engine import Store  # noqa: E402
@@ -292,7 +299,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument(
+        "--wait-quiet", type=float, default=120.0, help="seconds to wait for an idle machine"
+    )
     args = parser.parse_args()
+    wait_for_quiet(args.wait_quiet, log=lambda message: print(f"({message})", flush=True))
     base = bench_tmpdir(args.tmpdir)
     print("# bench/watch.py")
     for name, value in machine_info(base).items():
