@@ -130,7 +130,14 @@ class ChangeFeed:
         if self._sync_waiting:
             self._ready.notify_all()
         waiters, self._loop_waiters = self._loop_waiters, {}
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         for loop, futures in waiters.items():
+            if loop is running:  # a write from a coroutine (aput): no self-pipe write needed
+                loop.call_soon(_release, futures)
+                continue
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is left to wake
                 loop.call_soon_threadsafe(_release, futures)
 
