@@ -29,6 +29,7 @@ import filekv
 from filekv.backup_cli import register_backup_verbs
 from filekv.client_cli import register_verbs
 from filekv.settings import Settings, load_settings
+from filekv.transfer_cli import register_transfer_verbs
 
 if TYPE_CHECKING:
     import uvicorn
@@ -133,6 +134,12 @@ def serve(
     body_total_timeout: Annotated[
         float | None, typer.Option(help=_help("body_total_timeout"))
     ] = None,
+    export_max_concurrent: Annotated[
+        int | None, typer.Option(help=_help("export_max_concurrent"))
+    ] = None,
+    export_time_limit: Annotated[
+        float | None, typer.Option(help=_help("export_time_limit"))
+    ] = None,
     backup_time_limit: Annotated[
         float | None, typer.Option(help=_help("backup_time_limit"))
     ] = None,
@@ -177,6 +184,8 @@ def serve(
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         body_total_timeout=body_total_timeout,
+        export_max_concurrent=export_max_concurrent,
+        export_time_limit=export_time_limit,
         backup_time_limit=backup_time_limit,
         watch_history=watch_history,
         watch_max_watchers=watch_max_watchers,
@@ -569,6 +578,7 @@ def compact(data_dir: DataDirOption = None) -> None:
 
 register_verbs(app)
 register_backup_verbs(app)
+register_transfer_verbs(app)
 
 
 def main() -> None:

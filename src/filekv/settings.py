@@ -98,6 +98,20 @@ class Settings(BaseSettings):
         le=86_400,
         description="Seconds a request body may take to arrive in full; then 408.",
     )
+    export_max_concurrent: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="GET /export answers streaming at once; one more is 429 (each holds a copy "
+        "of its keys and keeps the segment files it reads open).",
+    )
+    export_time_limit: float = Field(
+        600.0,
+        gt=0,
+        le=86_400,
+        description="Seconds one GET /export may take to send, a slow reader's included; then "
+        "the connection is closed and the client sees a truncated answer.",
+    )
     backup_time_limit: float = Field(
         3600.0,
         gt=0,

@@ -18,6 +18,7 @@ from filekv.client._errors import (
     Unavailable,
     translate_transport_errors,
 )
+from filekv.client._export import ExportStream
 from filekv.client._models import Entry
 from filekv.client._watch import Change, Resume, watch_sync
 
@@ -179,6 +180,25 @@ class Client:
         revision last) or a dict ``{"op", "key", "value", "expect"}``.
         """
         return p.decode_revision(self._send(p.batch_call(ops)))
+
+    @contextlib.contextmanager
+    def export(self, prefix: str = "") -> Iterator[ExportStream]:
+        """``GET /export`` streamed: every key starting with ``prefix`` as of one revision.
+
+        ``with kv.export("user/") as stream:`` then ``stream.revision`` and ``for entry in
+        stream`` (or ``stream.chunks()`` for the raw JSON Lines); ``Unavailable`` if the answer
+        is cut short, ``TooManyRequests`` if the server streams too many exports already.
+        """
+        request = self._http.build_request("GET", "/export", params={"prefix": prefix})
+        with translate_transport_errors():
+            response = self._http.send(request, stream=True)
+        try:
+            if response.status_code >= 400:
+                response.read()
+                p.check(response)
+            yield ExportStream(response)
+        finally:
+            response.close()
 
     # --- backup
 

@@ -26,11 +26,12 @@ from filekv.service.console import install_console
 from filekv.service.backup import Backups
 from filekv.service.docs import install_docs
 from filekv.service.errors import install_error_handlers
+from filekv.service.export import ExportSlots
 from filekv.service.logs import AccessLog
 from filekv.service.metrics import Metrics, RouteTemplates
 from filekv.service.middleware import RequestMiddleware
 from filekv.service.protocol import MAX_HEADER_BYTES, client_disconnected
-from filekv.service.routes import auth, backup, batch, health, keys, transactions, watch
+from filekv.service.routes import auth, backup, batch, export, health, keys, transactions, watch
 from filekv.service.routes import metrics as metrics_routes
 from filekv.service.schemas import error
 from filekv.service.transactions import TransactionManager
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     app.state.settings = settings
+    app.state.exports = ExportSlots(settings.export_max_concurrent)
     # Per application, never prometheus-client's global registry (tests build many apps).
     metrics = Metrics(app.state) if settings.metrics else None
     app.state.metrics = metrics
@@ -135,6 +137,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.routes.extend([*keys.fast_routes(), *batch.fast_routes()])
     app.include_router(keys.router)
     app.include_router(batch.router)
+    app.include_router(export.router)
     app.include_router(transactions.router)
     app.include_router(backup.router)
     app.include_router(auth.router)

@@ -23,6 +23,7 @@ The service's own errors::
     ├── BodyTooLarge           request body over the limit, refused unread        413
     ├── UnsupportedMediaType   a body whose Content-Type is not JSON              415
     ├── HeadersTooLarge        request headers over the limit, refused            431
+    ├── TooManyExports         export_max_concurrent exports already stream       429 + Retry-After
     ├── BackupRunning          a backup is streaming already (one at a time)      429 + Retry-After
     ├── TooManyWatchers        watch_max_watchers watchers already served         503 + Retry-After
     ├── RevisionAhead          a watch or long poll from a revision the store has not reached 409
@@ -161,6 +162,17 @@ class HeadersTooLarge(ServiceError):
     """The request's headers add up to more than the server accepts."""
 
 
+class TooManyExports(ServiceError):
+    """As many exports as ``export_max_concurrent`` allows are streaming; ``retry_after`` s."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            f"too many exports: {limit} already streaming (export_max_concurrent); "
+            f"retry after {retry_after} s"
+        )
+
+
 class BackupRunning(ServiceError):
     """A backup is streaming already (one at a time); ``retry_after`` is whole seconds."""
 
@@ -254,6 +266,7 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     BodyTooLarge: ErrorAnswer(413),
     UnsupportedMediaType: ErrorAnswer(415),
     HeadersTooLarge: ErrorAnswer(431),
+    TooManyExports: ErrorAnswer(429, _retry_after),
     BackupRunning: ErrorAnswer(429, _retry_after),
     StoreUnavailable: ErrorAnswer(503, detail="the store is not open"),
     TooManyWatchers: ErrorAnswer(503, _retry_after),

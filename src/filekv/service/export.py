@@ -1,0 +1,138 @@
+"""Streaming an export: JSON Lines read off a ``Snapshot`` in chunks, with every input bounded.
+
+``GET /export`` (``routes/export.py``) takes a snapshot of the keys under a prefix and answers
+with an ``ExportResponse``, which sends one ``{"key", "value", "revision"}`` line per key in key
+order. What bounds it:
+
+- memory: the engine reads a chunk (``CHUNK_KEYS`` keys, about ``CHUNK_BYTES`` of values), a
+  worker thread encodes it, the event loop sends it; the next chunk is read only once the
+  client has taken this one (transport flow control), so an export holds about one chunk.
+- count: ``ExportSlots`` lets ``export_max_concurrent`` exports run at once; one more is 429
+  with ``Retry-After``, refused before the snapshot is taken.
+- time: ``export_time_limit`` seconds from the first byte to the last. A client that stops
+  reading would otherwise hold the snapshot (its pinned segment files, its copy of the index)
+  and a slot for ever; at the limit the connection is closed without the chunked body's end, so
+  the client sees a truncated answer, never a short one that looks complete (and
+  ``X-Filekv-Keys`` says how many lines a complete one has).
+
+The snapshot is closed, and the slot freed, whichever way the response ends: all sent, the
+client gone (Starlette cancels the stream on ``http.disconnect``), or the time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Final
+
+import orjson
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from filekv.engine.snapshot import CHUNK_BYTES, CHUNK_KEYS, Snapshot
+from filekv.service.errors import TooManyExports
+
+log = logging.getLogger(__name__)
+
+MEDIA_TYPE: Final = "application/x-ndjson"
+REVISION_HEADER: Final = "X-Filekv-Revision"
+KEYS_HEADER: Final = "X-Filekv-Keys"
+RETRY_AFTER_SECONDS: Final = 5
+
+
+class ExportSlots:
+    """How many exports may stream at once. Used on the event loop only: no lock."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def acquire(self) -> Callable[[], None]:
+        """Take a slot (TooManyExports if none is free); call what it returns to give it back."""
+        if self.active >= self.limit:
+            raise TooManyExports(self.limit, RETRY_AFTER_SECONDS)
+        self.active += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.active -= 1
+
+        return release
+
+
+def encode_chunk(snapshot: Snapshot) -> tuple[bytes, int]:
+    """The next chunk's lines and how many there are ((b"", 0) at the end). In a worker thread:
+    reading values and encoding them stays off the event loop."""
+    items = snapshot.chunk(CHUNK_KEYS, CHUNK_BYTES)
+    if not items:
+        return b"", 0
+    dumps = orjson.dumps
+    lines = [
+        # Values written through the API are UTF-8; anything else is shown, as GET shows it.
+        dumps({"key": key, "value": value.decode("utf-8", "replace"), "revision": revision})
+        for key, value, revision in items
+    ]
+    lines.append(b"")
+    return b"\n".join(lines), len(items)
+
+
+async def _lines(snapshot: Snapshot) -> AsyncIterator[bytes]:
+    while True:
+        data, count = await asyncio.to_thread(encode_chunk, snapshot)
+        if not count:
+            return
+        yield data
+
+
+class ExportResponse(StreamingResponse):
+    """The JSON Lines of ``snapshot``, sent within ``time_limit`` seconds; closes the snapshot
+    and calls ``release`` when done, whatever the outcome."""
+
+    def __init__(
+        self, snapshot: Snapshot, release: Callable[[], None], *, time_limit: float
+    ) -> None:
+        super().__init__(
+            _lines(snapshot),
+            media_type=MEDIA_TYPE,
+            headers={REVISION_HEADER: str(snapshot.revision), KEYS_HEADER: str(len(snapshot))},
+        )
+        self._snapshot = snapshot
+        self._release = release
+        self._time_limit = time_limit
+
+    def _finish(self) -> None:
+        # Waits for a chunk still being read in a worker thread (one chunk: ~1 ms). Idempotent.
+        self._snapshot.close()
+        self._release()
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        # Before the body's end goes out: a client that asks for its next export as soon as
+        # this one ended must find the slot free.
+        self._finish()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        snapshot = self._snapshot
+        try:
+            async with asyncio.timeout(self._time_limit):
+                await super().__call__(scope, receive, send)
+        except TimeoutError:
+            # Returning without the body's end: the server closes the connection.
+            log.warning(
+                "export of %r at revision %d cut off at export_time_limit (%s s), "
+                "%d of %d keys not sent",
+                snapshot.prefix,
+                snapshot.revision,
+                self._time_limit,
+                snapshot.remaining,
+                len(snapshot),
+            )
+        finally:
+            self._finish()

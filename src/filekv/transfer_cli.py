@@ -1,0 +1,395 @@
+"""``filekv export`` and ``filekv import``: moving keys out of and into a store as JSON Lines.
+
+The format is ``GET /export``'s: one ``{"key": K, "value": V, "revision": R}`` object per line,
+sorted by key (``revision`` is what the source store had; an import writes new revisions and
+ignores it). ``export`` streams the server's snapshot to a file (written beside it as
+``FILE.partial`` and renamed once complete, so a cut-off export never leaves a short file
+under the real name) or to stdout. ``import`` reads a file or stdin line by line and writes
+batches of ``--batch-size`` keys: through ``POST /batch`` (``--url``), or straight into a data
+directory no server is using (``--data-dir``, as ``filekv compact`` does). ``--dry-run`` only
+validates and counts.
+
+A bad line stops the import with its line number; the batches written before it stay (each is
+atomic), the lines of the batch it was in are not written, and the summary says how many keys
+were. Both verbs show a progress bar (keys, keys/s, ETA) on stderr when stderr is a terminal,
+and none otherwise; the summary line goes to stderr too (``--json``: as JSON on stdout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Annotated, Any, Final
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from filekv.client import Client, FilekvError
+from filekv.client_cli import (
+    EXIT_CODES_HELP,
+    JsonOption,
+    UrlOption,
+    connect,
+    emit_json,
+    exit_code,
+    fail,
+)
+
+BATCH_KEYS: Final = 1000  # POST /batch takes at most 1000 operations ...
+BATCH_BYTES: Final = 12 << 20  # ... in a body of at most 16 MiB: keep a margin for the framing
+LINE_FIELDS: Final = frozenset({"key", "value", "revision"})
+EXIT_BAD_INPUT: Final = 2
+
+
+class Refused(Exception):
+    """A batch the server or the store would not write; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class BadLine(Exception):
+    """A line of the input that is not one ``{"key", "value", "revision"?}`` object."""
+
+    def __init__(self, number: int, reason: str) -> None:
+        super().__init__(f"line {number}: {reason}")
+        self.number = number
+
+
+# -- reading the input ---------------------------------------------------------------------------
+
+
+def parse_line(number: int, line: bytes) -> tuple[str, str]:
+    """The key and value of one JSON line; BadLine naming ``number`` if it is not one."""
+    try:
+        item = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        raise BadLine(number, f"not JSON ({error})") from None
+    if not isinstance(item, dict):
+        raise BadLine(number, 'expected an object {"key": K, "value": V, "revision": R?}')
+    key = item.get("key")
+    value = item.get("value")
+    if not isinstance(key, str) or not key:
+        raise BadLine(number, '"key" must be a non-empty string')
+    if not isinstance(value, str):
+        raise BadLine(number, '"value" must be a string')
+    extra = item.keys() - LINE_FIELDS
+    if extra:
+        raise BadLine(number, f"unknown field {sorted(extra)[0]!r}")
+    revision = item.get("revision")
+    if revision is not None and (type(revision) is not int or revision < 0):
+        raise BadLine(number, '"revision" must be a whole number >= 0')
+    return key, value
+
+
+@dataclass
+class Batch:
+    """Keys and values read for the next write, and the lines they came from."""
+
+    first_line: int = 0
+    last_line: int = 0
+    keys: list[str] = field(default_factory=list)
+    values: list[str] = field(default_factory=list)
+    size: int = 0
+
+
+def read_batches(lines: IO[bytes], batch_keys: int) -> Iterator[Batch]:
+    """Batches of at most ``batch_keys`` keys (and ``BATCH_BYTES``), in input order; blank lines
+    skipped. A bad line raises BadLine after the batches before its own were yielded."""
+    batch = Batch()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        key, value = parse_line(number, line)
+        size = len(line) + 16  # as a batch operation: the line's JSON, give or take a field name
+        if batch.keys and (len(batch.keys) >= batch_keys or batch.size + size > BATCH_BYTES):
+            yield batch
+            batch = Batch()
+        if not batch.keys:
+            batch.first_line = number
+        batch.last_line = number
+        batch.keys.append(key)
+        batch.values.append(value)
+        batch.size += size
+    if batch.keys:
+        yield batch
+
+
+def count_lines(path: Path) -> int | None:
+    """Lines in a regular file (for the progress bar's total and ETA); None for anything else."""
+    if not path.is_file():
+        return None
+    count = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+    return count
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+
+class KeysPerSecond(ProgressColumn):
+    """The task's speed as keys/s."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- keys/s" if speed is None else f"{speed:,.0f} keys/s")
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Any]:
+    """A function ``advance(keys)``: a rich progress bar on stderr if it is a terminal, else
+    nothing at all (no escape codes in a log or a pipe)."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda _keys: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("keys"),
+        KeysPerSecond(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda keys: progress.advance(task, keys)
+
+
+def _rate(keys: int, seconds: float) -> str:
+    return f"{keys / seconds:,.0f} keys/s" if seconds > 0 else "-- keys/s"
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+# -- export --------------------------------------------------------------------------------------
+
+
+def export(
+    prefix: Annotated[str, typer.Option("--prefix", help="Only keys starting with this.")] = "",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "-o", "--output", help="Write to this file (default: stdout).", show_default=False
+        ),
+    ] = None,
+    url: UrlOption = None,
+) -> None:
+    """Write every key (starting with PREFIX) as JSON Lines, sorted, all as of one revision."""
+    started = time.monotonic()
+    partial = None if output is None else output.with_name(output.name + ".partial")
+    try:
+        with connect(url) as kv, kv.export(prefix) as stream:
+            handle = sys.stdout.buffer if partial is None else partial.open("wb")
+            try:
+                with progress_bar("export", stream.keys) as advance:
+                    for data, count in stream.chunks():
+                        handle.write(data)
+                        advance(count)
+                handle.flush()
+            finally:
+                if handle is not sys.stdout.buffer:
+                    handle.close()
+            if partial is not None and output is not None:
+                os.replace(partial, output)
+    finally:
+        if partial is not None:
+            partial.unlink(missing_ok=True)
+    seconds = time.monotonic() - started
+    _note(
+        f"exported {stream.received:,} keys at revision {stream.revision} in {seconds:.1f} s "
+        f"({_rate(stream.received, seconds)})"
+    )
+
+
+# -- import --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportResult:
+    written: int = 0  # keys written (or, with --dry-run, that would be)
+    last_line: int = 0  # the last line of the last batch written
+    revision: int | None = None
+
+
+def _open_input(source: str) -> IO[bytes]:
+    if source == "-":
+        return sys.stdin.buffer
+    try:
+        return Path(source).open("rb")
+    except OSError as error:
+        fail(f"cannot read {source}: {error.strerror or error}", EXIT_BAD_INPUT)
+
+
+def _import_batches(
+    batches: Iterator[Batch], result: ImportResult, write: Any, advance: Any
+) -> None:
+    for batch in batches:
+        revision = write(batch)
+        if revision is not None:
+            result.revision = revision
+        result.written += len(batch.keys)
+        result.last_line = batch.last_line
+        advance(len(batch.keys))
+
+
+def _write_online(kv: Client, result: ImportResult) -> Any:
+    def write(batch: Batch) -> int | None:
+        ops = [
+            {"op": "put", "key": key, "value": value}
+            for key, value in zip(batch.keys, batch.values, strict=True)
+        ]
+        try:
+            return kv.batch(ops)
+        except FilekvError as error:
+            status = "" if error.status is None else f" ({error.status})"
+            raise Refused(_refused(batch, error.detail + status), exit_code(error)) from None
+
+    return write
+
+
+def import_(
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="FILE|-",
+            help='JSON Lines as `filekv export` writes them: {"key": K, "value": V, '
+            '"revision": R} per line ("revision" is ignored); "-" reads stdin.',
+        ),
+    ],
+    url: UrlOption = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Write straight into this data directory instead of a server (refused while "
+            "a server uses it).",
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only validate every line and count the keys.")
+    ] = False,
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", min=1, max=BATCH_KEYS, help="Keys written per atomic batch."),
+    ] = BATCH_KEYS,
+    as_json: JsonOption = False,
+) -> None:
+    """Write every key of FILE (JSON Lines) in atomic batches; a bad line stops it, naming it."""
+    if url is not None and data_dir is not None:
+        fail("give --url or --data-dir, not both", EXIT_BAD_INPUT)
+    started = time.monotonic()
+    total = None if source == "-" else count_lines(Path(source))
+    result = ImportResult()
+    handle = _open_input(source)
+    batches = read_batches(handle, batch_size)
+    failure: tuple[str, int] | None = None
+    try:
+        with progress_bar("import", total) as advance:
+            if dry_run:
+                _import_batches(batches, result, lambda _batch: None, advance)
+            elif data_dir is not None:
+                _import_offline(data_dir, batches, result, advance)
+            else:
+                with connect(url) as kv:
+                    _import_batches(batches, result, _write_online(kv, result), advance)
+    except BadLine as error:
+        failure = (f"{'stdin' if source == '-' else source} {error}", EXIT_BAD_INPUT)
+    except Refused as error:
+        failure = (str(error), error.code)
+    finally:
+        if handle is not sys.stdin.buffer:
+            handle.close()
+    seconds = time.monotonic() - started
+    verb = "would write" if dry_run else "wrote"
+    summary = (
+        f"{verb} {result.written:,} keys"
+        f"{f' (lines 1-{result.last_line:,})' if result.last_line else ''}"
+        f"{'' if result.revision is None else f' up to revision {result.revision}'}"
+        f" in {seconds:.1f} s ({_rate(result.written, seconds)})"
+    )
+    if as_json:
+        emit_json(
+            {
+                "written": 0 if dry_run else result.written,
+                "valid": result.written,
+                "last_line": result.last_line,
+                "revision": result.revision,
+                "seconds": round(seconds, 3),
+                "error": None if failure is None else failure[0],
+            }
+        )
+    if failure is not None:
+        _note(f"filekv: {failure[0]}")
+        _note(summary)
+        raise typer.Exit(failure[1])
+    if not as_json:
+        _note(summary)
+
+
+def _refused(batch: Batch, detail: str) -> str:
+    return (
+        f"the batch of lines {batch.first_line}-{batch.last_line} was refused, none of it "
+        f"written: {detail}"
+    )
+
+
+def _import_offline(
+    data_dir: Path, batches: Iterator[Batch], result: ImportResult, advance: Any
+) -> None:
+    from filekv.engine import Put, Store, StoreError, StoreLocked
+    from filekv.settings import load_settings
+
+    settings = load_settings(data_dir=data_dir)
+    try:
+        store = Store.open(data_dir, settings.store_options())
+    except StoreLocked:
+        fail(f"data directory {data_dir.resolve()} is in use (is a server running?)", 1)
+    except StoreError as error:
+        fail(f"cannot open {data_dir}: {error}", 1)
+    with store:
+
+        def write(batch: Batch) -> int:
+            ops = [
+                Put(key, value.encode("utf-8"))
+                for key, value in zip(batch.keys, batch.values, strict=True)
+            ]
+            try:
+                return store.batch(ops)
+            except StoreError as error:
+                raise Refused(_refused(batch, str(error)), EXIT_BAD_INPUT) from None
+
+        _import_batches(batches, result, write, advance)
+
+
+VERBS: Final = ((export, "export"), (import_, "import"))
+
+
+def register_transfer_verbs(app: typer.Typer) -> None:
+    """Add ``export`` and ``import`` to the ``filekv`` app."""
+    for verb, name in VERBS:
+        app.command(name, epilog=EXIT_CODES_HELP)(verb)

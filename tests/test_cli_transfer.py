@@ -1,0 +1,195 @@
+"""``filekv export`` and ``filekv import`` as a user runs them: real CLI processes, real servers.
+
+The round trip (export, import into an empty server, export again: the same keys and values)
+runs with 100,000 keys here and with 1,000,000 under ``FILEKV_SOAK=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from support.server import FILEKV, Server, read_all
+
+SOAK = os.environ.get("FILEKV_SOAK") == "1"
+ROUND_TRIP_KEYS = 1_000_000 if SOAK else 100_000
+
+MakeServer = Callable[..., Server]
+
+
+def filekv(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [FILEKV, *args],
+        input=None if stdin is None else stdin.decode(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+def write_lines(
+    path: Path, items: list[dict[str, object]], bad: dict[int, bytes] | None = None
+) -> Path:
+    """JSON Lines of ``items``; ``bad`` replaces line N (1-based) with raw bytes."""
+    with path.open("wb") as handle:
+        for number, item in enumerate(items, 1):
+            if bad and number in bad:
+                handle.write(bad[number] + b"\n")
+            else:
+                handle.write(orjson.dumps(item) + b"\n")
+    return path
+
+
+def pairs(path: Path) -> list[tuple[str, str]]:
+    return [(line["key"], line["value"]) for line in map(json.loads, path.read_text().splitlines())]
+
+
+def test_cli_export_import_round_trip(make_server: MakeServer, tmp_path: Path) -> None:
+    source_dir = tmp_path / "source"
+    items = [
+        {
+            "key": f"user/{i:07d}/{'é' if i % 7 == 0 else 'e'}",
+            "value": f"value {i} " + "x" * (i % 50),
+        }
+        for i in range(ROUND_TRIP_KEYS)
+    ]
+    items.append({"key": 'odd\nkey "quoted"', "value": "line one\nline two\t\u0000 ✓"})
+    original = write_lines(tmp_path / "original.jsonl", items)
+    loaded = filekv("import", str(original), "--data-dir", str(source_dir))  # offline
+    assert loaded.returncode == 0, loaded.stderr
+    assert f"wrote {len(items):,} keys" in loaded.stderr
+
+    source = Server(source_dir, tmp_path / "source.log", fsync="never")
+    source.start()
+    target = make_server(fsync="never")
+    try:
+        exported = tmp_path / "exported.jsonl"
+        result = filekv("export", "-o", str(exported), "--url", source.url)
+        assert result.returncode == 0, result.stderr
+        assert f"exported {len(items):,} keys" in result.stderr
+        assert not (tmp_path / "exported.jsonl.partial").exists()
+        assert pairs(exported) == sorted((item["key"], item["value"]) for item in items)
+
+        result = filekv("import", str(exported), "--url", target.url)
+        assert result.returncode == 0, result.stderr
+        assert f"wrote {len(items):,} keys" in result.stderr
+
+        again = tmp_path / "again.jsonl"
+        assert filekv("export", "-o", str(again), "--url", target.url).returncode == 0
+        assert pairs(again) == pairs(exported)
+        with target.client() as http:
+            assert http.get("/stats").json()["keys"] == len(items)
+    finally:
+        source.stop()
+
+
+def test_cli_import_bad_line_names_it_and_keeps_earlier_batches(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = make_server(fsync="never")
+    items = [{"key": f"k{i:05d}", "value": str(i)} for i in range(1, 2501)]
+    path = write_lines(tmp_path / "in.jsonl", items, bad={2203: b'{"key": "k", "value": 5}'})
+    result = filekv("import", str(path), "--url", server.url, "--batch-size", "1000")
+    assert result.returncode == 2
+    assert "line 2203" in result.stderr and '"value" must be a string' in result.stderr
+    assert "wrote 2,000 keys (lines 1-2,000)" in result.stderr
+    with server.client() as http:
+        lines = http.get("/export").text.splitlines()
+    assert [json.loads(line)["key"] for line in lines] == [f"k{i:05d}" for i in range(1, 2001)]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"not json", "not JSON"),
+        (b'["k", "v"]', "expected an object"),
+        (b'{"key": "", "value": "v"}', '"key" must be a non-empty string'),
+        (b'{"value": "v"}', '"key" must be a non-empty string'),
+        (b'{"key": "k", "value": "v", "ttl": 5}', "unknown field 'ttl'"),
+        (b'{"key": "k", "value": "v", "revision": "7"}', '"revision" must be a whole number'),
+        (b"\xff\xfe", "not JSON"),
+    ],
+)
+def test_cli_import_dry_run_validates_and_counts(tmp_path: Path, line: bytes, message: str) -> None:
+    good = write_lines(tmp_path / "good.jsonl", [{"key": f"k{i}", "value": "v"} for i in range(5)])
+    result = filekv("import", str(good), "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["valid"] == 5
+    assert json.loads(result.stdout)["written"] == 0
+    bad = write_lines(tmp_path / "bad.jsonl", [{"key": "a", "value": "v"}] * 3, bad={2: line})
+    result = filekv("import", str(bad), "--dry-run")
+    assert result.returncode == 2
+    assert f"line 2: {message}" in result.stderr
+
+
+def test_cli_import_from_stdin_and_refused_batch(make_server: MakeServer, tmp_path: Path) -> None:
+    server = make_server(fsync="never", max_value_bytes=10)
+    lines = b'{"key": "a", "value": "short"}\n\n{"key": "b", "value": "far too long a value"}\n'
+    result = filekv("import", "-", "--url", server.url, "--batch-size", "1", stdin=lines)
+    assert result.returncode == 2, result.stderr
+    assert "the batch of lines 3-3 was refused" in result.stderr
+    assert "wrote 1 keys (lines 1-1)" in result.stderr
+    with server.client() as http:
+        assert read_all(http, "") == {"a": "short"}
+
+
+def test_cli_import_data_dir_in_use_is_refused(make_server: MakeServer, tmp_path: Path) -> None:
+    server = make_server()
+    path = write_lines(tmp_path / "in.jsonl", [{"key": "k", "value": "v"}])
+    result = filekv("import", str(path), "--data-dir", str(server.data_dir))
+    assert result.returncode == 1
+    assert "in use" in result.stderr
+    both = filekv("import", str(path), "--data-dir", "x", "--url", server.url)
+    assert both.returncode == 2
+
+
+def test_cli_export_to_stdout_and_errors(make_server: MakeServer, tmp_path: Path) -> None:
+    server = make_server(auth_mode="all")
+    result = filekv("export", "--url", server.url)
+    assert result.returncode == 4  # 401: not logged in
+    assert result.stdout == ""
+    down = filekv("export", "--url", "http://127.0.0.1:9", "-o", str(tmp_path / "out.jsonl"))
+    assert down.returncode == 7
+    assert not list(tmp_path.glob("out.jsonl*"))  # neither the file nor its .partial
+
+
+def _run_on_a_terminal(args: list[str]) -> bytes:
+    """Run with stderr on a pseudo-terminal; everything written there."""
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [FILEKV, *args], stdout=subprocess.DEVNULL, stderr=slave, stdin=subprocess.DEVNULL
+    )
+    os.close(slave)
+    output = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 1 << 16)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not data:
+            break
+        output += data
+    process.wait(60)
+    os.close(master)
+    return output
+
+
+def test_cli_import_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "in.jsonl", [{"key": f"k{i}", "value": "v"} for i in range(3000)])
+    on_terminal = _run_on_a_terminal(["import", str(path), "--dry-run"])
+    assert b"keys/s" in on_terminal and b"3000/3000" in on_terminal
+    assert b"\x1b[" in on_terminal
+    piped = filekv("import", str(path), "--dry-run")
+    assert "\x1b[" not in piped.stderr and "3000/3000" not in piped.stderr
+    assert "would write 3,000 keys" in piped.stderr
