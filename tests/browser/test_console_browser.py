@@ -248,6 +248,12 @@ def test_console_browses_folders_as_a_tree_and_as_a_flat_list(
     page.fill("#prefix", "shop/products/t")
     page.press("#prefix", "Enter")
     expect(page.locator("#key-list .row.key .row-name")).to_have_text(["shop/products/teapot"])
+    page.click("#view-tree")  # rows named from the last "/" of the prefix, folders grouped
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["teapot"])
+    page.fill("#prefix", "shop/c")
+    page.press("#prefix", "Enter")
+    expect(page.locator("#key-list .row.folder .row-name")).to_have_text(["customers/"])
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["config.json"])
 
 
 def test_console_finds_keys_by_exact_value(

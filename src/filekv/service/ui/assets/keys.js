@@ -198,15 +198,20 @@ export class KeyBrowser {
     this.status.textContent = `${range}${what}${where}${this.next === null ? "" : " · more on the next page"}`;
   }
 
+  /** What tree rows are named relative to: the prefix up to its last "/" (a folder). */
+  get base() {
+    return this.prefix.slice(0, this.prefix.lastIndexOf("/") + 1);
+  }
+
   folderRow(folder) {
-    const label = printable(folder.slice(this.prefix.length));
+    const label = printable(folder.slice(this.base.length));
     return el("button", { type: "button", class: "row folder", title: printable(folder), onclick: () => this.go({ prefix: folder }) },
       el("span", { class: "row-icon", "aria-hidden": "true" }, "▸"), el("span", { class: "row-name" }, label),
       el("span", { class: "sr-only" }, " (folder)"));
   }
 
   keyRow(key) {
-    const label = this.mode === "tree" ? key.slice(this.prefix.length) : key;
+    const label = this.mode === "tree" ? key.slice(this.base.length) : key;
     const staged = this.app.transactions.stagedOp(key) === "put";
     return el("button", {
       type: "button", class: "row key", title: printable(key),
