@@ -594,6 +594,9 @@ def test_console_two_browsers_one_holds_the_lock_the_other_waits(
     for control in ("#new-key", "#edit", "#delete", "#tx-begin"):
         expect(waiter.locator(control)).to_be_disabled()
     expect(holder.locator("#lock-banner")).to_be_hidden()
+    waiter.locator("#value").focus()
+    waiter.keyboard.press("n")  # a shortcut is refused too, and says why
+    expect_error(waiter, expect, "New key: another client holds the transaction lock")
     clear_notices(waiter)
     waiter.screenshot(path=shots / "console-locked.png")
 
@@ -622,11 +625,16 @@ def test_console_a_write_refused_by_the_lock_says_why(
     page.fill("#edit-value", "1")
     hank = _token(http, "hank")
     assert http.post("/transactions", headers=hank).status_code == 201  # before the poll sees it
-    page.click("#save")
-    # Either the poll disabled Save first, or the server's 423 is shown with its detail.
+    page.locator("#edit-value").press("Control+Enter")  # a key, so a disabled button is no bar
+    # The server's 423 with its detail, or, if the poll saw the lock first, the console's word.
+    refused = page.locator(".notice.error").filter(
+        has_text=re.compile(
+            "locked: another client holds the transaction; retry after|"
+            "Save: another client holds the transaction lock; writes wait until it ends"
+        )
+    )
+    expect(refused).to_have_count(1)
     expect(page.locator("#lock-banner")).to_be_visible()
-    if page.locator(".notice.error").count():
-        expect_error(page, expect, "locked: another client holds the transaction")
     assert value_of(http, "race/x") is None
 
 

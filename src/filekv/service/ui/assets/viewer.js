@@ -59,7 +59,7 @@ export class Viewer {
   }
 
   edit() {
-    if (this.mode !== "view" || this.app.transactions.lockedByOther) return;
+    if (this.mode !== "view" || this.refusedByLock("Edit")) return;
     this.mode = "edit";
     this.editRevision = this.entry.revision;
     this.draft = this.entry.value;
@@ -69,7 +69,7 @@ export class Viewer {
   }
 
   create() {
-    if (this.app.transactions.lockedByOther) return;
+    if (this.refusedByLock("New key")) return;
     const prefix = this.app.browser.prefix;
     this.mode = "create";
     this.conflict = null;
@@ -82,13 +82,20 @@ export class Viewer {
     input.setSelectionRange(input.value.length, input.value.length);
   }
 
+  /** A write asked for (by a key) while another client holds the lock: say so, do nothing. */
+  refusedByLock(what) {
+    if (!this.app.transactions.lockedByOther) return false;
+    this.app.notices.error(`${what}: another client holds the transaction lock; writes wait until it ends.`);
+    return true;
+  }
+
   cancel() {
     if (this.mode === "edit") this.show(this.entry.key, { quiet: true });
     else if (this.mode === "create") this.clear();
   }
 
   async save() {
-    if (this.app.transactions.lockedByOther) return;
+    if (this.refusedByLock("Save")) return;
     const creating = this.mode === "create";
     const key = creating ? $("#create-key").value : this.entry.key;
     const value = $("#edit-value").value;
@@ -142,7 +149,7 @@ export class Viewer {
   }
 
   async remove() {
-    if (this.mode !== "view" || this.app.transactions.lockedByOther) return;
+    if (this.mode !== "view" || this.refusedByLock("Delete")) return;
     const { key, revision } = this.entry;
     const staged = this.app.transactions.mine;
     const ok = await this.app.confirm(
