@@ -1,6 +1,7 @@
 """HTTP benchmark: the real ``filekv serve`` side by side with a trivial FastAPI app.
 
     python bench/http.py [--duration 10] [--connections 64] [--big 1000000] [--quick]
+    python bench/http.py --metrics-cost [--repeats 5]    # issue 11: what metrics and logs cost
 
 Both servers run with the same uvicorn settings as ``filekv serve`` (uvloop, httptools, one worker,
 lifespan on, log level warning), on 127.0.0.1 and a free port, in their own processes. The load
@@ -620,6 +621,160 @@ def report(args: argparse.Namespace, results: list[LoadResult], extra: dict[str,
         (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(out, indent=1, default=str))
 
 
+# ------------------------------------------------------------------- metrics cost (issue 11)
+
+# The same store served three ways, side by side: what GET /metrics's counting and the JSON
+# access log cost the hot routes. Only the settings differ; each server has its own copy.
+METRICS_VARIANTS: tuple[tuple[str, list[str]], ...] = (
+    ("metrics on", ["--metrics", "true", "--log-level", "warning"]),
+    ("metrics off", ["--metrics", "false", "--log-level", "warning"]),
+    ("metrics on + access log", ["--metrics", "true", "--log-level", "info"]),
+)
+METRICS_TARGET = 0.9  # issue 11: within 10 % of the rate without metrics
+
+
+def run_metrics_cost(args: argparse.Namespace) -> tuple[list[LoadResult], dict[str, Any]]:
+    """GET and PUT /keys/{key} against each of ``METRICS_VARIANTS``, rows interleaved.
+
+    The access log variant writes its JSON lines to a file on the same disk (the server's
+    stderr), as a server run by systemd or Docker writes to its log collector.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix="filekv-metricsbench-", dir=bench_tmpdir(args.tmpdir)))
+    extra: dict[str, Any] = {"machine": machine_info(tmp.parent)}
+    if args.wait_quiet > 0:
+        extra["busy_pct_before"] = wait_for_quiet(args.wait_quiet, log=log)
+    watch = CpuWatch()
+    servers: list[Server] = []
+    runs: dict[str, list[LoadResult]] = {}
+    try:
+        log(f"preloading {args.keys:,} keys with the engine, one copy per server")
+        first = tmp / "data-0"
+        subprocess.run(
+            [sys.executable, __file__, "--child-preload", str(first), str(args.keys)], check=True
+        )
+        for index, (name, flags) in enumerate(METRICS_VARIANTS):
+            folder = tmp / f"data-{index}"
+            if index:
+                shutil.copytree(first, folder)
+            port = free_port()
+            argv = [str(VENV_BIN / "filekv"), "serve", "--data-dir", str(folder)]
+            argv += ["--port", str(port), "--fsync", "always", *flags]
+            servers.append(Server(f"filekv serve, {name}", argv, port, "/healthz"))
+        os.sync()
+        for server in servers:
+            log(f"starting {server.name}")
+            extra[f"startup_s {server.name}"] = server.start(tmp)
+        rows = [
+            (server, f"{label} ({name})", kind)
+            for kind, label in (("get_key", "GET /keys/{key}"), ("put_key", "PUT /keys/{key}"))
+            for server, (name, _) in zip(servers, METRICS_VARIANTS, strict=True)
+        ]
+        for repeat in range(args.repeats):
+            log(f"round {repeat + 1} of {args.repeats}")
+            for server, label, kind in rows:
+                if kind == "put_key":
+                    os.sync()
+                runs.setdefault(label, []).append(
+                    measure(args, tmp, server, label, kind, args.keys)
+                )
+        access_log = servers[2].log
+        if access_log is not None and access_log.exists():
+            extra["access_log_lines"] = sum(
+                1 for line in access_log.open("rb") if b'"filekv.access"' in line
+            )
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    extra["cpu"] = watch.summary()
+    extra["all_runs"] = {
+        label: [{"rate": r.rate, **r.latency_us} for r in results]
+        for label, results in runs.items()
+    }
+    return [median_run(results) for results in runs.values()], extra
+
+
+def report_metrics_cost(
+    args: argparse.Namespace, results: list[LoadResult], extra: dict[str, Any]
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(record=True, width=140)
+    machine = Table(title="machine", show_header=False)
+    for k, v in extra["machine"].items():
+        machine.add_row(k, v)
+    machine.add_row("command", " ".join(["python", *sys.argv]))
+    tool = "wrk " + _wrk_version() if args.tool == "wrk" else "asyncio httpx loader"
+    machine.add_row(
+        "load",
+        f"{tool}, {args.connections} connections, {args.threads} threads, {args.duration:g} s "
+        f"per row after a {args.warmup:g} s warm-up, rows interleaved, {args.repeats} rounds, "
+        f"loopback, {args.keys:,} keys",
+    )
+    machine.add_row(
+        "servers",
+        "filekv serve, fsync=always, uvloop + httptools, 1 worker: "
+        + "; ".join(f"{name}: {' '.join(flags)}" for name, flags in METRICS_VARIANTS),
+    )
+    if "access_log_lines" in extra:
+        machine.add_row("access log", f"{extra['access_log_lines']:,} JSON lines written")
+    if "cpu" in extra:
+        machine.add_row("other load", describe_load(extra["cpu"]))
+    console.print(machine)
+
+    table = Table(
+        title=f"Metrics cost: requests per second (median of {args.repeats} interleaved runs) "
+        "and the latency of that median run"
+    )
+    for col in ("request", "req/s", "all runs", "p50", "p99", "errors"):
+        table.add_column(col, justify="left" if col == "request" else "right")
+    for r in results:
+        table.add_row(
+            r.label,
+            fmt_rate(r.rate),
+            " ".join(fmt_rate(x) for x in r.all_rates),
+            *(f"{r.latency_us[k] / 1000:.2f} ms" for k in ("p50", "p99")),
+            ", ".join(f"{k} {v}" for k, v in r.errors.items()) or "0",
+        )
+    console.print(table)
+
+    by_label = {r.label: r for r in results}
+    targets = Table(title="targets (issue 11): ratios measured in this run")
+    for col in ("measure", "target", "measured", "result"):
+        targets.add_column(col)
+    verdicts = []
+    for route in ("GET /keys/{key}", "PUT /keys/{key}"):
+        off = by_label.get(f"{route} (metrics off)")
+        for name, bound in (("metrics on", METRICS_TARGET), ("metrics on + access log", None)):
+            on = by_label.get(f"{route} ({name})")
+            measured = on.rate / off.rate if on and off else None
+            target = f">= {bound} x metrics off" if bound else "(no target) vs metrics off"
+            if measured is None:
+                verdict = "not measured"
+            elif bound is None:
+                verdict = "-"
+            else:
+                verdict = "PASS" if measured >= bound else "MISS"
+            shown = f"{measured:.3f}x" if measured is not None else "-"
+            targets.add_row(f"{route}, {name}", target, shown, verdict)
+            verdicts.append(
+                {"measure": f"{route}, {name}", "measured": measured, "result": verdict}
+            )
+    console.print(targets)
+    if args.save:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        stem = "http-metrics-quick" if args.quick else "http-metrics"
+        console.save_text(str(RESULTS_DIR / f"{stem}.txt"))
+        out = {
+            "args": vars(args),
+            "results": [{**r.__dict__, "rate": r.rate} for r in results],
+            "targets": verdicts,
+            "extra": extra,
+        }
+        (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(out, indent=1, default=str))
+
+
 def _wrk_version() -> str:
     done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
     first = (done.stdout or done.stderr).strip().splitlines()
@@ -646,6 +801,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="first wait up to this many seconds for other work on the machine to stop (0: no)",
     )
     p.add_argument("--no-save", dest="save", action="store_false")
+    p.add_argument(
+        "--metrics-cost",
+        action="store_true",
+        help="only GET and PUT /keys/{key} with metrics on, off, and on with the access log",
+    )
     args = p.parse_args(argv)
     args.duration = args.duration or (3.0 if args.quick else 10.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -667,6 +827,9 @@ def main() -> None:
         httpx_loader_child(argv[1:])
         return
     args = parse_args(argv)
+    if args.metrics_cost:
+        report_metrics_cost(args, *run_metrics_cost(args))
+        return
     results, extra = run(args)
     report(args, results, extra)
 

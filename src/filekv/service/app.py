@@ -49,6 +49,12 @@ values are strings. One client at a time may hold the store's transaction: log i
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the application for ``settings``; resources open when it starts serving."""
+    # Request ids always; the access log at the levels that show it (as uvicorn's did).
+    access_log = (
+        AccessLog(log_format=settings.log_format, log_keys=settings.log_keys)
+        if settings.log_level in ("info", "debug")
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,6 +106,8 @@ def create_app(settings: Settings) -> FastAPI:
             manager.close()
             store.close()
             logger.info("store closed: %s", settings.data_dir)
+            if access_log is not None:
+                access_log.flush()  # the lines of the last requests
 
     app = FastAPI(
         title="filekv",
@@ -147,13 +155,6 @@ def create_app(settings: Settings) -> FastAPI:
     install_console(app)
     if metrics is not None:
         app.include_router(metrics_routes.router)
-    install_docs(app)
-    # Request ids always; the access log at the levels that show it (as uvicorn's did).
-    access_log = (
-        AccessLog(log_format=settings.log_format, log_keys=settings.log_keys)
-        if settings.log_level in ("info", "debug")
-        else None
-    )
     app.add_middleware(
         RequestMiddleware,
         templates=RouteTemplates(app.router),

@@ -18,13 +18,17 @@ carried a token the server verified (the route that checked it left the name in 
 body, no query string is looked at).
 
 The access log replaces uvicorn's; it is written when the log level is ``info`` or ``debug``,
-as uvicorn's was. A line is built with orjson and written with one ``os.write`` to stderr: a few
-microseconds, on the event loop like uvicorn's own access log (``docs/PERFORMANCE.md`` measures
-it). A stderr that blocks (a pipe nobody reads) would block the server, as it would uvicorn.
+as uvicorn's was. A line is built with orjson and queued; the lines of one turn of the event loop
+(every request answered in it, under load) go to stderr in one ``os.write`` at the end of the
+turn: a system call costs several microseconds here, more than building a line
+(``docs/PERFORMANCE.md`` measures both). The write is on the event loop, as uvicorn's own access
+log's was: a stderr that blocks (a pipe nobody reads) would block the server, as it would
+uvicorn.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -42,6 +46,8 @@ ACCESS_LOGGER: Final = "filekv.access"
 SCOPE_REQUEST_ID: Final = "filekv.request_id"
 SCOPE_USER: Final = "filekv.user"
 TEXT_FORMAT: Final = "%(levelname)-9s %(name)s: %(message)s"
+# Access lines queued in one turn of the event loop before they are written anyway.
+MAX_PENDING_LINES: Final = 256
 
 Write = Callable[[bytes], None]
 
@@ -79,6 +85,7 @@ class AccessLog:
         self._log_keys = log_keys
         self._write = write
         self._clock = _Clock()
+        self._pending: list[bytes] = []
 
     def __call__(
         self,
@@ -108,7 +115,7 @@ class AccessLog:
                 line["user"] = user
             if key is not None:
                 line["key"] = key
-            self._write(_json_line(line))
+            self._emit(_json_line(line))
             return
         text = (
             f"INFO      {ACCESS_LOGGER}: {scope['method']} {route} {status} "
@@ -118,7 +125,26 @@ class AccessLog:
             text += f" user={user}"
         if key is not None:
             text += f" key={key!r}"  # repr: a key's newline must not start a line of its own
-        self._write(text.encode("utf-8", "backslashreplace") + b"\n")
+        self._emit(text.encode("utf-8", "backslashreplace") + b"\n")
+
+    def _emit(self, line: bytes) -> None:
+        """Queue ``line``; the lines of one turn of the event loop go out in one write."""
+        pending = self._pending
+        pending.append(line)
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # not on an event loop: at once
+                self.flush()
+        elif len(pending) >= MAX_PENDING_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued lines (also called at shutdown, so none is lost)."""
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._write(data)
 
 
 def _json_line(fields: dict[str, Any]) -> bytes:

@@ -8,8 +8,8 @@ access log, whichever are on.
 
 The request id is the client's ``X-Request-ID`` when it is sane (1 to ``MAX_REQUEST_ID``
 characters of ``[A-Za-z0-9._~:+/=-]``: nothing that could split a header or a log line), else 16
-random hex digits. It is left in the ASGI scope (``SCOPE_REQUEST_ID``) so that every JSON error
-body can carry it (``service/errors.py``).
+random hex digits (``new_request_id``). It is left in the ASGI scope (``SCOPE_REQUEST_ID``) so
+that every JSON error body can carry it (``service/errors.py``).
 
 The route template is read from what the router left in the ASGI scope (the same dict this
 middleware passed on: ``RouteTemplates``), once the application is done. A request no route
@@ -22,9 +22,9 @@ started and only re-raises).
 
 from __future__ import annotations
 
-import os
 import re
 import time
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, Final
 
 import orjson
@@ -45,8 +45,10 @@ _SANE: Final = re.compile(rb"[A-Za-z0-9._~:+/=-]{1,%d}" % MAX_REQUEST_ID)
 
 
 def new_request_id() -> str:
-    """64 random bits as hex: unguessable, so ids never reveal how many requests were served."""
-    return os.urandom(8).hex()
+    """64 random bits as 16 hex digits: unique in practice, and telling nothing of how many
+    requests were served (a counter would). Not a secret, so not ``os.urandom``: its system
+    call costs 2 µs a request, ``getrandbits`` 0.3 µs."""
+    return f"{getrandbits(64):016x}"
 
 
 def sane_request_id(headers: Any) -> str:
