@@ -99,7 +99,7 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def expect(browser: Browser) -> Expect:
     from playwright.sync_api import expect as playwright_expect
 
-    playwright_expect.set_options(timeout=10_000)
+    playwright_expect.set_options(timeout=20_000)  # generous: a busy 2-core machine, 2 workers
     return playwright_expect
 
 
@@ -684,7 +684,7 @@ def test_console_with_everything_locked_down_and_a_short_lease(
         expect(page.locator("#stats-error")).to_be_hidden()
 
         page.click("#tx-begin")
-        expect(page.locator("#tx-lease")).to_have_text(re.compile(r"^lease: [12] s left$"))
+        expect(page.locator("#tx-lease")).to_have_text(re.compile(r"^lease: [0-2] s left$"))
         # The console does not renew the lease by itself: idle, it runs out and is said so.
         expect_error(
             page,

@@ -239,7 +239,7 @@ export class Transactions {
 
   renderClock() {
     const left = this.secondsLeft();
-    const shown = left === null ? "" : `${Math.ceil(left)} s`;
+    const shown = left === null ? "…" : `${Math.ceil(left)} s`;
     this.lease.textContent = this.mine ? `lease: ${shown} left` : "";
     this.lease.classList.toggle("urgent", this.mine && left !== null && left < 10);
     if (this.lockedByOther) {
