@@ -150,21 +150,33 @@ def _serve(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
 
 
-def _backup(url: str, token: str) -> tuple[float, float, int]:
-    """(start, end, bytes) of one backup streamed to /dev/null."""
+def _backup(url: str, token: str, to: str = os.devnull) -> tuple[float, float, int]:
+    """(start, end, bytes) of one backup streamed to ``to`` (/dev/null)."""
     started = time.monotonic()
     size = 0
     headers = {"Authorization": f"Bearer {token}"}
     with (
         httpx.Client(base_url=url, timeout=600) as client,
         client.stream("GET", "/admin/backup", headers=headers) as answer,
-        open(os.devnull, "wb") as sink,
+        open(to, "wb") as sink,
     ):
         answer.raise_for_status()
         for chunk in answer.iter_raw(1 << 20):
             sink.write(chunk)
             size += len(chunk)
     return started, time.monotonic(), size
+
+
+def _time_restore(archive: Path, target: Path) -> str:
+    """``filekv.restore`` of the last round's archive: seconds, keys, bytes."""
+    from filekv.restore import restore
+
+    with archive.open("rb") as source:
+        result = restore(source, archive.name, target)
+    return (
+        f"the last round's archive restored in {result.seconds:.2f} s: {result.keys:,} keys, "
+        f"{result.bytes / (1 << 20):.1f} MiB (every record verified, then opened)"
+    )
 
 
 def run(args: argparse.Namespace) -> tuple[list[Round], dict[str, object]]:
@@ -187,7 +199,10 @@ def run(args: argparse.Namespace) -> tuple[list[Round], dict[str, object]]:
             time.sleep(args.warmup)
             rounds: list[Round] = []
             for number in range(args.rounds):
-                start, end, size = _backup(url, token)
+                last = number == args.rounds - 1
+                start, end, size = _backup(
+                    url, token, str(tmp / "last.tar") if last else os.devnull
+                )
                 span = end - start
                 during, during_max = writers.window(start, end)
                 without, without_max = writers.window(start - span - args.gap, start - args.gap)
@@ -211,6 +226,7 @@ def run(args: argparse.Namespace) -> tuple[list[Round], dict[str, object]]:
             "machine": machine_info(tmp),
             "cpu": cpu.summary(),
             "errors": writers.errors[:5],
+            "restore": _time_restore(tmp / "last.tar", tmp / "restored"),
         }
         return rounds, extra
     finally:
@@ -233,6 +249,7 @@ def report(args: argparse.Namespace, rounds: list[Round], extra: dict[str, objec
         "filekv serve with fsync=always, log level warning; the backup streamed to /dev/null",
     )
     machine.add_row("other load", describe_load(extra["cpu"]))  # type: ignore[arg-type]
+    machine.add_row("restore", str(extra["restore"]))
     if extra["errors"]:
         machine.add_row("writer errors", "; ".join(extra["errors"]))  # type: ignore[arg-type]
     console.print(machine)
