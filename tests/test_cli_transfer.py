@@ -116,7 +116,9 @@ def test_cli_import_bad_line_names_it_and_keeps_earlier_batches(
         (b'{"key": "k", "value": "v", "ttl": 5}', "unknown field 'ttl'"),
         (b'{"key": "k", "value": "v", "revision": "7"}', '"revision" must be a whole number'),
         (b"\xff\xfe", "not JSON"),
+        (b'{"key": "k", "value": "' + b"v" * (12 << 20) + b'"}', "longer than 12,582,912 bytes"),
     ],
+    ids=["text", "array", "empty key", "no key", "unknown field", "revision", "bytes", "huge"],
 )
 def test_cli_import_dry_run_validates_and_counts(tmp_path: Path, line: bytes, message: str) -> None:
     good = write_lines(tmp_path / "good.jsonl", [{"key": f"k{i}", "value": "v"} for i in range(5)])

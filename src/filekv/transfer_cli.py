@@ -54,6 +54,8 @@ from filekv.client_cli import (
 BATCH_KEYS: Final = 1000  # POST /batch takes at most 1000 operations ...
 BATCH_BYTES: Final = 12 << 20  # ... in a body of at most 16 MiB: keep a margin for the framing
 LINE_FIELDS: Final = frozenset({"key", "value", "revision"})
+# A longer line could not go in one POST /batch anyway (16 MiB bodies); it is refused unread.
+MAX_LINE_BYTES: Final = BATCH_BYTES
 EXIT_BAD_INPUT: Final = 2
 
 
@@ -114,7 +116,11 @@ def read_batches(lines: IO[bytes], batch_keys: int) -> Iterator[Batch]:
     """Batches of at most ``batch_keys`` keys (and ``BATCH_BYTES``), in input order; blank lines
     skipped. A bad line raises BadLine after the batches before its own were yielded."""
     batch = Batch()
-    for number, line in enumerate(lines, 1):
+    number = 0
+    while line := lines.readline(MAX_LINE_BYTES + 1):
+        number += 1
+        if len(line) > MAX_LINE_BYTES:  # read no further: memory stays bounded per line
+            raise BadLine(number, f"longer than {MAX_LINE_BYTES:,} bytes")
         if not line.strip():
             continue
         key, value = parse_line(number, line)
