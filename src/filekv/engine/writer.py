@@ -321,17 +321,7 @@ class Writer:
                 )
                 seq = segments.write(active, header + body)
                 self._revision = revision
-                apply_record(
-                    self._index,
-                    self._segments,
-                    self._feed,
-                    operations,
-                    keys,
-                    hashes,
-                    active,
-                    offset,
-                    revision,
-                )
+                self._apply(operations, keys, hashes, active, offset, revision)
             self._tx = None
             if operations:
                 self._after_write()
@@ -397,17 +387,7 @@ class Writer:
             seq = segments.write(active, header + body)
             self._revision = revision
             keys = [op.key for op in final]
-            apply_record(
-                self._index,
-                self._segments,
-                self._feed,
-                operations,
-                keys,
-                hashes,
-                active,
-                offset,
-                revision,
-            )
+            self._apply(operations, keys, hashes, active, offset, revision)
             self._after_write()
         return seq, revision
 
