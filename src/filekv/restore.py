@@ -56,6 +56,9 @@ class RestoreRefused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RestoreResult:
+    """What a restore brought back: the backup's revision, its keys, the files and bytes now in
+    the data directory, and how long it took."""
+
     revision: int
     keys: int
     files: int
