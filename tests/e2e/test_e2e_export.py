@@ -3,8 +3,10 @@ revision header, auth as for reads, and the limits (concurrent exports, time, a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
+import signal
 import socket
 import threading
 import time
@@ -244,3 +246,37 @@ def test_e2e_export_client_cut_short_is_detected(make_server: MakeServer) -> Non
         with pytest.raises(Unavailable, match=r"cut short|cannot reach"):
             for _ in stream.chunks():
                 pass
+
+
+@pytest.mark.parametrize("reader", ["slow", "stalled"])
+def test_e2e_export_sigterm_cuts_it_off_and_exits(make_server: MakeServer, reader: str) -> None:
+    """A SIGTERM with an export streaming to a slow reader, or to one that stopped reading,
+    ends the export (cut short) and the server exits 0 at once, not after export_time_limit."""
+    server = make_server(fsync="never")
+    with server.client() as http:
+        _fill(http, 20_000, 1000)
+    sock = _stalled_export(server)
+    received: list[bytes] = []
+
+    def read_slowly() -> None:
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(16 << 10):
+                received.append(chunk)
+                time.sleep(0.02)  # ~0.8 MB/s: 20 MB would take 25 s
+
+    thread = threading.Thread(target=read_slowly) if reader == "slow" else None
+    if thread is not None:
+        thread.start()
+    try:
+        time.sleep(1)
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM, timeout=20) == 0
+        stopped_after = time.monotonic() - started
+        if thread is not None:
+            thread.join(30)
+            body = b"".join(received)
+            assert not body.endswith(b"0\r\n\r\n")  # cut short, not a whole answer
+            assert body.count(b'"key"') < 20_000
+    finally:
+        sock.close()
+    assert stopped_after < 15, stopped_after

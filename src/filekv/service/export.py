@@ -9,6 +9,8 @@ order. What bounds it:
   client has taken this one (transport flow control), so an export holds about one chunk.
 - count: ``ExportSlots`` lets ``export_max_concurrent`` exports run at once; one more is 429
   with ``Retry-After``, refused before the snapshot is taken.
+- shutdown: an export still streaming when the server is told to stop is cut off the same
+  way, between two chunks, so a SIGTERM never waits for a slow reader.
 - time: ``export_time_limit`` seconds from the first byte to the last. A client that stops
   reading would otherwise hold the snapshot (its pinned segment files, its copy of the index)
   and a slot for ever; at the limit the connection is closed without the chunked body's end, so
@@ -88,12 +90,22 @@ async def _lines(snapshot: Snapshot) -> AsyncIterator[bytes]:
         yield data
 
 
+class _ShuttingDown(Exception):
+    """The server was told to stop while an export was streaming."""
+
+
 class ExportResponse(StreamingResponse):
-    """The JSON Lines of ``snapshot``, sent within ``time_limit`` seconds; closes the snapshot
-    and calls ``release`` when done, whatever the outcome."""
+    """The JSON Lines of ``snapshot``, sent within ``time_limit`` seconds and cut off if
+    ``stopping()`` turns true; closes the snapshot and calls ``release`` when done, whatever the
+    outcome."""
 
     def __init__(
-        self, snapshot: Snapshot, release: Callable[[], None], *, time_limit: float
+        self,
+        snapshot: Snapshot,
+        release: Callable[[], None],
+        *,
+        time_limit: float,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(
             _lines(snapshot),
@@ -103,6 +115,7 @@ class ExportResponse(StreamingResponse):
         self._snapshot = snapshot
         self._release = release
         self._time_limit = time_limit
+        self._stopping = stopping
 
     def _finish(self) -> None:
         # Waits for a chunk still being read in a worker thread (one chunk: ~1 ms). Idempotent.
@@ -112,6 +125,11 @@ class ExportResponse(StreamingResponse):
     async def stream_response(self, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         async for chunk in self.body_iterator:
+            # uvicorn lets a running answer finish before it exits: a SIGTERM would wait for a
+            # slow reader's export up to export_time_limit. It is cut off instead (a reader that
+            # stopped altogether has its connection aborted by protocol.py's shutdown).
+            if self._stopping():
+                raise _ShuttingDown
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         # Before the body's end goes out: a client that asks for its next export as soon as
         # this one ended must find the slot free.
@@ -133,6 +151,12 @@ class ExportResponse(StreamingResponse):
                 self._time_limit,
                 snapshot.remaining,
                 len(snapshot),
+            )
+        except _ShuttingDown:
+            log.warning(
+                "export of %r at revision %d cut off: the server is shutting down",
+                snapshot.prefix,
+                snapshot.revision,
             )
         finally:
             self._finish()

@@ -88,4 +88,10 @@ async def export_keys(
     except BaseException:
         release()
         raise
-    return ExportResponse(snapshot, release, time_limit=state.settings.export_time_limit)
+    stop_requested = state.stop_requested  # set by `filekv serve`: has it been told to stop?
+    return ExportResponse(
+        snapshot,
+        release,
+        time_limit=state.settings.export_time_limit,
+        stopping=lambda: bool(stop_requested and stop_requested()),
+    )
