@@ -195,3 +195,13 @@ def test_cli_import_progress_bar_only_on_a_terminal(tmp_path: Path) -> None:
     piped = filekv("import", str(path), "--dry-run")
     assert "\x1b[" not in piped.stderr and "3000/3000" not in piped.stderr
     assert "would write 3,000 keys" in piped.stderr
+
+
+def test_cli_export_progress_bar_on_a_terminal(make_server: MakeServer, tmp_path: Path) -> None:
+    server = make_server(fsync="never")
+    path = write_lines(tmp_path / "in.jsonl", [{"key": f"k{i}", "value": "v"} for i in range(3000)])
+    assert filekv("import", str(path), "--url", server.url).returncode == 0
+    out = tmp_path / "out.jsonl"
+    on_terminal = _run_on_a_terminal(["export", "-o", str(out), "--url", server.url])
+    assert b"keys/s" in on_terminal and b"3000/3000" in on_terminal
+    assert len(out.read_text().splitlines()) == 3000

@@ -161,11 +161,11 @@ class KeysPerSecond(ProgressColumn):
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Any]:
-    """A function ``advance(keys)``: a rich progress bar on stderr if it is a terminal, else
-    nothing at all (no escape codes in a log or a pipe)."""
+def progress_bar(description: str, total: int | None, *, shown: bool = True) -> Iterator[Any]:
+    """A function ``advance(keys)``: a rich progress bar on stderr if it is a terminal (and
+    ``shown``), else nothing at all (no escape codes in a log or a pipe)."""
     console = Console(stderr=True)
-    if not console.is_terminal:
+    if not shown or not console.is_terminal:
         yield lambda _keys: None
         return
     with Progress(
@@ -211,7 +211,9 @@ def export(
         with connect(url) as kv, kv.export(prefix) as stream:
             handle = sys.stdout.buffer if partial is None else partial.open("wb")
             try:
-                with progress_bar("export", stream.keys) as advance:
+                # Lines going to the terminal itself would be mixed with the bar: no bar then.
+                shown = partial is not None or not sys.stdout.isatty()
+                with progress_bar("export", stream.keys, shown=shown) as advance:
                     for data, count in stream.chunks():
                         handle.write(data)
                         advance(count)
