@@ -22,6 +22,7 @@ started and only re-raises).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from random import getrandbits
@@ -100,8 +101,9 @@ class RequestMiddleware:
             if status == 0:  # nothing sent yet: the client gets a JSON 500 naming the request
                 status = 500
                 start, body = _internal_error(request_id, id_header)
-                await send(start)
-                await send(body)
+                with contextlib.suppress(Exception):  # a client gone: the bug is what to report
+                    await send(start)
+                    await send(body)
             raise
         finally:
             seconds = time.perf_counter() - started
