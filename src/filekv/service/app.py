@@ -89,6 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
                 store,
                 max_watchers=settings.watch_max_watchers,
                 queue_events=settings.watch_queue_events,
+                heartbeat_seconds=settings.watch_heartbeat_seconds,
                 stop_requested=app.state.stop_requested,
             )
             app.state.watch_hub = hub

@@ -125,6 +125,7 @@ class Watcher:
     overflowed: bool = False
     closed: bool = False  # the server is shutting down or the store closed
     queued_bytes: int = 0
+    heartbeat_due: bool = False  # the hub's timer asks for a comment line
 
     def matches(self, key: str) -> bool:
         return key == self.prefix if self.exact else key.startswith(self.prefix)
@@ -153,6 +154,10 @@ class Watcher:
         self.closed = True
         self.ready.set()
 
+    def beat(self) -> None:
+        self.heartbeat_due = True
+        self.ready.set()
+
 
 class WatchHub:
     """Who watches what, and the task that reads the feed for all of them."""
@@ -163,9 +168,11 @@ class WatchHub:
         *,
         max_watchers: int,
         queue_events: int,
+        heartbeat_seconds: float = 15.0,
         stop_requested: Callable[[], bool] | None = None,
     ) -> None:
         self._store = store
+        self._heartbeat_seconds = heartbeat_seconds
         self._max_watchers = max_watchers
         self._queue_events = queue_events
         self._stop_requested = stop_requested
@@ -175,6 +182,7 @@ class WatchHub:
         self.position = store.revision  # every revision up to here is dispatched
         self._task: asyncio.Task[None] | None = None
         self._stopper: asyncio.Task[None] | None = None
+        self._beater: asyncio.Task[None] | None = None
         self.closed = False
 
     @property
@@ -185,10 +193,11 @@ class WatchHub:
         self._task = asyncio.create_task(self._run(), name="filekv-watch-hub")
         if self._stop_requested is not None:
             self._stopper = asyncio.create_task(self._watch_for_stop(), name="filekv-watch-stop")
+        self._beater = asyncio.create_task(self._heartbeats(), name="filekv-watch-heartbeat")
 
     async def stop(self) -> None:
         self._end_all()
-        for task in (self._task, self._stopper):
+        for task in (self._task, self._stopper, self._beater):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -284,6 +293,22 @@ class WatchHub:
         while not self._stop_requested():
             await asyncio.sleep(STOP_POLL_SECONDS)
         self._end_all()
+
+    async def _heartbeats(self) -> None:
+        # One timer for every stream: a timeout per stream and per wait (asyncio.wait_for)
+        # cost more than the event itself at thousands of events a second.
+        while True:
+            await asyncio.sleep(self._heartbeat_seconds)
+            for watcher in self._all():
+                watcher.beat()
+
+    def _all(self) -> list[Watcher]:
+        return [
+            watcher
+            for table in [self._exact, *self._prefixes.values()]
+            for group in table.values()
+            for watcher in group
+        ]
 
     def _end_all(self) -> None:
         self.closed = True

@@ -190,9 +190,8 @@ async def watch(
         watcher = hub.add(prefix)
     else:  # both filters hold; no key is empty, so "" matches nothing
         watcher = hub.add(key if key.startswith(prefix) else "", exact=True)
-    heartbeat: float = state.settings.watch_heartbeat_seconds
     return StreamingResponse(
-        _stream(store, hub, watcher, position, heartbeat),
+        _stream(store, hub, watcher, position),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -205,7 +204,7 @@ def _start_id(position: Position) -> str:
 
 
 async def _stream(
-    store: Store, hub: WatchHub, watcher: Watcher, position: Position, heartbeat: float
+    store: Store, hub: WatchHub, watcher: Watcher, position: Position
 ) -> AsyncIterator[bytes]:
     last_id = _start_id(position)
     try:
@@ -228,28 +227,29 @@ async def _stream(
         except Compacted as exc:  # compaction overtook a slow catch-up
             yield _final("compacted", exc.args[0], last_id, exc.oldest_available)
             return
-        queue = watcher.queue
         while True:
             if watcher.overflowed:
                 detail = "this watcher fell too far behind: reconnect with Last-Event-ID"
                 yield _final("overflow", detail, last_id)
                 return
-            if not queue:
-                if watcher.closed:
-                    return
-                watcher.ready.clear()
-                try:
-                    await asyncio.wait_for(watcher.ready.wait(), heartbeat)
-                except TimeoutError:
-                    yield b": heartbeat\n\n"
+            if watcher.queue:
+                parts = []
+                for revision, index, event_id, data in watcher.take():
+                    if revision > upto and position.wants(revision, index):
+                        parts.append(data)
+                        last_id = event_id
+                if parts:
+                    watcher.heartbeat_due = False  # data is as good a sign of life
+                    yield b"".join(parts)
                 continue
-            parts = []
-            for revision, index, event_id, data in watcher.take():
-                if revision > upto and position.wants(revision, index):
-                    parts.append(data)
-                    last_id = event_id
-            if parts:
-                yield b"".join(parts)
+            if watcher.closed:
+                return
+            if watcher.heartbeat_due:
+                watcher.heartbeat_due = False
+                yield b": heartbeat\n\n"
+                continue
+            watcher.ready.clear()
+            await watcher.ready.wait()
     finally:
         hub.remove(watcher)
 
