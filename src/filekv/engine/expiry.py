@@ -54,14 +54,15 @@ class ExpirySweeper:
         while not self._stop.wait(self._interval):
             try:
                 while True:
-                    started = time.monotonic()
+                    started = time.thread_time()
                     if self._sweep() < SWEEP_BATCH:
                         break  # nothing more is due: sleep until the next round
-                    # More are due. Rest PACE times as long as the batch took, so that a wave
-                    # of expiries takes at most a quarter of the process's time (as Redis's
-                    # active expiry keeps to 25 % of its CPU): reads and writes keep their speed
-                    # while the backlog is written, as they already see it gone.
-                    if self._stop.wait((time.monotonic() - started) * PACE):
+                    # More are due. Rest PACE times the CPU the batch took, so that a wave of
+                    # expiries takes at most a quarter of the process's time (as Redis's active
+                    # expiry keeps to 25 % of its CPU): reads and writes keep their speed while
+                    # the backlog is written, as they already see it gone. CPU time, not wall
+                    # time: waiting for the GIL behind busy readers must not slow it further.
+                    if self._stop.wait((time.thread_time() - started) * PACE):
                         return
             except StoreClosed:
                 return
