@@ -67,6 +67,10 @@ export class KeyBrowser {
   /** Change what is listed (prefix, value, mode, pageSize) and show its first page. */
   go(changes) {
     Object.assign(this, changes);
+    // The fields show what is listed; set here only, so a reload never overwrites typing.
+    this.prefixInput.value = this.prefix;
+    this.findInput.value = this.value ?? "";
+    $("#page-size").value = String(this.pageSize);
     this.cursors = [null];
     this.page = 0;
     this.app.saveLocation();
@@ -102,8 +106,9 @@ export class KeyBrowser {
       this.entries = [];
       this.next = null;
       this.renderList();
-      this.status.textContent = `Could not list keys: ${error.detail}`;
-      this.app.notices.error(`List keys: ${error.detail}`);
+      const detail = error.detail ?? error.message;
+      this.status.textContent = `Could not list keys: ${detail}`;
+      this.app.notices.error(`List keys: ${detail}`);
     } finally {
       if (this.controller === controller) {
         this.list.removeAttribute("aria-busy");
@@ -149,10 +154,7 @@ export class KeyBrowser {
     for (const [mode, button] of Object.entries(this.viewButtons)) {
       button.setAttribute("aria-pressed", String(mode === this.mode));
     }
-    this.prefixInput.value = this.prefix;
-    this.findInput.value = this.value ?? "";
     this.findClear.hidden = this.value === null;
-    $("#page-size").value = String(this.pageSize);
     this.prevButton.disabled = this.page === 0;
     this.nextButton.disabled = this.next === null || this.list.hasAttribute("aria-busy");
     this.pageLabel.textContent = `page ${this.page + 1}`;
