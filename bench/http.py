@@ -30,6 +30,7 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -633,6 +634,29 @@ METRICS_VARIANTS: tuple[tuple[str, list[str]], ...] = (
 METRICS_TARGET = 0.9  # issue 11: within 10 % of the rate without metrics
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_with_cpu(
+    args: argparse.Namespace, tmp: Path, server: Server, label: str, kind: str, n: int
+) -> tuple[LoadResult, float]:
+    """``measure``, and the server's CPU microseconds per request during the timed part.
+
+    The server's own CPU time per request hardly changes when other work shares the machine,
+    where its rate does: on a busy machine it is the steadier measure of what a setting costs.
+    """
+    assert server.proc is not None
+    if args.warmup > 0:
+        run_load(args, tmp, server.port, kind, n, args.warmup)
+    before = _cpu_seconds(server.proc.pid)
+    result = measure(argparse.Namespace(**{**vars(args), "warmup": 0}), tmp, server, label, kind, n)
+    spent = _cpu_seconds(server.proc.pid) - before
+    return result, spent / result.requests * 1e6 if result.requests else float("nan")
+
+
 def run_metrics_cost(args: argparse.Namespace) -> tuple[list[LoadResult], dict[str, Any]]:
     """GET and PUT /keys/{key} against each of ``METRICS_VARIANTS``, rows interleaved.
 
@@ -646,6 +670,7 @@ def run_metrics_cost(args: argparse.Namespace) -> tuple[list[LoadResult], dict[s
     watch = CpuWatch()
     servers: list[Server] = []
     runs: dict[str, list[LoadResult]] = {}
+    cpu: dict[str, list[float]] = {}
     try:
         log(f"preloading {args.keys:,} keys with the engine, one copy per server")
         first = tmp / "data-0"
@@ -674,9 +699,10 @@ def run_metrics_cost(args: argparse.Namespace) -> tuple[list[LoadResult], dict[s
             for server, label, kind in rows:
                 if kind == "put_key":
                     os.sync()
-                runs.setdefault(label, []).append(
-                    measure(args, tmp, server, label, kind, args.keys)
-                )
+                result, cpu_us = measure_with_cpu(args, tmp, server, label, kind, args.keys)
+                runs.setdefault(label, []).append(result)
+                cpu.setdefault(label, []).append(cpu_us)
+                log(f"    server CPU {cpu_us:.0f} us per request")
         access_log = servers[2].log
         if access_log is not None and access_log.exists():
             extra["access_log_lines"] = sum(
@@ -691,6 +717,7 @@ def run_metrics_cost(args: argparse.Namespace) -> tuple[list[LoadResult], dict[s
         label: [{"rate": r.rate, **r.latency_us} for r in results]
         for label, results in runs.items()
     }
+    extra["server_cpu_us"] = cpu
     return [median_run(results) for results in runs.values()], extra
 
 
@@ -727,13 +754,19 @@ def report_metrics_cost(
         title=f"Metrics cost: requests per second (median of {args.repeats} interleaved runs) "
         "and the latency of that median run"
     )
-    for col in ("request", "req/s", "all runs", "p50", "p99", "errors"):
+    cpu: dict[str, list[float]] = extra.get("server_cpu_us", {})
+    cpu_median = {label: statistics.median(values) for label, values in cpu.items() if values}
+    columns = ("request", "req/s", "all runs", "server CPU us/req (median, all)", "p50", "p99")
+    for col in (*columns, "errors"):
         table.add_column(col, justify="left" if col == "request" else "right")
     for r in results:
         table.add_row(
             r.label,
             fmt_rate(r.rate),
             " ".join(fmt_rate(x) for x in r.all_rates),
+            f"{cpu_median.get(r.label, float('nan')):.0f} ("
+            + " ".join(f"{x:.0f}" for x in cpu.get(r.label, []))
+            + ")",
             *(f"{r.latency_us[k] / 1000:.2f} ms" for k in ("p50", "p99")),
             ", ".join(f"{k} {v}" for k, v in r.errors.items()) or "0",
         )
@@ -761,6 +794,15 @@ def report_metrics_cost(
             verdicts.append(
                 {"measure": f"{route}, {name}", "measured": measured, "result": verdict}
             )
+            on_cpu = cpu_median.get(f"{route} ({name})")
+            off_cpu = cpu_median.get(f"{route} (metrics off)")
+            if on_cpu and off_cpu:
+                targets.add_row(
+                    f"{route}, {name}: server CPU per request",
+                    "(context) vs metrics off",
+                    f"{on_cpu / off_cpu:.3f}x",
+                    f"{on_cpu - off_cpu:+.1f} us",
+                )
     console.print(targets)
     if args.save:
         RESULTS_DIR.mkdir(exist_ok=True)
