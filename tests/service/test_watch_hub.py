@@ -114,8 +114,8 @@ def test_watch_hub_behind_the_history_tells_every_watcher_to_resume(tmp_path: Pa
                 store.put("k", str(i).encode())
             store.compact()
             hub = WatchHub(store, max_watchers=10, queue_events=100)
-            hub.position = 0  # as if the hub had been starved since revision 0
             watcher = hub.add("")
+            hub.position = 0  # as if the hub had been starved since revision 0
             hub.start()
             for _ in range(200):
                 if watcher.overflowed:
@@ -130,6 +130,36 @@ def test_watch_hub_behind_the_history_tells_every_watcher_to_resume(tmp_path: Pa
                     break
                 await asyncio.sleep(0.01)
             assert [e[0] for e in fresh.take()] == [store.revision]  # the hub went on
+            await hub.stop()
+
+    asyncio.run(main())
+
+
+def test_watch_hub_idles_without_watchers_and_misses_nothing_after(tmp_path: Path) -> None:
+    async def main() -> None:
+        with Store.open(tmp_path / "db", fsync="never") as store:
+            hub = WatchHub(store, max_watchers=10, queue_events=100)
+            hub.start()
+            await asyncio.sleep(0.05)
+            for i in range(5):  # nobody watches: the hub sleeps through these
+                await store.aput("k", str(i).encode())
+                await asyncio.sleep(0)
+            assert store._feed._loop_waiters == {}
+            watcher = hub.add("")
+            store.put("k", b"seen")  # right after add, before the hub even ran again
+            for _ in range(200):
+                if watcher.queue:
+                    break
+                await asyncio.sleep(0.01)
+            assert [e[0] for e in watcher.take()] == [store.revision]
+            hub.remove(watcher)
+            store.put("k", b"last")  # wakes the hub once more; it finds nobody and idles
+            for _ in range(200):
+                if not store._feed._loop_waiters:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            assert store._feed._loop_waiters == {}
             await hub.stop()
 
     asyncio.run(main())

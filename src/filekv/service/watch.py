@@ -184,6 +184,8 @@ class WatchHub:
         self._stopper: asyncio.Task[None] | None = None
         self._beater: asyncio.Task[None] | None = None
         self.closed = False
+        # Set while someone watches: with nobody, the hub does not wake on every write.
+        self._wanted = asyncio.Event()
 
     @property
     def watchers(self) -> int:
@@ -212,6 +214,11 @@ class WatchHub:
         watcher = Watcher(prefix, exact, self._queue_events)
         if self.closed:
             watcher.end()
+        if not self._count and not self._wanted.is_set():
+            # The hub was idle: it goes on from now, which is no later than anything the new
+            # watcher's own catch-up reads (that starts after this returns).
+            self.position = self._store.revision
+            self._wanted.set()
         if exact:
             self._exact.setdefault(prefix, set()).add(watcher)
         else:
@@ -261,9 +268,13 @@ class WatchHub:
     async def _run(self) -> None:
         try:
             while True:
+                await self._wanted.wait()
                 try:
                     async for chunk in self._store.achange_chunks(after=self.position):
                         self.dispatch(chunk)
+                        if not self._count:  # the last watcher left: idle until the next
+                            self._wanted.clear()
+                            break
                 except Compacted:
                     # The hub fell further behind than the buffer and the history reach (a
                     # starved loop): every watcher gets overflow and resumes by itself (or
