@@ -134,7 +134,10 @@ def test_cli_import_dry_run_validates_and_counts(tmp_path: Path, line: bytes, me
 
 def test_cli_import_from_stdin_and_refused_batch(make_server: MakeServer, tmp_path: Path) -> None:
     server = make_server(fsync="never", max_value_bytes=10)
-    lines = b'{"key": "a", "value": "short"}\n\n{"key": "b", "value": "far too long a value"}\n'
+    lines = (
+        b'{"key": "a", "value": "short"}\n\n{"key": "b", "value": "far too long a value"}\n'
+        b'{"key": "c", "value": "fine"}\nnot json\n'  # read ahead while b is sent: neither counts
+    )
     result = filekv("import", "-", "--url", server.url, "--batch-size", "1", stdin=lines)
     assert result.returncode == 2, result.stderr
     assert "the batch of lines 3-3 was refused" in result.stderr
@@ -151,6 +154,19 @@ def test_cli_import_data_dir_in_use_is_refused(make_server: MakeServer, tmp_path
     assert "in use" in result.stderr
     both = filekv("import", str(path), "--data-dir", "x", "--url", server.url)
     assert both.returncode == 2
+    # FILEKV_URL in the environment is no --url: --data-dir is what was asked for.
+    offline = tmp_path / "offline"
+    env = {**os.environ, "FILEKV_URL": server.url}
+    result = subprocess.run(
+        [FILEKV, "import", str(path), "--data-dir", str(offline)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert list(offline.glob("*.seg"))
 
 
 def test_cli_export_to_stdout_and_errors(make_server: MakeServer, tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +59,7 @@ LINE_FIELDS: Final = frozenset({"key", "value", "revision"})
 # A longer line could not go in one POST /batch anyway (16 MiB bodies); it is refused unread.
 MAX_LINE_BYTES: Final = BATCH_BYTES
 EXIT_BAD_INPUT: Final = 2
+PIPELINE_DEPTH: Final = 2  # batches read ahead of the one being sent
 
 
 class Refused(Exception):
@@ -264,7 +267,41 @@ def _import_batches(
         advance(len(batch.keys))
 
 
-def _write_online(kv: Client, result: ImportResult) -> Any:
+def _import_pipelined(
+    batches: Iterator[Batch], result: ImportResult, write: Any, advance: Any
+) -> None:
+    """``_import_batches``, with each batch sent by a second thread while this one reads and
+    checks the next: the CLI's work and the server's overlap (they took turns before, and the
+    sum of the two was the import's time). At most ``PIPELINE_DEPTH`` batches wait; they go out
+    in order. A bad line still stops the reading, after the batches before it are sent; a
+    refused batch stops the sending, and nothing after it is sent."""
+    waiting: queue.Queue[Batch | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
+    failures: list[BaseException] = []
+
+    def send() -> None:
+        while (batch := waiting.get()) is not None:
+            if failures:
+                continue  # drain: the reader may be blocked on a full queue
+            try:
+                _import_batches(iter([batch]), result, write, advance)
+            except BaseException as error:
+                failures.append(error)
+
+    sender = threading.Thread(target=send, name="filekv-import-sender", daemon=True)
+    sender.start()
+    try:
+        for batch in batches:
+            if failures:
+                break
+            waiting.put(batch)
+    finally:
+        waiting.put(None)
+        sender.join()
+        if failures:  # a batch refused before the line that is bad, if any: it is what stopped
+            raise failures[0]
+
+
+def _write_online(kv: Client) -> Any:
     def write(batch: Batch) -> int | None:
         ops = [
             {"op": "put", "key": key, "value": value}
@@ -308,7 +345,8 @@ def import_(
     as_json: JsonOption = False,
 ) -> None:
     """Write every key of FILE (JSON Lines) in atomic batches; a bad line stops it, naming it."""
-    if url is not None and data_dir is not None:
+    # A URL from FILEKV_URL alone does not count: --data-dir is then what was asked for.
+    if url is not None and data_dir is not None and url != os.environ.get("FILEKV_URL"):
         fail("give --url or --data-dir, not both", EXIT_BAD_INPUT)
     started = time.monotonic()
     total = None if source == "-" else count_lines(Path(source))
@@ -324,7 +362,7 @@ def import_(
                 _import_offline(data_dir, batches, result, advance)
             else:
                 with connect(url) as kv:
-                    _import_batches(batches, result, _write_online(kv, result), advance)
+                    _import_pipelined(batches, result, _write_online(kv), advance)
     except BadLine as error:
         failure = (f"{'stdin' if source == '-' else source} {error}", EXIT_BAD_INPUT)
     except Refused as error:
