@@ -205,12 +205,16 @@ class WatchHub:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    def add(self, prefix: str, *, exact: bool = False) -> Watcher:
-        """A new watcher, dispatched every change after ``self.position`` from now on."""
+    def check_room(self) -> None:
+        """TooManyWatchers (503) if no other watcher may be added now."""
         if self._count >= self._max_watchers:
             raise TooManyWatchers(
                 f"the server already serves {self._max_watchers} watchers (watch_max_watchers)"
             )
+
+    def add(self, prefix: str, *, exact: bool = False) -> Watcher:
+        """A new watcher, dispatched every change after ``self.position`` from now on."""
+        self.check_room()
         watcher = Watcher(prefix, exact, self._queue_events)
         if self.closed:
             watcher.end()

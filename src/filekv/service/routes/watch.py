@@ -30,7 +30,7 @@ from fastapi.responses import StreamingResponse
 
 from filekv.engine import Compacted
 from filekv.service.deps import request_session_id
-from filekv.service.errors import BadRequest, RevisionAhead
+from filekv.service.errors import BadRequest, RevisionAhead, TooManyWatchers
 from filekv.service.schemas import OPTIONAL_BEARER, UNAUTHORIZED, error
 from filekv.service.watch import (
     Position,
@@ -186,12 +186,13 @@ async def watch(
     store: Store = state.store
     hub: WatchHub = state.watch_hub
     position = start_position(store, from_revision, _last_event_id(request))
+    hub.check_room()  # 503 now; the watcher itself is added when the stream starts
     if key is None:
-        watcher = hub.add(prefix)
+        watched, exact = prefix, False
     else:  # both filters hold; no key is empty, so "" matches nothing
-        watcher = hub.add(key if key.startswith(prefix) else "", exact=True)
+        watched, exact = (key if key.startswith(prefix) else ""), True
     return StreamingResponse(
-        _stream(store, hub, watcher, position),
+        _stream(store, hub, watched, exact, position),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -204,9 +205,16 @@ def _start_id(position: Position) -> str:
 
 
 async def _stream(
-    store: Store, hub: WatchHub, watcher: Watcher, position: Position
+    store: Store, hub: WatchHub, watched: str, exact: bool, position: Position
 ) -> AsyncIterator[bytes]:
     last_id = _start_id(position)
+    # Added here, not in the route: a response that never starts (the client gone before the
+    # headers went out) never runs this generator, so its finally could not remove it.
+    try:
+        watcher = hub.add(watched, exact=exact)
+    except TooManyWatchers as exc:  # filled up since the route checked
+        yield _final("overflow", str(exc), last_id)
+        return
     try:
         # An id alone sets a client's last event id without an event: a reconnect before the
         # first change still resumes from here.
