@@ -22,8 +22,8 @@ from starlette.requests import ClientDisconnect
 import filekv
 from filekv.engine import Store
 from filekv.service.auth import AuthService
-from filekv.service.console import install_console
 from filekv.service.backup import Backups
+from filekv.service.console import install_console
 from filekv.service.docs import install_docs
 from filekv.service.errors import install_error_handlers
 from filekv.service.export import ExportSlots
