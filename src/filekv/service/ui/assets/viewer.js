@@ -137,15 +137,12 @@ export class Viewer {
     this.render();
   }
 
-  /** After a conflict: keep my text and save it over theirs next time (their revision now). */
+  /** After a conflict: save my text over theirs, guarded by the revision just shown. */
   overwrite() {
     const current = this.conflict?.current;
     this.editRevision = current ? current.revision : 0;
-    this.draft = $("#edit-value").value;
     this.conflict = null;
-    this.render();
-    $("#edit-value").focus();
-    this.app.notices.success("Your text is kept: Save now replaces their version.");
+    return this.save(); // a change made since the conflict was shown is a conflict again
   }
 
   async remove() {
