@@ -257,12 +257,14 @@ def test_e2e_export_sigterm_cuts_it_off_and_exits(make_server: MakeServer, reade
         _fill(http, 20_000, 1000)
     sock = _stalled_export(server)
     received: list[bytes] = []
+    stopped = threading.Event()
 
     def read_slowly() -> None:
         with contextlib.suppress(OSError):
             while chunk := sock.recv(16 << 10):
                 received.append(chunk)
-                time.sleep(0.02)  # ~0.8 MB/s: 20 MB would take 25 s
+                if not stopped.is_set():
+                    time.sleep(0.02)  # ~0.8 MB/s: 20 MB would take 25 s
 
     thread = threading.Thread(target=read_slowly) if reader == "slow" else None
     if thread is not None:
@@ -272,6 +274,7 @@ def test_e2e_export_sigterm_cuts_it_off_and_exits(make_server: MakeServer, reade
         started = time.monotonic()
         assert server.stop(signal.SIGTERM, timeout=20) == 0
         stopped_after = time.monotonic() - started
+        stopped.set()  # then read what is left in the socket's buffers at once
         if thread is not None:
             thread.join(30)
             body = b"".join(received)
