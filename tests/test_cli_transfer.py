@@ -11,6 +11,7 @@ import os
 import pty
 import select
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -115,10 +116,23 @@ def test_cli_import_bad_line_names_it_and_keeps_earlier_batches(
         (b'{"value": "v"}', '"key" must be a non-empty string'),
         (b'{"key": "k", "value": "v", "ttl": 5}', "unknown field 'ttl'"),
         (b'{"key": "k", "value": "v", "revision": "7"}', '"revision" must be a whole number'),
+        (b'{"key": "k", "value": "v", "expires_at": "soon"}', '"expires_at" must be a Unix'),
+        (b'{"key": "k", "value": "v", "expires_at": 9e12}', '"expires_at" must be a Unix'),
         (b"\xff\xfe", "not JSON"),
         (b'{"key": "k", "value": "' + b"v" * (12 << 20) + b'"}', "longer than 12,582,912 bytes"),
     ],
-    ids=["text", "array", "empty key", "no key", "unknown field", "revision", "bytes", "huge"],
+    ids=[
+        "text",
+        "array",
+        "empty key",
+        "no key",
+        "unknown field",
+        "revision",
+        "expiry not a number",
+        "expiry past ten years",
+        "bytes",
+        "huge",
+    ],
 )
 def test_cli_import_dry_run_validates_and_counts(tmp_path: Path, line: bytes, message: str) -> None:
     good = write_lines(tmp_path / "good.jsonl", [{"key": f"k{i}", "value": "v"} for i in range(5)])
@@ -130,6 +144,33 @@ def test_cli_import_dry_run_validates_and_counts(tmp_path: Path, line: bytes, me
     result = filekv("import", str(bad), "--dry-run")
     assert result.returncode == 2
     assert f"line 2: {message}" in result.stderr
+
+
+def test_cli_export_import_keeps_ttls_and_leaves_out_expired_lines(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    source = make_server()
+    with source.client() as http:
+        assert http.put("/keys/t/short", json={"value": "s", "ttl": 600}).status_code == 201
+        assert http.put("/keys/t/plain", json={"value": "p"}).status_code == 201
+        lines = [json.loads(line) for line in http.get("/export").text.splitlines()]
+    by_key = {line["key"]: line for line in lines}
+    assert "expires_at" not in by_key["t/plain"]
+    expires_at = by_key["t/short"]["expires_at"]
+    # An export line from long ago: its key has expired, so import leaves it out.
+    stale = {"key": "t/stale", "value": "x", "expires_at": expires_at - 10_000}
+    path = write_lines(tmp_path / "ttl.jsonl", [*lines, stale])
+    target = make_server()
+    result = filekv("import", str(path), "--url", target.url, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["written"], summary["expired"]) == (2, 1)
+    with target.client() as http:
+        short = http.get("/keys/t/short").json()
+        assert short["expires_in"] is not None
+        assert abs(short["expires_in"] - (expires_at - time.time())) < 30  # the same expiry
+        assert http.get("/keys/t/plain").json()["expires_in"] is None
+        assert http.get("/keys/t/stale").status_code == 404
 
 
 def test_cli_import_from_stdin_and_refused_batch(make_server: MakeServer, tmp_path: Path) -> None:

@@ -55,11 +55,13 @@ from filekv.client_cli import (
 
 BATCH_KEYS: Final = 1000  # POST /batch takes at most 1000 operations ...
 BATCH_BYTES: Final = 12 << 20  # ... in a body of at most 16 MiB: keep a margin for the framing
-LINE_FIELDS: Final = frozenset({"key", "value", "revision"})
+LINE_FIELDS: Final = frozenset({"key", "value", "revision", "expires_at"})
 # A longer line could not go in one POST /batch anyway (16 MiB bodies); it is refused unread.
 MAX_LINE_BYTES: Final = BATCH_BYTES
 EXIT_BAD_INPUT: Final = 2
 PIPELINE_DEPTH: Final = 2  # batches read ahead of the one being sent
+# The server's longest ttl (engine/expiry.py MAX_TTL), not imported: this module loads no engine.
+MAX_TTL: Final = 10 * 365 * 24 * 3600.0
 
 
 class Refused(Exception):
@@ -81,8 +83,9 @@ class BadLine(Exception):
 # -- reading the input ---------------------------------------------------------------------------
 
 
-def parse_line(number: int, line: bytes) -> tuple[str, str]:
-    """The key and value of one JSON line; BadLine naming ``number`` if it is not one."""
+def parse_line(number: int, line: bytes) -> tuple[str, str, float | None]:
+    """The key, value and expiry (Unix seconds, or None) of one JSON line; BadLine naming
+    ``number`` if it is not one."""
     try:
         item = orjson.loads(line)
     except orjson.JSONDecodeError as error:
@@ -101,7 +104,13 @@ def parse_line(number: int, line: bytes) -> tuple[str, str]:
     revision = item.get("revision")
     if revision is not None and (type(revision) is not int or revision < 0):
         raise BadLine(number, '"revision" must be a whole number >= 0')
-    return key, value
+    expires_at = item.get("expires_at")
+    if expires_at is not None and (
+        type(expires_at) not in (int, float)
+        or not 0 < expires_at <= time.time() + MAX_TTL  # NaN fails both
+    ):
+        raise BadLine(number, '"expires_at" must be a Unix time at most ten years from now')
+    return key, value, None if expires_at is None else float(expires_at)
 
 
 @dataclass
@@ -112,7 +121,16 @@ class Batch:
     last_line: int = 0
     keys: list[str] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
+    expiries: list[float | None] = field(default_factory=list)  # Unix seconds, None: never
     size: int = 0
+    expired: int = 0  # lines left out: their key had expired by the time they were read
+
+    def operations(self) -> Iterator[tuple[str, str, float | None]]:
+        """(key, value, ttl in seconds or None), the ttl counted from now: at least 1 ms, so a
+        key that expires while its batch is on the way is written and gone at once."""
+        now = time.time()
+        for key, value, expires_at in zip(self.keys, self.values, self.expiries, strict=True):
+            yield key, value, None if expires_at is None else max(expires_at - now, 0.001)
 
 
 def read_batches(lines: IO[bytes], batch_keys: int) -> Iterator[Batch]:
@@ -126,7 +144,10 @@ def read_batches(lines: IO[bytes], batch_keys: int) -> Iterator[Batch]:
             raise BadLine(number, f"longer than {MAX_LINE_BYTES:,} bytes")
         if not line.strip():
             continue
-        key, value = parse_line(number, line)
+        key, value, expires_at = parse_line(number, line)
+        if expires_at is not None and expires_at <= time.time():
+            batch.expired += 1  # gone already: as an export taken now would leave it out
+            continue
         size = len(line) + 16  # as a batch operation: the line's JSON, give or take a field name
         if batch.keys and (len(batch.keys) >= batch_keys or batch.size + size > BATCH_BYTES):
             yield batch
@@ -136,6 +157,7 @@ def read_batches(lines: IO[bytes], batch_keys: int) -> Iterator[Batch]:
         batch.last_line = number
         batch.keys.append(key)
         batch.values.append(value)
+        batch.expiries.append(expires_at)
         batch.size += size
     if batch.keys:
         yield batch
@@ -242,6 +264,7 @@ def export(
 @dataclass
 class ImportResult:
     written: int = 0  # keys written (or, with --dry-run, that would be)
+    expired: int = 0  # keys left out because they had expired
     last_line: int = 0  # the last line of the last batch written
     revision: int | None = None
 
@@ -263,6 +286,7 @@ def _import_batches(
         if revision is not None:
             result.revision = revision
         result.written += len(batch.keys)
+        result.expired += batch.expired
         result.last_line = batch.last_line
         advance(len(batch.keys))
 
@@ -305,7 +329,9 @@ def _write_online(kv: Client) -> Any:
     def write(batch: Batch) -> int | None:
         ops = [
             {"op": "put", "key": key, "value": value}
-            for key, value in zip(batch.keys, batch.values, strict=True)
+            if ttl is None
+            else {"op": "put", "key": key, "value": value, "ttl": ttl}
+            for key, value, ttl in batch.operations()
         ]
         try:
             return kv.batch(ops)
@@ -322,7 +348,8 @@ def import_(
         typer.Argument(
             metavar="FILE|-",
             help='JSON Lines as `filekv export` writes them: {"key": K, "value": V, '
-            '"revision": R} per line ("revision" is ignored); "-" reads stdin.',
+            '"revision": R, "expires_at": T} per line ("revision" is ignored; "expires_at", '
+            'for a key with a TTL, keeps it: an expired one is left out); "-" reads stdin.',
         ),
     ],
     url: UrlOption = None,
@@ -377,6 +404,7 @@ def import_(
         f"{f' (lines 1-{result.last_line:,})' if result.last_line else ''}"
         f"{'' if result.revision is None else f' up to revision {result.revision}'}"
         f" in {seconds:.1f} s ({_rate(result.written, seconds)})"
+        f"{f'; {result.expired:,} expired keys left out' if result.expired else ''}"
     )
     if as_json:
         emit_json(
@@ -384,6 +412,7 @@ def import_(
                 "written": 0 if dry_run else result.written,
                 "valid": result.written,
                 "last_line": result.last_line,
+                "expired": result.expired,
                 "revision": result.revision,
                 "seconds": round(seconds, 3),
                 "error": None if failure is None else failure[0],
@@ -421,8 +450,7 @@ def _import_offline(
 
         def write(batch: Batch) -> int:
             ops = [
-                Put(key, value.encode("utf-8"))
-                for key, value in zip(batch.keys, batch.values, strict=True)
+                Put(key, value.encode("utf-8"), None, ttl) for key, value, ttl in batch.operations()
             ]
             try:
                 return store.batch(ops)

@@ -333,3 +333,4 @@ def test_ttl_snapshot_leaves_out_expired_keys(
     clock.advance(2)
     with db.snapshot("a/") as snap:
         assert [key for key, _, _ in snap] == ["a/2", "a/3"]
+        assert (snap.expires_at("a/2"), snap.expires_at("a/3")) == (None, START + 100)

@@ -172,8 +172,10 @@ class Snapshot:
         prefix: str,
         keys: list[str],
         location_of: Callable[[str], int],
+        expiries: dict[str, float] | None = None,
     ) -> None:
         self._io = io
+        self._expiries = expiries or {}
         self._pins = pins
         self._segments = segments
         self.revision = revision
@@ -207,14 +209,17 @@ class Snapshot:
             keys: list[str] = ordered[ordered.bisect_left(prefix) : stop]
         else:
             keys = list(ordered)
-        if index.expiries and now is not None and index.expired_count(now):
-            expiries = index.expiries
-            keys = [key for key in keys if not expiries.get(key, now + 1) <= now]
+        held = index.expiries
+        if held and now is not None and index.expired_count(now):
+            keys = [key for key in keys if not held.get(key, now + 1) <= now]
         locations = index.locations
         if len(keys) * WHOLE_COPY_SHARE >= len(locations):
             location_of = locations.copy().__getitem__
         else:
             location_of = dict(zip(keys, map(locations.__getitem__, keys), strict=True)).__getitem__
+        # The view's expiries, copied with it: only the keys that expire, so nothing in a store
+        # without TTLs (one pass over the view's keys otherwise).
+        expiries = {key: held[key] for key in keys if key in held} if held else None
         table = {segment.segment_id: segment for segment in segments}
         pins.pin(table.values())
         return cls(
@@ -225,11 +230,16 @@ class Snapshot:
             prefix=prefix,
             keys=keys,
             location_of=location_of,
+            expiries=expiries,
         )
 
     def __len__(self) -> int:
         """How many keys the view holds."""
         return len(self._keys)
+
+    def expires_at(self, key: str) -> float | None:
+        """When ``key`` (of this view) expires, as of the snapshot; None if it never does."""
+        return self._expiries.get(key)
 
     @property
     def remaining(self) -> int:

@@ -73,11 +73,15 @@ def encode_chunk(snapshot: Snapshot) -> tuple[bytes, int]:
     if not items:
         return b"", 0
     dumps = orjson.dumps
-    lines = [
+    expires_at = snapshot.expires_at
+    lines = []
+    for key, value, revision in items:
         # Values written through the API are UTF-8; anything else is shown, as GET shows it.
-        dumps({"key": key, "value": value.decode("utf-8", "replace"), "revision": revision})
-        for key, value, revision in items
-    ]
+        line = {"key": key, "value": value.decode("utf-8", "replace"), "revision": revision}
+        expiry = expires_at(key)
+        if expiry is not None:  # a key with a TTL: when it expires (Unix seconds), for import
+            line["expires_at"] = expiry
+        lines.append(dumps(line))
     lines.append(b"")
     return b"\n".join(lines), len(items)
 
