@@ -184,9 +184,7 @@ def encode_record(marker: bytes, revision: int, operations: Sequence[Operation])
     return encode_header(marker, revision, len(operations), body, zlib.crc32(body)) + body
 
 
-def encode_put(
-    marker: bytes, revision: int, key: bytes, value: bytes, kind: int = PUT
-) -> bytes:
+def encode_put(marker: bytes, revision: int, key: bytes, value: bytes, kind: int = PUT) -> bytes:
     """The common single-put record, without the general path's list building (hot path)."""
     body = OPERATION_HEADER.pack(kind, len(key), len(value)) + key + value
     return encode_header(marker, revision, 1, body, zlib.crc32(body)) + body
