@@ -696,7 +696,12 @@ def run_metrics_cost(args: argparse.Namespace) -> tuple[list[LoadResult], dict[s
         ]
         for repeat in range(args.repeats):
             log(f"round {repeat + 1} of {args.repeats}")
-            for server, label, kind in rows:
+            # Each round starts at the next variant, so none is always timed first or last.
+            shift = repeat % len(METRICS_VARIANTS)
+            by_kind = [rows[i : i + len(METRICS_VARIANTS)] for i in (0, len(METRICS_VARIANTS))]
+            for server, label, kind in [
+                r for group in by_kind for r in group[shift:] + group[:shift]
+            ]:
                 if kind == "put_key":
                     os.sync()
                 result, cpu_us = measure_with_cpu(args, tmp, server, label, kind, args.keys)
