@@ -159,7 +159,9 @@ def test_login_abuse_unknown_names_answer_like_wrong_passwords(
     unknown = _login(client, "nobody-here", "whatever password")
     wrong = _login(client, "victim", WRONG[0])
     assert unknown.status_code == wrong.status_code == 401
-    assert unknown.json() == wrong.json()  # no user enumeration through the message
+    # No user enumeration through the message (each answer names its own request, of course).
+    assert {**unknown.json(), "request_id": None} == {**wrong.json(), "request_id": None}
+    assert unknown.json()["request_id"] != wrong.json()["request_id"]
 
 
 def test_login_abuse_real_server_never_shows_passwords_or_hashes(tmp_path: Path) -> None:

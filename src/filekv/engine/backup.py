@@ -240,7 +240,9 @@ def _verify_main(argv: list[str]) -> int:
     try:
         verify_copy(Path(argv[1]))
     except CorruptStore as error:
-        print(json.dumps({"path": error.path, "offset": error.offset, "reason": error.reason}))
+        # The one line the parent process reads back: a reply on the pipe, not a log message.
+        damage = {"path": error.path, "offset": error.offset, "reason": error.reason}
+        sys.stdout.write(json.dumps(damage) + "\n")
         return 1
     return 0
 
