@@ -146,7 +146,14 @@ def get(key: KeyArgument, url: UrlOption = None, as_json: JsonOption = False) ->
     with connect(url) as kv:
         entry = kv.entry(key)
     if as_json:
-        emit_json({"key": entry.key, "value": entry.value, "revision": entry.revision})
+        emit_json(
+            {
+                "key": entry.key,
+                "value": entry.value,
+                "revision": entry.revision,
+                "expires_in": entry.expires_in,
+            }
+        )
     else:
         emit_line(entry.value)
 
@@ -157,6 +164,12 @@ def put(
         str, typer.Argument(help="The value; '-' reads it from stdin, as it is (no newline cut).")
     ],
     expect: ExpectOption = None,
+    ttl: Annotated[
+        float | None,
+        typer.Option(
+            "--ttl", min=0.001, help="Seconds until the key expires (then it is gone for reads)."
+        ),
+    ] = None,
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -164,9 +177,9 @@ def put(
     if value == "-":
         value = sys.stdin.read()
     with connect(url) as kv:
-        revision = kv.put(key, value, expect=expect)
+        revision = kv.put(key, value, expect=expect, ttl=ttl)
     if as_json:
-        emit_json({"key": key, "revision": revision, "staged": revision is None})
+        emit_json({"key": key, "revision": revision, "staged": revision is None, "expires_in": ttl})
     else:
         emit_line("staged" if revision is None else str(revision))
 

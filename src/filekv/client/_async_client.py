@@ -120,13 +120,15 @@ class AsyncClient:
 
     # --- keys
 
-    async def put(self, key: str, value: str, *, expect: int | None = None) -> int | None:
+    async def put(
+        self, key: str, value: str, *, expect: int | None = None, ttl: float | None = None
+    ) -> int | None:
         """Write ``key``; the new revision, or None if staged in your transaction.
 
         ``expect=REV`` writes only if the key is at revision REV, ``expect=0`` only if it does
-        not exist (``PreconditionFailed`` otherwise).
+        not exist (``PreconditionFailed`` otherwise). ``ttl``: seconds until the key expires.
         """
-        return p.decode_revision(await self._send(p.put_call(key, value, expect)))
+        return p.decode_revision(await self._send(p.put_call(key, value, expect, ttl)))
 
     async def entry(self, key: str) -> Entry:
         """The key, its value and revision; ``NotFound`` if absent."""

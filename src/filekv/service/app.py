@@ -129,7 +129,6 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     app.state.settings = settings
-    app.state.exports = ExportSlots(settings.export_max_concurrent)
     # Per application, never prometheus-client's global registry (tests build many apps).
     metrics = Metrics(app.state) if settings.metrics else None
     app.state.metrics = metrics
@@ -137,6 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
         time_limit=settings.backup_time_limit,
         stopping=lambda: bool(app.state.stop_requested and app.state.stop_requested()),
     )
+    app.state.exports = ExportSlots(settings.export_max_concurrent)
     # Set by ``filekv serve`` to "has the server been told to stop?", for a long recovery.
     app.state.stop_requested = None
     app.state.store = None
@@ -146,11 +146,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.router.routes.extend([*keys.fast_routes(), *batch.fast_routes()])
     app.include_router(keys.router)
     app.include_router(batch.router)
-    app.include_router(export.router)
     app.include_router(transactions.router)
     app.include_router(backup.router)
     app.include_router(auth.router)
     app.include_router(health.router)
+    app.include_router(export.router)
     app.include_router(watch.router)
     install_docs(app)
     install_console(app)

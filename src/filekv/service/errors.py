@@ -285,7 +285,12 @@ def answer_for(exc: BaseException) -> ErrorAnswer | None:
     return None
 
 
-def _body(detail: Any, request_id: str | None) -> bytes:
+def _body(detail: Any, request_id: str | None, extra: dict[str, Any] | None = None) -> bytes:
+    if extra is not None:
+        body = {"detail": detail, **extra}
+        if request_id is not None:
+            body["request_id"] = request_id
+        return dumps(body)
     if request_id is None:
         return dumps({"detail": detail})
     return dumps({"detail": detail, "request_id": request_id})
@@ -314,13 +319,8 @@ def error_response(exc: BaseException, request_id: str | None = None) -> Respons
         logger.warning("answering %d: %s: %s", answer.status, type(exc).__name__, exc)
     detail = answer.detail or str(exc) or (type(exc).__doc__ or type(exc).__name__).strip()
     headers = answer.headers(exc) if answer.headers else None
-    body: dict[str, Any] = {"detail": detail}
-    if answer.extra is not None:
-        body.update(answer.extra(exc))
-    if request_id is not None:
-        body["request_id"] = request_id
     return Response(
-        dumps(body),
+        _body(detail, request_id, answer.extra(exc) if answer.extra else None),
         status_code=answer.status,
         headers=headers,
         media_type="application/json",

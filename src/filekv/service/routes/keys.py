@@ -113,13 +113,25 @@ async def get_key(key: str, request: Request) -> Response:
     session_id = request_session_id(request, transactions, write=False)
     check_key_encoding(request)
     tx = transactions.reader(session_id) if session_id is not None else None
-    entry = (tx or state.store).entry(key)
+    store: Store = state.store
+    entry = (tx or store).entry(key)
     if entry is None:
         raise KeyNotFound("no such key")
     headers = {"ETag": f'"{entry.revision}"'} if entry.revision is not None else None
-    return _json(
-        {"key": key, "value": _decode(entry.value), "revision": entry.revision}, headers=headers
-    )
+    expires_at = entry.expires_at
+    expires_in = None if expires_at is None else _seconds_left(expires_at, store.now())
+    body = {
+        "key": key,
+        "value": _decode(entry.value),
+        "revision": entry.revision,
+        "expires_in": expires_in,
+    }
+    return _json(body, headers=headers)
+
+
+def _seconds_left(expires_at: float, now: float) -> float:
+    # Milliseconds are as fine as anyone can act on; never 0 for a key that is still there.
+    return max(round(expires_at - now, 3), 0.001)
 
 
 @router.put(
