@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 MAX_TTL: Final = 10 * 365 * 24 * 3600.0  # ten years, in seconds
 SWEEP_BATCH: Final = 512  # expiries written per hold of the store lock
 PACE: Final = 3.0  # rest this many times a full batch's time before the next: 25 % at most
+# ... unless the oldest expiry not yet written is older than LAG seconds: then rest only as long
+# as the batch took (50 %), so that a wave of expiries is written within about half a minute.
+LAG: Final = 5.0
+PACE_LAGGING: Final = 1.0
 
 
 def check_ttl(ttl: object) -> float:
@@ -37,14 +41,16 @@ def check_ttl(ttl: object) -> float:
 
 
 class ExpirySweeper:
-    """A daemon thread calling ``sweep`` every ``interval`` seconds (and at once on ``wake``).
+    """A daemon thread calling ``sweep`` every ``interval`` seconds.
 
     ``sweep()`` returns how many keys it expired; a full batch means more are waiting, so it is
-    called again without sleeping.
+    called again after a rest in proportion to its cost; ``lag()`` says how long ago the oldest
+    expiry still to write fell due (0 if none), which shortens the rest.
     """
 
-    def __init__(self, sweep: Callable[[], int], interval: float) -> None:
+    def __init__(self, sweep: Callable[[], int], interval: float, lag: Callable[[], float]) -> None:
         self._sweep = sweep
+        self._lag = lag
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="filekv-expiry", daemon=True)
@@ -62,7 +68,10 @@ class ExpirySweeper:
                     # expiry keeps to 25 % of its CPU): reads and writes keep their speed while
                     # the backlog is written, as they already see it gone. CPU time, not wall
                     # time: waiting for the GIL behind busy readers must not slow it further.
-                    if self._stop.wait((time.thread_time() - started) * PACE):
+                    # A backlog older than LAG gets half the time instead, as Redis's expiry
+                    # works harder when many keys are stale.
+                    pace = PACE_LAGGING if self._lag() > LAG else PACE
+                    if self._stop.wait((time.thread_time() - started) * pace):
                         return
             except StoreClosed:
                 return

@@ -160,7 +160,9 @@ class Store(StoreReads, StoreMaintenance):
                 on_failure=segments.fail,
             )
         if options.expiry_sweep_seconds > 0:
-            store._sweeper = ExpirySweeper(store.sweep_expired, options.expiry_sweep_seconds)
+            store._sweeper = ExpirySweeper(
+                store.sweep_expired, options.expiry_sweep_seconds, store._expiry_lag
+            )
         return store
 
     def close(self) -> None:
@@ -311,6 +313,12 @@ class Store(StoreReads, StoreMaintenance):
         with self._lock:
             self._check_open()
         self._group.sync_now()
+
+    def _expiry_lag(self) -> float:
+        """Seconds since the oldest expiry still held fell due (0 if none has)."""
+        with self._lock:
+            oldest = self._index.next_expiry()
+            return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
 
     def sweep_expired(self, limit: int = SWEEP_BATCH) -> int:
         """Write the deletion of up to ``limit`` expired keys (an ``expire`` record each, at its
