@@ -173,7 +173,9 @@ def _verify(staging: Path, extracted: Extracted, source_name: str) -> int:
         except (UsersFileCorrupt, OSError) as error:
             raise ArchiveError(f"{source_name}: member {USERS_NAME} is damaged: {error}") from None
     try:
-        with Store.open(staging, auto_compact=False) as store:
+        # Opened only to be checked: nothing may write to the copy (no compaction, no sweep of
+        # keys that expired since the backup: the server that serves it will do that).
+        with Store.open(staging, auto_compact=False, expiry_sweep_seconds=0) as store:
             revision, keys = store.revision, len(store)
     except StoreError as error:
         raise ArchiveError(f"{source_name}: the restored store does not open: {error}") from None
