@@ -26,7 +26,11 @@ from .segments import SegmentSet
 def value_hashes(operations: list[Operation]) -> list[int]:
     # A PUT_TTL's payload ends with its expiry, which is no part of the value.
     return [
-        value_hash(value) if kind == PUT else value_hash(value[:-8]) if kind == PUT_TTL else 0
+        value_hash(value)
+        if kind == PUT
+        else value_hash(value[: -EXPIRY.size])
+        if kind == PUT_TTL
+        else 0
         for kind, _, value in operations
     ]
 
