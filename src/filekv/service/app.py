@@ -27,6 +27,7 @@ from filekv.service.console import install_console
 from filekv.service.docs import install_docs
 from filekv.service.errors import install_error_handlers
 from filekv.service.export import ExportSlots
+from filekv.service.hot_routes import HotRoutes
 from filekv.service.logs import AccessLog
 from filekv.service.metrics import Metrics, RouteTemplates
 from filekv.service.middleware import RequestMiddleware
@@ -117,6 +118,11 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc come from the package (service/docs.py), not a CDN
         redoc_url=None,
+        # FastAPI's own OpenTelemetry hooks (0.16x) look up the global providers, environment
+        # variables included, on every request: 6 % of a PUT's CPU in process. filekv reports
+        # through its own /metrics and access log, so they are off. Older FastAPI keeps the
+        # unknown keyword in ``app.extra``, harmlessly.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         # Every route can get these, before any route runs: 408, 414 and 431 from the read
         # limits of the HTTP protocol (service/protocol.py), 400 from the HTTP parser (or a
         # malformed header), 405 for a method the path does not have.
@@ -143,7 +149,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.add_exception_handler(ClientDisconnect, client_disconnected)
     # First, so they match before the APIRoutes that document them.
-    app.router.routes.extend([*keys.fast_routes(), *batch.fast_routes()])
+    hot = [*keys.fast_routes(), *batch.fast_routes()]
+    app.router.routes.extend(hot)
     app.include_router(keys.router)
     app.include_router(batch.router)
     app.include_router(transactions.router)
@@ -156,6 +163,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_console(app)
     if metrics is not None:
         app.include_router(metrics_routes.router)
+    # Added first, so it runs inside RequestMiddleware (request ids, metrics, the log).
+    app.add_middleware(HotRoutes, routes=hot, exception_handlers=lambda: app.exception_handlers)
     app.add_middleware(
         RequestMiddleware,
         templates=RouteTemplates(app.router),
