@@ -1,4 +1,4 @@
-"""Where the index's memory per key goes: each in-memory structure built alone, RSS measured.
+"""Where the index's memory per key (and its build time) goes: each structure built alone.
 
     .venv/bin/python bench/index_memory.py [--keys 1000000]
 
@@ -6,7 +6,12 @@ Builds, one after another in one fresh process, what ``KeyIndex`` holds for N ke
 ``bench/scale.py`` workload (16-byte keys, distinct 100-byte values): the key strings, the
 packed location integers, the key -> location dict, the ordered key list, the value-hash ints
 and the hash -> key dict. Prints the RSS each added, in bytes per key, so the figure in
-``bench/scale.py`` ("RSS per key") can be read as a sum of parts. A benchmark, not a test.
+``bench/scale.py`` ("RSS per key") can be read as a sum of parts, and the seconds each took to
+build, so a reopen's time (which builds the same structures) can be read the same way. Two
+reference rows, built and dropped, show what the dict's time is made of: the same dict with
+keys already hashed, and a dict of as many int keys inserted in order (no random access). The
+strings and ints are made by a Python loop here (a reopen decodes them at C speed), so only the
+dict rows' seconds compare with a reopen's. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import time
 from itertools import repeat
 from operator import and_
 
@@ -36,14 +42,16 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1_000_000)
     keys_count = parser.parse_args().keys
     gc.disable()  # as recovery does: no cycles here, and the collector would only add time
-    rows: list[tuple[str, int]] = []
+    rows: list[tuple[str, int, float]] = []
     before = _rss()
+    started = time.perf_counter()
 
     def measure(name: str) -> None:
-        nonlocal before
+        nonlocal before, started
         now = _rss()
-        rows.append((name, now - before))
+        rows.append((name, now - before, time.perf_counter() - started))
         before = now
+        started = time.perf_counter()
 
     keys = [f"key-{i:012d}" for i in range(keys_count)]
     measure("key strings (16 ASCII chars) + the list holding them")
@@ -60,17 +68,24 @@ def main() -> None:
     measure("value-hash ints (32 bits) + their list")
     by_value = dict(zip(hashes, keys, strict=True))
     measure("dict value hash -> key")
+    # References, not part of the index nor of the total: built, timed and freed.
+    again = dict(zip(keys, locations, strict=True))
+    del again
+    measure("(reference: the same dict again, every key's hash cached)")
+    in_order = dict(zip(range(keys_count), locations, strict=True))
+    del in_order
+    measure("(reference: a dict of as many ints inserted in order)")
     del hashes
     measure("(the list of hash ints dropped)")
     assert len(by_key) == len(ordered) == keys_count and len(by_value) <= keys_count
     del keys, locations
     measure("(the two lists dropped: the index keeps the objects)")
-    total = sum(size for _, size in rows)
+    total = sum(size for name, size, _ in rows if not name.startswith("(reference"))
     print(f"bench/index_memory.py --keys {keys_count:,}  (pid {os.getpid()})")
-    print(f"{'structure':<56} {'MiB':>9} {'B/key':>7}")
-    for name, size in rows:
-        print(f"{name:<56} {size / (1 << 20):>9,.1f} {size / keys_count:>7.1f}")
-    print(f"{'total':<56} {total / (1 << 20):>9,.1f} {total / keys_count:>7.1f}")
+    print(f"{'structure':<60} {'MiB':>9} {'B/key':>7} {'seconds':>8}")
+    for name, size, seconds in rows:
+        print(f"{name:<60} {size / (1 << 20):>9,.1f} {size / keys_count:>7.1f} {seconds:>8.2f}")
+    print(f"{'total':<60} {total / (1 << 20):>9,.1f} {total / keys_count:>7.1f}")
 
 
 if __name__ == "__main__":
