@@ -2,16 +2,22 @@
 
 ``Blocking`` gives ``AsyncClient`` the blocking interface of ``Client``: it runs each coroutine
 on an event loop of its own, collects the async iterators and turns ``async with
-kv.transaction()`` into a ``with``, so the shared tests check both clients with one body.
+kv.transaction()`` and ``async with kv.export()`` into a ``with`` (the export's stream read an
+item at a time, as it arrives), so the shared tests check both clients with one body.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
+
+import httpx
+from support.server import FILEKV, Server
 
 from filekv.client import AsyncClient
 
@@ -54,10 +60,19 @@ class Blocking:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[int]:
-        manager = self._client.transaction()
-        depth = self._run(manager.__aenter__())
-        try:
+        with self._enter(self._client.transaction()) as depth:
             yield depth
+
+    @contextlib.contextmanager
+    def export(self, *args: Any, **kwargs: Any) -> Iterator[BlockingExport]:
+        with self._enter(self._client.export(*args, **kwargs)) as stream:
+            yield BlockingExport(stream, self._run)
+
+    @contextlib.contextmanager
+    def _enter(self, manager: contextlib.AbstractAsyncContextManager[Any]) -> Iterator[Any]:
+        entered = self._run(manager.__aenter__())
+        try:
+            yield entered
         except BaseException as exc:
             if not self._run(manager.__aexit__(type(exc), exc, exc.__traceback__)):
                 raise
@@ -69,8 +84,73 @@ class Blocking:
         return lambda *args, **kwargs: self._run(method(*args, **kwargs))
 
 
+class BlockingExport:
+    """An ``AsyncExportStream`` read through ``ExportStream``'s interface, one item at a time."""
+
+    def __init__(self, stream: Any, run: Callable[[Any], Any]) -> None:
+        self._stream = stream
+        self._run = run
+
+    def __getattr__(self, name: str) -> Any:  # revision, keys, received
+        return getattr(self._stream, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._each(self._stream)
+
+    def chunks(self) -> Iterator[tuple[bytes, int]]:
+        return self._each(self._stream.chunks())
+
+    def _each(self, items: AsyncIterable[Any]) -> Iterator[Any]:
+        iterator = aiter(items)
+        while (item := self._run(_next(iterator))) is not _END:
+            yield item
+
+
+_END = object()
+
+
+async def _next(iterator: AsyncIterator[Any]) -> Any:
+    return await anext(iterator, _END)
+
+
 async def _collect(keys: AsyncIterator[str]) -> list[str]:
     return [key async for key in keys]
+
+
+class Body(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """A mocked answer's body (``httpx.Response(stream=...)``) in pieces, then (``fail``) the
+    connection lost."""
+
+    def __init__(self, pieces: list[bytes], *, fail: bool = False) -> None:
+        self.pieces = pieces
+        self.fail = fail
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from self.pieces
+        if self.fail:
+            raise httpx.ReadError("connection lost")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self.pieces:
+            yield piece
+        if self.fail:
+            raise httpx.ReadError("connection lost")
+
+
+def add_admin(server: Server) -> str:
+    """A new admin of ``server`` (``filekv user add --admin`` on its data directory): its name."""
+    name = unique("admin")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    added = subprocess.run(
+        [FILEKV, "user", "add", name, "--admin", "--password-stdin", "--data-dir", server.data_dir],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        env=clean,
+        timeout=60,
+    )
+    assert added.returncode == 0, added.stderr
+    return name
 
 
 def login_new_user(kv: Any) -> str:

@@ -1,4 +1,5 @@
-"""What only ``AsyncClient`` has: ``async with``, ``async for`` and ``async with transaction()``.
+"""What only ``AsyncClient`` has: ``async with``, ``async for``, ``async with transaction()`` and
+``async with export()``.
 
 The shared tests (``connect``) already run every method through it; these use its own syntax,
 on anyio's pytest plugin (anyio comes with httpx) with the asyncio backend.
@@ -7,13 +8,16 @@ on anyio's pytest plugin (anyio comes with httpx) with the asyncio backend.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import inspect
+import io
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
-from clientkit import PASSWORD, unique
+from clientkit import PASSWORD, add_admin, unique
 from support.server import Server
 
-from filekv.client import AsyncClient, Entry, Locked, NotFound
+from filekv.client import AsyncClient, Client, Entry, Forbidden, Locked, NotFound
 
 pytestmark = pytest.mark.anyio
 
@@ -25,6 +29,34 @@ def anyio_backend() -> str:
 
 class Boom(Exception):
     pass
+
+
+PLAIN = (type(None), bool, int, float, str)
+
+
+def _parameters(method: Callable[..., object]) -> list[tuple[str, object, object]]:
+    """Names, kinds and defaults (a sentinel default, e.g. ``get``'s, as "a sentinel")."""
+    parameters = inspect.signature(method).parameters.values()
+    return [
+        (param.name, param.kind, param.default if _plain(param) else "a sentinel")
+        for param in parameters
+    ]
+
+
+def _plain(param: inspect.Parameter) -> bool:
+    return param.default is param.empty or isinstance(param.default, PLAIN)
+
+
+def test_async_client_has_every_method_of_client() -> None:
+    """The package's promise: every public method of ``Client``, with the same parameters."""
+    renamed = {"close": "aclose"}
+    for name, method in vars(Client).items():
+        if name.startswith("_"):
+            continue
+        twin = getattr(AsyncClient, renamed.get(name, name), None)
+        assert twin is not None, f"AsyncClient has no {name}"
+        if callable(method):
+            assert _parameters(twin) == _parameters(method), name
 
 
 async def _user(server: Server) -> AsyncClient:
@@ -108,3 +140,39 @@ async def test_async_client_wait_locked(short_lease_server: Server) -> None:
                     await impatient.put(key, "refused")
         finally:
             await holder.rollback()
+
+
+async def test_async_client_export_reads_as_it_arrives(server: Server) -> None:
+    prefix = unique("stream") + "/"
+    count, value = 2000, "x" * 1000  # 2 MB: far more than one read of the connection
+    async with AsyncClient(server.url) as kv:
+        revisions = [
+            await kv.batch([("put", f"{prefix}{n:05d}", value) for n in range(first, first + 500)])
+            for first in range(0, count, 500)
+        ]
+        async with kv.export(prefix) as stream:
+            assert (stream.revision, stream.keys) == (revisions[-1], count)
+            entries = aiter(stream)
+            first_entry = await anext(entries)
+            # One entry in, most of the body is still on its way: not read whole first.
+            assert stream.received < count // 2
+            rest = [entry async for entry in entries]
+        assert stream.received == count
+    assert [first_entry, *rest] == [
+        Entry(f"{prefix}{n:05d}", value, revisions[n // 500]) for n in range(count)
+    ]
+
+
+async def test_async_client_backup_as_admin_only(server: Server, tmp_path: Path) -> None:
+    async with AsyncClient(server.url) as kv:
+        await kv.login(add_admin(server), PASSWORD)
+        revision = await kv.put(unique("backup"), "v")
+        with (tmp_path / "filekv.tar").open("wb") as out:
+            done = await kv.backup(out)
+        assert done == {"revision": revision, "bytes": (tmp_path / "filekv.tar").stat().st_size}
+        user = await _user(server)
+        async with user:
+            refused = io.BytesIO()
+            with pytest.raises(Forbidden):
+                await user.backup(refused)
+        assert refused.getvalue() == b""

@@ -10,9 +10,10 @@
         with kv.transaction():            # commit on normal exit, rollback on an exception
             kv.put("greeting", "hi", expect=rev)
 
-``AsyncClient`` has the same methods as coroutines (``keys`` and ``find`` are async iterators,
-``transaction`` an async context manager). Errors are ``FilekvError`` and its subclasses (the tree
-is drawn in ``_errors.py``). The client imports nothing of the server: only httpx.
+``AsyncClient`` has the same methods as coroutines (``keys``, ``find`` and ``watch`` are async
+iterators, ``transaction`` and ``export`` async context managers). Errors are ``FilekvError``
+and its subclasses (the tree is drawn in ``_errors.py``). The client imports nothing of the
+server: only httpx.
 """
 
 from __future__ import annotations

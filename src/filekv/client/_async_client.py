@@ -6,14 +6,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 import httpx
 
 from filekv.client import _protocol as p
 from filekv.client._errors import FilekvError, NotFound, translate_transport_errors
+from filekv.client._export import AsyncExportStream
 from filekv.client._models import Entry
 from filekv.client._watch import Change, Resume, watch_async
 
@@ -175,7 +176,61 @@ class AsyncClient:
         """
         return p.decode_revision(await self._send(p.batch_call(ops)))
 
-    # --- transactions
+    @contextlib.asynccontextmanager
+    async def export(self, prefix: str = "") -> AsyncIterator[AsyncExportStream]:
+        """``Client.export`` for asyncio: ``async with kv.export("user/") as stream:`` then
+        ``stream.revision`` and ``async for entry in stream`` (or ``stream.chunks()``), read as
+        it arrives; ``Unavailable`` if cut short, ``TooManyRequests`` if the server streams too
+        many exports already.
+        """
+        with translate_transport_errors():
+            request = p.export_call(prefix).request(self._http)
+            response = await self._http.send(request, stream=True)
+        try:
+            if response.status_code >= 400:
+                with translate_transport_errors():
+                    await response.aread()
+                p.check(response)
+            yield AsyncExportStream(response)
+        finally:
+            await response.aclose()
+
+    # --- backup
+
+    async def backup(
+        self,
+        out: BinaryIO,
+        *,
+        progress: Callable[[int], None] | None = None,
+        on_start: Callable[[int], None] | None = None,
+    ) -> dict[str, int]:
+        """``Client.backup`` for asyncio: ``GET /admin/backup`` (admins only) written to ``out``
+        as it arrives, ``{"revision", "bytes"}``; ``on_start(total_bytes)`` and
+        ``progress(bytes)`` are plain callables, ``out`` a plain binary file (its writes block
+        the event loop as briefly as a chunk takes). Read timeout ``BACKUP_READ_TIMEOUT``;
+        ``Unavailable`` if cut short, and then ``out`` holds what arrived: write to a temporary
+        file and rename it once this returns.
+        """
+        with translate_transport_errors():
+            response = await self._http.send(p.BACKUP.request(self._http), stream=True)
+            try:
+                if response.status_code >= 400:
+                    await response.aread()
+                    p.check(response)
+                total, revision = p.decode_backup_head(response)
+                if on_start is not None:
+                    on_start(total)
+                written = 0
+                async for chunk in response.aiter_raw():
+                    out.write(chunk)
+                    written += len(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            finally:
+                await response.aclose()
+        return p.backup_result(revision, written, total)
+
+    # --- watching
 
     def watch(
         self,
@@ -190,6 +245,8 @@ class AsyncClient:
         return watch_async(
             self.url, self._http.headers, self._timeout, self._transport, resume, reconnect_timeout
         )
+
+    # --- transactions
 
     async def begin(self) -> int:
         """Begin the transaction, or a nested level of it: the new depth."""

@@ -12,12 +12,7 @@ from typing import Any, BinaryIO, Final
 import httpx
 
 from filekv.client import _protocol as p
-from filekv.client._errors import (
-    FilekvError,
-    NotFound,
-    Unavailable,
-    translate_transport_errors,
-)
+from filekv.client._errors import FilekvError, NotFound, translate_transport_errors
 from filekv.client._export import ExportStream
 from filekv.client._models import Entry
 from filekv.client._watch import Change, Resume, watch_sync
@@ -25,9 +20,6 @@ from filekv.client._watch import Change, Resume, watch_sync
 log = logging.getLogger(__name__)
 
 _MISSING: Final[Any] = object()
-# Seconds to wait for a backup's first byte (the server verifies every record first) and
-# between two chunks.
-BACKUP_READ_TIMEOUT: Final = 600.0
 
 
 class Client:
@@ -189,12 +181,12 @@ class Client:
         stream`` (or ``stream.chunks()`` for the raw JSON Lines); ``Unavailable`` if the answer
         is cut short, ``TooManyRequests`` if the server streams too many exports already.
         """
-        request = self._http.build_request("GET", "/export", params={"prefix": prefix})
         with translate_transport_errors():
-            response = self._http.send(request, stream=True)
+            response = self._http.send(p.export_call(prefix).request(self._http), stream=True)
         try:
             if response.status_code >= 400:
-                response.read()
+                with translate_transport_errors():
+                    response.read()
                 p.check(response)
             yield ExportStream(response)
         finally:
@@ -213,18 +205,17 @@ class Client:
         one revision, ``{"revision", "bytes"}``. ``on_start(total_bytes)`` once the answer
         starts, ``progress(bytes)`` after each chunk written. The server verifies the store
         before it sends a byte, so the first byte may take a while: the read timeout is
-        ``BACKUP_READ_TIMEOUT``. ``Unavailable`` if the archive arrives cut short.
+        ``BACKUP_READ_TIMEOUT`` (``_protocol``). ``Unavailable`` if the archive arrives cut short.
+        Nothing is written to ``out`` unless the answer is a success; a cut-off archive leaves
+        what arrived in ``out``: write to a temporary file and rename it once this returns.
         """
-        timeout = httpx.Timeout(self._http.timeout.connect, read=BACKUP_READ_TIMEOUT)
-        request = self._http.build_request("GET", "/admin/backup", timeout=timeout)
         with translate_transport_errors():
-            response = self._http.send(request, stream=True)
+            response = self._http.send(p.BACKUP.request(self._http), stream=True)
             try:
                 if response.status_code >= 400:
                     response.read()
                     p.check(response)
-                total = int(response.headers["content-length"])
-                revision = int(response.headers["x-filekv-revision"])
+                total, revision = p.decode_backup_head(response)
                 if on_start is not None:
                     on_start(total)
                 written = 0
@@ -235,9 +226,7 @@ class Client:
                         progress(len(chunk))
             finally:
                 response.close()
-        if written != total:
-            raise Unavailable(f"the backup was cut off after {written} of {total} bytes")
-        return {"revision": revision, "bytes": written}
+        return p.backup_result(revision, written, total)
 
     # --- watching
 

@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from filekv.client._errors import error_for_status, retry_after
+from filekv.client._errors import Unavailable, error_for_status, retry_after
 from filekv.client._models import Entry
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
@@ -41,8 +41,12 @@ class Call:
     json: Any = None
     data: dict[str, str] | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    read_timeout: float | None = None  # seconds between two bytes, when not the client's
 
     def request(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        timeout = client.timeout
+        if self.read_timeout is not None:
+            timeout = httpx.Timeout(timeout.connect, read=self.read_timeout)
         return client.build_request(
             self.method,
             self.path,
@@ -50,6 +54,7 @@ class Call:
             json=self.json,
             data=self.data,
             headers=self.headers,
+            timeout=timeout,
         )
 
 
@@ -197,6 +202,32 @@ def _batch_op(index: int, op: BatchOp) -> dict[str, Any]:
 def batch_call(ops: Iterable[BatchOp]) -> Call:
     items = [_batch_op(index, op) for index, op in enumerate(ops)]
     return Call("POST", "/batch", json={"ops": items})
+
+
+# --- export and backup
+
+
+def export_call(prefix: str) -> Call:
+    """``GET /export``: sent with ``stream=True``, its body read by an ``ExportStream``."""
+    return Call("GET", "/export", params={"prefix": prefix})
+
+
+# Seconds to wait for a backup's first byte (the server verifies every record first) and
+# between two chunks.
+BACKUP_READ_TIMEOUT: Final = 600.0
+BACKUP: Final = Call("GET", "/admin/backup", read_timeout=BACKUP_READ_TIMEOUT)
+
+
+def decode_backup_head(response: httpx.Response) -> tuple[int, int]:
+    """A backup answer's archive size in bytes and its revision, from its headers."""
+    return int(response.headers["content-length"]), int(response.headers["x-filekv-revision"])
+
+
+def backup_result(revision: int, written: int, total: int) -> dict[str, int]:
+    """``{"revision", "bytes"}`` of a backup received whole; ``Unavailable`` if cut short."""
+    if written != total:
+        raise Unavailable(f"the backup was cut off after {written} of {total} bytes")
+    return {"revision": revision, "bytes": written}
 
 
 # --- transactions
