@@ -28,6 +28,7 @@ import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from filekv.engine import BatchOp, Delete, Put
 from filekv.engine.expiry import MAX_TTL
@@ -175,15 +176,28 @@ async def read_body(request: Request, cap: int) -> bytes:
             raise BadRequest(f"Content-Length must be a number of at most {MAX_DIGITS} digits")
         if int(length) > cap:
             raise BodyTooLarge(f"request body over {cap} bytes")
-        return await request.body()
+    # The ASGI messages read directly, as Starlette's ``Request.stream`` does, without its async
+    # generator and the ``aclosing`` around it: a fifth of reading a small PUT's body.
+    receive = request.receive
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")  # the whole body in one message: the usual case
+        if len(body) > cap:
+            raise BodyTooLarge(f"request body over {cap} bytes")
+        return body
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        if message["type"] != "http.request":  # http.disconnect: the client left mid-body
+            raise ClientDisconnect
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
             raise BodyTooLarge(f"request body over {cap} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+        message = await receive()
 
 
 async def read_batch(request: Request) -> list[BatchOp]:
