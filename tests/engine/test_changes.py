@@ -19,6 +19,7 @@ import pytest
 from support.engine_fixtures import OpenStore, Reopen
 
 from filekv.engine import Change, Compacted, Delete, Put, Store, StoreClosed
+from filekv.engine.changes import CHANGE_COST
 
 SOAK = os.environ.get("FILEKV_SOAK") == "1"
 KEYS = ["a", "a/1", "a/2", "b", "b/1", "é", "cfg/x", "cfg/y"]
@@ -316,3 +317,27 @@ def test_changes_expire_appears_with_its_own_revision(open_store: OpenStore, db_
 def test_changes_after_must_be_a_revision(store: Store, after: object) -> None:
     with pytest.raises(ValueError, match="after must be a revision"):
         store.changes(after=after)  # type: ignore[arg-type]
+
+
+def test_changes_buffer_counts_a_record_as_its_changes(
+    open_store: OpenStore, db_path: Path
+) -> None:
+    # A batch's or a commit's changes are published together (publish_many): the buffer's byte
+    # count must be what publishing each would have added (a TTL's expiry is no part of it).
+    db = open_store(db_path)
+    db.put("gone", b"x")
+    db.batch([Put("a", b"12345"), Put("é", b"v" * 40, ttl=60), Delete("gone"), Put("a", b"z")])
+    with db.transaction() as tx:
+        tx.put("b", b"in a commit", ttl=5)
+        tx.delete("a")
+    feed = db._feed
+    buffered = [c for c in feed._changes[feed._head :] if c is not None]
+    assert [(c.op, c.key, c.value) for c in _all(db, 0)] == [
+        ("put", "gone", b"x"),
+        ("put", "é", b"v" * 40),
+        ("delete", "gone", None),
+        ("put", "a", b"z"),
+        ("put", "b", b"in a commit"),
+        ("delete", "a", None),
+    ]
+    assert feed._bytes == sum(CHANGE_COST + len(c[2]) + len(c[3] or b"") for c in buffered)

@@ -7,8 +7,9 @@ feed at what it holds. Owns no state.
 
 from __future__ import annotations
 
-from .changes import ChangeFeed
+from .changes import CHANGE_COST, ChangeFeed
 from .hint import LENGTH_SHIFT, OFFSET_SHIFT, REVISION_SHIFT, SEGMENT_SHIFT
+from .history import RawChange
 from .index import KeyIndex
 from .record import (
     EXPIRY,
@@ -63,7 +64,9 @@ def apply_record(
     written = written_bytes = 0  # for the live-bytes estimate, added up once per record
     replaced: list[tuple[int, int]] = []
     expiries = summary.expiries
-    publish = feed.publish
+    changes: list[RawChange] = []
+    change = changes.append
+    change_bytes = CHANGE_COST * len(operations)  # as ChangeFeed.publish counts each change
     for (kind, encoded, value), key, hashed in zip(operations, keys, hashes, strict=True):
         key_bytes = len(encoded)
         position += op_header + key_bytes
@@ -86,15 +89,18 @@ def apply_record(
             position += len(value)
             if expires_at is not None:
                 value = value[:length]  # the payload without its expiry
-            publish(revision, "put", key, value, expires_at)
+            change((revision, "put", key, value, expires_at))
+            change_bytes += len(key) + length
         else:
             previous = remove_key(key)
             final[key] = None
             if expiries:
                 expiries.pop(key, None)
-            publish(revision, "delete", key, None, None)
+            change((revision, "delete", key, None, None))
+            change_bytes += len(key)
         if previous is not None:
             replaced.append((key_bytes, previous))
+    feed.publish_many(changes, change_bytes)
     segments.account_record(written, written_bytes, replaced)
     summary.max_revision = revision
 

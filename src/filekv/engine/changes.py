@@ -105,6 +105,18 @@ class ChangeFeed:
         if self._sync_waiting or self._loop_waiters:
             self._wake()
 
+    def publish_many(self, changes: list[RawChange], size: int) -> None:
+        """``publish`` for every change of one record (a batch, a commit) in one call: a
+        Python call per operation was a tenth of a 100-put batch's time. ``size`` is what
+        ``publish`` would have added up for them (``CHANGE_COST`` + key + value, each)."""
+        self._changes.extend(changes)
+        size += self._bytes
+        self._bytes = size
+        if size > self._max_bytes:
+            self._drop_oldest()
+        if self._sync_waiting or self._loop_waiters:
+            self._wake()
+
     def _drop_oldest(self) -> None:
         # Down to 7/8 of the budget, not just under it: a full buffer then drops a run of
         # changes every few hundred writes instead of one on every write.
