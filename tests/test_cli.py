@@ -421,3 +421,41 @@ def test_readme_documents_every_route(tmp_path: Path) -> None:
     assert len(operations) >= 14
     for method, path in operations:
         assert f"`{method} {path}" in text, f"{method} {path} is missing from the README"
+
+
+def test_serve_freezes_the_startup_heap_once_the_lifespan_is_up() -> None:
+    # filekv serve leaves everything alive at startup out of later collections (cli.py,
+    # _freeze_startup_heap); a lifespan that fails to start freezes nothing.
+    import asyncio
+    import gc
+    from contextlib import asynccontextmanager
+
+    from filekv.cli import _remember_startup_error
+
+    seen: list[int] = []
+
+    @asynccontextmanager
+    async def lifespan(_: Any) -> Any:
+        seen.append(gc.get_freeze_count())
+        yield None
+
+    @asynccontextmanager
+    async def broken(_: Any) -> Any:
+        raise OSError("no such data dir")
+        yield None
+
+    async def serve(wrapped: Any) -> int:
+        async with wrapped(None):
+            return gc.get_freeze_count()
+
+    errors: list[BaseException] = []
+    try:
+        assert gc.get_freeze_count() == 0
+        with pytest.raises(OSError):
+            asyncio.run(serve(_remember_startup_error(broken, errors)))
+        assert gc.get_freeze_count() == 0 and len(errors) == 1
+        frozen = asyncio.run(serve(_remember_startup_error(lifespan, errors)))
+        assert seen == [0]  # frozen after the lifespan is up, not before
+        assert frozen > 0
+    finally:
+        gc.unfreeze()

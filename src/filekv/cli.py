@@ -8,6 +8,7 @@ an unset flag falls back to ``FILEKV_<NAME>`` in the environment, then to the de
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import signal
 import sys
@@ -332,6 +333,7 @@ def _remember_startup_error(lifespan: Lifespan, errors: list[BaseException]) -> 
         try:
             async with lifespan(app) as state:
                 started = True
+                _freeze_startup_heap()
                 yield state
         except BaseException as exc:
             if not started:
@@ -339,6 +341,21 @@ def _remember_startup_error(lifespan: Lifespan, errors: list[BaseException]) -> 
             raise
 
     return wrapped
+
+
+def _freeze_startup_heap() -> None:
+    """Leave what exists once the server is up (the imported modules, the app, the recovered
+    index) out of every later garbage collection.
+
+    Requests keep allocating objects that outlive a young collection (each waits for its fsync),
+    so full collections come every half second or so under load; each one walked the whole heap,
+    hundreds of thousands of objects that never become garbage, for 40 to 70 ms with nothing to
+    collect, stalling every request (measured under POST /batch: 36 such pauses in 17 s, a
+    tenth of the server's time). ``gc.freeze`` is meant for this: collect once, then move the
+    survivors to a generation no collection visits. Only ``filekv serve`` does it; objects that
+    become garbage later are still freed by reference counting."""
+    gc.collect()
+    gc.freeze()
 
 
 class _DropStartupTraceback(logging.Filter):
