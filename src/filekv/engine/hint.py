@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import compress, islice, repeat
+from functools import partial
+from itertools import compress, repeat
 from operator import add, and_, eq, itemgetter, lt, ne, not_
 from typing import Final, Literal
 
 from .record import FormatError
+from .slices import SLICE, sliced_counts, sliced_map, sliced_sorted
 
 HINT_MAGIC: Final = b"FKVHNT"
 
@@ -150,17 +151,21 @@ def value_groups(hashes: Sequence[int]) -> tuple[list[int], list[int], list[int]
     Built with C-level iteration (a count per hash, then ``compress``): a Python step per entry
     made this a fifth of compaction's time.
     """
+    # Every pass a slice at a time (``slices.py``): this runs in background threads, and a pass
+    # over a whole segment's entries in one C call kept the GIL from the event loop for as long.
     count = len(hashes)
-    counts = Counter(hashes)
+    counts = sliced_counts(hashes)
     if len(counts) == count:  # every hash unique: the common case
         return list(range(count)), [], []
-    alone = list(map(eq, map(counts.__getitem__, hashes), repeat(1)))
+    alone = sliced_map(partial(eq, 1), sliced_map(counts.__getitem__, hashes))
     singles = list(compress(range(count), alone))
     # Stable: entries of one hash stay in entry order.
-    grouped = sorted(compress(range(count), map(not_, alone)), key=hashes.__getitem__)
-    grouped_hashes = list(map(hashes.__getitem__, grouped))
-    changes = map(ne, grouped_hashes, islice(grouped_hashes, 1, None))
-    ends = [*map(add, compress(range(len(grouped) - 1), changes), repeat(1)), len(grouped)]
+    others = list(compress(range(count), sliced_map(not_, alone)))
+    grouped = sliced_sorted(others, key=hashes.__getitem__)
+    grouped_hashes = sliced_map(hashes.__getitem__, grouped)
+    changes = sliced_map(ne, grouped_hashes[:-1], grouped_hashes[1:])
+    last = len(grouped)
+    ends = [*sliced_map(partial(add, 1), list(compress(range(last - 1), changes))), last]
     return singles, grouped, ends
 
 
@@ -170,7 +175,7 @@ def encode_hint(columns: HintColumns) -> bytes:
     locations = columns.locations
     if len(locations) != len(columns.keys):
         raise ValueError("a hint needs one location per key")
-    singles, grouped, ends = value_groups(list(map(and_, locations, repeat(HASH_MASK))))
+    singles, grouped, ends = value_groups(sliced_map(partial(and_, HASH_MASK), locations))
     keys_block = _joined(columns.keys)
     value_bytes = sum(map(length_of, locations))
     deleted_block = _joined(columns.deleted)
@@ -217,7 +222,11 @@ def _joined(keys: list[str]) -> bytes:
     """Keys as UTF-8 joined by 0xFF, built as one string: no bytes object per key (a hint of half
     a million keys made as many temporaries). Keys are valid Unicode (``Writer.encode_key``), so
     the only lone surrogate is the separator, which ``surrogateescape`` turns into 0xFF."""
-    return "\udcff".join(keys).encode("utf-8", "surrogateescape")
+    parts = [
+        "\udcff".join(keys[first : first + SLICE]).encode("utf-8", "surrogateescape")
+        for first in range(0, len(keys), SLICE)
+    ]
+    return KEY_SEPARATOR.join(parts)  # a slice at a time, as value_groups
 
 
 def _location_entries(locations: Sequence[int]) -> bytes:

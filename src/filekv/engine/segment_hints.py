@@ -35,6 +35,7 @@ from .fileio import FileIO
 from .hint import HintColumns, encode_hint, pack
 from .record import PUT, iter_operations, value_hash
 from .segment import TEMP_SUFFIX, Segment, SegmentSummary, hint_name, scan_segment
+from .slices import sliced_map, sliced_sorted
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +75,16 @@ def scan_summary(io: FileIO, path: Path, segment_id: int) -> tuple[SegmentSummar
 def hint_columns(segment_id: int, summary: SegmentSummary, length: int) -> HintColumns:
     """The hint file's columns for a plain segment of ``length`` bytes summed up by ``summary``."""
     final = summary.final
-    keys = sorted(key for key, location in final.items() if location is not None)
-    deleted = sorted(key for key, location in final.items() if location is None)
+    # Sliced sorts and lookups (``slices.py``): the hint writer is a background thread, and one
+    # sort of a segment's keys in a single C call kept the GIL from the event loop for as long.
+    keys = sliced_sorted([key for key, location in final.items() if location is not None])
+    deleted = sliced_sorted([key for key, location in final.items() if location is None])
     return HintColumns(
         segment_id=segment_id,
         max_revision=summary.max_revision,
         created_ms=int(time.time() * 1000),
         keys=keys,
-        locations=list(map(final.__getitem__, keys)),  # type: ignore[arg-type]  # puts: never None
+        locations=sliced_map(final.__getitem__, keys),  # type: ignore[arg-type]  # puts: never None
         deleted=deleted,
         segment_length=length,
         expiries=dict(summary.expiries),
@@ -112,6 +115,12 @@ def write_segment_hint(io: FileIO, directory: Path, segment: Segment) -> int:
         with contextlib.suppress(OSError):
             io.unlink(str(temp))
         raise
+    if not segment.path.exists():
+        # Compaction retired the segment while its hint was built from memory: it deletes the
+        # segment file before looking for a hint, so a hint renamed in after that look is seen
+        # here, and goes. (Left, it was only a stray file until the next open removed it.)
+        io.unlink(str(final))
+        raise FileNotFoundError(f"{segment.path.name} was deleted while its hint was written")
     io.fsync_dir(str(directory))
     return len(data)
 

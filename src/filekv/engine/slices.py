@@ -1,0 +1,57 @@
+"""Whole-list passes cut into slices, for the work of background threads (hint files).
+
+A C-level pass (``map``, ``sorted``, ``Counter``) over half a million entries is a single call,
+and a thread keeps the GIL for the whole of a C call: the event loop, with every request behind
+it, waited up to 348 ms while the hint writer encoded a 64 MiB segment's hint, 76 ms for a
+100,000-key one (docs/PERFORMANCE.md, the issue-10 section). Cut into slices of ``SLICE``
+entries, each call takes a few milliseconds, and between calls the interpreter hands the GIL on
+as it does every 5 ms. The results are those of the plain calls, in the same order; the price
+is a Python step per slice, and for ``sliced_sorted`` a merge of the sorted slices at Python
+speed.
+
+Owns no state.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, Final, TypeVar
+
+__all__ = ["SLICE", "sliced_counts", "sliced_map", "sliced_sorted"]
+
+SLICE: Final = 4096
+
+T = TypeVar("T")
+H = TypeVar("H", bound=Hashable)
+
+
+def sliced_map(function: Callable[..., T], *sequences: Sequence[Any]) -> list[T]:
+    """``list(map(function, *sequences))``, a slice at a time (the sequences of equal length)."""
+    out: list[T] = []
+    extend = out.extend
+    for first in range(0, len(sequences[0]), SLICE):
+        end = first + SLICE
+        extend(map(function, *(sequence[first:end] for sequence in sequences)))
+    return out
+
+
+def sliced_sorted(items: Sequence[T], key: Callable[[T], Any] | None = None) -> list[T]:
+    """``sorted(items, key=key)``: slices sorted apiece, then merged. Stable, as ``sorted``:
+    ``heapq.merge`` takes equal items from the earlier slice first."""
+    if len(items) <= SLICE:
+        return sorted(items, key=key)  # type: ignore[type-var, arg-type]
+    runs = [
+        sorted(items[first : first + SLICE], key=key)  # type: ignore[type-var, arg-type]
+        for first in range(0, len(items), SLICE)
+    ]
+    return list(heapq.merge(*runs, key=key))
+
+
+def sliced_counts(items: Sequence[H]) -> Counter[H]:
+    """``Counter(items)``, a slice at a time."""
+    counts: Counter[H] = Counter()
+    for first in range(0, len(items), SLICE):
+        counts.update(items[first : first + SLICE])
+    return counts

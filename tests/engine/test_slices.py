@@ -1,0 +1,68 @@
+"""``slices.py``: the sliced passes give exactly what the plain calls give, across slice edges."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from operator import add
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import filekv.engine.slices as slices
+from filekv.engine.hint import HASH_MASK, HintColumns, decode_hint, encode_hint, pack, value_groups
+from filekv.engine.slices import sliced_counts, sliced_map, sliced_sorted
+
+
+@pytest.fixture(autouse=True)
+def small_slices(monkeypatch: Any) -> None:
+    # Slices of 3: every size below crosses several slice edges (the real size is 4096).
+    monkeypatch.setattr(slices, "SLICE", 3)
+
+
+@given(st.lists(st.integers(-5, 5), max_size=40))
+def test_sliced_sorted_is_sorted_and_stable(items: list[int]) -> None:
+    tagged = list(enumerate(items))  # equal items keep their order: the tag tells
+    assert sliced_sorted(items) == sorted(items)
+    assert sliced_sorted(tagged, key=lambda pair: pair[1]) == sorted(tagged, key=lambda p: p[1])
+
+
+@given(st.lists(st.integers(0, 9), max_size=40))
+def test_sliced_map_and_counts_are_map_and_counter(items: list[int]) -> None:
+    assert sliced_map(str, items) == list(map(str, items))
+    assert sliced_map(add, items, items[::-1]) == list(map(add, items, items[::-1]))
+    assert sliced_counts(items) == Counter(items)
+
+
+@given(st.lists(st.integers(0, 6), max_size=40))
+def test_value_groups_sliced_as_in_one_pass(hashes: list[int]) -> None:
+    # The plain algorithm, as value_groups was before its passes were sliced.
+    count = len(hashes)
+    counts = Counter(hashes)
+    singles = [i for i in range(count) if counts[hashes[i]] == 1]
+    grouped = sorted((i for i in range(count) if counts[hashes[i]] > 1), key=hashes.__getitem__)
+    ends = [i + 1 for i in range(len(grouped) - 1) if hashes[grouped[i]] != hashes[grouped[i + 1]]]
+    if grouped:
+        ends.append(len(grouped))
+    if len(counts) == count:
+        singles, grouped, ends = list(range(count)), [], []
+    assert value_groups(hashes) == (singles, grouped, ends)
+
+
+def test_a_hint_of_many_slices_round_trips() -> None:
+    # Real slice size here: 10,000 keys are three slices of the keys block and of every pass.
+    slices.SLICE = 4096
+    rng = random.Random(7)
+    keys = sorted({f"key/{rng.getrandbits(40):012d}-é" for _ in range(10_000)})
+    locations = [pack(1, 64 + 40 * i, 5, i + 1, rng.randrange(3000)) for i in range(len(keys))]
+    hint = HintColumns(1, len(keys), 0, keys, locations, deleted=keys[:5000:7])
+    decoded = decode_hint(encode_hint(hint))
+    assert decoded.keys == keys
+    assert list(decoded.locations) == locations
+    assert decoded.deleted == keys[:5000:7]
+    hashes = [location & HASH_MASK for location in locations]
+    assert (list(decoded.singles), list(decoded.grouped), list(decoded.group_ends)) == (
+        value_groups(hashes)
+    )
