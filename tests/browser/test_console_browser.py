@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from support.server import FILEKV, PASSWORD, Server
+from support.server import PASSWORD, Server, user_command
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -44,15 +43,7 @@ PHONE = {"width": 390, "height": 844}
 
 def _user_command(data_dir: Path, *args: str) -> None:
     """``filekv user ARGS --data-dir D``, the way an operator adds users beside the server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
-    done = subprocess.run(
-        [FILEKV, "user", *args, "--password-stdin", "--data-dir", str(data_dir)],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    done = user_command(data_dir, *args, "--password-stdin", stdin=PASSWORD + "\n")
     assert done.returncode == 0, done.stderr
 
 

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
-from support.server import FILEKV, Server
+from support.server import Server, user_command
 
 from filekv.client import AsyncClient
 
@@ -140,14 +138,8 @@ class Body(httpx.SyncByteStream, httpx.AsyncByteStream):
 def add_admin(server: Server) -> str:
     """A new admin of ``server`` (``filekv user add --admin`` on its data directory): its name."""
     name = unique("admin")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
-    added = subprocess.run(
-        [FILEKV, "user", "add", name, "--admin", "--password-stdin", "--data-dir", server.data_dir],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        env=clean,
-        timeout=60,
+    added = user_command(
+        server.data_dir, "add", name, "--admin", "--password-stdin", stdin=PASSWORD + "\n"
     )
     assert added.returncode == 0, added.stderr
     return name

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.logs import access_lines
-from support.server import FILEKV, Server
+from support.server import Server, user_command
 
 PASSWORD = "correct horse battery"
 
@@ -96,13 +96,7 @@ def test_auth_e2e_failed_logins_are_throttled_and_secrets_stay_out_of_the_log(
 
 
 def _cli(server: Server, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [FILEKV, "user", *args, "--data-dir", str(server.data_dir)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return user_command(server.data_dir, *args, stdin=stdin)
 
 
 def test_auth_e2e_user_verbs_take_effect_on_the_running_server_at_once(server: Server) -> None:

@@ -7,7 +7,6 @@ runs), and by ``transaction_max_seconds``.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import threading
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import httpx
 from support.logs import records
-from support.server import FILEKV, PASSWORD, Server, login
+from support.server import PASSWORD, Server, login, user_command
 
 MakeServer = Callable[..., Server]
 BROKEN = "an admin ended your transaction: it was rolled back"
@@ -25,15 +24,7 @@ BROKEN = "an admin ended your transaction: it was rolled back"
 
 def _user_command(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """``filekv user ARGS --data-dir D``, as an operator runs it beside the server."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
-    return subprocess.run(
-        [FILEKV, "user", *args, "--data-dir", str(data_dir)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    return user_command(data_dir, *args, stdin=stdin)
 
 
 def _token_of(headers: dict[str, str]) -> str:

@@ -134,6 +134,22 @@ class Server:
         return self.log()[-LOG_TAIL:]
 
 
+def user_command(
+    data_dir: Path | str, *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``filekv user ARGS --data-dir D``, as an operator runs it beside the server: no
+    ``FILEKV_*`` variables of the test's environment, its output captured."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    return subprocess.run(
+        [FILEKV, "user", *args, "--data-dir", str(data_dir)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
 # -- talking to it ---------------------------------------------------------------------------------
 
 
