@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-from .batch import BatchOp, Put
+from .batch import BatchOp, Delete, Put
 from .changes import Change, ChangeFeed
 from .compaction import Compactor
 from .durability import GroupCommit, IntervalFlusher
@@ -47,6 +47,7 @@ from .index import KeyIndex
 from .maintenance import StoreMaintenance
 from .options import FSYNC_MODES, FsyncMode, StoreOptions
 from .reads import StoreReads
+from .record import EXPIRY, OPERATION_HEADER, RECORD_HEADER_SIZE
 from .recovery import open_directory
 from .segments import SegmentSet
 from .transaction import ExpiringValue, Transaction
@@ -58,6 +59,20 @@ log = logging.getLogger(__name__)
 
 # Value bytes above which ``abatch`` encodes in a thread, not on the loop (~1 ms per MiB).
 ASYNC_INLINE_BATCH_BYTES: Final = 64 << 10
+# A record's bytes beyond its key and value, at most (a put that expires), and a key of n
+# characters takes at most 4n bytes of UTF-8: the bounds ``SegmentSet.rotation_due`` is asked.
+_PUT_BOUND: Final = RECORD_HEADER_SIZE + OPERATION_HEADER.size + EXPIRY.size
+
+
+def _chars(key: object) -> int:
+    return len(key) if type(key) is str else 0  # any other key is refused before any write
+
+
+def _size(value: object) -> int:
+    if type(value) is bytes:
+        return len(value)
+    # A bytearray or memoryview is copied into bytes of this size; anything else is refused.
+    return memoryview(value).nbytes if isinstance(value, bytearray | memoryview) else 0
 
 
 class Store(StoreReads, StoreMaintenance):
@@ -87,7 +102,6 @@ class Store(StoreReads, StoreMaintenance):
             path,
             io,
             segment_bytes=options.segment_bytes,
-            rotation_margin=options.max_value_bytes + options.max_key_bytes + 64,
             on_sealed=lambda seq: self._group.mark_synced(seq),
         )
         self._group = GroupCommit(self._segments.sync_point, io.fsync)
@@ -264,7 +278,7 @@ class Store(StoreReads, StoreMaintenance):
         self, key: str, value: bytes, *, expect: int | None = None, ttl: float | None = None
     ) -> int:
         """``put`` for asyncio: the fsync wait happens off the event loop, shared with others."""
-        if self._segments.rotation_due():
+        if self._segments.rotation_due(_PUT_BOUND + _chars(key) * 4 + _size(value)):
             return await asyncio.to_thread(self.put, key, value, expect=expect, ttl=ttl)
         expires_at = None if ttl is None else self._clock() + check_ttl(ttl)
         seq, revision = self._writer.append_put(key, value, expect, expires_at)
@@ -280,7 +294,7 @@ class Store(StoreReads, StoreMaintenance):
         return bool(seq)
 
     async def adelete(self, key: str, *, expect: int | None = None) -> bool:
-        if self._segments.rotation_due():
+        if self._segments.rotation_due(_PUT_BOUND + _chars(key) * 4):
             return await asyncio.to_thread(self.delete, key, expect=expect)
         seq = self._writer.append_delete(key, expect)
         if seq and self._fsync_always:
@@ -299,8 +313,10 @@ class Store(StoreReads, StoreMaintenance):
 
     async def abatch(self, ops: Sequence[BatchOp]) -> int:
         """``batch`` for asyncio: the fsync wait (and a large batch's encoding) off the loop."""
-        payload = sum(len(op.value) for op in ops if isinstance(op, Put))
-        if payload > ASYNC_INLINE_BATCH_BYTES or self._segments.rotation_due():
+        payload = sum(_size(op.value) for op in ops if isinstance(op, Put))
+        keys = sum(_chars(op.key) for op in ops if isinstance(op, (Put, Delete)))
+        bound = RECORD_HEADER_SIZE + len(ops) * _PUT_BOUND + keys * 4 + payload
+        if payload > ASYNC_INLINE_BATCH_BYTES or self._segments.rotation_due(bound):
             return await asyncio.to_thread(self.batch, ops)
         seq, revision = self._writer.append_batch(ops)
         await self.wait_durable_async(seq)
