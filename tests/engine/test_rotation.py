@@ -38,9 +38,10 @@ def test_rotation_only_a_record_that_may_not_fit_is_written_from_a_thread(
     open_store: OpenStore, db_path: Path, offloaded: list[str]
 ) -> None:
     # Segments of 4 KiB, values up to 1 MiB: a fixed margin of the largest record (as before)
-    # sent every async write to a thread; the bound of each record sends only the last ones.
+    # sent every async write to a thread; the bound of each record (and a slack of 256 bytes,
+    # a sixteenth of the segment) sends only the last ones.
     db = open_store(db_path, segment_bytes=4096)
-    _fill(db, 600)
+    _fill(db, 900)
     segment = db._segments.active.segment_id
 
     async def small_writes() -> None:
@@ -66,9 +67,9 @@ def test_rotation_a_batch_that_cannot_fit_is_written_from_a_thread(
     open_store: OpenStore, db_path: Path, offloaded: list[str]
 ) -> None:
     db = open_store(db_path, segment_bytes=4096)
-    _fill(db, 600)
+    _fill(db, 900)
     segment = db._segments.active.segment_id
-    ops = [Put(f"k{i:02d}", b"v" * 40) for i in range(20)]  # about 1,000 bytes as a record
+    ops = [Put(f"k{i:02d}", b"v" * 40) for i in range(24)]  # about 1,230 bytes as a record
 
     async def write() -> int:
         return await db.abatch(ops)
@@ -76,4 +77,4 @@ def test_rotation_a_batch_that_cannot_fit_is_written_from_a_thread(
     asyncio.run(write())
     assert offloaded == ["batch"]
     assert db._segments.active.segment_id > segment
-    assert all(db.get(f"k{i:02d}") == b"v" * 40 for i in range(20))
+    assert all(db.get(f"k{i:02d}") == b"v" * 40 for i in range(24))

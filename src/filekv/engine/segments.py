@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 LOCK_NAME: Final = "LOCK"
 # Bytes a live single-put record costs on disk beyond its key and value: the live-bytes estimate.
 ENTRY_OVERHEAD: Final = PUT_VALUE_OFFSET
+# ``rotation_due``'s allowance for other threads' writes (at most a sixteenth of a segment).
+ROTATION_SLACK: Final = 64 << 10
 
 
 def entry_bytes(key_bytes: int, location: int) -> int:
@@ -65,6 +67,10 @@ class SegmentSet:
         self._directory = directory
         self._io = io
         self._segment_bytes = segment_bytes
+        # Room for what other threads (the sweeper, writes already in worker threads) may
+        # append between an async writer's ``rotation_due`` and its write: without it, a seal
+        # could land on the event loop, an fsync of a whole segment with fsync="never".
+        self._slack = min(ROTATION_SLACK, segment_bytes // 16)
         self._on_sealed = on_sealed
         self._segments: dict[int, Segment] = {}
         self._active: Segment | None = None
@@ -263,7 +269,7 @@ class SegmentSet:
         waited there for its fsync; behind 64 connections, batches took 0.3 s around each
         rotation (docs/PERFORMANCE.md)."""
         active = self._active
-        return active is not None and active.size + record_bytes > self._segment_bytes
+        return active is not None and active.size + record_bytes + self._slack > self._segment_bytes
 
     # ------------------------------------------------------------------ appending
 
