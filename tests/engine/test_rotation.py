@@ -26,23 +26,24 @@ def offloaded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return names
 
 
-def _fill(db: Store, free: int) -> None:
-    """Write until fewer than ``free`` + 200 bytes are left in the active segment."""
+@pytest.fixture
+def nearly_full(open_store: OpenStore, db_path: Path) -> tuple[Store, int]:
+    """A store of 4 KiB segments whose active one has about 1,000 bytes left, and its id."""
+    db = open_store(db_path, segment_bytes=4096)
     i = 0
-    while db._segments.active.size < 4096 - free - 200:
+    while db._segments.active.size < 4096 - 1100:
         db.put(f"fill{i}", b"f" * 100)
         i += 1
+    return db, db._segments.active.segment_id
 
 
 def test_rotation_only_a_record_that_may_not_fit_is_written_from_a_thread(
-    open_store: OpenStore, db_path: Path, offloaded: list[str]
+    nearly_full: tuple[Store, int], offloaded: list[str]
 ) -> None:
     # Segments of 4 KiB, values up to 1 MiB: a fixed margin of the largest record (as before)
     # sent every async write to a thread; the bound of each record (and a slack of 256 bytes,
     # a sixteenth of the segment) sends only the last ones.
-    db = open_store(db_path, segment_bytes=4096)
-    _fill(db, 900)
-    segment = db._segments.active.segment_id
+    db, segment = nearly_full
 
     async def small_writes() -> None:
         await db.aput("a", b"1" * 50)
@@ -64,11 +65,9 @@ def test_rotation_only_a_record_that_may_not_fit_is_written_from_a_thread(
 
 
 def test_rotation_a_batch_that_cannot_fit_is_written_from_a_thread(
-    open_store: OpenStore, db_path: Path, offloaded: list[str]
+    nearly_full: tuple[Store, int], offloaded: list[str]
 ) -> None:
-    db = open_store(db_path, segment_bytes=4096)
-    _fill(db, 900)
-    segment = db._segments.active.segment_id
+    db, segment = nearly_full
     ops = [Put(f"k{i:02d}", b"v" * 40) for i in range(24)]  # about 1,230 bytes as a record
 
     async def write() -> int:
