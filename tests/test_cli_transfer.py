@@ -262,3 +262,12 @@ def test_cli_export_progress_bar_on_a_terminal(make_server: MakeServer, tmp_path
     on_terminal = _run_on_a_terminal(["export", "-o", str(out), "--url", server.url])
     assert b"keys/s" in on_terminal and b"3000/3000" in on_terminal
     assert len(out.read_text().splitlines()) == 3000
+
+
+def test_import_takes_the_servers_longest_ttl() -> None:
+    # transfer_cli keeps its own copy of MAX_TTL (it loads no engine module): the two must agree,
+    # or import would refuse lines the server takes, or send ttls the server refuses.
+    from filekv import transfer_cli
+    from filekv.engine.expiry import MAX_TTL
+
+    assert transfer_cli.MAX_TTL == MAX_TTL
