@@ -180,6 +180,12 @@ def main() -> None:
             load["peak"] / load["rss"] / 1.2,
         ),
         ("reopen, never compacted", f"{plain['seconds']:.2f} s", "<= 6 s", plain["seconds"] / 6),
+        (
+            "RSS after that reopen",
+            f"{plain['rss'] / mib:,.0f} MiB = {plain['rss'] / keys:.0f} B/key",
+            "<= 190 B/key",
+            plain["rss"] / keys / 190,
+        ),
         ("reopen, 64 MiB unsealed tail", f"{tail['seconds']:.2f} s", "", None),
         ("compact()", f"{compact['seconds']:.1f} s", "", None),
         (

@@ -1,8 +1,9 @@
-"""The in-memory index and the hint file it loads from: round trip, validation, lazy groups.
+"""The in-memory index and the hint file it loads from: round trip, validation, columns.
 
-An index bulk-loaded from a hint keeps groups of keys that share a value hash as ranges into the
-hint until something looks at or changes them. The property test drives such an index and one
-built key by key through the same changes and requires them to agree after every step.
+An index loaded from a hint keeps its keys, locations and value order as columns
+(``key_columns.py``) and takes later changes in an overlay. The property test drives such an
+index and one built key by key through the same changes and requires them to agree after every
+step.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from filekv.engine.hint import (
     unpack,
 )
 from filekv.engine.index import KeyIndex
+from filekv.engine.key_columns import KeyColumns
 from filekv.engine.record import FormatError
 
 SEGMENT = 7
@@ -81,15 +83,12 @@ def test_location_accessors_read_the_fields_pack_wrote(
     assert place_of(location) != place_of(pack(fields[0], fields[1] ^ 1, *fields[2:]))
 
 
-def _snapshot(index: KeyIndex) -> dict[int, list[tuple[str, int]]]:
-    """Every value hash with its candidates, read without changing any holder."""
-    return {
-        hashed: sorted((key, location or 0) for key, location in index.group(holder).items())
-        for hashed, holder in index.by_value.items()
-    }
+def _view(index: KeyIndex) -> tuple[list[tuple[str, int]], dict[int, list[tuple[str, int]]]]:
+    """Everything a reader can ask: each key's location in key order, each hash's candidates."""
+    return list(index.items()), {hashed: index.candidates(hashed) for hashed in range(4)}
 
 
-def test_index_hint_round_trip_keeps_every_entry_and_the_groups() -> None:
+def test_index_hint_round_trip_keeps_every_entry_and_the_value_order() -> None:
     entries = {f"k{i:03d}": (i % 4 if i < 12 else 100 + i, i + 1) for i in range(20)}
     hint = _hint(entries)
     decoded = decode_hint(encode_hint(hint))
@@ -98,21 +97,18 @@ def test_index_hint_round_trip_keeps_every_entry_and_the_groups() -> None:
     assert decoded.segment_id == SEGMENT and decoded.max_revision == 20
     assert decoded.key_bytes == sum(len(k) for k in entries)
     assert decoded.value_bytes == sum(len(k) for k in entries)  # lengths are len(key) here
-    assert list(decoded.singles) == list(range(12, 20)), "singles stay in entry (key) order"
-    assert list(decoded.group_ends) == [3, 6, 9, 12]  # four hashes shared by three keys each
-    grouped = list(decoded.grouped)
-    for start in range(0, 12, 3):
-        run = grouped[start : start + 3]
-        assert len({decoded.locations[i] & HASH_MASK for i in run}) == 1
-        assert run == sorted(run)
+    hashes = [location & HASH_MASK for location in hint.locations]
+    # Positions by hash, equal hashes in entry order: k000, k004, k008 share hash 0, and so on.
+    assert list(decoded.by_hash) == [*(r + i for r in range(4) for i in (0, 4, 8)), *range(12, 20)]
+    assert list(decoded.hashes) == sorted(hashes)
 
 
 def test_index_hint_of_no_keys_round_trips() -> None:
     decoded = decode_hint(encode_hint(_hint({})))
     assert decoded.keys == [] and list(decoded.locations) == []
     index = KeyIndex()
-    index.bulk_load(decoded)
-    assert len(index) == 0 and index.by_value == {}
+    index.load_columns(KeyColumns.from_hints([decoded]))
+    assert len(index) == 0 and list(index.items()) == [] and index.candidates(0) == []
 
 
 def _resealed(body: bytes) -> bytes:
@@ -132,8 +128,8 @@ def test_index_hint_of_an_older_version_is_refused() -> None:
     ("field", "value", "message"),
     [
         (3, 3, "length"),  # count says more entries than the file holds
-        (8, 5, "add up"),  # more singles than entries
-        (9, 0, "length"),  # fewer group ends than the file holds
+        (8, 1, "has none"),  # value groups (of versions 2 to 4) in a version 5 header
+        (9, 1, "has none"),
     ],
 )
 def test_index_hint_that_does_not_add_up_is_refused(field: int, value: int, message: str) -> None:
@@ -146,21 +142,26 @@ def test_index_hint_that_does_not_add_up_is_refused(field: int, value: int, mess
         decode_hint(_resealed(body))
 
 
-def test_index_hint_group_ends_out_of_order_are_refused() -> None:
-    data = encode_hint(_hint({f"k{i}": (i % 2, i + 1) for i in range(6)}))
-    ends_at = len(data) - 4 - 8  # two groups of three: ends [3, 6]
-    assert struct.unpack_from("<II", data, ends_at) == (3, 6)
-    body = data[:ends_at] + struct.pack("<II", 6, 3)
-    with pytest.raises(FormatError, match="point outside"):
-        decode_hint(_resealed(body))
+def test_index_hint_value_order_out_of_order_is_sorted_when_loaded() -> None:
+    """Bisection needs ascending hashes; the columns sort a hint's value order as they load it
+    (in one pass when it ascends), so a hint that does not keep it is found right all the same."""
+    data = encode_hint(_hint({f"k{i}": (i % 2, i + 1) for i in range(3)}))
+    order_at = len(data) - 4 - 24  # positions [0, 2, 1], then their hashes [0, 0, 1]
+    assert struct.unpack_from("<6I", data, order_at) == (0, 2, 1, 0, 0, 1)
+    body = data[:order_at] + struct.pack("<6I", 1, 2, 0, 1, 0, 0)  # the same pairs, shuffled
+    index = KeyIndex()
+    index.load_columns(KeyColumns.from_hints([decode_hint(_resealed(body))]))
+    assert [key for key, _ in index.candidates(0)] == ["k0", "k2"]
+    assert [key for key, _ in index.candidates(1)] == ["k1"]
+    index.check()
 
 
-def test_index_hint_group_member_outside_the_entries_is_refused() -> None:
+def test_index_hint_value_order_outside_the_entries_is_refused() -> None:
     data = encode_hint(_hint({"a": (1, 1), "b": (1, 2), "c": (2, 3), "d": (3, 4)}))
-    grouped_at = len(data) - 4 - 4 - 8  # singles [2, 3], grouped [0, 1], ends [2]
-    assert struct.unpack_from("<II", data, grouped_at) == (0, 1)
-    body = data[:grouped_at] + struct.pack("<II", 0, 9) + data[grouped_at + 8 : -4]
-    with pytest.raises(FormatError, match="point outside"):
+    by_hash_at = len(data) - 4 - 16 - 16  # positions [0, 1, 2, 3], then four hashes
+    assert struct.unpack_from("<IIII", data, by_hash_at) == (0, 1, 2, 3)
+    body = data[:by_hash_at] + struct.pack("<IIII", 0, 1, 2, 9) + data[by_hash_at + 16 : -4]
+    with pytest.raises(FormatError, match="points outside"):
         decode_hint(_resealed(body))
 
 
@@ -174,15 +175,17 @@ def test_index_hint_entries_are_the_packed_locations_big_endian() -> None:
     assert unpack(int.from_bytes(entry, "big")) == (SEGMENT, 32, 1, 5, 0xABCD)
 
 
-def test_index_loaded_groups_are_not_built_until_used() -> None:
+def test_index_loaded_as_columns_finds_by_value_without_building_a_dict() -> None:
     index = KeyIndex()
-    index.bulk_load(decode_hint(encode_hint(_hint({f"k{i}": (i % 3, i + 1) for i in range(9)}))))
-    assert all(isinstance(holder, range) for holder in index.by_value.values())
+    index.load_columns(
+        KeyColumns.from_hints(
+            [decode_hint(encode_hint(_hint({f"k{i}": (i % 3, i + 1) for i in range(9)})))]
+        )
+    )
     found = index.candidates(1)
     assert [key for key, _ in found] == ["k1", "k4", "k7"]
-    assert found == [(key, index.locations[key]) for key, _ in found]
-    assert isinstance(index.by_value[1], dict), "a group looked at once is kept built"
-    assert isinstance(index.by_value[0], range)
+    assert found == [(key, index.get(key)) for key, _ in found]
+    assert index.by_value == {}, "the columns answer; nothing is copied into the overlay"
 
 
 # -- a bulk-loaded index and one built key by key take the same changes and stay equal ------------
@@ -209,11 +212,11 @@ def test_index_loaded_from_a_hint_behaves_like_one_built_by_set(
 ) -> None:
     hint = decode_hint(encode_hint(_hint(loaded)))
     lazy = KeyIndex()
-    lazy.bulk_load(hint)
+    lazy.load_columns(KeyColumns.from_hints([hint]))
     eager = KeyIndex()
     for key, location in zip(hint.keys, hint.locations, strict=True):
         eager.set(key, location)
-    assert _snapshot(lazy) == _snapshot(eager)
+    assert _view(lazy) == _view(eager)
     for step in changes:
         if step[0] == "set":
             _, key, hashed, revision = step
@@ -223,7 +226,7 @@ def test_index_loaded_from_a_hint_behaves_like_one_built_by_set(
             assert lazy.remove(step[1]) == eager.remove(step[1])
         elif step[0] == "move":
             _, key, offset = step
-            expected = eager.locations.get(key)
+            expected = eager.get(key)
             if expected is None:
                 continue
             _, _, length, revision, hashed = unpack(expected)
@@ -231,13 +234,10 @@ def test_index_loaded_from_a_hint_behaves_like_one_built_by_set(
             assert lazy.move(key, expected, moved) and eager.move(key, expected, moved)
         else:
             assert lazy.candidates(step[1]) == eager.candidates(step[1])
-        assert lazy.locations == eager.locations
-        assert list(lazy.ordered) == list(eager.ordered)
-        assert _snapshot(lazy) == _snapshot(eager)
-        for hashed, group in _snapshot(lazy).items():
-            assert group, "no empty group is left behind"
-            assert all(lazy.locations[key] == location for key, location in group)
-            assert all(lazy.locations[key] & HASH_MASK == hashed for key, _ in group)
+        assert _view(lazy) == _view(eager)
+        assert len(lazy) == len(eager)
+        assert list(lazy.keys_from("key0", "key03")) == list(eager.keys_from("key0", "key03"))
+        lazy.check()
 
 
 NO_HISTORY: dict[str, Any] = {"fsync": "never", "auto_compact": False, "watch_history": 0}

@@ -1,8 +1,9 @@
-"""Opening from several hint files folds them into one bulk load (``recovery.HintFold``).
+"""Opening from several hint files folds them into one set of columns (``recovery.HintFold``,
+``key_columns.py``).
 
-The folded index must be exactly the index that setting each hint's entries one by one (and
-removing its deleted keys) builds: same locations, same key order, same value groups. Few
-hashes, so most keys share one and the value index's grouping is exercised.
+The folded index must answer exactly as the index that setting each hint's entries one by one
+(and removing its deleted keys) builds: same locations, same key order, same candidates per value
+hash, before and after further changes. Few hashes, so most keys share one.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filekv.engine import Store
-from filekv.engine.hint import HintColumns, decode_hint, encode_hint, pack
+from filekv.engine.hint import HintColumns, decode_hint, encode_hint, pack, unpack
 from filekv.engine.index import KeyIndex
 from filekv.engine.recovery import HintFold
 from filekv.engine.segment import list_segment_ids
@@ -41,15 +42,26 @@ def _columns(segment_id: int, puts: dict[str, tuple[int, int]], deleted: list[st
     return decode_hint(encode_hint(columns))  # as read from disk, value groups and all
 
 
-def _snapshot(index: KeyIndex) -> dict[int, list[tuple[str, int | None]]]:
-    return {
-        hashed: sorted(index.group(holder).items()) for hashed, holder in index.by_value.items()
-    }
+def _view(index: KeyIndex) -> tuple[list[tuple[str, int]], dict[int, list[tuple[str, int]]]]:
+    """Everything a reader can ask: each key's location in key order, each hash's candidates."""
+    return list(index.items()), {hashed: index.candidates(hashed) for hashed in range(4)}
+
+
+change = st.one_of(
+    st.tuples(st.just("set"), st.sampled_from(KEYS), st.integers(0, 3), st.integers(1, 500)),
+    st.tuples(st.just("remove"), st.sampled_from(KEYS)),
+    st.tuples(st.just("move"), st.sampled_from(KEYS), st.integers(1, 500)),
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(hints=st.lists(segment_hint, min_size=1, max_size=5))
-def test_index_fold_of_hints_equals_setting_each_entry(hints: list[Any]) -> None:
+@given(
+    hints=st.lists(segment_hint, min_size=1, max_size=5),
+    changes=st.lists(change, max_size=12),
+)
+def test_index_fold_of_hints_equals_setting_each_entry(
+    hints: list[Any], changes: list[tuple[Any, ...]]
+) -> None:
     columns = [_columns(i + 1, puts, deleted) for i, (puts, deleted) in enumerate(hints)]
     eager = KeyIndex()
     for hint in columns:
@@ -63,9 +75,28 @@ def test_index_fold_of_hints_equals_setting_each_entry(hints: list[Any]) -> None
     folded = KeyIndex()
     _load(fold, folded)
     folded.check()
-    assert folded.locations == eager.locations
-    assert list(folded.ordered) == list(eager.ordered)
-    assert _snapshot(folded) == _snapshot(eager)
+    assert _view(folded) == _view(eager) and len(folded) == len(eager)
+    # Then the same changes to both: the overlay on top of the columns agrees throughout.
+    for step in changes:
+        if step[0] == "set":
+            _, key, hashed, revision = step
+            location = pack(9, 40 + revision, 3, revision, hashed)
+            assert folded.set(key, location) == eager.set(key, location)
+        elif step[0] == "remove":
+            assert folded.remove(step[1]) == eager.remove(step[1])
+        else:
+            _, key, offset = step
+            expected = eager.get(key)
+            if expected is None:
+                assert not folded.move(key, pack(1, 1, 1, 1, 1), pack(8, 1, 1, 1, 1))
+                continue
+            _, _, length, revision, hashed = unpack(expected)
+            moved = pack(8, offset, length, revision, hashed)
+            assert folded.move(key, expected, moved) and eager.move(key, expected, moved)
+            if moved != expected:
+                assert not folded.move(key, expected, moved), "no longer where it was"
+        assert _view(folded) == _view(eager) and len(folded) == len(eager)
+        folded.check()
 
 
 class _Accounts:

@@ -194,13 +194,24 @@ def test_segment_hints_a_store_without_them_opens_by_replay_and_gains_them(
     ]
 
 
-def _as_version_2(data: bytes) -> bytes:
-    """A version 4 hint without deleted or expiring keys written the way version 2 did (no
-    extensions)."""
-    body = data[:-4]
-    head = bytearray(body[: HINT_HEADER.size])
-    head[6:8] = (2).to_bytes(2, "little")
-    old = bytes(head) + body[HINT_HEADER.size + HINT_HEADER_V3.size + HINT_HEADER_V4.size :]
+def _as_version(data: bytes, version: int) -> bytes:
+    """A version 5 hint rewritten as ``version`` (2 or 4) wrote it: value groups where the value
+    order is (every entry a single, as a store without shared values had them), and for version
+    2 no header extensions (so no deleted or expiring keys)."""
+    hint = decode_hint(data)
+    fields = list(HINT_HEADER.unpack_from(data, 0))
+    count = fields[3]
+    fields[1], fields[8], fields[9] = version, count, 0  # version, singles = every entry, groups
+    extensions = HINT_HEADER_V3.size + HINT_HEADER_V4.size
+    keys_end = HINT_HEADER.size + extensions + fields[6]
+    order_at = keys_end + 22 * count
+    body = (
+        data[HINT_HEADER.size : order_at] if version >= 3 else data[keys_end - fields[6] : order_at]
+    )
+    if version == 2:
+        assert not hint.deleted and not hint.expiries
+    groups = b"".join(i.to_bytes(4, "little") for i in range(count))
+    old = HINT_HEADER.pack(*fields) + body + groups + data[order_at + 8 * count : -4]
     return old + zlib.crc32(old).to_bytes(4, "little")
 
 
@@ -216,12 +227,41 @@ def test_segment_hints_a_version_2_compaction_hint_still_loads(
     merged = [h for h in hints(path) if decode_hint(h.read_bytes()).segment_length == 0]
     assert len(merged) > 1
     for hint in merged:
-        hint.write_bytes(_as_version_2(hint.read_bytes()))
+        hint.write_bytes(_as_version(hint.read_bytes(), 2))
     assert sorted(key for h in merged for key in decode_hint(h.read_bytes()).keys) == sorted(model)
     replayed = _replayed(monkeypatch)
     db = open_store(path, **SMALL)
     assert contents(db) == model
     assert not {int(hint.name.split(".")[0]) for hint in merged} & set(replayed)
+
+
+def test_segment_hints_version_4_hints_still_load_and_find(
+    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store written before the value order (hint version 4: value groups) opens from its hints
+    (the value order is sorted at open), finds by value, and compaction writes version 5."""
+    path = tmp_path / "db"
+    model = _build(open_store, path)
+    db = open_store(path, **SMALL)
+    db.put("same-1", b"shared")
+    db.put("same-2", b"shared")
+    db.close()
+    model.update({"same-1": b"shared", "same-2": b"shared"})
+    for hint in hints(path):
+        hint.write_bytes(_as_version(hint.read_bytes(), 4))
+        assert HINT_HEADER.unpack_from(hint.read_bytes(), 0)[1] == 4
+    replayed = _replayed(monkeypatch)
+    db = open_store(path, **SMALL)
+    try:
+        assert replayed == [], "every version 4 hint is loaded, none replayed"
+        assert contents(db) == model
+        for value in [*list(model.values())[:20], b"shared"]:
+            assert db.find(value) == sorted(k for k, v in model.items() if v == value)
+        db.check()
+        db.compact()
+    finally:
+        db.close()
+    assert {HINT_HEADER.unpack_from(h.read_bytes(), 0)[1] for h in hints(path)} == {5}
 
 
 def test_segment_hints_encode_decode_round_trip_with_deleted_keys() -> None:

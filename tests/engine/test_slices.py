@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import filekv.engine.slices as slices
-from filekv.engine.hint import HASH_MASK, HintColumns, decode_hint, encode_hint, pack, value_groups
+from filekv.engine.hint import HASH_MASK, HintColumns, decode_hint, encode_hint, pack, value_order
 from filekv.engine.slices import sliced_counts, sliced_map, sliced_sorted
 
 
@@ -37,18 +37,10 @@ def test_sliced_map_and_counts_are_map_and_counter(items: list[int]) -> None:
 
 
 @given(st.lists(st.integers(0, 6), max_size=40))
-def test_value_groups_sliced_as_in_one_pass(hashes: list[int]) -> None:
-    # The plain algorithm, as value_groups was before its passes were sliced.
-    count = len(hashes)
-    counts = Counter(hashes)
-    singles = [i for i in range(count) if counts[hashes[i]] == 1]
-    grouped = sorted((i for i in range(count) if counts[hashes[i]] > 1), key=hashes.__getitem__)
-    ends = [i + 1 for i in range(len(grouped) - 1) if hashes[grouped[i]] != hashes[grouped[i + 1]]]
-    if grouped:
-        ends.append(len(grouped))
-    if len(counts) == count:
-        singles, grouped, ends = list(range(count)), [], []
-    assert value_groups(hashes) == (singles, grouped, ends)
+def test_value_order_sliced_as_in_one_pass(hashes: list[int]) -> None:
+    # The plain algorithm: positions by hash, equal hashes in position order.
+    by_hash = sorted(range(len(hashes)), key=lambda i: (hashes[i], i))
+    assert value_order(hashes) == (by_hash, [hashes[i] for i in by_hash])
 
 
 def test_a_hint_of_many_slices_round_trips() -> None:
@@ -63,6 +55,4 @@ def test_a_hint_of_many_slices_round_trips() -> None:
     assert list(decoded.locations) == locations
     assert decoded.deleted == keys[:5000:7]
     hashes = [location & HASH_MASK for location in locations]
-    assert (list(decoded.singles), list(decoded.grouped), list(decoded.group_ends)) == (
-        value_groups(hashes)
-    )
+    assert (list(decoded.by_hash), list(decoded.hashes)) == value_order(hashes)

@@ -323,7 +323,7 @@ class Compactor:
             live: list[tuple[int, str, int]] = []  # (offset, key, location)
             expiries: dict[str, float] = {}
             with self._lock:
-                get = self._index.locations.get
+                get = self._index.get
                 for key, location in known[first : first + BATCH]:
                     if get(key) == location:
                         live.append(((location >> OFFSET_SHIFT) & OFFSET_MASK, key, location))
@@ -395,10 +395,10 @@ class Compactor:
         for first in range(0, len(candidates), BATCH):
             live: list[LiveEntry] = []
             with self._lock:
-                locations = self._index.locations
+                get = self._index.get
                 expiries = self._index.expiries
                 for key, encoded, start, length, revision in candidates[first : first + BATCH]:
-                    location = locations.get(key)
+                    location = get(key)
                     if location is not None and place_of(location) == place_base | start:
                         value = data[start : start + length]
                         expires_at = expiries.get(key) if expiries else None

@@ -13,12 +13,12 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import compress, repeat
-from operator import add, and_, eq, itemgetter, lt, ne, not_
+from operator import and_, lt
 from typing import Final, Literal
 
+from .packed import ENTRY, LocationColumn, pack_entries
 from .record import FormatError
-from .slices import SLICE, sliced_counts, sliced_map, sliced_sorted
+from .slices import SLICE, sliced_map, sliced_sorted
 
 HINT_MAGIC: Final = b"FKVHNT"
 
@@ -43,6 +43,7 @@ LENGTH_SHIFT: Final = REVISION_SHIFT + REVISION_BITS
 OFFSET_SHIFT: Final = LENGTH_SHIFT + LENGTH_BITS
 SEGMENT_SHIFT: Final = OFFSET_SHIFT + OFFSET_BITS
 LOCATION_BYTES: Final = (SEGMENT_SHIFT + SEGMENT_BITS) // 8  # 22
+assert LOCATION_BYTES == ENTRY, "packed.py reads entries of this width"
 # A location >> PLACE_SHIFT identifies where the value is (segment and offset), nothing else.
 PLACE_SHIFT: Final = OFFSET_SHIFT
 
@@ -101,21 +102,23 @@ def unpack(location: int) -> tuple[int, int, int, int, int]:
 #   header:  | "FKVHNT" | version u16 | segment id u64 | count u64 | max revision u64 |
 #            | created (unix ms) u64 | keys block length u64 | value bytes u64 | singles u64 |
 #            | groups u64 |  (72 bytes, little-endian)
+#            | segment length u64 | deleted count u64 | deleted block length u64 |  (version 3+)
+#            | expiring count u64 |  (version 4+)
 #   keys:    UTF-8 keys sorted, joined by 0xFF (a byte that never occurs in UTF-8)
 #   entries: count x location (above), 22 bytes big-endian, in key order
-#   value groups, so the value index loads without a Python step per key (little-endian u32):
-#            singles: entries whose value hash no other entry shares, in entry order
-#            grouped: the other entries, ordered by value hash, then by entry
-#            groups:  where each run of equal hashes ends in ``grouped``
-#   trailer: crc32 of everything before it
-#   (version 3 only) after the header: | segment length u64 | deleted count u64 |
-#            | deleted block length u64 |  (24 bytes), and after the value groups the deleted
-#            keys (a plain sealed segment's deletes, not followed by a put of the key in that
-#            segment), UTF-8 sorted, joined by 0xFF. Segment length 0: a merged segment.
-#   (version 4 only) after the version 3 fields: | expiring count u64 | (8 bytes), and after
-#            the deleted keys the entries whose value expires: their positions in the entries
+#   value order (version 5), so the value index is searched by bisection as loaded:
+#            count x entry position (u32, little-endian), ordered by value hash, then position;
+#            count x the value hash of those entries (u32, little-endian), ascending
+#            (versions 2 to 4 held value groups here instead: singles, grouped and group ends,
+#            4 bytes each, ``singles`` + (count - singles) + ``groups`` of them; no longer used)
+#   deleted: (version 3+) a plain sealed segment's deletes not followed by a put of the key in
+#            that segment, UTF-8 sorted, joined by 0xFF. Segment length 0: a merged segment.
+#   expiring: (version 4+) the entries whose value expires: their positions in the entries
 #            (u32, ascending), then their ``expires_at`` (f64, UNIX seconds), little-endian.
-HINT_VERSION: Final = 4  # versions 2 and 3 are read; version 1 is ignored: replayed
+#   trailer: crc32 of everything before it
+# Version 5 writes 0 for ``singles`` and ``groups``.
+HINT_VERSION: Final = 5  # versions 2 to 4 are read; version 1 is ignored: replayed
+HINT_VERSION_V4: Final = 4  # value groups instead of the value order
 HINT_VERSION_V3: Final = 3  # deleted keys, no expiries
 HINT_VERSION_V2: Final = 2  # no deleted keys
 HINT_HEADER: Final = struct.Struct("<6sHQQQQQQQQ")
@@ -135,38 +138,23 @@ class HintColumns:
     locations: Sequence[int]  # one per key, packed as above, segment id included
     key_bytes: int = 0  # total UTF-8 bytes of the keys (filled in by decode_hint)
     value_bytes: int = 0  # total bytes of the values (filled in by decode_hint)
-    singles: Sequence[int] = ()  # filled in by decode_hint; encode_hint derives them
-    grouped: Sequence[int] = ()
-    group_ends: Sequence[int] = ()
+    # Filled in by decode_hint from a version 5 file (encode_hint derives them): the entries'
+    # positions ordered by value hash, and those hashes. Empty when read from an older version.
+    by_hash: Sequence[int] = ()
+    hashes: Sequence[int] = ()
     deleted: list[str] = field(default_factory=list)  # keys this segment leaves deleted
     segment_length: int = 0  # bytes of the segment the hint sums up; 0: merged, any length
     expiries: dict[str, float] = field(default_factory=dict)  # keys (of ``keys``) that expire
 
 
-def value_groups(hashes: Sequence[int]) -> tuple[list[int], list[int], list[int]]:
-    """(entries with a unique hash, the others ordered by hash, end of each run of equal hashes).
+def value_order(hashes: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(entry positions ordered by value hash, then position; their hashes, ascending).
 
-    Singles stay in entry order, so loading touches the (sorted) keys front to back instead of
-    jumping through a million of them in hash order: at that size each jump is a cache miss.
-    Built with C-level iteration (a count per hash, then ``compress``): a Python step per entry
-    made this a fifth of compaction's time.
+    Sorted a slice at a time (``slices.py``): this runs in background threads, and one sort of a
+    whole segment's entries in a single C call kept the GIL from the event loop for as long.
     """
-    # Every pass a slice at a time (``slices.py``): this runs in background threads, and a pass
-    # over a whole segment's entries in one C call kept the GIL from the event loop for as long.
-    count = len(hashes)
-    counts = sliced_counts(hashes)
-    if len(counts) == count:  # every hash unique: the common case
-        return list(range(count)), [], []
-    alone = sliced_map(partial(eq, 1), sliced_map(counts.__getitem__, hashes))
-    singles = list(compress(range(count), alone))
-    # Stable: entries of one hash stay in entry order.
-    others = list(compress(range(count), sliced_map(not_, alone)))
-    grouped = sliced_sorted(others, key=hashes.__getitem__)
-    grouped_hashes = sliced_map(hashes.__getitem__, grouped)
-    changes = sliced_map(ne, grouped_hashes[:-1], grouped_hashes[1:])
-    last = len(grouped)
-    ends = [*sliced_map(partial(add, 1), list(compress(range(last - 1), changes))), last]
-    return singles, grouped, ends
+    by_hash = sliced_sorted(range(len(hashes)), key=hashes.__getitem__)
+    return by_hash, sliced_map(hashes.__getitem__, by_hash)
 
 
 def encode_hint(columns: HintColumns) -> bytes:
@@ -175,7 +163,7 @@ def encode_hint(columns: HintColumns) -> bytes:
     locations = columns.locations
     if len(locations) != len(columns.keys):
         raise ValueError("a hint needs one location per key")
-    singles, grouped, ends = value_groups(sliced_map(partial(and_, HASH_MASK), locations))
+    by_hash, hashes = value_order(sliced_map(partial(and_, HASH_MASK), locations))
     keys_block = _joined(columns.keys)
     value_bytes = sum(map(length_of, locations))
     deleted_block = _joined(columns.deleted)
@@ -189,15 +177,15 @@ def encode_hint(columns: HintColumns) -> bytes:
             columns.created_ms,
             len(keys_block),
             value_bytes,
-            len(singles),
-            len(ends),
+            0,
+            0,
         ),
         HINT_HEADER_V3.pack(columns.segment_length, len(columns.deleted), len(deleted_block)),
         HINT_HEADER_V4.pack(len(columns.expiries)),
         keys_block,
-        _location_entries(locations),
+        pack_entries(locations),
     ]
-    for values in (singles, grouped, ends):
+    for values in (by_hash, hashes):
         column = array("I", values)
         if not _LITTLE_ENDIAN:
             column.byteswap()
@@ -229,16 +217,6 @@ def _joined(keys: list[str]) -> bytes:
     return KEY_SEPARATOR.join(parts)  # a slice at a time, as value_groups
 
 
-def _location_entries(locations: Sequence[int]) -> bytes:
-    """Each location as 22 bytes big-endian, joined a few thousand at a time to keep the
-    temporaries few."""
-    entries = bytearray()
-    for first in range(0, len(locations), 4096):
-        chunk = locations[first : first + 4096]
-        entries += b"".join(map(int.to_bytes, chunk, repeat(LOCATION_BYTES), repeat(_BIG)))
-    return bytes(entries)
-
-
 def decode_hint(data: bytes) -> HintColumns:
     from array import array
 
@@ -258,23 +236,26 @@ def decode_hint(data: bytes) -> HintColumns:
         singles,
         groups,
     ) = HINT_HEADER.unpack_from(data, 0)
-    if magic != HINT_MAGIC or version not in (HINT_VERSION, HINT_VERSION_V3, HINT_VERSION_V2):
+    if magic != HINT_MAGIC or not HINT_VERSION_V2 <= version <= HINT_VERSION:
         raise FormatError("not a hint file of this format version")
+    if version >= HINT_VERSION and (singles or groups):
+        raise FormatError("hint file has value groups in a version that has none")
     if singles > count:
         raise FormatError("hint file value groups do not add up")
     position = HINT_HEADER.size
     segment_length = deleted_count = deleted_length = expiring = 0
     if version >= HINT_VERSION_V3:
-        extra = HINT_HEADER_V3.size + (HINT_HEADER_V4.size if version >= HINT_VERSION else 0)
+        extra = HINT_HEADER_V3.size + (HINT_HEADER_V4.size if version >= HINT_VERSION_V4 else 0)
         if len(data) < position + extra + 4:
             raise FormatError("hint file is incomplete")
         segment_length, deleted_count, deleted_length = HINT_HEADER_V3.unpack_from(data, position)
-        if version >= HINT_VERSION:
+        if version >= HINT_VERSION_V4:
             (expiring,) = HINT_HEADER_V4.unpack_from(data, position + HINT_HEADER_V3.size)
         position += extra
     if expiring > count:
         raise FormatError("hint file has more expiring entries than entries")
-    size = keys_length + count * LOCATION_BYTES + 4 * (count + groups) + deleted_length
+    order_bytes = 8 * count if version >= HINT_VERSION else 4 * (count + groups)
+    size = keys_length + count * LOCATION_BYTES + order_bytes + deleted_length
     size += 12 * expiring
     if position + size != len(data) - 4:
         raise FormatError("hint file length does not match its header")
@@ -286,20 +267,26 @@ def decode_hint(data: bytes) -> HintColumns:
     if len(keys) != count:
         raise FormatError("hint file key count mismatch")
     end = position + count * LOCATION_BYTES
-    entries = memoryview(data)[position:end]
-    locations = list(
-        map(int.from_bytes, map(itemgetter(0), _LOCATION.iter_unpack(entries)), repeat(_BIG))
-    )
+    # Kept packed (``packed.py``): one int.from_bytes per location was a quarter of a reopen.
+    locations = LocationColumn(data[position:end])
     position = end
-    columns: list[array[int]] = []
-    for length in (singles, count - singles, groups):
-        column = array("I")
-        column.frombytes(data[position : position + 4 * length])
-        if not _LITTLE_ENDIAN:
-            column.byteswap()
-        position += 4 * length
-        columns.append(column)
-    single_entries, grouped, ends = columns
+    by_hash = hashes = array("I")
+    if version >= HINT_VERSION:
+        columns: list[array[int]] = []
+        for _ in range(2):
+            column = array("I")
+            column.frombytes(data[position : position + 4 * count])
+            if not _LITTLE_ENDIAN:
+                column.byteswap()
+            position += 4 * count
+            columns.append(column)
+        by_hash, hashes = columns
+        # Positions must stay inside the entries. (Whether the hashes ascend is not checked
+        # here: key_columns.py sorts them anyway, in one pass when they do.)
+        if count and max(by_hash) >= count:
+            raise FormatError("hint file value order points outside the file")
+    else:
+        position += order_bytes  # value groups: superseded by the value order, not read
     deleted: list[str] = []
     if deleted_count:
         block = data[position : position + deleted_length]
@@ -319,15 +306,6 @@ def decode_hint(data: bytes) -> HintColumns:
         if positions[-1] >= count or not all(map(lt, positions, positions[1:])):
             raise FormatError("hint file expiring entries point outside the file")
         expiries = dict(zip(map(keys.__getitem__, positions), times, strict=True))
-    # Singles are in entry order, so the last is the largest; groups must each hold two or more.
-    if (
-        max(single_entries[-1:], default=-1) >= count
-        or max(grouped, default=-1) >= count
-        or (ends and ends[-1] != count - singles)
-        or (ends and ends[0] < 2)
-        or not all(map(lt, map(add, ends, repeat(1)), ends[1:]))
-    ):
-        raise FormatError("hint file value groups point outside the file")
     return HintColumns(
         segment_id,
         max_revision,
@@ -336,9 +314,8 @@ def decode_hint(data: bytes) -> HintColumns:
         locations,
         keys_length - max(count - 1, 0),
         value_bytes,
-        single_entries,
-        grouped,
-        ends,
+        by_hash,
+        hashes,
         deleted,
         segment_length,
         expiries,

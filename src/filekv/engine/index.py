@@ -1,31 +1,38 @@
 """The in-memory indexes: key -> location, ordered keys, value hash -> keys, and expiries.
 
-Values stay on disk; memory holds, per key, the key string (shared by all three structures), one
-packed integer locating its value (``hint.pack``: the same layout hint files store), a slot in
-the sorted key list and a slot in the value index.
+Values stay on disk; memory holds, per key, the key string and one packed location
+(``hint.pack``: the same layout hint files store), in one of two places:
 
-Owns the three in-memory structures; the Store's lock serialises every call.
+- the columns loaded at open from hint files (``key_columns.py``): sorted keys, packed
+  locations and a value order, each searched by bisection, about 100 bytes per key;
+- the overlay, for every key set since: a dict key -> location, a sorted list of the keys the
+  columns do not hold, and a dict value hash -> keys. A column key deleted since is noted in
+  ``_deleted``; one set again lives in the overlay, which is asked first.
+
+A store that loaded no hint (a new one, or one replayed) has no columns: everything is overlay,
+as fast to change as a dict. Columns are built only at open (a merge of everything into columns
+while the store runs would stall it for seconds at ten million keys).
+
+Owns these structures; the Store's lock serialises every call.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Iterator, Sequence
-from itertools import compress, repeat
-from operator import and_, is_not
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Iterator
+from itertools import filterfalse, takewhile
 
 from sortedcontainers import SortedList
 
-from .hint import HASH_MASK, HintColumns
+from .hint import HASH_MASK
+from .key_columns import KeyColumns
 
-# The keys under one value hash:
-# - the key itself when it is alone (the common case: no container object at all);
-# - a dict key -> location when several keys share the hash: find then verifies candidates with
-#   the locations at hand instead of looking each up in the million-entry key dict (a cache miss
-#   each), and a small dict costs less memory than a set;
-# - a range of positions in the hint file's grouped entries, as loaded: made into a dict the
-#   first time anything looks at or changes that group, so opening does not touch every key.
-Holder = str | dict[str, int] | range
+# The keys under one value hash in the overlay: the key itself when it is alone (the common
+# case: no container object at all), or a dict key -> location when several keys share the hash
+# (find verifies candidates with the locations at hand instead of looking each up again).
+Holder = str | dict[str, int]
 
 
 class KeyIndex:
@@ -35,22 +42,23 @@ class KeyIndex:
     """
 
     __slots__ = (
-        "_hint_grouped",
-        "_hint_keys",
+        "_added",
+        "_columns",
+        "_count",
+        "_deleted",
+        "_overlay",
         "by_expiry",
         "by_value",
         "expiries",
-        "locations",
-        "ordered",
     )
 
     def __init__(self) -> None:
-        self.locations: dict[str, int] = {}
-        self.ordered: SortedList = SortedList()
-        self.by_value: dict[int, Holder] = {}
-        # What range holders point into: the bulk-loaded hint's keys and its grouped entries.
-        self._hint_keys: list[str] = []
-        self._hint_grouped: Sequence[int] = ()
+        self._columns: KeyColumns | None = None
+        self._overlay: dict[str, int] = {}
+        self._added: SortedList = SortedList()  # overlay keys the columns do not hold
+        self._deleted: set[str] = set()  # column keys deleted since they were loaded
+        self._count = 0
+        self.by_value: dict[int, Holder] = {}  # the overlay's keys by value hash
         # Keys whose value expires: key -> expires_at (UNIX seconds), and the same pairs ordered
         # by time, for counting the expired in O(log n) and for the sweeper. Empty (and never
         # looked at on the hot path beyond a truth test) in a store that uses no TTL.
@@ -58,43 +66,81 @@ class KeyIndex:
         self.by_expiry: SortedList = SortedList()
 
     def __len__(self) -> int:
-        return len(self.locations)
+        return self._count
+
+    def get(self, key: str) -> int | None:
+        """``key``'s location, or None."""
+        location = self._overlay.get(key)
+        if location is not None or self._columns is None or key in self._deleted:
+            return location
+        return self._columns.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return self.get(key) is not None
 
     def set(self, key: str, location: int) -> int | None:
         """Point ``key`` at ``location``; return the previous location."""
-        previous = self.locations.get(key)
-        self.locations[key] = location
+        overlay = self._overlay
+        previous = overlay.get(key)
+        overlay[key] = location
         hashed = location & HASH_MASK
         if previous is None:
-            self.ordered.add(key)
+            columns = self._columns
+            if columns is None:
+                self._added.add(key)
+                self._count += 1
+            elif key in self._deleted:
+                self._deleted.remove(key)
+                self._count += 1
+            else:
+                i = columns.position(key)
+                if i < 0:
+                    self._added.add(key)
+                    self._count += 1
+                else:  # the column entry is shadowed from now on
+                    previous = columns.location_at(i)
         else:
             old_hash = previous & HASH_MASK
             if old_hash == hashed:
                 holder = self.by_value.get(hashed)
                 if isinstance(holder, dict):
                     holder[key] = location
-                return previous  # a range holder reads locations when it becomes a dict
+                return previous
             self._unlink_value(old_hash, key)
         holder = self.by_value.get(hashed)
         if holder is None:
             self.by_value[hashed] = key
         elif isinstance(holder, str):
-            self.by_value[hashed] = {holder: self.locations[holder], key: location}
-        elif isinstance(holder, dict):
-            holder[key] = location
+            self.by_value[hashed] = {holder: overlay[holder], key: location}
         else:
-            self._materialize(hashed, holder)[key] = location
+            holder[key] = location
         return previous
 
     def remove(self, key: str) -> int | None:
         """Forget ``key``; return its location, or None if it was not there."""
-        previous = self.locations.pop(key, None)
-        if previous is None:
-            return None
-        self.ordered.remove(key)
-        self._unlink_value(previous & HASH_MASK, key)
-        if self.expiries:
+        previous = self._forget(key)
+        if previous is not None and self.expiries:
             self.set_expiry(key, None)
+        return previous
+
+    def _forget(self, key: str) -> int | None:
+        previous = self._overlay.pop(key, None)
+        columns = self._columns
+        if previous is not None:
+            self._unlink_value(previous & HASH_MASK, key)
+            if columns is not None and columns.position(key) >= 0:
+                self._deleted.add(key)
+            else:
+                self._added.remove(key)
+        else:
+            if columns is None or key in self._deleted:
+                return None
+            i = columns.position(key)
+            if i < 0:
+                return None
+            previous = columns.location_at(i)
+            self._deleted.add(key)
+        self._count -= 1
         return previous
 
     def remove_expired(self, keys: list[str]) -> list[int]:
@@ -111,9 +157,9 @@ class KeyIndex:
                 pop(key)
         previous = []
         for key in keys:
-            location = self.locations.pop(key)
-            self.ordered.remove(key)
-            self._unlink_value(location & HASH_MASK, key)
+            location = self._forget(key)
+            if location is None:
+                raise KeyError(key)
             if self.expiries:
                 self.set_expiry(key, None)
             previous.append(location)
@@ -160,147 +206,151 @@ class KeyIndex:
         return self.by_expiry[0][0] if self.by_expiry else None
 
     def check(self) -> None:
-        """AssertionError unless the three structures agree with each other."""
-        if list(self.ordered) != sorted(self.locations):
-            raise AssertionError("the ordered key list disagrees with the key index")
+        """AssertionError unless the structures agree with each other."""
+        columns, overlay, deleted = self._columns, self._overlay, self._deleted
+        held = set(columns.keys) if columns is not None else set()
+        if not deleted <= held or deleted & overlay.keys():
+            raise AssertionError("a deleted column key is not a column key, or is set again")
+        if list(self._added) != sorted(overlay.keys() - held):
+            raise AssertionError("the ordered new keys disagree with the overlay")
+        live = (held - deleted) | overlay.keys()
+        if self.ordered_keys() != sorted(live) or self._count != len(live):
+            raise AssertionError("the key order or count disagrees with the keys held")
         grouped = 0
         for hashed, holder in self.by_value.items():
-            group = self.group(holder)
+            group = {holder: overlay.get(holder)} if isinstance(holder, str) else dict(holder)
             if not group:
                 raise AssertionError("an empty group in the value index")
             for key, known in group.items():
-                location = self.locations.get(key)
+                location = overlay.get(key)
                 if location is None or location & HASH_MASK != hashed:
                     raise AssertionError(f"value index holds {key!r} under a wrong hash")
                 if known != location:
                     raise AssertionError(f"value index has a stale location for {key!r}")
             grouped += len(group)
-        if grouped != len(self.locations):
+        if grouped != len(overlay):
             raise AssertionError("the value index does not hold every key exactly once")
-        if any(key not in self.locations for key in self.expiries):
+        if columns is not None:
+            columns.check()
+        if any(key not in live for key in self.expiries):
             raise AssertionError("an expiry is held for a key the index does not hold")
         if list(self.by_expiry) != sorted((at, key) for key, at in self.expiries.items()):
             raise AssertionError("the expiry order disagrees with the expiries")
 
     def move(self, key: str, expected: int, location: int) -> bool:
         """Repoint ``key`` to ``location`` only if it still points at ``expected`` (compaction)."""
-        if self.locations.get(key) != expected:
+        overlay = self._overlay
+        current = overlay.get(key)
+        if current is not None:
+            if current != expected:
+                return False
+            overlay[key] = location
+            holder = self.by_value.get(location & HASH_MASK)
+            if isinstance(holder, dict):
+                holder[key] = location
+            return True
+        columns = self._columns
+        if columns is None or key in self._deleted:
             return False
-        self.locations[key] = location
-        holder = self.by_value.get(location & HASH_MASK)
-        if isinstance(holder, dict):
-            holder[key] = location
+        i = columns.position(key)
+        if i < 0 or columns.location_at(i) != expected:
+            return False
+        columns.repoint(i, location)
         return True
 
     def candidates(self, hashed: int) -> list[tuple[str, int]]:
         """(key, location) of every key whose value has this hash, in key order."""
+        found: list[tuple[str, int]] = []
         holder = self.by_value.get(hashed)
-        if holder is None:
-            return []
         if isinstance(holder, str):
-            return [(holder, self.locations[holder])]
-        if isinstance(holder, range):
-            holder = self._materialize(hashed, holder)
-        return sorted(holder.items())
-
-    def group(self, holder: Holder) -> dict[str, int | None]:
-        """The keys a holder stands for and the locations it knows (for checks; changes nothing)."""
-        if isinstance(holder, str):
-            return {holder: self.locations.get(holder)}
-        if isinstance(holder, range):
-            keys, grouped = self._hint_keys, self._hint_grouped
-            members = [keys[grouped[position]] for position in holder]
-            return {key: self.locations.get(key) for key in members}
-        return dict(holder)
+            found.append((holder, self._overlay[holder]))
+        elif holder is not None:
+            found.extend(holder.items())
+        if self._columns is not None:
+            overlay, deleted = self._overlay, self._deleted
+            found.extend(
+                pair
+                for pair in self._columns.candidates(hashed)
+                if pair[0] not in overlay and pair[0] not in deleted
+            )
+        found.sort()
+        return found
 
     def keys_from(self, prefix: str, after: str | None) -> Iterator[str]:
         """Keys in order, starting with ``prefix``, strictly greater than ``after``."""
-        if after is None or after < prefix:
-            position = self.ordered.bisect_left(prefix)
-        else:
-            position = self.ordered.bisect_right(after)
+        added = self._added
         # SortedList.islice starts at a position in O(log n); itertools.islice would walk there.
-        for key in self.ordered.islice(position):
-            if not key.startswith(prefix):
-                return
-            yield key
+        if after is not None and after >= prefix:
+            position = added.bisect_right(after)
+        else:
+            after = None
+            position = added.bisect_left(prefix)
+        new: Iterator[str] = added.islice(position)
+        columns = self._columns
+        if columns is not None:
+            keys = columns.keys
+            first = bisect_left(keys, prefix) if after is None else bisect_right(keys, after)
+            old: Iterator[str] = map(keys.__getitem__, range(first, len(keys)))
+            if self._deleted:
+                old = filterfalse(self._deleted.__contains__, old)
+            new = heapq.merge(old, new) if added else old
+        return takewhile(lambda key: key.startswith(prefix), new)
 
-    def bulk_load(self, hint: HintColumns) -> None:
-        """Fill an empty index from a hint file at C speed (no Python step per key).
+    def ordered_keys(self, start: str = "", end: str | None = None) -> list[str]:
+        """The keys from ``start`` (included) to ``end`` (excluded; None: to the last), in order."""
+        added = self._added
+        stop = len(added) if end is None else added.bisect_left(end)
+        new: list[str] = added[added.bisect_left(start) : stop]
+        columns = self._columns
+        if columns is None:
+            return new
+        keys = columns.keys
+        stop = len(keys) if end is None else bisect_left(keys, end)
+        old = keys[bisect_left(keys, start) : stop]
+        if self._deleted:
+            old = list(filterfalse(self._deleted.__contains__, old))
+        if new:
+            old += new
+            old.sort()  # two sorted runs: one merge
+        return old
 
-        Keys are touched in file (sorted) order only: groups of keys sharing a value hash become
-        range holders, so a million keys are not visited a second time in hash order. The hint's
-        key list and grouped entries stay referenced for those ranges (12 bytes per key).
-        """
-        if self.locations:
-            raise ValueError("bulk_load needs an empty index")
-        keys = hint.keys
-        locations = hint.locations
-        self.locations = dict(zip(keys, locations, strict=True))
-        self.ordered = SortedList(keys)
-        key_at = keys.__getitem__
-        location_at = locations.__getitem__
-        singles = hint.singles
-        by_value: dict[int, Holder] = dict(
-            zip(
-                map(and_, map(location_at, singles), repeat(HASH_MASK)),
-                map(key_at, singles),
-                strict=True,
-            )
-        )
-        grouped = hint.grouped
-        ends = hint.group_ends
-        starts = [0, *ends[:-1]] if ends else []
-        by_value.update(
-            zip(
-                map(and_, map(location_at, map(grouped.__getitem__, starts)), repeat(HASH_MASK)),
-                map(range, starts, ends),
-                strict=True,
-            )
-        )
-        self.by_value = by_value
-        self._hint_keys = keys
-        self._hint_grouped = grouped
+    def items(self) -> Iterator[tuple[str, int]]:
+        """(key, location) of every key, in key order."""
+        get = self.get
+        for key in self.ordered_keys():
+            location = get(key)
+            assert location is not None
+            yield key, location
 
-    def bulk_load_locations(self, locations: dict[str, int]) -> None:
-        """Fill an empty index from ``locations`` (taken over, not copied): the hint files of
-        several segments folded together. C speed but for keys whose value hash another shares.
+    def lookup(self, keys: list[str], *, whole: bool) -> Callable[[str], int]:
+        """A function giving the location each of ``keys`` has now, whatever changes later (for
+        snapshots). ``whole``: copy the whole index (cheaper than a dict of ``keys`` when they
+        are most of it)."""
+        columns = self._columns
+        if not whole:
+            located: dict[str, int] = dict(zip(keys, map(self.get, keys), strict=True))  # type: ignore[arg-type]
+            return located.__getitem__
+        overlay = self._overlay.copy()
+        if columns is None:
+            return overlay.__getitem__
+        frozen = columns.frozen()
 
-        Building the value index, the last key of each hash wins a plain ``dict(zip(...))``; a
-        comparison at C speed finds the others, and only they take a Python step each.
-        """
-        if self.locations:
-            raise ValueError("bulk_load_locations needs an empty index")
-        self.locations = locations
-        self.ordered = SortedList(locations)
-        keys = list(locations)
-        hashes = list(map(and_, locations.values(), repeat(HASH_MASK)))
-        by_value: dict[int, Holder] = dict(zip(hashes, keys, strict=True))
-        if len(by_value) < len(keys):
-            winners = map(by_value.__getitem__, hashes)
-            for key, hashed in compress(zip(keys, hashes, strict=True), map(is_not, winners, keys)):
-                holder = by_value[hashed]
-                if isinstance(holder, str):
-                    by_value[hashed] = {holder: locations[holder], key: locations[key]}
-                else:
-                    assert isinstance(holder, dict)
-                    holder[key] = locations[key]
-        self.by_value = by_value
-        self._hint_keys = []
-        self._hint_grouped = ()
+        def location_of(key: str) -> int:
+            location = overlay.get(key)
+            if location is None:
+                location = frozen.get(key)
+                if location is None:
+                    raise KeyError(key)
+            return location
 
-    def _materialize(
-        self, hashed: int, holder: range, leaving: str | None = None
-    ) -> dict[str, int]:
-        """Replace a range holder by the dict it stands for (less ``leaving``, already gone)."""
-        keys, grouped, locations = self._hint_keys, self._hint_grouped, self.locations
-        members = {}
-        for position in holder:
-            key = keys[grouped[position]]
-            if key != leaving:
-                members[key] = locations[key]
-        self.by_value[hashed] = members
-        return members
+        return location_of
+
+    def load_columns(self, columns: KeyColumns) -> None:
+        """Fill an empty index with columns loaded from hint files."""
+        if self._count or self._overlay:
+            raise ValueError("load_columns needs an empty index")
+        self._columns = columns
+        self._count = len(columns)
 
     def _unlink_value(self, hashed: int, key: str) -> None:
         holder = self.by_value.get(hashed)
@@ -310,8 +360,6 @@ class KeyIndex:
             if holder == key:
                 del self.by_value[hashed]
             return
-        if isinstance(holder, range):
-            holder = self._materialize(hashed, holder, leaving=key)
         holder.pop(key, None)
         if len(holder) == 1:
             self.by_value[hashed] = next(iter(holder))

@@ -106,4 +106,4 @@ class StoreMaintenance:
         """Verify that every index agrees with the others and with the files; raise if not."""
         with self._lock:
             self._index.check()
-            self._segments.check_values(self._index.locations.items())
+            self._segments.check_values(self._index.items())

@@ -56,7 +56,7 @@ class StoreReads:
     def __contains__(self, key: object) -> bool:
         self._check_open()
         index = self._index
-        if key not in index.locations:
+        if not isinstance(key, str) or index.get(key) is None:
             return False
         return not (index.expiries and index.is_expired(key, self._clock()))
 
@@ -66,7 +66,7 @@ class StoreReads:
             if self._closed:  # _check_open, inlined on the hot path
                 raise StoreClosed(CLOSED)
             index = self._index
-            location = index.locations.get(key)
+            location = index.get(key)
             if location is None:
                 return None
             if index.expiries and index.is_expired(key, self._clock()):
@@ -79,7 +79,7 @@ class StoreReads:
             if self._closed:  # _check_open, inlined on the hot path
                 raise StoreClosed(CLOSED)
             index = self._index
-            location = index.locations.get(key)
+            location = index.get(key)
             if location is None:
                 return None
             expires_at = index.expiries.get(key) if index.expiries else None

@@ -202,21 +202,11 @@ class Snapshot:
         Called under the store lock: nothing may change between the copy and the pin. Keys
         expired by ``now`` are left out, as every read leaves them out.
         """
-        ordered = index.ordered
-        if prefix:
-            end = prefix_end(prefix)
-            stop = len(ordered) if end is None else ordered.bisect_left(end)
-            keys: list[str] = ordered[ordered.bisect_left(prefix) : stop]
-        else:
-            keys = list(ordered)
+        keys = index.ordered_keys(prefix, prefix_end(prefix) if prefix else None)
         held = index.expiries
         if held and now is not None and index.expired_count(now):
             keys = [key for key in keys if not held.get(key, now + 1) <= now]
-        locations = index.locations
-        if len(keys) * WHOLE_COPY_SHARE >= len(locations):
-            location_of = locations.copy().__getitem__
-        else:
-            location_of = dict(zip(keys, map(locations.__getitem__, keys), strict=True)).__getitem__
+        location_of = index.lookup(keys, whole=len(keys) * WHOLE_COPY_SHARE >= len(index))
         # The view's expiries, copied with it: only the keys that expire, so nothing in a store
         # without TTLs (one pass over the view's keys otherwise).
         expiries = {key: held[key] for key in keys if key in held} if held else None

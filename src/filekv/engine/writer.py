@@ -140,7 +140,7 @@ class Writer:
     def _live_location(self, key: str) -> int | None:
         """The key's location, or None if it is absent or expired. Under the lock."""
         index = self._index
-        location = index.locations.get(key)
+        location = index.get(key)
         if location is not None and index.expiries and index.is_expired(key, self._clock()):
             return None
         return location

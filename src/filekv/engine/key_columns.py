@@ -1,0 +1,242 @@
+"""The keys an open loaded from hint files, kept as columns: sorted keys searched by bisection,
+their locations packed 22 bytes apiece, and a value order searched by bisection too.
+
+Why columns (docs/PERFORMANCE.md, issue 9): a dict of ten million keys took 6.4 s to build on
+these machines, one random memory access per insert, and 24 bytes per key plus a 48-byte int per
+location; the value index as a dict took 4 s more. The hint files already hold every column in
+the order a search needs (keys sorted; positions ordered by value hash), so loading them is a few
+C-level copies, and a store of ten million keys costs about 100 bytes per key, most of it the key
+strings themselves.
+
+Several hints (one per sealed segment) are merged once, at open, with C-level passes only: their
+keys concatenated oldest first, a stable sort of positions by key (timsort merges the sorted runs
+in close to one pass), and the last entry of each key kept unless it is a delete. Entries a later
+hint replaced stay in the concatenation until the next open (their key and packed location; the
+value order still lists them): a value-order candidate counts only if its key's winning entry is
+that very entry.
+
+The columns never change after loading but for ``repoint`` (compaction moved a value: the same
+value, so the same hash). Keys written, overwritten or deleted since live in ``KeyIndex``'s
+overlay; the index asks these columns only about keys the overlay does not know.
+
+Owns the loaded columns; the Store's lock serialises every call (through ``KeyIndex``).
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterator, Sequence
+from itertools import compress, filterfalse, islice, repeat
+from operator import add, and_, lt, ne
+from typing import Final, Literal
+
+from .hint import HASH_MASK, HintColumns
+from .packed import ENTRY, HASH_AT, LENGTH_AT, LocationColumn, pack_entries, u32_field
+
+_BIG: Final[Literal["big"]] = "big"
+_LITTLE_ENDIAN: Final = struct.pack("=I", 1) == struct.pack("<I", 1)
+
+
+class KeyColumns:
+    """Sorted live keys and, per key, its packed location; value hashes in ascending order."""
+
+    __slots__ = ("_all_keys", "_at", "_by_hash", "_entries", "_hashes", "keys")
+
+    def __init__(
+        self,
+        keys: list[str],
+        at: array[int] | None,
+        entries: bytearray,
+        all_keys: list[str],
+        hashes: Sequence[int],
+        by_hash: Sequence[int],
+    ) -> None:
+        self.keys = keys  # the live keys, sorted; never changed
+        # keys[i]'s entry number in ``entries`` and ``all_keys``; None: the same number, i.
+        self._at = at
+        self._entries = entries  # every entry loaded, packed, ENTRY bytes each
+        self._all_keys = all_keys  # every entry's key (deletes included), by entry number
+        self._hashes = hashes  # value hashes, ascending
+        self._by_hash = by_hash  # the entry number of each of those hashes
+
+    @classmethod
+    def from_hints(cls, hints: Sequence[HintColumns]) -> KeyColumns:
+        """The columns of ``hints`` (consecutive segments, oldest first) folded together: a later
+        hint's entry for a key wins, and its deleted keys drop out."""
+        if len(hints) == 1 and not hints[0].deleted:
+            hint = hints[0]
+            packed = bytearray(_entries_of(hint))  # mutable: ``repoint``
+            hashes, by_hash = _merged_value_order(*_value_order(hint, packed)[::-1])
+            return cls(hint.keys, None, packed, hint.keys, hashes, by_hash)
+        all_keys: list[str] = []
+        packed = bytearray()
+        live = bytearray()
+        hashes_all = array("I")
+        by_hash_all = array("I")
+        for hint in hints:
+            first = len(all_keys)
+            entries = _entries_of(hint)
+            by_hash, hashes = _value_order(hint, entries)
+            hashes_all.extend(hashes)
+            by_hash_all.extend(array("I", map(add, by_hash, repeat(first))) if first else by_hash)
+            all_keys += hint.keys
+            packed += entries
+            live += b"\x01" * len(hint.keys)
+            if hint.deleted:  # entries of their own, never live, so that a delete wins too
+                all_keys += hint.deleted
+                packed += bytes(ENTRY * len(hint.deleted))
+                live += bytes(len(hint.deleted))
+        hashes_all, by_hash_all = _merged_value_order(hashes_all, by_hash_all)
+        if all(live) and all(map(lt, all_keys, islice(all_keys, 1, None))):
+            # Sorted already and no key twice (segments written in key order): nothing to merge.
+            return cls(all_keys, None, packed, all_keys, hashes_all, by_hash_all)
+        order = sorted(range(len(all_keys)), key=all_keys.__getitem__)  # stable: oldest first
+        ordered_keys = list(map(all_keys.__getitem__, order))
+        last = list(map(ne, ordered_keys, islice(ordered_keys, 1, None)))
+        last.append(True)
+        keep = list(map(and_, last, map(live.__getitem__, order)))
+        keys = list(compress(ordered_keys, keep))
+        at = array("I", compress(order, keep))
+        return cls(keys, at, packed, all_keys, hashes_all, by_hash_all)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def position(self, key: str) -> int:
+        """Where ``key`` is in ``keys``, or -1."""
+        keys = self.keys
+        i = bisect_left(keys, key)
+        return i if i < len(keys) and keys[i] == key else -1
+
+    def location_at(self, i: int) -> int:
+        """The location of ``keys[i]``."""
+        entry = i if self._at is None else self._at[i]
+        start = entry * ENTRY
+        return int.from_bytes(self._entries[start : start + ENTRY], _BIG)
+
+    def get(self, key: str) -> int | None:
+        """``key``'s location, or None if the columns do not hold it."""
+        keys = self.keys
+        i = bisect_left(keys, key)
+        if i == len(keys) or keys[i] != key:
+            return None
+        entry = i if self._at is None else self._at[i]
+        start = entry * ENTRY
+        return int.from_bytes(self._entries[start : start + ENTRY], _BIG)
+
+    def repoint(self, i: int, location: int) -> None:
+        """Point ``keys[i]`` at ``location``: compaction copied its value there (same value,
+        same hash, so the value order stays right)."""
+        entry = i if self._at is None else self._at[i]
+        start = entry * ENTRY
+        self._entries[start : start + ENTRY] = location.to_bytes(ENTRY, _BIG)
+
+    def candidates(self, hashed: int) -> Iterator[tuple[str, int]]:
+        """(key, location) of each live key whose value has hash ``hashed``, in no set order."""
+        hashes = self._hashes
+        low = bisect_left(hashes, hashed)
+        high = bisect_right(hashes, hashed, low)
+        all_keys, at = self._all_keys, self._at
+        for entry in self._by_hash[low:high]:
+            key = all_keys[entry]
+            i = self.position(key)
+            if i < 0 or (entry if at is None else at[i]) != entry:
+                continue  # a later entry of the key won (or a delete)
+            location = self.location_at(i)
+            if location & HASH_MASK == hashed:  # never otherwise, unless a hint lied
+                yield key, location
+
+    def value_bytes(self) -> int:
+        """The bytes of the live keys' values."""
+        lengths = u32_field(self._entries, LENGTH_AT)
+        if self._at is None:
+            return sum(lengths)
+        return sum(map(lengths.__getitem__, self._at))
+
+    def key_bytes(self) -> int:
+        """The UTF-8 bytes of the live keys."""
+        keys = self.keys
+        total = sum(map(len, keys))  # characters; the extra bytes of non-ASCII keys added below
+        for key in filterfalse(str.isascii, keys):
+            total += len(key.encode("utf-8")) - len(key)
+        return total
+
+    def frozen(self) -> KeyColumns:
+        """A copy that later ``repoint`` calls leave alone (for snapshots): only the packed
+        locations are copied; every other column never changes."""
+        return KeyColumns(
+            self.keys,
+            self._at,
+            bytearray(self._entries),
+            self._all_keys,
+            self._hashes,
+            self._by_hash,
+        )
+
+    def check(self) -> None:
+        """AssertionError unless every live key is found by its own value hash."""
+        if any(map(lambda a, b: a >= b, self.keys, islice(self.keys, 1, None))):
+            raise AssertionError("the key column is not sorted")
+        for i, key in enumerate(self.keys):
+            location = self.location_at(i)
+            if (key, location) not in self.candidates(location & HASH_MASK):
+                raise AssertionError(f"the value order does not find {key!r}")
+
+
+def _entries_of(hint: HintColumns) -> bytes | bytearray:
+    locations = hint.locations
+    if isinstance(locations, LocationColumn):
+        return locations.entries
+    return pack_entries(locations)
+
+
+def _value_order(hint: HintColumns, entries: bytes | bytearray) -> tuple[array[int], array[int]]:
+    """(entry positions by value hash, their hashes ascending): from a version 5 hint as stored,
+    else sorted here (older hints; a store rewrites them as version 5 when it compacts)."""
+    if len(hint.by_hash) == len(hint.keys) and len(hint.hashes) == len(hint.keys):
+        return _as_array(hint.by_hash), _as_array(hint.hashes)
+    hashes = u32_field(entries, HASH_AT)
+    by_hash = array("I", sorted(range(len(hashes)), key=hashes.__getitem__))
+    return by_hash, array("I", map(hashes.__getitem__, by_hash))
+
+
+def _as_array(values: Sequence[int]) -> array[int]:
+    return values if isinstance(values, array) else array("I", values)
+
+
+def _merged_value_order(hashes: array[int], entries: array[int]) -> tuple[array[int], array[int]]:
+    """Runs of (hash, entry) pairs, each ascending by hash, sorted into one: (hashes, entries).
+
+    Each pair is packed into one 64-bit integer (hash high, entry low) with strided byte copies,
+    so the sort compares plain ints and needs no key function; timsort merges the runs (one run,
+    sorted already: one pass, which also makes sure a hint's order really is ascending). Sorting
+    entry numbers by a key and gathering both columns took 6 s for 29 runs of ten million
+    entries; this about a third of that.
+    """
+    count = len(hashes)
+    wide = array("Q")
+    if not _LITTLE_ENDIAN or wide.itemsize != 8:  # pragma: no cover - not on the machines in use
+        order = sorted(range(count), key=hashes.__getitem__)
+        return array("I", map(hashes.__getitem__, order)), array(
+            "I", map(entries.__getitem__, order)
+        )
+    pairs = bytearray(8 * count)
+    low, high = entries.tobytes(), hashes.tobytes()
+    for byte in range(4):
+        pairs[byte::8] = low[byte::4]
+        pairs[4 + byte :: 8] = high[byte::4]
+    wide.frombytes(pairs)
+    del pairs, low, high
+    wide = array("Q", sorted(wide))
+    merged = wide.tobytes()
+    del wide
+    low_out, high_out = bytearray(4 * count), bytearray(4 * count)
+    for byte in range(4):
+        low_out[byte::4] = merged[byte::8]
+        high_out[byte::4] = merged[4 + byte :: 8]
+    sorted_hashes, sorted_entries = array("I"), array("I")
+    sorted_hashes.frombytes(high_out)
+    sorted_entries.frombytes(low_out)
+    return sorted_hashes, sorted_entries
