@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filekv.engine import Store
+from filekv.engine import Store, key_columns
 from filekv.engine.hint import HintColumns, decode_hint, encode_hint, pack, unpack
 from filekv.engine.index import KeyIndex
 from filekv.engine.recovery import HintFold
@@ -62,6 +62,16 @@ change = st.one_of(
 def test_index_fold_of_hints_equals_setting_each_entry(
     hints: list[Any], changes: list[tuple[Any, ...]]
 ) -> None:
+    # Windows of 2 keys in the sampled search (64 in use): a dozen keys span several windows.
+    stride = key_columns.STRIDE
+    key_columns.STRIDE = 2
+    try:
+        _fold_equals_setting_each_entry(hints, changes)
+    finally:
+        key_columns.STRIDE = stride
+
+
+def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, ...]]) -> None:
     columns = [_columns(i + 1, puts, deleted) for i, (puts, deleted) in enumerate(hints)]
     eager = KeyIndex()
     for hint in columns:
@@ -117,6 +127,18 @@ def _load(fold: HintFold, index: KeyIndex) -> _Accounts:
     return accounts
 
 
+def test_index_columns_find_every_key_across_windows_and_no_other() -> None:
+    """The sampled search at its real stride: every key of 1,000 found at its own location,
+    keys before, between and after them not found."""
+    keys = [f"k{i:05d}" for i in range(0, 3000, 3)]
+    hint = _columns(1, {key: (i % 4, i + 1) for i, key in enumerate(keys)}, [])
+    columns = key_columns.KeyColumns.from_hints([hint])
+    assert [columns.get(key) for key in keys] == list(hint.locations)
+    assert [columns.position(key) for key in keys] == list(range(len(keys)))
+    absent = ["", "a", "k", *(f"k{i:05d}" for i in range(1, 3000, 3)), "k99999", "z"]
+    assert all(columns.get(key) is None and columns.position(key) == -1 for key in absent)
+
+
 def test_index_fold_counts_utf8_key_bytes_and_value_bytes() -> None:
     fold = HintFold()
     fold.add(_columns(1, {"a": (1, 1), "é": (2, 2)}, []))
@@ -147,3 +169,22 @@ def test_index_fold_reopens_a_store_of_many_hinted_segments(tmp_path: Path) -> N
         assert {key: db.get(key) for key in db.scan("")} == expected
         assert db.find(b"same") == sorted(k for k, v in expected.items() if v == b"same")
         assert db.stats().live_bytes == stats.live_bytes
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(st.lists(st.integers(0, (1 << 64) - 1), max_size=30), st.booleans()),
+        max_size=5,
+    )
+)
+def test_index_value_order_sorted_by_bucket_equals_one_sort(runs: list[Any]) -> None:
+    """Runs that ascend are merged a bucket at a time; a run that does not (a hint that lost its
+    order) is caught and the whole sorted at once: the result is the plain sort either way."""
+    from array import array
+
+    wide = array("Q")
+    for values, ascending in runs:
+        wide.extend(sorted(values) if ascending else values)
+    lengths = [len(values) for values, _ in runs]
+    assert list(key_columns._sorted_by_bucket(wide, lengths)) == sorted(wide)

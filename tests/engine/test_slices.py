@@ -18,8 +18,10 @@ from filekv.engine.slices import sliced_counts, sliced_map, sliced_sorted
 
 @pytest.fixture(autouse=True)
 def small_slices(monkeypatch: Any) -> None:
-    # Slices of 3: every size below crosses several slice edges (the real size is 4096).
+    # Slices of 3: every size below crosses several slice edges (the real size is 4096); runs
+    # merged two by two up to 6 items, then by heapq.merge: both kinds of merge are exercised.
     monkeypatch.setattr(slices, "SLICE", 3)
+    monkeypatch.setattr(slices, "MERGE_RUN", 6)
 
 
 @given(st.lists(st.integers(-5, 5), max_size=40))
@@ -46,6 +48,7 @@ def test_value_order_sliced_as_in_one_pass(hashes: list[int]) -> None:
 def test_a_hint_of_many_slices_round_trips() -> None:
     # Real slice size here: 10,000 keys are three slices of the keys block and of every pass.
     slices.SLICE = 4096
+    slices.MERGE_RUN = 16 * 4096
     rng = random.Random(7)
     keys = sorted({f"key/{rng.getrandbits(40):012d}-é" for _ in range(10_000)})
     locations = [pack(1, 64 + 40 * i, 5, i + 1, rng.randrange(3000)) for i in range(len(keys))]
