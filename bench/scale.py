@@ -54,8 +54,12 @@ def _value(i: int) -> bytes:
     return (i.to_bytes(8, "little") * 13)[:VALUE]
 
 
+started_open = 0.0
+
+
 def _open(path: Path) -> tuple[Store, float]:
-    started = time.perf_counter()
+    global started_open
+    started = started_open = time.perf_counter()
     db = Store.open(path, fsync="never", auto_compact=False)
     return db, time.perf_counter() - started
 
@@ -89,7 +93,12 @@ def step(name: str, path: Path, keys: int) -> dict[str, Any]:
         os._exit(0)
     if name == "reopen":
         db, elapsed = _open(path)
-        result = {"seconds": elapsed, "rss": _status("VmRSS") - base}
+        rss = _status("VmRSS") - base
+        # The value order of the loaded columns is merged in a background thread after open;
+        # until then a find bisects each hint's own order. How long after open it is done:
+        db._index.wait_for_merge()  # noqa: SLF001 - a benchmark's look inside
+        merged = time.perf_counter() - started_open
+        result = {"seconds": elapsed, "rss": rss, "merged": merged}
         db.close()
         return result
     if name == "compact":
@@ -104,6 +113,7 @@ def step(name: str, path: Path, keys: int) -> dict[str, Any]:
         return result
     if name == "reads":
         db, _ = _open(path)
+        db._index.wait_for_merge()  # noqa: SLF001 - time finds once the value order is merged
         rng = random.Random(1)
         gets: list[float] = []
         finds: list[float] = []
@@ -180,6 +190,7 @@ def main() -> None:
             load["peak"] / load["rss"] / 1.2,
         ),
         ("reopen, never compacted", f"{plain['seconds']:.2f} s", "<= 6 s", plain["seconds"] / 6),
+        ("value order merged (background)", f"{plain['merged']:.2f} s after open began", "", None),
         (
             "RSS after that reopen",
             f"{plain['rss'] / mib:,.0f} MiB = {plain['rss'] / keys:.0f} B/key",
@@ -200,6 +211,12 @@ def main() -> None:
             f"{compacted['seconds']:.2f} s",
             "<= 6 s",
             compacted["seconds"] / 6,
+        ),
+        (
+            "value order merged (background)",
+            f"{compacted['merged']:.2f} s after open began",
+            "",
+            None,
         ),
         ("get, median", f"{reads['get_ns'] / 1000:.1f} us", "", None),
         ("find, median", f"{reads['find_ns'] / 1000:.1f} us", "", None),

@@ -86,6 +86,12 @@ def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, .
     _load(fold, folded)
     folded.check()
     assert _view(folded) == _view(eager) and len(folded) == len(eager)
+    # Each hint's own value order searched, then the merged one: the same candidates.
+    loose = key_columns.KeyColumns.from_hints(columns)
+    expected = {hashed: eager.candidates(hashed) for hashed in range(4)}
+    assert {hashed: sorted(loose.candidates(hashed)) for hashed in range(4)} == expected
+    assert loose.merge_value_order()
+    assert {hashed: sorted(loose.candidates(hashed)) for hashed in range(4)} == expected
     # Then the same changes to both: the overlay on top of the columns agrees throughout.
     for step in changes:
         if step[0] == "set":
@@ -139,6 +145,19 @@ def test_index_columns_find_every_key_across_windows_and_no_other() -> None:
     assert all(columns.get(key) is None and columns.position(key) == -1 for key in absent)
 
 
+def test_index_value_order_merge_stops_when_asked_and_finds_stay_right() -> None:
+    import threading
+
+    hints = [_columns(n, {f"k{n}-{i}": (i % 4, i + 1) for i in range(50)}, []) for n in (1, 2)]
+    columns = key_columns.KeyColumns.from_hints(hints)
+    stop = threading.Event()
+    stop.set()
+    assert not columns.merge_value_order(stop), "stopped before it began"
+    assert len(list(columns.candidates(1))) == 26  # 13 of each hint's 50 have hash 1
+    assert columns.merge_value_order()
+    assert len(list(columns.candidates(1))) == 26
+
+
 def test_index_fold_counts_utf8_key_bytes_and_value_bytes() -> None:
     fold = HintFold()
     fold.add(_columns(1, {"a": (1, 1), "é": (2, 2)}, []))
@@ -187,4 +206,5 @@ def test_index_value_order_sorted_by_bucket_equals_one_sort(runs: list[Any]) -> 
     for values, ascending in runs:
         wide.extend(sorted(values) if ascending else values)
     lengths = [len(values) for values, _ in runs]
-    assert list(key_columns._sorted_by_bucket(wide, lengths)) == sorted(wide)
+    ordered = key_columns._sorted_by_bucket(wide, lengths)
+    assert ordered is not None and list(ordered) == sorted(wide)

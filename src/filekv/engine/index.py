@@ -27,7 +27,7 @@ from itertools import filterfalse, takewhile
 from sortedcontainers import SortedList
 
 from .hint import HASH_MASK
-from .key_columns import KeyColumns
+from .key_columns import KeyColumns, ValueOrderMerger
 
 # The keys under one value hash in the overlay: the key itself when it is alone (the common
 # case: no container object at all), or a dict key -> location when several keys share the hash
@@ -46,6 +46,7 @@ class KeyIndex:
         "_columns",
         "_count",
         "_deleted",
+        "_merger",
         "_overlay",
         "by_expiry",
         "by_value",
@@ -58,6 +59,7 @@ class KeyIndex:
         self._added: SortedList = SortedList()  # overlay keys the columns do not hold
         self._deleted: set[str] = set()  # column keys deleted since they were loaded
         self._count = 0
+        self._merger: ValueOrderMerger | None = None
         self.by_value: dict[int, Holder] = {}  # the overlay's keys by value hash
         # Keys whose value expires: key -> expires_at (UNIX seconds), and the same pairs ordered
         # by time, for counting the expired in O(log n) and for the sweeper. Empty (and never
@@ -344,6 +346,22 @@ class KeyIndex:
             return location
 
         return location_of
+
+    def merge_in_background(self) -> None:
+        """Start merging the loaded columns' value order in a background thread (after open)."""
+        if self._columns is not None and self._merger is None:
+            self._merger = ValueOrderMerger(self._columns)
+
+    def wait_for_merge(self) -> None:
+        """Wait until the background merge of the value order is done (benchmarks, tests)."""
+        if self._merger is not None:
+            self._merger.join()
+
+    def stop_background(self) -> None:
+        """Stop that thread, if any (at close); finds stay right either way."""
+        if self._merger is not None:
+            self._merger.stop()
+            self._merger = None
 
     def load_columns(self, columns: KeyColumns) -> None:
         """Fill an empty index with columns loaded from hint files."""

@@ -161,6 +161,7 @@ class Store(StoreReads, StoreMaintenance):
             options = replace(options, **changes)
         store = cls(Path(path), io or FileIO(), options, clock or time.time)
         recovered = open_directory(store._segments, store._index, should_stop)
+        store._index.merge_in_background()
         store._writer.recovered(recovered.revision)
         store._feed.start(recovered.revision)
         store._compactor.last_compaction = recovered.last_compaction
@@ -192,6 +193,7 @@ class Store(StoreReads, StoreMaintenance):
         if self._sweeper is not None:
             self._sweeper.stop()
         self._compactor.wait_idle()
+        self._index.stop_background()
         self._group.wait_for_round()  # nobody may be syncing a file we are about to close
         active = self._segments.active
         try:
