@@ -2,16 +2,18 @@
 
     .venv/bin/python bench/index_memory.py [--keys 1000000]
 
-Builds, one after another in one fresh process, what ``KeyIndex`` holds for N keys of the
-``bench/scale.py`` workload (16-byte keys, distinct 100-byte values): the key strings, the
+Builds, one after another in one fresh process, what ``KeyIndex``'s overlay holds (every key
+written since the store was opened; keys loaded from hint files live in columns instead,
+``key_columns.py``, about 120 B/key at 10M) for N keys of the ``bench/scale.py`` workload
+(16-byte keys, distinct 100-byte values): the key strings, the
 packed location integers, the key -> location dict, the ordered key list, the value-hash ints
 and the hash -> key dict. Prints the RSS each added, in bytes per key, so the figure in
-``bench/scale.py`` ("RSS per key") can be read as a sum of parts, and the seconds each took to
-build, so a reopen's time (which builds the same structures) can be read the same way. Two
+``bench/scale.py`` ("RSS after load") can be read as a sum of parts, and the seconds each took
+to build (what a reopen took before it built columns instead: docs/PERFORMANCE.md). Two
 reference rows, built and dropped, show what the dict's time is made of: the same dict with
 keys already hashed, and a dict of as many int keys inserted in order (no random access). The
-strings and ints are made by a Python loop here (a reopen decodes them at C speed), so only the
-dict rows' seconds compare with a reopen's. A benchmark, not a test.
+strings and ints are made by a Python loop here (a reopen decoded them at C speed), so only the
+dict rows' seconds compared with a reopen's. A benchmark, not a test.
 """
 
 from __future__ import annotations
