@@ -108,10 +108,13 @@ def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, .
                 continue
             _, _, length, revision, hashed = unpack(expected)
             moved = pack(8, offset, length, revision, hashed)
-            assert folded.move(key, expected, moved) and eager.move(key, expected, moved)
+            folded.move_many([key, key], [expected, expected], [moved, moved])  # the 2nd: no-op
+            assert folded.get(key) == moved and eager.move(key, expected, moved)
             if moved != expected:
                 assert not folded.move(key, expected, moved), "no longer where it was"
         assert _view(folded) == _view(eager) and len(folded) == len(eager)
+        assert folded.get_many(KEYS) == [eager.get(key) for key in KEYS]
+        assert folded.get_many(KEYS[::-1]) == [eager.get(key) for key in KEYS[::-1]]
         folded.check()
 
 

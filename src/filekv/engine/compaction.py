@@ -288,11 +288,12 @@ class Compactor:
         keys, old_locations, new_locations = output.keys, output.old_locations, output.new_locations
         with self._lock:
             self._segments.add(segment, hint_bytes=hint_bytes)
-        move = self._index.move
         for first in range(0, len(keys), BATCH):
+            end = first + BATCH
             with self._lock:
-                for i in range(first, min(first + BATCH, len(keys))):
-                    move(keys[i], old_locations[i], new_locations[i])
+                self._index.move_many(
+                    keys[first:end], old_locations[first:end], new_locations[first:end]
+                )
 
     def _discard(self, output: MergedOutput) -> None:
         """Remove an unfinished output's files; if that fails too, stop writes."""
@@ -322,10 +323,11 @@ class Compactor:
         for first in range(0, len(known), BATCH):
             live: list[tuple[int, str, int]] = []  # (offset, key, location)
             expiries: dict[str, float] = {}
+            batch = known[first : first + BATCH]
             with self._lock:
-                get = self._index.get
-                for key, location in known[first : first + BATCH]:
-                    if get(key) == location:
+                current = self._index.get_many([key for key, _ in batch])
+                for (key, location), now in zip(batch, current, strict=True):
+                    if now == location:
                         live.append(((location >> OFFSET_SHIFT) & OFFSET_MASK, key, location))
                 held = self._index.expiries
                 if held:  # while a location holds, so does its expiry: one record wrote both

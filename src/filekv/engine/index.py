@@ -241,24 +241,51 @@ class KeyIndex:
 
     def move(self, key: str, expected: int, location: int) -> bool:
         """Repoint ``key`` to ``location`` only if it still points at ``expected`` (compaction)."""
+        return self._move(key, expected, location, 0)[0]
+
+    def move_many(self, keys: list[str], expected: list[int], locations: list[int]) -> None:
+        """``move`` for each of ``keys`` (compaction's batches, mostly in key order: each
+        search in the columns starts by looking just after the previous key's place)."""
+        guess = 0
+        for key, old, new in zip(keys, expected, locations, strict=True):
+            guess = self._move(key, old, new, guess)[1]
+
+    def _move(self, key: str, expected: int, location: int, guess: int) -> tuple[bool, int]:
         overlay = self._overlay
         current = overlay.get(key)
         if current is not None:
             if current != expected:
-                return False
+                return False, guess
             overlay[key] = location
             holder = self.by_value.get(location & HASH_MASK)
             if isinstance(holder, dict):
                 holder[key] = location
-            return True
+            return True, guess
         columns = self._columns
         if columns is None or key in self._deleted:
-            return False
-        i = columns.position(key)
-        if i < 0 or columns.location_at(i) != expected:
-            return False
-        columns.repoint(i, location)
-        return True
+            return False, guess
+        i = columns.position_near(key, guess)
+        if i < 0:
+            return False, guess
+        return columns.repoint_if(i, expected, location), i + 1
+
+    def get_many(self, keys: list[str]) -> list[int | None]:
+        """``get`` for each of ``keys`` (compaction's batches, mostly in key order: each search
+        in the columns starts by looking just after the previous key's place, which at ten
+        million keys costs a compare instead of a bisection's cache misses)."""
+        overlay, columns, deleted = self._overlay, self._columns, self._deleted
+        if columns is None:
+            return list(map(overlay.get, keys))
+        found: list[int | None] = []
+        guess = 0
+        for key in keys:
+            location = overlay.get(key)
+            if location is None and key not in deleted:
+                i, at = columns.located_near(key, guess)
+                if i >= 0:
+                    location, guess = at, i + 1
+            found.append(location)
+        return found
 
     def candidates(self, hashed: int) -> list[tuple[str, int]]:
         """(key, location) of every key whose value has this hash, in key order."""

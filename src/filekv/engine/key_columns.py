@@ -125,6 +125,33 @@ class KeyColumns:
         i = bisect_left(keys, key, (window - 1) * STRIDE, high)
         return i if i < high and keys[i] == key else -1
 
+    def position_near(self, key: str, guess: int) -> int:
+        """``position``, looking at ``guess`` first (one compare when the caller walks keys in
+        order and the columns hold them next to each other)."""
+        keys = self.keys
+        if guess < len(keys) and keys[guess] == key:
+            return guess
+        return self.position(key)
+
+    def located_near(self, key: str, guess: int) -> tuple[int, int]:
+        """(``position_near``, that key's location; 0 if absent): compaction's batch reads, one
+        call per key."""
+        keys = self.keys
+        i = guess if guess < len(keys) and keys[guess] == key else self.position(key)
+        if i < 0:
+            return i, 0
+        start = (i if self._at is None else self._at[i]) * ENTRY
+        return i, int.from_bytes(self._entries[start : start + ENTRY], _BIG)
+
+    def repoint_if(self, i: int, expected: int, location: int) -> bool:
+        """``repoint`` if ``keys[i]`` still points at ``expected`` (compaction's moves)."""
+        start = (i if self._at is None else self._at[i]) * ENTRY
+        entries = self._entries
+        if int.from_bytes(entries[start : start + ENTRY], _BIG) != expected:
+            return False
+        entries[start : start + ENTRY] = location.to_bytes(ENTRY, _BIG)
+        return True
+
     def location_at(self, i: int) -> int:
         """The location of ``keys[i]``."""
         entry = i if self._at is None else self._at[i]
