@@ -72,8 +72,8 @@ class KeyColumns:
         self._merged: tuple[array[int], array[int]] | None = None
         # Every STRIDE-th key, copied into new strings that lie next to each other in memory:
         # a search bisects these first, then a window of STRIDE keys. Bisecting the ten million
-        # keys directly touched ~24 strings scattered over 640 MB, a cache and TLB miss each
-        # (16 us per get at 10M keys on these machines).
+        # keys directly touches ~24 strings scattered over 640 MB, a cache and TLB miss each:
+        # 4.3 us a search at 10M keys on these machines, 3.6 us this way.
         self._sample = _SEPARATOR.join(keys[::STRIDE]).split(_SEPARATOR) if keys else []
 
     @classmethod
