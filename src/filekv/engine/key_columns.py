@@ -176,13 +176,16 @@ class KeyColumns:
 
     def candidates(self, hashed: int) -> Iterator[tuple[str, int]]:
         """(key, location) of each live key whose value has hash ``hashed``, in no set order."""
-        merged = self._merged  # read once: the merging thread may set it meanwhile
+        # The merging thread sets _merged, then clears _runs: read in the other order, one of
+        # the two is always there.
+        runs = self._runs
+        merged = self._merged
         if merged is not None:
             hashes, numbers = merged
             low = bisect_left(hashes, hashed)
             yield from self._live(hashed, numbers[low : bisect_right(hashes, hashed, low)])
             return
-        for first, hashes, positions in self._runs or ():
+        for first, hashes, positions in runs or ():
             low = bisect_left(hashes, hashed)
             high = bisect_right(hashes, hashed, low)
             if low < high:
