@@ -211,3 +211,28 @@ def test_index_value_order_sorted_by_bucket_equals_one_sort(runs: list[Any]) -> 
     lengths = [len(values) for values, _ in runs]
     ordered = key_columns._sorted_by_bucket(wide, lengths)
     assert ordered is not None and list(ordered) == sorted(wide)
+
+
+def test_index_hints_after_a_replayed_segment_that_deleted_everything(tmp_path: Path) -> None:
+    """Hinted segments, then a replayed one that deletes every key loaded so far, then hinted
+    ones again that put a key back: those are applied entry by entry onto the columns (which
+    remember the deletes), not loaded as new columns over them."""
+    options: dict[str, Any] = {"fsync": "never", "auto_compact": False, "segment_bytes": 4096}
+    big = b"F" * 3990  # a record that fits only a segment of its own: the next write rotates
+    with Store.open(tmp_path, **options) as db:
+        db.put("a", b"1")
+        db.put("b", b"2")
+        db.put("f1", big)  # segment 2
+        for key in ("a", "b", "f1"):
+            db.delete(key)  # segment 3: deletes only
+        db.put("f2", big)  # segment 4
+        db.delete("f2")
+        db.put("a", b"back")  # segment 5 with the delete of f2
+        db.put("f3", big)  # segment 6, hinted at close
+    deletes = decode_hint((tmp_path / "0000000003.hint").read_bytes())
+    assert (deletes.keys, sorted(deletes.deleted)) == ([], ["a", "b", "f1"])
+    (tmp_path / "0000000003.hint").unlink()  # replayed at the next open
+    with Store.open(tmp_path, **options) as db:
+        assert {key: db.get(key) for key in db.scan("")} == {"a": b"back", "f3": big}
+        assert len(db) == 2
+        db.check()

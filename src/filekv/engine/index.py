@@ -390,10 +390,14 @@ class KeyIndex:
             self._merger.stop()
             self._merger = None
 
+    def is_pristine(self) -> bool:
+        """True until anything is loaded or set (an index emptied by deletes is not)."""
+        return self._columns is None and not self._overlay
+
     def load_columns(self, columns: KeyColumns) -> None:
-        """Fill an empty index with columns loaded from hint files."""
-        if self._count or self._overlay:
-            raise ValueError("load_columns needs an empty index")
+        """Fill a pristine index with columns loaded from hint files."""
+        if not self.is_pristine():
+            raise ValueError("load_columns needs a pristine index")
         self._columns = columns
         self._count = len(columns)
 

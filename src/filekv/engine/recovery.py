@@ -248,7 +248,7 @@ def _load_segment(
                 final: dict[str, int | None] = dict(zip(hint.keys, hint.locations, strict=True))
                 final.update(zip(hint.deleted, repeat(None)))
                 segment.summary = SegmentSummary(final, hint.max_revision, dict(hint.expiries))
-            if len(index):  # a replayed segment came first: entry by entry
+            if not index.is_pristine():  # a replayed segment came first: entry by entry
                 _apply_hint(segments, index, hint)
             else:
                 folded.add(hint)
