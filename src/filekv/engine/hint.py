@@ -16,7 +16,7 @@ from functools import partial
 from operator import and_, lt, or_
 from typing import Final, Literal
 
-from .packed import ENTRY, LocationColumn, pack_entries
+from .packed import ENTRY, LITTLE_ENDIAN, LocationColumn, pack_entries
 from .record import FormatError
 from .slices import SLICE, sliced_map, sliced_sorted
 
@@ -197,7 +197,7 @@ def encode_hint(columns: HintColumns) -> bytes:
     ]
     for values in (by_hash, hashes):
         column = array("I", values)
-        if not _LITTLE_ENDIAN:
+        if not LITTLE_ENDIAN:
             column.byteswap()
         parts.append(column.tobytes())
     parts.append(deleted_block)
@@ -208,7 +208,7 @@ def encode_hint(columns: HintColumns) -> bytes:
             raise ValueError("a hint's expiries must be of its own keys")
         positions = array("I", expiring)
         times = array("d", [expiries[columns.keys[i]] for i in expiring])
-        if not _LITTLE_ENDIAN:
+        if not LITTLE_ENDIAN:
             positions.byteswap()
             times.byteswap()
         parts += (positions.tobytes(), times.tobytes())
@@ -286,7 +286,7 @@ def decode_hint(data: bytes) -> HintColumns:
         for _ in range(2):
             column = array("I")
             column.frombytes(data[position : position + 4 * count])
-            if not _LITTLE_ENDIAN:
+            if not LITTLE_ENDIAN:
                 column.byteswap()
             position += 4 * count
             columns.append(column)
@@ -310,7 +310,7 @@ def decode_hint(data: bytes) -> HintColumns:
         positions.frombytes(data[position : position + 4 * expiring])
         times = array("d")
         times.frombytes(data[position + 4 * expiring : position + 12 * expiring])
-        if not _LITTLE_ENDIAN:
+        if not LITTLE_ENDIAN:
             positions.byteswap()
             times.byteswap()
         if positions[-1] >= count or not all(map(lt, positions, positions[1:])):
@@ -330,6 +330,3 @@ def decode_hint(data: bytes) -> HintColumns:
         segment_length,
         expiries,
     )
-
-
-_LITTLE_ENDIAN: Final = struct.pack("=I", 1) == struct.pack("<I", 1)

@@ -15,7 +15,7 @@ hint replaced stay in the concatenation until the next open (their key and packe
 value order still lists them): a value-order candidate counts only if its key's winning entry is
 that very entry.
 
-The columns never change after loading but for ``repoint`` (compaction moved a value: the same
+The columns never change after loading but for ``repoint_if`` (compaction moved a value: the same
 value, so the same hash). Keys written, overwritten or deleted since live in ``KeyIndex``'s
 overlay; the index asks these columns only about keys the overlay does not know.
 
@@ -25,7 +25,6 @@ Owns the loaded columns; the Store's lock serialises every call (through ``KeyIn
 from __future__ import annotations
 
 import logging
-import struct
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
@@ -36,7 +35,15 @@ from operator import add, and_, ne
 from typing import Final, Literal
 
 from .hint import HASH_MASK, HintColumns
-from .packed import ENTRY, HASH_AT, LENGTH_AT, LocationColumn, pack_entries, u32_field
+from .packed import (
+    ENTRY,
+    HASH_AT,
+    LENGTH_AT,
+    LITTLE_ENDIAN,
+    LocationColumn,
+    pack_entries,
+    u32_field,
+)
 
 log = logging.getLogger(__name__)
 _BIG: Final[Literal["big"]] = "big"
@@ -45,7 +52,6 @@ Run = tuple[int, "array[int]", "array[int]"]
 STRIDE: Final = 64  # keys per window of the sampled search
 BUCKET_BITS: Final = 10  # the value order is merged in 1,024 buckets of hashes
 _SEPARATOR: Final[str] = chr(0xDCFF)  # a lone surrogate: never in a key (keys are valid Unicode)
-_LITTLE_ENDIAN: Final = struct.pack("=I", 1) == struct.pack("<I", 1)
 
 
 class KeyColumns:
@@ -83,7 +89,7 @@ class KeyColumns:
         hints, disjoint = _in_key_order(hints)
         if len(hints) == 1 and not hints[0].deleted:
             hint = hints[0]
-            packed = bytearray(_entries_of(hint))  # mutable: ``repoint``
+            packed = bytearray(_entries_of(hint))  # mutable: ``repoint_if``
             by_hash, hashes = _value_order(hint, packed)
             return cls(hint.keys, None, packed, hint.keys, [(0, hashes, by_hash)])
         all_keys: list[str] = []
@@ -144,7 +150,8 @@ class KeyColumns:
         return i, int.from_bytes(self._entries[start : start + ENTRY], _BIG)
 
     def repoint_if(self, i: int, expected: int, location: int) -> bool:
-        """``repoint`` if ``keys[i]`` still points at ``expected`` (compaction's moves)."""
+        """Point ``keys[i]`` at ``location`` if it still points at ``expected``: compaction
+        copied its value there (same value, same hash, so the value order stays right)."""
         start = (i if self._at is None else self._at[i]) * ENTRY
         entries = self._entries
         if int.from_bytes(entries[start : start + ENTRY], _BIG) != expected:
@@ -166,13 +173,6 @@ class KeyColumns:
         entry = i if self._at is None else self._at[i]
         start = entry * ENTRY
         return int.from_bytes(self._entries[start : start + ENTRY], _BIG)
-
-    def repoint(self, i: int, location: int) -> None:
-        """Point ``keys[i]`` at ``location``: compaction copied its value there (same value,
-        same hash, so the value order stays right)."""
-        entry = i if self._at is None else self._at[i]
-        start = entry * ENTRY
-        self._entries[start : start + ENTRY] = location.to_bytes(ENTRY, _BIG)
 
     def candidates(self, hashed: int) -> Iterator[tuple[str, int]]:
         """(key, location) of each live key whose value has hash ``hashed``, in no set order."""
@@ -246,7 +246,7 @@ class KeyColumns:
         return total
 
     def frozen(self) -> KeyColumns:
-        """A copy that later ``repoint`` calls leave alone (for snapshots): only the packed
+        """A copy that later ``repoint_if`` calls leave alone (for snapshots): only the packed
         locations are copied; every other column never changes."""
         twin = KeyColumns.__new__(KeyColumns)
         for name in KeyColumns.__slots__:
@@ -363,7 +363,7 @@ def _merged_value_order(
     """
     count = len(hashes)
     wide = array("Q")
-    if not _LITTLE_ENDIAN or wide.itemsize != 8:  # pragma: no cover - not on the machines in use
+    if not LITTLE_ENDIAN or wide.itemsize != 8:  # pragma: no cover - not on the machines in use
         order = sorted(range(count), key=hashes.__getitem__)
         return array("I", map(hashes.__getitem__, order)), array(
             "I", map(entries.__getitem__, order)

@@ -18,7 +18,15 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Final, Literal, overload
 
-__all__ = ["ENTRY", "HASH_AT", "LENGTH_AT", "LocationColumn", "pack_entries", "u32_field"]
+__all__ = [
+    "ENTRY",
+    "HASH_AT",
+    "LENGTH_AT",
+    "LITTLE_ENDIAN",
+    "LocationColumn",
+    "pack_entries",
+    "u32_field",
+]
 
 ENTRY: Final = 22  # hint.LOCATION_BYTES (hint.py imports this module and checks they agree)
 # Byte offsets of the 32-bit fields inside one big-endian entry (hint.py's layout, high bits
@@ -27,7 +35,7 @@ LENGTH_AT: Final = 8
 HASH_AT: Final = 18
 _ONE: Final = struct.Struct(f"{ENTRY}s")
 _BIG: Final[Literal["big"]] = "big"
-_LITTLE_ENDIAN: Final = struct.pack("=I", 1) == struct.pack("<I", 1)
+LITTLE_ENDIAN: Final = struct.pack("=I", 1) == struct.pack("<I", 1)
 
 
 class LocationColumn(Sequence[int]):
@@ -77,7 +85,7 @@ def u32_field(entries: bytes | bytearray, at: int) -> array[int]:
     if column.itemsize != 4:  # pragma: no cover - no such platform in use
         raise RuntimeError("array('I') is not 32 bits here")
     column.frombytes(out)
-    if not _LITTLE_ENDIAN:  # pragma: no cover - no big-endian machine in CI
+    if not LITTLE_ENDIAN:  # pragma: no cover - no big-endian machine in CI
         column.byteswap()
     return column
 

@@ -1,6 +1,6 @@
 """Whole-list passes cut into slices, for the work of background threads (hint files).
 
-A C-level pass (``map``, ``sorted``, ``Counter``) over half a million entries is a single call,
+A C-level pass (``map``, ``sorted``) over half a million entries is a single call,
 and a thread keeps the GIL for the whole of a C call: the event loop, with every request behind
 it, waited up to 348 ms while the hint writer encoded a 64 MiB segment's hint, 76 ms for a
 100,000-key one (docs/PERFORMANCE.md, the issue-10 section). Cut into slices of ``SLICE``
@@ -15,17 +15,15 @@ Owns no state.
 from __future__ import annotations
 
 import heapq
-from collections import Counter
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
-__all__ = ["SLICE", "sliced_counts", "sliced_map", "sliced_sorted"]
+__all__ = ["SLICE", "sliced_map", "sliced_sorted"]
 
 SLICE: Final = 4096
 MERGE_RUN: Final = 16 * SLICE  # sorted runs are merged in one C call up to this length
 
 T = TypeVar("T")
-H = TypeVar("H", bound=Hashable)
 
 
 def sliced_map(function: Callable[..., T], *sequences: Sequence[Any]) -> list[T]:
@@ -66,11 +64,3 @@ def sliced_sorted(items: Sequence[T], key: Callable[[T], Any] | None = None) -> 
     if len(runs) == 1:
         return runs[0]
     return list(heapq.merge(*runs, key=key))
-
-
-def sliced_counts(items: Sequence[H]) -> Counter[H]:
-    """``Counter(items)``, a slice at a time."""
-    counts: Counter[H] = Counter()
-    for first in range(0, len(items), SLICE):
-        counts.update(items[first : first + SLICE])
-    return counts
