@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filekv.engine import Store, key_columns
+from filekv.engine import Store, index, key_columns
 from filekv.engine.hint import HintColumns, decode_hint, encode_hint, pack, unpack
 from filekv.engine.index import KeyIndex
 from filekv.engine.recovery import HintFold
@@ -63,12 +64,13 @@ def test_index_fold_of_hints_equals_setting_each_entry(
     hints: list[Any], changes: list[tuple[Any, ...]]
 ) -> None:
     # Windows of 2 keys in the sampled search (64 in use): a dozen keys span several windows.
-    stride = key_columns.STRIDE
-    key_columns.STRIDE = 2
+    # And the value order merged by buckets, as it is for large stores only.
+    stride, whole = key_columns.STRIDE, key_columns.SORT_WHOLE_ENTRIES
+    key_columns.STRIDE, key_columns.SORT_WHOLE_ENTRIES = 2, 0
     try:
         _fold_equals_setting_each_entry(hints, changes)
     finally:
-        key_columns.STRIDE = stride
+        key_columns.STRIDE, key_columns.SORT_WHOLE_ENTRIES = stride, whole
 
 
 def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, ...]]) -> None:
@@ -165,13 +167,20 @@ def test_index_fold_counts_utf8_key_bytes_and_value_bytes() -> None:
     fold = HintFold()
     fold.add(_columns(1, {"a": (1, 1), "é": (2, 2)}, []))
     fold.add(_columns(2, {"ü/x": (3, 3)}, ["a"]))
-    index = KeyIndex()
-    accounts = _load(fold, index)
+    folded = KeyIndex()
+    accounts = _load(fold, folded)
     assert (accounts.entries, accounts.key_bytes, accounts.value_bytes) == (2, 2 + 4, 3 + 3)
 
 
-def test_index_fold_reopens_a_store_of_many_hinted_segments(tmp_path: Path) -> None:
-    """A real store: dozens of sealed segments with overwrites and deletes across them."""
+@pytest.mark.parametrize("merge", ["inline", "background"])
+def test_index_fold_reopens_a_store_of_many_hinted_segments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, merge: str
+) -> None:
+    """A real store: dozens of sealed segments with overwrites and deletes across them. Its
+    value order is merged during the open (small) or by the thread a large store starts."""
+    if merge == "background":
+        monkeypatch.setattr(index, "MERGE_INLINE_ENTRIES", 0)
+        monkeypatch.setattr(key_columns, "SORT_WHOLE_ENTRIES", 0)
     options: dict[str, Any] = {"fsync": "never", "auto_compact": False, "segment_bytes": 4096}
     expected: dict[str, bytes] = {}
     with Store.open(tmp_path, **options) as db:
@@ -186,11 +195,17 @@ def test_index_fold_reopens_a_store_of_many_hinted_segments(tmp_path: Path) -> N
                 expected[key] = value
         stats = db.stats()
     assert len(list_segment_ids(tmp_path)) > 20
+    same = sorted(k for k, v in expected.items() if v == b"same")
     with Store.open(tmp_path, **options) as db:
+        merger = db._index._merger  # which way the merge went
+        assert (merger is not None) == (merge == "background")
+        assert db.find(b"same") == same  # racing the merge, if it is still going
+        db._index.wait_for_merge()
         db.check()
         assert {key: db.get(key) for key in db.scan("")} == expected
-        assert db.find(b"same") == sorted(k for k, v in expected.items() if v == b"same")
+        assert db.find(b"same") == same
         assert db.stats().live_bytes == stats.live_bytes
+        assert db._index._columns.unmerged_entries() == 0
 
 
 @settings(max_examples=200, deadline=None)

@@ -29,6 +29,10 @@ from sortedcontainers import SortedList
 from .hint import HASH_MASK
 from .key_columns import KeyColumns, ValueOrderMerger
 
+# A value order of up to this many entries is merged during the open (well under 0.1 s): a
+# thread started for it cost more than the merge, 6 ms of each open of a small store.
+MERGE_INLINE_ENTRIES = 1 << 16
+
 # The keys under one value hash in the overlay: the key itself when it is alone (the common
 # case: no container object at all), or a dict key -> location when several keys share the hash
 # (find verifies candidates with the locations at hand instead of looking each up again).
@@ -375,9 +379,15 @@ class KeyIndex:
         return location_of
 
     def merge_in_background(self) -> None:
-        """Start merging the loaded columns' value order in a background thread (after open)."""
-        if self._columns is not None and self._merger is None:
-            self._merger = ValueOrderMerger(self._columns)
+        """Merge the loaded columns' value order: a small one at once, a large one in a
+        background thread (after open)."""
+        columns = self._columns
+        if columns is None or self._merger is not None:
+            return
+        if columns.unmerged_entries() <= MERGE_INLINE_ENTRIES:
+            columns.merge_value_order()
+        else:
+            self._merger = ValueOrderMerger(columns)
 
     def wait_for_merge(self) -> None:
         """Wait until the background merge of the value order is done (benchmarks, tests)."""

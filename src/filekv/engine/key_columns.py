@@ -51,6 +51,9 @@ _BIG: Final[Literal["big"]] = "big"
 Run = tuple[int, "array[int]", "array[int]"]
 STRIDE: Final = 64  # keys per window of the sampled search
 BUCKET_BITS: Final = 10  # the value order is merged in 1,024 buckets of hashes
+# Fewer entries than this are sorted in one piece: finding 1,024 buckets in each run cost more
+# than the sort (4.7 ms for 1,000 entries in four runs, against 0.1 ms).
+SORT_WHOLE_ENTRIES = 1 << 16
 _SEPARATOR: Final[str] = chr(0xDCFF)  # a lone surrogate: never in a key (keys are valid Unicode)
 
 
@@ -230,6 +233,11 @@ class KeyColumns:
         self._runs = None
         return True
 
+    def unmerged_entries(self) -> int:
+        """How many entries the value order still has to merge (0 once merged)."""
+        runs = self._runs
+        return 0 if runs is None else sum(len(run[1]) for run in runs)
+
     def value_bytes(self) -> int:
         """The bytes of the live keys' values."""
         lengths = u32_field(self._entries, LENGTH_AT)
@@ -375,7 +383,10 @@ def _merged_value_order(
         pairs[4 + byte :: 8] = high[byte::4]
     wide.frombytes(pairs)
     del pairs, low, high
-    ordered = _sorted_by_bucket(wide, lengths, stop)
+    if count <= SORT_WHOLE_ENTRIES:
+        ordered: array[int] | None = array("Q", sorted(wide))
+    else:
+        ordered = _sorted_by_bucket(wide, lengths, stop)
     if ordered is None:
         return None
     del wide
