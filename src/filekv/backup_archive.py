@@ -33,13 +33,14 @@ import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final, Literal
+from typing import IO, TYPE_CHECKING, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from filekv.engine import Store
-from filekv.engine.backup import new_staging_dir
 from filekv.service.users import USERS_FILE
+
+if TYPE_CHECKING:  # the engine is imported by what stages a backup, not by every CLI call
+    from filekv.engine import Store
 
 MANIFEST_NAME: Final = "filekv-backup.json"
 USERS_NAME: Final = USERS_FILE
@@ -107,6 +108,8 @@ def stage_backup(store: Store, *, verify_in_child: bool = False) -> tuple[Path, 
     copy, no space), with a link to the users file; the folder and the archive's manifest.
     ``verify_in_child``: see ``Store.backup`` (a server's choice).
     The caller removes the folder (``shutil.rmtree``) once the archive is written."""
+    from filekv.engine.backup import new_staging_dir
+
     staging = new_staging_dir(store.path)
     try:
         result = store.backup(staging, verify_in_child=verify_in_child)

@@ -43,3 +43,18 @@ def test_client_boundaries_modules_import_no_server() -> None:
                 if any(name == bad or name.startswith(bad + ".") for bad in FORBIDDEN)
             ]
     assert not offenders, offenders
+
+
+def test_client_boundaries_plain_http_loads_no_ca_bundle_and_trusts_nothing() -> None:
+    """A client of an ``http://`` URL skips loading the CA bundle (most of its start-up cost);
+    the context it hands httpx instead still verifies, and trusts no certificate at all."""
+    import ssl
+
+    from filekv.client._protocol import tls_verify
+
+    assert tls_verify("https://kv.example:8443") is True
+    assert tls_verify("HTTPS://kv.example") is True
+    bare = tls_verify("http://127.0.0.1:8000")
+    assert isinstance(bare, ssl.SSLContext)
+    assert bare.verify_mode == ssl.CERT_REQUIRED and bare.check_hostname
+    assert bare.cert_store_stats()["x509_ca"] == 0

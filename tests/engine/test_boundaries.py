@@ -164,3 +164,22 @@ def test_boundaries_engine_module_says_what_it_owns_and_stays_small(source: Path
     docstring = ast.get_docstring(ast.parse(text)) or ""
     assert "owns" in docstring.lower(), f"{source.name}: the docstring does not say what it owns"
     assert text.count("\n") <= 450, f"{source.name} has {text.count(chr(10))} lines: split it"
+
+
+def test_boundaries_engine_names_load_on_first_use_from_their_module() -> None:
+    """``filekv.engine`` imports its modules lazily: every exported name still resolves, to the
+    object its module defines, and importing the package alone loads no store code."""
+    import importlib
+
+    defined_in = filekv.engine._DEFINED_IN
+    assert sorted(defined_in) == sorted(filekv.engine.__all__)
+    for name, module in defined_in.items():
+        defining = importlib.import_module(f"filekv.engine.{module}")
+        assert getattr(filekv.engine, name) is getattr(defining, name)
+    with pytest.raises(AttributeError, match="no attribute 'Nothing'"):
+        filekv.engine.Nothing  # noqa: B018 - the lookup is the test
+    code = "import sys, filekv.engine\nprint('filekv.engine.store' in sys.modules)\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "False", result.stderr

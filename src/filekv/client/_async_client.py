@@ -46,7 +46,11 @@ class AsyncClient:
         self._timeout = timeout  # for the connection a watch opens (see watch)
         self._transport = transport
         self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=timeout, limits=p.LIMITS, transport=transport
+            base_url=self.url,
+            timeout=timeout,
+            limits=p.LIMITS,
+            transport=transport,
+            verify=p.tls_verify(self.url),
         )
         self.token = token
 

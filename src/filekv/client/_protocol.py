@@ -9,6 +9,7 @@ decides whether a 423 is waited out (``wait_locked``).
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -23,6 +24,19 @@ DEFAULT_URL: Final = "http://127.0.0.1:8000"
 URL_ENV: Final = "FILEKV_URL"
 # One connection, kept alive between calls.
 LIMITS: Final = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+
+
+def tls_verify(url: str) -> ssl.SSLContext | bool:
+    """What httpx is told to verify TLS with, for a client of ``url``.
+
+    httpx builds a verifying context for every client, loading the CA bundle: 50-130 ms, the
+    largest single cost of a ``filekv get`` after the imports. A plain ``http://`` URL never does
+    TLS, so it gets a context that verifies and trusts nothing (should anything ever use it,
+    it fails rather than trusts); ``https://`` keeps httpx's default.
+    """
+    if url[:5].lower() == "https":
+        return True
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname: on
 
 
 def base_url(url: str | None) -> str:

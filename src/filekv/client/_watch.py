@@ -26,6 +26,7 @@ from filekv.client._errors import (
     error_for_status,
     translate_transport_errors,
 )
+from filekv.client._protocol import tls_verify
 
 # Without a byte for this long (the server sends a heartbeat every 15 s by default), the
 # connection is taken for dead and made again.
@@ -147,7 +148,8 @@ def _connection(
     # program makes while it watches.
     limits = httpx.Timeout(timeout, read=READ_TIMEOUT)
     cls = httpx.AsyncClient if asynchronous else httpx.Client
-    return cls(base_url=url, headers=headers, timeout=limits, transport=transport)
+    verify = tls_verify(url)
+    return cls(base_url=url, headers=headers, timeout=limits, transport=transport, verify=verify)
 
 
 def watch_sync(
