@@ -8,7 +8,7 @@ is restarted on the same data directory, and the data is compared with the logs
 nothing of a rolled-back or never-committed transaction visible, no transaction in part. Earlier
 rounds' keys are checked again after the last restart.
 
-20 rounds in ``make test``, 300 with ``FILEKV_SOAK=1``. Run ``pytest -s`` to see the figures.
+10 rounds in ``make test``, 300 with ``FILEKV_SOAK=1``. Run ``pytest -s`` to see the figures.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from support import SOAK
 from support.history import ClientReplay, check_own_keys, check_shared_keys, replay
 from support.server import Server, read_all
 
-ROUNDS = 300 if SOAK else 20
+ROUNDS = 300 if SOAK else 10
 WRITERS = 3
 CLIENT_SCRIPT = Path(__file__).parent.parent / "support" / "crash_client.py"
 WAIT = 90.0  # bound on any one wait for a writer; never reached on a healthy run

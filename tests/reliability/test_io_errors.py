@@ -26,7 +26,7 @@ from support.workload import OPTIONS
 
 from filekv.engine import StorageError, Store
 
-SEEDS = range(2000, 2160 if SOAK else 2016)
+SEEDS = range(2000, 2160 if SOAK else 2008)
 STEPS = 30
 
 

@@ -10,7 +10,7 @@ directory operations undone from a random point on), each reopened with the real
 
 Every image must hold exactly the acknowledged state (with its revisions), or that state plus the
 one step the cut interrupted, whole: never part of a transaction, never a rolled-back write.
-``FILEKV_SOAK=1`` runs ten times as many seeds.
+``make test`` runs 12 seeds (4 with directory operations unordered); ``FILEKV_SOAK=1`` 300 (10).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from support.power_loss import (
     crash_and_check,
 )
 
-SEEDS = range(1000, 1300 if SOAK else 1030)
+SEEDS = range(1000, 1300 if SOAK else 1012)
 STEPS = 40
 
 
@@ -59,7 +59,7 @@ def test_power_loss_every_crash_point_keeps_acknowledged_writes() -> None:
             for crash_at in range(1, total + 1):
                 crash_and_check(seed, STEPS, crash_at, root, tally, reopen_check=crash_at % 10 == 0)
     _report("power loss (sequential workload)", tally)
-    assert tally.crash_points >= (3000 if not SOAK else 30000)
+    assert tally.crash_points >= (1200 if not SOAK else 30000)
     assert tally.violations == []
 
 
@@ -86,7 +86,7 @@ def test_power_loss_during_group_commit_with_reordered_writeback() -> None:
 def test_power_loss_with_unordered_directory_operations() -> None:
     tally = Tally()
     with scratch() as root:
-        for seed in SEEDS[:10]:
+        for seed in SEEDS[: 10 if SOAK else 4]:
             total = count_operations(seed, STEPS, root)
             for crash_at in range(1, total + 1):
                 crash_and_check(seed, STEPS, crash_at, root, tally, ordered_metadata=False)
