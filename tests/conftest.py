@@ -45,7 +45,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     root = config.rootpath
 
     def file_rank(item: pytest.Item) -> int:
-        return rank.get(item.path.relative_to(root).as_posix(), len(rank))
+        try:
+            return rank.get(item.path.relative_to(root).as_posix(), len(rank))
+        except ValueError:  # a test file outside the root: after the listed ones
+            return len(rank)
 
     items.sort(key=file_rank)  # stable: the order inside each file, and of the rest, is kept
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import filekv.client
 
 FORBIDDEN = ("fastapi", "starlette", "uvicorn", "pydantic", "filekv.engine", "filekv.service")
@@ -45,12 +47,19 @@ def test_client_boundaries_modules_import_no_server() -> None:
     assert not offenders, offenders
 
 
-def test_client_boundaries_plain_http_loads_no_ca_bundle_and_trusts_nothing() -> None:
+def test_client_boundaries_plain_http_loads_no_ca_bundle_and_trusts_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A client of an ``http://`` URL skips loading the CA bundle (most of its start-up cost);
-    the context it hands httpx instead still verifies, and trusts no certificate at all."""
+    the context it hands httpx instead still verifies, and trusts no certificate at all. With
+    a proxy in the environment (perhaps reached over TLS), httpx's default is kept."""
+    import os
     import ssl
 
     from filekv.client._protocol import tls_verify
+
+    for name in [name for name in os.environ if name.lower().endswith("_proxy")]:
+        monkeypatch.delenv(name)
 
     assert tls_verify("https://kv.example:8443") is True
     assert tls_verify("HTTPS://kv.example") is True
@@ -58,3 +67,5 @@ def test_client_boundaries_plain_http_loads_no_ca_bundle_and_trusts_nothing() ->
     assert isinstance(bare, ssl.SSLContext)
     assert bare.verify_mode == ssl.CERT_REQUIRED and bare.check_hostname
     assert bare.cert_store_stats()["x509_ca"] == 0
+    monkeypatch.setenv("HTTPS_PROXY", "https://proxy.example:3128")
+    assert tls_verify("http://127.0.0.1:8000") is True

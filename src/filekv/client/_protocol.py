@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -32,9 +33,10 @@ def tls_verify(url: str) -> ssl.SSLContext | bool:
     httpx builds a verifying context for every client, loading the CA bundle: 50-130 ms, the
     largest single cost of a ``filekv get`` after the imports. A plain ``http://`` URL never does
     TLS, so it gets a context that verifies and trusts nothing (should anything ever use it,
-    it fails rather than trusts); ``https://`` keeps httpx's default.
+    it fails rather than trusts); ``https://`` keeps httpx's default, and so does any URL when
+    a proxy is configured in the environment (one reached over TLS needs the CA bundle).
     """
-    if url[:5].lower() == "https":
+    if url[:5].lower() == "https" or urllib.request.getproxies():
         return True
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname: on
 

@@ -51,8 +51,8 @@ _BIG: Final[Literal["big"]] = "big"
 Run = tuple[int, "array[int]", "array[int]"]
 STRIDE: Final = 64  # keys per window of the sampled search
 BUCKET_BITS: Final = 10  # the value order is merged in 1,024 buckets of hashes
-# Fewer entries than this are sorted in one piece: finding 1,024 buckets in each run cost more
-# than the sort (4.7 ms for 1,000 entries in four runs, against 0.1 ms).
+# Up to this many entries are sorted in one piece: finding 1,024 buckets in each run cost more
+# than the sort (merging 1,000 entries from four runs: 4.7 ms by buckets, 0.34 ms in one piece).
 SORT_WHOLE_ENTRIES = 1 << 16
 _SEPARATOR: Final[str] = chr(0xDCFF)  # a lone surrogate: never in a key (keys are valid Unicode)
 
