@@ -459,3 +459,17 @@ def test_serve_freezes_the_startup_heap_once_the_lifespan_is_up() -> None:
         assert frozen > 0
     finally:
         gc.unfreeze()
+
+
+def test_cli_start_up_loads_no_store_archive_or_web_code() -> None:
+    """What every ``filekv`` command imports before it runs: not the engine's store, the
+    backup archive's model, nor the web app (a third of ``filekv get``'s start-up, once)."""
+    import sys
+
+    heavy = ("filekv.engine.store", "filekv.backup_archive", "filekv.service.app", "fastapi")
+    code = f"import sys, filekv.cli\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
