@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filekv.engine import Store, index, key_columns
+from filekv.engine import Store, key_columns
 from filekv.engine.hint import HintColumns, decode_hint, encode_hint, pack, unpack
 from filekv.engine.index import KeyIndex
 from filekv.engine.recovery import HintFold
@@ -65,12 +65,12 @@ def test_index_fold_of_hints_equals_setting_each_entry(
 ) -> None:
     # Windows of 2 keys in the sampled search (64 in use): a dozen keys span several windows.
     # And the value order merged by buckets, as it is for large stores only.
-    stride, whole = key_columns.STRIDE, key_columns.SORT_WHOLE_ENTRIES
-    key_columns.STRIDE, key_columns.SORT_WHOLE_ENTRIES = 2, 0
+    stride, whole = key_columns.STRIDE, key_columns.SMALL_VALUE_ORDER
+    key_columns.STRIDE, key_columns.SMALL_VALUE_ORDER = 2, 0
     try:
         _fold_equals_setting_each_entry(hints, changes)
     finally:
-        key_columns.STRIDE, key_columns.SORT_WHOLE_ENTRIES = stride, whole
+        key_columns.STRIDE, key_columns.SMALL_VALUE_ORDER = stride, whole
 
 
 def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, ...]]) -> None:
@@ -179,8 +179,7 @@ def test_index_fold_reopens_a_store_of_many_hinted_segments(
     """A real store: dozens of sealed segments with overwrites and deletes across them. Its
     value order is merged during the open (small) or by the thread a large store starts."""
     if merge == "background":
-        monkeypatch.setattr(index, "MERGE_INLINE_ENTRIES", 0)
-        monkeypatch.setattr(key_columns, "SORT_WHOLE_ENTRIES", 0)
+        monkeypatch.setattr(key_columns, "SMALL_VALUE_ORDER", 0)
     options: dict[str, Any] = {"fsync": "never", "auto_compact": False, "segment_bytes": 4096}
     expected: dict[str, bytes] = {}
     with Store.open(tmp_path, **options) as db:

@@ -29,10 +29,6 @@ from sortedcontainers import SortedList
 from .hint import HASH_MASK
 from .key_columns import KeyColumns, ValueOrderMerger
 
-# A value order of up to this many entries is merged during the open (well under 0.1 s): a
-# thread started for it cost more than the merge, 6 ms of each open of a small store.
-MERGE_INLINE_ENTRIES = 1 << 16
-
 # The keys under one value hash in the overlay: the key itself when it is alone (the common
 # case: no container object at all), or a dict key -> location when several keys share the hash
 # (find verifies candidates with the locations at hand instead of looking each up again).
@@ -384,7 +380,7 @@ class KeyIndex:
         columns = self._columns
         if columns is None or self._merger is not None:
             return
-        if columns.unmerged_entries() <= MERGE_INLINE_ENTRIES:
+        if columns.merges_at_open():
             columns.merge_value_order()
         else:
             self._merger = ValueOrderMerger(columns)

@@ -51,9 +51,11 @@ _BIG: Final[Literal["big"]] = "big"
 Run = tuple[int, "array[int]", "array[int]"]
 STRIDE: Final = 64  # keys per window of the sampled search
 BUCKET_BITS: Final = 10  # the value order is merged in 1,024 buckets of hashes
-# Up to this many entries are sorted in one piece: finding 1,024 buckets in each run cost more
-# than the sort (merging 1,000 entries from four runs: 4.7 ms by buckets, 0.34 ms in one piece).
-SORT_WHOLE_ENTRIES = 1 << 16
+# A value order of up to this many entries is merged during the open, in one sort: a thread
+# started for it cost more than the merge (6 ms of each open of a small store), and so did
+# finding 1,024 buckets in each run (merging 1,000 entries from four runs: 4.7 ms by buckets,
+# 0.34 ms in one piece).
+SMALL_VALUE_ORDER = 1 << 16
 _SEPARATOR: Final[str] = chr(0xDCFF)  # a lone surrogate: never in a key (keys are valid Unicode)
 
 
@@ -145,12 +147,8 @@ class KeyColumns:
     def located_near(self, key: str, guess: int) -> tuple[int, int]:
         """(``position_near``, that key's location; 0 if absent): compaction's batch reads, one
         call per key."""
-        keys = self.keys
-        i = guess if guess < len(keys) and keys[guess] == key else self.position(key)
-        if i < 0:
-            return i, 0
-        start = (i if self._at is None else self._at[i]) * ENTRY
-        return i, int.from_bytes(self._entries[start : start + ENTRY], _BIG)
+        i = self.position_near(key, guess)
+        return (i, 0) if i < 0 else (i, self.location_at(i))
 
     def repoint_if(self, i: int, expected: int, location: int) -> bool:
         """Point ``keys[i]`` at ``location`` if it still points at ``expected``: compaction
@@ -237,6 +235,10 @@ class KeyColumns:
         """How many entries the value order still has to merge (0 once merged)."""
         runs = self._runs
         return 0 if runs is None else sum(len(run[1]) for run in runs)
+
+    def merges_at_open(self) -> bool:
+        """Whether what is left of the value order is small enough to merge during the open."""
+        return self.unmerged_entries() <= SMALL_VALUE_ORDER
 
     def value_bytes(self) -> int:
         """The bytes of the live keys' values."""
@@ -383,7 +385,7 @@ def _merged_value_order(
         pairs[4 + byte :: 8] = high[byte::4]
     wide.frombytes(pairs)
     del pairs, low, high
-    if count <= SORT_WHOLE_ENTRIES:
+    if count <= SMALL_VALUE_ORDER:
         ordered: array[int] | None = array("Q", sorted(wide))
     else:
         ordered = _sorted_by_bucket(wide, lengths, stop)
