@@ -12,7 +12,7 @@ import inspect
 import httpx
 import pytest
 from clientkit import PASSWORD, Connect, login_new_user, unique
-from support.server import Server, free_port
+from support.server import Server, free_port, http_client
 
 import filekv.client
 from filekv.client import (
@@ -181,7 +181,7 @@ def test_errors_invalid_request_431(connect: Connect, server: Server) -> None:
 
 
 def test_errors_invalid_request_415(server: Server) -> None:
-    with httpx.Client(base_url=server.url) as raw:
+    with http_client(server.url) as raw:
         response = raw.put("/keys/k", content=b"value=x", headers={"Content-Type": "text/plain"})
     error = error_for_status(response)
     assert type(error) is InvalidRequest

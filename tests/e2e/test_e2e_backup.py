@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.server import FILEKV, PASSWORD, Server, login
+from support.server import FILEKV, PASSWORD, Server, http_client, login
 
 from filekv.engine import Store
 from filekv.restore import restore
@@ -129,7 +129,7 @@ def test_e2e_backup_one_at_a_time_a_client_gone_one_stalled_and_a_sigterm(
         for i in range(24):  # 24 MiB: more than the sockets buffer, so a backup must wait
             client.put(f"/keys/big{i}", json={"value": "v" * (1 << 20)})
         with (
-            httpx.Client(base_url=server.url, timeout=30) as gone,
+            http_client(server.url, timeout=30) as gone,
             gone.stream("GET", "/admin/backup", headers=root) as streaming,
         ):
             assert streaming.status_code == 200
@@ -140,7 +140,7 @@ def test_e2e_backup_one_at_a_time_a_client_gone_one_stalled_and_a_sigterm(
         # That client went away mid-archive: its links are removed and the slot is free.
         _wait_until(lambda: not _staging(server))
         with (
-            httpx.Client(base_url=server.url, timeout=30) as slow,
+            http_client(server.url, timeout=30) as slow,
             slow.stream("GET", "/admin/backup", headers=root) as streaming,
         ):
             time.sleep(3)  # reads nothing: the server's sends stall until backup_time_limit
@@ -152,7 +152,7 @@ def test_e2e_backup_one_at_a_time_a_client_gone_one_stalled_and_a_sigterm(
     assert "backup download abandoned by the client" in server.log()
     assert "backup download cut off after 2.0 s (backup_time_limit)" in server.log()
     with (
-        httpx.Client(base_url=server.url, timeout=30) as stalled,
+        http_client(server.url, timeout=30) as stalled,
         stalled.stream("GET", "/admin/backup", headers=root) as streaming,
     ):
         assert streaming.status_code == 200

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from support.server import Server, serve_command
+from support.server import Server, http_client, serve_command
 
 MakeServer = Callable[..., Server]  # the ``make_server`` fixture
 
@@ -46,7 +46,7 @@ def write_until_refused(
     base_url: str, worker: int, acked: dict[str, str], stop: threading.Event
 ) -> None:
     """Write unique keys until the server goes away; record every acknowledged one."""
-    with httpx.Client(base_url=base_url, timeout=5) as http:
+    with http_client(base_url, timeout=5) as http:
         for sequence in range(1_000_000):
             if stop.is_set():
                 return

@@ -9,9 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import httpx
 from support.metrics import Samples, scrape
-from support.server import PASSWORD, Server, login
+from support.server import PASSWORD, Server, http_client, login
 from support.storefiles import as_after_a_crash, last_segment
 
 MakeServer = Callable[..., Server]
@@ -150,7 +149,7 @@ def test_e2e_metrics_with_auth_mode_all_need_a_token(make_server: MakeServer) ->
 
 
 def test_e2e_metrics_openmetrics_when_asked(server: Server) -> None:
-    with httpx.Client(base_url=server.url) as client:
+    with http_client(server.url) as client:
         answer = client.get("/metrics", headers={"Accept": "application/openmetrics-text"})
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("application/openmetrics-text")

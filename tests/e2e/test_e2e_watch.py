@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.server import Server, login
+from support.server import Server, http_client, login
 
 from filekv.engine import Store
 
@@ -91,7 +91,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def client(server: Server) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=httpx.Timeout(10, read=READ_TIMEOUT))
+    return http_client(server.url, timeout=httpx.Timeout(10, read=READ_TIMEOUT))
 
 
 def test_e2e_watch_streams_each_committed_change_once_in_order(server: Server) -> None:
@@ -354,7 +354,7 @@ def test_e2e_watch_needs_a_token_when_auth_mode_is_all(tmp_path: Path) -> None:
             assert http.get("/watch", headers={"Authorization": "Bearer nope"}).status_code == 401
             with stream(http, headers=headers, params={"prefix": "a/"}) as response:
                 assert response.status_code == 200
-                revision = put(httpx.Client(base_url=server.url, headers=headers), "a/k", "v")
+                revision = put(http_client(server.url, headers=headers), "a/k", "v")
                 assert take(response, 1)[0].data["revision"] == revision
             assert http.get("/keys", params={"wait": 0.1}, headers=headers).status_code == 200
     finally:

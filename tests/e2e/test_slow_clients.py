@@ -14,9 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from support.server import Server
+from support.server import Server, http_client
 
 from filekv.service.protocol import MAX_HEADER_BYTES
 
@@ -221,7 +220,7 @@ def test_slow_clients_keep_alive_and_pipelining_still_work(server: Server) -> No
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         answers = read_until_closed(sock)
     assert answers.count(b"HTTP/1.1 200 OK") == 3
-    with httpx.Client(base_url=server.url) as http:
+    with http_client(server.url) as http:
         for _ in range(3):
             assert http.get("/healthz").status_code == 200
 

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from support.server import Server
+from support.server import Server, http_client
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -489,7 +489,7 @@ def test_bad_inputs_double_dot_segments_never_reach_another_route(ctx: Context) 
     # A raw '/keys/../stats' is normalised by clients; sent verbatim it must not become a key
     # write elsewhere or a 5xx.
     files, keys = _state(ctx)
-    with httpx.Client(base_url=ctx.server.url) as raw:
+    with http_client(ctx.server.url) as raw:
         request = raw.build_request("PUT", "/keys/x", json={"value": "x"})
         request.url = request.url.copy_with(raw_path=b"/keys/../stats")
         answer = raw.send(request)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from support.server import http_client
 
 SOAK = os.environ.get("FILEKV_SOAK") == "1"
 ROUNDS = 40 if SOAK else 4
@@ -40,7 +41,7 @@ def _ops(round_no: int, batch: int) -> list[dict[str, Any]]:
 def _send_until_killed(
     url: str, round_no: int, batches: range, sent: set[int], acked: set[int], lock: threading.Lock
 ) -> None:
-    with httpx.Client(base_url=url, timeout=30) as client:
+    with http_client(url, timeout=30) as client:
         for batch in batches:
             with lock:
                 sent.add(batch)

@@ -24,6 +24,8 @@ from support import SOAK
 from support.linearizability import History, Zipf
 from support.server import Server
 
+from filekv.client._protocol import tls_verify
+
 CLIENTS = 64
 KEYS = 500
 DURATION = 120.0 if SOAK else 10.0
@@ -148,7 +150,9 @@ class Load:
 
 async def run_load(url: str, seed: int) -> tuple[Load, float, int]:
     limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
+    async with httpx.AsyncClient(
+        base_url=url, limits=limits, timeout=120, verify=tls_verify(url)
+    ) as http:
         load = Load(http, seed)
         await load.preload()
         preload_errors = sum(load.errors.values())

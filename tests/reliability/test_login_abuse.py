@@ -31,6 +31,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from support.server import Server
 
+from filekv.client._protocol import tls_verify
 from filekv.service.app import create_app
 from filekv.service.auth import AuthService, InvalidCredentials, LoginThrottle, TooManyAttempts
 from filekv.settings import Settings
@@ -330,7 +331,7 @@ def test_login_abuse_parallel_guesses_get_exactly_max_failures_checks(tmp_path: 
 
 
 def _client_from(server: Server, address: str) -> httpx.Client:
-    transport = httpx.HTTPTransport(local_address=address)
+    transport = httpx.HTTPTransport(local_address=address, verify=tls_verify(server.url))
     return httpx.Client(base_url=server.url, transport=transport, timeout=30)
 
 

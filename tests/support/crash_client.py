@@ -31,7 +31,7 @@ import httpx
 if not __package__:  # run by path: sys.path[0] is tests/support/, the package is in tests/
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from support.planted import planted_text
-from support.server import PASSWORD
+from support.server import PASSWORD, http_client
 
 # Every value ends in text made of valid encoded records: a torn value must not steer recovery.
 PLANTED = planted_text()
@@ -53,7 +53,7 @@ class Round:
         self.max_ops = command["max_ops"]
         self.deadline = time.monotonic() + command["max_seconds"]
         self.log: IO[str] = open(command["log"], "a", encoding="utf-8")  # noqa: SIM115
-        self.http = httpx.Client(base_url=command["url"], timeout=30)
+        self.http = http_client(command["url"], timeout=30)
         self.auth: dict[str, str] = {}
         self.seq = 0
         self.ops = 0

@@ -29,6 +29,8 @@ from urllib.parse import quote
 
 import httpx
 
+from filekv.client._protocol import tls_verify
+
 FILEKV: Final = str(Path(sys.executable).parent / "filekv")
 START_TIMEOUT: Final = 60.0
 STOP_TIMEOUT: Final = 60.0
@@ -87,13 +89,16 @@ class Server:
         """Spawn, wait for ``/healthz``; raise with the log's tail if it exits or never answers."""
         process = self.spawn()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited {process.returncode}: {self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.05)
+        # One client for every poll: a new one per poll cost ~175 ms of this process's CPU
+        # (and so of the server's start on two cores), mostly loading the CA bundle.
+        with http_client(self.url, timeout=2) as probe:
+            while time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise RuntimeError(f"server exited {process.returncode}: {self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if probe.get("/healthz").status_code == 200:
+                        return
+                time.sleep(0.05)
         self.kill()
         raise RuntimeError(f"server did not become healthy in {timeout} s: {self.log_tail()}")
 
@@ -124,7 +129,7 @@ class Server:
 
     def client(self, **kwargs: Any) -> httpx.Client:
         kwargs.setdefault("timeout", CLIENT_TIMEOUT)
-        return httpx.Client(base_url=self.url, **kwargs)
+        return http_client(self.url, **kwargs)
 
     def log(self) -> str:
         """Everything every start of this server wrote, so that "never logged" checks see it all."""
@@ -151,6 +156,15 @@ def user_command(
 
 
 # -- talking to it ---------------------------------------------------------------------------------
+
+
+def http_client(url: str, **kwargs: Any) -> httpx.Client:
+    """An ``httpx.Client`` of ``url`` (``kwargs`` as httpx takes them) that skips loading the CA
+    bundle for a plain ``http://`` URL, as filekv's own client does (``tls_verify``): httpx
+    loads it for every new client, ~175 ms of CPU each on these machines, which the suite paid
+    hundreds of times beside the servers it was waiting for."""
+    kwargs.setdefault("verify", tls_verify(url))
+    return httpx.Client(base_url=url, **kwargs)
 
 
 def login(client: httpx.Client, username: str = "alice") -> dict[str, str]:
