@@ -463,13 +463,88 @@ def test_serve_freezes_the_startup_heap_once_the_lifespan_is_up() -> None:
 
 def test_cli_start_up_loads_no_store_archive_or_web_code() -> None:
     """What every ``filekv`` command imports before it runs: not the engine's store, the
-    backup archive's model, nor the web app (a third of ``filekv get``'s start-up, once)."""
+    backup archive's model, nor the web app (a third of ``filekv get``'s start-up, once); nor
+    the settings or the client, which only some commands need."""
     import sys
 
-    heavy = ("filekv.engine.store", "filekv.backup_archive", "filekv.service.app", "fastapi")
+    heavy = (
+        "filekv.engine.store",
+        "filekv.backup_archive",
+        "filekv.service.app",
+        "fastapi",
+        "filekv.settings",
+        "filekv.client",
+    )
     code = f"import sys, filekv.cli\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def _run_main(args: list[str], watched: tuple[str, ...]) -> tuple[int, list[str]]:
+    """Run ``filekv ARGS`` as the console script does, in a fresh interpreter: its exit status
+    and which of the ``watched`` modules it had imported by then."""
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from filekv.cli import main\n"
+        f"sys.argv = ['filekv', *{args!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exit:\n"
+        f"    loaded = sorted(m for m in {watched!r} if m in sys.modules)\n"
+        "    print(json.dumps([exit.code, loaded]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    status, loaded = json.loads(result.stdout.splitlines()[-1])
+    return status, loaded
+
+
+def test_cli_client_verb_builds_and_imports_only_the_client() -> None:
+    """``filekv get`` builds ``get`` alone: not ``serve`` or the user commands (whose flags read
+    the settings' pydantic model), not the other modules' verbs; nor does it import httpx's own
+    command line (rich, pygments). Together about half of its start-up."""
+    heavy = (
+        "filekv.settings",
+        "pydantic_settings",
+        "filekv.backup_cli",
+        "filekv.transfer_cli",
+        "filekv.engine",
+        "rich.console",
+        "pygments",
+    )
+    status, loaded = _run_main(["get", "k", "--url", "http://127.0.0.1:9"], heavy)
+    assert status == 7  # nothing listens on port 9: the verb ran, and could not connect
+    assert loaded == []
+
+
+def test_cli_serve_imports_no_client_code(tmp_path: Path) -> None:
+    """``filekv serve`` builds ``serve`` alone: it imports neither the client nor its verbs."""
+    client = ("filekv.client_cli", "filekv.client", "httpx", "filekv.backup_cli")
+    # An invalid setting: serve stops there, with everything it needs to start imported.
+    status, loaded = _run_main(["serve", "--port", "70000", "--data-dir", str(tmp_path)], client)
+    assert status == 2
+    assert loaded == []
+
+
+def test_cli_lazy_command_table_matches_the_modules() -> None:
+    """``filekv.cli.COMMANDS`` names every command each module registers, in its order: a verb
+    left out of it would be missing from ``filekv``."""
+    from filekv import cli, client_cli
+
+    assert tuple(verb.__name__ for verb in client_cli.VERBS) == cli.CLIENT_VERBS
+    for source in set(cli.COMMANDS.values()):
+        registered = list(typer.main.get_group(source()).commands)
+        assert registered == [name for name, of in cli.COMMANDS.items() if of is source]
+    listing = runner.invoke(app, ["--help"])
+    assert listing.exit_code == 0
+    for name in cli.COMMANDS:
+        assert f"│ {name} " in listing.output
+    assert "Exit codes of the client verbs" in listing.output

@@ -1,20 +1,27 @@
 """The ``filekv`` command: ``serve``, ``user add|passwd|revoke|remove|set-role|list``, ``compact``,
-and the client verbs of ``filekv.client_cli`` (``get``, ``put``, ``login``, ``begin``, ...).
+the client verbs of ``filekv.client_cli`` (``get``, ``put``, ``login``, ``begin``, ...), and
+``backup``, ``restore`` (``filekv.backup_cli``), ``export``, ``import`` (``filekv.transfer_cli``).
 
 Every ``serve`` flag is a ``Settings`` field of the same name (``--token-ttl`` is ``token_ttl``);
 an unset flag falls back to ``FILEKV_<NAME>`` in the environment, then to the default.
+
+Scripts run ``filekv get`` in loops, so a command costs only its own start-up: its module is
+imported, and its click command built, when it is the one run (``_LazyCommands``); only the
+list of ``filekv --help`` builds them all. For the same reason this module imports the settings
+(pydantic), rich and the client where they are used, not at the top.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import logging
 import signal
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -22,42 +29,190 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, Final, get_args
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
-from rich.table import Table
+from typer.core import TyperGroup
+from typer.main import get_command_from_info, get_command_name, get_group_from_info
 
 import filekv
-from filekv.backup_cli import register_backup_verbs
-from filekv.client_cli import register_verbs
-from filekv.settings import Settings, load_settings
-from filekv.transfer_cli import register_transfer_verbs
 
 if TYPE_CHECKING:
     import uvicorn
+    from rich.console import Console
+    from typer._click import Command, Context, HelpFormatter  # typer's own copy of click
 
     from filekv.service.auth import AuthService
+    from filekv.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS: Final = 10  # requests still running at a shutdown are cancelled after
 
+#: The client verbs, named here so that running another command does not import them (a test
+#: keeps this equal to ``filekv.client_cli.VERBS``).
+CLIENT_VERBS: Final = (
+    "get",
+    "put",
+    "delete",
+    "ls",
+    "find",
+    "batch",
+    "login",
+    "logout",
+    "register",
+    "begin",
+    "release",
+    "commit",
+    "rollback",
+    "status",
+    "watch",
+)
+
+
+def _registered(register: Callable[[typer.Typer], None]) -> typer.Typer:
+    """A Typer holding the commands ``register`` adds."""
+    commands = typer.Typer()
+    register(commands)
+    return commands
+
+
+def _local_commands() -> typer.Typer:
+    return local_app
+
+
+@functools.cache
+def _client_commands() -> typer.Typer:
+    from filekv.client_cli import register_verbs
+
+    return _registered(register_verbs)
+
+
+@functools.cache
+def _backup_commands() -> typer.Typer:
+    from filekv.backup_cli import register_backup_verbs
+
+    return _registered(register_backup_verbs)
+
+
+@functools.cache
+def _transfer_commands() -> typer.Typer:
+    from filekv.transfer_cli import register_transfer_verbs
+
+    return _registered(register_transfer_verbs)
+
+
+#: Every command of ``filekv``, in the order of its ``--help``, and the Typer that holds it: a
+#: function, so that the module defining the command is imported only when the command is built.
+COMMANDS: Final[dict[str, Callable[[], typer.Typer]]] = {
+    "serve": _local_commands,
+    "compact": _local_commands,
+    **dict.fromkeys(CLIENT_VERBS, _client_commands),
+    "backup": _backup_commands,
+    "restore": _backup_commands,
+    "export": _transfer_commands,
+    "import": _transfer_commands,
+    "user": _local_commands,
+}
+
+
+class _LazyCommands(MutableMapping[str, "Command"]):
+    """The ``filekv`` group's commands (its ``commands``): every name of ``COMMANDS`` is there
+    from the start, each command is built when it is first looked up.
+
+    Building all of them cost every ``filekv get`` about 0.17 s, and as much again to import
+    their modules (``serve``'s flags read the settings' pydantic model). Looking up the command
+    to run builds it alone; the names alone (typer's "Did you mean" on a typo) build nothing;
+    only ``--help``, which lists every command with its help, builds them all.
+    """
+
+    def __init__(self, built: MutableMapping[str, Command]) -> None:
+        self.built = built
+
+    def __getitem__(self, name: str) -> Command:
+        if name not in self.built and name in COMMANDS:
+            self.built[name] = _build(name, COMMANDS[name]())
+        return self.built[name]
+
+    def __setitem__(self, name: str, command: Command) -> None:
+        self.built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self.built[name]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from COMMANDS
+        yield from (name for name in self.built if name not in COMMANDS)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _build(name: str, source: typer.Typer) -> Command:
+    """The click command ``name`` as typer builds it from ``source``, and no other command."""
+    for info in source.registered_commands:
+        assert info.callback is not None
+        if (info.name or get_command_name(info.callback.__name__)) == name:
+            return get_command_from_info(
+                info,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+            )
+    for group in source.registered_groups:
+        if group.name == name:
+            return get_group_from_info(
+                group,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+                suggest_commands=app.suggest_commands,
+            )
+    raise LookupError(f"no command {name!r} in {source}: COMMANDS is out of date")
+
+
+class _LazyGroup(TyperGroup):
+    """The ``filekv`` group: its commands are built when looked up (``_LazyCommands``)."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        self.commands = _LazyCommands(self.commands)
+
+    def format_help(self, ctx: Context, formatter: HelpFormatter) -> None:
+        # The client verbs' exit codes, under the list of commands: set here, as only the help
+        # shows them, so that ``filekv serve`` does not import the client.
+        from filekv.client_cli import EXIT_CODES_HELP
+
+        self.epilog = EXIT_CODES_HELP
+        super().format_help(ctx, formatter)
+
+
 app = typer.Typer(
     name="filekv",
+    cls=_LazyGroup,
     help="filekv: a crash-safe key-value store in its own files, served over HTTP.",
     no_args_is_help=True,
     add_completion=False,
 )
+# serve, compact and user: the commands of this module, built by _LazyCommands as the others.
+local_app = typer.Typer()
 user_app = typer.Typer(
     help="Manage users (kept in <data-dir>/users.json, passwords hashed with argon2id).",
     no_args_is_help=True,
 )
-app.add_typer(user_app, name="user")
+local_app.add_typer(user_app, name="user")
 
-_err = Console(stderr=True, soft_wrap=True, highlight=False)
+
+def _stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, soft_wrap=True, highlight=False)
 
 
 def _help(field: str) -> str:
-    """The flag's help: the setting's description, its choices, and its env variable."""
+    """The flag's help: the setting's description, its choices, and its env variable.
+
+    Called when typer builds the command, not at import: every option that calls it is written
+    out in the command's signature (no module-level alias such as a ``DataDirOption``), so that
+    importing this module does not import the settings.
+    """
+    from filekv.settings import Settings
+
     info = Settings.model_fields[field]
     choices = get_args(info.annotation)
     text = info.description or ""
@@ -68,21 +223,22 @@ def _help(field: str) -> str:
 
 def _settings(**flags: Any) -> Settings:
     """Settings from flags and environment, or a clear message and exit status 2."""
+    from pydantic import ValidationError
+
+    from filekv.settings import load_settings
+
     try:
         return load_settings(**flags)
     except ValidationError as exc:
         for error in exc.errors():
             name = ".".join(str(part) for part in error["loc"])
-            _err.print(f"filekv: invalid setting {name}: {error['msg']}", markup=False)
+            _stderr().print(f"filekv: invalid setting {name}: {error['msg']}", markup=False)
         raise typer.Exit(2) from None
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    _err.print(f"filekv: {message}", markup=False, highlight=False)
+    _stderr().print(f"filekv: {message}", markup=False, highlight=False)
     return typer.Exit(code)
-
-
-DataDirOption = Annotated[Path | None, typer.Option(help=_help("data_dir"))]
 
 
 def _version(value: bool) -> None:
@@ -104,9 +260,9 @@ def _main(
 # -- serve ---------------------------------------------------------------------------------------
 
 
-@app.command()
+@local_app.command()
 def serve(
-    data_dir: DataDirOption = None,
+    data_dir: Annotated[Path | None, typer.Option(help=_help("data_dir"))] = None,
     host: Annotated[str | None, typer.Option(help=_help("host"))] = None,
     port: Annotated[int | None, typer.Option(help=_help("port"))] = None,
     fsync: Annotated[str | None, typer.Option(help=_help("fsync"))] = None,
@@ -265,7 +421,7 @@ def run_server(settings: Settings) -> int:
         uvicorn_error.removeFilter(quiet)
         uvicorn_error.removeFilter(messages)
     if messages.port_in_use:
-        _err.print(
+        _stderr().print(
             f"filekv: port {settings.port} on {settings.host} is in use by another program;"
             " choose another with --port or FILEKV_PORT",
             markup=False,
@@ -277,20 +433,20 @@ def run_server(settings: Settings) -> int:
         where = settings.data_dir.resolve()
         if isinstance(error, RecoveryInterrupted):
             # Asked to stop while still reading the files: recovery had changed nothing yet.
-            _err.print(
+            _stderr().print(
                 f"filekv: stopped while opening {where}; nothing was changed",
                 markup=False,
                 highlight=False,
             )
             return 0
         if isinstance(error, StoreLocked):
-            _err.print(
+            _stderr().print(
                 f"filekv: data directory {where} is in use by another process; not starting",
                 markup=False,
                 highlight=False,
             )
         else:
-            _err.print(
+            _stderr().print(
                 f"filekv: could not start on data directory {where}: {error}",
                 markup=False,
                 highlight=False,
@@ -473,7 +629,7 @@ def user_add(
             "digit; unique whatever the case."
         ),
     ],
-    data_dir: DataDirOption = None,
+    data_dir: Annotated[Path | None, typer.Option(help=_help("data_dir"))] = None,
     password_stdin: PasswordStdinOption = False,
     admin: Annotated[
         bool,
@@ -500,7 +656,7 @@ def user_add(
 @user_app.command("passwd")
 def user_passwd(
     name: UserNameArgument,
-    data_dir: DataDirOption = None,
+    data_dir: Annotated[Path | None, typer.Option(help=_help("data_dir"))] = None,
     password_stdin: PasswordStdinOption = False,
 ) -> None:
     """Set a user's password; every token the user holds stops working (also while serving)."""
@@ -528,14 +684,20 @@ def _change_user(name: str, data_dir: Path | None, change: Callable[[AuthService
 
 
 @user_app.command("revoke")
-def user_revoke(name: UserNameArgument, data_dir: DataDirOption = None) -> None:
+def user_revoke(
+    name: UserNameArgument,
+    data_dir: Annotated[Path | None, typer.Option(help=_help("data_dir"))] = None,
+) -> None:
     """Kill every token of a user at once, also on a running server; the password stays."""
     revoked = _change_user(name, data_dir, lambda auth: auth.revoke_tokens(name))
     typer.echo(f"revoked every token of {revoked}")
 
 
 @user_app.command("remove")
-def user_remove(name: UserNameArgument, data_dir: DataDirOption = None) -> None:
+def user_remove(
+    name: UserNameArgument,
+    data_dir: Annotated[Path | None, typer.Option(help=_help("data_dir"))] = None,
+) -> None:
     """Remove a user; their tokens stop working at once, also on a running server."""
     removed = _change_user(name, data_dir, lambda auth: auth.remove_user(name))
     typer.echo(f"removed user {removed}")
@@ -548,7 +710,7 @@ def user_set_role(
         RoleChoice,
         typer.Argument(help="admin (may break the transaction lock) or user.", show_default=False),
     ],
-    data_dir: DataDirOption = None,
+    data_dir: Annotated[Path | None, typer.Option(help=_help("data_dir"))] = None,
 ) -> None:
     """Make a user an admin or a plain user; a running server obeys before this returns."""
     changed = _change_user(name, data_dir, lambda auth: auth.set_role(name, role.value))
@@ -556,7 +718,9 @@ def user_set_role(
 
 
 @user_app.command("list")
-def user_list(data_dir: DataDirOption = None) -> None:
+def user_list(
+    data_dir: Annotated[Path | None, typer.Option(help=_help("data_dir"))] = None,
+) -> None:
     """List the users, one per line: the name, a tab, the role (user or admin)."""
     from filekv.service.auth import UsersUnavailable
 
@@ -571,12 +735,15 @@ def user_list(data_dir: DataDirOption = None) -> None:
 # -- compact -------------------------------------------------------------------------------------
 
 
-@app.command()
-def compact(data_dir: DataDirOption = None) -> None:
+@local_app.command()
+def compact(data_dir: Annotated[Path | None, typer.Option(help=_help("data_dir"))] = None) -> None:
     """Compact the store now (rewrite live data, drop dead bytes) and print the figures.
 
     The server must not be running on the directory: the store allows one process at a time.
     """
+    from rich.console import Console
+    from rich.table import Table
+
     from filekv.engine import Store, StoreError, StoreLocked
 
     settings = _settings(data_dir=data_dir)
@@ -603,13 +770,22 @@ def compact(data_dir: DataDirOption = None) -> None:
     Console().print(table)
 
 
-register_verbs(app)
-register_backup_verbs(app)
-register_transfer_verbs(app)
+def _skip_httpx_cli() -> None:
+    """Have ``import httpx`` leave out httpx's own command line (``httpx._main``).
+
+    ``httpx/__init__`` imports it for ``httpx.main``, and with it click, pygments and rich's
+    console, progress and syntax: about 80 ms, a fifth of what ``filekv get`` imports, for a
+    program this process never runs (encode/httpx#3547 would import it only for ``python -m
+    httpx``). When that import fails, as without the ``httpx[cli]`` extra, httpx defines a stub
+    ``main`` instead; a ``None`` in ``sys.modules`` makes it fail.
+    """
+    if "httpx" not in sys.modules:
+        sys.modules["httpx._main"] = None  # type: ignore[assignment]
 
 
 def main() -> None:
     """Console-script entry point (``filekv``)."""
+    _skip_httpx_cli()
     app()
 
 
