@@ -534,6 +534,15 @@ def test_cli_serve_imports_no_client_code(tmp_path: Path) -> None:
     assert loaded == []
 
 
+def test_cli_backup_over_http_imports_no_settings(tmp_path: Path) -> None:
+    """``filekv backup --url`` reads no data directory: the settings (pydantic-settings, about
+    0.15 s) are imported only by ``--data-dir`` and ``restore``."""
+    args = ["backup", str(tmp_path / "b.tar"), "--url", "http://127.0.0.1:9"]
+    status, loaded = _run_main(args, ("filekv.settings", "pydantic_settings"))
+    assert status == 7
+    assert loaded == []
+
+
 def test_cli_lazy_command_table_matches_the_modules() -> None:
     """``filekv.cli.COMMANDS`` names every command each module registers, in its order: a verb
     left out of it would be missing from ``filekv``."""

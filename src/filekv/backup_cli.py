@@ -37,7 +37,6 @@ from rich.progress import (
 )
 
 from filekv.client_cli import EXIT_CODES_HELP, JsonOption, UrlOption, connect, fail
-from filekv.settings import load_settings
 
 if TYPE_CHECKING:
     # Imported where an archive is made or read: building its pydantic model cost every
@@ -164,6 +163,7 @@ def _backup_offline(data_dir: Path, out: Path, console: Console) -> tuple[Manife
     from filekv.backup_archive import archive_size, iter_archive, stage_backup
     from filekv.engine import Store, StoreError, StoreLocked
     from filekv.engine.backup import remove_stale_staging
+    from filekv.settings import load_settings  # not at the top: a backup over HTTP needs none
 
     if not data_dir.is_dir():
         fail(f"no data directory at {data_dir.resolve()}", EXIT_FAILED)
@@ -225,6 +225,7 @@ def restore(
     from filekv.engine import StoreError
     from filekv.restore import RestoreRefused
     from filekv.restore import restore as restore_archive
+    from filekv.settings import load_settings
 
     target = load_settings(data_dir=data_dir).data_dir
     console = Console(stderr=True)
