@@ -4,12 +4,16 @@ The newcomer's flow, done the way a person does it in Swagger UI: "Try it out" o
 ``POST /auth/register`` with the example as it is, **Authorize** with username and password, begin
 a transaction, write while holding it (staged, not 423), read the staged value, commit (1
 applied), and a second browser, not logged in, reads the committed value.
+
+The tests that only look at the pages share one server (``docs_server``, for the module); the
+two that write get a fresh one each (``server``): the newcomer registers the example user and
+reads revision 1, the compare-and-set test counts revisions from the first.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -27,6 +31,18 @@ def server(make_server: Callable[..., Server]) -> Server:
     return make_server()
 
 
+@pytest.fixture(scope="module")
+def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the tests that only read the pages (they write nothing)."""
+    folder = tmp_path_factory.mktemp("docs")
+    served = Server(folder / "data", folder / "server.log")
+    served.start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
 def _operations(server: Server) -> dict[tuple[str, str], dict[str, Any]]:
     spec = httpx.get(f"{server.url}/openapi.json", timeout=10).json()
     return {
@@ -37,36 +53,56 @@ def _operations(server: Server) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 class SwaggerUI:
-    """The /docs page, driven by its buttons and fields as a person would."""
+    """The /docs page, driven by its buttons and fields as a person would.
+
+    One operation is open at a time: the one done with is collapsed when another is opened, as
+    its live answer and "Try it out" form would otherwise be rendered again on every later
+    click (Swagger UI re-renders every open operation; with them all left open, each Execute
+    of the newcomer's flow got slower than the one before).
+    """
 
     def __init__(self, page: Page, operations: dict[tuple[str, str], dict[str, Any]]) -> None:
         self.page = page
         self.operations = operations
+        self.opened: tuple[str, str] | None = None  # (method, path)
         page.wait_for_selector(".opblock-tag")
 
     def operation(self, method: str, path: str) -> Locator:
         found = self.operations[(method, path)]
         return self.page.locator(f"#operations-{found['tags'][0]}-{found['operationId']}")
 
+    def open(self, method: str, path: str) -> Locator:
+        """Expand the operation (collapsing the one open before): its block."""
+        if self.opened is not None and self.opened != (method, path):
+            done = self.operation(*self.opened)
+            done.locator(".opblock-summary").click()
+            done.locator(".opblock-body").wait_for(state="hidden")
+        self.opened = (method, path)
+        block = self.operation(method, path)
+        if not block.locator(".opblock-body").is_visible():
+            block.locator(".opblock-summary").click()
+        return block
+
     def execute(
         self, method: str, path: str, *, params: dict[str, str] | None = None
     ) -> tuple[int, Any]:
         """Open the operation, "Try it out", fill ``params``, Execute: (status, JSON body)."""
-        block = self.operation(method, path)
-        if not block.locator(".opblock-body").is_visible():
-            block.locator(".opblock-summary").click()
+        block = self.open(method, path)
         try_out = block.locator("button.try-out__btn")
         if try_out.inner_text().strip() == "Try it out":
             try_out.click()
+        answers = block.locator(".live-responses-table")
+        if answers.count():  # an earlier Execute's answer: cleared, so a fresh one is read
+            block.locator("button.btn-clear").click()
+            answers.wait_for(state="hidden")
         for name, value in (params or {}).items():
             block.locator(f'tr[data-param-name="{name}"] input').fill(value)
         block.locator("button.execute").click()
-        status = block.locator(".live-responses-table tbody .response-col_status")
+        status = answers.locator("tbody .response-col_status")
         status.wait_for()
         code = int(status.inner_text().strip())
-        body = block.locator(".live-responses-table tbody .response-col_description pre")
+        body = answers.locator("tbody .response-col_description pre")
         text = body.first.inner_text() if body.count() else ""
-        block.locator("button.btn-clear").click()  # the next Execute shows a fresh answer
         return code, json.loads(text) if text.strip() else None
 
     def authorize(self, username: str, password: str) -> None:
@@ -85,9 +121,9 @@ class SwaggerUI:
         dialog.locator(".auth-btn-wrapper button.btn-done").click()
 
 
-def test_docs_shows_every_operation_group(server: Server, open_page: OpenPage) -> None:
-    operations = _operations(server)
-    docs = SwaggerUI(open_page(f"{server.url}/docs"), operations)
+def test_docs_shows_every_operation_group(docs_server: Server, open_page: OpenPage) -> None:
+    operations = _operations(docs_server)
+    docs = SwaggerUI(open_page(f"{docs_server.url}/docs"), operations)
     tags = {operation["tags"][0] for operation in operations.values()}
     shown = {tag.get_attribute("data-tag") for tag in docs.page.locator(".opblock-tag").all()}
     assert shown == tags
@@ -95,9 +131,9 @@ def test_docs_shows_every_operation_group(server: Server, open_page: OpenPage) -
         assert docs.operation(method, path).count() == 1, (method, path)
 
 
-def test_docs_root_redirects_to_the_docs(server: Server, open_page: OpenPage) -> None:
-    page = open_page(f"{server.url}/")
-    assert page.url == f"{server.url}/docs"
+def test_docs_root_redirects_to_the_docs(docs_server: Server, open_page: OpenPage) -> None:
+    page = open_page(f"{docs_server.url}/")
+    assert page.url == f"{docs_server.url}/docs"
     page.wait_for_selector(".opblock-tag")
 
 
@@ -156,18 +192,20 @@ def test_docs_compare_and_set_from_the_page(server: Server, open_page: OpenPage)
     assert status == 412, body
 
 
-def test_docs_412_description_keeps_its_placeholder(server: Server, open_page: OpenPage) -> None:
-    operations = _operations(server)
-    docs = SwaggerUI(open_page(f"{server.url}/docs"), operations)
+def test_docs_412_description_keeps_its_placeholder(
+    docs_server: Server, open_page: OpenPage
+) -> None:
+    operations = _operations(docs_server)
+    docs = SwaggerUI(open_page(f"{docs_server.url}/docs"), operations)
     block = docs.operation("PUT", "/keys/{key}")
     block.locator(".opblock-summary").click()
     description = block.locator('tr.response[data-code="412"] .response-col_description__inner')
     assert 'If-Match: "<rev>"' in description.inner_text()
 
 
-def test_redoc_renders_every_operation(server: Server, open_page: OpenPage) -> None:
-    operations = _operations(server)
-    page = open_page(f"{server.url}/redoc")
+def test_redoc_renders_every_operation(docs_server: Server, open_page: OpenPage) -> None:
+    operations = _operations(docs_server)
+    page = open_page(f"{docs_server.url}/redoc")
     page.wait_for_selector("[data-section-id^='operation/']")
     for operation in operations.values():
         section = page.locator(f"[data-section-id='operation/{operation['operationId']}']")
