@@ -79,12 +79,16 @@ class Offline:
 
 @pytest.fixture
 def open_page(browser: Browser) -> Iterator[Callable[..., Page]]:
-    """``open_page(url, **options)``: a page in a new browser context (no shared login), watched
-    offline; ``options`` go to ``browser.new_context`` (a viewport, permissions)."""
+    """``open_page(url, *, clock=False, **options)``: a page in a new browser context (no shared
+    login), watched offline; ``options`` go to ``browser.new_context`` (a viewport, permissions).
+
+    ``clock=True`` installs Playwright's clock before the page loads: its time still runs as the
+    real one does, and ``page.clock.fast_forward(ms)`` lets it pass at once, so a test waits for
+    the page's next poll without sleeping through the poll's interval."""
     watched: list[Offline] = []
     contexts = []
 
-    def open_(url: str, **options: Any) -> Page:
+    def open_(url: str, *, clock: bool = False, **options: Any) -> Page:
         scheme, _, rest = url.partition("://")
         offline = Offline(f"{scheme}://{rest.partition('/')[0]}")
         watched.append(offline)
@@ -92,6 +96,8 @@ def open_page(browser: Browser) -> Iterator[Callable[..., Page]]:
         contexts.append(context)
         page = offline.watch(context.new_page())
         page.set_default_timeout(30_000)
+        if clock:
+            page.clock.install()
         page.goto(url)
         return page
 

@@ -36,6 +36,12 @@ Expect = Any  # playwright.sync_api.expect, imported once the browser fixture sa
 ROOT_USER = "root"
 LAPTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+# The console's own intervals (ui/assets): a console that does not hold the lock asks for it
+# every LOCK_POLL_MS (transaction.js), the server panel reads /stats every STATS_REFRESH_MS
+# (server.js). A test that waits for one of them lets that much of the page's time pass at once
+# (``let_time_pass``); with longer intervals it would still pass, waiting in real time.
+LOCK_POLL_MS = 2000
+STATS_REFRESH_MS = 3000
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -135,6 +141,12 @@ def open_console(open_page: OpenPage, server: Server, fragment: str = "", **opti
     page.wait_for_selector("body[data-ready='true']")
     wait_listed(page)
     return page
+
+
+def let_time_pass(page: Page, ms: int) -> None:
+    """The page's timers run as if ``ms`` had passed (its clock installed by ``open_console(...,
+    clock=True)``): what it does by itself every so often, it does now, with no user action."""
+    page.clock.fast_forward(ms)
 
 
 def wait_listed(page: Page) -> None:
@@ -576,13 +588,14 @@ def test_console_two_browsers_one_holds_the_lock_the_other_waits(
     put(http, "lock/k", "readable while locked")
     holder = open_console(open_page, server, "#prefix=lock/")
     log_in(holder, expect, "alice")
-    waiter = open_console(open_page, server, "#prefix=lock/&key=lock/k")
+    waiter = open_console(open_page, server, "#prefix=lock/&key=lock/k", clock=True)
     log_in(waiter, expect, "bob")
     expect(waiter.locator("#edit")).to_be_enabled()
 
     holder.click("#tx-begin")
     expect(holder.locator("#tx-state")).to_have_text("Your transaction · depth 1")
     banner = waiter.locator("#lock-banner")
+    let_time_pass(waiter, LOCK_POLL_MS)
     expect(banner).to_be_visible()  # by itself: the waiter polls
     expect(banner).to_contain_text("You (bob) are waiting")
     expect(waiter.locator("#lock-retry")).to_have_text(re.compile(r"ends at the latest in \d+ s"))
@@ -604,6 +617,8 @@ def test_console_two_browsers_one_holds_the_lock_the_other_waits(
     expect(waiter.locator("#value")).to_have_text("readable while locked")
 
     holder.click("#tx-commit")
+    expect(holder.locator("#tx-state")).to_have_text("No transaction open")
+    let_time_pass(waiter, LOCK_POLL_MS)
     expect(banner).to_be_hidden()  # by itself, at the next poll
     expect(waiter.locator("#new-key")).to_be_enabled()
     expect(waiter.locator("#edit")).to_be_enabled()
@@ -615,7 +630,7 @@ def test_console_a_write_refused_by_the_lock_says_why(
     server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
 ) -> None:
     register(http, "hank")
-    page = open_console(open_page, server, "#prefix=race/")
+    page = open_console(open_page, server, "#prefix=race/", clock=True)
     page.click("#new-key")
     page.fill("#create-key", "race/x")
     page.fill("#edit-value", "1")
@@ -630,6 +645,7 @@ def test_console_a_write_refused_by_the_lock_says_why(
         )
     )
     expect(refused).to_have_count(1)
+    let_time_pass(page, LOCK_POLL_MS)  # the next poll shows who holds the lock
     expect(page.locator("#lock-banner")).to_be_visible()
     assert value_of(http, "race/x") is None
 
@@ -698,7 +714,7 @@ def test_console_with_everything_locked_down_and_a_short_lease(
 def test_console_server_panel_follows_the_stats(
     server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
 ) -> None:
-    page = open_console(open_page, server)
+    page = open_console(open_page, server, clock=True)
     stats = http.get("/stats").json()
     expect(page.locator("#health")).to_have_text("server ok")
     expect(page.locator("#stat-fsync")).to_have_text("always")
@@ -707,6 +723,7 @@ def test_console_server_panel_follows_the_stats(
     expect(page.locator("#stat-revision")).to_have_text(str(stats["revision"]))
     expect(page.locator("#stat-disk")).to_have_attribute("title", f"{stats['disk_bytes']:,} bytes")
     put(http, "stats/new", "1")  # by someone else: the panel refreshes by itself
+    let_time_pass(page, STATS_REFRESH_MS)
     expect(page.locator("#stat-keys")).to_have_text(f"{stats['keys'] + 1:,}")
     expect(page.locator("#stat-revision")).to_have_text(str(stats["revision"] + 1))
 
