@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from support.server import Server
@@ -53,6 +54,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=file_rank)  # stable: the order inside each file, and of the rest, is kept
 
 
+# The apps built in process hash passwords with argon2id at the least cost argon2 allows: the
+# production parameters (``auth.PASSWORD_HASHER``) cost ~80 ms of CPU per hash or check, and
+# these tests register and log in hundreds of times (335 hashes and checks, 25 s, in two files
+# alone). ``filekv serve`` in the end-to-end tests, and ``test_auth``'s counting hasher, keep
+# the real parameters.
+CHEAP_HASHER: Final = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
 def _settings(data_dir: Path, **overrides: Any) -> Settings:
     fields: dict[str, Any] = {"data_dir": data_dir, "fsync": "always"}
     fields.update(overrides)
@@ -68,7 +77,7 @@ def make_app(tmp_path: Path) -> Callable[..., FastAPI]:
         nonlocal count
         count += 1
         overrides.setdefault("data_dir", tmp_path / f"data{count}")
-        return create_app(_settings(**overrides))
+        return create_app(_settings(**overrides), password_hasher=CHEAP_HASHER)
 
     return make
 

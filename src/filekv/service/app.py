@@ -16,12 +16,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from argon2 import PasswordHasher
 from fastapi import FastAPI
 from starlette.requests import ClientDisconnect
 
 import filekv
 from filekv.engine import Store
-from filekv.service.auth import AuthService
+from filekv.service.auth import PASSWORD_HASHER, AuthService
 from filekv.service.backup import Backups
 from filekv.service.console import install_console
 from filekv.service.docs import install_docs
@@ -48,8 +49,13 @@ values are strings. One client at a time may hold the store's transaction: log i
 """
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """Build the application for ``settings``; resources open when it starts serving."""
+def create_app(settings: Settings, *, password_hasher: PasswordHasher | None = None) -> FastAPI:
+    """Build the application for ``settings``; resources open when it starts serving.
+
+    ``password_hasher``: the argon2 hasher of passwords (default: ``auth.PASSWORD_HASHER``, what
+    ``filekv serve`` uses). The in-process tests pass a cheap argon2id one: the real one costs
+    ~80 ms of CPU per hash or check, and they log in hundreds of times.
+    """
     # Request ids always; the access log at the levels that show it (as uvicorn's did).
     access_log = (
         AccessLog(log_format=settings.log_format, log_keys=settings.log_keys)
@@ -79,6 +85,7 @@ def create_app(settings: Settings) -> FastAPI:
                 settings.data_dir,
                 token_ttl=settings.token_ttl,
                 registration=settings.registration,
+                hasher=password_hasher or PASSWORD_HASHER,
             )
             app.state.transactions = manager
             app.state.store = store
