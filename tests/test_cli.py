@@ -9,10 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import typer
-from support.server import Server, serve_command
+from support.server import Server, http_client, serve_command
 from typer.testing import CliRunner
 
 from filekv.cli import COMMANDS, app
@@ -364,7 +363,8 @@ def test_cli_second_serve_on_a_directory_in_use_exits_at_once(
     assert "in use" in second.stderr
     assert "Uvicorn running" not in second.stderr
     # the first server is untouched
-    assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+    with http_client(url, timeout=5) as http:
+        assert http.get("/healthz").status_code == 200
 
 
 def test_cli_serve_on_a_port_in_use_says_which_setting_to_change(
@@ -386,7 +386,8 @@ def test_cli_serve_on_a_port_in_use_says_which_setting_to_change(
         " choose another with --port or FILEKV_PORT"
     )
     assert "Errno" not in second.stderr
-    assert httpx.get(f"{first.url}/healthz", timeout=5).status_code == 200
+    with first.client(timeout=5) as http:
+        assert http.get("/healthz").status_code == 200
 
 
 def test_cli_serve_start_up_line_names_the_docs_url(make_server: Callable[..., Server]) -> None:

@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from support.server import FILEKV, Server, free_port
+from support.server import FILEKV, Server, free_port, http_client
 
 from filekv.client import Client
 
@@ -320,7 +319,7 @@ def test_exit_7_server_unreachable(tmp_path: Path) -> None:
 def test_exit_8_login_throttled(server: Server, tmp_path: Path) -> None:
     with Client(server.url) as kv:
         kv.register("dave", "dave-secret-1")
-    with httpx.Client(base_url=server.url) as http:
+    with http_client(server.url) as http:
         for _ in range(5):
             wrong = http.post("/auth/token", data={"username": "dave", "password": "wrong-pass"})
             assert wrong.status_code == 401
