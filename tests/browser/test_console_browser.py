@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from support.server import PASSWORD, Server, user_command
+from support.server import PASSWORD, Server, running, user_command
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -55,14 +55,9 @@ def _user_command(data_dir: Path, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp("console")
-    served = Server(folder / "data", folder / "server.log")
-    served.start()
-    try:
+    with running(tmp_path_factory.mktemp("console")) as served:
         _user_command(served.data_dir, "add", ROOT_USER, "--admin")
         yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-from support.server import Server
+from support.server import Server, running
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -34,13 +34,8 @@ def server(make_server: Callable[..., Server]) -> Server:
 @pytest.fixture(scope="module")
 def docs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the tests that only read the pages (they write nothing)."""
-    folder = tmp_path_factory.mktemp("docs")
-    served = Server(folder / "data", folder / "server.log")
-    served.start()
-    try:
+    with running(tmp_path_factory.mktemp("docs")) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def _operations(server: Server) -> dict[tuple[str, str], dict[str, Any]]:

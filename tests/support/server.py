@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
@@ -137,6 +138,18 @@ class Server:
 
     def log_tail(self) -> str:
         return self.log()[-LOG_TAIL:]
+
+
+@contextlib.contextmanager
+def running(folder: Path, *args: str, **settings: Any) -> Iterator[Server]:
+    """A started ``Server`` on ``folder/data`` logging to ``folder/server.log``; stopped after
+    (a module's shared server: ``with running(tmp_path_factory.mktemp(...)) as server``)."""
+    server = Server(folder / "data", folder / "server.log", *args, **settings)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def user_command(
