@@ -26,17 +26,18 @@ from filekv.settings import Settings
 # whole files to its two workers in collection order; started last, one of these left a worker
 # alone for minutes at the end. Longest first, the short files fill in around them.
 LONGEST_FIRST: Final = (
-    "tests/browser/test_console_browser.py",
     "tests/reliability/test_fuzz_api.py",
+    "tests/browser/test_console_browser.py",
     "tests/test_cli_client.py",
     "tests/browser/test_docs_browser.py",
+    "tests/test_cli_transfer.py",
     "tests/reliability/test_power_loss.py",
-    "tests/test_cli.py",
     "tests/reliability/test_io_errors.py",
     "tests/e2e/test_slow_clients.py",
-    "tests/test_cli_transfer.py",
-    "tests/service/test_keys_api.py",
     "tests/e2e/test_e2e_export.py",
+    "tests/test_cli.py",
+    "tests/engine/test_crash.py",
+    "tests/reliability/test_crash_http.py",
     "tests/e2e/test_auth_e2e.py",
 )
 
