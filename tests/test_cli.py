@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -466,8 +467,6 @@ def test_cli_start_up_loads_no_store_archive_or_web_code() -> None:
     """What every ``filekv`` command imports before it runs: not the engine's store, the
     backup archive's model, nor the web app (a third of ``filekv get``'s start-up, once); nor
     the settings or the client, which only some commands need."""
-    import sys
-
     heavy = (
         "filekv.engine.store",
         "filekv.backup_archive",
@@ -476,19 +475,27 @@ def test_cli_start_up_loads_no_store_archive_or_web_code() -> None:
         "filekv.settings",
         "filekv.client",
     )
-    code = f"import sys, filekv.cli\nprint(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+    code = (
+        "import json, sys, filekv.cli\n"
+        f"print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))\n"
+    )
+    assert _fresh_python(code) == []
+
+
+def _fresh_python(code: str) -> Any:
+    """Run ``code`` in a fresh interpreter with no ``FILEKV_*`` variables: the JSON of its last
+    line of output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    return json.loads(result.stdout.splitlines()[-1])
 
 
 def _run_main(args: list[str], watched: tuple[str, ...]) -> tuple[int, list[str]]:
     """Run ``filekv ARGS`` as the console script does, in a fresh interpreter: its exit status
     and which of the ``watched`` modules it had imported by then."""
-    import sys
-
     code = (
         "import json, sys\n"
         "from filekv.cli import main\n"
@@ -499,12 +506,7 @@ def _run_main(args: list[str], watched: tuple[str, ...]) -> tuple[int, list[str]
         f"    loaded = sorted(m for m in {watched!r} if m in sys.modules)\n"
         "    print(json.dumps([exit.code, loaded]))\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
-    )
-    assert result.returncode == 0, result.stderr
-    status, loaded = json.loads(result.stdout.splitlines()[-1])
+    status, loaded = _fresh_python(code)
     return status, loaded
 
 
