@@ -204,6 +204,9 @@ change = st.one_of(
     st.tuples(st.just("remove"), st.sampled_from(KEYS)),
     st.tuples(st.just("move"), st.sampled_from(KEYS), st.integers(1, 1000)),
     st.tuples(st.just("find"), HASHES),
+    # Fold up to this many of the overlay's new keys into the columns; then maybe merge the
+    # value order's runs.
+    st.tuples(st.just("fold"), st.integers(1, 5), st.booleans()),
 )
 
 
@@ -239,12 +242,30 @@ def test_index_loaded_from_a_hint_behaves_like_one_built_by_set(
             _, _, length, revision, hashed = unpack(expected)
             moved = pack(SEGMENT + 2, offset, length, revision, hashed)
             assert lazy.move(key, expected, moved) and eager.move(key, expected, moved)
+        elif step[0] == "fold":
+            _fold_keeps_every_answer(lazy, eager, step[1], step[2])
         else:
             assert lazy.candidates(step[1]) == eager.candidates(step[1])
         assert _view(lazy) == _view(eager)
         assert len(lazy) == len(eager)
         assert list(lazy.keys_from("key0", "key03")) == list(eager.keys_from("key0", "key03"))
         lazy.check()
+
+
+def _fold_keeps_every_answer(lazy: KeyIndex, eager: KeyIndex, limit: int, settle: bool) -> None:
+    """A fold step on both indexes (the eager one's first builds its columns) changes no answer,
+    and a snapshot's copy of the index taken before it still reads what it read."""
+    held = lazy.ordered_keys()
+    copied = lazy.lookup(held, whole=True)
+    before = [copied(key) for key in held]
+    expected = min(limit, len(lazy._added))  # what a step may fold
+    assert lazy.fold_step(limit) == expected
+    eager.fold_step(limit)
+    if settle:
+        lazy.settle_value_order()
+        eager.settle_value_order()
+    assert [copied(key) for key in held] == before
+    eager.check()
 
 
 NO_HISTORY: dict[str, Any] = {"fsync": "never", "auto_compact": False, "watch_history": 0}

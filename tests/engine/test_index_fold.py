@@ -8,6 +8,7 @@ hash, before and after further changes. Few hashes, so most keys share one.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filekv.engine import Store, key_columns
+from filekv.engine import Store, key_columns, value_order
+from filekv.engine import index as index_module
 from filekv.engine.hint import HintColumns, decode_hint, encode_hint, pack, unpack
 from filekv.engine.index import KeyIndex
 from filekv.engine.recovery import HintFold
@@ -52,6 +54,7 @@ change = st.one_of(
     st.tuples(st.just("set"), st.sampled_from(KEYS), st.integers(0, 3), st.integers(1, 500)),
     st.tuples(st.just("remove"), st.sampled_from(KEYS)),
     st.tuples(st.just("move"), st.sampled_from(KEYS), st.integers(1, 500)),
+    st.tuples(st.just("fold"), st.integers(1, 5)),  # the overlay's new keys into the columns
 )
 
 
@@ -65,12 +68,12 @@ def test_index_fold_of_hints_equals_setting_each_entry(
 ) -> None:
     # Windows of 2 keys in the sampled search (64 in use): a dozen keys span several windows.
     # And the value order merged by buckets, as it is for large stores only.
-    stride, whole = key_columns.STRIDE, key_columns.SMALL_VALUE_ORDER
-    key_columns.STRIDE, key_columns.SMALL_VALUE_ORDER = 2, 0
+    stride, whole = key_columns.STRIDE, value_order.SMALL_VALUE_ORDER
+    key_columns.STRIDE, value_order.SMALL_VALUE_ORDER = 2, 0
     try:
         _fold_equals_setting_each_entry(hints, changes)
     finally:
-        key_columns.STRIDE, key_columns.SMALL_VALUE_ORDER = stride, whole
+        key_columns.STRIDE, value_order.SMALL_VALUE_ORDER = stride, whole
 
 
 def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, ...]]) -> None:
@@ -102,6 +105,9 @@ def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, .
             assert folded.set(key, location) == eager.set(key, location)
         elif step[0] == "remove":
             assert folded.remove(step[1]) == eager.remove(step[1])
+        elif step[0] == "fold":
+            folded.fold_step(step[1])
+            folded.settle_value_order()
         else:
             _, key, offset = step
             expected = eager.get(key)
@@ -179,7 +185,7 @@ def test_index_fold_reopens_a_store_of_many_hinted_segments(
     """A real store: dozens of sealed segments with overwrites and deletes across them. Its
     value order is merged during the open (small) or by the thread a large store starts."""
     if merge == "background":
-        monkeypatch.setattr(key_columns, "SMALL_VALUE_ORDER", 0)
+        monkeypatch.setattr(value_order, "SMALL_VALUE_ORDER", 0)
     options: dict[str, Any] = {"fsync": "never", "auto_compact": False, "segment_bytes": 4096}
     expected: dict[str, bytes] = {}
     with Store.open(tmp_path, **options) as db:
@@ -207,24 +213,43 @@ def test_index_fold_reopens_a_store_of_many_hinted_segments(
         assert db._index._columns.unmerged_entries() == 0
 
 
+HASH32 = st.integers(0, (1 << 32) - 1)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     runs=st.lists(
-        st.tuples(st.lists(st.integers(0, (1 << 64) - 1), max_size=30), st.booleans()),
+        st.tuples(
+            st.lists(st.tuples(HASH32, st.integers(0, 1 << 20)), max_size=30),
+            st.integers(0, 1 << 10),
+            st.booleans(),
+        ),
         max_size=5,
-    )
+    ),
+    small=st.booleans(),
 )
-def test_index_value_order_sorted_by_bucket_equals_one_sort(runs: list[Any]) -> None:
-    """Runs that ascend are merged a bucket at a time; a run that does not (a hint that lost its
-    order) is caught and the whole sorted at once: the result is the plain sort either way."""
+def test_index_value_order_merged_by_bucket_equals_one_sort(runs: list[Any], small: bool) -> None:
+    """Runs that ascend are merged a bucket at a time (or in one sort when small); a run that
+    does not (a hint that lost its order) is caught and the whole sorted at once: the result is
+    the plain sort of every (hash, entry) pair either way."""
     from array import array
 
-    wide = array("Q")
-    for values, ascending in runs:
-        wide.extend(sorted(values) if ascending else values)
-    lengths = [len(values) for values, _ in runs]
-    ordered = key_columns._sorted_by_bucket(wide, lengths)
-    assert ordered is not None and list(ordered) == sorted(wide)
+    packed = []
+    expected = []
+    for pairs, first, ascending in runs:
+        ordered = sorted(pairs) if ascending else pairs
+        hashes = array("I", [h for h, _ in ordered])
+        positions = array("I", [p for _, p in ordered])
+        packed.append((first, hashes, positions))
+        expected += [(h, first + p) for h, p in ordered]
+    whole = value_order.SMALL_VALUE_ORDER
+    value_order.SMALL_VALUE_ORDER = 1 << 16 if small else 0
+    try:
+        merged = value_order.merge_runs(packed)
+    finally:
+        value_order.SMALL_VALUE_ORDER = whole
+    assert merged is not None
+    assert list(zip(*merged, strict=True)) == sorted(expected)
 
 
 def test_index_hints_after_a_replayed_segment_that_deleted_everything(tmp_path: Path) -> None:
@@ -250,3 +275,43 @@ def test_index_hints_after_a_replayed_segment_that_deleted_everything(tmp_path: 
         assert {key: db.get(key) for key in db.scan("")} == {"a": b"back", "f3": big}
         assert len(db) == 2
         db.check()
+
+
+def test_index_folds_while_the_store_runs_and_every_answer_stays(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's own thread folds the overlay's new keys into the columns as writes go on
+    (thresholds made tiny): gets, finds and scans agree with a model, a snapshot taken between
+    folds reads what it saw, and a reopen reads the same."""
+    monkeypatch.setattr(index_module, "FOLD_MIN_KEYS", 200)
+    monkeypatch.setattr(index_module, "FOLD_STEP", 64)
+    rng = random.Random(7)
+    model: dict[str, bytes] = {}
+    options: dict[str, Any] = {"fsync": "never", "auto_compact": False}
+    with Store.open(tmp_path, **options) as db:
+        for round_number in range(8):
+            # The writer asks for upkeep every thousand writes: a fold starts at most then.
+            for _ in range(1000):
+                key = f"k{rng.randrange(3000):05d}"
+                if rng.random() < 0.1:
+                    db.delete(key)
+                    model.pop(key, None)
+                else:
+                    model[key] = str(rng.randrange(40)).encode()
+                    db.put(key, model[key])
+            if round_number == 3:
+                snapshot, seen = db.snapshot(), dict(model)
+        db._folder.wait_idle()
+        assert db._folder.folds >= 2
+        columns = db._index._columns
+        assert columns is not None and len(columns) > 2000, "most keys live in the columns"
+        assert not db._index.fold_wanted(), "what is left is below the threshold"
+        db.check()
+        assert {key: db.get(key) for key in db.scan("")} == model
+        for value in {*model.values(), b"absent"}:
+            assert db.find(value) == sorted(k for k, v in model.items() if v == value)
+        with snapshot:
+            assert {key: value for key, value, _ in snapshot} == seen
+    with Store.open(tmp_path, **options) as db:
+        db.check()
+        assert {key: db.get(key) for key in db.scan("")} == model

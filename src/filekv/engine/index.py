@@ -9,9 +9,11 @@ Values stay on disk; memory holds, per key, the key string and one packed locati
   columns do not hold, and a dict value hash -> keys. A column key deleted since is noted in
   ``_deleted``; one set again lives in the overlay, which is asked first.
 
-A store that loaded no hint (a new one, or one replayed) has no columns: everything is overlay,
-as fast to change as a dict. Columns are built only at open (a merge of everything into columns
-while the store runs would stall it for seconds at ten million keys).
+A store that loaded no hint (a new one, or one replayed) starts with no columns: everything is
+overlay, as fast to change as a dict. The overlay costs about 240 bytes per key against the
+columns' ~130, so once the keys new to the columns are an eighth of them, a background thread
+(``overlay_folder.py``) folds those keys into the columns a slice at a time under the store lock
+(``fold_step``); keys overwritten or deleted stay in the overlay.
 
 Owns these structures; the Store's lock serialises every call.
 """
@@ -19,23 +21,31 @@ Owns these structures; the Store's lock serialises every call.
 from __future__ import annotations
 
 import heapq
-import math
+import threading
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import filterfalse, takewhile
 
 from sortedcontainers import SortedList
 
+from .expiry_index import ExpiryIndex
 from .hint import HASH_MASK
-from .key_columns import KeyColumns, ValueOrderMerger
+from .key_columns import KeyColumns
+from .value_order import ValueOrderMerger
 
 # The keys under one value hash in the overlay: the key itself when it is alone (the common
 # case: no container object at all), or a dict key -> location when several keys share the hash
 # (find verifies candidates with the locations at hand instead of looking each up again).
 Holder = str | dict[str, int]
 
+# The overlay's new keys are folded into the columns once they are this share of them (and at
+# least FOLD_MIN_KEYS), FOLD_STEP keys per hold of the store lock (docs/PERFORMANCE.md).
+FOLD_SHARE = 8
+FOLD_MIN_KEYS = 1 << 16
+FOLD_STEP = 1 << 15
 
-class KeyIndex:
+
+class KeyIndex(ExpiryIndex):
     """Every live key, where its value is, in key order, and grouped by value hash.
 
     Not thread-safe by itself: the Store serialises every call under its lock.
@@ -48,9 +58,7 @@ class KeyIndex:
         "_deleted",
         "_merger",
         "_overlay",
-        "by_expiry",
         "by_value",
-        "expiries",
     )
 
     def __init__(self) -> None:
@@ -61,11 +69,7 @@ class KeyIndex:
         self._count = 0
         self._merger: ValueOrderMerger | None = None
         self.by_value: dict[int, Holder] = {}  # the overlay's keys by value hash
-        # Keys whose value expires: key -> expires_at (UNIX seconds), and the same pairs ordered
-        # by time, for counting the expired in O(log n) and for the sweeper. Empty (and never
-        # looked at on the hot path beyond a truth test) in a store that uses no TTL.
-        self.expiries: dict[str, float] = {}
-        self.by_expiry: SortedList = SortedList()
+        super().__init__()
 
     def __len__(self) -> int:
         return self._count
@@ -166,46 +170,6 @@ class KeyIndex:
                 self.set_expiry(key, None)
             previous.append(location)
         return previous
-
-    def set_expiry(self, key: str, expires_at: float | None) -> None:
-        """Note when ``key``'s value expires (None: never), after ``set`` pointed it at it."""
-        expiries = self.expiries
-        old = expiries.pop(key, None) if expiries else None
-        if old is not None:
-            self.by_expiry.remove((old, key))
-        if expires_at is not None:
-            expiries[key] = expires_at
-            self.by_expiry.add((expires_at, key))
-
-    def load_expiries(self, expiries: dict[str, float]) -> None:
-        """Take over the expiries of keys just bulk-loaded (the index has none yet)."""
-        if self.expiries:
-            raise ValueError("load_expiries needs an index without expiries")
-        self.expiries = expiries
-        self.by_expiry = SortedList((at, key) for key, at in expiries.items())
-
-    def is_expired(self, key: str, now: float) -> bool:
-        """True if ``key`` has a value whose time is up (it reads as absent from then on)."""
-        expires_at = self.expiries.get(key)
-        return expires_at is not None and expires_at <= now
-
-    def expired_count(self, now: float) -> int:
-        """How many keys have expired by ``now`` but are still held (the sweeper's backlog)."""
-        if not self.expiries:
-            return 0
-        # (t,) sorts before every (t, key): counted are the pairs of a time up to ``now``.
-        return int(self.by_expiry.bisect_left((math.nextafter(now, math.inf),)))
-
-    def expired_keys(self, now: float, limit: int) -> list[str]:
-        """Up to ``limit`` keys expired by ``now``, the longest expired first."""
-        if not self.expiries:
-            return []
-        end = min(self.expired_count(now), limit)
-        return [key for _, key in self.by_expiry.islice(0, end)]
-
-    def next_expiry(self) -> float | None:
-        """The earliest expiry held, or None."""
-        return self.by_expiry[0][0] if self.by_expiry else None
 
     def check(self) -> None:
         """AssertionError unless the structures agree with each other."""
@@ -383,7 +347,7 @@ class KeyIndex:
         if columns.merges_at_open():
             columns.merge_value_order()
         else:
-            self._merger = ValueOrderMerger(columns)
+            self._merger = ValueOrderMerger(columns.merge_value_order)
 
     def wait_for_merge(self) -> None:
         """Wait until the background merge of the value order is done (benchmarks, tests)."""
@@ -395,6 +359,39 @@ class KeyIndex:
         if self._merger is not None:
             self._merger.stop()
             self._merger = None
+
+    def fold_wanted(self) -> bool:
+        """Whether the overlay holds enough keys new to the columns to fold them in."""
+        held = 0 if self._columns is None else len(self._columns)
+        return len(self._added) >= max(FOLD_MIN_KEYS, held // FOLD_SHARE)
+
+    def fold_step(self, limit: int | None = None) -> int:
+        """Move up to ``limit`` (FOLD_STEP) of the overlay's keys new to the columns, the lowest
+        first, into the columns; how many. Nothing any read returns changes."""
+        added = self._added
+        count = min(FOLD_STEP if limit is None else limit, len(added))
+        if not count:
+            return 0
+        keys: list[str] = added[:count]
+        overlay = self._overlay
+        locations = list(map(overlay.__getitem__, keys))
+        if self._columns is None:
+            self._columns = KeyColumns.from_sorted(keys, locations)
+        else:
+            self._columns.insert(keys, locations)
+        del added[:count]
+        unlink = self._unlink_value
+        for key, location in zip(keys, locations, strict=True):
+            del overlay[key]
+            unlink(location & HASH_MASK, key)
+        return count
+
+    def settle_value_order(self, stop: threading.Event | None = None) -> None:
+        """Merge the value-order runs folds added (``KeyColumns.settle_value_order``); called
+        by the folding thread without the store lock."""
+        columns = self._columns
+        if columns is not None:
+            columns.settle_value_order(stop)
 
     def is_pristine(self) -> bool:
         """True until anything is loaded or set (an index emptied by deletes is not)."""

@@ -1,5 +1,5 @@
-"""The keys an open loaded from hint files, kept as columns: sorted keys searched by bisection,
-their locations packed 22 bytes apiece, and a value order searched by bisection too.
+"""The keys the index holds as columns: sorted keys searched by bisection, their locations
+packed 22 bytes apiece, and a value order searched by bisection too (``value_order.py``).
 
 Why columns (docs/PERFORMANCE.md, issue 9): a dict of ten million keys took 6.4 s to build on
 these machines, one random memory access per insert, and 24 bytes per key plus a 48-byte int per
@@ -15,54 +15,53 @@ hint replaced stay in the concatenation until the next open (their key and packe
 value order still lists them): a value-order candidate counts only if its key's winning entry is
 that very entry.
 
-The columns never change after loading but for ``repoint_if`` (compaction moved a value: the same
-value, so the same hash). Keys written, overwritten or deleted since live in ``KeyIndex``'s
-overlay; the index asks these columns only about keys the overlay does not know.
+While the store runs, keys new to the columns are folded in from the index's overlay
+(``insert``, a slice of keys at a time): their entries are appended, and the key column and the
+entry numbers merged in place over the range of keys the slice spans, so nothing the size of
+the store is ever built beside it. Otherwise the columns change only by ``repoint_if``
+(compaction moved a value: the same value, so the same hash). Keys overwritten or deleted since
+live in ``KeyIndex``'s overlay; the index asks these columns only about keys it does not know.
 
-Owns the loaded columns; the Store's lock serialises every call (through ``KeyIndex``).
+Owns the columns; the Store's lock serialises every call (through ``KeyIndex``) but the value
+order's merge, which runs in a thread of its own and swaps its result in under ``_order_lock``.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from itertools import compress, filterfalse, islice, repeat
-from operator import add, and_, ne
+from itertools import compress, filterfalse, islice
+from operator import and_, ne
 from typing import Final, Literal
 
+from . import value_order
 from .hint import HASH_MASK, HintColumns
-from .packed import (
-    ENTRY,
-    HASH_AT,
-    LENGTH_AT,
-    LITTLE_ENDIAN,
-    LocationColumn,
-    pack_entries,
-    u32_field,
-)
+from .packed import ENTRY, LENGTH_AT, LocationColumn, pack_entries, u32_field
+from .value_order import Run, hint_order, merge_runs, order_by_hash
 
-log = logging.getLogger(__name__)
 _BIG: Final[Literal["big"]] = "big"
-# A hint's value order: (its first entry number, hashes ascending, their positions in the hint).
-Run = tuple[int, "array[int]", "array[int]"]
 STRIDE: Final = 64  # keys per window of the sampled search
-BUCKET_BITS: Final = 10  # the value order is merged in 1,024 buckets of hashes
-# A value order of up to this many entries is merged during the open, in one sort: a thread
-# started for it cost more than the merge (6 ms of each open of a small store), and so did
-# finding 1,024 buckets in each run (merging 1,000 entries from four runs: 4.7 ms by buckets,
-# 0.34 ms in one piece).
-SMALL_VALUE_ORDER = 1 << 16
 _SEPARATOR: Final[str] = chr(0xDCFF)  # a lone surrogate: never in a key (keys are valid Unicode)
+# The value order: (one merged run as (hashes, entry numbers), or None; the runs not merged yet).
+Order = tuple[tuple["array[int]", "array[int]"] | None, tuple[Run, ...]]
 
 
 class KeyColumns:
     """Sorted live keys and, per key, its packed location; value hashes in ascending order."""
 
-    __slots__ = ("_all_keys", "_at", "_entries", "_merged", "_runs", "_sample", "keys")
+    __slots__ = (
+        "_all_keys",
+        "_at",
+        "_entries",
+        "_merging",
+        "_order",
+        "_order_lock",
+        "_sample",
+        "keys",
+    )
 
     def __init__(
         self,
@@ -72,20 +71,29 @@ class KeyColumns:
         all_keys: list[str],
         runs: list[Run],
     ) -> None:
-        self.keys = keys  # the live keys, sorted; never changed
+        self.keys = keys  # the live keys, sorted (``insert`` adds to them in place)
         # keys[i]'s entry number in ``entries`` and ``all_keys``; None: the same number, i.
         self._at = at
-        self._entries = entries  # every entry loaded, packed, ENTRY bytes each
+        self._entries = entries  # every entry loaded or folded in, packed, ENTRY bytes each
         self._all_keys = all_keys  # every entry's key (deletes included), by entry number
         # The value order: each hint's own run until ``merge_value_order`` (a background thread
-        # after open) has merged them into one; then (hashes ascending, their entry numbers).
-        self._runs: list[Run] | None = runs
-        self._merged: tuple[array[int], array[int]] | None = None
+        # after open) has merged them into one; then that one and a run per fold since. Read
+        # whole (one attribute); replaced under ``_order_lock``; one merge at a time.
+        self._order: Order = (None, tuple(runs))
+        self._order_lock = threading.Lock()
+        self._merging = threading.Lock()
         # Every STRIDE-th key, copied into new strings that lie next to each other in memory:
         # a search bisects these first, then a window of STRIDE keys. Bisecting the ten million
         # keys directly touches ~24 strings scattered over 640 MB, a cache and TLB miss each:
         # 4.3 us a search at 10M keys on these machines, 3.6 us this way.
-        self._sample = _SEPARATOR.join(keys[::STRIDE]).split(_SEPARATOR) if keys else []
+        self._sample = _sampled(keys, 0)
+
+    @classmethod
+    def from_sorted(cls, keys: list[str], locations: Sequence[int]) -> KeyColumns:
+        """Columns of ``keys`` (sorted, each once) at ``locations``: a first fold."""
+        packed = bytearray(pack_entries(locations))
+        by_hash, hashes = order_by_hash(packed)
+        return cls(keys, None, packed, keys, [(0, hashes, by_hash)])
 
     @classmethod
     def from_hints(cls, hints: Sequence[HintColumns]) -> KeyColumns:
@@ -95,7 +103,7 @@ class KeyColumns:
         if len(hints) == 1 and not hints[0].deleted:
             hint = hints[0]
             packed = bytearray(_entries_of(hint))  # mutable: ``repoint_if``
-            by_hash, hashes = _value_order(hint, packed)
+            by_hash, hashes = hint_order(hint, packed)
             return cls(hint.keys, None, packed, hint.keys, [(0, hashes, by_hash)])
         all_keys: list[str] = []
         packed = bytearray()
@@ -103,7 +111,7 @@ class KeyColumns:
         runs: list[Run] = []
         for hint in hints:
             entries = _entries_of(hint)
-            by_hash, hashes = _value_order(hint, entries)
+            by_hash, hashes = hint_order(hint, entries)
             runs.append((len(all_keys), hashes, by_hash))
             all_keys += hint.keys
             packed += entries
@@ -122,6 +130,51 @@ class KeyColumns:
         keys = list(compress(ordered_keys, keep))
         at = array("I", compress(order, keep))
         return cls(keys, at, packed, all_keys, runs)
+
+    def insert(self, new_keys: list[str], locations: Sequence[int]) -> None:
+        """Add ``new_keys`` (sorted, each once, none held already) at ``locations``.
+
+        Their entries go at the end; the key column and the entry numbers are merged in place
+        over the range of old keys the new ones span (a C-level sort of two sorted runs, and the
+        entry numbers interleaved by a mask with no Python step per key), then the rest of the
+        column moves up by a ``memmove``. What is built beside the columns is the size of that
+        range, not of the store: for keys written in order, nothing but the new ones.
+        """
+        count = len(new_keys)
+        if not count:
+            return
+        keys, all_keys = self.keys, self._all_keys
+        if self._at is None:  # entry numbers now differ from positions: keep them apart
+            self._at = array("I", range(len(keys)))
+            if all_keys is keys:
+                self._all_keys = all_keys = list(keys)
+        at = self._at
+        first = len(all_keys)
+        packed = pack_entries(locations)
+        by_hash, hashes = order_by_hash(packed)
+        self._entries += packed
+        all_keys += new_keys
+        numbers = range(first, first + count)
+        low = bisect_left(keys, new_keys[0])
+        high = bisect_left(keys, new_keys[-1], low)
+        if low == high:  # all of them between two old keys (or after the last): no merge
+            keys[low:low] = new_keys
+            at[low:low] = array("I", numbers)
+        else:
+            merged = keys[low:high] + new_keys
+            merged.sort()  # two sorted runs: one merge
+            fresh = set(new_keys)
+            sources = (iter(at[low:high]), iter(numbers))  # old entry numbers, new ones
+            picks = map(sources.__getitem__, map(fresh.__contains__, merged))
+            merged_at = array("I", map(next, picks))
+            keys[low:high] = merged
+            at[low:high] = merged_at
+        with self._order_lock:
+            base, runs = self._order
+            self._order = (base, (*runs, (first, hashes, by_hash)))
+        # Windows from the first changed one on hold other keys now.
+        window = low // STRIDE
+        self._sample[window:] = _sampled(keys, window * STRIDE)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -177,16 +230,12 @@ class KeyColumns:
 
     def candidates(self, hashed: int) -> Iterator[tuple[str, int]]:
         """(key, location) of each live key whose value has hash ``hashed``, in no set order."""
-        # The merging thread sets _merged, then clears _runs: read in the other order, one of
-        # the two is always there.
-        runs = self._runs
-        merged = self._merged
+        merged, runs = self._order  # one read: a merge swaps both at once
         if merged is not None:
             hashes, numbers = merged
             low = bisect_left(hashes, hashed)
             yield from self._live(hashed, numbers[low : bisect_right(hashes, hashed, low)])
-            return
-        for first, hashes, positions in runs or ():
+        for first, hashes, positions in runs:
             low = bisect_left(hashes, hashed)
             high = bisect_right(hashes, hashed, low)
             if low < high:
@@ -208,37 +257,46 @@ class KeyColumns:
             if location & HASH_MASK == hashed:  # never otherwise, unless a hint lied
                 yield key, location
 
-    def merge_value_order(self, stop: threading.Event | None = None) -> bool:
-        """Merge the hints' value orders into one (a bucket of hashes at a time); False if
-        ``stop`` was set first. Until then ``candidates`` bisects each hint's run: a find costs
-        a bisection per hint instead of one. Runs in a background thread after open (merging
-        ten million entries takes a few seconds, a third of a reopen when it was done inline);
-        it changes nothing any other call reads but the one ``_merged`` assignment at the end.
+    def merge_value_order(self, stop: threading.Event | None = None, *, whole: bool = True) -> bool:
+        """Merge the value order's runs into one (a bucket of hashes at a time); False if
+        ``stop`` was set first. Until then ``candidates`` bisects each run: a find costs a
+        bisection per run instead of one. Runs in a background thread (merging ten million
+        entries takes a few seconds, a third of a reopen when it was done inline); nothing any
+        other call reads changes but ``_order``, swapped at the end. ``whole``: the merged run
+        too, else only the runs added since (cheaper; ``settle_value_order`` decides).
         """
-        runs = self._runs
-        if runs is None:
-            return True
-        hashes, numbers = array("I"), array("I")
-        for first, run_hashes, positions in runs:
-            if stop is not None and stop.is_set():
+        with self._merging:
+            merged, runs = self._order
+            if not runs or (len(runs) == 1 and merged is not None and not whole):
+                return True  # (one run alone is merged too: that sorts a hint out of order)
+            inputs = [(0, *merged), *runs] if whole and merged is not None else list(runs)
+            result = merge_runs(inputs, stop)
+            if result is None:
                 return False
-            hashes += run_hashes
-            numbers += array("I", map(add, positions, repeat(first))) if first else positions
-        merged = _merged_value_order(hashes, numbers, [len(run[1]) for run in runs], stop)
-        if merged is None:
-            return False
-        self._merged = merged
-        self._runs = None
-        return True
+            with self._order_lock:
+                merged_now, runs_now = self._order
+                later = runs_now[len(runs) :]  # added by ``insert`` while this merge ran
+                if whole or merged is None:
+                    self._order = (result, later)
+                else:
+                    self._order = (merged_now, ((0, *result), *later))
+            return True
+
+    def settle_value_order(self, stop: threading.Event | None = None) -> bool:
+        """After a fold: merge everything once the runs added since the last whole merge hold
+        half as many entries as the merged run (so each entry is merged a few times over the
+        life of the store, not once per fold), else only those runs into one."""
+        merged, _ = self._order
+        whole = merged is None or 2 * self.unmerged_entries() >= len(merged[0])
+        return self.merge_value_order(stop, whole=whole)
 
     def unmerged_entries(self) -> int:
-        """How many entries the value order still has to merge (0 once merged)."""
-        runs = self._runs
-        return 0 if runs is None else sum(len(run[1]) for run in runs)
+        """How many entries the value order holds outside its merged run."""
+        return sum(len(run[1]) for run in self._order[1])
 
     def merges_at_open(self) -> bool:
         """Whether what is left of the value order is small enough to merge during the open."""
-        return self.unmerged_entries() <= SMALL_VALUE_ORDER
+        return self.unmerged_entries() <= value_order.SMALL_VALUE_ORDER
 
     def value_bytes(self) -> int:
         """The bytes of the live keys' values."""
@@ -256,12 +314,17 @@ class KeyColumns:
         return total
 
     def frozen(self) -> KeyColumns:
-        """A copy that later ``repoint_if`` calls leave alone (for snapshots): only the packed
-        locations are copied; every other column never changes."""
+        """A copy that later ``repoint_if`` and ``insert`` calls leave alone (for snapshots):
+        the packed locations, the key column, its sample and entry numbers are copied; the rest
+        only grows at the end or is replaced whole."""
         twin = KeyColumns.__new__(KeyColumns)
         for name in KeyColumns.__slots__:
             setattr(twin, name, getattr(self, name))
-        setattr(twin, "_entries", bytearray(self._entries))  # noqa: B010 - a slot of the twin
+        twin.keys = list(self.keys)
+        twin._entries = bytearray(self._entries)  # noqa: SLF001 - the twin's own slots
+        twin._sample = list(self._sample)  # noqa: SLF001
+        if self._at is not None:
+            twin._at = array("I", self._at)  # noqa: SLF001
         return twin
 
     def check(self) -> None:
@@ -305,126 +368,6 @@ def _entries_of(hint: HintColumns) -> bytes | bytearray:
     return pack_entries(locations)
 
 
-def _sorted_by_bucket(
-    wide: array[int], lengths: Sequence[int], stop: threading.Event | None = None
-) -> array[int] | None:
-    """``wide`` (runs of the given ``lengths``, each meant to ascend) sorted, a bucket at a time."""
-    buckets, shift = 1 << BUCKET_BITS, 64 - BUCKET_BITS
-    cuts: list[list[int]] = []  # per run: where each bucket starts in ``wide``, then its end
-    start = 0
-    for length in lengths:
-        end = start + length
-        bounds, at = [start], start
-        for bucket in range(1, buckets):
-            at = bisect_left(wide, bucket << shift, at, end)  # from ``at``: never backwards
-            bounds.append(at)
-        bounds.append(end)
-        cuts.append(bounds)
-        start = end
-    out = array("Q")
-    for bucket in range(buckets):
-        if stop is not None and stop.is_set():
-            return None
-        chunk = array("Q")
-        for bounds in cuts:
-            chunk += wide[bounds[bucket] : bounds[bucket + 1]]
-        if not chunk:
-            continue
-        ordered = sorted(chunk)
-        if ordered[0] >> shift != bucket or ordered[-1] >> shift != bucket:
-            return array("Q", sorted(wide))  # a run out of order: sort it all
-        out += array("Q", ordered)
-    return out
-
-
-def _value_order(hint: HintColumns, entries: bytes | bytearray) -> tuple[array[int], array[int]]:
-    """(entry positions by value hash, their hashes ascending): from a version 5 hint as stored,
-    else sorted here (older hints; a store rewrites them as version 5 when it compacts)."""
-    if len(hint.by_hash) == len(hint.keys) and len(hint.hashes) == len(hint.keys):
-        return _as_array(hint.by_hash), _as_array(hint.hashes)
-    hashes = u32_field(entries, HASH_AT)
-    by_hash = array("I", sorted(range(len(hashes)), key=hashes.__getitem__))
-    return by_hash, array("I", map(hashes.__getitem__, by_hash))
-
-
-def _as_array(values: Sequence[int]) -> array[int]:
-    return values if isinstance(values, array) else array("I", values)
-
-
-def _merged_value_order(
-    hashes: array[int],
-    entries: array[int],
-    lengths: Sequence[int],
-    stop: threading.Event | None = None,
-) -> tuple[array[int], array[int]] | None:
-    """Runs of (hash, entry) pairs of the given ``lengths``, each ascending by hash, sorted into
-    one: (hashes, entries).
-
-    Each pair is packed into one 64-bit integer (hash high, entry low) with strided byte copies,
-    so the sort compares plain ints with no key function. The sort goes a bucket of hashes at a
-    time (their top ``BUCKET_BITS`` bits, found in each run by bisection): a bucket's ints are
-    created together and sorted while they fit in the cache. One sort of ten million such ints
-    from 29 runs took 3.3 s on these machines, most of it cache misses; sorting entry numbers by
-    a key and gathering both columns, 6 s.
-
-    A run that does not ascend (a hint that did not keep its order) puts some pair in a bucket
-    not its own; that is seen, and everything is sorted in one piece instead. None if ``stop``
-    was set on the way.
-    """
-    count = len(hashes)
-    wide = array("Q")
-    if not LITTLE_ENDIAN or wide.itemsize != 8:  # pragma: no cover - not on the machines in use
-        order = sorted(range(count), key=hashes.__getitem__)
-        return array("I", map(hashes.__getitem__, order)), array(
-            "I", map(entries.__getitem__, order)
-        )
-    pairs = bytearray(8 * count)
-    low, high = entries.tobytes(), hashes.tobytes()
-    for byte in range(4):
-        pairs[byte::8] = low[byte::4]
-        pairs[4 + byte :: 8] = high[byte::4]
-    wide.frombytes(pairs)
-    del pairs, low, high
-    if count <= SMALL_VALUE_ORDER:
-        ordered: array[int] | None = array("Q", sorted(wide))
-    else:
-        ordered = _sorted_by_bucket(wide, lengths, stop)
-    if ordered is None:
-        return None
-    del wide
-    merged = ordered.tobytes()
-    del ordered
-    low_out, high_out = bytearray(4 * count), bytearray(4 * count)
-    for byte in range(4):
-        low_out[byte::4] = merged[byte::8]
-        high_out[byte::4] = merged[4 + byte :: 8]
-    sorted_hashes, sorted_entries = array("I"), array("I")
-    sorted_hashes.frombytes(high_out)
-    sorted_entries.frombytes(low_out)
-    return sorted_hashes, sorted_entries
-
-
-class ValueOrderMerger:
-    """Owns the thread that merges a ``KeyColumns``' value order after open (``stop`` ends it
-    early, at close)."""
-
-    def __init__(self, columns: KeyColumns) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(columns,), name="filekv-value-order", daemon=True
-        )
-        self._thread.start()
-
-    def _run(self, columns: KeyColumns) -> None:
-        try:
-            columns.merge_value_order(self._stop)
-        except Exception:  # finds stay right, one bisection per hint: log, do not crash
-            log.exception("merging the value order failed; find searches each hint instead")
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def join(self) -> None:
-        """Wait until the merge is done (benchmarks and tests)."""
-        self._thread.join()
+def _sampled(keys: list[str], start: int) -> list[str]:
+    """Every STRIDE-th key from ``start`` (a multiple of STRIDE), as new strings side by side."""
+    return _SEPARATOR.join(keys[start::STRIDE]).split(_SEPARATOR) if len(keys) > start else []

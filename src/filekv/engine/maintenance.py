@@ -17,6 +17,7 @@ from .compaction import Compactor
 from .durability import GroupCommit, RoundObserver
 from .index import KeyIndex
 from .options import StoreOptions
+from .overlay_folder import OverlayFolder
 from .segments import SegmentSet
 from .stats import StoreStats
 from .writer import Writer
@@ -31,11 +32,18 @@ class StoreMaintenance:
     _writer: Writer
     _group: GroupCommit
     _compactor: Compactor
+    _folder: OverlayFolder
     _options: StoreOptions
     _clock: Callable[[], float]
     _closed: bool
 
     def _check_open(self) -> None: ...  # StoreReads's
+
+    def _upkeep(self) -> None:
+        """Start what background work the store needs; the writer calls it every thousand
+        writes or so, under the lock."""
+        self._compactor.maybe_start()
+        self._folder.maybe_start()
 
     def compact(self) -> bool:
         """Merge every sealed segment into one, now; False if there was nothing to merge."""

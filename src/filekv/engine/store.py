@@ -46,6 +46,7 @@ from .fileio import FileIO
 from .index import KeyIndex
 from .maintenance import StoreMaintenance
 from .options import FSYNC_MODES, FsyncMode, StoreOptions
+from .overlay_folder import OverlayFolder
 from .reads import StoreReads
 from .record import EXPIRY, OPERATION_HEADER, RECORD_HEADER_SIZE
 from .recovery import open_directory
@@ -115,7 +116,7 @@ class Store(StoreReads, StoreMaintenance):
             max_transaction_ops=options.max_transaction_ops,
             max_transaction_bytes=options.max_transaction_bytes,
             group=self._group,
-            maybe_compact=lambda: self._compactor.maybe_start(),
+            maybe_compact=self._upkeep,
             clock=clock,
             feed=self._feed,
         )
@@ -131,6 +132,7 @@ class Store(StoreReads, StoreMaintenance):
             automatic=options.auto_compact,
             keep_revisions=options.watch_history,
         )
+        self._folder = OverlayFolder(self._lock, self._index, is_closed=lambda: self._closed)
         self._closed = False
         self._flusher: IntervalFlusher | None = None
         self._sweeper: ExpirySweeper | None = None
@@ -193,6 +195,7 @@ class Store(StoreReads, StoreMaintenance):
         if self._sweeper is not None:
             self._sweeper.stop()
         self._compactor.wait_idle()
+        self._folder.stop()
         self._index.stop_background()
         self._group.wait_for_round()  # nobody may be syncing a file we are about to close
         active = self._segments.active
