@@ -1,4 +1,5 @@
-"""A hypothesis state machine: the Store against a dict, with transactions, reopen, compaction.
+"""A hypothesis state machine: the Store against a dict, with transactions, reopen, compaction
+and folds of the index's overlay into its columns.
 
 The model keeps ``key -> (value, revision)`` for committed data and a stack of staged levels for the
 open transaction. Revisions of transaction writes are learned after commit (the engine picks them);
@@ -296,6 +297,14 @@ class StoreMachine(RuleBasedStateMachine):
         if self.tx is not None:
             return  # compaction during a transaction is covered in test_store
         self.db.compact()
+
+    @rule(limit=st.integers(min_value=1, max_value=4))
+    def fold(self, limit: int) -> None:
+        """What the store's folding thread does once its thresholds are met (a step under the
+        lock, then the value order settled without it), here at any size."""
+        with self.db._lock:
+            self.db._index.fold_step(limit)
+        self.db._index.settle_value_order()
 
     @invariant()
     def agrees_with_model(self) -> None:
