@@ -35,10 +35,12 @@ SMALL_VALUE_ORDER = 1 << 16
 
 
 def order_by_hash(entries: bytes | bytearray) -> tuple[array[int], array[int]]:
-    """(entry positions by value hash, their hashes ascending) of packed ``entries``."""
+    """(entry positions by value hash, their hashes ascending) of packed ``entries``: sorted as
+    packed pairs, with no key function (32,768 entries: 13 ms against 22)."""
     hashes = u32_field(entries, HASH_AT)
-    by_hash = array("I", sorted(range(len(hashes)), key=hashes.__getitem__))
-    return by_hash, array("I", map(hashes.__getitem__, by_hash))
+    ordered = merge_runs([(0, hashes, array("I", range(len(hashes))))], bucketed=False)
+    assert ordered is not None  # nothing can stop it
+    return ordered[1], ordered[0]
 
 
 def hint_order(hint: HintColumns, entries: bytes | bytearray) -> tuple[array[int], array[int]]:
@@ -54,7 +56,7 @@ def _as_array(values: Sequence[int]) -> array[int]:
 
 
 def merge_runs(
-    runs: Sequence[Run], stop: threading.Event | None = None
+    runs: Sequence[Run], stop: threading.Event | None = None, *, bucketed: bool = True
 ) -> tuple[array[int], array[int]] | None:
     """``runs`` merged into one: (hashes ascending, entry numbers). None if ``stop`` was set.
 
@@ -65,12 +67,13 @@ def merge_runs(
     sort of ten million such ints took 3.3 s on these machines, most of it cache misses; sorting
     entry numbers by a key and gathering both columns, 6 s). A run that does not ascend (a hint
     that did not keep its order) puts some pair in a bucket not its own; that is seen, and
-    everything is sorted in one piece instead.
+    everything is sorted in one piece instead. ``bucketed=False``: in one piece anyway (runs
+    known not to ascend).
     """
     if stop is not None and stop.is_set():
         return None
     total = sum(len(run[1]) for run in runs)
-    if total <= SMALL_VALUE_ORDER or not LITTLE_ENDIAN:
+    if total <= SMALL_VALUE_ORDER or not bucketed or not LITTLE_ENDIAN:
         return _unpacked(sorted(_packed(runs, None)))
     buckets, shift = 1 << BUCKET_BITS, 32 - BUCKET_BITS
     cuts: list[list[int]] = []  # per run: where each bucket starts, then its end
