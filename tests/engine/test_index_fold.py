@@ -315,3 +315,30 @@ def test_index_folds_while_the_store_runs_and_every_answer_stays(
     with Store.open(tmp_path, **options) as db:
         db.check()
         assert {key: db.get(key) for key in db.scan("")} == model
+
+
+def test_index_value_order_merges_a_folds_runs_and_keeps_the_larger_ones() -> None:
+    """After a fold only its own small runs (one per step) are merged into one; a larger run
+    beside the merged one stays as it is, and every key is still found by its hash."""
+    expected: dict[str, int] = {}
+
+    def located(names: list[str], base: int) -> list[int]:
+        locations = [pack(3, base + i, 1, base + i, (base + i) % 4) for i in range(len(names))]
+        expected.update(zip(names, locations, strict=True))
+        return locations
+
+    first = [f"a{i:02d}" for i in range(20)]
+    columns = key_columns.KeyColumns.from_sorted(first, located(first, 0))
+    assert columns.merge_value_order()
+    for base, names in ((100, [f"b{i:02d}" for i in range(10)]), (200, ["c0", "c1", "c2"])):
+        columns.insert(names, located(names, base))
+    columns.insert(["d0", "d1"], located(["d0", "d1"], 300))
+    assert columns.merge_value_order(tail_up_to=3)
+    merged, runs = columns._order
+    assert merged is not None and len(merged[0]) == 20
+    assert [len(run[1]) for run in runs] == [10, 5], "the two small runs became one"
+    for hashed in range(4):
+        found = sorted(columns.candidates(hashed))
+        assert found == sorted((k, v) for k, v in expected.items() if v & 3 == hashed)
+    assert columns.merge_value_order() and columns._order[1] == ()
+    columns.check()

@@ -393,7 +393,7 @@ class KeyIndex(ExpiryIndex):
         by the folding thread without the store lock."""
         columns = self._columns
         if columns is not None:
-            columns.settle_value_order(stop)
+            columns.settle_value_order(stop, FOLD_STEP)
 
     def is_pristine(self) -> bool:
         """True until anything is loaded or set (an index emptied by deletes is not)."""

@@ -257,38 +257,49 @@ class KeyColumns:
             if location & HASH_MASK == hashed:  # never otherwise, unless a hint lied
                 yield key, location
 
-    def merge_value_order(self, stop: threading.Event | None = None, *, whole: bool = True) -> bool:
+    def merge_value_order(
+        self, stop: threading.Event | None = None, *, tail_up_to: int | None = None
+    ) -> bool:
         """Merge the value order's runs into one (a bucket of hashes at a time); False if
         ``stop`` was set first. Until then ``candidates`` bisects each run: a find costs a
         bisection per run instead of one. Runs in a background thread (merging ten million
         entries takes a few seconds, a third of a reopen when it was done inline); nothing any
-        other call reads changes but ``_order``, swapped at the end. ``whole``: the merged run
-        too, else only the runs added since (cheaper; ``settle_value_order`` decides).
+        other call reads changes but ``_order``, swapped at the end. ``tail_up_to``: merge only
+        the newest runs of at most that many entries each, into one run of their own (a fold's
+        steps; cheap), else everything (``settle_value_order`` decides).
         """
         with self._merging:
             merged, runs = self._order
-            if not runs or (len(runs) == 1 and merged is not None and not whole):
-                return True  # (one run alone is merged too: that sorts a hint out of order)
-            inputs = [(0, *merged), *runs] if whole and merged is not None else list(runs)
+            if tail_up_to is None:
+                kept: tuple[Run, ...] = ()
+                inputs = [(0, *merged), *runs] if merged is not None else list(runs)
+            else:
+                cut = len(runs)
+                while cut and len(runs[cut - 1][1]) <= tail_up_to:
+                    cut -= 1
+                kept, inputs = runs[:cut], list(runs[cut:])
+            if not runs or (tail_up_to is not None and len(inputs) < 2):
+                return True  # (one run alone is merged whole: that sorts a hint out of order)
             result = merge_runs(inputs, stop)
             if result is None:
                 return False
             with self._order_lock:
                 merged_now, runs_now = self._order
                 later = runs_now[len(runs) :]  # added by ``insert`` while this merge ran
-                if whole or merged is None:
+                if tail_up_to is None:
                     self._order = (result, later)
                 else:
-                    self._order = (merged_now, ((0, *result), *later))
+                    self._order = (merged_now, (*kept, (0, *result), *later))
             return True
 
-    def settle_value_order(self, stop: threading.Event | None = None) -> bool:
-        """After a fold: merge everything once the runs added since the last whole merge hold
-        half as many entries as the merged run (so each entry is merged a few times over the
-        life of the store, not once per fold), else only those runs into one."""
+    def settle_value_order(self, stop: threading.Event | None, step: int) -> bool:
+        """After a fold of ``step``-key steps: merge everything once the runs beside the merged
+        one hold half as many entries (so an entry is merged a few times over the life of the
+        store, not once per fold), else only the fold's own runs into one."""
         merged, _ = self._order
-        whole = merged is None or 2 * self.unmerged_entries() >= len(merged[0])
-        return self.merge_value_order(stop, whole=whole)
+        if merged is None or 2 * self.unmerged_entries() >= len(merged[0]):
+            return self.merge_value_order(stop)
+        return self.merge_value_order(stop, tail_up_to=step)
 
     def unmerged_entries(self) -> int:
         """How many entries the value order holds outside its merged run."""
