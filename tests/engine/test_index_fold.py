@@ -9,6 +9,7 @@ hash, before and after further changes. Few hashes, so most keys share one.
 from __future__ import annotations
 
 import random
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,9 @@ def test_index_columns_find_every_key_across_windows_and_no_other() -> None:
     assert [columns.position(key) for key in keys] == list(range(len(keys)))
     absent = ["", "a", "k", *(f"k{i:05d}" for i in range(1, 3000, 3)), "k99999", "z"]
     assert all(columns.get(key) is None and columns.position(key) == -1 for key in absent)
+    assert [columns.rank(key) for key in keys + absent] == [
+        bisect_left(keys, key) for key in keys + absent
+    ]
 
 
 def test_index_value_order_merge_stops_when_asked_and_finds_stay_right() -> None:
@@ -342,3 +346,30 @@ def test_index_value_order_merges_a_folds_runs_and_keeps_the_larger_ones() -> No
         assert found == sorted((k, v) for k, v in expected.items() if v & 3 == hashed)
     assert columns.merge_value_order() and columns._order[1] == ()
     columns.check()
+
+
+def test_index_fold_step_spanning_many_held_keys_takes_fewer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """New keys spread among the held ones (written in random order): a step takes fewer of
+    them, so that at most FOLD_SPAN held keys lie between its first and last; steps go on until
+    all are folded, and every answer stays."""
+    monkeypatch.setattr(index_module, "FOLD_SPAN", 40)
+    index, eager = KeyIndex(), KeyIndex()
+    held = [f"k{i:04d}" for i in range(0, 2000, 2)]
+    for number, key in enumerate(held):
+        for target in (index, eager):
+            target.set(key, pack(1, number, 1, number, number % 4))
+    assert index.fold_step(len(held)) == len(held), "no columns yet: all at once"
+    spread = [f"k{i:04d}" for i in random.Random(3).sample(range(1, 2000, 2), 300)]
+    for number, key in enumerate(spread):
+        for target in (index, eager):
+            target.set(key, pack(2, number, 1, number, number % 4))
+    steps = []
+    while index.unfolded():
+        steps.append(index.fold_step(100))
+        index.check()
+    assert max(steps) < 100 and sum(steps) == len(spread)
+    index.settle_value_order()
+    assert list(index.items()) == list(eager.items())
+    assert all(index.candidates(h) == eager.candidates(h) for h in range(4))

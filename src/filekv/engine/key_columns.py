@@ -189,6 +189,14 @@ class KeyColumns:
         i = bisect_left(keys, key, (window - 1) * STRIDE, high)
         return i if i < high and keys[i] == key else -1
 
+    def rank(self, key: str) -> int:
+        """How many keys of ``keys`` sort before ``key``."""
+        window = bisect_right(self._sample, key)
+        if not window:
+            return 0
+        keys = self.keys
+        return bisect_left(keys, key, (window - 1) * STRIDE, min(window * STRIDE, len(keys)))
+
     def position_near(self, key: str, guess: int) -> int:
         """``position``, looking at ``guess`` first (one compare when the caller walks keys in
         order and the columns hold them next to each other)."""

@@ -54,10 +54,10 @@ class OverlayFolder:
             with self._lock:
                 if self._is_closed():
                     return
-                # A short step means the new keys are used up: the few written meanwhile wait
-                # for the next fold (a step moves the column after it, whatever its size).
+                # Once less than a step is left, the few keys written meanwhile wait for the
+                # next fold (a step moves the column after it, whatever its size).
                 step = index_module.FOLD_STEP
-                if index.fold_step(step) < step:
+                if not index.fold_step(step) or index.unfolded() < step:
                     break
         index.settle_value_order(self._stop)
         # The steps' temporaries and the replaced value order were freed inside the C heap,
