@@ -43,7 +43,7 @@ Holder = str | dict[str, int]
 FOLD_SHARE = 8
 FOLD_MIN_KEYS = 1 << 16
 FOLD_STEP = 1 << 15
-FOLD_SPAN = 1 << 16  # ... or fewer: at most this many column keys between a step's first and last
+FOLD_MIN_STEP = 1 << 10  # ... or fewer (fold_step says why), but not fewer than this
 
 
 class KeyIndex(ExpiryIndex):
@@ -367,24 +367,33 @@ class KeyIndex(ExpiryIndex):
         return len(self._added) >= max(FOLD_MIN_KEYS, held // FOLD_SHARE)
 
     def fold_step(self, limit: int | None = None) -> int:
-        """Move up to ``limit`` (FOLD_STEP) of the overlay's keys new to the columns, the lowest
-        first, into the columns; how many. Nothing any read returns changes."""
+        """Move up to ``limit`` (FOLD_STEP) of the overlay's keys new to the columns, the
+        highest first, into the columns; how many (0: none worth it). Nothing any read returns
+        changes.
+
+        A step merges its keys into the column's between its first and last. Keys written in
+        key order (times, sequence numbers) land after every held key: nothing to merge. Keys
+        written in random order spread over many held keys, each a cache miss or two at ten
+        million keys: a 3M-key load in random order took 2.7 times as long when they were
+        folded anyway (docs/PERFORMANCE.md). So a step takes fewer keys until they span no more
+        held keys than they are, and none if that leaves fewer than FOLD_MIN_STEP (unless they
+        are all there is)."""
         added = self._added
         count = min(FOLD_STEP if limit is None else limit, len(added))
+        columns = self._columns
+        if columns is not None and count:
+            high = columns.rank(added[-1])
+            while count > 1 and high - columns.rank(added[-count]) > count:
+                count //= 2
+            if count < FOLD_MIN_STEP and count < len(added):
+                return 0
         if not count:
             return 0
-        columns = self._columns
-        if columns is not None:
-            # A step merges its keys into the column's between its first and last: keys written
-            # in random order spread over many held keys, and each of those costs a cache miss
-            # or two at ten million keys. Fewer keys per step then, so the lock is held briefly.
-            low = columns.rank(added[0])
-            while count > 1 and columns.rank(added[count - 1]) - low > FOLD_SPAN:
-                count //= 2
-        # The lowest first, one pop each: a deleting slice of a SortedList updates its
-        # positional index per item (83 ms for 32,768 keys of a million, against 19 ms).
+        # The highest, one pop each (a deleting slice of a SortedList updates its positional
+        # index per item: 83 ms for 32,768 keys of a million, against 19 ms).
         pop = added.pop
-        keys: list[str] = [pop(0) for _ in range(count)]
+        keys: list[str] = [pop() for _ in range(count)]
+        keys.reverse()
         overlay = self._overlay
         locations = list(map(overlay.__getitem__, keys))
         if columns is None:

@@ -50,15 +50,21 @@ class OverlayFolder:
 
     def _fold(self) -> None:
         index = self._index
+        folded = 0
         while not self._stop.is_set():
             with self._lock:
                 if self._is_closed():
                     return
                 # Once less than a step is left, the few keys written meanwhile wait for the
-                # next fold (a step moves the column after it, whatever its size).
+                # next fold (a step moves the column after it, whatever its size). None moved:
+                # the new keys are spread among the held ones (``KeyIndex.fold_step``).
                 step = index_module.FOLD_STEP
-                if not index.fold_step(step) or index.unfolded() < step:
+                moved = index.fold_step(step)
+                folded += moved
+                if not moved or index.unfolded() < step:
                     break
+        if not folded:
+            return
         index.settle_value_order(self._stop)
         # The steps' temporaries and the replaced value order were freed inside the C heap,
         # which glibc would otherwise keep (the same as after an open).
