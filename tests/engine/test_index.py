@@ -262,7 +262,7 @@ def _fold_keeps_every_answer(lazy: KeyIndex, eager: KeyIndex, limit: int, settle
     new = len(lazy._added)
     smallest, index_module.FOLD_MIN_STEP = index_module.FOLD_MIN_STEP, 1  # a step of any size
     try:
-        assert 0 < lazy.fold_step(limit) <= min(limit, new) or not new
+        assert 0 <= lazy.fold_step(limit) <= min(limit, new)
         eager.fold_step(limit)
     finally:
         index_module.FOLD_MIN_STEP = smallest

@@ -288,19 +288,22 @@ def test_index_folds_while_the_store_runs_and_every_answer_stays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The store's own thread folds the overlay's new keys into the columns as writes go on
-    (thresholds made tiny): gets, finds and scans agree with a model, a snapshot taken between
-    folds reads what it saw, and a reopen reads the same."""
+    (thresholds made tiny; new keys in ascending order, as times or sequence numbers are, with
+    overwrites and deletes of older ones): gets, finds and scans agree with a model, a snapshot
+    taken between folds reads what it saw, and a reopen reads the same."""
     monkeypatch.setattr(index_module, "FOLD_MIN_KEYS", 200)
     monkeypatch.setattr(index_module, "FOLD_STEP", 64)
-    monkeypatch.setattr(index_module, "FOLD_MIN_STEP", 1)  # random keys: steps of any size
+    monkeypatch.setattr(index_module, "FOLD_MIN_STEP", 8)
     rng = random.Random(7)
     model: dict[str, bytes] = {}
     options: dict[str, Any] = {"fsync": "never", "auto_compact": False}
     with Store.open(tmp_path, **options) as db:
         for round_number in range(8):
             # The writer asks for upkeep every thousand writes: a fold starts at most then.
-            for _ in range(1000):
-                key = f"k{rng.randrange(3000):05d}"
+            for number in range(1000 * round_number, 1000 * (round_number + 1)):
+                key = (
+                    f"k{rng.randrange(number + 1):05d}" if rng.random() < 0.3 else f"k{number:05d}"
+                )
                 if rng.random() < 0.1:
                     db.delete(key)
                     model.pop(key, None)
@@ -355,13 +358,14 @@ def test_index_value_order_merges_a_folds_runs_and_keeps_the_larger_ones() -> No
     columns.check()
 
 
-def test_index_fold_step_takes_no_keys_spread_among_many_held_ones(
+def test_index_fold_step_takes_only_keys_after_every_held_one(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Keys written in random order spread over the held ones: a step takes fewer of them, until
-    they span no more held keys than they are, and none if that is below FOLD_MIN_STEP. Keys
-    written after every held key are folded whole. Every answer stays either way."""
+    """Keys written in random order spread among the held ones stay in the overlay; keys
+    written after every held key are folded, a step at a time, none when fewer than
+    FOLD_MIN_STEP are left beside others. Every answer stays either way."""
     monkeypatch.setattr(index_module, "FOLD_MIN_STEP", 20)
+    monkeypatch.setattr(index_module, "FOLD_MIN_KEYS", 1)
     index, eager = KeyIndex(), KeyIndex()
 
     def write(keys: list[str], segment: int) -> None:
@@ -372,18 +376,35 @@ def test_index_fold_step_takes_no_keys_spread_among_many_held_ones(
     held = [f"k{i:04d}" for i in range(0, 2000, 2)]
     write(held, 1)
     assert index.fold_step(len(held)) == len(held), "no columns yet: all at once"
-    write([f"k{i:04d}" for i in random.Random(3).sample(range(1, 2000, 2), 300)], 2)
-    assert index.fold_step(100) == 0, "300 keys over 1,000 held ones: not worth a step"
-    index.check()
+    write([f"k{i:04d}" for i in random.Random(3).sample(range(1, 1998, 2), 300)], 2)
+    assert not index.fold_wanted() and index.fold_step(100) == 0, "spread among held keys"
     write([f"m{i:04d}" for i in range(150)], 3)  # after every held key
-    assert index.fold_step(100) == 100 and index.fold_step(100) == 50
+    assert index.fold_wanted()
+    assert index.fold_step(100) == 100 and index.fold_step(100) == 50, "the lowest first"
     assert index.fold_step(100) == 0 and index.unfolded() == 300
-    monkeypatch.setattr(index_module, "FOLD_MIN_STEP", 1)
-    steps = []
-    while index.unfolded():
-        steps.append(index.fold_step(100))
+    write([f"n{i:04d}" for i in range(10)], 4)
+    assert index.fold_step(100) == 0, "10 < FOLD_MIN_STEP, beside 300 others"
     index.check()
-    assert max(steps) < 100 and sum(steps) == 300, "fewer per step, but all in the end"
     index.settle_value_order()
     assert list(index.items()) == list(eager.items())
     assert all(index.candidates(h) == eager.candidates(h) for h in range(4))
+
+
+def test_index_columns_insert_merges_keys_among_the_held_ones() -> None:
+    """``KeyColumns.insert`` of keys that fall between held ones (no fold asks for that now, but
+    the columns take any sorted new keys): each found at its location, by key and by hash."""
+    held = [f"k{i:04d}" for i in range(0, 400, 2)]
+    expected = {key: pack(1, i, 1, i, i % 4) for i, key in enumerate(held)}
+    columns = key_columns.KeyColumns.from_sorted(held, list(expected.values()))
+    for start in (1, 201, 3):
+        new = [f"k{i:04d}" for i in range(start, start + 120, 4)]
+        locations = [pack(2, i, 1, i, i % 4) for i in range(start, start + 120, 4)]
+        columns.insert(new, locations)
+        expected.update(zip(new, locations, strict=True))
+    assert columns.keys == sorted(expected)
+    assert all(columns.get(key) == location for key, location in expected.items())
+    for hashed in range(4):
+        assert sorted(columns.candidates(hashed)) == sorted(
+            (k, v) for k, v in expected.items() if v & 3 == hashed
+        )
+    columns.check()

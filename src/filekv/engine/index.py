@@ -362,38 +362,39 @@ class KeyIndex(ExpiryIndex):
             self._merger = None
 
     def fold_wanted(self) -> bool:
-        """Whether the overlay holds enough keys new to the columns to fold them in."""
+        """Whether the overlay holds enough keys new to the columns, written after every key the
+        columns hold, to fold them in (``fold_step`` says why only those)."""
         held = 0 if self._columns is None else len(self._columns)
-        return len(self._added) >= max(FOLD_MIN_KEYS, held // FOLD_SHARE)
+        if len(self._added) < max(FOLD_MIN_KEYS, held // FOLD_SHARE):
+            return False
+        return self._appended() >= FOLD_MIN_STEP
+
+    def _appended(self) -> int:
+        """How many of the overlay's new keys sort after every key of the columns."""
+        columns, added = self._columns, self._added
+        if columns is None or not columns.keys:
+            return len(added)
+        return len(added) - int(added.bisect_right(columns.keys[-1]))
 
     def fold_step(self, limit: int | None = None) -> int:
-        """Move up to ``limit`` (FOLD_STEP) of the overlay's keys new to the columns, the
-        highest first, into the columns; how many (0: none worth it). Nothing any read returns
-        changes.
+        """Move up to ``limit`` (FOLD_STEP) of the overlay's keys new to the columns that sort
+        after every key the columns hold, the lowest first, into the columns; how many (0:
+        fewer than FOLD_MIN_STEP, unless that is all of them). Nothing any read returns changes.
 
-        A step merges its keys into the column's between its first and last. Keys written in
-        key order (times, sequence numbers) land after every held key: nothing to merge. Keys
-        written in random order spread over many held keys, each a cache miss or two at ten
-        million keys: a 3M-key load in random order took 2.7 times as long when they were
-        folded anyway (docs/PERFORMANCE.md). So a step takes fewer keys until they span no more
-        held keys than they are, and none if that leaves fewer than FOLD_MIN_STEP (unless they
-        are all there is)."""
+        Keys written in key order (times, sequence numbers) land after every held key: the
+        columns grow at their end. Keys written in random order would have to be merged among
+        the held ones, each a cache miss or two at ten million keys: a 3M-key load in random
+        order took 2.7 times as long when they were folded so (docs/PERFORMANCE.md); they stay
+        in the overlay."""
         added = self._added
-        count = min(FOLD_STEP if limit is None else limit, len(added))
-        columns = self._columns
-        if columns is not None and count:
-            high = columns.rank(added[-1])
-            while count > 1 and high - columns.rank(added[-count]) > count:
-                count //= 2
-            if count < FOLD_MIN_STEP and count < len(added):
-                return 0
-        if not count:
+        count = min(FOLD_STEP if limit is None else limit, self._appended())
+        if not count or (count < FOLD_MIN_STEP and count < len(added)):
             return 0
-        # The highest, one pop each (a deleting slice of a SortedList updates its positional
-        # index per item: 83 ms for 32,768 keys of a million, against 19 ms).
-        pop = added.pop
-        keys: list[str] = [pop() for _ in range(count)]
-        keys.reverse()
+        columns = self._columns
+        # The lowest of them first, one pop each (a deleting slice of a SortedList updates its
+        # positional index per item: 83 ms for 32,768 keys of a million, against 19 ms).
+        pop, start = added.pop, len(added) - self._appended()
+        keys: list[str] = [pop(start) for _ in range(count)]
         overlay = self._overlay
         locations = list(map(overlay.__getitem__, keys))
         if columns is None:
