@@ -408,3 +408,19 @@ def test_index_columns_insert_merges_keys_among_the_held_ones() -> None:
             (k, v) for k, v in expected.items() if v & 3 == hashed
         )
     columns.check()
+
+
+def test_index_wants_no_first_fold_of_keys_written_in_random_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With no columns yet, a fold is wanted only if most new keys came in key order: columns
+    of random keys would never grow, and cost every later new key a search."""
+    monkeypatch.setattr(index_module, "FOLD_MIN_KEYS", 100)
+    monkeypatch.setattr(index_module, "FOLD_MIN_STEP", 10)
+    shuffled, ordered = KeyIndex(), KeyIndex()
+    numbers = list(range(300))
+    random.Random(5).shuffle(numbers)
+    for step, number in enumerate(numbers):
+        shuffled.set(f"k{number:04d}", pack(1, step, 1, step, 1))
+        ordered.set(f"k{step:04d}", pack(1, step, 1, step, 1))
+    assert ordered.fold_wanted() and not shuffled.fold_wanted()

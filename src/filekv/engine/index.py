@@ -3,17 +3,16 @@
 Values stay on disk; memory holds, per key, the key string and one packed location
 (``hint.pack``: the same layout hint files store), in one of two places:
 
-- the columns loaded at open from hint files (``key_columns.py``): sorted keys, packed
-  locations and a value order, each searched by bisection, about 100 bytes per key;
+- the columns loaded at open from hint files (``key_columns.py``), or folded in since: sorted
+  keys, packed locations and a value order, each searched by bisection;
 - the overlay, for every key set since: a dict key -> location, a sorted list of the keys the
   columns do not hold, and a dict value hash -> keys. A column key deleted since is noted in
   ``_deleted``; one set again lives in the overlay, which is asked first.
 
-A store that loaded no hint (a new one, or one replayed) starts with no columns: everything is
-overlay, as fast to change as a dict. The overlay costs about 240 bytes per key against the
-columns' ~130, so once the keys new to the columns are an eighth of them, a background thread
-(``overlay_folder.py``) folds those keys into the columns a slice at a time under the store lock
-(``fold_step``); keys overwritten or deleted stay in the overlay.
+A store that loaded no hint starts with no columns: everything is overlay, as fast to change
+as a dict, at about 240 bytes per key against the columns' ~130. Once the new keys are an
+eighth of the columns', those written in key order are folded in by a background thread
+(``overlay_folder.py``, ``fold_step``); keys in random order, overwritten or deleted stay.
 
 Owns these structures; the Store's lock serialises every call.
 """
@@ -54,9 +53,11 @@ class KeyIndex(ExpiryIndex):
 
     __slots__ = (
         "_added",
+        "_ascending",
         "_columns",
         "_count",
         "_deleted",
+        "_highest",
         "_merger",
         "_overlay",
         "by_value",
@@ -67,6 +68,10 @@ class KeyIndex(ExpiryIndex):
         self._overlay: dict[str, int] = {}
         self._added: SortedList = SortedList()  # overlay keys the columns do not hold
         self._deleted: set[str] = set()  # column keys deleted since they were loaded
+        # With no columns yet: how many new keys were higher than every key before them (all
+        # of them when keys are written in key order; a handful when in random order).
+        self._ascending = 0
+        self._highest = ""
         self._count = 0
         self._merger: ValueOrderMerger | None = None
         self.by_value: dict[int, Holder] = {}  # the overlay's keys by value hash
@@ -96,6 +101,9 @@ class KeyIndex(ExpiryIndex):
             if columns is None:
                 self._added.add(key)
                 self._count += 1
+                if key > self._highest:
+                    self._highest = key
+                    self._ascending += 1
             elif key in self._deleted:
                 self._deleted.remove(key)
                 self._count += 1
@@ -367,6 +375,8 @@ class KeyIndex(ExpiryIndex):
         held = 0 if self._columns is None else len(self._columns)
         if len(self._added) < max(FOLD_MIN_KEYS, held // FOLD_SHARE):
             return False
+        if self._columns is None and 2 * self._ascending < len(self._added):
+            return False  # random order: such columns never grow, yet cost each put a search
         return self._appended() >= FOLD_MIN_STEP
 
     def _appended(self) -> int:
@@ -377,22 +387,18 @@ class KeyIndex(ExpiryIndex):
         return len(added) - int(added.bisect_right(columns.keys[-1]))
 
     def fold_step(self, limit: int | None = None) -> int:
-        """Move up to ``limit`` (FOLD_STEP) of the overlay's keys new to the columns that sort
-        after every key the columns hold, the lowest first, into the columns; how many (0:
-        fewer than FOLD_MIN_STEP, unless that is all of them). Nothing any read returns changes.
-
-        Keys written in key order (times, sequence numbers) land after every held key: the
-        columns grow at their end. Keys written in random order would have to be merged among
-        the held ones, each a cache miss or two at ten million keys: a 3M-key load in random
-        order took 2.7 times as long when they were folded so (docs/PERFORMANCE.md); they stay
-        in the overlay."""
+        """Move up to ``limit`` (FOLD_STEP) of the overlay's new keys that sort after every key
+        of the columns (written in key order: times, sequence numbers), the lowest first, into
+        the columns; how many (0: fewer than FOLD_MIN_STEP, unless that is all). Keys written
+        in random order stay in the overlay: merged among the held ones, each cost a cache miss
+        or two at ten million keys (a 3M-key random load took 2.7 times as long)."""
         added = self._added
         count = min(FOLD_STEP if limit is None else limit, self._appended())
         if not count or (count < FOLD_MIN_STEP and count < len(added)):
             return 0
         columns = self._columns
-        # The lowest of them first, one pop each (a deleting slice of a SortedList updates its
-        # positional index per item: 83 ms for 32,768 keys of a million, against 19 ms).
+        # One pop each (a deleting slice of a SortedList updates its positional index per item:
+        # 83 ms for 32,768 keys of a million, against 19 ms).
         pop, start = added.pop, len(added) - self._appended()
         keys: list[str] = [pop(start) for _ in range(count)]
         overlay = self._overlay
