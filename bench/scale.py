@@ -32,6 +32,7 @@ from typing import Any
 from _common import bench_tmpdir, machine_info
 
 from filekv.engine import Store
+from filekv.engine.index import KeyIndex
 
 VALUE = 100
 TAIL_BYTES = 64 << 20
@@ -62,6 +63,23 @@ def _value(i: int) -> bytes:
 started_open = 0.0
 
 
+def _time_fold_steps() -> list[float]:
+    """Time each step of folding the index's overlay into its columns (the store lock is held
+    for exactly that long): wraps ``KeyIndex.fold_step`` in this process."""
+    seconds: list[float] = []
+    fold_step = KeyIndex.fold_step
+
+    def timed(index: KeyIndex, limit: int | None = None) -> int:
+        started = time.perf_counter()
+        try:
+            return fold_step(index, limit)
+        finally:
+            seconds.append(time.perf_counter() - started)
+
+    KeyIndex.fold_step = timed  # type: ignore[method-assign]
+    return seconds
+
+
 def _open(path: Path) -> tuple[Store, float]:
     global started_open
     started = started_open = time.perf_counter()
@@ -77,6 +95,7 @@ def step(name: str, path: Path, keys: int, order: str = "sequential") -> dict[st
             numbers = list(numbers)
             random.Random(1).shuffle(numbers)
         db, _ = _open(path)
+        steps = _time_fold_steps()
         started = time.perf_counter()
         for i in numbers:
             db.put(_key(i), _value(i))
@@ -87,6 +106,9 @@ def step(name: str, path: Path, keys: int, order: str = "sequential") -> dict[st
         # A fold of the overlay into the columns may be under way: what RSS is once it is done.
         db._folder.wait_idle()  # noqa: SLF001 - a benchmark's look inside
         result["folded"] = _status("VmRSS") - base
+        result["fold_steps"] = len(steps)
+        result["longest_step"] = max(steps, default=0.0)
+        result["median_step"] = statistics.median(steps) if steps else 0.0
         db.close()  # finishes the hints of the sealed segments
         return result
     if name == "tail":  # overwrite keys until the newest segment is nearly 64 MiB
@@ -208,6 +230,13 @@ def main() -> None:
             f"{load['folded'] / mib:,.0f} MiB = {load['folded'] / keys:.0f} B/key",
             "<= 190 B/key",
             load["folded"] / keys / 190,
+        ),
+        (
+            "fold steps (store lock held)",
+            f"{load['fold_steps']} steps, median {load['median_step'] * 1000:.0f} ms, "
+            f"longest {load['longest_step'] * 1000:.0f} ms",
+            "",
+            None,
         ),
         (
             "load peak RSS",

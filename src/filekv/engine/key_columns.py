@@ -17,10 +17,11 @@ that very entry.
 
 While the store runs, keys new to the columns are folded in from the index's overlay
 (``insert``, a slice of keys at a time): their entries are appended, and the key column and the
-entry numbers merged in place over the range of keys the slice spans, so nothing the size of
-the store is ever built beside it. Otherwise the columns change only by ``repoint_if``
-(compaction moved a value: the same value, so the same hash). Keys overwritten or deleted since
-live in ``KeyIndex``'s overlay; the index asks these columns only about keys it does not know.
+entry numbers merged in place over the range of keys the slice spans (none: the index folds
+only keys that sort after every held key), so nothing the size of the store is built beside
+it. Otherwise the columns change only by ``repoint_if`` (compaction moved a value: the same
+value, so the same hash). Keys overwritten or deleted since, or new in random order, live in
+``KeyIndex``'s overlay; the index asks these columns only about keys it does not know.
 
 Owns the columns; the Store's lock serialises every call (through ``KeyIndex``) but the value
 order's merge, which runs in a thread of its own and swaps its result in under ``_order_lock``.
