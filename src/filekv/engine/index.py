@@ -397,16 +397,16 @@ class KeyIndex(ExpiryIndex):
         if not count or (count < FOLD_MIN_STEP and count < len(added)):
             return 0
         columns = self._columns
-        # One pop each (a deleting slice of a SortedList updates its positional index per item:
-        # 83 ms for 32,768 keys of a million, against 19 ms).
-        pop, start = added.pop, len(added) - self._appended()
-        keys: list[str] = [pop(start) for _ in range(count)]
+        start = len(added) - self._appended()  # the lowest of them first
+        keys: list[str] = added[start : start + count]
         overlay = self._overlay
         locations = list(map(overlay.__getitem__, keys))
         if columns is None:
             self._columns = KeyColumns.from_sorted(keys, locations)
         else:
             columns.insert(keys, locations)
+        for _ in range(count):  # once in the columns; a deleting slice: 83 ms, pops 19 ms
+            added.pop(start)
         unlink = self._unlink_value
         for key, location in zip(keys, locations, strict=True):
             del overlay[key]
@@ -414,7 +414,7 @@ class KeyIndex(ExpiryIndex):
         return count
 
     def unfolded(self) -> int:
-        """How many of the overlay's keys are new to the columns (what a fold would move)."""
+        """How many of the overlay's keys are new to the columns."""
         return len(self._added)
 
     def settle_value_order(self, stop: threading.Event | None = None) -> None:

@@ -151,16 +151,18 @@ class KeyColumns:
                 self._all_keys = all_keys = list(keys)
         at = self._at
         first = len(all_keys)
+        # Whatever allocates first, so that a failure leaves the columns as they were.
         packed = pack_entries(locations)
         by_hash, hashes = order_by_hash(packed)
+        numbers = range(first, first + count)
+        new_at = array("I", numbers)
         self._entries += packed
         all_keys += new_keys
-        numbers = range(first, first + count)
         low = bisect_left(keys, new_keys[0])
         high = bisect_left(keys, new_keys[-1], low)
         if low == high:  # all of them between two old keys (or after the last): no merge
             keys[low:low] = new_keys
-            at[low:low] = array("I", numbers)
+            at[low:low] = new_at
         else:
             merged = keys[low:high] + new_keys
             merged.sort()  # two sorted runs: one merge
