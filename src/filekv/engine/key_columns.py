@@ -15,13 +15,12 @@ hint replaced stay in the concatenation until the next open (their key and packe
 value order still lists them): a value-order candidate counts only if its key's winning entry is
 that very entry.
 
-While the store runs, keys new to the columns are folded in from the index's overlay
-(``insert``, a slice of keys at a time): their entries are appended, and the key column and the
-entry numbers merged in place over the range of keys the slice spans (none: the index folds
-only keys that sort after every held key), so nothing the size of the store is built beside
-it. Otherwise the columns change only by ``repoint_if`` (compaction moved a value: the same
-value, so the same hash). Keys overwritten or deleted since, or new in random order, live in
-``KeyIndex``'s overlay; the index asks these columns only about keys it does not know.
+While the store runs, keys that sort after every held key are folded in from the index's
+overlay (``append``, a slice of keys at a time), so nothing the size of the store is built
+beside the columns. Otherwise the columns change only by ``repoint_if`` (compaction moved a
+value: the same value, so the same hash). Keys overwritten or deleted since, or new in random
+order, live in ``KeyIndex``'s overlay; the index asks these columns only about keys it does not
+know.
 
 Owns the columns; the Store's lock serialises every call (through ``KeyIndex``) but the value
 order's merge, which runs in a thread of its own and swaps its result in under ``_order_lock``.
@@ -72,8 +71,9 @@ class KeyColumns:
         all_keys: list[str],
         runs: list[Run],
     ) -> None:
-        self.keys = keys  # the live keys, sorted (``insert`` adds to them in place)
-        # keys[i]'s entry number in ``entries`` and ``all_keys``; None: the same number, i.
+        self.keys = keys  # the live keys, sorted (``append`` adds to their end)
+        # keys[i]'s entry number in ``entries`` and ``all_keys``; None: the same number, i (and
+        # ``all_keys`` is ``keys``).
         self._at = at
         self._entries = entries  # every entry loaded or folded in, packed, ENTRY bytes each
         self._all_keys = all_keys  # every entry's key (deletes included), by entry number
@@ -132,51 +132,30 @@ class KeyColumns:
         at = array("I", compress(order, keep))
         return cls(keys, at, packed, all_keys, runs)
 
-    def insert(self, new_keys: list[str], locations: Sequence[int]) -> None:
-        """Add ``new_keys`` (sorted, each once, none held already) at ``locations``.
-
-        Their entries go at the end; the key column and the entry numbers are merged in place
-        over the range of old keys the new ones span (a C-level sort of two sorted runs, and the
-        entry numbers interleaved by a mask with no Python step per key), then the rest of the
-        column moves up by a ``memmove``. What is built beside the columns is the size of that
-        range, not of the store: for keys written in order, nothing but the new ones.
-        """
+    def append(self, new_keys: list[str], locations: Sequence[int]) -> None:
+        """Add ``new_keys`` (sorted, each after every key held) at ``locations``: their keys and
+        entries go at the end, nothing held moves, and the value order takes one more run.
+        (Only such keys are folded in: ``KeyIndex.fold_step`` says why.)"""
         count = len(new_keys)
         if not count:
             return
-        keys, all_keys = self.keys, self._all_keys
-        if self._at is None:  # entry numbers now differ from positions: keep them apart
-            self._at = array("I", range(len(keys)))
-            if all_keys is keys:
-                self._all_keys = all_keys = list(keys)
-        at = self._at
+        keys, all_keys, at = self.keys, self._all_keys, self._at
+        if keys and new_keys[0] <= keys[-1]:
+            raise ValueError("appended keys must sort after every key held")
         first = len(all_keys)
         # Whatever allocates first, so that a failure leaves the columns as they were.
         packed = pack_entries(locations)
         by_hash, hashes = order_by_hash(packed)
-        numbers = range(first, first + count)
-        new_at = array("I", numbers)
+        numbers = array("I", range(first, first + count))
+        window = len(keys) // STRIDE  # the first window that may take new keys
         self._entries += packed
-        all_keys += new_keys
-        low = bisect_left(keys, new_keys[0])
-        high = bisect_left(keys, new_keys[-1], low)
-        if low == high:  # all of them between two old keys (or after the last): no merge
-            keys[low:low] = new_keys
-            at[low:low] = new_at
-        else:
-            merged = keys[low:high] + new_keys
-            merged.sort()  # two sorted runs: one merge
-            fresh = set(new_keys)
-            sources = (iter(at[low:high]), iter(numbers))  # old entry numbers, new ones
-            picks = map(sources.__getitem__, map(fresh.__contains__, merged))
-            merged_at = array("I", map(next, picks))
-            keys[low:high] = merged
-            at[low:high] = merged_at
+        keys += new_keys  # with no entry numbers (``at``), this list is ``all_keys`` too
+        if at is not None:
+            all_keys += new_keys
+            at += numbers
         with self._order_lock:
             base, runs = self._order
             self._order = (base, (*runs, (first, hashes, by_hash)))
-        # Windows from the first changed one on hold other keys now.
-        window = low // STRIDE
         self._sample[window:] = _sampled(keys, window * STRIDE)
 
     def __len__(self) -> int:
@@ -191,14 +170,6 @@ class KeyColumns:
         high = min(window * STRIDE, len(keys))
         i = bisect_left(keys, key, (window - 1) * STRIDE, high)
         return i if i < high and keys[i] == key else -1
-
-    def rank(self, key: str) -> int:
-        """How many keys of ``keys`` sort before ``key``."""
-        window = bisect_right(self._sample, key)
-        if not window:
-            return 0
-        keys = self.keys
-        return bisect_left(keys, key, (window - 1) * STRIDE, min(window * STRIDE, len(keys)))
 
     def position_near(self, key: str, guess: int) -> int:
         """``position``, looking at ``guess`` first (one compare when the caller walks keys in
@@ -296,7 +267,7 @@ class KeyColumns:
                 return False
             with self._order_lock:
                 merged_now, runs_now = self._order
-                later = runs_now[len(runs) :]  # added by ``insert`` while this merge ran
+                later = runs_now[len(runs) :]  # added by ``append`` while this merge ran
                 if tail_up_to is None:
                     self._order = (result, later)
                 else:
@@ -336,7 +307,7 @@ class KeyColumns:
         return total
 
     def frozen(self) -> KeyColumns:
-        """A copy that later ``repoint_if`` and ``insert`` calls leave alone (for snapshots):
+        """A copy that later ``repoint_if`` and ``append`` calls leave alone (for snapshots):
         the packed locations, the key column, its sample and entry numbers are copied; the rest
         only grows at the end or is replaced whole."""
         twin = KeyColumns.__new__(KeyColumns)

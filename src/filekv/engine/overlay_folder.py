@@ -56,13 +56,12 @@ class OverlayFolder:
             with self._lock:
                 if self._is_closed():
                     return
-                # Once less than a step is left, the few keys written meanwhile wait for the
-                # next fold (a step moves the column after it, whatever its size). None moved:
-                # the new keys are spread among the held ones (``KeyIndex.fold_step``).
+                # A short step: the keys that sort after every held one are used up (those
+                # written meanwhile wait for the next fold), or too few (``fold_step``).
                 step = index_module.FOLD_STEP
                 moved = index.fold_step(step)
                 folded += moved
-                if not moved or index.unfolded() < step:
+                if moved < step:
                     break
         if not folded:
             return
