@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filekv.engine import Store
-from filekv.engine import index as index_module
 from filekv.engine.hint import (
     HASH_MASK,
     HINT_HEADER,
@@ -260,12 +259,8 @@ def _fold_keeps_every_answer(lazy: KeyIndex, eager: KeyIndex, limit: int, settle
     copied = lazy.lookup(held, whole=True)
     before = [copied(key) for key in held]
     new = len(lazy._added)
-    smallest, index_module.FOLD_MIN_STEP = index_module.FOLD_MIN_STEP, 1  # a step of any size
-    try:
-        assert 0 <= lazy.fold_step(limit) <= min(limit, new)
-        eager.fold_step(limit)
-    finally:
-        index_module.FOLD_MIN_STEP = smallest
+    assert lazy.fold_step(limit) == min(limit, new)
+    eager.fold_step(limit)
     if settle:
         lazy.settle_value_order()
         eager.settle_value_order()

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filekv.engine import Store, key_columns, value_order
+from filekv.engine import Store, key_chunks, key_columns, value_order
 from filekv.engine import index as index_module
 from filekv.engine.hint import HintColumns, decode_hint, encode_hint, pack, unpack
 from filekv.engine.index import KeyIndex
@@ -66,17 +66,14 @@ change = st.one_of(
 def test_index_fold_of_hints_equals_setting_each_entry(
     hints: list[Any], changes: list[tuple[Any, ...]]
 ) -> None:
-    # Windows of 2 keys in the sampled search (64 in use): a dozen keys span several windows.
-    # And the value order merged by buckets, as it is for large stores only.
-    # Fold steps of any size (the store's take no fewer than FOLD_MIN_STEP keys).
-    stride, whole = key_columns.STRIDE, value_order.SMALL_VALUE_ORDER
-    smallest = index_module.FOLD_MIN_STEP
-    key_columns.STRIDE, value_order.SMALL_VALUE_ORDER, index_module.FOLD_MIN_STEP = 2, 0, 1
+    # Chunks of 2 keys (256 in use): a dozen keys span several, and folds split them. And the
+    # value order merged by buckets, as it is for large stores only.
+    chunk, whole = key_chunks.CHUNK, value_order.SMALL_VALUE_ORDER
+    key_chunks.CHUNK, value_order.SMALL_VALUE_ORDER = 2, 0
     try:
         _fold_equals_setting_each_entry(hints, changes)
     finally:
-        key_columns.STRIDE, value_order.SMALL_VALUE_ORDER = stride, whole
-        index_module.FOLD_MIN_STEP = smallest
+        key_chunks.CHUNK, value_order.SMALL_VALUE_ORDER = chunk, whole
 
 
 def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, ...]]) -> None:
@@ -148,13 +145,15 @@ def _load(fold: HintFold, index: KeyIndex) -> _Accounts:
 
 
 def test_index_columns_find_every_key_across_windows_and_no_other() -> None:
-    """The sampled search at its real stride: every key of 1,000 found at its own location,
-    keys before, between and after them not found."""
+    """The search at its real chunk size: every key of 1,000 found at its own location, keys
+    before, between and after them not found."""
     keys = [f"k{i:05d}" for i in range(0, 3000, 3)]
     hint = _columns(1, {key: (i % 4, i + 1) for i, key in enumerate(keys)}, [])
     columns = key_columns.KeyColumns.from_hints([hint])
     assert [columns.get(key) for key in keys] == list(hint.locations)
-    assert [columns.position(key) for key in keys] == list(range(len(keys)))
+    positions = [columns.position(key) for key in keys]
+    assert positions == sorted(set(positions)) and min(positions) >= 0
+    assert list(map(columns.location_at, positions)) == list(hint.locations)
     absent = ["", "a", "k", *(f"k{i:05d}" for i in range(1, 3000, 3)), "k99999", "z"]
     assert all(columns.get(key) is None and columns.position(key) == -1 for key in absent)
 
@@ -284,12 +283,13 @@ def test_index_folds_while_the_store_runs_and_every_answer_stays(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The store's own thread folds the overlay's new keys into the columns as writes go on
-    (thresholds made tiny; new keys in ascending order, as times or sequence numbers are, with
-    overwrites and deletes of older ones): gets, finds and scans agree with a model, a snapshot
-    taken between folds reads what it saw, and a reopen reads the same."""
+    (thresholds and chunks made tiny; new keys mostly in ascending order, as times or sequence
+    numbers are, some among the older ones, with overwrites and deletes of older ones): gets,
+    finds and scans agree with a model, a snapshot taken between folds reads what it saw, and a
+    reopen reads the same."""
     monkeypatch.setattr(index_module, "FOLD_MIN_KEYS", 200)
     monkeypatch.setattr(index_module, "FOLD_STEP", 64)
-    monkeypatch.setattr(index_module, "FOLD_MIN_STEP", 8)
+    monkeypatch.setattr(key_chunks, "CHUNK", 4)
     rng = random.Random(7)
     model: dict[str, bytes] = {}
     options: dict[str, Any] = {"fsync": "never", "auto_compact": False}
@@ -297,9 +297,13 @@ def test_index_folds_while_the_store_runs_and_every_answer_stays(
         for round_number in range(8):
             # The writer asks for upkeep every thousand writes: a fold starts at most then.
             for number in range(1000 * round_number, 1000 * (round_number + 1)):
-                key = (
-                    f"k{rng.randrange(number + 1):05d}" if rng.random() < 0.3 else f"k{number:05d}"
-                )
+                draw = rng.random()
+                if draw < 0.3:
+                    key = f"k{rng.randrange(number + 1):05d}"  # an older key again
+                elif draw < 0.45:
+                    key = f"k{rng.randrange(number + 1):05d}-{number}"  # new, among the older
+                else:
+                    key = f"k{number:05d}"
                 if rng.random() < 0.1:
                     db.delete(key)
                     model.pop(key, None)
@@ -341,8 +345,8 @@ def test_index_value_order_merges_a_folds_runs_and_keeps_the_larger_ones() -> No
     columns = key_columns.KeyColumns.from_sorted(first, located(first, 0))
     assert columns.merge_value_order()
     for base, names in ((100, [f"b{i:02d}" for i in range(10)]), (200, ["c0", "c1", "c2"])):
-        columns.append(names, located(names, base))
-    columns.append(["d0", "d1"], located(["d0", "d1"], 300))
+        columns.insert(names, located(names, base))
+    columns.insert(["d0", "d1"], located(["d0", "d1"], 300))
     assert columns.merge_value_order(tail_up_to=3)
     merged, runs = columns._order
     assert merged is not None and len(merged[0]) == 20
@@ -354,14 +358,14 @@ def test_index_value_order_merges_a_folds_runs_and_keeps_the_larger_ones() -> No
     columns.check()
 
 
-def test_index_fold_step_takes_only_keys_after_every_held_one(
+def test_index_fold_step_takes_keys_among_and_after_the_held_ones(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Keys written in random order spread among the held ones stay in the overlay; keys
-    written after every held key are folded, a step at a time, none when fewer than
-    FOLD_MIN_STEP are left beside others. Every answer stays either way."""
-    monkeypatch.setattr(index_module, "FOLD_MIN_STEP", 20)
+    """New keys spread among the held ones and new keys after every held one are folded alike,
+    the lowest first, a step at a time, splitting the chunks they fill; a fold is wanted only
+    once they are an eighth of the held keys. Every answer stays."""
     monkeypatch.setattr(index_module, "FOLD_MIN_KEYS", 1)
+    monkeypatch.setattr(key_chunks, "CHUNK", 8)
     index, eager = KeyIndex(), KeyIndex()
 
     def write(keys: list[str], segment: int) -> None:
@@ -372,48 +376,16 @@ def test_index_fold_step_takes_only_keys_after_every_held_one(
     held = [f"k{i:04d}" for i in range(0, 2000, 2)]
     write(held, 1)
     assert index.fold_step(len(held)) == len(held), "no columns yet: all at once"
-    write([f"k{i:04d}" for i in random.Random(3).sample(range(1, 1998, 2), 300)], 2)
-    assert not index.fold_wanted() and index.fold_step(100) == 0, "spread among held keys"
-    write([f"m{i:04d}" for i in range(150)], 3)  # after every held key
+    among = [f"k{i:04d}" for i in random.Random(3).sample(range(1, 1998, 2), 100)]
+    write(among, 2)
+    assert not index.fold_wanted(), "100 new keys beside 1,000 held"
+    write([f"m{i:04d}" for i in range(50)], 3)  # after every held key
     assert index.fold_wanted()
-    assert index.fold_step(100) == 100 and index.fold_step(100) == 50, "the lowest first"
-    assert index.fold_step(100) == 0 and len(index._added) == 300
-    write([f"n{i:04d}" for i in range(10)], 4)
-    assert index.fold_step(100) == 0, "10 < FOLD_MIN_STEP, beside 300 others"
+    assert index.fold_step(60) == 60
+    assert index._added[0] == sorted(among)[60], "the lowest first"
+    index.check()
+    assert index.fold_step(100) == 90 and index.fold_step(100) == 0 and not index._added
     index.check()
     index.settle_value_order()
     assert list(index.items()) == list(eager.items())
     assert all(index.candidates(h) == eager.candidates(h) for h in range(4))
-
-
-def test_index_columns_take_only_keys_after_every_held_one() -> None:
-    """``KeyColumns.append`` refuses a key that does not sort after every held key (folding
-    one among them would leave the key column out of order) and changes nothing then."""
-    held = [f"k{i:04d}" for i in range(0, 400, 2)]
-    expected = {key: pack(1, i, 1, i, i % 4) for i, key in enumerate(held)}
-    columns = key_columns.KeyColumns.from_sorted(held, list(expected.values()))
-    with pytest.raises(ValueError, match="after every key held"):
-        columns.append(["k0001", "z"], [pack(2, 1, 1, 1, 1)] * 2)
-    assert columns.keys == held
-    new = ["k0400", "k0402"]
-    columns.append(new, [pack(2, 1, 1, 1, 1), pack(2, 2, 1, 2, 2)])
-    expected.update(zip(new, [pack(2, 1, 1, 1, 1), pack(2, 2, 1, 2, 2)], strict=True))
-    assert columns.keys == sorted(expected)
-    assert all(columns.get(key) == location for key, location in expected.items())
-    columns.check()
-
-
-def test_index_wants_no_first_fold_of_keys_written_in_random_order(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With no columns yet, a fold is wanted only if most new keys came in key order: columns
-    of random keys would never grow, and cost every later new key a search."""
-    monkeypatch.setattr(index_module, "FOLD_MIN_KEYS", 100)
-    monkeypatch.setattr(index_module, "FOLD_MIN_STEP", 10)
-    shuffled, ordered = KeyIndex(), KeyIndex()
-    numbers = list(range(300))
-    random.Random(5).shuffle(numbers)
-    for step, number in enumerate(numbers):
-        shuffled.set(f"k{number:04d}", pack(1, step, 1, step, 1))
-        ordered.set(f"k{step:04d}", pack(1, step, 1, step, 1))
-    assert ordered.fold_wanted() and not shuffled.fold_wanted()

@@ -4,15 +4,15 @@ Values stay on disk; memory holds, per key, the key string and one packed locati
 (``hint.pack``: the same layout hint files store), in one of two places:
 
 - the columns loaded at open from hint files (``key_columns.py``), or folded in since: sorted
-  keys, packed locations and a value order, each searched by bisection;
+  keys in chunks, packed locations and a value order, each searched by bisection;
 - the overlay, for every key set since: a dict key -> location, a sorted list of the keys the
   columns do not hold, and a dict value hash -> keys. A column key deleted since is noted in
   ``_deleted``; one set again lives in the overlay, which is asked first.
 
 A store that loaded no hint starts with no columns: everything is overlay, as fast to change
 as a dict, at about 240 bytes per key against the columns' ~130. Once the new keys are an
-eighth of the columns', those written in key order are folded in by a background thread
-(``overlay_folder.py``, ``fold_step``); keys in random order, overwritten or deleted stay.
+eighth of the columns', they are folded in by a background thread (``overlay_folder.py``,
+``fold_step``); keys overwritten or deleted stay in the overlay.
 
 Owns these structures; the Store's lock serialises every call.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import heapq
 import threading
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterator
 from itertools import filterfalse, takewhile
 
@@ -42,7 +41,6 @@ Holder = str | dict[str, int]
 FOLD_SHARE = 8
 FOLD_MIN_KEYS = 1 << 16
 FOLD_STEP = 1 << 15
-FOLD_MIN_STEP = 1 << 10  # ... or fewer (fold_step says why), but not fewer than this
 
 
 class KeyIndex(ExpiryIndex):
@@ -53,11 +51,9 @@ class KeyIndex(ExpiryIndex):
 
     __slots__ = (
         "_added",
-        "_ascending",
         "_columns",
         "_count",
         "_deleted",
-        "_highest",
         "_merger",
         "_overlay",
         "by_value",
@@ -68,10 +64,6 @@ class KeyIndex(ExpiryIndex):
         self._overlay: dict[str, int] = {}
         self._added: SortedList = SortedList()  # overlay keys the columns do not hold
         self._deleted: set[str] = set()  # column keys deleted since they were loaded
-        # With no columns yet: how many new keys were higher than every key before them (all
-        # of them when keys are written in key order; a handful when in random order).
-        self._ascending = 0
-        self._highest = ""
         self._count = 0
         self._merger: ValueOrderMerger | None = None
         self.by_value: dict[int, Holder] = {}  # the overlay's keys by value hash
@@ -101,9 +93,6 @@ class KeyIndex(ExpiryIndex):
             if columns is None:
                 self._added.add(key)
                 self._count += 1
-                if key > self._highest:
-                    self._highest = key
-                    self._ascending += 1
             elif key in self._deleted:
                 self._deleted.remove(key)
                 self._count += 1
@@ -183,7 +172,7 @@ class KeyIndex(ExpiryIndex):
     def check(self) -> None:
         """AssertionError unless the structures agree with each other."""
         columns, overlay, deleted = self._columns, self._overlay, self._deleted
-        held = set(columns.keys) if columns is not None else set()
+        held = set(columns) if columns is not None else set()
         if not deleted <= held or deleted & overlay.keys():
             raise AssertionError("a deleted column key is not a column key, or is set again")
         if list(self._added) != sorted(overlay.keys() - held):
@@ -290,9 +279,11 @@ class KeyIndex(ExpiryIndex):
         new: Iterator[str] = added.islice(position)
         columns = self._columns
         if columns is not None:
-            keys = columns.keys
-            first = bisect_left(keys, prefix) if after is None else bisect_right(keys, after)
-            old: Iterator[str] = map(keys.__getitem__, range(first, len(keys)))
+            old = (
+                columns.keys_from(prefix, after=False)
+                if after is None
+                else columns.keys_from(after, after=True)
+            )
             if self._deleted:
                 old = filterfalse(self._deleted.__contains__, old)
             new = heapq.merge(old, new) if added else old
@@ -306,9 +297,7 @@ class KeyIndex(ExpiryIndex):
         columns = self._columns
         if columns is None:
             return new
-        keys = columns.keys
-        stop = len(keys) if end is None else bisect_left(keys, end)
-        old = keys[bisect_left(keys, start) : stop]
+        old = columns.keys_between(start, end)
         if self._deleted:
             old = list(filterfalse(self._deleted.__contains__, old))
         if new:
@@ -370,44 +359,28 @@ class KeyIndex(ExpiryIndex):
             self._merger = None
 
     def fold_wanted(self) -> bool:
-        """Whether the overlay holds enough keys new to the columns, written after every key the
-        columns hold, to fold them in (``fold_step`` says why only those)."""
+        """Whether the overlay holds enough keys new to the columns to fold them in."""
         held = 0 if self._columns is None else len(self._columns)
-        if len(self._added) < max(FOLD_MIN_KEYS, held // FOLD_SHARE):
-            return False
-        if self._columns is None and 2 * self._ascending < len(self._added):
-            return False  # random order: such columns never grow, yet cost each put a search
-        return self._appended() >= FOLD_MIN_STEP
-
-    def _appended(self) -> int:
-        """How many of the overlay's new keys sort after every key of the columns."""
-        columns, added = self._columns, self._added
-        if columns is None or not columns.keys:
-            return len(added)
-        return len(added) - int(added.bisect_right(columns.keys[-1]))
+        return len(self._added) >= max(FOLD_MIN_KEYS, held // FOLD_SHARE)
 
     def fold_step(self, limit: int | None = None) -> int:
-        """Move up to ``limit`` (FOLD_STEP) of the overlay's new keys that sort after every key
-        of the columns (written in key order: times, sequence numbers), the lowest first, into
-        the columns; how many (0: fewer than FOLD_MIN_STEP, unless that is all). Keys written
-        in random order stay in the overlay: merged among the held ones, each cost a cache miss
-        or two at ten million keys (a 3M-key random load took 2.7 times as long)."""
+        """Move up to ``limit`` (FOLD_STEP) of the overlay's new keys, the lowest first, into the
+        columns (``KeyColumns.insert``); how many. Keys that sort after every key held (written
+        in key order: times, sequence numbers) are appended; the others go into the chunk of
+        the columns their key falls in, a bisection each (docs/PERFORMANCE.md)."""
         added = self._added
-        appended = self._appended()
-        count = min(FOLD_STEP if limit is None else limit, appended)
-        if not count or (count < FOLD_MIN_STEP and count < len(added)):
+        count = min(FOLD_STEP if limit is None else limit, len(added))
+        if not count:
             return 0
-        columns = self._columns
-        start = len(added) - appended  # the lowest of them first
-        keys: list[str] = added[start : start + count]
+        keys: list[str] = added[:count]
         overlay = self._overlay
         locations = list(map(overlay.__getitem__, keys))
-        if columns is None:
+        if self._columns is None:
             self._columns = KeyColumns.from_sorted(keys, locations)
         else:
-            columns.append(keys, locations)
+            self._columns.insert(keys, locations)
         for _ in range(count):  # once in the columns; a deleting slice: 83 ms, pops 19 ms
-            added.pop(start)
+            added.pop(0)
         unlink = self._unlink_value
         for key, location in zip(keys, locations, strict=True):
             del overlay[key]

@@ -1,5 +1,6 @@
-"""The keys the index holds as columns: sorted keys searched by bisection, their locations
-packed 22 bytes apiece, and a value order searched by bisection too (``value_order.py``).
+"""The keys the index holds as columns: sorted keys in chunks (``key_chunks.py``), their
+locations packed 22 bytes apiece by entry number, and a value order searched by bisection
+(``value_order.py``).
 
 Why columns (docs/PERFORMANCE.md, issue 9): a dict of ten million keys took 6.4 s to build on
 these machines, one random memory access per insert, and 24 bytes per key plus a 48-byte int per
@@ -15,12 +16,11 @@ hint replaced stay in the concatenation until the next open (their key and packe
 value order still lists them): a value-order candidate counts only if its key's winning entry is
 that very entry.
 
-While the store runs, keys that sort after every held key are folded in from the index's
-overlay (``append``, a slice of keys at a time), so nothing the size of the store is built
-beside the columns. Otherwise the columns change only by ``repoint_if`` (compaction moved a
-value: the same value, so the same hash). Keys overwritten or deleted since, or new in random
-order, live in ``KeyIndex``'s overlay; the index asks these columns only about keys it does not
-know.
+While the store runs, the index's overlay folds its new keys in (``insert``, a step at a time):
+their entries go at the end, their keys into the chunks, and the value order takes one run per
+step. Otherwise the columns change only by ``repoint_if`` (compaction moved a value: the same
+value, so the same hash). Keys overwritten or deleted since live in ``KeyIndex``'s overlay; the
+index asks these columns only about keys it does not know.
 
 Owns the columns; the Store's lock serialises every call (through ``KeyIndex``) but the value
 order's merge, which runs in a thread of its own and swaps its result in under ``_order_lock``.
@@ -39,12 +39,11 @@ from typing import Final, Literal
 
 from . import value_order
 from .hint import HASH_MASK, HintColumns
+from .key_chunks import KeyChunks
 from .packed import ENTRY, LENGTH_AT, LocationColumn, pack_entries, u32_field
 from .value_order import Run, hint_order, merge_runs, order_by_hash
 
 _BIG: Final[Literal["big"]] = "big"
-STRIDE: Final = 64  # keys per window of the sampled search
-_SEPARATOR: Final[str] = chr(0xDCFF)  # a lone surrogate: never in a key (keys are valid Unicode)
 # The value order: (one merged run as (hashes, entry numbers), or None; the runs not merged yet).
 Order = tuple[tuple["array[int]", "array[int]"] | None, tuple[Run, ...]]
 
@@ -54,47 +53,43 @@ class KeyColumns:
 
     __slots__ = (
         "_all_keys",
-        "_at",
+        "_all_live",
+        "_chunks",
         "_entries",
         "_merging",
         "_order",
         "_order_lock",
-        "_sample",
-        "keys",
     )
 
     def __init__(
         self,
-        keys: list[str],
-        at: array[int] | None,
+        chunks: KeyChunks,
         entries: bytearray,
         all_keys: list[str],
         runs: list[Run],
+        *,
+        all_live: bool,
     ) -> None:
-        self.keys = keys  # the live keys, sorted (``append`` adds to their end)
-        # keys[i]'s entry number in ``entries`` and ``all_keys``; None: the same number, i (and
-        # ``all_keys`` is ``keys``).
-        self._at = at
+        self._chunks = chunks  # the live keys, sorted, with their entry numbers (replaced whole)
         self._entries = entries  # every entry loaded or folded in, packed, ENTRY bytes each
         self._all_keys = all_keys  # every entry's key (deletes included), by entry number
+        # Whether every entry is its key's own (no later hint replaced it): true but after an
+        # open that merged overlapping hints; folds keep it as it is.
+        self._all_live = all_live
         # The value order: each hint's own run until ``merge_value_order`` (a background thread
-        # after open) has merged them into one; then that one and a run per fold since. Read
-        # whole (one attribute); replaced under ``_order_lock``; one merge at a time.
+        # after open) has merged them into one; then that one and a run per fold step since.
+        # Read whole (one attribute); replaced under ``_order_lock``; one merge at a time.
         self._order: Order = (None, tuple(runs))
         self._order_lock = threading.Lock()
         self._merging = threading.Lock()
-        # Every STRIDE-th key, copied into new strings that lie next to each other in memory:
-        # a search bisects these first, then a window of STRIDE keys. Bisecting the ten million
-        # keys directly touches ~24 strings scattered over 640 MB, a cache and TLB miss each:
-        # 4.3 us a search at 10M keys on these machines, 3.6 us this way.
-        self._sample = _sampled(keys, 0)
 
     @classmethod
     def from_sorted(cls, keys: list[str], locations: Sequence[int]) -> KeyColumns:
         """Columns of ``keys`` (sorted, each once) at ``locations``: a first fold."""
         packed = bytearray(pack_entries(locations))
         by_hash, hashes = order_by_hash(packed)
-        return cls(keys, None, packed, keys, [(0, hashes, by_hash)])
+        chunks = KeyChunks.viewing(keys, None)
+        return cls(chunks, packed, keys, [(0, hashes, by_hash)], all_live=True)
 
     @classmethod
     def from_hints(cls, hints: Sequence[HintColumns]) -> KeyColumns:
@@ -105,7 +100,8 @@ class KeyColumns:
             hint = hints[0]
             packed = bytearray(_entries_of(hint))  # mutable: ``repoint_if``
             by_hash, hashes = hint_order(hint, packed)
-            return cls(hint.keys, None, packed, hint.keys, [(0, hashes, by_hash)])
+            chunks = KeyChunks.viewing(hint.keys, None)
+            return cls(chunks, packed, hint.keys, [(0, hashes, by_hash)], all_live=True)
         all_keys: list[str] = []
         packed = bytearray()
         live = bytearray()
@@ -122,7 +118,7 @@ class KeyColumns:
                 packed += bytes(ENTRY * len(hint.deleted))
                 live += bytes(len(hint.deleted))
         if disjoint:  # the keys end to end are in order, each once, none deleted
-            return cls(all_keys, None, packed, all_keys, runs)
+            return cls(KeyChunks.viewing(all_keys, None), packed, all_keys, runs, all_live=True)
         order = sorted(range(len(all_keys)), key=all_keys.__getitem__)  # stable: oldest first
         ordered_keys = list(map(all_keys.__getitem__, order))
         last = list(map(ne, ordered_keys, islice(ordered_keys, 1, None)))
@@ -130,65 +126,65 @@ class KeyColumns:
         keep = list(map(and_, last, map(live.__getitem__, order)))
         keys = list(compress(ordered_keys, keep))
         at = array("I", compress(order, keep))
-        return cls(keys, at, packed, all_keys, runs)
+        return cls(KeyChunks.viewing(keys, at), packed, all_keys, runs, all_live=False)
 
-    def append(self, new_keys: list[str], locations: Sequence[int]) -> None:
-        """Add ``new_keys`` (sorted, each after every key held) at ``locations``: their keys and
-        entries go at the end, nothing held moves, and the value order takes one more run.
-        (Only such keys are folded in: ``KeyIndex.fold_step`` says why.)"""
+    def insert(self, new_keys: list[str], locations: Sequence[int]) -> None:
+        """Add ``new_keys`` (sorted, none held) at ``locations``: their entries go at the end,
+        their keys into the chunks (``KeyChunks.inserted``), and the value order takes one more
+        run. Everything that allocates comes first: a failure leaves the columns as they were."""
         count = len(new_keys)
         if not count:
             return
-        keys, all_keys, at = self.keys, self._all_keys, self._at
-        if keys and new_keys[0] <= keys[-1]:
-            raise ValueError("appended keys must sort after every key held")
+        all_keys = self._all_keys
         first = len(all_keys)
-        # Whatever allocates first, so that a failure leaves the columns as they were.
         packed = pack_entries(locations)
         by_hash, hashes = order_by_hash(packed)
-        numbers = array("I", range(first, first + count))
-        window = len(keys) // STRIDE  # the first window that may take new keys
+        chunks = self._chunks.inserted(new_keys, first, all_keys)
         self._entries += packed
-        keys += new_keys  # with no entry numbers (``at``), this list is ``all_keys`` too
-        if at is not None:
-            all_keys += new_keys
-            at += numbers
+        all_keys += new_keys
+        self._chunks = chunks
         with self._order_lock:
             base, runs = self._order
             self._order = (base, (*runs, (first, hashes, by_hash)))
-        self._sample[window:] = _sampled(keys, window * STRIDE)
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._chunks)
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys, in order."""
+        return iter(self._chunks)
+
+    def last_key(self) -> str | None:
+        """The highest key, or None."""
+        return self._chunks.last_key()
+
+    def keys_from(self, key: str, *, after: bool) -> Iterator[str]:
+        """The keys from ``key`` on (``after``: strictly greater), in order."""
+        return self._chunks.keys_from(key, after=after)
+
+    def keys_between(self, start: str, end: str | None) -> list[str]:
+        """The keys from ``start`` (included) to ``end`` (excluded; None: to the last)."""
+        return self._chunks.keys_between(start, end)
 
     def position(self, key: str) -> int:
-        """Where ``key`` is in ``keys``, or -1."""
-        window = bisect_right(self._sample, key)
-        if not window:
-            return -1  # before the first key
-        keys = self.keys
-        high = min(window * STRIDE, len(keys))
-        i = bisect_left(keys, key, (window - 1) * STRIDE, high)
-        return i if i < high and keys[i] == key else -1
+        """Where ``key`` is (for ``location_at`` and ``repoint_if``), or -1."""
+        return self._chunks.position(key)
 
     def position_near(self, key: str, guess: int) -> int:
-        """``position``, looking at ``guess`` first (one compare when the caller walks keys in
-        order and the columns hold them next to each other)."""
-        keys = self.keys
-        if guess < len(keys) and keys[guess] == key:
-            return guess
-        return self.position(key)
+        """``position``, looking just after ``guess`` first (``KeyChunks.position_near``)."""
+        return self._chunks.position_near(key, guess)
 
     def located_near(self, key: str, guess: int) -> tuple[int, int]:
         """(``position_near``, that key's location; 0 if absent): compaction's batch reads, one
         call per key."""
-        i = self.position_near(key, guess)
+        i = self._chunks.position_near(key, guess)
         return (i, 0) if i < 0 else (i, self.location_at(i))
 
     def repoint_if(self, i: int, expected: int, location: int) -> bool:
-        """Point ``keys[i]`` at ``location`` if it still points at ``expected``: compaction
-        copied its value there (same value, same hash, so the value order stays right)."""
-        start = (i if self._at is None else self._at[i]) * ENTRY
+        """Point the key at position ``i`` at ``location`` if it still points at ``expected``:
+        compaction copied its value there (same value, same hash, so the value order stays
+        right)."""
+        start = self._chunks.entry_at(i) * ENTRY
         entries = self._entries
         if int.from_bytes(entries[start : start + ENTRY], _BIG) != expected:
             return False
@@ -196,18 +192,17 @@ class KeyColumns:
         return True
 
     def location_at(self, i: int) -> int:
-        """The location of ``keys[i]``."""
-        entry = i if self._at is None else self._at[i]
-        start = entry * ENTRY
+        """The location of the key at position ``i``."""
+        start = self._chunks.entry_at(i) * ENTRY
         return int.from_bytes(self._entries[start : start + ENTRY], _BIG)
 
     def get(self, key: str) -> int | None:
         """``key``'s location, or None if the columns do not hold it."""
-        i = self.position(key)
+        chunks = self._chunks
+        i = chunks.position(key)
         if i < 0:
             return None
-        entry = i if self._at is None else self._at[i]
-        start = entry * ENTRY
+        start = chunks.entry_at(i) * ENTRY
         return int.from_bytes(self._entries[start : start + ENTRY], _BIG)
 
     def candidates(self, hashed: int) -> Iterator[tuple[str, int]]:
@@ -224,18 +219,17 @@ class KeyColumns:
                 yield from self._live(hashed, [first + p for p in positions[low:high]])
 
     def _live(self, hashed: int, numbers: Sequence[int]) -> Iterator[tuple[str, int]]:
-        all_keys, at = self._all_keys, self._at
+        all_keys, entries, chunks = self._all_keys, self._entries, self._chunks
         for entry in numbers:
             if entry >= len(all_keys):
                 continue  # only a hint that lied (checked here, not at load: 10M compares)
             key = all_keys[entry]
-            if at is None:  # every entry is live, at its own position
-                i = entry
-            else:
-                i = self.position(key)
-                if i < 0 or at[i] != entry:
+            if not self._all_live:
+                i = chunks.position(key)
+                if i < 0 or chunks.entry_at(i) != entry:
                     continue  # a later entry of the key won (or a delete)
-            location = self.location_at(i)
+            start = entry * ENTRY
+            location = int.from_bytes(entries[start : start + ENTRY], _BIG)
             if location & HASH_MASK == hashed:  # never otherwise, unless a hint lied
                 yield key, location
 
@@ -294,38 +288,34 @@ class KeyColumns:
     def value_bytes(self) -> int:
         """The bytes of the live keys' values."""
         lengths = u32_field(self._entries, LENGTH_AT)
-        if self._at is None:
-            return sum(lengths)
-        return sum(map(lengths.__getitem__, self._at))
+        if self._all_live and len(self._chunks) == len(self._all_keys):
+            return sum(lengths)  # every entry is a live key's: one C-level pass
+        return sum(map(lengths.__getitem__, self._chunks.entry_numbers()))
 
     def key_bytes(self) -> int:
         """The UTF-8 bytes of the live keys."""
-        keys = self.keys
-        total = sum(map(len, keys))  # characters; the extra bytes of non-ASCII keys added below
-        for key in filterfalse(str.isascii, keys):
+        total = sum(map(len, self))  # characters; the extra bytes of non-ASCII keys added below
+        for key in filterfalse(str.isascii, self):
             total += len(key.encode("utf-8")) - len(key)
         return total
 
     def frozen(self) -> KeyColumns:
-        """A copy that later ``repoint_if`` and ``append`` calls leave alone (for snapshots):
-        the packed locations, the key column, its sample and entry numbers are copied; the rest
-        only grows at the end or is replaced whole."""
+        """A copy that later ``repoint_if`` and ``insert`` calls leave alone (for snapshots):
+        the packed locations are copied; the chunks are replaced whole, never changed, and the
+        rest only grows at the end or is replaced whole."""
         twin = KeyColumns.__new__(KeyColumns)
         for name in KeyColumns.__slots__:
             setattr(twin, name, getattr(self, name))
-        twin.keys = list(self.keys)
-        twin._entries = bytearray(self._entries)  # noqa: SLF001 - the twin's own slots
-        twin._sample = list(self._sample)  # noqa: SLF001
-        if self._at is not None:
-            twin._at = array("I", self._at)  # noqa: SLF001
+        twin._entries = bytearray(self._entries)  # noqa: SLF001 - the twin's own slot
         return twin
 
     def check(self) -> None:
-        """AssertionError unless every live key is found by its own value hash."""
-        if any(map(lambda a, b: a >= b, self.keys, islice(self.keys, 1, None))):
-            raise AssertionError("the key column is not sorted")
-        for i, key in enumerate(self.keys):
-            location = self.location_at(i)
+        """AssertionError unless the chunks are right and every live key is found by its own
+        value hash."""
+        self._chunks.check(self._all_keys)
+        for key in self:
+            location = self.get(key)
+            assert location is not None
             if (key, location) not in self.candidates(location & HASH_MASK):
                 raise AssertionError(f"the value order does not find {key!r}")
 
@@ -359,8 +349,3 @@ def _entries_of(hint: HintColumns) -> bytes | bytearray:
     if isinstance(locations, LocationColumn):
         return locations.entries
     return pack_entries(locations)
-
-
-def _sampled(keys: list[str], start: int) -> list[str]:
-    """Every STRIDE-th key from ``start`` (a multiple of STRIDE), as new strings side by side."""
-    return _SEPARATOR.join(keys[start::STRIDE]).split(_SEPARATOR) if len(keys) > start else []
