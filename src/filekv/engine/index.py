@@ -40,7 +40,7 @@ Holder = str | dict[str, int]
 # least FOLD_MIN_KEYS), FOLD_STEP keys per hold of the store lock (docs/PERFORMANCE.md).
 FOLD_SHARE = 8
 FOLD_MIN_KEYS = 1 << 16
-FOLD_STEP = 1 << 15
+FOLD_STEP = 1 << 13
 
 
 class KeyIndex(ExpiryIndex):

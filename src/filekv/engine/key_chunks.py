@@ -7,11 +7,16 @@ one sorted list the same step merged among every held key between two new ones: 
 keys, each a string somewhere in gigabytes, a cache miss or two apiece (a 32,768-key step into
 2M held keys took 367 ms; the load of 10M random keys 939 s instead of ~400).
 
-A chunk is a view: the keys ``lst[lo:hi]`` of some list, whose entry numbers are ``at[j]`` or,
-when ``at`` is None, ``j`` itself. Keys loaded from hints or appended in key order stay views of
-the list they came in (no copy: slicing ten million keys into chunks took 0.6 s of an open and
-80 MB); a chunk gets a list of its own the first time a key is inserted into it, and is split in
-two once it holds twice ``CHUNK`` keys.
+A chunk is a view: the keys ``lst[lo:hi]`` of some list, whose entry numbers are ``at[j]`` (an
+``array``, or bytes of 4 per key) or, when ``at`` is None, ``j`` itself. Keys loaded from hints
+or appended in key order stay views of the list they came in (no copy: slicing ten million keys
+into chunks took 0.6 s of an open and 80 MB); a chunk gets keys of its own the first time a key
+is inserted into it, and is split into pieces of ``CHUNK`` once it holds twice that. Its keys
+are a tuple and its entry numbers bytes (4 per key), not a list and an ``array``: the cyclic
+collector stops tracking a tuple of strings once it has looked at it and never tracks bytes,
+where the chunks' lists and arrays it tracked brought on full collections that visit every key
+(13-16 in a 3M-key random load against 1 before, up to 0.8 s each; a fold step of 1.6 s at 10M
+keys).
 
 Nothing here changes once built: ``inserted`` returns new chunks that share every chunk it did
 not touch, so a snapshot keeps the chunks it has (``KeyColumns.frozen``) and a failure part way
@@ -24,15 +29,22 @@ Owns the chunk lists; ``KeyColumns`` owns what the entry numbers point at.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from bisect import bisect_left, bisect_right
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from itertools import chain, repeat
+from typing import TypeAlias
 
 CHUNK = 256  # keys per chunk built (a search: 8 compares in it), half the most one holds
 _SHIFT = 32
 _LOW = (1 << _SHIFT) - 1
+_ORDER = sys.byteorder  # of the entry numbers in bytes: array("I")'s own
 _SEPARATOR = chr(0xDCFF)  # a lone surrogate: never in a key (keys are valid Unicode)
+
+
+# A chunk's entry numbers: an array viewed from ``lo`` to ``hi``, bytes of its own, or None.
+Numbers: TypeAlias = "array[int] | bytes | None"
 
 
 class KeyChunks:
@@ -42,8 +54,8 @@ class KeyChunks:
 
     def __init__(
         self,
-        lists: list[list[str]],
-        ats: list[array[int] | None],
+        lists: list[Sequence[str]],
+        ats: list[Numbers],
         los: list[int],
         his: list[int],
         firsts: list[str],
@@ -116,9 +128,7 @@ class KeyChunks:
 
     def entry_at(self, position: int) -> int:
         """The entry number of the key at ``position``."""
-        at = self._ats[position >> _SHIFT]
-        j = position & _LOW
-        return j if at is None else at[j]
+        return _entry(self._ats[position >> _SHIFT], position & _LOW)
 
     def last_key(self) -> str | None:
         """The highest key, or None."""
@@ -143,7 +153,7 @@ class KeyChunks:
         if (c, j) >= (stop_c, stop_j):
             return []
         if c == stop_c:
-            return self._lists[c][j:stop_j] if c < len(self._lists) else []
+            return list(self._lists[c][j:stop_j]) if c < len(self._lists) else []
         found = []
         for n, piece in enumerate(self._slices(c, j), c):
             if n == stop_c:
@@ -165,7 +175,7 @@ class KeyChunks:
             j = self._los[c] if c < len(firsts) else 0
         return c, j
 
-    def _slices(self, c: int, j: int) -> Iterator[list[str]]:
+    def _slices(self, c: int, j: int) -> Iterator[Sequence[str]]:
         lists, los, his = self._lists, self._los, self._his
         if c < len(lists):
             yield lists[c][j : his[c]]
@@ -173,9 +183,12 @@ class KeyChunks:
             yield lists[n][los[n] : his[n]]
 
     def entry_numbers(self) -> Iterator[int]:
-        """Every key's entry number, in key order."""
-        for at, lo, hi in zip(self._ats, self._los, self._his, strict=True):
-            yield from range(lo, hi) if at is None else at[lo:hi]
+        """Every key's entry number, in key order (C-level iteration: an open counts value
+        bytes through it)."""
+        return chain.from_iterable(
+            range(lo, hi) if at is None else array("I", at[lo:hi] if type(at) is array else at)
+            for at, lo, hi in zip(self._ats, self._los, self._his, strict=True)
+        )
 
     def inserted(self, keys: list[str], first: int, all_keys: list[str]) -> KeyChunks:
         """These chunks with ``keys`` (sorted, none held) added, numbered ``first``, ``first``
@@ -195,9 +208,12 @@ class KeyChunks:
             end = cut if c + 1 == len(firsts) else bisect_left(keys, firsts[c + 1], i, cut)
             held = lists[c][los[c] : his[c]]
             numbers = ats[c]
-            held_at = (
-                array("I", range(los[c], his[c])) if numbers is None else numbers[los[c] : his[c]]
-            )
+            if numbers is None:
+                held_at = array("I", range(los[c], his[c])).tobytes()
+            elif type(numbers) is array:
+                held_at = numbers[los[c] : his[c]].tobytes()
+            else:  # a chunk of its own: from 0
+                held_at = bytes(numbers)
             lists[c], ats[c] = _merged(held, held_at, keys[i:end], first + i)
             los[c], his[c] = 0, len(lists[c])
             if c == 0 and i == 0 and keys[0] < firsts[0]:
@@ -215,8 +231,8 @@ class KeyChunks:
     def split(self, full: list[int]) -> KeyChunks:
         """A copy with each chunk of ``full`` (ascending; each a list of its own) in pieces of
         CHUNK keys."""
-        lists: list[list[str]] = []
-        ats: list[array[int] | None] = []
+        lists: list[Sequence[str]] = []
+        ats: list[Numbers] = []
         los: list[int] = []
         his: list[int] = []
         firsts: list[str] = []
@@ -228,10 +244,10 @@ class KeyChunks:
             his += self._his[done:c]
             firsts += self._firsts[done:c]
             keys, at = self._lists[c], self._ats[c]
-            assert at is not None
+            assert type(at) is bytes
             starts = range(0, len(keys), CHUNK)
             lists += [keys[start : start + CHUNK] for start in starts]
-            ats += [at[start : start + CHUNK] for start in starts]
+            ats += [at[4 * start : 4 * (start + CHUNK)] for start in starts]
             los += repeat(0, len(starts))
             his += [min(CHUNK, len(keys) - start) for start in starts]
             firsts += _copies(keys[::CHUNK])
@@ -259,7 +275,7 @@ class KeyChunks:
                 key = lst[j]
                 if previous is not None and previous >= key:
                     raise AssertionError("the chunks' keys are not sorted")
-                if all_keys[j if at is None else at[j]] != key:
+                if all_keys[_entry(at, j)] != key:
                     raise AssertionError(f"{key!r} has another key's entry number")
                 previous = key
             count += hi - lo
@@ -268,25 +284,34 @@ class KeyChunks:
 
 
 def _merged(
-    held: list[str], held_at: array[int], new: list[str], first: int
-) -> tuple[list[str], array[int]]:
+    held: Sequence[str], held_at: bytes, new: list[str], first: int
+) -> tuple[tuple[str, ...], bytes]:
     """``held`` with ``new`` (sorted, none held) inserted, and their entry numbers: ``new``'s
     are ``first`` on. A bisection per new key: a merge would compare every held key."""
     keys: list[str] = []
-    at = array("I")
+    at = bytearray()
     done = 0
     for number, key in enumerate(new, first):
         place = bisect_left(held, key, done)
         keys += held[done:place]
-        at += held_at[done:place]
+        at += held_at[4 * done : 4 * place]
         keys.append(key)
-        at.append(number)
+        at += number.to_bytes(4, _ORDER)
         done = place
     keys += held[done:]
-    at += held_at[done:]
-    return keys, at
+    at += held_at[4 * done :]
+    return tuple(keys), bytes(at)  # neither tracked by the cyclic collector
 
 
-def _copies(keys: list[str]) -> list[str]:
+def _copies(keys: Sequence[str]) -> list[str]:
     """New strings equal to ``keys``, side by side in memory."""
     return _SEPARATOR.join(keys).split(_SEPARATOR) if keys else []
+
+
+def _entry(at: Numbers, j: int) -> int:
+    """The entry number at ``j`` of a chunk's numbers."""
+    if at is None:
+        return j
+    if type(at) is bytes:
+        return int.from_bytes(at[4 * j : 4 * j + 4], _ORDER)
+    return at[j]

@@ -1,11 +1,11 @@
 """Folding the index's overlay into its columns while the store runs.
 
 A store that takes ten million new keys holds them in the overlay at ~240 bytes each; folded
-into the columns they cost ~130 (docs/PERFORMANCE.md, issue 9: 240 -> 158 B/key after a load of
-keys written in key order, the only ones folded: ``KeyIndex.fold_step`` says why). The fold runs
-in a thread of its own, ``index.FOLD_STEP`` keys per hold of the store lock, so a request waits
-for one step at most (90 ms median, 236 ms at most, at ten million keys), never for a whole fold;
-then it merges the value order the steps added, without the lock.
+into the columns they cost ~130 (docs/PERFORMANCE.md, issue 9). The fold runs in a thread of its
+own, ``index.FOLD_STEP`` keys per hold of the store lock (``KeyIndex.fold_step``: keys after
+every held one appended, the others inserted into the chunk their key falls in), so a request
+waits for one step at most, never for a whole fold; then it merges the value order the steps
+added, without the lock.
 
 Owns that thread; ``KeyIndex`` owns what it changes.
 """
@@ -56,8 +56,8 @@ class OverlayFolder:
             with self._lock:
                 if self._is_closed():
                     return
-                # A short step: the keys that sort after every held one are used up (those
-                # written meanwhile wait for the next fold), or too few (``fold_step``).
+                # A short step: the new keys are used up (those written from now on wait for
+                # the next fold).
                 step = index_module.FOLD_STEP
                 moved = index.fold_step(step)
                 folded += moved
