@@ -363,8 +363,9 @@ def test_index_fold_step_takes_keys_among_and_after_the_held_ones(
 ) -> None:
     """New keys spread among the held ones and new keys after every held one are folded alike,
     the lowest first, a step at a time, splitting the chunks they fill; a fold is wanted only
-    once they are an eighth of the held keys. Every answer stays."""
+    once they are a FOLD_SHARE-th of the held keys (an eighth here). Every answer stays."""
     monkeypatch.setattr(index_module, "FOLD_MIN_KEYS", 1)
+    monkeypatch.setattr(index_module, "FOLD_SHARE", 8)
     monkeypatch.setattr(key_chunks, "CHUNK", 8)
     index, eager = KeyIndex(), KeyIndex()
 

@@ -10,8 +10,8 @@ Values stay on disk; memory holds, per key, the key string and one packed locati
   ``_deleted``; one set again lives in the overlay, which is asked first.
 
 A store that loaded no hint starts with no columns: everything is overlay, as fast to change
-as a dict, at about 240 bytes per key against the columns' ~130. Once the new keys are an
-eighth of the columns', they are folded in by a background thread (``overlay_folder.py``,
+as a dict, at about 240 bytes per key against the columns' ~130. Once the new keys are a
+sixteenth of the columns', they are folded in by a background thread (``overlay_folder.py``,
 ``fold_step``); keys overwritten or deleted stay in the overlay.
 
 Owns these structures; the Store's lock serialises every call.
@@ -38,7 +38,7 @@ Holder = str | dict[str, int]
 
 # The overlay's new keys are folded into the columns once they are this share of them (and at
 # least FOLD_MIN_KEYS), FOLD_STEP keys per hold of the store lock (docs/PERFORMANCE.md).
-FOLD_SHARE = 8
+FOLD_SHARE = 16
 FOLD_MIN_KEYS = 1 << 16
 FOLD_STEP = 1 << 13
 

@@ -5,7 +5,7 @@ columns a step at a time, and each new key goes into the one chunk its key falls
 bisection of a few hundred keys and a copy of that chunk, about a dozen held keys touched. In
 one sorted list the same step merged among every held key between two new ones: at ten million
 keys, each a string somewhere in gigabytes, a cache miss or two apiece (a 32,768-key step into
-2M held keys took 367 ms; the load of 10M random keys 939 s instead of ~400).
+2M held keys took 367 ms; a load of 10M random keys 939 s, against 271 s with no fold at all).
 
 A chunk is a view: the keys ``lst[lo:hi]`` of some list, whose entry numbers are ``at[j]`` (an
 ``array``, or bytes of 4 per key) or, when ``at`` is None, ``j`` itself. Keys loaded from hints

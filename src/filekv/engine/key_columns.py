@@ -123,7 +123,18 @@ class KeyColumns:
         ordered_keys = list(map(all_keys.__getitem__, order))
         last = list(map(ne, ordered_keys, islice(ordered_keys, 1, None)))
         last.append(True)
-        keep = list(map(and_, last, map(live.__getitem__, order)))
+        # Each C-level pass over ten million keys in random order costs ~0.5-0.9 s of the open
+        # (docs/PERFORMANCE.md): skipped when there is nothing to drop (no deletes; no key in
+        # two hints, as after a load of new keys in random order).
+        keep = last if 0 not in live else list(map(and_, last, map(live.__getitem__, order)))
+        if False not in keep:  # every entry is its key's only one, and live
+            return cls(
+                KeyChunks.viewing(ordered_keys, array("I", order)),
+                packed,
+                all_keys,
+                runs,
+                all_live=True,
+            )
         keys = list(compress(ordered_keys, keep))
         at = array("I", compress(order, keep))
         return cls(KeyChunks.viewing(keys, at), packed, all_keys, runs, all_live=False)
