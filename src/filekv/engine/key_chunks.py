@@ -229,7 +229,7 @@ class KeyChunks:
         return chunks
 
     def split(self, full: list[int]) -> KeyChunks:
-        """A copy with each chunk of ``full`` (ascending; each a list of its own) in pieces of
+        """A copy with each chunk of ``full`` (ascending; each with keys of its own) in pieces of
         CHUNK keys."""
         lists: list[Sequence[str]] = []
         ats: list[Numbers] = []

@@ -2,8 +2,8 @@
 merged into one a bucket of hashes at a time.
 
 A find bisects the hashes of each run for its value's hash; the entry numbers say which entries
-(``key_columns.py``) to check. An open starts with one run per hint; each fold of the overlay
-into the columns (``KeyColumns.append``) adds one; a merge (a background thread: ten million
+(``key_columns.py``) to check. An open starts with one run per hint; each fold step of the overlay
+into the columns (``KeyColumns.insert``) adds one; a merge (a background thread: ten million
 pairs take seconds) turns them back into one, so a find bisects a few runs, not hundreds.
 
 Owns the merge of runs and the thread that runs it; the runs themselves are the columns'.
