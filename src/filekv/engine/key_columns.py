@@ -73,8 +73,9 @@ class KeyColumns:
         self._chunks = chunks  # the live keys, sorted, with their entry numbers (replaced whole)
         self._entries = entries  # every entry loaded or folded in, packed, ENTRY bytes each
         self._all_keys = all_keys  # every entry's key (deletes included), by entry number
-        # Whether every entry is its key's own (no later hint replaced it): true but after an
-        # open that merged overlapping hints; folds keep it as it is.
+        # Whether every entry is its key's live one: true unless the open merged hints in which
+        # a later entry replaced or deleted a key (then ``_live`` checks each candidate against
+        # the key order); folds keep it as it is.
         self._all_live = all_live
         # The value order: each hint's own run until ``merge_value_order`` (a background thread
         # after open) has merged them into one; then that one and a run per fold step since.
