@@ -279,11 +279,7 @@ class KeyIndex(ExpiryIndex):
         new: Iterator[str] = added.islice(position)
         columns = self._columns
         if columns is not None:
-            old = (
-                columns.keys_from(prefix, after=False)
-                if after is None
-                else columns.keys_from(after, after=True)
-            )
+            old = columns.keys_from(prefix if after is None else after, after=after is not None)
             if self._deleted:
                 old = filterfalse(self._deleted.__contains__, old)
             new = heapq.merge(old, new) if added else old

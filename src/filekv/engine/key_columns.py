@@ -166,10 +166,6 @@ class KeyColumns:
         """The keys, in order."""
         return iter(self._chunks)
 
-    def last_key(self) -> str | None:
-        """The highest key, or None."""
-        return self._chunks.last_key()
-
     def keys_from(self, key: str, *, after: bool) -> Iterator[str]:
         """The keys from ``key`` on (``after``: strictly greater), in order."""
         return self._chunks.keys_from(key, after=after)
