@@ -333,14 +333,21 @@ def test_transactions_reaper_frees_lock_with_no_requests(short: TestClient, logi
     assert manager.holder is None
 
 
-def test_transactions_every_holder_request_renews_lease(short: TestClient, login: Login) -> None:
-    alice = login(short, "alice")
-    short.post("/transactions", headers=alice)
-    for _ in range(6):
-        time.sleep(LEASE / 3)
-        assert short.get("/keys/anything", headers=alice).status_code == 404
-    assert short.get("/transactions", headers=alice).json()["mine"] is True
-    assert short.post("/transactions/commit", headers=alice).status_code == 200
+def test_transactions_every_holder_request_renews_lease(
+    make_client: Callable[..., TestClient], login: Login
+) -> None:
+    # A lease of its own, longer than LEASE: renewals come every quarter lease, so a stall of
+    # up to three quarters of it (a CI machine once stalled one request for 285 ms, which a
+    # 0.3 s lease did not survive) cannot expire it, while the whole loop outlives two leases.
+    lease = 1.0
+    client = make_client(transaction_timeout=lease)
+    alice = login(client, "alice")
+    client.post("/transactions", headers=alice)
+    for _ in range(9):
+        time.sleep(lease / 4)
+        assert client.get("/keys/anything", headers=alice).status_code == 404
+    assert client.get("/transactions", headers=alice).json()["mine"] is True
+    assert client.post("/transactions/commit", headers=alice).status_code == 200
 
 
 def test_transactions_shutdown_discards_staged_writes(
