@@ -1,5 +1,5 @@
-"""Opening from several hint files folds them into one set of columns (``recovery.HintFold``,
-``key_columns.py``).
+"""Opening from several hint files folds them into one set of columns (``hint_fold.HintFold``,
+``key_columns.py``), or the first ones into columns and the last few on top, entry by entry.
 
 The folded index must answer exactly as the index that setting each hint's entries one by one
 (and removing its deleted keys) builds: same locations, same key order, same candidates per value
@@ -16,12 +16,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filekv.engine import Store, key_chunks, key_columns, value_order
+from filekv.engine import Store, hint_fold, key_chunks, key_columns, value_order
 from filekv.engine import index as index_module
-from filekv.engine.hint import HintColumns, decode_hint, encode_hint, pack, unpack
+from filekv.engine.hint import HintColumns, decode_hint, encode_hint, length_of, pack, unpack
+from filekv.engine.hint_fold import HintFold
 from filekv.engine.index import KeyIndex
-from filekv.engine.recovery import HintFold
 from filekv.engine.segment import list_segment_ids
+from filekv.engine.segments import ENTRY_OVERHEAD, entry_bytes
 
 KEYS = [f"key{i:02d}" for i in range(10)] + ["é", "ü/x"]
 segment_hint = st.tuples(
@@ -62,18 +63,20 @@ change = st.one_of(
 @given(
     hints=st.lists(segment_hint, min_size=1, max_size=5),
     changes=st.lists(change, max_size=12),
+    apply_share=st.sampled_from([hint_fold.APPLY_SHARE, 0]),
 )
 def test_index_fold_of_hints_equals_setting_each_entry(
-    hints: list[Any], changes: list[tuple[Any, ...]]
+    hints: list[Any], changes: list[tuple[Any, ...]], apply_share: int
 ) -> None:
     # Chunks of 2 keys (256 in use): a dozen keys span several, and folds split them. And the
-    # value order merged by buckets, as it is for large stores only.
-    chunk, whole = key_chunks.CHUNK, value_order.SMALL_VALUE_ORDER
-    key_chunks.CHUNK, value_order.SMALL_VALUE_ORDER = 2, 0
+    # value order merged by buckets, as it is for large stores only. An apply_share of 0 applies
+    # every hint from the first overlapping one on entry by entry, however many entries.
+    chunk, whole, share = key_chunks.CHUNK, value_order.SMALL_VALUE_ORDER, hint_fold.APPLY_SHARE
+    key_chunks.CHUNK, value_order.SMALL_VALUE_ORDER, hint_fold.APPLY_SHARE = 2, 0, apply_share
     try:
         _fold_equals_setting_each_entry(hints, changes)
     finally:
-        key_chunks.CHUNK, value_order.SMALL_VALUE_ORDER = chunk, whole
+        key_chunks.CHUNK, value_order.SMALL_VALUE_ORDER, hint_fold.APPLY_SHARE = chunk, whole, share
 
 
 def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, ...]]) -> None:
@@ -88,9 +91,12 @@ def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, .
     for hint in columns:
         fold.add(hint)
     folded = KeyIndex()
-    _load(fold, folded)
+    accounts = _load(fold, folded)
     folded.check()
     assert _view(folded) == _view(eager) and len(folded) == len(eager)
+    assert accounts.live == sum(
+        ENTRY_OVERHEAD + len(key.encode()) + length_of(location) for key, location in eager.items()
+    )
     # Each hint's own value order searched, then the merged one: the same candidates.
     loose = key_columns.KeyColumns.from_hints(columns)
     expected = {hashed: eager.candidates(hashed) for hashed in range(4)}
@@ -127,15 +133,24 @@ def _fold_equals_setting_each_entry(hints: list[Any], changes: list[tuple[Any, .
 
 
 class _Accounts:
-    """The one SegmentSet method a fold calls, counting what it is told."""
+    """The SegmentSet methods a fold calls, counting what they are told as the set does."""
 
     def __init__(self) -> None:
-        self.entries = self.key_bytes = self.value_bytes = 0
+        self.entries = self.key_bytes = self.value_bytes = self.live = 0
 
     def account_bulk(self, entries: int, key_bytes: int, value_bytes: int) -> None:
         self.entries += entries
         self.key_bytes += key_bytes
         self.value_bytes += value_bytes
+        self.live += ENTRY_OVERHEAD * entries + key_bytes + value_bytes
+
+    def account_set(self, key_bytes: int, value_bytes: int, previous: int | None) -> None:
+        self.live += ENTRY_OVERHEAD + key_bytes + value_bytes
+        self.account_remove(key_bytes, previous)
+
+    def account_remove(self, key_bytes: int, previous: int | None) -> None:
+        if previous is not None:
+            self.live -= entry_bytes(key_bytes, previous)
 
 
 def _load(fold: HintFold, index: KeyIndex) -> _Accounts:

@@ -12,6 +12,7 @@ import errno
 import os
 import random
 import zlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from support.disk import SimDisk
 from support.engine_fixtures import OpenStore
 from support.storefiles import contents, copy_store, flip_byte, hints, segments, truncate
 
-from filekv.engine import Store, recovery
+from filekv.engine import Store, key_columns, recovery
 from filekv.engine.fileio import FileIO
 from filekv.engine.hint import (
     HINT_HEADER,
@@ -350,3 +351,180 @@ def test_segment_hints_a_hint_finished_after_compaction_retired_its_segment_is_r
     finally:
         release.set()
         db.close()
+
+
+# The active segment's hint (``ActivePrefix``): rewritten every ``active_hint_bytes`` it grows.
+GROWING: dict[str, Any] = {
+    "segment_bytes": 1 << 20,
+    "active_hint_bytes": 16 << 10,
+    "max_value_bytes": 512,
+    "max_key_bytes": 64,
+    "fsync": "never",
+    "auto_compact": False,
+}
+
+
+def _grow(db: Store, model: dict[str, bytes], steps: int, seed: int) -> None:
+    """Puts and deletes of 500 keys (~300 bytes a record): one active segment, never sealed."""
+    rng = random.Random(seed)
+    for step in range(steps):
+        key = f"k{rng.randrange(500):03d}"
+        if step % 7 == 6 and key in model:
+            db.delete(key)
+            del model[key]
+        else:
+            value = rng.randbytes(rng.randrange(1, 400))
+            db.put(key, value)
+            model[key] = value
+
+
+def _replay_starts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(segment id, offset) where each replay of recovery starts from now on."""
+    starts: list[tuple[int, int]] = []
+    real = recovery._replay
+
+    def counting(segments: Any, index: Any, segment: Any, **kwargs: Any) -> int:
+        starts.append((segment.segment_id, kwargs.get("start", 0)))
+        return real(segments, index, segment, **kwargs)
+
+    monkeypatch.setattr(recovery, "_replay", counting)
+    return starts
+
+
+def test_segment_hints_the_active_segment_is_hinted_as_it_grows_and_a_crash_replays_the_rest(
+    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "db"
+    db = open_store(path, **GROWING)
+    model: dict[str, bytes] = {}
+    _grow(db, model, 3000, seed=5)
+    db._segments.wait_for_hints()
+    [segment] = segments(path)
+    hint = decode_hint(segment.with_suffix(".hint").read_bytes())
+    size = segment.stat().st_size
+    assert size > 8 * GROWING["active_hint_bytes"], "the workload must grow one segment a lot"
+    # The newest hint is at most one interval (and the record that crossed it) behind.
+    assert 0 < size - hint.segment_length <= GROWING["active_hint_bytes"] + 512
+    starts = _replay_starts(monkeypatch)
+    os.unlink(path / "LOCK")  # a SIGKILL here: no close
+    crashed = open_store(copy_store(path, tmp_path / "crashed"), **GROWING)
+    assert contents(crashed) == model
+    assert starts == [(int(segment.stem), hint.segment_length)], "only what follows the hint"
+    crashed.check()
+    # The summary it goes on with holds both parts: a close writes the hint of all of it.
+    _grow(crashed, model, 500, seed=6)
+    crashed.close()
+    whole = decode_hint((tmp_path / "crashed" / segment.with_suffix(".hint").name).read_bytes())
+    assert whole.segment_length == (tmp_path / "crashed" / segment.name).stat().st_size
+    starts.clear()
+    reopened = open_store(tmp_path / "crashed", **GROWING)
+    assert contents(reopened) == model and starts == []
+
+
+def test_segment_hints_an_active_hint_that_ends_inside_a_record_is_not_trusted(
+    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checksummed hint whose length does not end at a record (none is ever written) must not
+    steer the replay into a record's middle, where it would cut the rest off as a torn tail."""
+    path = tmp_path / "db"
+    db = open_store(path, **GROWING)
+    model: dict[str, bytes] = {}
+    _grow(db, model, 1000, seed=7)
+    db._segments.wait_for_hints()
+    os.unlink(path / "LOCK")
+    crashed = copy_store(path, tmp_path / "crashed")
+    [segment] = segments(crashed)
+    hint_path = segment.with_suffix(".hint")
+    hint = decode_hint(hint_path.read_bytes())
+    assert hint.segment_length < segment.stat().st_size
+    hint_path.write_bytes(encode_hint(replace(hint, segment_length=hint.segment_length + 1)))
+    starts = _replay_starts(monkeypatch)
+    assert contents(open_store(crashed, **GROWING)) == model
+    assert starts == [(int(segment.stem), 0)], "replayed whole"
+
+
+def test_segment_hints_a_last_hint_that_overlaps_is_applied_on_top_not_sorted_in(
+    open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys written in key order fill segments whose hints do not overlap; a few keys written
+    again then go to the newest segment, whose hint overlaps them. The open loads the others
+    end to end and applies that one entry by entry (``hint_fold.py``), with the same result."""
+    path = tmp_path / "db"
+    db = open_store(path, **SMALL)
+    model: dict[str, bytes] = {}
+    for i in range(400):
+        model[f"k{i:04d}"] = f"first {i}".encode()
+        db.put(f"k{i:04d}", model[f"k{i:04d}"])
+    db._segments.wait_for_hints()
+    for i in range(0, 400, 40):
+        model[f"k{i:04d}"] = b"again"
+        db.put(f"k{i:04d}", b"again")
+    db.delete("k0001")
+    del model["k0001"]
+    db.close()
+    loaded: list[int] = []
+    real = key_columns.KeyColumns.from_hints
+
+    def spying(hints: Any) -> Any:
+        loaded.append(len(hints))
+        return real(hints)
+
+    monkeypatch.setattr(key_columns.KeyColumns, "from_hints", staticmethod(spying))
+    reopened = open_store(path, **SMALL)
+    assert contents(reopened) == model
+    assert loaded == [len(hints(path)) - 1], "all hints but the newest, end to end"
+    reopened.check()
+    assert reopened.find(b"again") == sorted(k for k, v in model.items() if v == b"again")
+
+
+@pytest.mark.parametrize("fail_at", range(1, 6))
+def test_segment_hints_an_io_error_while_writing_the_active_ones_loses_nothing(
+    tmp_path: Path, fail_at: int
+) -> None:
+    """Fail the N-th disk-changing step of writing the active segment's hint (open, write,
+    fsync, rename, fsync_dir; the segment's own fsync is the group commit's): writes go on, no
+    temporary file stays, and a crash then still reopens to every write."""
+    path = tmp_path / "db"
+    db = Store.open(path, **GROWING)
+    model: dict[str, bytes] = {}
+    _grow(db, model, 10, seed=8)
+    faulty = SimDisk(path, fail_at=fail_at, fail_errno=errno.EIO)
+    db._segments._hints._io = faulty  # only the hint writer sees the faults
+    _grow(db, model, 400, seed=9)
+    db._segments.wait_for_hints()
+    assert faulty.failed, "the fault must hit the hint writer"
+    assert not list(path.glob("*.tmp"))
+    _grow(db, model, 100, seed=10)
+    db.sync()
+    os.unlink(path / "LOCK")
+    crashed = Store.open(copy_store(path, tmp_path / "crashed"), **GROWING)
+    try:
+        assert contents(crashed) == model
+        crashed.check()
+    finally:
+        crashed.close()
+        db.close()
+
+
+def test_segment_hints_an_active_hint_is_written_only_once_what_it_covers_is_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With fsync="never" nothing but the hint writer makes the active segment's bytes durable
+    before it is sealed: it fsyncs them before it writes a hint that says they are there. A
+    power cut keeps only what was made durable, which holds every byte that hint covers."""
+    path = tmp_path / "db"
+    disk = SimDisk(path)
+    db = Store.open(path, io=disk, **GROWING)  # type: ignore[arg-type]
+    try:
+        _grow(db, {}, 600, seed=11)
+        db._segments.wait_for_hints()
+        disk.image(tmp_path / "cut", random.Random(1), only="drop")
+    finally:
+        db.close()
+    [segment] = segments(tmp_path / "cut")
+    hint = decode_hint(segment.with_suffix(".hint").read_bytes())
+    assert segment.stat().st_size >= hint.segment_length > 4 * GROWING["active_hint_bytes"]
+    starts = _replay_starts(monkeypatch)
+    with Store.open(tmp_path / "cut", **GROWING) as cut:
+        assert starts == [(int(segment.stem), hint.segment_length)]
+        cut.check()  # every value the hint points at is there, and checks out

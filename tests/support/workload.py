@@ -33,9 +33,12 @@ SEGMENT_BYTES = 4096  # the smallest the engine accepts: rotation every few writ
 # Transactions of a few values reach this limit: the write past it must stage nothing.
 MAX_TRANSACTION_BYTES = 1500
 # The store options the workload runs with (power-loss and I/O-error runs alike).
+# The active segment's hint is rewritten every kilobyte it grows (16 MiB by default), so that
+# power cuts and I/O errors strike at every step of writing it too.
 OPTIONS = {
     "fsync": "always",
     "segment_bytes": SEGMENT_BYTES,
+    "active_hint_bytes": 1024,
     "auto_compact": False,
     "max_transaction_bytes": MAX_TRANSACTION_BYTES,
 }

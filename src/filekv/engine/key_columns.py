@@ -328,6 +328,34 @@ class KeyColumns:
                 raise AssertionError(f"the value order does not find {key!r}")
 
 
+def disjoint_prefix(hints: Sequence[HintColumns]) -> int:
+    """How many of ``hints``, from the first, have key ranges (deleted keys included) that no
+    other of them overlaps: those load end to end (``from_hints``), and a later hint can be
+    applied on top of them entry by entry instead of merged by a sort of every key."""
+    lows: list[str] = []  # the ranges so far, sorted by their lowest key, and their highest
+    highs: list[str] = []
+    for count, hint in enumerate(hints):
+        found = _key_range(hint)
+        if found is None:
+            continue  # nothing in it
+        low, high = found
+        i = bisect_left(lows, low)
+        if (i and highs[i - 1] >= low) or (i < len(lows) and lows[i] <= high):
+            return count
+        lows.insert(i, low)
+        highs.insert(i, high)
+    return len(hints)
+
+
+def _key_range(hint: HintColumns) -> tuple[str, str] | None:
+    """The lowest and the highest key a hint names (deleted keys included), or None if none."""
+    keys, deleted = hint.keys, hint.deleted
+    low = min(keys[:1] + deleted[:1], default=None)
+    if low is None:
+        return None
+    return low, max(keys[-1:] + deleted[-1:])
+
+
 def _in_key_order(hints: Sequence[HintColumns]) -> tuple[Sequence[HintColumns], bool]:
     """``hints`` reordered by key range when no two ranges overlap (deleted keys included), with
     their deletes dropped: then no key is in two hints, so their order does not matter and a
@@ -339,12 +367,9 @@ def _in_key_order(hints: Sequence[HintColumns]) -> tuple[Sequence[HintColumns], 
     so): its first and last keys are its range."""
     ranges = []
     for number, hint in enumerate(hints):
-        keys, deleted = hint.keys, hint.deleted
-        low = min(keys[:1] + deleted[:1], default=None)
-        if low is None:
-            continue  # nothing in it
-        high = max(keys[-1:] + deleted[-1:])
-        ranges.append((low, high, number))
+        found = _key_range(hint)
+        if found is not None:  # (else nothing in it)
+            ranges.append((*found, number))
     ranges.sort()
     if any(ranges[i][1] >= ranges[i + 1][0] for i in range(len(ranges) - 1)):
         return hints, False

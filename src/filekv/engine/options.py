@@ -32,6 +32,10 @@ class StoreOptions:
     """Largest value, in bytes."""
     segment_bytes: int = 64 << 20
     """Size at which the active segment is sealed and a new one started."""
+    active_hint_bytes: int = 16 << 20
+    """The active segment's hint is written again each time the segment grew this much, so
+    that an open after a crash replays about this much of it at most, not the whole segment;
+    0: only at a clean close."""
     compact_min_bytes: int = 16 << 20
     """No automatic compaction below this many bytes on disk."""
     compact_dead_ratio: float = 0.5
@@ -78,6 +82,8 @@ class StoreOptions:
             raise ValueError(f"max_key_bytes + max_value_bytes must stay under {MAX_BODY} bytes")
         if not 1 <= self.max_transaction_bytes <= MAX_BODY:
             raise ValueError(f"max_transaction_bytes must be between 1 and {MAX_BODY}")
+        if not 0 <= self.active_hint_bytes <= 1 << 40:
+            raise ValueError("active_hint_bytes must be between 0 and 2**40")
         if not 0 <= self.expiry_sweep_seconds <= 3600:
             raise ValueError("expiry_sweep_seconds must be between 0 and 3600")
         if not 0 <= self.watch_history <= 1 << 40:

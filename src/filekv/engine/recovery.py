@@ -30,9 +30,10 @@ from itertools import repeat
 from pathlib import Path
 
 from .errors import CorruptStore, RecoveryInterrupted, StorageError
-from .hint import HintColumns, decode_hint, length_of, pack
+from .fileio import FileIO
+from .hint import HintColumns, decode_hint, pack
+from .hint_fold import HintFold, apply_hint
 from .index import KeyIndex
-from .key_columns import KeyColumns
 from .record import (
     FORMAT_VERSION,
     PUT,
@@ -131,10 +132,11 @@ def recover(
     revision = 0
     unhinted: list[int] = []
     folded = HintFold()
+    covered = 0
     for segment_id in ids:
         if should_stop is not None and should_stop():
             raise RecoveryInterrupted("asked to stop while opening the store")
-        found, hinted = _load_segment(
+        found, hinted, covered = _load_segment(
             segments,
             index,
             folded,
@@ -154,7 +156,7 @@ def recover(
         and newest.header.version == FORMAT_VERSION
         and newest.size < segments.segment_bytes
     ):
-        segments.resume(newest)
+        segments.resume(newest, covered)  # (the newest segment's, from the loop's last turn)
     else:
         segments.start_new_segment(revision)
     # Plain sealed segments that had to be replayed get their hint now, in the background.
@@ -168,49 +170,6 @@ def recover(
     return Recovered(revision, last_compaction)
 
 
-class HintFold:
-    """The hint files of consecutive segments, gathered while the index is still empty, then
-    loaded into it at once as columns (``key_columns.py``: a later segment's entries win, its
-    deleted keys drop out). Folding them into a dict took 6 s of a 15 s reopen at ten million
-    keys; the columns are merged with a few C-level passes instead (issue 9)."""
-
-    def __init__(self) -> None:
-        self._hints: list[HintColumns] = []
-        self._expiries: dict[str, float] = {}
-
-    def add(self, hint: HintColumns) -> None:
-        expiries = self._expiries
-        if expiries:  # a later put or delete of a key ends its earlier expiry
-            for key in hint.deleted:
-                expiries.pop(key, None)
-            for key in hint.keys:
-                expiries.pop(key, None)
-        expiries.update(hint.expiries)
-        self._hints.append(hint)
-
-    def load_into(self, segments: SegmentSet, index: KeyIndex) -> None:
-        """Load what was gathered into the (empty) index, and start over."""
-        hints, expiries = self._hints, self._expiries
-        self._hints = []
-        self._expiries = {}
-        if not hints:
-            return
-        columns = KeyColumns.from_hints(hints)
-        if not any(hint.deleted for hint in hints) and len(columns) == sum(
-            len(hint.keys) for hint in hints
-        ):
-            # Every entry is live (no delete, no key twice): the headers hold both sums.
-            key_bytes = sum(hint.key_bytes for hint in hints)
-            value_bytes = sum(hint.value_bytes for hint in hints)
-        else:
-            key_bytes, value_bytes = columns.key_bytes(), columns.value_bytes()
-        del hints
-        index.load_columns(columns)
-        if expiries:
-            index.load_expiries(expiries)
-        segments.account_bulk(len(columns), key_bytes, value_bytes)
-
-
 def _load_segment(
     segments: SegmentSet,
     index: KeyIndex,
@@ -219,16 +178,17 @@ def _load_segment(
     *,
     is_last: bool,
     should_stop: StopCheck | None,
-) -> tuple[int, bool]:
+) -> tuple[int, bool, int]:
     """Load one segment: (the highest revision it holds, 0 if it was discarded; whether it was
-    loaded from a hint file). Only the newest segment is always replayed."""
+    loaded from a hint file, whole; how many of its bytes that hint covers, 0 if none). Only
+    the newest segment is always replayed, from where its hint ends if it has one."""
     io = segments.io
     path = segments.directory / segment_name(segment_id)
     if is_last and _is_unborn(path):
         # Crash while the segment was being created: its header never reached the disk,
         # and no record can have been written after it.
         _discard_unborn_segment(segments, path)
-        return 0, True
+        return 0, True, 0
     flags = os.O_RDWR | os.O_APPEND if is_last else os.O_RDONLY
     fd = io.open(str(path), flags)
     hint_bytes: int | None = None
@@ -240,31 +200,49 @@ def _load_segment(
             raise CorruptStore(str(path), 0, str(error)) from error
         segment = Segment(segment_id, path, fd, header.size, header, header.merged)
         revision = header.base_revision
-        # The newest plain segment has a good hint only after a clean close (the hint covers
-        # exactly its length); after a crash it is longer than that, or cut: replayed.
+        # A plain segment's hint may sum up only its first bytes: the newest segment's, written
+        # while it was active (``ActivePrefix``) or at a clean close before more was appended;
+        # the rest is replayed after it. It is used only if a record starts where it ends.
         loaded = _read_hint(segments, segment, expected=not is_last or segment.merged)
+        covered = segment.size
+        if loaded is not None and not segment.merged:
+            covered = loaded[0].segment_length
+            if covered < segment.size and not _record_starts(io, segment, covered):
+                log.warning("%s: its hint ends inside a record; replaying it whole", path)
+                loaded, covered = None, segment.size
         if loaded is not None:
             hint, hint_bytes = loaded
             revision = max(revision, hint.max_revision)
-            if is_last and not segment.merged:  # appended to next: its summary, from the hint
+            if not segment.merged and (is_last or covered < segment.size):
+                # appended to next, or replayed from ``covered`` on: its summary, from the hint
                 final: dict[str, int | None] = dict(zip(hint.keys, hint.locations, strict=True))
                 final.update(zip(hint.deleted, repeat(None)))
                 segment.summary = SegmentSummary(final, hint.max_revision, dict(hint.expiries))
             if not index.is_pristine():  # a replayed segment came first: entry by entry
-                _apply_hint(segments, index, hint)
+                apply_hint(segments, index, hint)
             else:
                 folded.add(hint)
-        else:
-            folded.load_into(segments, index)  # what came before this segment, first
-            revision = max(
-                revision,
-                _replay(segments, index, segment, is_last=is_last, should_stop=should_stop),
+            if covered < segment.size and not is_last:
+                hint_bytes = None  # a sealed segment: to get its whole hint, from memory
+        if loaded is None or covered < segment.size:
+            folded.load_into(segments, index)  # what came before this part, first
+            start = covered if loaded is not None else 0
+            found = _replay(
+                segments, index, segment, is_last=is_last, should_stop=should_stop, start=start
             )
+            revision = max(revision, found)
     except BaseException:
         io.close(fd)
         raise
     segments.add(segment, hint_bytes=hint_bytes)
-    return revision, hint_bytes is not None
+    return revision, hint_bytes is not None, covered if loaded is not None else 0
+
+
+def _record_starts(io: FileIO, segment: Segment, offset: int) -> bool:
+    """Whether a record of ``segment`` may start at ``offset``: the segment's marker is there
+    (any damage after it is found by the replay, as a torn tail or not)."""
+    marker = segment.header.marker
+    return segment.header.version >= 2 and io.pread(segment.fd, len(marker), offset) == marker
 
 
 def _is_unborn(path: Path) -> bool:
@@ -299,8 +277,8 @@ def _read_hint(
     segments: SegmentSet, segment: Segment, *, expected: bool = True
 ) -> tuple[HintColumns, int] | None:
     """A segment's hint file and its size, or None if there is none, it is damaged, or it sums
-    up another length of the segment (a plain one only). A hint that is not ``expected`` (the
-    newest segment's, stale after any append since a clean close) is passed over quietly."""
+    up more than the segment holds (a plain one: its hint may cover a first part only). A hint
+    that is not ``expected`` (the newest segment's) is passed over quietly."""
     hint_path = segments.directory / hint_name(segment.segment_id)
     if not hint_path.exists():
         return None
@@ -309,8 +287,8 @@ def _read_hint(
         hint = decode_hint(data)
         if hint.segment_id != segment.segment_id:
             raise FormatError("hint file names another segment")
-        if not segment.merged and (
-            hint.segment_length == 0 or hint.segment_length != os.path.getsize(segment.path)
+        if not segment.merged and not (
+            segment.header.size <= hint.segment_length <= os.path.getsize(segment.path)
         ):
             raise FormatError("hint file sums up another length of the segment")
     except (FormatError, OSError) as error:
@@ -325,19 +303,6 @@ def _read_hint(
     return hint, len(data)
 
 
-def _apply_hint(segments: SegmentSet, index: KeyIndex, hint: HintColumns) -> None:
-    """Apply a hint to an index that already holds entries (after a replayed segment)."""
-    account_set = segments.account_set
-    set_location = index.set
-    expiries = hint.expiries
-    for key, location in zip(hint.keys, hint.locations, strict=True):
-        account_set(len(key.encode()), length_of(location), set_location(key, location))
-        if expiries or index.expiries:
-            index.set_expiry(key, expiries.get(key))
-    for key in hint.deleted:
-        segments.account_remove(len(key.encode()), index.remove(key))
-
-
 def _replay(
     segments: SegmentSet,
     index: KeyIndex,
@@ -345,23 +310,31 @@ def _replay(
     *,
     is_last: bool,
     should_stop: StopCheck | None,
+    start: int = 0,
 ) -> int:
-    """Replay a segment record by record; return the highest revision in it.
+    """Replay a segment record by record (from ``start`` on, if not 0: a hint loaded the rest,
+    and ``segment.summary`` holds its summary); return the highest revision in it.
 
     The newest segment also gets its ``SegmentSummary`` back (it is appended to next, or sealed
     at once), so its hint can be written without reading it again.
     """
     scanned = scan_segment(
-        segments.io, segment.path, may_have_torn_tail=is_last, should_stop=should_stop
+        segments.io,
+        segment.path,
+        may_have_torn_tail=is_last,
+        should_stop=should_stop,
+        start=start,
     )
     data = scanned.data
     segment_id = segment.segment_id
     version = scanned.header.version
     account_set = segments.account_set
     account_remove = segments.account_remove
-    final: dict[str, int | None] = {}  # each key's last operation here, for the summary
-    expiries: dict[str, float] = {}  # and of those puts, the ones that expire
-    highest = 0
+    seed = segment.summary if start else None
+    # Each key's last operation here, for the summary; and of those puts, the ones that expire.
+    final: dict[str, int | None] = seed.final if seed is not None else {}
+    expiries: dict[str, float] = seed.expiries if seed is not None else {}
+    highest = seed.max_revision if seed is not None else 0
     for offset, revision in scanned.records:
         for op in iter_operations(data, offset, version):
             key = op.key.decode("utf-8")
@@ -385,7 +358,7 @@ def _replay(
                 expiries.pop(key, None)
         highest = max(highest, revision)
     segment.size = scanned.good_end
-    if is_last and not segment.merged:
+    if (is_last or seed is not None) and not segment.merged:
         highest = max(highest, scanned.header.base_revision)
         segment.summary = SegmentSummary(final, highest, expiries)
     if scanned.good_end < len(data):

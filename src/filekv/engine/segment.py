@@ -132,9 +132,15 @@ class ScannedSegment:
 
 
 def scan_segment(
-    io: FileIO, path: Path, *, may_have_torn_tail: bool, should_stop: StopCheck | None = None
+    io: FileIO,
+    path: Path,
+    *,
+    may_have_torn_tail: bool,
+    should_stop: StopCheck | None = None,
+    start: int = 0,
 ) -> ScannedSegment:
-    """Read and check every record of a segment, in time linear in its size.
+    """Read and check every record of a segment (from ``start``, a record's offset, if not 0:
+    a hint sums up what comes before), in time linear in its size.
 
     A damaged record followed by nothing that parses is a torn tail (allowed only in the newest
     segment); a damaged record followed by a good one is corruption, whichever segment it is in,
@@ -147,7 +153,7 @@ def scan_segment(
     except FormatError as error:
         raise CorruptStore(str(path), 0, str(error)) from error
     records: list[tuple[int, int]] = []
-    offset = header.size
+    offset = max(start, header.size)
     size = len(data)
     marker = header.marker
     marker_crc = zlib.crc32(marker)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -34,11 +35,13 @@ from .hint import (
     segment_of,
 )
 from .record import PUT_VALUE_OFFSET, value_hash
-from .segment import Segment, create_segment, segment_name
-from .segment_hints import HintWriter, write_segment_hint
+from .segment import Segment, SegmentSummary, create_segment, segment_name
+from .segment_hints import ActivePrefix, HintWriter, write_segment_hint
 from .snapshot import SegmentPins
 
 log = logging.getLogger(__name__)
+
+_NEVER: Final = 1 << 62  # a length no segment reaches
 
 LOCK_NAME: Final = "LOCK"
 # Bytes a live single-put record costs on disk beyond its key and value: the live-bytes estimate.
@@ -63,6 +66,8 @@ class SegmentSet:
         segment_bytes: int,
         on_sealed: Callable[[int], None],
         hint_sealed: bool = True,
+        active_hint_bytes: int = 0,
+        make_durable: Callable[[int], None] | None = None,
     ) -> None:
         self._directory = directory
         self._io = io
@@ -86,6 +91,11 @@ class SegmentSet:
         self._lock_fd = -1
         # Hint files of plain sealed segments, written in the background (segment_hints.py).
         self._hints = HintWriter(io, directory) if hint_sealed else None
+        # The active segment's hint every ``active_hint_bytes`` (0: none), once
+        # ``make_durable(seq)`` (the group commit's) made the writes up to ``seq`` durable.
+        self._active_hint_bytes = active_hint_bytes if make_durable is not None else 0
+        self._make_durable = make_durable
+        self._active_hint_at = _NEVER  # the active segment's length that calls for a new hint
         # Segments that open snapshots read: a removed one's descriptor stays open for them.
         self.pins = SegmentPins(io)
 
@@ -135,12 +145,39 @@ class SegmentSet:
             or active.size == active.header.size
         ):
             return
+        self._hints.wait_idle()  # a prefix hint still queued must not land after this one
         try:
             self._hint_bytes[active.segment_id] = write_segment_hint(
                 self._io, self._directory, active
             )
         except OSError as error:
             log.warning("no hint for %s at close (%s); it will be replayed", active.path, error)
+
+    def maybe_hint_active(self) -> None:
+        """After each write, under the store lock: once the active segment grew by
+        ``active_hint_bytes`` since its last hint, have the background writer sum up what it
+        holds now (``ActivePrefix``; a copy of its summary, ~10 ms at 48 MiB of small records),
+        so that an open after a crash replays only what follows."""
+        active = self._active
+        if active is None or active.size < self._active_hint_at:
+            return  # (all but one write in tens of thousands)
+        summary, hints, make_durable = active.summary, self._hints, self._make_durable
+        if hints is None or summary is None or make_durable is None or self._failure is not None:
+            self._active_hint_at = _NEVER
+            return
+        copy = SegmentSummary(dict(summary.final), summary.max_revision, dict(summary.expiries))
+        self._hinted(active.size)
+        durable = functools.partial(make_durable, self._write_seq)
+        hints.schedule_prefix(ActivePrefix(active, copy, active.size, durable))
+
+    def _hinted(self, length: int) -> None:
+        """The active segment's hint covers its first ``length`` bytes (0: it has none)."""
+        active = self._active
+        every = self._active_hint_bytes
+        if active is None or not every:
+            self._active_hint_at = _NEVER
+        else:
+            self._active_hint_at = max(length, active.header.size) + every
 
     def release(self) -> None:
         """Stop the hint writer, close every segment file and release the directory lock."""
@@ -233,9 +270,11 @@ class SegmentSet:
         self._next_id += count
         return segment_id
 
-    def resume(self, segment: Segment) -> None:
-        """After recovery: keep appending to ``segment`` (already added)."""
+    def resume(self, segment: Segment, hinted: int) -> None:
+        """After recovery: keep appending to ``segment`` (already added), whose hint file covers
+        its first ``hinted`` bytes (0: it has none)."""
         self._active = segment
+        self._hinted(hinted)
         self._sync_point = (self._write_seq, segment.fd)
 
     def start_new_segment(self, base_revision: int) -> None:
@@ -255,6 +294,7 @@ class SegmentSet:
         self._next_id += 1
         self._segments[segment.segment_id] = segment
         self._active = segment
+        self._hinted(0)
         self._sync_point = (self._write_seq, segment.fd)
         if sealed is not None:
             self.schedule_hint(sealed)

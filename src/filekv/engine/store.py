@@ -103,6 +103,8 @@ class Store(StoreReads, StoreMaintenance):
             path,
             io,
             segment_bytes=options.segment_bytes,
+            active_hint_bytes=options.active_hint_bytes,
+            make_durable=lambda seq: self._group.wait(seq),
             on_sealed=lambda seq: self._group.mark_synced(seq),
         )
         self._group = GroupCommit(self._segments.sync_point, io.fsync)

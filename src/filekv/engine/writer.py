@@ -275,7 +275,9 @@ class Writer:
         return seq, written
 
     def _after_write(self) -> None:
-        # Under the lock, so the compaction thresholds are read consistently.
+        # Under the lock, so the compaction thresholds are read consistently; and once the
+        # segment's summary holds the write, which a hint of the active segment copies.
+        self._segments.maybe_hint_active()
         self._writes_since_check += 1
         if self._writes_since_check >= COMPACTION_CHECK_EVERY:
             self._writes_since_check = 0
