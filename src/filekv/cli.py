@@ -339,6 +339,7 @@ def serve(
     compact_dead_ratio: Annotated[
         float | None, typer.Option(help=_help("compact_dead_ratio"))
     ] = None,
+    active_hint_bytes: Annotated[int | None, typer.Option(help=_help("active_hint_bytes"))] = None,
     header_timeout: Annotated[float | None, typer.Option(help=_help("header_timeout"))] = None,
     body_timeout: Annotated[float | None, typer.Option(help=_help("body_timeout"))] = None,
     body_total_timeout: Annotated[
@@ -391,6 +392,7 @@ def serve(
         max_transaction_ops=max_transaction_ops,
         compact_min_bytes=compact_min_bytes,
         compact_dead_ratio=compact_dead_ratio,
+        active_hint_bytes=active_hint_bytes,
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         body_total_timeout=body_total_timeout,

@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         le=1,
         description="Compact when this share of the bytes on disk is dead.",
     )
+    active_hint_bytes: int = Field(
+        _STORE.active_hint_bytes,
+        ge=0,
+        le=1 << 40,
+        description="The newest segment's hint file is written again each time it grew this "
+        "much, so that a restart after a crash replays about this much of it; 0: only at a "
+        "clean shutdown (a crash then replays the whole segment, 64 MiB).",
+    )
     header_timeout: float = Field(
         10.0,
         gt=0,
@@ -177,6 +185,7 @@ class Settings(BaseSettings):
             "max_transaction_ops": self.max_transaction_ops,
             "compact_min_bytes": self.compact_min_bytes,
             "compact_dead_ratio": self.compact_dead_ratio,
+            "active_hint_bytes": self.active_hint_bytes,
             "watch_history": self.watch_history,
         }
         return StoreOptions(**(fields | changes))
