@@ -61,6 +61,7 @@ def _value(i: int) -> bytes:
 
 
 started_open = 0.0
+active_hint_bytes: int | None = None  # --active-hint-bytes: the store's option, if given
 
 
 def _time_fold_steps() -> list[float]:
@@ -83,7 +84,10 @@ def _time_fold_steps() -> list[float]:
 def _open(path: Path) -> tuple[Store, float]:
     global started_open
     started = started_open = time.perf_counter()
-    db = Store.open(path, fsync="never", auto_compact=False)
+    options: dict[str, Any] = {"fsync": "never", "auto_compact": False}
+    if active_hint_bytes is not None:
+        options["active_hint_bytes"] = active_hint_bytes
+    db = Store.open(path, **options)
     return db, time.perf_counter() - started
 
 
@@ -183,6 +187,7 @@ def _run(name: str, path: Path, keys: int, order: str = "sequential") -> dict[st
         [
             *(sys.executable, __file__, "--step", name, "--dir", str(path)),
             *("--keys", str(keys), "--order", order),
+            *(() if active_hint_bytes is None else ("--active-hint-bytes", str(active_hint_bytes))),
         ],
         check=True,
         capture_output=True,
@@ -198,10 +203,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000,000 keys")
     parser.add_argument("--order", choices=["sequential", "random"], default="sequential")
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument(
+        "--active-hint-bytes",
+        type=int,
+        default=None,
+        help="the store's active_hint_bytes (default: the store's own default, 16 MiB)",
+    )
     parser.add_argument("--step", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     keys = 1_000_000 if args.quick else args.keys
+    global active_hint_bytes
+    active_hint_bytes = args.active_hint_bytes
     if args.step:
         print(json.dumps(step(args.step, Path(args.dir), keys, args.order)))
         return

@@ -38,35 +38,53 @@ SMALL: dict[str, Any] = {"segment_bytes": 4096, "max_value_bytes": 512, "max_key
 def _build(open_store: OpenStore, path: Path) -> dict[str, bytes]:
     """A closed store of several sealed plain segments, each with its hint; return its contents."""
     db = open_store(path, **SMALL)
-    rng = random.Random(9)
     model: dict[str, bytes] = {}
-    for step in range(400):
-        key = f"k{rng.randrange(60):03d}"
-        if step % 5 == 4:
-            if key in model:
-                db.delete(key)
-                del model[key]
-        else:
-            value = rng.randbytes(rng.randrange(1, 200))
-            db.put(key, value)
-            model[key] = value
+    _churn(db, model, 400, seed=9, keys=60, delete_every=5, longest=200)
     db._segments.wait_for_hints()
     assert contents(db) == model
     db.close()
     return model
 
 
-def _replayed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Segment ids that recovery replays from now on (instead of loading a hint)."""
-    replayed: list[int] = []
+def _churn(
+    db: Store,
+    model: dict[str, bytes],
+    steps: int,
+    *,
+    seed: int,
+    keys: int = 500,
+    delete_every: int = 7,
+    longest: int = 400,
+) -> None:
+    """Puts of random values to ``keys`` keys, every ``delete_every``-th step a delete of one
+    that is there instead; ``model`` follows."""
+    rng = random.Random(seed)
+    for step in range(steps):
+        key = f"k{rng.randrange(keys):03d}"
+        if step % delete_every == delete_every - 1 and key in model:
+            db.delete(key)
+            del model[key]
+        else:
+            value = rng.randbytes(rng.randrange(1, longest))
+            db.put(key, value)
+            model[key] = value
+
+
+def _replays(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """(segment id, offset) where each replay of recovery starts from now on."""
+    starts: list[tuple[int, int]] = []
     real = recovery._replay
 
     def counting(segments: Any, index: Any, segment: Any, **kwargs: Any) -> int:
-        replayed.append(segment.segment_id)
+        starts.append((segment.segment_id, kwargs.get("start", 0)))
         return real(segments, index, segment, **kwargs)
 
     monkeypatch.setattr(recovery, "_replay", counting)
-    return replayed
+    return starts
+
+
+def _ids(replays: list[tuple[int, int]]) -> list[int]:
+    return [segment_id for segment_id, _ in replays]
 
 
 def _sealed_ids(path: Path) -> list[int]:
@@ -86,17 +104,17 @@ def test_segment_hints_every_segment_gets_one_and_reopen_replays_only_a_crashed_
     assert [int(p.name.split(".")[0]) for p in hints(path)] == [*sealed, newest]
     deleted = sum(len(decode_hint(p.read_bytes()).deleted) for p in hints(path))
     assert deleted > 0, "the workload must leave deletes in sealed segments"
-    replayed = _replayed(monkeypatch)
+    replayed = _replays(monkeypatch)
     db = open_store(path, **SMALL)
     assert contents(db) == model
-    assert replayed == []
+    assert _ids(replayed) == []
     db.put("after-reopen", b"appended to the newest segment: its hint is stale now")
     model["after-reopen"] = b"appended to the newest segment: its hint is stale now"
     db.sync()
     os.unlink(path / "LOCK")  # a SIGKILL here: no close, so the newest hint is the old one
     db2 = open_store(copy_store(path, tmp_path / "crashed"), **SMALL)
     assert contents(db2) == model
-    assert replayed == [newest]
+    assert _ids(replayed) == [newest]
 
 
 def test_segment_hints_summary_matches_replay_of_the_same_segment(
@@ -165,10 +183,10 @@ def test_segment_hints_a_crash_at_any_step_loses_nothing_and_a_bad_hint_is_not_t
         path = copy_store(source, tmp_path / f"copy{trial}")
         victim, other = sealed[1], sealed[2]
         _damage(case, path, victim, other, cut)
-        replayed = _replayed(monkeypatch)
+        replayed = _replays(monkeypatch)
         db = open_store(path, **SMALL)
         assert contents(db) == model, (case, cut)
-        assert victim in replayed, f"{case} at {cut}: the damaged hint was trusted"
+        assert victim in _ids(replayed), f"{case} at {cut}: the damaged hint was trusted"
         db._segments.wait_for_hints()  # the replayed segment gets its hint again
         assert not list(path.glob("*.tmp"))
         db.close()
@@ -184,10 +202,10 @@ def test_segment_hints_a_store_without_them_opens_by_replay_and_gains_them(
     model = _build(open_store, path)
     for hint in hints(path):
         hint.unlink()
-    replayed = _replayed(monkeypatch)
+    replayed = _replays(monkeypatch)
     db = open_store(path, **SMALL)
     assert contents(db) == model
-    assert replayed == [int(p.name.split(".")[0]) for p in segments(path)]
+    assert _ids(replayed) == [int(p.name.split(".")[0]) for p in segments(path)]
     db._segments.wait_for_hints()
     db.close()  # the newest segment gets its hint at close
     assert [int(p.name.split(".")[0]) for p in hints(path)] == [
@@ -230,10 +248,10 @@ def test_segment_hints_a_version_2_compaction_hint_still_loads(
     for hint in merged:
         hint.write_bytes(_as_version(hint.read_bytes(), 2))
     assert sorted(key for h in merged for key in decode_hint(h.read_bytes()).keys) == sorted(model)
-    replayed = _replayed(monkeypatch)
+    replayed = _replays(monkeypatch)
     db = open_store(path, **SMALL)
     assert contents(db) == model
-    assert not {int(hint.name.split(".")[0]) for hint in merged} & set(replayed)
+    assert not {int(hint.name.split(".")[0]) for hint in merged} & set(_ids(replayed))
 
 
 def test_segment_hints_version_4_hints_still_load_and_find(
@@ -251,10 +269,10 @@ def test_segment_hints_version_4_hints_still_load_and_find(
     for hint in hints(path):
         hint.write_bytes(_as_version(hint.read_bytes(), 4))
         assert HINT_HEADER.unpack_from(hint.read_bytes(), 0)[1] == 4
-    replayed = _replayed(monkeypatch)
+    replayed = _replays(monkeypatch)
     db = open_store(path, **SMALL)
     try:
-        assert replayed == [], "every version 4 hint is loaded, none replayed"
+        assert _ids(replayed) == [], "every version 4 hint is loaded, none replayed"
         assert contents(db) == model
         for value in [*list(model.values())[:20], b"shared"]:
             assert db.find(value) == sorted(k for k, v in model.items() if v == value)
@@ -364,40 +382,13 @@ GROWING: dict[str, Any] = {
 }
 
 
-def _grow(db: Store, model: dict[str, bytes], steps: int, seed: int) -> None:
-    """Puts and deletes of 500 keys (~300 bytes a record): one active segment, never sealed."""
-    rng = random.Random(seed)
-    for step in range(steps):
-        key = f"k{rng.randrange(500):03d}"
-        if step % 7 == 6 and key in model:
-            db.delete(key)
-            del model[key]
-        else:
-            value = rng.randbytes(rng.randrange(1, 400))
-            db.put(key, value)
-            model[key] = value
-
-
-def _replay_starts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """(segment id, offset) where each replay of recovery starts from now on."""
-    starts: list[tuple[int, int]] = []
-    real = recovery._replay
-
-    def counting(segments: Any, index: Any, segment: Any, **kwargs: Any) -> int:
-        starts.append((segment.segment_id, kwargs.get("start", 0)))
-        return real(segments, index, segment, **kwargs)
-
-    monkeypatch.setattr(recovery, "_replay", counting)
-    return starts
-
-
 def test_segment_hints_the_active_segment_is_hinted_as_it_grows_and_a_crash_replays_the_rest(
     open_store: OpenStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "db"
     db = open_store(path, **GROWING)
     model: dict[str, bytes] = {}
-    _grow(db, model, 3000, seed=5)
+    _churn(db, model, 3000, seed=5)
     db._segments.wait_for_hints()
     [segment] = segments(path)
     hint = decode_hint(segment.with_suffix(".hint").read_bytes())
@@ -405,14 +396,14 @@ def test_segment_hints_the_active_segment_is_hinted_as_it_grows_and_a_crash_repl
     assert size > 8 * GROWING["active_hint_bytes"], "the workload must grow one segment a lot"
     # The newest hint is at most one interval (and the record that crossed it) behind.
     assert 0 < size - hint.segment_length <= GROWING["active_hint_bytes"] + 512
-    starts = _replay_starts(monkeypatch)
+    starts = _replays(monkeypatch)
     os.unlink(path / "LOCK")  # a SIGKILL here: no close
     crashed = open_store(copy_store(path, tmp_path / "crashed"), **GROWING)
     assert contents(crashed) == model
     assert starts == [(int(segment.stem), hint.segment_length)], "only what follows the hint"
     crashed.check()
     # The summary it goes on with holds both parts: a close writes the hint of all of it.
-    _grow(crashed, model, 500, seed=6)
+    _churn(crashed, model, 500, seed=6)
     crashed.close()
     whole = decode_hint((tmp_path / "crashed" / segment.with_suffix(".hint").name).read_bytes())
     assert whole.segment_length == (tmp_path / "crashed" / segment.name).stat().st_size
@@ -429,7 +420,7 @@ def test_segment_hints_an_active_hint_that_ends_inside_a_record_is_not_trusted(
     path = tmp_path / "db"
     db = open_store(path, **GROWING)
     model: dict[str, bytes] = {}
-    _grow(db, model, 1000, seed=7)
+    _churn(db, model, 1000, seed=7)
     db._segments.wait_for_hints()
     os.unlink(path / "LOCK")
     crashed = copy_store(path, tmp_path / "crashed")
@@ -438,7 +429,7 @@ def test_segment_hints_an_active_hint_that_ends_inside_a_record_is_not_trusted(
     hint = decode_hint(hint_path.read_bytes())
     assert hint.segment_length < segment.stat().st_size
     hint_path.write_bytes(encode_hint(replace(hint, segment_length=hint.segment_length + 1)))
-    starts = _replay_starts(monkeypatch)
+    starts = _replays(monkeypatch)
     assert contents(open_store(crashed, **GROWING)) == model
     assert starts == [(int(segment.stem), 0)], "replayed whole"
 
@@ -487,14 +478,14 @@ def test_segment_hints_an_io_error_while_writing_the_active_ones_loses_nothing(
     path = tmp_path / "db"
     db = Store.open(path, **GROWING)
     model: dict[str, bytes] = {}
-    _grow(db, model, 10, seed=8)
+    _churn(db, model, 10, seed=8)
     faulty = SimDisk(path, fail_at=fail_at, fail_errno=errno.EIO)
     db._segments._hints._io = faulty  # only the hint writer sees the faults
-    _grow(db, model, 400, seed=9)
+    _churn(db, model, 400, seed=9)
     db._segments.wait_for_hints()
     assert faulty.failed, "the fault must hit the hint writer"
     assert not list(path.glob("*.tmp"))
-    _grow(db, model, 100, seed=10)
+    _churn(db, model, 100, seed=10)
     db.sync()
     os.unlink(path / "LOCK")
     crashed = Store.open(copy_store(path, tmp_path / "crashed"), **GROWING)
@@ -516,7 +507,7 @@ def test_segment_hints_an_active_hint_is_written_only_once_what_it_covers_is_on_
     disk = SimDisk(path)
     db = Store.open(path, io=disk, **GROWING)  # type: ignore[arg-type]
     try:
-        _grow(db, {}, 600, seed=11)
+        _churn(db, {}, 600, seed=11)
         db._segments.wait_for_hints()
         disk.image(tmp_path / "cut", random.Random(1), only="drop")
     finally:
@@ -524,7 +515,7 @@ def test_segment_hints_an_active_hint_is_written_only_once_what_it_covers_is_on_
     [segment] = segments(tmp_path / "cut")
     hint = decode_hint(segment.with_suffix(".hint").read_bytes())
     assert segment.stat().st_size >= hint.segment_length > 4 * GROWING["active_hint_bytes"]
-    starts = _replay_starts(monkeypatch)
+    starts = _replays(monkeypatch)
     with Store.open(tmp_path / "cut", **GROWING) as cut:
         assert starts == [(int(segment.stem), hint.segment_length)]
         cut.check()  # every value the hint points at is there, and checks out

@@ -32,7 +32,7 @@ class StoreOptions:
     """Largest value, in bytes."""
     segment_bytes: int = 64 << 20
     """Size at which the active segment is sealed and a new one started."""
-    active_hint_bytes: int = 16 << 20
+    active_hint_bytes: int = 32 << 20
     """The active segment's hint is written again each time the segment grew this much, so
     that an open after a crash replays about this much of it at most, not the whole segment;
     0: only at a clean close."""
