@@ -20,8 +20,8 @@ The active segment gets a hint too, of what it holds so far (``ActivePrefix``): 
 ``active_hint_bytes`` it grows (32 MiB by default), from a copy of its summary taken under the
 store lock, once the group commit made the segment durable up to there; the segment's final
 hint replaces it once it is sealed. An open after a crash loads such a hint and replays only
-what follows the length it covers (``recovery.py``): a crash then costs the replay of at most 32 MiB,
-not of a whole 64 MiB segment (docs/PERFORMANCE.md).
+what follows the length it covers (``recovery.py``): a crash then costs the replay of at most
+32 MiB, not of a whole 64 MiB segment (docs/PERFORMANCE.md).
 
 ``HintWriter`` owns one background thread and its queue of sealed segments and active
 prefixes, written in the order queued (a prefix before the same segment's final hint);
