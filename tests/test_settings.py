@@ -33,7 +33,11 @@ def test_settings_store_options_carries_every_shared_field(name: str) -> None:
         max_transaction_ops=77,
         compact_min_bytes=4242,
         compact_dead_ratio=0.25,
+        active_hint_bytes=12_288,
+        watch_history=123,
     )
+    # Every shared field off its default, so that one store_options() forgot fails here.
+    assert getattr(settings, name) != getattr(StoreOptions(), name), name
     assert getattr(settings.store_options(), name) == getattr(settings, name)
 
 
