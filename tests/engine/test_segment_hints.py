@@ -487,6 +487,7 @@ def test_segment_hints_an_io_error_while_writing_the_active_ones_loses_nothing(
     assert not list(path.glob("*.tmp"))
     _churn(db, model, 100, seed=10)
     db.sync()
+    db._segments.wait_for_hints()  # (a hint written while the files are copied: a copy error)
     os.unlink(path / "LOCK")
     crashed = Store.open(copy_store(path, tmp_path / "crashed"), **GROWING)
     try:
