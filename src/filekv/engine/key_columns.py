@@ -365,15 +365,14 @@ def _in_key_order(hints: Sequence[HintColumns]) -> tuple[Sequence[HintColumns], 
 
     Each hint's keys are sorted as written (``encode_hint`` sorts them; its checksum keeps them
     so): its first and last keys are its range."""
+    if disjoint_prefix(hints) < len(hints):
+        return hints, False
     ranges = []
     for number, hint in enumerate(hints):
         found = _key_range(hint)
         if found is not None:  # (else nothing in it)
-            ranges.append((*found, number))
-    ranges.sort()
-    if any(ranges[i][1] >= ranges[i + 1][0] for i in range(len(ranges) - 1)):
-        return hints, False
-    ordered = [hints[number] for _, _, number in ranges]
+            ranges.append((found, number))
+    ordered = [hints[number] for _, number in sorted(ranges)]
     return [replace(hint, deleted=[]) if hint.deleted else hint for hint in ordered], True
 
 
