@@ -207,7 +207,7 @@ def main() -> None:
         "--active-hint-bytes",
         type=int,
         default=None,
-        help="the store's active_hint_bytes (default: the store's own default, 16 MiB)",
+        help="the store's active_hint_bytes (default: the store's own default, 32 MiB)",
     )
     parser.add_argument("--step", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
