@@ -1,5 +1,6 @@
 # filekv: the HTTP server, data in the /data volume.
-#   docker build -t filekv . && docker run -p 8000:8000 -v filekv-data:/data filekv
+#   docker build -t filekv . && docker run -p 127.0.0.1:8000:8000 -v filekv-data:/data filekv
+# (the loopback only, as compose.yaml and the README: the API has no TLS)
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -14,7 +15,8 @@ COPY src ./src
 RUN pip install . \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin filekv \
     && mkdir -p /data \
-    && chown filekv:filekv /data
+    && chown filekv:filekv /data \
+    && chmod 0700 /data
 
 # The settings the server reads (FILEKV_*): listen on every interface, keep data in the volume.
 ENV FILEKV_DATA_DIR=/data \

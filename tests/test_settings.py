@@ -72,3 +72,52 @@ def test_settings_transaction_max_seconds_may_be_below_the_timeout(
         timeout,
         max_seconds,
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("token_ttl", "inf"),  # passed gt=0, then every login was a 500 (int(inf))
+        ("transaction_timeout", "1e309"),  # a 423's Retry-After was a 500 (ceil(inf))
+        ("transaction_max_seconds", "nan"),
+        ("body_timeout", "inf"),
+        ("compact_dead_ratio", "nan"),
+    ],
+)
+def test_settings_refuse_infinite_and_nan_numbers(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(f"FILEKV_{name.upper()}", value)
+    with pytest.raises(ValidationError, match=name):
+        Settings()
+
+
+@pytest.mark.parametrize("value", ["", " ", "127.0.0.1 "])
+def test_settings_refuse_an_empty_host(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # uvicorn listens on every interface for "": an unset ${VAR} would expose the store.
+    monkeypatch.setenv("FILEKV_HOST", value)
+    with pytest.raises(ValidationError, match="host"):
+        Settings()
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_settings_refuse_an_empty_data_dir(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    # Path("") is the current directory: the store's files would land wherever serve started.
+    monkeypatch.setenv("FILEKV_DATA_DIR", value)
+    with pytest.raises(ValidationError, match="data_dir"):
+        Settings()
+    monkeypatch.setenv("FILEKV_DATA_DIR", ".")
+    assert str(Settings().data_dir) == "."
+
+
+def test_settings_max_key_bytes_fits_the_longest_request_target() -> None:
+    # httptools refuses a URL over 65,535 bytes; a key of which every byte is %-encoded must
+    # still fit, with room for the path's prefix and a query.
+    from filekv.service.protocol import MAX_TARGET_BYTES
+
+    longest = Settings.model_fields["max_key_bytes"].metadata
+    cap = next(rule.le for rule in longest if getattr(rule, "le", None) is not None)
+    assert Settings(max_key_bytes=cap).max_key_bytes == cap
+    assert 3 * cap + len("/keys/") + 1024 <= MAX_TARGET_BYTES
+    with pytest.raises(ValidationError, match="max_key_bytes"):
+        Settings(max_key_bytes=cap + 1)

@@ -418,7 +418,7 @@ def run_server(settings: Settings) -> int:
     from filekv.engine import RecoveryInterrupted, StoreLocked
     from filekv.service.app import create_app
     from filekv.service.logs import configure_logging
-    from filekv.service.protocol import ReadLimits, max_target_bytes, protocol_class
+    from filekv.service.protocol import ReadLimits, protocol_class
 
     # Every line in one format, uvicorn's too: it gets no logging config of its own, and its
     # access log is replaced by the application's (service/logs.py).
@@ -445,7 +445,6 @@ def run_server(settings: Settings) -> int:
                 header_timeout=settings.header_timeout,
                 body_timeout=settings.body_timeout,
                 body_total_timeout=settings.body_total_timeout,
-                max_target_bytes=max_target_bytes(settings.max_key_bytes),
             )
         ),
         lifespan="on",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from filekv.engine.options import FsyncMode, StoreOptions
@@ -23,10 +23,17 @@ LogFormat = Literal["json", "text"]
 class Settings(BaseSettings):
     """Everything a filekv server can be told; each field is also ``FILEKV_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="FILEKV_", extra="forbid", frozen=True)
+    # No inf or nan anywhere: FILEKV_TOKEN_TTL=inf passed gt=0, then every login was a 500.
+    model_config = SettingsConfigDict(
+        env_prefix="FILEKV_", extra="forbid", frozen=True, allow_inf_nan=False
+    )
 
     data_dir: Path = Field(Path("data"), description="Folder holding the store's files.")
-    host: str = Field("127.0.0.1", description="Address to listen on.")
+    # Not empty: uvicorn listens on every interface for "" (an unset ${VAR} in a unit file
+    # would have served a writable store to the network); 0.0.0.0 must be asked for.
+    host: str = Field(
+        "127.0.0.1", min_length=1, pattern=r"^\S+$", description="Address to listen on."
+    )
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
     fsync: FsyncMode = Field(_STORE.fsync, description="When writes reach the disk.")
     fsync_interval_ms: int = Field(
@@ -36,22 +43,30 @@ class Settings(BaseSettings):
         description="With fsync=interval: the longest gap between fsyncs.",
     )
     transaction_timeout: float = Field(
-        30.0, gt=0, description="Seconds a transaction may stay idle before it is rolled back."
+        30.0,
+        gt=0,
+        le=86_400,
+        description="Seconds a transaction may stay idle before it is rolled back.",
     )
     transaction_max_seconds: float = Field(
         300.0,
         gt=0,
+        le=86_400,
         description="Seconds a transaction may stay open, however busy its holder, before it is "
         "rolled back; whichever of this and transaction_timeout comes first ends it (below "
         "transaction_timeout, it is the one limit).",
     )
-    token_ttl: float = Field(86_400.0, gt=0, description="Seconds a login token stays valid.")
+    token_ttl: float = Field(
+        86_400.0, gt=0, le=366 * 86_400, description="Seconds a login token stays valid."
+    )
     auth_mode: AuthMode = Field(
         "transactions", description="Which requests need a login: transactions, writes or all."
     )
     registration: Registration = Field("open", description="Whether POST /auth/register works.")
+    # At most 16 KiB: a key is in the request target, which httptools caps at 65,535 bytes
+    # (service/protocol.py), and a key of which every byte is %-encoded takes three times its size.
     max_key_bytes: int = Field(
-        _STORE.max_key_bytes, ge=1, le=65_535, description="Longest key, in UTF-8 bytes."
+        _STORE.max_key_bytes, ge=1, le=16_384, description="Longest key, in UTF-8 bytes."
     )
     max_value_bytes: int = Field(
         _STORE.max_value_bytes, ge=0, le=256 << 20, description="Largest value, in UTF-8 bytes."
@@ -173,6 +188,15 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds between the comment lines that keep an idle watch stream open.",
     )
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _data_dir_not_empty(cls, value: Any) -> Any:
+        # Path("") is the current directory: FILEKV_DATA_DIR= (unset in a unit file) would
+        # have put the store's files wherever the server happened to start.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("must not be empty (use . for the current directory)")
+        return value
 
     def store_options(self, **changes: Any) -> StoreOptions:
         """The engine's options these settings describe (``changes`` replacing fields)."""

@@ -7,6 +7,8 @@ decode the path (a newline, bytes that are not UTF-8, a stray ``%``) and what a 
 from __future__ import annotations
 
 import signal
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -84,3 +86,32 @@ def test_e2e_inputs_signal_shutdown_exits_0(make_server: MakeServer, sig: int) -
     assert server.stop(sig) == 0, server.log()
     log = server.log()
     assert "store closed" in log and "Traceback" not in log
+
+
+def test_e2e_inputs_longest_key_fully_escaped_round_trips(make_server: MakeServer) -> None:
+    # max_key_bytes is capped so that its key, every byte %-encoded, fits the longest target
+    # httptools parses (65,535 bytes); over that a target is 414, not uvicorn's bare 400.
+    server = make_server(max_key_bytes=16_384)
+    key = "€" * 5461 + "a"  # 16,384 UTF-8 bytes, 49,150 characters once encoded
+    path = "/keys/" + quote(key, safe="")
+    with server.client() as http:
+        assert http.put(path, json={"value": "v"}).status_code == 201
+        assert http.get(path).json()["key"] == key
+        too_long = http.get("/keys/" + "a" * (65_536 - len("/keys/")))
+        assert too_long.status_code == 414
+        assert "65535" in too_long.json()["detail"]
+
+
+def test_e2e_inputs_body_refused_unread_is_not_read(server: Any) -> None:
+    # The attack: a PUT announcing 100 GB, answered 413 at once, then sent anyway. The server
+    # kept parsing what came, at wire speed, for as long as the client went on.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"PUT /keys/k HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        sock.sendall(b"Content-Length: 99999999999\r\n\r\n")
+        assert sock.recv(65_536).startswith(b"HTTP/1.1 413 ")
+        chunk, sent, started = b"x" * 65_536, 0, time.monotonic()
+        with pytest.raises(OSError):  # reset (or a broken pipe) once the server has closed
+            while sent < 256 << 20 and time.monotonic() - started < 30:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        assert sent < 64 << 20, sent  # 1 MiB discarded, plus what the kernels' buffers held

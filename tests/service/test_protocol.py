@@ -20,10 +20,10 @@ from uvicorn.server import ServerState
 from filekv.service.protocol import (
     LINGER_BYTES,
     MAX_HEADER_BYTES,
+    MAX_TARGET_BYTES,
     MAX_UNFINISHED_HEAD_BYTES,
     ReadLimitedProtocol,
     ReadLimits,
-    max_target_bytes,
     protocol_class,
 )
 
@@ -198,9 +198,83 @@ def test_protocol_target_over_the_limit_is_414() -> None:
     assert "100" in detail(written)
 
 
-def test_protocol_max_target_bytes_leaves_room_for_an_encoded_key() -> None:
-    assert max_target_bytes(1024) == 64 * 1024
-    assert max_target_bytes(65_535) >= 3 * 65_535 + len("/keys/")
+@pytest.mark.parametrize(("extra", "status"), [(0, 200), (1, 414)])
+def test_protocol_target_limit_is_httptools_own(extra: int, status: int) -> None:
+    # httptools refuses a longer URL itself, and uvicorn then answered a bare 400 "Invalid
+    # HTTP request": the 414 must come at that very length (it came at 64 KiB + 1 before).
+    target = b"/" + b"k" * (MAX_TARGET_BYTES - 1 + extra)
+
+    async def scenario(protocol: ReadLimitedProtocol, transport: FakeTransport) -> None:
+        protocol.data_received(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        await settle()
+
+    assert statuses(bytes(run(scenario, ReadLimits()).written)) == [status]
+
+
+async def refuse_unread(scope: Any, receive: Any, send: Any) -> None:
+    """Answer 413 without reading the body, as ``read_body`` does for a Content-Length over
+    the cap."""
+    body = b'{"detail":"request body over 16 bytes"}'
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_protocol_answer_before_the_body_stops_reading_it() -> None:
+    # The attack: a Content-Length of 100 GB, answered 413 at once, then sent anyway. uvicorn
+    # went on parsing the body to keep the connection, at wire speed and for ever.
+    async def scenario(protocol: ReadLimitedProtocol, transport: FakeTransport) -> None:
+        protocol.data_received(b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\n\r\n")
+        await settle()
+        assert statuses(bytes(transport.written)) == [413]
+        assert transport.eof_written  # the answer is whole; the write side is shut
+        chunk = b"x" * 65_536
+        for _ in range(LINGER_BYTES // len(chunk) + 1):
+            assert not transport.closed
+            protocol.data_received(chunk)
+        assert transport.closed  # LINGER_BYTES dropped, not one byte parsed: closed
+
+    written = bytes(run(scenario, app=refuse_unread).written)
+    assert statuses(written) == [413]  # nothing else was written after the answer
+
+
+def test_protocol_answer_before_the_body_closes_a_trickle_after_the_linger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The slow variant: a byte now and then after the answer reset the body timer, so the
+    # connection stayed for body_total_timeout (300 s) after its request was answered.
+    monkeypatch.setattr("filekv.service.protocol.LINGER_SECONDS", 0.2)
+    limits = ReadLimits(body_timeout=10, body_total_timeout=100)
+
+    async def scenario(protocol: ReadLimitedProtocol, transport: FakeTransport) -> None:
+        protocol.data_received(b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        for _ in range(20):
+            if transport.closed:
+                break
+            protocol.data_received(b"x")
+            await asyncio.sleep(0.05)
+        assert transport.closed
+
+    assert statuses(bytes(run(scenario, limits, app=refuse_unread).written)) == [413]
+
+
+def test_protocol_body_read_in_full_keeps_the_connection() -> None:
+    # The usual case is untouched: the answer came after the whole body, the connection goes on.
+    async def scenario(protocol: ReadLimitedProtocol, transport: FakeTransport) -> None:
+        protocol.data_received(b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n12")
+        await settle()
+        protocol.data_received(b"345")
+        await settle()
+        protocol.data_received(head(b"Host: x"))
+        await settle()
+        assert not transport.closed and not transport.eof_written
+
+    assert statuses(bytes(run(scenario).written)) == [200, 200]
 
 
 def test_protocol_half_sent_head_is_408_after_header_timeout() -> None:

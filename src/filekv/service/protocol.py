@@ -60,15 +60,12 @@ MAX_HEADER_BYTES: Final = 16 * 1024
 # The bytes of an unfinished head (request line and headers as sent, the target aside) are cut
 # at twice the limit: separators and whitespace are not counted by the limit but must be bounded.
 MAX_UNFINISHED_HEAD_BYTES: Final = 2 * MAX_HEADER_BYTES
-# A request target may always be this long; longer when max_key_bytes needs it.
-MIN_TARGET_BYTES: Final = 64 * 1024
+# The longest request target: httptools itself refuses a longer URL (and uvicorn then answers a
+# bare 400), so this is where the 414 must come. settings.py caps max_key_bytes so that a key of
+# which every byte is %-encoded still fits, with room for the query.
+MAX_TARGET_BYTES: Final = 65_535
 LINGER_SECONDS: Final = 2.0
 LINGER_BYTES: Final = 1 << 20
-
-
-def max_target_bytes(max_key_bytes: int) -> int:
-    """The longest request target: 64 KiB, or room for a key of which every byte is %-encoded."""
-    return max(MIN_TARGET_BYTES, 3 * max_key_bytes + 4096)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +76,7 @@ class ReadLimits:
     header_timeout: float = _SETTING_DEFAULTS["header_timeout"].default
     body_timeout: float = _SETTING_DEFAULTS["body_timeout"].default
     body_total_timeout: float = _SETTING_DEFAULTS["body_total_timeout"].default
-    max_target_bytes: int = MIN_TARGET_BYTES
+    max_target_bytes: int = MAX_TARGET_BYTES
 
 
 class _HeadRefused(Exception):
@@ -332,6 +329,32 @@ class ReadLimitedProtocol(HttpToolsProtocol):
             return
         logger.info("%s: refused with %d: %s", self._peer(), status, detail)
         self.transport.write(self._error_response(status, detail))
+        self._close_lingering()
+
+    def on_response_complete(self) -> None:
+        """uvicorn's, unless the application answered before the request's body had all arrived
+        (a 413 refused unread, a 401 or 423 given before reading): then the rest of the body is
+        not parsed but discarded, and the connection closed as a refused one is. uvicorn would
+        go on parsing it to keep the connection, for as long and as much as the client sends:
+        a Content-Length of 100 GB, trickled, held a connection for body_total_timeout.
+
+        The answer, already sent, carries no "connection: close" (uvicorn writes the head
+        before anyone can know): the end of the stream says it, which HTTP/1.1 clients expect
+        of any response (RFC 9112, section 9.6)."""
+        if not self._in_body or self.transport.is_closing():
+            super().on_response_complete()
+            return
+        self.server_state.total_requests += 1
+        self._in_body = False
+        self._disarm()
+        logger.info("%s: closing: answered before the request body arrived", self._peer())
+        self._discarding = True
+        self.flow.resume_reading()  # read and drop, so that a client still sending gets there
+        self._close_lingering()
+
+    def _close_lingering(self) -> None:
+        """Shut the write side, then drop what arrives until the client closes, LINGER_SECONDS
+        pass or LINGER_BYTES arrive (``data_received``), whichever comes first."""
         if self.transport.can_write_eof():
             self.transport.write_eof()
             self._arm(LINGER_SECONDS, self.transport.close)
