@@ -112,7 +112,7 @@ class Compactor:
         disk = self._segments.data_bytes()
         if disk < self._min_bytes or disk == 0:
             return
-        if 1 - self._segments.live_bytes / disk < self._dead_ratio:
+        if 1 - self._segments.live_bytes(len(self._index.expiries)) / disk < self._dead_ratio:
             return
         if self._keep_revisions:
             mergeable = self._mergeable(self._kept_history())
@@ -199,7 +199,7 @@ class Compactor:
             if not kept and (
                 active.size == active.header.size
                 and all(s.merged for s in sealed)
-                and segments.dead_bytes() <= 0
+                and segments.dead_bytes(len(self._index.expiries)) <= 0
             ):
                 return None
             mergeable = self._mergeable(kept)

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .backup import take_backup, verify_copy_in_child
 from .compaction import Compactor
 from .durability import GroupCommit, RoundObserver
+from .errors import CorruptStore
+from .hint import HASH_MASK, offset_of, segment_of
 from .index import KeyIndex
 from .options import StoreOptions
 from .overlay_folder import OverlayFolder
+from .record import value_hash
 from .segments import SegmentSet
 from .stats import StoreStats
 from .writer import Writer
@@ -78,7 +81,7 @@ class StoreMaintenance:
             return StoreStats(
                 keys=len(self._index) - self._index.expired_count(self._clock()),
                 disk_bytes=segments.disk_bytes(),
-                live_bytes=segments.live_bytes,
+                live_bytes=segments.live_bytes(len(self._index.expiries)),
                 segments=segments.count,
                 fsync=self._options.fsync,
                 last_compaction=(
@@ -114,4 +117,17 @@ class StoreMaintenance:
         """Verify that every index agrees with the others and with the files; raise if not."""
         with self._lock:
             self._index.check()
-            self._segments.check_values(self._index.items())
+            check_values(self._segments, self._index.items())
+
+
+def check_values(segments: SegmentSet, entries: Iterable[tuple[str, int]]) -> None:
+    """CorruptStore unless each value read back matches the hash its location holds."""
+    for key, location in entries:
+        if value_hash(segments.read_value(location)) != location & HASH_MASK:
+            segment = segments.get(segment_of(location))
+            assert segment is not None  # read_value found it
+            raise CorruptStore(
+                str(segment.path),
+                offset_of(location),
+                f"value of {key!r} does not match its hash",
+            )

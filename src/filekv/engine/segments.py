@@ -17,14 +17,13 @@ import fcntl
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
 from .errors import CorruptStore, DiskFull, StorageError, StoreFailed, StoreLocked
 from .fileio import FileIO
 from .hint import (
-    HASH_MASK,
     LENGTH_MASK,
     LENGTH_SHIFT,
     OFFSET_MASK,
@@ -32,9 +31,8 @@ from .hint import (
     SEGMENT_SHIFT,
     length_of,
     offset_of,
-    segment_of,
 )
-from .record import PUT_VALUE_OFFSET, value_hash
+from .record import EXPIRY, PUT_VALUE_OFFSET
 from .segment import Segment, SegmentSummary, create_segment, segment_name
 from .segment_hints import ActivePrefix, HintWriter, write_segment_hint
 from .snapshot import SegmentPins
@@ -44,7 +42,8 @@ log = logging.getLogger(__name__)
 _NEVER: Final = 1 << 62  # a length no segment reaches
 
 LOCK_NAME: Final = "LOCK"
-# Bytes a live single-put record costs on disk beyond its key and value: the live-bytes estimate.
+# Bytes a live entry's put record (as compaction copies it) takes beyond its key and value (and
+# expiry): the live-bytes estimate, ``live_bytes``.
 ENTRY_OVERHEAD: Final = PUT_VALUE_OFFSET
 # ``rotation_due``'s allowance for other threads' writes (at most a sixteenth of a segment).
 ROTATION_SLACK: Final = 64 << 10
@@ -244,10 +243,11 @@ class SegmentSet:
         """Bytes of every segment file (hint files not counted)."""
         return sum(segment.size for segment in self._segments.values())
 
-    def dead_bytes(self) -> int:
-        """Segment bytes that hold neither a live entry nor a segment header (an estimate)."""
+    def dead_bytes(self, expiring: int) -> int:
+        """Segment bytes beyond the headers and ``live_bytes(expiring)``: what compacting would
+        save (below 0 right after a transaction or a batch: see ``live_bytes``)."""
         headers = sum(segment.header.size for segment in self._segments.values())
-        return self.data_bytes() - headers - self._live_bytes
+        return self.data_bytes() - headers - self.live_bytes(expiring)
 
     def disk_bytes(self) -> int:
         """Bytes of every segment and hint file."""
@@ -389,9 +389,11 @@ class SegmentSet:
 
     # ------------------------------------------------------------------ live bytes
 
-    @property
-    def live_bytes(self) -> int:
-        return self._live_bytes
+    def live_bytes(self, expiring: int) -> int:
+        """Bytes of the put records compaction would copy the live entries into, ``expiring`` of
+        them (the index's expiries) with an expiry: more than the records they are in when those
+        hold several operations (a commit's or batch's share one 32-byte record header)."""
+        return self._live_bytes + EXPIRY.size * expiring
 
     def account_set(self, key_bytes: int, value_bytes: int, previous: int | None) -> None:
         """A key now holds a value of ``value_bytes``; ``previous`` is its old location."""
@@ -437,14 +439,3 @@ class SegmentSet:
         if len(data) != length:
             raise CorruptStore(str(segment.path), offset_of(location), "value cut short")
         return data
-
-    def check_values(self, entries: Iterable[tuple[str, int]]) -> None:
-        """CorruptStore unless each value read back matches the hash its location holds."""
-        for key, location in entries:
-            if value_hash(self.read_value(location)) != location & HASH_MASK:
-                segment = self._segments[segment_of(location)]
-                raise CorruptStore(
-                    str(segment.path),
-                    offset_of(location),
-                    f"value of {key!r} does not match its hash",
-                )

@@ -20,7 +20,11 @@ class StoreStats:
 
     keys: int = _about("Keys stored.")
     disk_bytes: int = _about("Bytes of every segment and hint file on disk.")
-    live_bytes: int = _about("Bytes the live records would take: the rest is dead.")
+    live_bytes: int = _about(
+        "Bytes the live entries would take once compacted (a put record each); the segments'"
+        " records beyond it are what compacting would save. Can exceed disk_bytes after a"
+        " transaction or batch, whose operations share one 32-byte record header."
+    )
     segments: int = _about("Segment files.")
     fsync: str = _about("The fsync mode: always, interval or never.")
     last_compaction: str | None = _about("ISO time of the last compaction, or null.")
