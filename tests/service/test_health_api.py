@@ -74,3 +74,16 @@ def test_app_lifespan_closes_store_and_data_survives(
 def test_app_serves_docs_and_redoc(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     assert client.get("/redoc").status_code == 200
+
+
+def test_health_head_answers_like_get_on_the_pages_monitors_probe(client: TestClient) -> None:
+    # Monitors that probe with HEAD took a 405 for a server down.
+    for path in ("/healthz", "/metrics", "/docs", "/redoc", "/ui", "/"):
+        get = client.get(path, follow_redirects=False)
+        head = client.head(path, follow_redirects=False)
+        assert head.status_code == get.status_code != 405, path
+        assert head.content == b"", path
+
+
+def test_health_head_is_503_when_store_not_open(app: FastAPI) -> None:
+    assert TestClient(app).head("/healthz").status_code == 503

@@ -101,9 +101,11 @@ def install_console(app: FastAPI) -> None:
             raise HTTPException(404, "no such file in the console")
         return found.answer(request)
 
-    app.add_api_route(CONSOLE_URL, console, methods=["GET"], include_in_schema=False)
-    app.add_api_route(f"{CONSOLE_URL}/", console_slash, methods=["GET"], include_in_schema=False)
+    app.add_api_route(CONSOLE_URL, console, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route(
+        f"{CONSOLE_URL}/", console_slash, methods=["GET", "HEAD"], include_in_schema=False
+    )
     # A plain route ("name" has no "/": nothing outside the folder can be named).
     app.router.routes.append(
-        Route(f"{ASSETS_URL}/{{name}}", asset, methods=["GET"], include_in_schema=False)
+        Route(f"{ASSETS_URL}/{{name}}", asset, methods=["GET", "HEAD"], include_in_schema=False)
     )

@@ -75,10 +75,10 @@ def install_docs(app: FastAPI) -> None:
         return RedirectResponse(DOCS_URL, status_code=307)
 
     app.mount(STATIC_URL, StaticFiles(directory=STATIC_DIR), name="docs-static")
-    app.add_api_route(DOCS_URL, swagger_ui, methods=["GET"], include_in_schema=False)
+    app.add_api_route(DOCS_URL, swagger_ui, methods=["GET", "HEAD"], include_in_schema=False)
     app.add_api_route(
-        OAUTH2_REDIRECT_URL, oauth2_redirect, methods=["GET"], include_in_schema=False
+        OAUTH2_REDIRECT_URL, oauth2_redirect, methods=["GET", "HEAD"], include_in_schema=False
     )
-    app.add_api_route(REDOC_URL, redoc, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/favicon.ico", favicon, methods=["GET"], include_in_schema=False)
-    app.add_api_route("/", root, methods=["GET"], include_in_schema=False)
+    app.add_api_route(REDOC_URL, redoc, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/favicon.ico", favicon, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/", root, methods=["GET", "HEAD"], include_in_schema=False)

@@ -42,6 +42,11 @@ async def healthz(request: Request) -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
+# HEAD too (monitors that probe with HEAD took the 405 for a server down); out of the schema,
+# where it would only repeat the GET.
+router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+
+
 @router.get(
     "/stats",
     summary="Store statistics",

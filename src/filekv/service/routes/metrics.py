@@ -40,3 +40,7 @@ async def metrics(request: Request) -> Response:
     registry: Metrics = request.app.state.metrics
     body, content_type = registry.exposition(request.headers.get("accept"))
     return Response(body, headers={"Content-Type": content_type})
+
+
+# HEAD too, as /healthz: a scraper's or a monitor's probe; out of the schema, like the GET's copy.
+router.add_api_route("/metrics", metrics, methods=["HEAD"], include_in_schema=False)
