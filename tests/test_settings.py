@@ -121,3 +121,18 @@ def test_settings_max_key_bytes_fits_the_longest_request_target() -> None:
     assert 3 * cap + len("/keys/") + 1024 <= MAX_TARGET_BYTES
     with pytest.raises(ValidationError, match="max_key_bytes"):
         Settings(max_key_bytes=cap + 1)
+
+
+@pytest.mark.parametrize("value", ["", "10.0.0.300", "proxy.example", "10.0.0.1,"])
+def test_settings_forwarded_allow_ips_are_addresses(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    # uvicorn takes a typo for a name it never matches, silently: refused here instead.
+    monkeypatch.setenv("FILEKV_FORWARDED_ALLOW_IPS", value)
+    with pytest.raises(ValidationError, match="forwarded_allow_ips"):
+        Settings()
+
+
+def test_settings_forwarded_allow_ips_take_lists_networks_and_any() -> None:
+    for value in ("*", "172.17.0.1", "10.0.0.1, 192.168.0.0/16", "::1"):
+        assert Settings(forwarded_allow_ips=value).forwarded_allow_ips == value

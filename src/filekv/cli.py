@@ -316,6 +316,9 @@ def serve(
     data_dir: Annotated[Path | None, typer.Option(help=_help("data_dir"))] = None,
     host: Annotated[str | None, typer.Option(help=_help("host"))] = None,
     port: Annotated[int | None, typer.Option(help=_help("port"))] = None,
+    forwarded_allow_ips: Annotated[
+        str | None, typer.Option(help=_help("forwarded_allow_ips"))
+    ] = None,
     fsync: Annotated[str | None, typer.Option(help=_help("fsync"))] = None,
     fsync_interval_ms: Annotated[int | None, typer.Option(help=_help("fsync_interval_ms"))] = None,
     transaction_timeout: Annotated[
@@ -379,6 +382,7 @@ def serve(
         data_dir=data_dir,
         host=host,
         port=port,
+        forwarded_allow_ips=forwarded_allow_ips,
         fsync=fsync,
         fsync_interval_ms=fsync_interval_ms,
         transaction_timeout=transaction_timeout,
@@ -448,6 +452,7 @@ def run_server(settings: Settings) -> int:
             )
         ),
         lifespan="on",
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         # uvicorn waits, at a shutdown, for every connection to close. One whose answer the
         # app cut off (a backup or export stopped by SIGTERM) is closed by uvicorn with a
         # flush first: to a client that reads nothing, that close never completes, and the

@@ -5,6 +5,7 @@ There is deliberately no module-level instance: the CLI and tests build one with
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -35,6 +36,14 @@ class Settings(BaseSettings):
         "127.0.0.1", min_length=1, pattern=r"^\S+$", description="Address to listen on."
     )
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="The reverse proxies whose X-Forwarded-For (the client's address, which the "
+        "login throttle and the access log use) is trusted: comma-separated addresses or "
+        "networks, or * for any. A proxy on the Docker host reaches the container from the "
+        "bridge's gateway, not 127.0.0.1.",
+    )
     fsync: FsyncMode = Field(_STORE.fsync, description="When writes reach the disk.")
     fsync_interval_ms: int = Field(
         _STORE.fsync_interval_ms,
@@ -188,6 +197,19 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds between the comment lines that keep an idle watch stream open.",
     )
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: str) -> str:
+        # Checked here: uvicorn takes a typo for a name it will never match, silently.
+        for item in value.split(","):
+            item = item.strip()
+            if item != "*":
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"{item!r} is not an address, a network or *") from None
+        return value
 
     @field_validator("data_dir", mode="before")
     @classmethod

@@ -180,3 +180,20 @@ def test_e2e_request_id_on_the_protocols_own_refusals(server: Server) -> None:
     assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
     (rid,) = _header(answer, b"x-request-id")
     assert _body_request_id(answer) == rid
+
+
+def test_e2e_forwarded_for_is_trusted_only_from_forwarded_allow_ips(
+    make_server: MakeServer,
+) -> None:
+    # The login throttle and the access log take the client's address from X-Forwarded-For
+    # only when the connection comes from a trusted proxy (the tests connect from 127.0.0.1).
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    clients = []
+    for allowed in ("127.0.0.1", "10.9.9.9, 192.0.2.0/24"):
+        server = make_server(forwarded_allow_ips=allowed)
+        with server.client() as client:
+            answer = client.get("/keys/x", headers=forwarded)
+        assert server.stop() == 0
+        by_id = {line["request_id"]: line for line in access_lines(server.log())}
+        clients.append(by_id[answer.headers["x-request-id"]]["client"])
+    assert clients == ["203.0.113.9", "127.0.0.1"]
