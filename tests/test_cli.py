@@ -387,8 +387,51 @@ def test_cli_serve_on_a_port_in_use_says_which_setting_to_change(
         " choose another with --port or FILEKV_PORT"
     )
     assert "Errno" not in second.stderr
+    assert not (tmp_path / "other").exists()  # found before the store was opened (or made)
     with first.client(timeout=5) as http:
         assert http.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("host", "says"),
+    [
+        ("999.1.1.1", "not an address or a known host name"),  # was exit 3, a JSON log line
+        ("no-such-host.invalid", "not an address or a known host name"),
+        ("192.0.2.77", "not an address of this machine"),  # TEST-NET-1: nobody's here
+    ],
+)
+def test_cli_serve_on_a_host_it_cannot_listen_on_says_so_in_one_line(
+    tmp_path: Path, host: str, says: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    run = subprocess.run(
+        serve_command(tmp_path / "data", 0, "--host", host),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [run.stderr.strip()]  # one line
+    assert run.stderr.startswith(f"filekv: cannot listen on {host}") or run.stderr.startswith(
+        f"filekv: cannot listen on '{host}'"
+    )
+    assert says in run.stderr
+    assert not (tmp_path / "data").exists()  # before the store was opened (or made)
+
+
+def test_cli_serve_on_a_file_for_data_dir_says_so(tmp_path: Path) -> None:
+    # It said "cannot open data directory ...: File exists", after uvicorn had started.
+    (tmp_path / "data").write_text("not a store")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    run = subprocess.run(
+        serve_command(tmp_path / "data", 0), env=env, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 1
+    assert (
+        run.stderr.strip()
+        == f"filekv: data directory {tmp_path / 'data'} is a file, not a directory"
+    )
 
 
 def test_cli_serve_start_up_line_names_the_docs_url(make_server: Callable[..., Server]) -> None:

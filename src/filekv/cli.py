@@ -424,6 +424,16 @@ def run_server(settings: Settings) -> int:
     from filekv.service.logs import configure_logging
     from filekv.service.protocol import ReadLimits, protocol_class
 
+    # Before the store is opened: a port in use or a host that is not this machine's was
+    # found only after recovery (seconds at ten million keys), and a bad name was a JSON log
+    # line of uvicorn's and exit 3. uvicorn binds again below (this socket is closed), so a
+    # program taking the port in between is still caught there, with the same message.
+    refused = _cannot_listen(settings.host, settings.port)
+    if settings.data_dir.exists() and not settings.data_dir.is_dir():
+        refused = f"data directory {settings.data_dir} is a file, not a directory"
+    if refused:
+        _stderr().print(f"filekv: {refused}", markup=False, highlight=False)
+        return 1
     # Every line in one format, uvicorn's too: it gets no logging config of its own, and its
     # access log is replaced by the application's (service/logs.py).
     configure_logging(settings.log_level, settings.log_format)
@@ -477,13 +487,9 @@ def run_server(settings: Settings) -> int:
     finally:
         uvicorn_error.removeFilter(quiet)
         uvicorn_error.removeFilter(messages)
-    if messages.port_in_use:
-        _stderr().print(
-            f"filekv: port {settings.port} on {settings.host} is in use by another program;"
-            " choose another with --port or FILEKV_PORT",
-            markup=False,
-            highlight=False,
-        )
+    if messages.listen_error is not None:
+        refusal = _listen_refusal(settings.host, settings.port, messages.listen_error)
+        _stderr().print(f"filekv: {refusal}", markup=False, highlight=False)
         return 1
     if startup_errors:
         error = startup_errors[0]
@@ -512,6 +518,39 @@ def run_server(settings: Settings) -> int:
     if code == 0 and not server.started:
         return 1
     return code
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on ``host``:``port`` (one line), or None if it can."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As uvicorn's own socket: a port left in TIME_WAIT by the last run is usable.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        return _listen_refusal(host, port, exc)
+    return None
+
+
+def _listen_refusal(host: str, port: int, exc: OSError) -> str:
+    """The line that says why listening on ``host``:``port`` failed, and what to change."""
+    import socket
+
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is in use by another program;"
+            " choose another with --port or FILEKV_PORT"
+        )
+    if isinstance(exc, socket.gaierror):
+        return f"cannot listen on {host!r}: not an address or a known host name ({exc.strerror})"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: not an address of this machine (--host or FILEKV_HOST)"
+    return f"cannot listen on {host} port {port}: {exc.strerror or exc}"
 
 
 class _StopOnSignal:
@@ -597,20 +636,20 @@ class _DropStartupTraceback(logging.Filter):
 
 
 class _StartupMessages(logging.Filter):
-    """uvicorn's start-up lines, for a newcomer: where the docs are, and a port in use.
+    """uvicorn's start-up lines, for a newcomer: where the docs are, and why it cannot listen.
 
-    "Uvicorn running on http://H:P" gets the docs URL added. A port already taken is logged by
-    uvicorn as a bare ``[Errno 98]``; that record is dropped and remembered, and ``run_server``
-    says which setting to change instead.
+    "Uvicorn running on http://H:P" gets the docs URL added. A port already taken (or a host
+    that is not this machine's) is logged by uvicorn as a bare ``[Errno 98]``; that record is
+    dropped and remembered, and ``run_server`` says which setting to change instead.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.port_in_use = False
+        self.listen_error: OSError | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, OSError) and record.msg.errno == errno.EADDRINUSE:
-            self.port_in_use = True
+        if isinstance(record.msg, OSError):  # uvicorn's bind or name lookup failed
+            self.listen_error = record.msg
             return False
         if isinstance(record.msg, str) and record.msg.startswith("Uvicorn running on "):
             url = record.getMessage().removeprefix("Uvicorn running on ").partition(" ")[0]

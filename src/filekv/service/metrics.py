@@ -236,7 +236,8 @@ class _StateCollector(Collector):
             )
             yield _gauge(
                 "filekv_live_bytes",
-                "Bytes the live records take; the rest of disk_bytes is dead until compacted.",
+                "Bytes the live entries would take once compacted, each as its own record "
+                "(above disk_bytes after batches and transactions, which share record headers).",
                 stats.live_bytes,
             )
             yield _gauge(
