@@ -23,7 +23,10 @@ from filekv.engine import (
     ValueTooLarge,
     VersionMismatch,
 )
+from filekv.engine.batch import Put
+from filekv.engine.errors import TransactionTooDeep
 from filekv.engine.fileio import FileIO
+from filekv.engine.transaction import MAX_DEPTH
 
 
 def _seed(db: Store) -> dict[str, int]:
@@ -539,6 +542,26 @@ def test_transaction_at_the_limits_commits_and_reopens(
     assert tx.commit() == 64
     db = reopen(db)
     assert len(db) == 64 and all(db.get(f"big/{i:02d}") == value for i in range(64))
+
+
+def test_transaction_nesting_stops_at_max_depth(store: Store) -> None:
+    """The attack: one begin after another (42,195 levels in 40 s over HTTP), each read then
+    walking every level. The begin past the limit opens nothing; the transaction stays usable."""
+    tx = store.transaction()
+    tx.put("outer", b"1")
+    for depth in range(2, MAX_DEPTH + 1):
+        assert tx.begin() == depth
+    tx.put("inner", b"2")
+    for _ in range(3):
+        with pytest.raises(TransactionTooDeep, match=f"{MAX_DEPTH} levels"):
+            tx.begin()
+    assert tx.depth == MAX_DEPTH
+    assert tx.get("inner") == b"2" and tx.scan() == ["inner", "outer"]
+    assert tx.batch([Put("batched", b"3")]) == 1  # a batch's own level is no begin
+    assert tx.rollback() == MAX_DEPTH - 1
+    assert tx.begin() == MAX_DEPTH  # room again once a level went
+    assert tx.commit() == 1
+    assert contents(store) == {"outer": b"1"}
 
 
 def test_acommit_runs_off_the_event_loop(open_store: OpenStore, db_path: Path) -> None:

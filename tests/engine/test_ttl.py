@@ -214,6 +214,29 @@ def test_ttl_staged_value_that_runs_out_reads_as_gone_in_its_transaction(
     tx.abort()
 
 
+def test_ttl_staged_value_that_runs_out_leaves_scan_and_find_too(
+    open_store: OpenStore, tmp_path: Path, clock: Clock
+) -> None:
+    """The holder's list and find-by-value drop a staged key once get calls it gone."""
+    db = _open(open_store, tmp_path / "db", clock)
+    db.put("ttl/committed", b"red")  # a committed match the expired staged write must hide
+    db.put("ttl/other", b"red")
+    tx = db.transaction()
+    tx.put("ttls", b"red", ttl=0.5)
+    tx.put("ttl/committed", b"red", ttl=0.5)
+    assert tx.scan("ttl") == ["ttl/committed", "ttl/other", "ttls"]
+    assert tx.find(b"red") == ["ttl/committed", "ttl/other", "ttls"]
+    clock.advance(0.5)  # exactly at expires_at: gone, as for get
+    assert tx.get("ttls") is None and tx.get("ttl/committed") is None
+    assert tx.scan("ttl") == ["ttl/other"]
+    assert tx.scan("", after="ttl/committed", limit=5) == ["ttl/other"]
+    assert tx.find(b"red") == ["ttl/other"]
+    assert tx.find(b"red", prefix="ttls") == []
+    # What commit writes is unchanged: the records carry their expiry, already past.
+    tx.commit()
+    assert db.scan("ttl") == ["ttl/other"] and db.find(b"red") == ["ttl/other"]
+
+
 @pytest.mark.parametrize(
     "how", ["clean close", "crash", "compaction", "compaction then crash", "compaction, no hints"]
 )

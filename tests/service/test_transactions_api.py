@@ -8,6 +8,8 @@ from collections.abc import Callable
 import pytest
 from fastapi.testclient import TestClient
 
+from filekv.engine.transaction import MAX_DEPTH
+
 Headers = dict[str, str]
 Login = Callable[..., Headers]
 
@@ -399,6 +401,25 @@ def test_transactions_write_over_a_limit_is_413_stages_nothing_and_can_still_com
     assert put(client, "k0", "w" * 100, alice) == 200  # a rewrite in its level replaces it
     assert client.post("/transactions/commit", headers=alice).json() == {"depth": 0, "applied": 3}
     assert [value_of(client, f"k{n}") for n in range(4)] == ["w" * 100, "x" * 100, "x" * 100, None]
+
+
+def test_transactions_nesting_past_max_depth_is_409_and_opens_nothing(
+    client: TestClient, alice: Headers
+) -> None:
+    """The attack: one begin after another on one token (42,195 levels in 40 s), every read
+    then walking every level. The real limit, over HTTP: MAX_DEPTH requests."""
+    for depth in range(1, MAX_DEPTH + 1):
+        assert client.post("/transactions", headers=alice).json() == {"depth": depth}
+    assert put(client, "deep", "v", alice) == 201
+    for _ in range(3):
+        refused = client.post("/transactions", headers=alice)
+        assert refused.status_code == 409
+        assert f"{MAX_DEPTH} levels deep" in refused.json()["detail"]
+    assert client.get("/transactions", headers=alice).json()["depth"] == MAX_DEPTH
+    assert value_of(client, "deep", alice) == "v"
+    assert client.post("/transactions/rollback", headers=alice).json() == {"depth": MAX_DEPTH - 1}
+    assert client.post("/transactions", headers=alice).json() == {"depth": MAX_DEPTH}
+    assert client.post("/transactions/commit", headers=alice).json()["applied"] == 0
 
 
 def test_transactions_limit_settings_are_bounded() -> None:

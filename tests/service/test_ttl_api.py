@@ -94,3 +94,25 @@ def test_ttl_staged_in_a_transaction_then_committed(client: TestClient, login: L
     assert client.get("/keys/t").status_code == 404  # others see committed data only
     assert client.post("/transactions/commit", headers=headers).status_code == 200
     assert 29 < client.get("/keys/t").json()["expires_in"] <= 30
+
+
+def test_ttl_staged_key_that_runs_out_leaves_the_holders_list_and_find(
+    client: TestClient, login: Login
+) -> None:
+    """As the audit found it: after the TTL, GET was 404 but the list and find still named it."""
+    headers = login(client, "ttl-holder")
+    client.put("/keys/ttl-kept", json={"value": "red"})
+    assert client.post("/transactions", headers=headers).status_code == 201
+    client.put("/keys/ttls", json={"value": "red", "ttl": 0.4}, headers=headers)
+    client.put("/keys/ttl-kept", json={"value": "red", "ttl": 0.4}, headers=headers)
+    listed = client.get("/keys", params={"prefix": "ttl"}, headers=headers).json()["keys"]
+    assert listed == ["ttl-kept", "ttls"]
+    time.sleep(0.5)
+    assert client.get("/keys/ttls", headers=headers).status_code == 404
+    assert client.get("/keys/ttl-kept", headers=headers).status_code == 404
+    assert client.get("/keys", params={"prefix": "ttl"}, headers=headers).json()["keys"] == []
+    assert client.get("/keys", params={"value": "red"}, headers=headers).json()["keys"] == []
+    # Everyone else still sees the committed key, until the commit.
+    assert client.get("/keys", params={"value": "red"}).json()["keys"] == ["ttl-kept"]
+    assert client.post("/transactions/commit", headers=headers).status_code == 200
+    assert client.get("/keys", params={"prefix": "ttl"}).json()["keys"] == []

@@ -13,6 +13,7 @@
     ├── TransactionClosed      the transaction has already ended
     ├── NoSavepoint            release at depth 1: there is no nested level to merge
     ├── TransactionTooLarge    a staged write would pass the transaction's byte or op limit
+    ├── TransactionTooDeep     a nested begin past the transaction's depth limit
     ├── RecoveryInterrupted    open() was asked to stop while it was still reading the files
     ├── Compacted              changes asked for from a revision compaction no longer keeps
     ├── CorruptStore           damage that is not a torn tail: names the file and offset
@@ -106,6 +107,13 @@ class TransactionTooLarge(StoreError):
     """Staging this write would take the transaction past its byte or operation limit.
 
     Nothing was staged; the transaction stays open with what it had.
+    """
+
+
+class TransactionTooDeep(StoreError):
+    """A nested ``begin`` would pass the transaction's depth limit (``transaction.MAX_DEPTH``).
+
+    No level was opened; the transaction stays open as it was.
     """
 
 

@@ -6,7 +6,7 @@ transaction's own reads see its staged writes and deletes over the committed dat
 What a transaction stages is bounded (``Store.open(max_transaction_bytes=, max_transaction_ops=)``):
 the count covers every level, since every level is held in memory, and it is an upper bound of
 the one record that commit writes, so a commit can never produce a record that recovery would
-refuse to read back.
+refuse to read back. Levels nest at most ``MAX_DEPTH`` deep: each read walks every level.
 
 Owns the staged levels and their byte and operation counts. It reaches the store only through
 ``TransactionHost`` (which ``Store`` implements): it does not import the store module.
@@ -16,17 +16,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Final, Protocol, Self
 
 from .batch import BatchOp, prepare
 from .entry import Entry
-from .errors import NoSavepoint, TransactionClosed, TransactionTooLarge, VersionMismatch
+from .errors import (
+    NoSavepoint,
+    TransactionClosed,
+    TransactionTooDeep,
+    TransactionTooLarge,
+    VersionMismatch,
+)
 from .expiry import check_ttl
 from .options import StoreOptions
 from .record import EXPIRY, OPERATION_HEADER
 
 # A staged value of None is a staged delete.
 Level = dict[str, bytes | None]
+
+# Reads walk every level: unbounded nesting (a begin per request) slows each read without end.
+MAX_DEPTH: Final = 1_000
 
 
 class TransactionHost(Protocol):
@@ -93,6 +102,14 @@ class Transaction:
         for level in self._levels:
             merged.update(level)
         return merged
+
+    def _visible(self) -> Level:
+        """``_staged`` as reads see it: a value whose TTL has run out is gone, as in ``_lookup``."""
+        now = self._store.now()
+        return {
+            key: None if type(value) is ExpiringValue and value.expires_at <= now else value
+            for key, value in self._staged().items()
+        }
 
     def _lookup(self, key: str) -> tuple[bool, bytes | None]:
         for level in reversed(self._levels):
@@ -268,7 +285,7 @@ class Transaction:
     ) -> list[str]:
         """``Store.find`` over the committed data with this transaction's writes applied."""
         self._check_open()
-        staged = self._staged()
+        staged = self._visible()
         # Staged writes can hide at most len(staged) committed matches, so that many extra
         # committed results are enough to fill the page.
         wanted = None if limit is None else limit + len(staged)
@@ -286,7 +303,7 @@ class Transaction:
     ) -> list[str]:
         """``Store.scan`` with this transaction's writes and deletes applied."""
         self._check_open()
-        staged = self._staged()
+        staged = self._visible()
         wanted = None if limit is None else limit + len(staged)
         committed = self._store.scan(prefix, after=after, limit=wanted)
         keys = {key for key in committed if staged.get(key, b"") is not None}
@@ -302,8 +319,12 @@ class Transaction:
     # ------------------------------------------------------------------ levels
 
     def begin(self) -> int:
-        """Open a nested level (a savepoint); return the new depth."""
+        """Open a nested level (a savepoint); the new depth. TransactionTooDeep past MAX_DEPTH."""
         self._check_open()
+        if len(self._levels) >= MAX_DEPTH:  # refused before the level exists
+            raise TransactionTooDeep(
+                f"the transaction is {MAX_DEPTH} levels deep, the most allowed"
+            )
         self._levels.append({})
         self._level_bytes.append(0)
         return len(self._levels)

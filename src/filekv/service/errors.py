@@ -20,8 +20,10 @@ The service's own errors::
     │   ├── TransactionBroken  an admin broke the lock: the caller's was rolled back  409
     │   └── TransactionEnded   it ended, or changed level, while a write was received  409
     ├── Locked                 another client holds the transaction lock          423 + Retry-After
+    ├── TransactionCooldown    the user's last one passed transaction_max_seconds 429 + Retry-After
     ├── BodyTooLarge           request body over the limit, refused unread        413
     ├── UnsupportedMediaType   a body whose Content-Type is not JSON              415
+    │   └── UnsupportedContentEncoding  a content-coded body (gzip...) 415 + Accept-Encoding
     ├── HeadersTooLarge        request headers over the limit, refused            431
     ├── TooManyExports         export_max_concurrent exports already stream       429 + Retry-After
     ├── BackupRunning          a backup is streaming already (one at a time)      429 + Retry-After
@@ -81,6 +83,7 @@ from filekv.engine.errors import (
     StoreLocked,
     TransactionActive,
     TransactionClosed,
+    TransactionTooDeep,
     TransactionTooLarge,
     ValueTooLarge,
     VersionMismatch,
@@ -150,12 +153,33 @@ class Locked(ServiceError):
         )
 
 
+class TransactionCooldown(ServiceError):
+    """The caller's user may not begin a transaction yet: its last one was rolled back for
+    passing ``transaction_max_seconds``; ``retry_after`` is whole seconds.
+
+    429, not 423: nobody need hold the lock; it is this user who is refused for a while, and a
+    client that waits out every 423 on its own (``wait_locked``) must not keep retrying this one.
+    """
+
+    def __init__(self, retry_after: float, max_seconds: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(
+            f"your last transaction was open longer than {max_seconds:g} s "
+            "(transaction_max_seconds) and was rolled back: you may begin another after "
+            f"{self.retry_after} s, so that others get their turn"
+        )
+
+
 class BodyTooLarge(ServiceError):
     """The request body is larger than any acceptable request."""
 
 
 class UnsupportedMediaType(ServiceError):
     """The request body's ``Content-Type`` is not one the route reads (JSON)."""
+
+
+class UnsupportedContentEncoding(UnsupportedMediaType):
+    """The request body has a ``Content-Encoding`` (gzip, br...): the service decodes none."""
 
 
 class HeadersTooLarge(ServiceError):
@@ -198,6 +222,11 @@ def _retry_after(exc: BaseException) -> dict[str, str]:
     return {"Retry-After": str(getattr(exc, "retry_after", 1))}
 
 
+def _identity_only(_: BaseException) -> dict[str, str]:
+    # RFC 7694 §3: a 415 for a content coding names the codings the resource takes.
+    return {"Accept-Encoding": "identity"}
+
+
 def _bearer(_: BaseException) -> dict[str, str]:
     return {"WWW-Authenticate": "Bearer"}
 
@@ -236,6 +265,8 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     TransactionClosed: ErrorAnswer(409, detail="the transaction has already ended"),
     NoSavepoint: ErrorAnswer(409),
     TransactionTooLarge: ErrorAnswer(413),
+    # 409 as NoSavepoint: the request is fine, the transaction's state (its depth) refuses it.
+    TransactionTooDeep: ErrorAnswer(409),
     RecoveryInterrupted: ErrorAnswer(503, detail="the store was stopped while recovering"),
     CorruptStore: ErrorAnswer(500, detail="the store found damaged data; see the server log"),
     StorageError: ErrorAnswer(500, detail="an I/O error occurred; see the server log"),
@@ -263,8 +294,10 @@ ERRORS: Final[Mapping[type[BaseException], ErrorAnswer]] = {
     TransactionBroken: ErrorAnswer(409),
     TransactionEnded: ErrorAnswer(409),
     Locked: ErrorAnswer(423, _retry_after),
+    TransactionCooldown: ErrorAnswer(429, _retry_after),
     BodyTooLarge: ErrorAnswer(413),
     UnsupportedMediaType: ErrorAnswer(415),
+    UnsupportedContentEncoding: ErrorAnswer(415, _identity_only),
     HeadersTooLarge: ErrorAnswer(431),
     TooManyExports: ErrorAnswer(429, _retry_after),
     BackupRunning: ErrorAnswer(429, _retry_after),
