@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from argon2 import PasswordHasher
@@ -84,6 +85,62 @@ def test_login_matches_the_name_whatever_its_case_and_shows_it_as_registered(
     token = answer.json()["access_token"]
     me = client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
     assert me.json() == {"username": "Alice", "role": "user"}
+
+
+# Non-ASCII spellings whose casefold is an ASCII user's name: the Kelvin sign, the long s, the
+# "ff" ligature, the sharp s (casefold "ss").
+LOOKALIKES = [
+    ("kate", "\u212aate"),
+    ("kate", "\u212aATE"),
+    ("sam", "\u017fam"),
+    ("sam", "\u017fAM"),
+    ("jeff", "je\ufb00"),
+    ("strasse", "stra\u00dfe"),
+]
+
+
+@pytest.mark.parametrize(("name", "spelling"), LOOKALIKES)
+def test_login_with_a_non_ascii_lookalike_is_an_unknown_user(
+    client: TestClient, name: str, spelling: str
+) -> None:
+    assert _register(client, name) == 201
+    answer = client.post("/auth/token", data={"username": spelling, "password": PASSWORD})
+    assert answer.status_code == 401
+    assert answer.json()["detail"] == "incorrect username or password"  # as for "nobody"
+    assert _login(client, name.upper()) == 200  # ASCII case still folds
+
+
+@pytest.mark.parametrize(("name", "spelling"), LOOKALIKES)
+def test_users_file_finds_no_user_by_a_non_ascii_lookalike(
+    tmp_path: Path, name: str, spelling: str
+) -> None:
+    users = UserFile(tmp_path)
+    assert users.add(name, "hash")
+    assert users.find(spelling) is None and users.find(name.upper()) is not None
+
+
+def test_login_with_a_lookalike_costs_one_verify_like_any_unknown_name(tmp_path: Path) -> None:
+    """No timing oracle: the lookalike goes the unknown name's way, one argon2 verify against
+    the dummy hash, so its answer and its time match those of a name nobody has."""
+    verified: list[str] = []
+
+    class Counting(PasswordHasher):
+        def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+            verified.append(str(hash))
+            return super().verify(hash, password)
+
+    auth = AuthService(
+        tmp_path,
+        token_ttl=60,
+        registration="open",
+        hasher=Counting(time_cost=1, memory_cost=8, parallelism=1),
+    )
+    auth.add_user("kate", PASSWORD)
+    for username in ["nobody", "\u212aate"]:
+        with pytest.raises(InvalidCredentials):
+            auth.login(username, PASSWORD)
+    assert len(verified) == 2 and verified[0] == verified[1]  # the dummy hash, both times
+    assert auth.login("KATE", PASSWORD).access_token
 
 
 def test_case_variants_share_one_throttle(client: TestClient) -> None:

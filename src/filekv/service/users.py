@@ -19,9 +19,10 @@ is never guessed, least of all as ``admin``). A running server reads the role fr
 reload (``RELOAD_INTERVAL``), like a revoked token.
 
 Names are unique case-insensitively: ``alice`` and ``Alice`` cannot both be added. A name is kept
-as registered, and looked up by its exact spelling first, then by its casefold. A file from before
-that rule with two names differing only in case still loads: each logs in with its exact spelling
-(a third spelling matches neither), and no new such pair can be made.
+as registered, and looked up by its exact spelling first, then by its ASCII fold (``fold_name``:
+A-Z to a-z, nothing else). A file from before that rule with two names differing only in case
+still loads: each logs in with its exact spelling (a third spelling matches neither), and no new
+such pair can be made.
 
 Every write is atomic and durable: a temp file in the same directory (mode 0600) is written and
 fsynced, renamed over ``users.json`` with ``os.replace``, then the directory is fsynced, so after a
@@ -41,6 +42,7 @@ import logging
 import os
 import re
 import secrets
+import string
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -76,6 +78,7 @@ MAX_PASSWORD_CHARS: Final = 1024
 _EPOCH_BYTES: Final = 16
 
 _USERNAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ASCII_FOLD: Final = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _TEMP_PREFIX: Final = f".{USERS_FILE}."
 # Recovery deletes only the engine's own unfinished files (NNNNNNNNNN.seg.tmp, .hint.tmp), so any
 # suffix would survive an open; ".new" keeps clear of that pattern all the same.
@@ -103,6 +106,16 @@ class UserRecord:
     password_hash: str
     token_epoch: str = ""
     role: Role = DEFAULT_ROLE
+
+
+def fold_name(username: str) -> str:
+    """The case-insensitive form of a name: ASCII letters lowered, every other character kept.
+
+    Not ``casefold()``: it maps the Kelvin sign "\u212a" to "k" and the long s "\u017f" to
+    "s", so "\u212aate" logged in as "kate" (``lower()`` too maps the Kelvin sign). Names are
+    ASCII, so a spelling with any other character can match only a name spelt exactly so.
+    """
+    return username.translate(_ASCII_FOLD)
 
 
 def is_valid_username(username: str) -> bool:
@@ -137,13 +150,13 @@ class _Table:
     """An immutable snapshot of the file: replaced whole, so readers need no lock."""
 
     users: Mapping[str, UserRecord]
-    folded: Mapping[str, str | None]  # casefold -> the one name with it, None if two share it
+    folded: Mapping[str, str | None]  # fold_name -> the one name with it, None if two share it
 
     @classmethod
     def of(cls, users: Mapping[str, UserRecord]) -> _Table:
         folded: dict[str, str | None] = {}
         for name in users:
-            key = name.casefold()
+            key = fold_name(name)
             folded[key] = None if key in folded else name
         return cls(users, folded)
 
@@ -151,11 +164,11 @@ class _Table:
         exact = self.users.get(username)
         if exact is not None:
             return exact
-        name = self.folded.get(username.casefold())
+        name = self.folded.get(fold_name(username))
         return self.users[name] if name is not None else None
 
     def taken(self, username: str) -> bool:
-        return username.casefold() in self.folded
+        return fold_name(username) in self.folded
 
 
 _EMPTY: Final = _Table.of({})
@@ -181,7 +194,7 @@ class UserFile:
     # -- reading ---------------------------------------------------------------------------------
 
     def find(self, username: str) -> UserRecord | None:
-        """The user of that name (exact spelling, else the one with its casefold), or None."""
+        """The user of that name (exact spelling, else the one with its ASCII fold), or None."""
         with self._mutex:
             self._refresh()
             return self._table.find(username)
@@ -325,7 +338,7 @@ class UserFile:
             logger.error("%s; logins and registrations are refused until it is fixed", exc)
             raise
         self._table, self._identity, self._bad = table, identity, None
-        pairs = sorted(n for n in table.users if table.folded[n.casefold()] is None)
+        pairs = sorted(n for n in table.users if table.folded[fold_name(n)] is None)
         if pairs:
             logger.warning(
                 "users.json has names differing only in case (%s): each logs in only with its "
