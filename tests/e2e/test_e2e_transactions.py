@@ -139,3 +139,36 @@ def test_e2e_transactions_restart_with_one_open_shows_nothing(
         assert value_of(anon, "new") is None
         assert anon.get("/keys").json() == {"keys": ["kept"], "next": None}
         assert anon.put("/keys/new", json={"value": "v"}).status_code == 201
+
+
+def test_e2e_transactions_holders_expired_staged_key_is_gone_from_list_and_find(
+    make_server: MakeServer,
+) -> None:
+    """The audit's steps against a real server: a staged key with a TTL, after it ran out."""
+    server = make_server()
+    with session(server, "alice") as alice:
+        assert alice.post("/transactions").json() == {"depth": 1}
+        assert alice.put("/keys/ttls", json={"value": "red", "ttl": 0.5}).status_code == 201
+        assert alice.get("/keys", params={"prefix": "ttl"}).json()["keys"] == ["ttls"]
+        time.sleep(0.7)
+        assert alice.get("/keys/ttls").status_code == 404
+        assert alice.get("/keys", params={"prefix": "ttl"}).json()["keys"] == []
+        assert alice.get("/keys", params={"value": "red"}).json()["keys"] == []
+
+
+@pytest.mark.parametrize("path", ["/auth/token/", "/transactions/"])
+def test_e2e_trailing_slash_is_a_json_404_not_a_redirect_to_the_host_header(
+    make_server: MakeServer, path: str
+) -> None:
+    """``curl -X POST .../auth/token/ -H 'Host: evil.example'`` answered 307 to evil.example,
+    and a 307 re-posts the credentials."""
+    server = make_server()
+    with server.client() as http:
+        answer = http.post(
+            path,
+            data={"username": "a", "password": "b"},
+            headers={"Host": "evil.example"},
+            follow_redirects=False,
+        )
+        assert (answer.status_code, answer.headers.get("location")) == (404, None)
+        assert answer.json()["detail"] == "Not Found"

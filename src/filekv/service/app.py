@@ -130,6 +130,11 @@ def create_app(settings: Settings, *, password_hasher: PasswordHasher | None = N
         # through its own /metrics and access log, so they are off. Older FastAPI keeps the
         # unknown keyword in ``app.extra``, harmlessly.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # Starlette answers "/auth/token/" with a 307 to "/auth/token" on whatever host the Host
+        # header names, and a 307 makes the client re-send the body (a password) there. A path
+        # is a route or nothing: a JSON 404. Keys ending in "/" are unaffected: "/keys/dir/" is
+        # the route "/keys/{key}" with the key "dir/".
+        redirect_slashes=False,
         # Every route can get these, before any route runs: 408, 414 and 431 from the read
         # limits of the HTTP protocol (service/protocol.py), 400 from the HTTP parser (or a
         # malformed header), 405 for a method the path does not have.
