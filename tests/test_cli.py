@@ -121,6 +121,7 @@ def test_cli_user_list_is_sorted_and_reads_the_env(
     assert (result.exit_code, result.output) == (0, "alice\tuser\nbob\tuser\ncarol\tuser\n")
     monkeypatch.setenv("FILEKV_DATA_DIR", str(tmp_path))
     assert runner.invoke(app, ["user", "list"]).output == "alice\tuser\nbob\tuser\ncarol\tuser\n"
+    (tmp_path / "empty").mkdir()
     assert runner.invoke(app, ["user", "list", "--data-dir", str(tmp_path / "empty")]).output == ""
 
 
@@ -623,3 +624,25 @@ def test_cli_help_builds_no_command() -> None:
         status, loaded = _run_main(args, ("filekv.settings", "pydantic_settings"))
         assert status == (0 if args else 2)
         assert loaded == []
+
+
+def test_cli_user_commands_on_a_missing_data_dir_say_so(tmp_path: Path) -> None:
+    # A typo in --data-dir listed no users and exited 0 (and revoke said "no user").
+    for args in (
+        ["list"],
+        ["revoke", "alice"],
+        ["remove", "alice"],
+        ["set-role", "alice", "admin"],
+    ):
+        code, output = _user(tmp_path / "typo", *args)
+        assert code == 1, args
+        assert output.strip() == f"filekv: no data directory at {tmp_path / 'typo'}", args
+    assert not (tmp_path / "typo").exists()
+
+
+def test_cli_user_add_refuses_a_bad_name_before_asking_for_a_password(tmp_path: Path) -> None:
+    # It asked for the password twice, then refused the name.
+    code, output = _user(tmp_path, "add", "bad name", stdin="")
+    assert code == 2
+    assert "Password" not in output
+    assert "invalid user name 'bad name'" in output

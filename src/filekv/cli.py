@@ -686,11 +686,16 @@ def _read_password(password_stdin: bool, prompt: str = "Password") -> str:
     return password
 
 
-def _auth(data_dir: Path | None) -> AuthService:
-    """The auth service on the data directory (imported late: ``--help`` stays fast)."""
+def _auth(data_dir: Path | None, *, existing: bool = True) -> AuthService:
+    """The auth service on the data directory (imported late: ``--help`` stays fast).
+
+    ``existing``: the directory must be there already (all but ``user add``, which may make the
+    first admin before the first ``serve``): a typo in --data-dir listed no users, exit 0."""
     from filekv.service.auth import AuthService
 
     settings = _settings(data_dir=data_dir)
+    if existing and not settings.data_dir.is_dir():
+        raise _fail(f"no data directory at {settings.data_dir.resolve()}")
     return AuthService(settings.data_dir, token_ttl=settings.token_ttl, registration="closed")
 
 
@@ -734,9 +739,11 @@ def user_add(
 ) -> None:
     """Add a user (works whether registration is open or closed, and while serving)."""
     from filekv.service.auth import UsernameTaken, UsersUnavailable
-    from filekv.service.users import InvalidUser
+    from filekv.service.users import USERNAME_RULE, InvalidUser, is_valid_username
 
-    auth = _auth(data_dir)
+    if not is_valid_username(name):  # before asking for a password twice, not after
+        raise _fail(f"invalid user name {name!r}: {USERNAME_RULE}", 2)
+    auth = _auth(data_dir, existing=False)
     password = _read_password(password_stdin)
     try:
         auth.add_user(name, password, role="admin" if admin else "user")
