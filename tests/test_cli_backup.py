@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
+from typing import Final
 
 import pytest
 from typer.testing import CliRunner
 
 from filekv.cli import app
 from filekv.engine import Store
+from filekv.service.users import UserFile
 
 runner = CliRunner()
+FILEKV: Final = str(Path(sys.executable).parent / "filekv")
 FAST = {"fsync": "never", "auto_compact": False}
 
 
@@ -154,3 +159,64 @@ def test_cli_restore_max_bytes_refuses_a_larger_archive(tmp_path: Path) -> None:
         ],
     )
     assert done.exit_code == 1 and "over the limit of 10" in done.output
+
+
+def _backup_with_a_user(tmp_path: Path) -> bytes:
+    _store(tmp_path / "data", keys=53)
+    UserFile(tmp_path / "data").add("alice", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA")
+    made = runner.invoke(
+        app, ["backup", str(tmp_path / "b.tar"), "--data-dir", str(tmp_path / "data")]
+    )
+    assert made.exit_code == 0, made.output
+    return (tmp_path / "b.tar").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (b"c2F", "member users.json is damaged: its SHA-256 is not the one the manifest"),
+        (b'"ali', "member users.json is damaged: its SHA-256 is not the one the manifest"),
+        (b'"keys": 5', "damaged manifest: it does not match its manifest_sha256"),
+    ],
+    ids=["password-salt", "user-name", "manifest-keys"],
+)
+def test_cli_restore_refuses_a_bit_flipped_in_users_json_or_the_manifest(
+    tmp_path: Path, damage: bytes, why: str
+) -> None:
+    """The audit's cases: each restored with exit 0 before (the user's password then refused,
+    the user renamed, the key count wrong)."""
+    data = bytearray(_backup_with_a_user(tmp_path))
+    data[data.index(damage) + len(damage) - 1] ^= 0x01  # its last byte: "53" becomes "43"
+    (tmp_path / "bad.tar").write_bytes(bytes(data))
+    done = runner.invoke(
+        app, ["restore", str(tmp_path / "bad.tar"), "--data-dir", str(tmp_path / "copy")]
+    )
+    assert done.exit_code == 1
+    assert done.output.startswith(f"filekv: {tmp_path / 'bad.tar'}: {why}")
+    assert done.output.count("\n") == 1, done.output
+    assert not (tmp_path / "copy").exists()
+
+
+def test_cli_restore_of_a_malformed_users_json_says_so_in_one_line(tmp_path: Path) -> None:
+    """A users.json damaged before the backup was taken (its SHA-256 is of the damaged bytes):
+    refused in one line, not after the server's log of a damaged users file. A real process:
+    that log reached stderr through logging's last resort, which pytest's handlers hide."""
+    _store(tmp_path / "data")
+    (tmp_path / "data" / "users.json").write_text('{"format": 1, "users": {"bob": {}}}\n')
+    made = runner.invoke(
+        app, ["backup", str(tmp_path / "b.tar"), "--data-dir", str(tmp_path / "data")]
+    )
+    assert made.exit_code == 0, made.output
+    done = subprocess.run(
+        [FILEKV, "restore", str(tmp_path / "b.tar"), "--data-dir", str(tmp_path / "copy")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")},
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"filekv: {tmp_path / 'b.tar'}: member users.json is damaged: not a filekv users file "
+        "(a required field is missing)\n"
+    )
+    assert not (tmp_path / "copy").exists()

@@ -7,12 +7,15 @@ directory as it was.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -76,13 +79,37 @@ def _rebuild(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
     return out.getvalue()
 
 
-def _with_manifest(members: list[tuple[tarfile.TarInfo, bytes]], **changes: object) -> bytes:
-    """The archive with its manifest's fields replaced by ``changes``."""
+def _with_manifest(
+    members: list[tuple[tarfile.TarInfo, bytes]], *, seal: bool = True, **changes: object
+) -> bytes:
+    """The archive with its manifest's fields replaced by ``changes`` (a field given None is
+    left out); with ``seal``, its manifest_sha256 made right again (the rule as documented)."""
     info, content = members[0]
     manifest = {**json.loads(content), **changes}
+    manifest = {key: value for key, value in manifest.items() if value is not None}
+    if seal and "manifest_sha256" in manifest:
+        manifest["manifest_sha256"] = "0" * 64
+        blank = json.dumps(manifest).encode()
+        manifest["manifest_sha256"] = hashlib.sha256(blank).hexdigest()
     encoded = json.dumps(manifest).encode()
     info.size = len(encoded)
     return _rebuild([(info, encoded), *members[1:]])
+
+
+def _format_1(data: bytes, **changes: object) -> bytes:
+    """``data`` as the code before the checksums wrote it: format 1, no SHA-256 anywhere."""
+    members = _members(data)
+    files = [
+        {k: v for k, v in f.items() if k != "sha256"} for f in json.loads(members[0][1])["files"]
+    ]
+    return _with_manifest(members, format=1, manifest_sha256=None, files=files, **changes)
+
+
+def _flipped(data: bytes, at: int) -> bytes:
+    """``data`` with the lowest bit of its byte at ``at`` flipped."""
+    flipped = bytearray(data)
+    flipped[at] ^= 0x01
+    return bytes(flipped)
 
 
 def _file(
@@ -257,7 +284,7 @@ def test_restore_refuses_an_archive_that_is_not_a_backup(tmp_path: Path) -> None
 @pytest.mark.parametrize(
     ("changes", "why"),
     [
-        ({"format": 2}, "format"),
+        ({"format": 3}, "format"),
         ({"revision": -1}, "revision"),
         ({"files": [{"name": "../x", "bytes": 1}]}, "files"),
         (
@@ -296,3 +323,159 @@ def test_restore_refuses_a_manifest_over_its_size_limit(tmp_path: Path) -> None:
     header = info.tobuf(tarfile.GNU_FORMAT)
     with pytest.raises(ArchiveError, match="manifest of 67,108,864 bytes"):
         _restore(header + bytes(1024), tmp_path / "a")
+
+
+def test_a_backup_carries_the_sha256_of_users_json_and_of_its_manifest(
+    archive: tuple[bytes, dict[str, bytes]],
+) -> None:
+    members = dict((info.name, content) for info, content in _members(archive[0]))
+    manifest = json.loads(members[MANIFEST_NAME])
+    assert manifest["format"] == 2
+    users = next(f for f in manifest["files"] if f["name"] == "users.json")
+    assert users["sha256"] == hashlib.sha256(members["users.json"]).hexdigest()
+    # Segments and hints carry checksums of their own: no SHA-256 for them.
+    assert all("sha256" not in f for f in manifest["files"] if f["name"] != "users.json")
+    # The manifest's digest is of its bytes as written, with the digest's value blanked.
+    raw, digest = members[MANIFEST_NAME], manifest["manifest_sha256"]
+    assert hashlib.sha256(raw.replace(digest.encode(), b"0" * 64)).hexdigest() == digest
+
+
+def test_restore_refuses_users_json_with_a_bit_flipped_anywhere(
+    archive: tuple[bytes, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """A flip in a password hash's salt (the right password is then refused) or in a name (the
+    user renamed) still parses: only the SHA-256 tells. Each restore is refused, leaving
+    nothing."""
+    data = archive[0]
+    info, users = next((i, c) for i, c in _members(data) if i.name == "users.json")
+    salt_at = users.index(b"$x$y") + 1  # the salt of root's (fake) argon2id hash
+    name_at = users.index(b'"root"') + 2
+    spread = range(0, info.size, max(1, info.size // 25))
+    for at in sorted({salt_at, name_at, info.size - 1, *spread}):
+        with pytest.raises(ArchiveError) as raised:
+            _restore(_flipped(data, info.offset_data + at), tmp_path / "target")
+        assert str(raised.value) == (
+            "in.tar: member users.json is damaged: its SHA-256 is not the one the manifest "
+            f"gives (offset {info.offset_data})"
+        )
+        assert not (tmp_path / "target").exists()
+
+
+def test_restore_refuses_a_manifest_with_any_bit_flipped_or_a_figure_changed(
+    archive: tuple[bytes, dict[str, bytes]], tmp_path: Path
+) -> None:
+    data = archive[0]
+    raw = _members(data)[0][1]
+    for at in range(len(raw)):  # the manifest's bytes follow its 512-byte header
+        with pytest.raises(ArchiveError, match=r"^in.tar: damaged manifest: "):
+            _restore(_flipped(data, 512 + at), tmp_path / "target")
+        assert not (tmp_path / "target").exists()
+    # The audit's case: "keys" edited by hand, the same length.
+    keys = json.loads(raw)["keys"]
+    edited = raw.replace(f'"keys": {keys},'.encode(), f'"keys": {keys - 10},'.encode())
+    assert edited != raw and len(edited) == len(raw)
+    with pytest.raises(ArchiveError, match="does not match its manifest_sha256"):
+        _restore(data.replace(raw, edited), tmp_path / "target")
+    assert not (tmp_path / "target").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "why"),
+    [
+        ({"manifest_sha256": None}, "format 2 without its manifest_sha256"),
+        ({"manifest_sha256": "0" * 64}, "does not match its manifest_sha256"),
+        ({"manifest_sha256": "a" * 63}, "manifest_sha256: String should match"),
+        ({"format": 1}, "does not match its manifest_sha256"),
+    ],
+    ids=["no-digest", "zero-digest", "short-digest", "format-1-with-digest"],
+)
+def test_restore_refuses_a_manifest_without_its_checksum_or_with_a_wrong_one(
+    archive: tuple[bytes, dict[str, bytes]], tmp_path: Path, changes: dict[str, object], why: str
+) -> None:
+    data = _with_manifest(_members(archive[0]), seal=False, **changes)
+    with pytest.raises(ArchiveError, match=rf"^in.tar: damaged manifest: .*{why}"):
+        _restore(data, tmp_path / "target")
+
+
+def test_restore_refuses_a_format_2_manifest_listing_users_json_without_its_sha256(
+    archive: tuple[bytes, dict[str, bytes]], tmp_path: Path
+) -> None:
+    members = _members(archive[0])
+    files = [
+        {k: v for k, v in f.items() if k != "sha256"} for f in json.loads(members[0][1])["files"]
+    ]
+    data = _with_manifest(members, files=files)  # sealed: only the users' digest is missing
+    with pytest.raises(
+        ArchiveError, match=r"damaged manifest: users\.json listed without its sha256"
+    ):
+        _restore(data, tmp_path / "target")
+
+
+def test_restore_accepts_a_format_1_archive_and_checks_its_figures(
+    archive: tuple[bytes, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """Archives written before the checksums restore as they did; their key count and
+    revision are still checked against the restored store."""
+    data, expected = archive
+    result = _restore(_format_1(data), tmp_path / "old")
+    assert result.keys == len(expected)  # type: ignore[attr-defined]
+    with Store.open(tmp_path / "old", **FAST) as db:
+        assert {key: db.get(key) for key in db.scan()} == expected
+    assert UserFile(tmp_path / "old").find("root") is not None
+    with pytest.raises(
+        ArchiveError,
+        match=rf"^in.tar: the restored store holds {len(expected)} keys; the manifest says "
+        rf"{len(expected) - 10}$",
+    ):
+        _restore(_format_1(data, keys=len(expected) - 10), tmp_path / "fewer")
+    with pytest.raises(ArchiveError, match="the manifest says 1,000"):
+        _restore(_format_1(data, keys=1000), tmp_path / "more")
+    assert not (tmp_path / "fewer").exists() and not (tmp_path / "more").exists()
+
+
+def test_restore_counts_keys_expired_since_the_backup_as_the_manifest_does(
+    tmp_path: Path,
+) -> None:
+    """The manifest counts the keys alive when the backup was taken; keys that expired since
+    are not missing (the restored store holds them, expired)."""
+    then = time.time() - 3600  # the backup is taken an hour ago, as far as TTLs go
+    with Store.open(tmp_path / "source", clock=lambda: then, **FAST) as db:
+        for i in range(20):
+            db.put(f"forever{i}", b"x")
+        for i in range(5):
+            db.put(f"gone{i}", b"x", ttl=10)  # expired before the backup: not in its count
+        then += 20
+        for i in range(7):
+            db.put(f"brief{i}", b"x", ttl=60)  # alive at the backup, expired by now
+        assert len(db) == 27
+    with Store.open(tmp_path / "source", clock=lambda: then, **FAST) as db:
+        staging, manifest = stage_backup(db)
+        try:
+            data = b"".join(iter_archive(staging, manifest))
+        finally:
+            shutil.rmtree(staging)
+    assert manifest.keys == 27
+    result = _restore(data, tmp_path / "restored")
+    assert result.keys == 20  # type: ignore[attr-defined]  # alive now
+    with pytest.raises(ArchiveError, match=r"holds 32 keys, 12 of them expired; the manifest"):
+        _restore(_format_1(data, keys=33), tmp_path / "more")
+    with pytest.raises(ArchiveError, match=r"holds 32 keys, 12 of them expired; the manifest"):
+        _restore(_format_1(data, keys=19), tmp_path / "fewer")
+
+
+def test_restore_of_a_malformed_users_json_is_one_refusal_and_no_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A users.json that was malformed when the backup was taken matches its SHA-256: the
+    parse refuses it, saying so once (the server's "logins are refused" log is not for this)."""
+    _store_with_data(tmp_path / "source", keys=5)
+    (tmp_path / "source" / "users.json").write_text('{"format": 1, "users": []}\n')
+    data = _archive(tmp_path / "source")
+    with pytest.raises(ArchiveError) as raised:
+        _restore(data, tmp_path / "target")
+    assert str(raised.value) == (
+        "in.tar: member users.json is damaged: not a filekv users file "
+        "(AttributeError: 'list' object has no attribute 'items')"
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not (tmp_path / "target").exists()

@@ -2,7 +2,8 @@
 
 Layout (POSIX tar, GNU headers, every member a regular file at the top level, mode 0600)::
 
-    filekv-backup.json      the manifest: format, revision, keys, created, files [{name, bytes}]
+    filekv-backup.json      the manifest: format, revision, keys, created, files [{name, bytes,
+                            sha256 (users.json only)}], manifest_sha256
     0000000001.seg          the segments, oldest first, each followed by its hint if it has one
     0000000001.hint
     ...
@@ -19,11 +20,23 @@ member names above (no path, so nothing can land outside the destination), only 
 (no links, devices or long-name extensions), only members the manifest lists with the size it
 gives, at most ``MAX_MEMBERS`` of them and ``max_bytes`` in all, each limit checked before the
 member's data is read. Every error names the archive and the offset in it.
+
+Checksums (format 2): segments and hints carry their own (a CRC-32 per record, per segment
+header, per hint file), which ``restore`` verifies; the two members that carry none get a SHA-256
+in the manifest. ``users.json``'s is its ``files`` entry's ``sha256``, checked as it is extracted.
+The manifest's own is ``manifest_sha256``: the SHA-256 of the manifest's bytes as written with
+that field's 64 hex digits replaced by 64 zeros, checked before anything else in it is used.
+Format 1 archives (from before these checksums) are still read: whatever has a checksum is
+verified, and a format 2 manifest without ``manifest_sha256`` or ``users.json``'s ``sha256`` is
+refused, so a damaged format 2 archive cannot pass for a format 1 one (no single bit flip turns
+the ``2`` into a ``1``). Checksums catch damage, not forgery: whoever can rewrite an archive can
+rewrite its checksums too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -44,7 +57,7 @@ if TYPE_CHECKING:  # the engine is imported by what stages a backup, not by ever
 
 MANIFEST_NAME: Final = "filekv-backup.json"
 USERS_NAME: Final = USERS_FILE
-ARCHIVE_FORMAT: Final = 1
+ARCHIVE_FORMAT: Final = 2  # 1: no SHA-256 of users.json nor of the manifest (still read)
 BLOCK: Final = tarfile.BLOCKSIZE  # 512
 RECORD: Final = tarfile.RECORDSIZE  # 20 blocks: the archive is padded to a whole record
 CHUNK: Final = 1 << 20  # bytes read or written at a time
@@ -53,6 +66,12 @@ MAX_MANIFEST_BYTES: Final = 16 << 20
 # A store's own files and the users file: no directory part, nothing else.
 MEMBER_NAME: Final = re.compile(r"(?:[0-9]{10}\.(?:seg|hint)|users\.json)")
 _SEGMENT_NAME: Final = re.compile(r"[0-9]{10}\.seg")
+SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
+# What manifest_sha256 stands for while the digest is computed: as long as a digest, so the
+# manifest's length (and the archive's, announced before it is written) does not change.
+_BLANK_DIGEST: Final = "0" * 64
+# The members without a checksum of their own, whose SHA-256 a format 2 manifest must give.
+_NEEDS_DIGEST: Final = frozenset({USERS_NAME})
 
 Progress = Callable[[int], None]  # told the bytes done since the last call
 
@@ -68,6 +87,7 @@ class ArchiveFile(BaseModel):
 
     name: str = Field(pattern=MEMBER_NAME.pattern)
     bytes: int = Field(ge=0)
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)  # hex, of the member
 
 
 class Manifest(BaseModel):
@@ -75,23 +95,51 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal[1] = ARCHIVE_FORMAT
+    format: Literal[1, 2] = ARCHIVE_FORMAT
     revision: int = Field(ge=0)
     keys: int = Field(ge=0)
     created: str
     files: list[ArchiveFile] = Field(max_length=MAX_MEMBERS)
+    # Last, so that a reader finds it as the last occurrence of its value (``_sealed_digest``).
+    manifest_sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
 
     @property
     def data_bytes(self) -> int:
         return sum(f.bytes for f in self.files)
 
     def encode(self) -> bytes:
-        return self.model_dump_json(indent=1).encode() + b"\n"
+        # exclude_none: no "sha256": null for the members that have checksums of their own
+        return self.model_dump_json(indent=1, exclude_none=True).encode() + b"\n"
+
+    def sealed(self) -> Manifest:
+        """This manifest with its ``manifest_sha256`` set (see the module's "Checksums")."""
+        blank = self.model_copy(update={"manifest_sha256": _BLANK_DIGEST})
+        digest = hashlib.sha256(blank.encode()).hexdigest()
+        return self.model_copy(update={"manifest_sha256": digest})
+
+
+def _sealed_digest(data: bytes, claimed: str) -> str:
+    """The SHA-256 of the manifest ``data`` with its ``manifest_sha256`` value, ``claimed``,
+    blanked: equal to ``claimed`` if and only if the bytes are those that were sealed."""
+    quoted = f'"{claimed}"'.encode()
+    at = data.rfind(quoted)
+    if at < 0:  # written some other way (a JSON escape): not the bytes that were sealed
+        return ""
+    blank = data[: at + 1] + _BLANK_DIGEST.encode() + data[at + 1 + len(claimed) :]
+    return hashlib.sha256(blank).hexdigest()
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def build_manifest(directory: Path, *, revision: int, keys: int) -> Manifest:
-    """The manifest of the backup in ``directory``: segments in id order, each with its hint,
-    then the users file."""
+    """The sealed manifest of the backup in ``directory``: segments in id order, each with its
+    hint, then the users file, with its SHA-256 (a small file, read once more here)."""
     names = [n for n in os.listdir(directory) if MEMBER_NAME.fullmatch(n)]
     # Each segment, then its hint; the users file last.
     ordered = sorted(names, key=lambda n: (n == USERS_NAME, n.partition(".")[0], n.endswith("t")))
@@ -99,8 +147,15 @@ def build_manifest(directory: Path, *, revision: int, keys: int) -> Manifest:
         revision=revision,
         keys=keys,
         created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        files=[ArchiveFile(name=n, bytes=os.path.getsize(directory / n)) for n in ordered],
-    )
+        files=[
+            ArchiveFile(
+                name=n,
+                bytes=os.path.getsize(directory / n),
+                sha256=_sha256_of(directory / n) if n in _NEEDS_DIGEST else None,
+            )
+            for n in ordered
+        ],
+    ).sealed()
 
 
 def stage_backup(store: Store, *, verify_in_child: bool = False) -> tuple[Path, Manifest]:
@@ -242,7 +297,9 @@ def read_archive(
     or truncated archive, a first member that is not a manifest, a member the manifest does not
     list (any other name, a duplicate, another size), a member that is not a regular file, more
     than ``MAX_MEMBERS`` members or more than ``max_bytes`` of data in all, a member missing at
-    the end. Record checksums are not checked here: ``restore`` does that on the extracted files.
+    the end, a manifest that does not match its SHA-256; and once a member's bytes are written
+    into ``destination``, for a member that does not match the SHA-256 the manifest gives it.
+    Record checksums are not checked here: ``restore`` does that on the extracted files.
     """
     reader = _Reader(source, source_name)
     manifest = _read_manifest(reader)
@@ -254,6 +311,7 @@ def read_archive(
     if on_manifest is not None:
         on_manifest(manifest)
     expected = {f.name: f.bytes for f in manifest.files}
+    digests = {f.name: f.sha256 for f in manifest.files if f.sha256 is not None}
     offsets: dict[str, int] = {}
     while True:
         at = reader.offset
@@ -268,9 +326,15 @@ def read_archive(
             raise reader.fail(
                 at, f"member {info.name!r} holds {info.size} bytes, the manifest says {size}"
             )
-        offsets[info.name] = reader.offset
+        data_at = reader.offset
+        offsets[info.name] = data_at
         del expected[info.name]
-        _extract(reader, destination / info.name, size, progress)
+        digest = _extract(reader, destination / info.name, size, progress, info.name in digests)
+        if digest is not None and digest != digests[info.name]:
+            raise reader.fail(
+                data_at,
+                f"member {info.name} is damaged: its SHA-256 is not the one the manifest gives",
+            )
     if expected:
         missing = ", ".join(sorted(expected)[:5])
         raise ArchiveError(
@@ -309,20 +373,37 @@ def _read_manifest(reader: _Reader) -> Manifest:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise reader.fail(data_at, f"damaged manifest: {where}: {first['msg']}") from None
+    if manifest.manifest_sha256 is not None:
+        if _sealed_digest(data, manifest.manifest_sha256) != manifest.manifest_sha256:
+            raise reader.fail(data_at, "damaged manifest: it does not match its manifest_sha256")
+    elif manifest.format >= 2:
+        raise reader.fail(data_at, "damaged manifest: format 2 without its manifest_sha256")
     names = [f.name for f in manifest.files]
     if len(set(names)) != len(names):
         raise reader.fail(data_at, "damaged manifest: a file is listed twice")
+    if manifest.format >= 2:
+        unchecked = [f.name for f in manifest.files if f.name in _NEEDS_DIGEST and not f.sha256]
+        if unchecked:
+            raise reader.fail(
+                data_at, f"damaged manifest: {unchecked[0]} listed without its sha256"
+            )
     if not any(_SEGMENT_NAME.fullmatch(n) for n in names):
         raise reader.fail(data_at, "damaged manifest: no segment listed")
     return manifest
 
 
-def _extract(reader: _Reader, path: Path, size: int, progress: Progress | None) -> None:
+def _extract(
+    reader: _Reader, path: Path, size: int, progress: Progress | None, hashed: bool
+) -> str | None:
+    """Write the member's ``size`` bytes to ``path``; with ``hashed``, their SHA-256 (hex)."""
+    digest = hashlib.sha256() if hashed else None
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         left = size
         while left:
             chunk = reader.read(min(CHUNK, left), f"member {path.name}")
+            if digest is not None:
+                digest.update(chunk)
             view = memoryview(chunk)
             while view:
                 view = view[os.write(fd, view) :]
@@ -333,3 +414,4 @@ def _extract(reader: _Reader, path: Path, size: int, progress: Progress | None) 
     finally:
         os.close(fd)
     reader.read(_padded(size) - size, f"the padding of member {path.name}")
+    return None if digest is None else digest.hexdigest()

@@ -8,9 +8,10 @@ backup never lies under the real name; ``-`` writes it to stdout.
 
 ``restore IN.tar --data-dir D`` (``-``: stdin) is ``filekv.restore.restore``: it refuses a
 directory in use, and one that is not empty unless ``--force``; checks every member before
-writing it and every record's checksum after; and changes nothing in ``D`` unless all of it
-checks out. Both show a progress bar (bytes, speed, ETA) on stderr when stderr is a terminal,
-then a summary line on stderr (``--json``: as JSON on stdout).
+writing it, the manifest's SHA-256 and users.json's, every record's checksum, and the revision
+and key count the manifest gives; and changes nothing in ``D`` unless all of it checks out.
+Both show a progress bar (bytes, speed, ETA) on stderr when stderr is a terminal, then a summary
+line on stderr (``--json``: as JSON on stdout).
 """
 
 from __future__ import annotations
@@ -219,8 +220,8 @@ def restore(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Restore a backup archive into a data directory no server is using; every record's
-    checksum is verified before anything in the directory changes."""
+    """Restore a backup archive into a data directory no server is using; every checksum in it
+    is verified before anything in the directory changes."""
     from filekv.backup_archive import ArchiveError
     from filekv.engine import StoreError
     from filekv.restore import RestoreRefused

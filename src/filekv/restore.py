@@ -9,9 +9,10 @@ Steps, nothing in the data directory touched until the backup is known to be who
    names, types, sizes and counts checked before each member is written; the total checked
    against ``max_bytes`` and the free space first).
 3. Verify: every record checksum of every segment and every hint's checksum (``verify_copy``,
-   strict: a damaged hint means a damaged archive), and the users file parses; then open the
-   staging folder as a store (recovery reads it whole, and writes the hints the copy lacked) and
-   check that its revision is the manifest's.
+   strict: a damaged hint means a damaged archive), and the users file parses (its SHA-256 and
+   the manifest's own, when the archive has them, were checked in 2); then open the staging
+   folder as a store (recovery reads it whole, and writes the hints the copy lacked) and check
+   that its revision and its number of keys are the manifest's.
 4. With ``force``, remove the directory's old store files (segments, hints, their temporary and
    ``.broken`` files, ``users.json``, stale backup staging folders); move the restored files in;
    fsync the directory. An interruption here leaves a directory to restore again, with the same
@@ -23,9 +24,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
+import math
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -168,23 +172,62 @@ def _verify(staging: Path, extracted: Extracted, source_name: str) -> int:
             f"(offset {at} of the archive): {error.reason}"
         ) from None
     if (staging / USERS_NAME).exists():
-        try:
-            UserFile(staging).records()
-        except (UsersFileCorrupt, OSError) as error:
-            raise ArchiveError(f"{source_name}: member {USERS_NAME} is damaged: {error}") from None
+        _check_users(staging, source_name)
+    manifest = extracted.manifest
+    now = -math.inf  # before every expiry: len(store) counts every key held, expired or not
     try:
         # Opened only to be checked: nothing may write to the copy (no compaction, no sweep of
         # keys that expired since the backup: the server that serves it will do that).
-        with Store.open(staging, auto_compact=False, expiry_sweep_seconds=0) as store:
-            revision, keys = store.revision, len(store)
+        with Store.open(
+            staging, auto_compact=False, expiry_sweep_seconds=0, clock=lambda: now
+        ) as store:
+            revision, held = store.revision, len(store)
+            now = time.time()
+            keys = len(store)
     except StoreError as error:
         raise ArchiveError(f"{source_name}: the restored store does not open: {error}") from None
-    if revision != extracted.manifest.revision:
+    if revision != manifest.revision:
         raise ArchiveError(
             f"{source_name}: the restored store is at revision {revision}, "
-            f"the manifest says {extracted.manifest.revision}"
+            f"the manifest says {manifest.revision}"
+        )
+    # The manifest counts the keys alive when the backup was taken: all those held, less the
+    # ones expired by then; more may have expired since (``keys``, alive now).
+    if not keys <= manifest.keys <= held:
+        expired = f", {held - keys:,} of them expired" if held != keys else ""
+        raise ArchiveError(
+            f"{source_name}: the restored store holds {held:,} keys{expired}; "
+            f"the manifest says {manifest.keys:,}"
         )
     return keys
+
+
+class _ThisThread(logging.Filter):
+    """Drops the records the thread that made it logs (other threads' pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self.thread
+
+
+def _check_users(staging: Path, source_name: str) -> None:
+    """ArchiveError, one line, unless the restored users file parses."""
+    path = staging / USERS_NAME
+    # UserFile is the server's reader: it also logs a damaged file, for the server's operator
+    # ("logins and registrations are refused ..."), which would print a second line, naming
+    # the staging folder, before this refusal. That log is not meant for a restore: muted here.
+    users_log, muted = logging.getLogger(UserFile.__module__), _ThisThread()
+    users_log.addFilter(muted)
+    try:
+        UserFile(staging).records()
+    except (UsersFileCorrupt, OSError) as error:
+        reason = str(error).removeprefix(f"{path}: ")  # the staging folder is gone afterwards
+        raise ArchiveError(f"{source_name}: member {USERS_NAME} is damaged: {reason}") from None
+    finally:
+        users_log.removeFilter(muted)
 
 
 def _remove_store_files(data_dir: Path) -> None:

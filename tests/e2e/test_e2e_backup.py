@@ -206,6 +206,22 @@ def test_e2e_cli_backup_over_http_and_restore_serve_the_same_data(
     restored = _run("restore", str(tmp_path / "b.tar"), "--data-dir", str(tmp_path / "restored"))
     assert restored.returncode == 0, restored.stderr
     assert restored.stderr.startswith("restored revision 50: 50 keys, ")
+    # One bit of a password hash flipped: it still parses, only the SHA-256 the server put in
+    # the manifest tells (before it, this restored and the right password was refused).
+    damaged = bytearray((tmp_path / "b.tar").read_bytes())
+    with tarfile.open(tmp_path / "b.tar") as tar:
+        users = tar.getmember("users.json")
+    damaged[damaged.index(b"$argon2id$", users.offset_data) + 40] ^= 0x01
+    (tmp_path / "bad.tar").write_bytes(bytes(damaged))
+    refused_restore = _run(
+        "restore", str(tmp_path / "bad.tar"), "--data-dir", str(tmp_path / "bad")
+    )
+    assert refused_restore.returncode == 1
+    assert refused_restore.stderr == (
+        f"filekv: {tmp_path / 'bad.tar'}: member users.json is damaged: its SHA-256 is not the "
+        f"one the manifest gives (offset {users.offset_data})\n"
+    )
+    assert not (tmp_path / "bad").exists()
     copy = Server(tmp_path / "restored", tmp_path / "restored.log")
     copy.start()
     try:
