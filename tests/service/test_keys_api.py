@@ -163,7 +163,7 @@ def test_keys_if_match_current_revision_replaces(client: TestClient) -> None:
     assert client.get("/keys/k").json()["value"] == "two"
 
 
-@pytest.mark.parametrize("tag", ['"999"', '"0"', "garbage", '"-1"'])
+@pytest.mark.parametrize("tag", ['"999"', '"0"', '"-1"', 'W/"1"'])
 def test_keys_if_match_other_revision_is_412_and_changes_nothing(
     client: TestClient, tag: str
 ) -> None:
@@ -171,6 +171,19 @@ def test_keys_if_match_other_revision_is_412_and_changes_nothing(
     answer = client.put("/keys/k", json={"value": "two"}, headers={"If-Match": tag})
     assert answer.status_code == 412
     assert isinstance(answer.json()["detail"], str)
+    assert client.get("/keys/k").json()["value"] == "one"
+
+
+@pytest.mark.parametrize("name", ["If-Match", "If-None-Match"])
+@pytest.mark.parametrize("tag", ["garbage", "1", '"1', "W/*"])
+def test_keys_malformed_condition_is_400_and_changes_nothing(
+    client: TestClient, name: str, tag: str
+) -> None:
+    # Not an entity tag nor *: refused, where it used to be ignored (If-None-Match) or a 412.
+    client.put("/keys/k", json={"value": "one"})
+    answer = client.put("/keys/k", json={"value": "two"}, headers={name: tag})
+    assert answer.status_code == 400
+    assert answer.json()["detail"].startswith(f"{name} must be * or")
     assert client.get("/keys/k").json()["value"] == "one"
 
 

@@ -18,10 +18,10 @@ ROUTES = [
     (
         "delete",
         "/keys/{key}",
-        {"204", "401", "404", "409", "412", "413", "422", "423", "503", "507"},
+        {"204", "400", "401", "404", "409", "412", "413", "422", "423", "503", "507"},
     ),
     ("get", "/keys", {"200", "401", "409", "410", "422", "503"}),
-    ("post", "/transactions", {"201", "401", "409", "423", "503"}),
+    ("post", "/transactions", {"201", "401", "409", "423", "429", "503"}),
     ("get", "/transactions", {"200", "401"}),
     ("delete", "/transactions", {"200", "401", "403"}),
     ("get", "/admin/backup", {"200", "401", "403", "429", "500", "503", "507"}),
@@ -159,7 +159,7 @@ def test_openapi_declares_required_bearer_for_logged_in_routes(
 
 @pytest.mark.parametrize(
     ("method", "headers"),
-    [("put", {"If-Match", "If-None-Match"}), ("delete", {"If-Match"})],
+    [("put", {"If-Match", "If-None-Match"}), ("delete", {"If-Match", "If-None-Match"})],
 )
 def test_openapi_declares_the_conditional_headers(
     spec: dict[str, Any], method: str, headers: set[str]

@@ -8,11 +8,13 @@ service's own ``BadRequest``, ``BodyTooLarge``, ``PreconditionFailed``, ``Unsupp
 so the answers match the documented ones exactly.
 
 - ``read_put`` / ``read_delete`` / ``check_key_encoding``: everything a key route reads, in the
-  order the errors are reported (key encoding 422, media type 415, body 400/413/422, If-Match 412).
+  order the errors are reported (key encoding 422, media type or content coding 415, body
+  400/413/422, a malformed If-Match / If-None-Match 400, a failed one 412).
 - ``read_value``: a ``{"value": "<string>"}`` JSON body, refused before reading past its cap.
 - ``read_body``: any body, refused (413) before reading past a cap.
 - ``read_batch``: a ``POST /batch`` body as engine ``Put``/``Delete`` operations.
-- ``parse_expect``: ``If-Match: "<rev>"`` / ``If-None-Match: *``.
+- ``parse_expect``: ``If-Match`` / ``If-None-Match`` (``*`` or a list of entity tags), as the
+  write's ``expect=``, or as ``Conditions`` to decide against the key's current revision.
 - ``parse_limit``: a ``limit`` query parameter, as ``Query(ge=1, le=MAX_LIMIT)`` would check it.
 
 Owns no state.
@@ -21,7 +23,7 @@ Owns no state.
 from __future__ import annotations
 
 import re
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -36,9 +38,13 @@ from filekv.service.errors import (
     BadRequest,
     BodyTooLarge,
     PreconditionFailed,
+    UnsupportedContentEncoding,
     UnsupportedMediaType,
 )
 from filekv.service.schemas import MAX_BATCH_BYTES, MAX_BATCH_OPS, BatchIn, BatchPut
+
+if TYPE_CHECKING:
+    from filekv.engine import Entry
 
 DEFAULT_LIMIT: Final = 1000
 MAX_LIMIT: Final = 10_000
@@ -56,7 +62,7 @@ _BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _INTEGER: Final = re.compile(r"[+-]?[0-9]+")
 
 
-async def read_put(request: Request) -> tuple[str, float | None, int | None]:
+async def read_put(request: Request) -> tuple[str, float | None, int | Conditions | None]:
     """A key PUT's input: (the value's text, its ttl or None, the expected revision as for
     ``parse_expect``)."""
     check_key_encoding(request)
@@ -65,7 +71,7 @@ async def read_put(request: Request) -> tuple[str, float | None, int | None]:
     return text, ttl, parse_expect(request)
 
 
-def read_delete(request: Request) -> int | None:
+def read_delete(request: Request) -> int | Conditions | None:
     """A key DELETE's input: the expected revision, as for ``parse_expect``."""
     check_key_encoding(request)
     return parse_expect(request)
@@ -91,16 +97,38 @@ def check_key_encoding(request: Request) -> None:
 
 
 def check_json_body(request: Request) -> None:
-    """415 unless the body is declared JSON (or not declared at all)."""
-    content_type = request.headers.get("content-type")
+    """415 unless the body is declared JSON (or not declared at all) and not content-coded."""
+    # One pass over the raw headers for both: a fifth of two ``request.headers.get`` (measured:
+    # 0.2 against 1.1 µs), on every PUT and batch.
+    content_type = coding = None
+    for name, value in request.scope["headers"]:  # lower-case names, as ASGI requires
+        if name == b"content-type":
+            if content_type is None:  # the first, as ``headers.get`` reads it
+                content_type = value
+        elif name == b"content-encoding":  # every line: they make one list
+            coding = value if coding is None else coding + b"," + value
+    if coding is not None:
+        _check_identity(coding.decode("latin-1"))
     if not content_type:
         return
-    media = content_type.partition(";")[0].strip().lower()
+    media = content_type.decode("latin-1").partition(";")[0].strip().lower()
     if media == "application/json" or ("/" in media and media.endswith("+json")):
         return
     raise UnsupportedMediaType(
         f"the body must be JSON (Content-Type: application/json), not {media or 'empty'}"
     )
+
+
+def _check_identity(coding: str) -> None:
+    """415 (RFC 7694) for any content coding but ``identity``: the service decodes none, and a
+    gzip body read as JSON would be a misleading 422, or worse, stored as it came."""
+    for item in coding.split(","):
+        name = item.strip(" \t").lower()
+        if name and name != "identity":
+            raise UnsupportedContentEncoding(
+                f"Content-Encoding {name[:40]} is not supported: send the body as it is, "
+                "without Content-Encoding"
+            )
 
 
 def digits(text: str) -> str | None:
@@ -110,19 +138,153 @@ def digits(text: str) -> str | None:
     return text.lstrip("0") or "0"
 
 
-def parse_expect(request: Request) -> int | None:
-    """``If-Match: "<rev>"`` -> rev; ``If-None-Match: *`` -> 0 (must not exist); else None."""
-    if_match = request.headers.get("if-match")
-    if if_match is not None:
-        tag = digits(if_match.strip().removeprefix("W/").strip('"'))
-        if tag is None or tag == "0":
-            raise PreconditionFailed('If-Match must name one revision: "<rev>"')
-        if len(tag) > MAX_DIGITS:
-            raise PreconditionFailed(f"If-Match names a revision of over {MAX_DIGITS} digits")
-        return int(tag)
-    if request.headers.get("if-none-match", "").strip() == "*":
+def parse_expect(request: Request) -> int | Conditions | None:
+    """``If-Match`` / ``If-None-Match`` (RFC 9110 §13.1.1-13.1.2) as the ``expect=`` of a write.
+
+    None: neither header (the usual case costs one pass over the headers). An int where the
+    answer needs no read of the key: ``If-Match`` naming one revision -> that revision,
+    ``If-None-Match: *`` alone -> 0 (must not exist); the engine's compare-and-set decides, with
+    its own detail. Anything else is a ``Conditions``: ``Conditions.expected_revision`` turns it
+    into the ``expect=`` once the write's target is known. 400 for a header that is not ``*`` or
+    a list of entity tags; 412, unread, for an ``If-Match`` no revision can match.
+    """
+    if_match = if_none_match = None
+    for name, value in request.scope["headers"]:  # lower-case names, as ASGI requires
+        if name == b"if-match":
+            if_match = value if if_match is None else if_match + b"," + value
+        elif name == b"if-none-match":
+            if_none_match = value if if_none_match is None else if_none_match + b"," + value
+    if if_match is None and if_none_match is None:
+        return None
+    match = None if if_match is None else _if_match(if_match.decode("latin-1"))
+    none_match = None if if_none_match is None else _if_none_match(if_none_match.decode("latin-1"))
+    if none_match is None:
+        if match is not ANY and match is not None and len(match) == 1:
+            return next(iter(match))  # the engine's CAS: "revision mismatch: expected 1, ..."
+    elif none_match is ANY and match is None:
         return 0
-    return None
+    return Conditions(match, none_match)
+
+
+# ``*`` in either header (identity, not equality, tells it apart from a set of revisions).
+ANY: Final = frozenset({-1})
+# One element of a list of entity tags, where a previous one (or the start) left off: empty
+# elements (", ,") are skipped as RFC 9110 §5.6.1 asks; a tag ends at a comma or the end.
+_ENTITY_TAG: Final = re.compile(r'[ \t,]*(W/)?"([\x21\x23-\x7e\x80-\xff]*)"[ \t]*(?:,|\Z)')
+_IF_MATCH_FORM: Final = (
+    "If-Match must be * or a comma-separated list of entity tags, as a read's ETag gives "
+    'them: "<rev>"'
+)
+_IF_NONE_MATCH_FORM: Final = (
+    'If-None-Match must be * or a comma-separated list of entity tags: "<rev>" or W/"<rev>"'
+)
+
+
+def _entity_tags(text: str, form: str) -> list[tuple[bool, int | None]]:
+    """(weak, the revision it names or None) per tag of a list; 400 (``form``) if malformed.
+
+    A tag names revision n when its opaque part is n's digits (leading zeros allowed, as in
+    every number the service reads); any other tag is well-formed but names no revision, so it
+    never matches.
+    """
+    tags: list[tuple[bool, int | None]] = []
+    position, end = 0, len(text)
+    while position < end:
+        found = _ENTITY_TAG.match(text, position)
+        if found is None:
+            if text[position:].strip(" \t,"):
+                raise BadRequest(form)
+            break
+        number = digits(found[2])
+        revision = None if number is None or len(number) > MAX_DIGITS else int(number)
+        tags.append((found[1] is not None, revision or None))  # "0" names no revision either
+        position = found.end()
+    if not tags:
+        raise BadRequest(form)
+    return tags
+
+
+def _if_match(text: str) -> frozenset[int]:
+    """``*`` -> ANY; else the revisions the strong tags name (a weak one never matches)."""
+    if text.strip(" \t") == "*":
+        return ANY
+    tags = _entity_tags(text, _IF_MATCH_FORM)
+    revisions = frozenset(revision for weak, revision in tags if not weak and revision)
+    if not revisions:  # no current revision can match: 412 without reading the key
+        if any(weak for weak, _ in tags):
+            raise PreconditionFailed(
+                'If-Match uses the strong comparison: a weak tag (W/"<rev>") never matches; '
+                'send the ETag as a read gives it: "<rev>"'
+            )
+        raise PreconditionFailed('If-Match names no revision: "<rev>", as a read\'s ETag')
+    return revisions
+
+
+def _if_none_match(text: str) -> frozenset[int]:
+    """``*`` -> ANY; else the revisions the tags name, weak or not (the weak comparison)."""
+    if text.strip(" \t") == "*":
+        return ANY
+    return frozenset(
+        revision for _, revision in _entity_tags(text, _IF_NONE_MATCH_FORM) if revision
+    )
+
+
+class Entries(Protocol):
+    """Where a write goes: the store, or the holder's transaction (its staged view)."""
+
+    def entry(self, key: str) -> Entry | None: ...
+
+
+class Conditions:
+    """``If-Match`` / ``If-None-Match`` that need the key's current revision to be decided."""
+
+    __slots__ = ("if_match", "if_none_match")
+
+    def __init__(self, if_match: frozenset[int] | None, if_none_match: frozenset[int] | None):
+        self.if_match = if_match  # ANY, the revisions that match (never empty), or None
+        self.if_none_match = if_none_match  # ANY, the revisions that fail it, or None
+
+    def expected_revision(self, key: str, target: Entries) -> int | None:
+        """The ``expect=`` for a write of ``key`` into ``target``; 412 if a condition fails.
+
+        RFC 9110 §13.2.2: If-Match first, then If-None-Match; both must pass. The revision read
+        here goes to the write as its ``expect=`` (0: absent), so the engine's compare-and-set
+        refuses (412) a write whose key changed since: the decision and the write stay one.
+        Called with no await between it and the write (see the routes).
+        """
+        entry = target.entry(key)
+        revision = None if entry is None else entry.revision
+        staged = entry is not None and revision is None  # the holder's write: no revision yet
+        if entry is None:
+            current = "absent"
+        elif staged:
+            current = "written in this transaction (no revision until commit)"
+        else:
+            current = str(revision)
+        if_match, if_none_match = self.if_match, self.if_none_match
+        if if_match is ANY:
+            if entry is None:
+                raise PreconditionFailed(
+                    "revision mismatch: If-Match: * needs the key, current absent"
+                )
+        elif if_match is not None and revision not in if_match:
+            expected = ", ".join(map(str, sorted(if_match)))
+            many = "one of " if len(if_match) > 1 else ""
+            raise PreconditionFailed(
+                f"revision mismatch: expected {many}{expected}, current {current}"
+            )
+        if if_none_match is ANY:
+            if entry is not None:
+                raise PreconditionFailed(
+                    f"revision mismatch: If-None-Match: * needs the key absent, current {current}"
+                )
+        elif if_none_match is not None and revision in if_none_match:
+            raise PreconditionFailed(
+                f"revision mismatch: If-None-Match names the current revision, {current}"
+            )
+        if staged:
+            return None  # only the holder writes into its transaction: nothing can change it
+        return 0 if revision is None else revision
 
 
 async def read_value(request: Request) -> tuple[str, float | None]:

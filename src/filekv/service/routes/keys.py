@@ -22,14 +22,17 @@ from fastapi.responses import Response
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.routing import Route
 
+from filekv.engine.validation import encode_key
 from filekv.service.deps import request_session_id
 from filekv.service.errors import KeyNotFound
 from filekv.service.routes.watch import (
     COMPACTED,
+    FIND_TEXT_PARAMETERS,
     MAX_REVISION,
     MAX_WAIT_SECONDS,
     TOO_MANY_WATCHERS,
     check_filter,
+    check_query_encoding,
     parse_after_revision,
     parse_wait,
     wait_for_change,
@@ -48,10 +51,12 @@ from filekv.service.schemas import (
     PutResult,
     ValueIn,
     error,
+    invalid,
 )
 from filekv.service.wire import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    Conditions,
     check_key_encoding,
     parse_limit,
     read_delete,
@@ -81,6 +86,13 @@ WRITE_CONFLICT: Final = error(
 )
 
 
+PRECONDITION_FAILED: Final = error(
+    "If-Match did not match (`*`: the key must exist; else its revision must be one of the "
+    'strong tags: `"<rev>"`), or If-None-Match did (`*`: the key exists; a tag, weak or not, '
+    "names its revision), or the key changed while the request was decided: nothing written."
+)
+
+
 def _json(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(content), status_code, headers, media_type="application/json")
 
@@ -103,7 +115,15 @@ _PUT_BODY: Final = {
     KEY_PATH,
     summary="Read a key",
     response_model=KeyValue,
-    responses={200: {"headers": ETAG}, 401: UNAUTHORIZED, 404: error("No such key.")},
+    responses={
+        200: {"headers": ETAG},
+        401: UNAUTHORIZED,
+        404: error("No such key."),
+        422: invalid(
+            "A key that can never exist (`key_invalid`: empty, or over max_key_bytes), or one "
+            "whose percent-encoding is broken or not UTF-8 (`key_encoding`)."
+        ),
+    },
     openapi_extra={"security": OPTIONAL_BEARER},
 )
 async def get_key(key: str, request: Request) -> Response:
@@ -116,6 +136,7 @@ async def get_key(key: str, request: Request) -> Response:
     store: Store = state.store
     entry = (tx or store).entry(key)
     if entry is None:
+        _check_key(key, state.settings.max_key_bytes)
         raise KeyNotFound("no such key")
     headers = {"ETag": f'"{entry.revision}"'} if entry.revision is not None else None
     expires_at = entry.expires_at
@@ -127,6 +148,14 @@ async def get_key(key: str, request: Request) -> Response:
         "expires_in": expires_in,
     }
     return _json(body, headers=headers)
+
+
+def _check_key(key: str, limit: int) -> None:
+    """422 (``key_invalid``, as PUT and DELETE answer) for a key that can never exist: empty,
+    or over max_key_bytes. Asked only on a miss, so a read that finds its key pays nothing; a
+    key of at most a quarter of the limit in characters fits (4 bytes a character at most)."""
+    if not key or len(key) > limit >> 2:
+        encode_key(key, limit)
 
 
 def _seconds_left(expires_at: float, now: float) -> float:
@@ -142,15 +171,29 @@ def _seconds_left(expires_at: float, now: float) -> float:
     responses={
         200: {"model": PutResult, "description": "Replaced an existing key."},
         201: {"description": "Created the key."},
-        400: error("Malformed Content-Length."),
+        400: error(
+            "Malformed Content-Length, or an If-Match / If-None-Match that is neither `*` nor a "
+            "comma-separated list of entity tags."
+        ),
         401: UNAUTHORIZED,
         409: WRITE_CONFLICT,
-        412: error('`If-Match: "<rev>"` did not match, or `If-None-Match: *` and the key exists.'),
+        412: PRECONDITION_FAILED,
         413: error(
             "Value (or body) too large, or staging it would pass the transaction's limits "
             "(max_transaction_bytes, max_transaction_ops): nothing was staged."
         ),
-        415: error("The body is not JSON: send Content-Type: application/json."),
+        415: {
+            **error(
+                "The body is not JSON (send Content-Type: application/json), or it is "
+                "content-coded (gzip...): send it without Content-Encoding."
+            ),
+            "headers": {
+                "Accept-Encoding": {
+                    "description": "`identity`, when the Content-Encoding was refused.",
+                    "schema": {"type": "string"},
+                }
+            },
+        },
         423: LOCKED,
         503: STORE_FAILED,
         507: DISK_FULL,
@@ -172,6 +215,8 @@ async def put_key(key: str, request: Request) -> Response:
     # The one decision point: the transaction may have ended while the body came in. Nothing
     # awaits from here to the staging or the append, so nothing can change it in between.
     tx = transactions.write_target(session_id, ticket)
+    if isinstance(expect, Conditions):  # headers that need the key's revision: read it now
+        expect = expect.expected_revision(key, tx or state.store)
     if tx is None:
         store: Store = state.store
         existed = key in store
@@ -182,7 +227,8 @@ async def put_key(key: str, request: Request) -> Response:
         "key": key,
         "value": text,
         "revision": revision,
-        "expires_in": ttl,
+        # Rounded as a read rounds it (the store keeps the exact ttl): the two answers agree.
+        "expires_in": None if ttl is None else _seconds_left(ttl, 0.0),
         "staged": tx is not None,
     }
     return _json(body, 200 if existed else 201)
@@ -194,10 +240,11 @@ async def put_key(key: str, request: Request) -> Response:
     status_code=204,
     response_class=Response,
     responses={
+        400: error("An If-Match / If-None-Match that is neither `*` nor a list of entity tags."),
         401: UNAUTHORIZED,
         404: error("No such key."),
         409: WRITE_CONFLICT,
-        412: error('`If-Match: "<rev>"` did not match.'),
+        412: PRECONDITION_FAILED,
         413: error(
             "Staging it would pass the transaction's limits (max_transaction_ops, "
             "max_transaction_bytes): nothing was staged."
@@ -206,7 +253,7 @@ async def put_key(key: str, request: Request) -> Response:
         503: STORE_FAILED,
         507: DISK_FULL,
     },
-    openapi_extra={"security": OPTIONAL_BEARER, "parameters": [IF_MATCH]},
+    openapi_extra={"security": OPTIONAL_BEARER, "parameters": [IF_MATCH, IF_NONE_MATCH]},
 )
 async def delete_key(key: str, request: Request) -> Response:
     """Delete ``key``; inside the caller's transaction the delete is staged."""
@@ -216,6 +263,8 @@ async def delete_key(key: str, request: Request) -> Response:
     ticket = transactions.writer(session_id)
     expect = read_delete(request)
     tx = transactions.write_target(session_id, ticket)
+    if isinstance(expect, Conditions):  # as in put_key: no await from here to the delete
+        expect = expect.expected_revision(key, tx or state.store)
     if tx is None:
         store: Store = state.store
         existed = await store.adelete(key, expect=expect)
@@ -234,6 +283,11 @@ async def delete_key(key: str, request: Request) -> Response:
         401: UNAUTHORIZED,
         409: error("Long poll: after_revision is ahead of the store's revision."),
         410: COMPACTED,
+        422: invalid(
+            "A bad parameter: prefix, value or after with a broken or non-UTF-8 "
+            "percent-encoding (`query_encoding`), a prefix over max_key_bytes "
+            "(`string_too_long`), or limit, wait or after_revision out of range."
+        ),
         503: TOO_MANY_WATCHERS,
     },
     openapi_extra={"security": OPTIONAL_BEARER},
@@ -267,9 +321,11 @@ async def find_keys(
     state = request.app.state
     transactions: TransactionManager = state.transactions
     session_id = request_session_id(request, transactions, write=False)
+    check_query_encoding(request, FIND_TEXT_PARAMETERS)
+    # A prefix longer than any key is 422, listed or long-polled, as /watch answers it.
+    check_filter(request, prefix, None)
     revision = None
     if wait is not None or after_revision is not None:
-        check_filter(request, prefix, None)
         revision = await wait_for_change(request, prefix, wait, after_revision)
     tx = transactions.reader(session_id) if session_id is not None else None
     source = tx or state.store
