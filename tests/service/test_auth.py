@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from filekv.service.auth import AuthService, InvalidCredentials, LoginThrottle
 from filekv.service.errors import install_error_handlers
 from filekv.service.routes import auth as auth_routes
-from filekv.service.throttle import Attempt, Refused, address_key
+from filekv.service.throttle import Attempt, Refused, address_key, name_key
 
 PASSWORD = "correct horse battery"
 
@@ -493,3 +493,67 @@ def test_openapi_documents_every_status(auth_app: AuthApp) -> None:
     token_body = paths["/auth/token"]["post"]["requestBody"]["content"]
     assert "application/x-www-form-urlencoded" in token_body
     assert "Retry-After" in paths["/auth/token"]["post"]["responses"]["429"]["headers"]
+
+
+# -- the lock audit: failed logins' log lines, token spelling, whether a session lives ---------
+
+
+def test_failed_login_logs_a_known_users_name_and_never_an_unknown_one(
+    auth_app: AuthApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """People type their password into the name field: that must not reach the log."""
+    caplog.set_level(logging.DEBUG)
+    auth_app.register()
+    assert auth_app.login("Hunter2-MySecretPass", PASSWORD)[0] == 401
+    assert auth_app.login("ALICE", "wrong password")[0] == 401
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("hunter2" in m.lower() for m in messages), messages
+    assert "failed login for an unknown user name (20 characters)" in messages
+    assert "failed login for 'alice'" in messages  # as registered, not as typed
+
+
+@pytest.mark.parametrize("spelled", [" {}", "  {}", "{} ", "\t{}"])
+def test_token_with_surrounding_whitespace_is_the_same_token(
+    auth_app: AuthApp, spelled: str
+) -> None:
+    """``Authorization: Bearer  <token>`` (two spaces) is that token on every route, as the hot
+    routes' own header parsing already takes it, whatever FastAPI's parser leaves around it."""
+    auth_app.register()
+    token = auth_app.token()
+    session = auth_app.service.authenticate(spelled.format(token))
+    assert session is not None
+    assert session.session_id == hashlib.sha256(token.encode()).hexdigest()
+    auth_app.service.logout(spelled.format(token))
+    assert auth_app.service.authenticate(token) is None
+
+
+def test_session_alive_follows_logout_revoke_removal_and_expiry(tmp_path: Path) -> None:
+    a = make_app(tmp_path, FakeClock(), token_ttl=60.0)
+    for name in ("alice", "bob", "carol", "dave"):
+        a.register(name)
+    service = a.service
+    alice, bob, carol, dave = (
+        service.authenticate(a.token(name)) for name in ("alice", "bob", "carol", "dave")
+    )
+    assert alice and bob and carol and dave
+    ids = {s.username: s.session_id for s in (alice, bob, carol, dave)}
+    assert all(service.session_alive(i) for i in ids.values())
+    assert service.session_alive("0" * 64) is False  # never issued
+    service.revoke_tokens("alice")
+    service.set_password("bob", "another password")
+    service.remove_user("carol")
+    assert [service.session_alive(ids[n]) for n in ("alice", "bob", "carol", "dave")] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+    a.clock.advance(60.0)
+    assert service.session_alive(ids["dave"]) is False
+
+
+def test_throttle_names_fold_as_logins_do() -> None:
+    # One budget per name whatever its case; a lookalike ("\u212a", the Kelvin sign) is another
+    # name, as it is at login (users.fold_name), not kate's.
+    assert name_key("KATE") == name_key("kate")
+    assert name_key("\u212aate") != name_key("kate")

@@ -21,7 +21,7 @@ Three budgets of failed password checks, all in memory, all bounded::
   her usual address during a distributed attack, still logs in (her pair budget still applies).
 
 A lock-out never lasts forever: a pair or address quiet for longer than the longest lock-out
-plus a window starts again from the first delay. User names are keyed by their casefold (``alice``
+plus a window starts again from the first delay. User names are keyed as logins fold them (``alice``
 and ``ALICE`` share a budget); IPv6 addresses by their /64, which one host usually holds whole.
 
 Attempts are *reserved* before the password hash runs and *settled* after it, under one lock: an
@@ -39,6 +39,8 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
+
+from filekv.service.users import fold_name
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +69,9 @@ def address_key(host: str | None) -> str:
 
 
 def name_key(username: str) -> str:
-    """The key of a user name's budgets: its casefold, cut where no real name could reach."""
-    return username.casefold()[:_MAX_NAME_KEY]
+    """The key of a user name's budgets: folded as logins fold it (ASCII only: the Kelvin sign
+    is not a "k"), cut where no real name could reach."""
+    return fold_name(username)[:_MAX_NAME_KEY]
 
 
 @dataclass(frozen=True, slots=True)
