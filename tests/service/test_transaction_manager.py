@@ -14,6 +14,7 @@ from filekv.service.errors import (
     Locked,
     NoTransaction,
     TransactionBroken,
+    TransactionCooldown,
     TransactionEnded,
     TransactionExpired,
 )
@@ -335,7 +336,10 @@ def test_manager_max_seconds_is_told_once_on_a_transaction_call(
         "your transaction expired: it was open longer than 60 s (transaction_max_seconds) and "
         "was rolled back; nothing of it was applied"
     )
-    assert bounded.begin("alice") == 1  # acknowledged: a new transaction
+    # Acknowledged, but no new transaction for as long as it may last: the cooldown.
+    with pytest.raises(TransactionCooldown) as cooling:
+        bounded.begin("alice")
+    assert cooling.value.retry_after == 60
 
 
 @pytest.mark.parametrize(
@@ -463,3 +467,162 @@ def test_manager_break_lock_waits_for_a_running_commit(
 
     asyncio.run(scenario())
     assert store.get("k") == b"v"
+
+
+# -- a user whose transaction passed its maximum age waits before the next (cooldown) -----------
+
+
+def _run_to_max_age(manager: TransactionManager, clock: Clock, session: str, user: str) -> None:
+    """``session`` of ``user`` holds a transaction and renews it until its maximum age ends it."""
+    manager.begin(session, username=user)
+    opened = clock.now
+    while clock.now < opened + 60:
+        clock.now = min(opened + 60, clock.now + 5)
+        manager.status(session)
+    assert manager.holder is None
+
+
+def test_manager_max_seconds_bars_every_session_of_its_user_for_the_cooldown(
+    bounded: TransactionManager, clock: Clock
+) -> None:
+    """The audit's loop: the holder began again the instant it was told, and held the store for
+    ever (also with a second token of the same user, taking turns)."""
+    _run_to_max_age(bounded, clock, "laptop", "alice")
+    with pytest.raises(TransactionExpired):
+        bounded.begin("laptop", username="alice")  # told once
+    for session in ("laptop", "phone"):  # every session of alice, not only the one that held
+        with pytest.raises(TransactionCooldown) as cooling:
+            bounded.begin(session, username="alice")
+        assert cooling.value.retry_after == 60
+        assert "you may begin another after 60 s" in str(cooling.value)
+    assert bounded.is_open is False
+    clock.now += 59.5
+    with pytest.raises(TransactionCooldown) as cooling:
+        bounded.begin("phone", username="alice")
+    assert cooling.value.retry_after == 1  # counts down, whole seconds rounded up
+    clock.now += 0.5
+    assert bounded.begin("phone", username="alice") == 1
+
+
+def test_manager_cooldown_leaves_the_lock_to_the_writer_that_waited(
+    bounded: TransactionManager, clock: Clock
+) -> None:
+    """The audit's race: bob waits out his 423's Retry-After and wakes at the very deadline, but
+    alice's looping client asks first; before, she got the lock back and bob lost every time."""
+    bounded.begin("laptop", username="alice")
+    while clock.now < 1055:  # alice keeps renewing: the lease never runs out
+        clock.now += 5
+        bounded.status("laptop")
+    with pytest.raises(Locked) as refused:
+        bounded.writer("bob")
+    assert refused.value.retry_after == 5  # truthful: her maximum age ends then
+    clock.now += refused.value.retry_after
+    with pytest.raises(TransactionExpired):
+        bounded.begin("laptop", username="alice")
+    with pytest.raises(TransactionCooldown):
+        bounded.begin("laptop", username="alice")
+    with pytest.raises(TransactionCooldown):
+        bounded.begin("phone", username="alice")
+    assert bounded.begin("bob", username="bob") == 1
+
+
+def test_manager_cooldown_is_at_least_a_few_seconds_and_only_after_the_maximum_age(
+    store: Store, clock: Clock
+) -> None:
+    # A tiny maximum age still leaves a waiting writer time to wake (Retry-After is rounded up).
+    manager = TransactionManager(store, timeout=0.5, max_seconds=1.0, clock=clock)
+    manager.begin("s1", username="alice")
+    clock.now += 0.6  # idle past the lease: no cooldown, that is no way to hog the store
+    assert manager.is_open is False
+    with pytest.raises(TransactionExpired):
+        manager.begin("s1", username="alice")
+    assert manager.begin("s1", username="alice") == 1
+    for _ in range(3):
+        clock.now += 0.4
+        manager.status("s1")
+    assert manager.is_open is False  # 1.2 s: past the maximum age
+    with pytest.raises(TransactionCooldown) as cooling:
+        manager.begin("s2", username="alice")
+    assert cooling.value.retry_after == 5
+    clock.now += 5
+    assert manager.begin("s2", username="alice") == 1
+
+
+def test_manager_admin_break_and_rollback_start_no_cooldown(
+    bounded: TransactionManager, clock: Clock
+) -> None:
+    bounded.begin("laptop", username="alice")
+    asyncio.run(bounded.break_lock("root"))
+    assert bounded.begin("phone", username="alice") == 1
+    assert bounded.rollback("phone") == 0
+    assert bounded.begin("phone", username="alice") == 1
+
+
+# -- the holder's login must outlive its transaction --------------------------------------------
+
+
+class Login:
+    """A holder's login as the auth service sees it: alive until revoked."""
+
+    def __init__(self) -> None:
+        self.valid = True
+        self.checks = 0
+
+    def __call__(self) -> bool:
+        self.checks += 1
+        return self.valid
+
+
+def test_manager_holder_whose_login_died_is_rolled_back_when_anyone_asks(
+    bounded: TransactionManager, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    login = Login()
+    bounded.begin("alice", username="alice", alive=login)
+    _staging(bounded, "alice").put("k", b"v")
+    with pytest.raises(Locked):
+        bounded.writer("bob")
+    login.valid = False  # revoked, its password changed, its user removed, or its token expired
+    with caplog.at_level(logging.WARNING, logger="filekv.service.transactions"):
+        assert bounded.write_target("bob", bounded.writer("bob")) is None  # the lock is free
+    assert store.get("k") is None  # nothing of it applied
+    assert bounded.wants_identity is False  # not remembered: its next call is 401 anyway
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "'alice'" in line and "login of" in line and "rolled back" in line
+    assert bounded.begin("alice2", username="alice") == 1  # no cooldown: it hogged nothing
+
+
+def test_manager_holder_whose_login_died_is_rolled_back_by_the_reaper(store: Store) -> None:
+    manager = TransactionManager(store, timeout=60.0, max_seconds=600.0)
+    login = Login()
+
+    async def scenario() -> None:
+        reaper = asyncio.create_task(manager.run_reaper())
+        await asyncio.sleep(0)
+        manager.begin("alice", username="alice", alive=login)
+        await asyncio.sleep(0.1)
+        assert manager.holder == "alice"
+        login.valid = False
+        await asyncio.sleep(1.5)  # nobody asks; the lease has a minute left
+        assert manager.holder is None
+        reaper.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_manager_running_commit_is_not_aborted_for_a_dead_login(
+    bounded: TransactionManager, store: Store
+) -> None:
+    login = Login()
+
+    async def scenario() -> None:
+        bounded.begin("alice", alive=login)
+        _staging(bounded, "alice").put("k", b"v")
+        committing = asyncio.create_task(bounded.commit("alice"))
+        await asyncio.sleep(0)
+        login.valid = False
+        assert bounded.is_open  # asked while committing: left to finish
+        assert await committing == 1
+
+    asyncio.run(scenario())
+    assert store.get("k") == b"v"
+    assert bounded.is_open is False

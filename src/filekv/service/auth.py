@@ -301,23 +301,17 @@ class AuthService:
         every 0.5 s) one ``stat`` of ``users.json`` to notice a revoke, a password change or a
         removed user.
         """
-        self.users.poll()
-        digest = _digest(token)
-        with self._lock:
-            record = self._tokens.get(digest)
-            if record is None:
-                return None
-            # The user as the file has it now: the epoch decides the token, and the role is
-            # this request's (never cached with the token, so a demotion takes effect here).
-            user = self.users.cached(record.username)
-            if (
-                self._clock() >= record.expires_at
-                or user is None
-                or user.token_epoch != record.epoch
-            ):
-                self._forget(digest)
-                return None
-            return Session(session_id=digest, username=record.username, role=user.role)
+        return self._session(_digest(token))
+
+    def session_alive(self, session_id: str) -> bool:
+        """Whether the token behind ``session_id`` would still be accepted.
+
+        The transaction manager asks it about the lock's holder: a holder whose token was logged
+        out, expired, revoked (``filekv user revoke|passwd``, also from another process) or whose
+        user was removed can never commit, so its transaction must not keep the store locked.
+        As cheap as ``authenticate``.
+        """
+        return self._session(session_id) is not None
 
     def tokens_active(self) -> int:
         """Tokens issued and neither expired nor revoked (counted for ``GET /metrics``)."""
@@ -336,6 +330,25 @@ class AuthService:
 
     # -- internals -------------------------------------------------------------------------------
 
+    def _session(self, digest: str) -> Session | None:
+        """The session of the token whose SHA-256 is ``digest``, or None (and it is dropped)."""
+        self.users.poll()
+        with self._lock:
+            record = self._tokens.get(digest)
+            if record is None:
+                return None
+            # The user as the file has it now: the epoch decides the token, and the role is
+            # this request's (never cached with the token, so a demotion takes effect here).
+            user = self.users.cached(record.username)
+            if (
+                self._clock() >= record.expires_at
+                or user is None
+                or user.token_epoch != record.epoch
+            ):
+                self._forget(digest)
+                return None
+            return Session(session_id=digest, username=record.username, role=user.role)
+
     def _check_password(self, attempt: Attempt, username: str, password: str) -> UserRecord:
         """Verify against the stored hash (a dummy one for an unknown name); settle the attempt."""
         outcome: bool | None = None  # neither success nor failure if the file cannot be read
@@ -349,7 +362,11 @@ class AuthService:
         if not outcome:
             with self._lock:  # logins run in the threadpool: += is not atomic
                 self.login_failures += 1
-            logger.info("failed login for %r", username[:64])
+            if user is not None:
+                logger.info("failed login for %r", user.name)
+            else:
+                # Not the name itself: people type their password into the name field.
+                logger.info("failed login for an unknown user name (%d characters)", len(username))
             raise InvalidCredentials("incorrect username or password")
         assert user is not None  # _verify is never true without a stored hash
         return user
@@ -421,4 +438,6 @@ class AuthService:
 
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+    # Tokens are URL-safe base64, never with spaces: ``Bearer  <token>`` (two spaces) is that
+    # token, as the hot routes' own header parsing (deps.caller_session_id) already takes it.
+    return hashlib.sha256(token.strip().encode("utf-8", "surrogatepass")).hexdigest()

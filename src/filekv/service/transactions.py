@@ -11,6 +11,19 @@ can keep the store read-only for more than that: the transaction ends at whichev
 first (``_deadline``). Expiry is checked lazily on every access *and* by a background task
 (``run_reaper``), so a holder that vanished does not keep the lock until someone else asks.
 
+After a transaction is rolled back for passing ``max_seconds``, its *user* (every session of it:
+a second login would otherwise take turns with the first) may not begin another for ``cooldown``
+seconds (``TransactionCooldown``, 429): without that, a client looping on begin got the lock back
+the instant it was freed, and the writers waiting out their 423's ``Retry-After`` woke exactly at
+the deadline to find it taken again, so the store stayed read-only for ever.
+
+The holder's login must stay alive: ``begin`` takes a check of it (``alive``: the token is not
+logged out, expired or revoked, and its user still exists). A holder whose token died (``filekv
+user revoke|passwd|remove``, also from another process, or its ``token_ttl`` passing) can never
+commit, so its transaction is rolled back as soon as anyone asks for the lock, and by the reaper
+within ``_LOGIN_CHECK_INTERVAL`` otherwise; like a logout, it is not remembered (its next call is
+401).
+
 An admin may end the transaction at any time (``break_lock``, ``DELETE /transactions``): it is
 aborted the same way, whoever holds it, and the admin's and the holder's user names are logged.
 
@@ -49,9 +62,11 @@ from filekv.service.errors import (
     Locked,
     NoTransaction,
     TransactionBroken,
+    TransactionCooldown,
     TransactionEnded,
     TransactionExpired,
 )
+from filekv.service.users import RELOAD_INTERVAL
 
 if TYPE_CHECKING:
     from filekv.engine import Store, Transaction
@@ -59,6 +74,16 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _REAPER_MIN_SLEEP = 0.005
+# How often the reaper asks whether the holder's login is still alive: a revoke from another
+# process reaches the token table no faster than users.json is polled, so more often buys nothing.
+_LOGIN_CHECK_INTERVAL: Final = RELOAD_INTERVAL
+# The shortest cooldown, whatever ``max_seconds``: a writer refused with 423 waits a Retry-After in
+# whole seconds rounded up, so it wakes up to 1 s after the deadline, plus its round trip and a
+# busy machine's scheduling; the cooldown must still be running when it asks.
+_MIN_COOLDOWN: Final = 5.0
+
+# Who a cooldown applies to: ("user", name), or ("session", id) for a holder known by no name.
+_Who = tuple[str, str]
 
 WriteTicket = NewType("WriteTicket", int)
 """What a write saw when it started: the transaction's level generation, or NO_TRANSACTION."""
@@ -111,6 +136,7 @@ class TransactionManager:
         timeout: float,
         max_seconds: float = math.inf,
         remember_expired: float | None = None,
+        cooldown: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not timeout > 0 or not max_seconds > 0:
@@ -118,6 +144,14 @@ class TransactionManager:
         self._store = store
         self._timeout = timeout
         self._max_seconds = max_seconds
+        # As long as ``max_seconds`` (at least ``_MIN_COOLDOWN``): a user that always wants the
+        # lock then holds it at most half the time, and every writer that waited out its 423
+        # finds a lock that user cannot take back, with as long to begin as any transaction may
+        # last. Shorter would let a looping client win again the moment it ends; it only bars
+        # the user from *beginning* (plain writes go on), so longer would punish for nothing.
+        self._cooldown_seconds = (
+            cooldown if cooldown is not None else max(max_seconds, _MIN_COOLDOWN)
+        )
         # Long enough that a client coming back after a pause still learns its work was dropped.
         self._remember_expired = (
             remember_expired if remember_expired is not None else max(3600.0, 10 * timeout)
@@ -125,7 +159,8 @@ class TransactionManager:
         self._clock = clock
         self._tx: Transaction | None = None
         self._holder: str | None = None
-        self._holder_name: str | None = None  # the holder's user name, for the log only
+        self._holder_name: str | None = None  # the holder's user name, for the log and cooldown
+        self._holder_alive: Callable[[], bool] | None = None  # whether its login still is
         self._opened_at = 0.0
         self._lease_expires_at = 0.0
         self._committing = False
@@ -134,6 +169,7 @@ class TransactionManager:
         self._generation = 0
         self._opened_generation = 0  # the generation that opened the current transaction
         self._expired: dict[str, _Ended] = {}  # session_id -> why it ended, when to forget it
+        self._cooldowns: dict[_Who, float] = {}  # user -> when it may begin again
         self._wakeup: asyncio.Event | None = None  # set by begin() for the sleeping reaper
 
     # -- what routes ask -------------------------------------------------------------------
@@ -221,17 +257,31 @@ class TransactionManager:
             "your transaction ended while this write was received; it was not applied"
         )
 
-    def begin(self, session_id: str, *, username: str | None = None) -> int:
+    def begin(
+        self,
+        session_id: str,
+        *,
+        username: str | None = None,
+        alive: Callable[[], bool] | None = None,
+    ) -> int:
         """Open the transaction, or a nested level of it for its holder; the new depth.
 
-        ``username`` is the session's user, named in the log lines about this transaction.
+        ``username`` is the session's user: named in the log lines about this transaction, and
+        the one a cooldown bars (``TransactionCooldown``) after a rollback for its maximum age.
+        ``alive`` tells whether the session's login is still valid; once it is not, the
+        transaction is rolled back (nobody could commit it).
         """
         self._expire_if_due()
         self._raise_if_expired(session_id)
         if self._tx is None:
+            who = _who_of(session_id, username)
+            cooldown_until = self._cooldowns.get(who)
+            if cooldown_until is not None:
+                raise TransactionCooldown(cooldown_until - self._clock(), self._max_seconds)
             self._tx = self._store.transaction()
             self._holder = session_id
             self._holder_name = username
+            self._holder_alive = alive
             self._opened_at = self._clock()
             self._renew()
             self._generation += 1
@@ -335,8 +385,12 @@ class TransactionManager:
         self._wakeup = wakeup = asyncio.Event()
         while True:
             # Asleep until a transaction opens, then until its lease would run out (a renewal
-            # only means waking early and sleeping again).
-            delay = max(_REAPER_MIN_SLEEP, self._remaining()) if self._tx is not None else None
+            # only means waking early and sleeping again), or its holder's login is due a check.
+            delay = None
+            if self._tx is not None:
+                delay = max(_REAPER_MIN_SLEEP, self._remaining())
+                if self._holder_alive is not None:
+                    delay = min(delay, _LOGIN_CHECK_INTERVAL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), delay)
             wakeup.clear()
@@ -412,19 +466,39 @@ class TransactionManager:
         if self._expired:
             for session_id in [s for s, e in self._expired.items() if e.forget_at <= now]:
                 del self._expired[session_id]
-        # A commit in flight is not idle: its fsync may outlast a short lease.
-        if self._tx is None or self._committing or now < self._deadline():
+        if self._cooldowns:
+            for who in [w for w, until in self._cooldowns.items() if until <= now]:
+                del self._cooldowns[who]
+        # A commit in flight is not idle: its fsync may outlast a short lease. Nor is it aborted
+        # under for a dead login (that could split its record): it releases the lock itself.
+        if self._tx is None or self._committing:
+            return
+        if self._holder_alive is not None and not self._holder_alive():
+            logger.warning(
+                "the login of %s ended (token expired or revoked, or user removed) while it held "
+                "the transaction; rolled back",
+                self._who(),
+            )
+            self._tx.abort()
+            self._release()
+            return
+        if now < self._deadline():
             return
         if now >= self._opened_at + self._max_seconds:
             logger.warning(
-                "transaction of %s open longer than transaction_max_seconds (%g s); rolled back",
+                "transaction of %s open longer than transaction_max_seconds (%g s); rolled back; "
+                "no session of its user may begin another for %g s",
                 self._who(),
                 self._max_seconds,
+                self._cooldown_seconds,
             )
             reason = (
                 f"your transaction expired: it was open longer than {self._max_seconds:g} s "
                 "(transaction_max_seconds) and was rolled back"
             )
+            assert self._holder is not None
+            who = _who_of(self._holder, self._holder_name)
+            self._cooldowns[who] = now + self._cooldown_seconds
         else:
             logger.warning("transaction of %s expired; rolled back", self._who())
             reason = (
@@ -447,4 +521,10 @@ class TransactionManager:
         self._tx = None
         self._holder = None
         self._holder_name = None
+        self._holder_alive = None
         self._lease_expires_at = 0.0
+
+
+def _who_of(session_id: str, username: str | None) -> _Who:
+    """Whom a cooldown bars: the user (all its sessions), or the session when it has no name."""
+    return ("user", username) if username is not None else ("session", session_id)

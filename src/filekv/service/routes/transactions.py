@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from filekv.service.deps import AdminDep, OptionalSessionDep, SessionDep, TransactionsDep
+from filekv.service.deps import (
+    AdminDep,
+    AuthDep,
+    OptionalSessionDep,
+    SessionDep,
+    TransactionsDep,
+)
 from filekv.service.schemas import (
     ADMINS_ONLY,
     DISK_FULL,
     LOCKED,
+    RETRY_AFTER,
     STORE_FAILED,
     UNAUTHORIZED,
     CommitResult,
@@ -44,12 +51,31 @@ NOT_HOLDER = error(
             "is running."
         ),
         423: LOCKED,
+        429: {
+            **error(
+                "Your user's last transaction was open longer than transaction_max_seconds and "
+                "was rolled back: none of its sessions may begin another until Retry-After "
+                "seconds have passed."
+            ),
+            "headers": RETRY_AFTER,
+        },
         503: STORE_FAILED,
     },
 )
-async def begin(session: SessionDep, transactions: TransactionsDep) -> Depth:
-    """Open the transaction, or one more level of it if you already hold it."""
-    return Depth(depth=transactions.begin(session.session_id, username=session.username))
+async def begin(session: SessionDep, auth: AuthDep, transactions: TransactionsDep) -> Depth:
+    """Open the transaction, or one more level of it if you already hold it.
+
+    The transaction lasts no longer than the token that opened it: once that is logged out,
+    expired or revoked, or its user removed, the transaction is rolled back.
+    """
+    session_id = session.session_id
+    return Depth(
+        depth=transactions.begin(
+            session_id,
+            username=session.username,
+            alive=lambda: auth.session_alive(session_id),
+        )
+    )
 
 
 @router.get(
