@@ -646,3 +646,19 @@ def test_cli_user_add_refuses_a_bad_name_before_asking_for_a_password(tmp_path: 
     assert code == 2
     assert "Password" not in output
     assert "invalid user name 'bad name'" in output
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (["serve", "--help"], "the store flushed and closed) and exits with status 0"),
+        (["watch", "--help"], "a put's value (both as JSON strings)"),
+        (["--help"], "(over HTTP, as an admin) or offline (--data-dir)"),
+    ],
+)
+def test_cli_help_keeps_sentences_whole(args: list[str], sentence: str) -> None:
+    # typer's rich help kept the docstrings' line breaks, then wrapped again to the terminal:
+    # "the store flushed" / "and closed" came out broken in the middle of the sentence.
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert sentence in result.output

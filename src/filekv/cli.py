@@ -170,17 +170,41 @@ def _build(name: str) -> Command:
     """The click command ``name``, as ``typer.main.get_group`` builds it, and no other one."""
     info = _registration(name)
     if isinstance(info, CommandInfo):
-        return get_command_from_info(
+        command: Command = get_command_from_info(
             info,
             pretty_exceptions_short=app.pretty_exceptions_short,
             rich_markup_mode=app.rich_markup_mode,
         )
-    return get_group_from_info(
-        info,
-        pretty_exceptions_short=app.pretty_exceptions_short,
-        rich_markup_mode=app.rich_markup_mode,
-        suggest_commands=app.suggest_commands,
+    else:
+        command = get_group_from_info(
+            info,
+            pretty_exceptions_short=app.pretty_exceptions_short,
+            rich_markup_mode=app.rich_markup_mode,
+            suggest_commands=app.suggest_commands,
+        )
+    _unwrap_help(command)
+    return command
+
+
+def _unwrapped(text: str | None) -> str | None:
+    """``text`` with each paragraph on one line (a paragraph starting with "\\b" kept as is).
+
+    typer's rich help keeps a docstring's line breaks after its first paragraph, and then
+    wraps the lines again to the terminal: "the store flushed" / "and closed" came out as two
+    short lines in the middle of a sentence, on any width but the source's."""
+    if not text:
+        return text
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(
+        part if part.startswith("\b") else " ".join(part.split("\n")) for part in paragraphs
     )
+
+
+def _unwrap_help(command: Command) -> None:
+    """Unwrap the help of ``command`` and of its subcommands (``user``'s)."""
+    command.help = _unwrapped(command.help)
+    for sub in getattr(command, "commands", {}).values():
+        _unwrap_help(sub)
 
 
 def _summary(name: str) -> Command:
@@ -194,7 +218,7 @@ def _summary(name: str) -> Command:
         text = inspect.getdoc(info.callback) if info.help is None else inspect.cleandoc(info.help)
         return TyperCommand(
             name=name,
-            help=text,
+            help=_unwrapped(text),
             short_help=info.short_help,
             hidden=info.hidden,
             deprecated=info.deprecated,
@@ -203,7 +227,7 @@ def _summary(name: str) -> Command:
     group = solve_typer_info_defaults(info)
     return TyperGroup(
         name=name,
-        help=group.help,
+        help=_unwrapped(group.help),
         short_help=group.short_help,
         hidden=group.hidden,
         deprecated=group.deprecated,
@@ -369,8 +393,14 @@ def serve(
     ] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
     log_format: Annotated[str | None, typer.Option(help=_help("log_format"))] = None,
-    log_keys: Annotated[str | None, typer.Option(help=_help("log_keys"))] = None,
-    metrics: Annotated[str | None, typer.Option(help=_help("metrics"))] = None,
+    # Values (true/false, as the environment takes them), not flags: a --no-... column beside
+    # them squeezed every option name of serve's help to "--transaction-max-seco…".
+    log_keys: Annotated[
+        str | None, typer.Option(metavar="true|false", help=_help("log_keys"))
+    ] = None,
+    metrics: Annotated[
+        str | None, typer.Option(metavar="true|false", help=_help("metrics"))
+    ] = None,
 ) -> None:
     """Serve the HTTP API (uvicorn with uvloop and httptools) until SIGINT or SIGTERM.
 
