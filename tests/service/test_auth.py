@@ -557,3 +557,20 @@ def test_throttle_names_fold_as_logins_do() -> None:
     # name, as it is at login (users.fold_name), not kate's.
     assert name_key("KATE") == name_key("kate")
     assert name_key("\u212aate") != name_key("kate")
+
+
+def test_throttle_log_lines_name_users_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lock-out and slow-down lines named whatever was typed as the name: a password, often."""
+    caplog.set_level(logging.DEBUG)
+    throttle = LoginThrottle(max_failures=2, name_burst=2)
+    auth_app = make_app(tmp_path, FakeClock(), throttle=throttle)
+    auth_app.register()
+    for name in ("alice", "Hunter2-MySecretPass"):
+        for _ in range(3):
+            auth_app.login(name, "wrong password")
+    lines = [r.getMessage() for r in caplog.records if r.name == "filekv.service.throttle"]
+    assert any("'alice'" in line and "locked" in line for line in lines), lines
+    assert any("an unknown user name (20 characters)" in line for line in lines), lines
+    assert not any("hunter2" in line.lower() for line in lines), lines

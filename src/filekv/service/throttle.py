@@ -37,6 +37,7 @@ import ipaddress
 import logging
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
@@ -108,6 +109,7 @@ class _FailureBudget(Generic[K]):
         self,
         what: str,
         *,
+        describe: Callable[[K], str],
         max_failures: int,
         window: float,
         base_delay: float,
@@ -116,6 +118,7 @@ class _FailureBudget(Generic[K]):
         reset_on_success: bool,
     ) -> None:
         self.what = what
+        self.describe = describe  # the key as a log line may show it
         self.max_failures = max_failures
         self.window = window
         self.base_delay = base_delay
@@ -173,7 +176,9 @@ class _FailureBudget(Generic[K]):
             record.locked_until = now + delay
             record.lockouts += 1
             record.recent.clear()
-            logger.warning("login for %s locked for %.0f s after repeated failures", key, delay)
+            logger.warning(
+                "login for %s locked for %.0f s after repeated failures", self.describe(key), delay
+            )
 
     def _prune(self, record: _Failures, now: float) -> None:
         while record.recent and now - record.recent[0] > self.window:
@@ -212,8 +217,12 @@ class LoginThrottle:
         trusted_for: float = 7 * 86_400.0,
         max_entries: int = 100_000,
     ) -> None:
+        # Which names are users', for the log lines: set by the auth service. Another name is
+        # not logged (people type their password into the name field); its length is.
+        self.known_name: Callable[[str], bool] = lambda name: False
         self.pairs: _FailureBudget[tuple[str, str]] = _FailureBudget(
             "pair",
+            describe=lambda key: f"{self.shown(key[0])} from {key[1]}",
             max_failures=max_failures,
             window=window,
             base_delay=base_delay,
@@ -223,6 +232,7 @@ class LoginThrottle:
         )
         self.addresses: _FailureBudget[str] = _FailureBudget(
             "address",
+            describe=str,
             max_failures=address_max_failures,
             window=window,
             base_delay=address_base_delay,
@@ -237,6 +247,12 @@ class LoginThrottle:
         self.names: OrderedDict[str, _Bucket] = OrderedDict()
         self.trusted: OrderedDict[tuple[str, str], float] = OrderedDict()  # -> trusted until
         self._lock = threading.Lock()
+
+    def shown(self, name: str) -> str:
+        """``name`` (a name key) as a log line may show it: a user's name, else its length."""
+        if self.known_name(name):
+            return repr(name)
+        return f"an unknown user name ({len(name)} characters)"
 
     def reserve(self, username: str, address: str, now: float) -> Attempt | Refused:
         """Reserve one password check for ``username`` from ``address``, or say how long to wait.
@@ -264,7 +280,7 @@ class LoginThrottle:
                     logger.warning(
                         "logins for %s from new addresses slowed to one every %.0f s: "
                         "many failed logins from many addresses",
-                        name,
+                        self.shown(name),
                         self.name_refill,
                     )
             self.pairs.reserve((name, address), now)

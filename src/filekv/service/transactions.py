@@ -295,8 +295,9 @@ class TransactionManager:
         if self._committing:
             raise TransactionEnded(_COMMITTING)
         self._renew()
+        depth = self._tx.begin()  # first: a level refused (TransactionTooDeep) changes nothing
         self._generation += 1
-        return self._tx.begin()
+        return depth
 
     async def commit(self, session_id: str) -> int:
         """Apply every level atomically and durably (the fsync off the loop); writes applied."""
