@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from filekv.engine import Store, Transaction
+from filekv.engine import Store, Transaction, TransactionTooDeep
 from filekv.service.errors import (
     Locked,
     NoTransaction,
@@ -212,6 +212,20 @@ def test_manager_write_whose_level_was_rolled_back_meanwhile_is_refused(
         manager.write_target("alice", ticket)
     tx = _staging(manager, "alice")
     assert tx.get("outer") == b"1" and tx.staged_ops == 1  # the outer level as it was
+
+
+def test_manager_level_refused_as_too_deep_leaves_a_write_in_flight_alone(
+    manager: TransactionManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A begin refused at the nesting limit changes nothing: the holder's write received before
+    # it still lands (it was refused as "changed level" when the refusal bumped the generation).
+    monkeypatch.setattr("filekv.engine.transaction.MAX_DEPTH", 2)
+    manager.begin("alice")
+    manager.begin("alice")
+    ticket = manager.writer("alice")
+    with pytest.raises(TransactionTooDeep):
+        manager.begin("alice")
+    assert manager.write_target("alice", ticket) is not None
 
 
 def test_manager_write_whose_transaction_was_replaced_meanwhile_is_refused(
