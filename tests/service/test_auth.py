@@ -6,6 +6,7 @@ so the clock can be injected; ``test_auth_app.py`` checks the same things throug
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import inspect
 import logging
@@ -482,8 +483,8 @@ def test_routes_do_not_hash_on_the_event_loop() -> None:
 def test_openapi_documents_every_status(auth_app: AuthApp) -> None:
     paths = auth_app.client.get("/openapi.json").json()["paths"]
     expected = {
-        ("/auth/register", "post"): {"201", "403", "409", "413", "422", "503", "507"},
-        ("/auth/token", "post"): {"200", "401", "413", "422", "429", "503"},
+        ("/auth/register", "post"): {"201", "403", "409", "413", "415", "422", "503", "507"},
+        ("/auth/token", "post"): {"200", "401", "413", "415", "422", "429", "503"},
         ("/auth/logout", "post"): {"204", "401"},
         ("/auth/me", "get"): {"200", "401"},
     }
@@ -574,3 +575,15 @@ def test_throttle_log_lines_name_users_only(
     assert any("'alice'" in line and "locked" in line for line in lines), lines
     assert any("an unknown user name (20 characters)" in line for line in lines), lines
     assert not any("hunter2" in line.lower() for line in lines), lines
+
+
+@pytest.mark.parametrize("path", ["/auth/register", "/auth/token"])
+def test_auth_content_coded_body_is_415_unread(auth_app: AuthApp, path: str) -> None:
+    # A gzip body was parsed as it came: a misleading 422 (or 401 for a login form).
+    answer = auth_app.client.post(
+        path,
+        content=gzip.compress(b'{"username": "alice", "password": "alice-secret-1"}'),
+        headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 415
+    assert "Content-Encoding" in answer.json()["detail"] or "coding" in answer.json()["detail"]

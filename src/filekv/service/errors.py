@@ -13,7 +13,7 @@ The service's own errors::
     ├── NotAuthenticated       no, unknown, revoked or expired bearer token       401
     ├── Forbidden              a valid token whose user lacks the role (admin)    403
     ├── KeyNotFound            no such key                                        404
-    ├── PreconditionFailed     If-Match names no one revision (a mismatch: VersionMismatch) 412
+    ├── PreconditionFailed     a condition the service judges fails (If-Match *, ETag lists) 412
     ├── BadRequest             a malformed request line or header (Content-Length)    400
     ├── NoTransaction          the caller holds no transaction                    409
     │   ├── TransactionExpired the caller's transaction was rolled back by its lease  409
@@ -119,7 +119,9 @@ class KeyNotFound(ServiceError):
 
 
 class PreconditionFailed(ServiceError):
-    """An ``If-Match`` that names no single revision; a condition that fails is VersionMismatch."""
+    """A conditional header that fails as the service judges it (``If-Match: *`` on an absent
+    key, an ETag list that names none, or all, that it must); one revision expected by the
+    store's compare-and-set that is not the current one is VersionMismatch."""
 
 
 class BadRequest(ServiceError):

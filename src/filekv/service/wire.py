@@ -119,6 +119,14 @@ def check_json_body(request: Request) -> None:
     )
 
 
+def check_no_content_coding(request: Request) -> None:
+    """415 for a content-coded body (any ``Content-Encoding`` but identity), as
+    ``check_json_body`` does: for the routes that read their body otherwise (``/auth``)."""
+    codings = [value for name, value in request.scope["headers"] if name == b"content-encoding"]
+    if codings:
+        _check_identity(b",".join(codings).decode("latin-1"))
+
+
 def _check_identity(coding: str) -> None:
     """415 (RFC 7694) for any content coding but ``identity``: the service decodes none, and a
     gzip body read as JSON would be a misleading 422, or worse, stored as it came."""

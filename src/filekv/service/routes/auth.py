@@ -33,6 +33,7 @@ from filekv.service.users import (
     Role,
     check_password,
 )
+from filekv.service.wire import check_no_content_coding
 
 # A user name is at most 64 ASCII bytes and a password 1024 characters; JSON or form encoding may
 # spell one character as up to 12 bytes (an escaped surrogate pair, four %XX escapes). So no real
@@ -89,6 +90,7 @@ class BodyCappedRoute(APIRoute):
         async def capped_handler(request: Request) -> Response:
             if before is not None:
                 before(request)
+            check_no_content_coding(request)  # a gzip body was parsed as it came (422, or 401)
             return await handler(await _read_capped(request, MAX_AUTH_BODY_BYTES))
 
         return capped_handler
@@ -166,6 +168,7 @@ THROTTLED: dict[str, Any] = {
 }
 TOO_LARGE: Final = error(f"The request body is over {MAX_AUTH_BODY_BYTES} bytes; not read.")
 USERS_UNAVAILABLE: Final = error("users.json is damaged or cannot be read; see the server log.")
+CODED: Final = error("The body is content-coded (Content-Encoding other than identity): not read.")
 
 
 @router.post(
@@ -175,6 +178,7 @@ USERS_UNAVAILABLE: Final = error("users.json is damaged or cannot be read; see t
         403: error("Registration is closed; users are added with `filekv user add`."),
         409: error("That username is taken (names are unique whatever the case)."),
         413: TOO_LARGE,
+        415: CODED,
         503: USERS_UNAVAILABLE,
         507: error("The disk is full: the user was not added."),
     },
@@ -187,7 +191,13 @@ def register(body: Credentials, auth: AuthDep) -> UserOut:
 
 @router.post(
     "/token",
-    responses={401: BAD_LOGIN, 413: TOO_LARGE, 429: THROTTLED, 503: USERS_UNAVAILABLE},
+    responses={
+        401: BAD_LOGIN,
+        413: TOO_LARGE,
+        415: CODED,
+        429: THROTTLED,
+        503: USERS_UNAVAILABLE,
+    },
 )
 def token(
     request: Request, form: Annotated[OAuth2PasswordRequestForm, Depends()], auth: AuthDep

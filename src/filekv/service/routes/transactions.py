@@ -48,7 +48,8 @@ NOT_HOLDER = error(
         401: UNAUTHORIZED,
         409: error(
             "Your transaction expired, or an admin ended it (told once), or your commit of it "
-            "is running."
+            "is running, or it is already 1,000 levels deep (the nesting limit): release or "
+            "roll back a level first."
         ),
         423: LOCKED,
         429: {
