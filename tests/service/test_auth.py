@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import inspect
 import logging
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -587,3 +588,50 @@ def test_auth_content_coded_body_is_415_unread(auth_app: AuthApp, path: str) -> 
     )
     assert answer.status_code == 415
     assert "Content-Encoding" in answer.json()["detail"] or "coding" in answer.json()["detail"]
+
+
+# -- passwords in Unicode NFC ------------------------------------------------------------------
+
+NFC_PASSWORD = "p\u00e4ssw\u00f6rd\u20ac\u20ac"  # "ä" and "ö" as one code point each
+NFD_PASSWORD = unicodedata.normalize("NFD", NFC_PASSWORD)  # "a" + U+0308, as macOS types it
+
+
+@pytest.mark.parametrize(
+    ("registered", "typed"), [(NFC_PASSWORD, NFD_PASSWORD), (NFD_PASSWORD, NFC_PASSWORD)]
+)
+def test_password_is_the_same_whatever_its_unicode_form(
+    tmp_path: Path, registered: str, typed: str
+) -> None:
+    # The same typed password failed (401) when the client's keyboard composed it otherwise.
+    assert registered != typed
+    service = AuthService(tmp_path, token_ttl=60, registration="open")
+    service.add_user("alice", registered)
+    assert service.login("alice", typed).access_token
+    assert service.login("alice", registered).access_token
+
+
+def test_password_hashed_as_typed_before_still_logs_in_and_is_rehashed(tmp_path: Path) -> None:
+    # A hash made before passwords were normalised is of the password as typed (here NFD).
+    hasher = CountingHasher()
+    service = AuthService(tmp_path, token_ttl=60, registration="open", hasher=hasher)
+    service.users.add("alice", hasher.hash(NFD_PASSWORD))
+    assert service.login("alice", NFD_PASSWORD).access_token
+    rehashed = service.users.find("alice")
+    assert rehashed is not None and hasher.verify(rehashed.password_hash, NFC_PASSWORD)
+    hasher.verified.clear()
+    assert service.login("alice", NFC_PASSWORD).access_token  # the NFC hash now, one verify
+    assert len(hasher.verified) == 1
+
+
+def test_password_not_in_nfc_costs_the_same_for_an_unknown_name(tmp_path: Path) -> None:
+    # Tried in both forms for a user: for a name nobody has too, or the time would tell.
+    hasher = CountingHasher()
+    service = AuthService(tmp_path, token_ttl=60, registration="open", hasher=hasher)
+    service.add_user("alice", PASSWORD)
+    counts = []
+    for username in ["nobody", "alice"]:
+        hasher.verified.clear()
+        with pytest.raises(InvalidCredentials):
+            service.login(username, NFD_PASSWORD)
+        counts.append(len(hasher.verified))
+    assert counts == [2, 2]

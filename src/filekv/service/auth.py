@@ -39,6 +39,7 @@ import math
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,7 @@ class AuthService:
             # Cheap check first so a taken name does not cost a hash; ``add`` re-checks atomically.
             if self.users.find(username) is not None:
                 raise UsernameTaken("that username is taken")
-            if not self.users.add(username, self._hasher.hash(password), role=role):
+            if not self.users.add(username, self._hasher.hash(_normal(password)), role=role):
                 raise UsernameTaken("that username is taken")
         logger.info("user %r added (%s)", username, role)
 
@@ -234,7 +235,7 @@ class AuthService:
         """
         check_password(password)
         with self._users_file():
-            record = self.users.set_password(username, self._hasher.hash(password))
+            record = self.users.set_password(username, self._hasher.hash(_normal(password)))
         self._forget_user(record.name)
         logger.info("password of %r changed; its tokens are revoked", record.name)
         return record.name
@@ -280,8 +281,8 @@ class AuthService:
         reserved = self._throttle.reserve(username, address_key(client), self._clock())
         if isinstance(reserved, Refused):
             raise TooManyAttempts(reserved.retry_after, reserved.reason)
-        user = self._check_password(reserved, username, password)
-        self._upgrade_hash(user, password)
+        user, as_typed = self._check_password(reserved, username, password)
+        self._upgrade_hash(user, password, as_typed=as_typed)
 
         token = secrets.token_urlsafe(TOKEN_BYTES)
         with self._lock:
@@ -351,14 +352,27 @@ class AuthService:
                 return None
             return Session(session_id=digest, username=record.username, role=user.role)
 
-    def _check_password(self, attempt: Attempt, username: str, password: str) -> UserRecord:
-        """Verify against the stored hash (a dummy one for an unknown name); settle the attempt."""
+    def _check_password(
+        self, attempt: Attempt, username: str, password: str
+    ) -> tuple[UserRecord, bool]:
+        """Verify against the stored hash (a dummy one for an unknown name); settle the attempt.
+        The user, and whether the hash is of the password as typed rather than its NFC form.
+
+        Passwords are hashed in Unicode NFC (RFC 8265's OpaqueString): "ä" typed as one code
+        point or as "a" and a combining diaeresis (macOS, some keyboards) is the same password.
+        A hash made before that is of the password as typed: a password that is not in NFC is
+        tried that way too, for an unknown name as well, so that the time taken tells nothing
+        about whether the name exists."""
         outcome: bool | None = None  # neither success nor failure if the file cannot be read
+        as_typed = False
         try:
             with self._users_file():
                 user = self.users.find(username)
             stored = user.password_hash if user is not None else None
-            outcome = self._verify(stored, password)
+            normal = _normal(password)
+            outcome = self._verify(stored, normal)
+            if normal != password and not outcome:
+                outcome = as_typed = self._verify(stored, password)
         finally:
             self._throttle.settle(attempt, self._clock(), success=outcome)
         if not outcome:
@@ -371,7 +385,7 @@ class AuthService:
                 logger.info("failed login for an unknown user name (%d characters)", len(username))
             raise InvalidCredentials("incorrect username or password")
         assert user is not None  # _verify is never true without a stored hash
-        return user
+        return user, as_typed
 
     def _verify(self, stored: str | None, password: str) -> bool:
         try:
@@ -382,11 +396,13 @@ class AuthService:
             logger.error("stored password hash is unusable; treating the login as failed")
             return False
 
-    def _upgrade_hash(self, user: UserRecord, password: str) -> None:
-        """Re-hash with the current parameters after a successful login, if they changed."""
+    def _upgrade_hash(self, user: UserRecord, password: str, *, as_typed: bool) -> None:
+        """Re-hash after a successful login if the parameters changed, or if the hash is of the
+        password as typed rather than its NFC form (made before passwords were normalised)."""
         try:
-            if self._hasher.check_needs_rehash(user.password_hash):
-                self.users.replace_hash(user.name, user.password_hash, self._hasher.hash(password))
+            if as_typed or self._hasher.check_needs_rehash(user.password_hash):
+                new_hash = self._hasher.hash(_normal(password))
+                self.users.replace_hash(user.name, user.password_hash, new_hash)
         except (InvalidHashError, OSError, UsersFileCorrupt) as exc:
             # The exception's text is not logged: nothing hash-like may reach a log line.
             logger.warning("could not upgrade the password hash of %r: %s", user.name, type(exc))
@@ -437,6 +453,11 @@ class AuthService:
             mine.pop(digest, None)
             if not mine:
                 del self._tokens_of[record.username]
+
+
+def _normal(password: str) -> str:
+    """The form a password is hashed in: Unicode NFC (see ``AuthService._check_password``)."""
+    return unicodedata.normalize("NFC", password)
 
 
 def _digest(token: str) -> str:
