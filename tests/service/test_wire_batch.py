@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -31,6 +32,7 @@ _OP = st.fixed_dictionaries(
         "key": st.text(max_size=5) | _SCALARS,
         "value": st.text(max_size=5) | _SCALARS,
         "expect": _SCALARS,
+        "ttl": _SCALARS,
         "extra": _SCALARS,
     },
 )
@@ -48,7 +50,7 @@ def _by_model(raw: bytes) -> list[Put | Delete] | None:
     except ValidationError:
         return None
     return [
-        Put(op.key, op.value.encode("utf-8"), op.expect)
+        Put(op.key, op.value.encode("utf-8"), op.expect, op.ttl)
         if isinstance(op, BatchPut)
         else Delete(op.key, op.expect)
         for op in parsed.ops
@@ -60,6 +62,7 @@ def _by_model(raw: bytes) -> list[Put | Delete] | None:
 @example(body={"ops": [{"op": "put", "key": "k", "value": "v", "expect": True}]})
 @example(body={"ops": [{"op": "delete", "key": "k", "expect": 0}]})
 @example(body={"ops": [{"op": "put", "key": "k", "value": "v", "expect": None}]})
+@example(body={"ops": [{"op": "put", "key": "k", "value": "v", "ttl": 30}]})
 def test_wire_plain_batch_takes_only_what_the_model_takes_alike(body: Any) -> None:
     raw = orjson.dumps(body)
     plain = _plain_batch(orjson.loads(raw))
@@ -81,4 +84,39 @@ def test_wire_plain_batch_takes_the_common_shapes() -> None:
         Put("b", "ü".encode(), 0),
         Delete("c"),
         Delete("d", 7),
+    ]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        '"ttl": true',
+        '"ttl": "30"',
+        '"expect": false',
+        '"expect": "0"',
+        '"expect": 0.0',
+        '"expect": true',
+        '"expect": 1.5',
+    ],
+)
+def test_wire_batch_model_is_strict_where_put_is(field: str) -> None:
+    # Lax pydantic would take these (true as 1, "30" as 30, 0.0 as 0): PUT refuses them, so the
+    # model refuses them too, and the plain reading leaves them to it.
+    raw = '{"ops": [{"op": "put", "key": "k", "value": "v", ' + field + "}]}"
+    assert _plain_batch(orjson.loads(raw)) is None
+    with pytest.raises(ValidationError) as refused:
+        BatchIn.model_validate_json(raw)
+    assert refused.value.errors()[0]["loc"][-1] == field.split('"')[1]
+
+
+def test_wire_batch_model_takes_integer_and_float_ttls() -> None:
+    # Strict mode still takes a JSON integer for a float field: "ttl": 30 is seconds, as in PUT.
+    raw = (
+        '{"ops": [{"op": "put", "key": "k", "value": "v", "ttl": 30, "expect": 0},'
+        ' {"op": "put", "key": "f", "value": "v", "ttl": 1.5}]}'
+    )
+    ops = BatchIn.model_validate_json(raw).ops
+    assert [(op.ttl, op.expect) for op in ops if isinstance(op, BatchPut)] == [
+        (30.0, 0),
+        (1.5, None),
     ]

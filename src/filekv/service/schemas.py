@@ -78,6 +78,11 @@ _EXPECT_DOC: Final = (
     "Apply the batch only if the key is at this revision; 0: only if it does not exist."
 )
 
+# ``expect`` and ``ttl`` are strict, as PUT reads them (``wire.parse_ttl``, an If-Match):
+# lax mode would take ``true`` as 1, ``"30"`` as 30 and ``0.0`` or ``false`` as a revision.
+# Strict floats still take JSON integers (``"ttl": 30``); strict ints take no float at all.
+_Expect = Annotated[int | None, Field(ge=0, strict=True, description=_EXPECT_DOC)]
+
 
 class BatchPut(BaseModel):
     """Write ``value`` under ``key``."""
@@ -87,9 +92,13 @@ class BatchPut(BaseModel):
     op: Literal["put"]
     key: str = Field(min_length=1)
     value: str = Field(description="The value, any string (counted in UTF-8 bytes).")
-    expect: int | None = Field(default=None, ge=0, description=_EXPECT_DOC)
+    expect: _Expect = None
     ttl: float | None = Field(
-        default=None, gt=0, le=MAX_TTL, description="Seconds until the key expires, as in PUT."
+        default=None,
+        gt=0,
+        le=MAX_TTL,
+        strict=True,
+        description="Seconds until the key expires, as in PUT.",
     )
 
 
@@ -100,7 +109,7 @@ class BatchDelete(BaseModel):
 
     op: Literal["delete"]
     key: str = Field(min_length=1)
-    expect: int | None = Field(default=None, ge=0, description=_EXPECT_DOC)
+    expect: _Expect = None
 
 
 class BatchIn(BaseModel):
@@ -271,6 +280,17 @@ def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
 def error(description: str) -> dict[str, Any]:
     """An entry of a route's ``responses=`` for an error status."""
     return {"model": ErrorBody, "description": description}
+
+
+def invalid(description: str) -> dict[str, Any]:
+    """A ``responses=`` entry for 422, in FastAPI's list form: what the route refuses, beyond
+    what FastAPI's own "Validation Error" would say."""
+    return {
+        "description": description,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
+        },
+    }
 
 
 RETRY_AFTER: Final[dict[str, Any]] = {

@@ -26,6 +26,7 @@ from filekv.service.schemas import (
     BatchResult,
     error,
     inline_schema,
+    invalid,
 )
 from filekv.service.wire import read_batch
 
@@ -53,13 +54,11 @@ router = APIRouter(tags=["keys"])
             "transaction limits (max_transaction_ops, max_transaction_bytes): nothing applied."
         ),
         415: error("The body is not JSON: send Content-Type: application/json."),
-        422: {
-            "description": "Invalid body: not 1 to 1000 operations, or a bad operation or key "
-            "(`loc` names the operation).",
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}
-            },
-        },
+        422: invalid(
+            "Invalid body: not 1 to 1000 operations, or a bad operation or key (`loc` names the "
+            "operation); `expect` must be a JSON integer and `ttl` a JSON number, as in PUT "
+            "(no strings, no booleans)."
+        ),
         423: LOCKED,
         503: STORE_FAILED,
         507: DISK_FULL,

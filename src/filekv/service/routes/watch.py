@@ -22,6 +22,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, Final
+from urllib.parse import unquote_plus, unquote_to_bytes
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -31,7 +32,7 @@ from fastapi.responses import StreamingResponse
 from filekv.engine import Compacted
 from filekv.service.deps import request_session_id
 from filekv.service.errors import BadRequest, RevisionAhead, TooManyWatchers
-from filekv.service.schemas import OPTIONAL_BEARER, UNAUTHORIZED, error
+from filekv.service.schemas import OPTIONAL_BEARER, UNAUTHORIZED, error, invalid
 from filekv.service.watch import (
     Position,
     Watcher,
@@ -84,11 +85,59 @@ def _query_error(name: str, kind: str, message: str) -> RequestValidationError:
 
 
 def check_filter(request: Request, prefix: str, key: str | None) -> None:
-    """A prefix and a key no longer than a key may be (422)."""
+    """A prefix and a key no longer than a key may be (422): no key could ever match them.
+
+    Listing, the long poll and ``/watch`` all refuse such a prefix alike. A text of at most a
+    quarter of the limit in characters fits whatever it holds (UTF-8 takes at most 4 bytes a
+    character), so the usual short one is never encoded.
+    """
     limit: int = request.app.state.settings.max_key_bytes
     for name, text in (("prefix", prefix), ("key", key)):
-        if text is not None and len(text.encode("utf-8", errors="surrogatepass")) > limit:
+        if (
+            text is not None
+            and len(text) > limit >> 2
+            and len(text.encode("utf-8", errors="surrogatepass")) > limit
+        ):
             raise _query_error(name, "string_too_long", f"longer than {limit} bytes in UTF-8")
+
+
+# A '%' that does not start an escape: the rule ``wire.check_key_encoding`` applies to the path.
+_BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+# The query parameters that hold keys (or a prefix of them) or values, per route.
+WATCH_TEXT_PARAMETERS: Final = frozenset(("prefix", "key"))
+FIND_TEXT_PARAMETERS: Final = frozenset(("prefix", "value", "after"))
+
+
+def check_query_encoding(request: Request, names: frozenset[str]) -> None:
+    """422 when a query parameter in ``names`` (one that holds a key, a prefix or a value) has a
+    broken percent-encoding or escapes that are not UTF-8: the path's rule for keys.
+
+    Starlette decodes the query leniently (bad UTF-8 becomes U+FFFD, a stray ``%`` stays as it
+    is), so ``prefix=%FF`` would match a key holding U+FFFD and two distinct raw texts would
+    name one key. Only a raw query with a ``%`` can be broken: the usual one costs a byte search.
+    """
+    raw: bytes = request.scope.get("query_string", b"")
+    if b"%" not in raw:
+        return
+    for part in raw.split(b"&"):
+        if b"%" not in part:
+            continue
+        name, _, value = part.partition(b"=")
+        # The name as Starlette reads it (``parse_qsl``): ``pre%66ix`` is ``prefix`` too.
+        decoded = unquote_plus(name.decode("latin-1"))
+        if decoded not in names:
+            continue
+        if _BAD_ESCAPE.search(value) is not None:
+            msg = f"invalid percent-encoding in {decoded}: '%' must be followed by two hex digits"
+        else:
+            try:
+                unquote_to_bytes(value).decode("utf-8")
+                continue
+            except UnicodeDecodeError:
+                msg = f"the percent-encoded bytes of {decoded} are not valid UTF-8"
+        raise _query_error(decoded, "query_encoding", msg)
 
 
 LAST_EVENT_ID: Final[dict[str, Any]] = {
@@ -119,23 +168,35 @@ def _last_event_id(request: Request) -> str | None:
     return text
 
 
-def start_position(store: Store, from_revision: int | None, last_event_id: str | None) -> Position:
+def start_position(
+    store: Store,
+    from_revision: int | None,
+    last_event_id: str | None,
+    *,
+    after_revision: int | None = None,
+) -> Position:
     """Where the stream starts: after ``Last-Event-ID`` if sent (a reconnect), else at
-    ``from_revision`` (inclusive), else after the current revision. RevisionAhead (409) when
-    ahead of the store; Compacted (410) when no longer in the history."""
+    ``from_revision`` (inclusive), else after ``after_revision`` (the long poll's), else after
+    the current revision. RevisionAhead (409) when ahead of the store; Compacted (410) when no
+    longer in the history."""
     current = store.revision
+    # What the client sent, as it sent it: the 409 names that, not the position derived from it
+    # (after_revision=N starts at N + 1, from_revision=N at N).
+    sent: str | int
     if last_event_id is not None:
         position = parse_event_id(last_event_id)
         if position is None:
             raise BadRequest("Last-Event-ID must be a revision (7) or an event of one (7.1)")
+        sent = last_event_id
     elif from_revision is not None:
         position = Position(from_revision - 1) if from_revision > 0 else Position(0)
+        sent = from_revision
+    elif after_revision is not None:
+        position, sent = Position(after_revision), after_revision
     else:
-        position = Position(current)
+        position, sent = Position(current), current
     if position.revision > current:
-        raise RevisionAhead(
-            f"revision {position.revision + 1} is ahead of the store (at revision {current})"
-        )
+        raise RevisionAhead(f"revision {sent} is ahead of the store (at revision {current})")
     oldest = store.oldest_revision
     if position.revision + 1 < oldest:
         raise Compacted(position.revision + 1, oldest)
@@ -157,6 +218,11 @@ def start_position(store: Store, from_revision: int | None, last_event_id: str |
         409: error("from_revision or Last-Event-ID is ahead of the store's revision."),
         401: UNAUTHORIZED,
         410: COMPACTED,
+        422: invalid(
+            "A bad parameter: prefix or key with a broken or non-UTF-8 percent-encoding "
+            "(`query_encoding`), over max_key_bytes (`string_too_long`) or an empty key, a "
+            "from_revision out of range, or a malformed Last-Event-ID."
+        ),
         503: TOO_MANY_WATCHERS,
     },
     # Declared by hand and read by hand: a nullable header parameter would have schema
@@ -182,6 +248,7 @@ async def watch(
     state = request.app.state
     transactions: TransactionManager = state.transactions
     request_session_id(request, transactions, write=False)
+    check_query_encoding(request, WATCH_TEXT_PARAMETERS)
     check_filter(request, prefix, key)
     store: Store = state.store
     hub: WatchHub = state.watch_hub
@@ -309,7 +376,7 @@ async def wait_for_change(
     state = request.app.state
     store: Store = state.store
     hub: WatchHub = state.watch_hub
-    position = start_position(store, None if after_revision is None else after_revision + 1, None)
+    position = start_position(store, None, None, after_revision=after_revision)
     watcher = hub.add(prefix)
     try:
         changed = False
