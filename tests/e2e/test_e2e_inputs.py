@@ -115,3 +115,22 @@ def test_e2e_inputs_body_refused_unread_is_not_read(server: Any) -> None:
                 sock.sendall(chunk)
                 sent += len(chunk)
         assert sent < 64 << 20, sent  # 1 MiB discarded, plus what the kernels' buffers held
+
+
+def test_e2e_inputs_answer_before_the_body_says_connection_close(server: Any) -> None:
+    # A bad key is 422 before the body is read. When the body had not arrived yet, the answer
+    # did not say the connection would close, and a keep-alive client sent its next request
+    # on it: "Server disconnected without sending a response" (seen in test_e2e_inputs).
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"PUT /keys/bad%ZZ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+        sock.sendall(b"Content-Length: 13\r\n\r\n")
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65_536)
+        assert answer.startswith(b"HTTP/1.1 422 ")
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+        sock.sendall(b'{"value":"v"}')  # the body, late: discarded, then the connection ends
+        rest = b""
+        while chunk := sock.recv(65_536):
+            rest += chunk
+        assert b"HTTP/1.1" not in rest  # no second answer: the late body was not a request

@@ -241,6 +241,23 @@ def test_protocol_answer_before_the_body_stops_reading_it() -> None:
 
     written = bytes(run(scenario, app=refuse_unread).written)
     assert statuses(written) == [413]  # nothing else was written after the answer
+    # Said, so that a client does not send its next request on it ("Server disconnected").
+    assert b"\r\nconnection: close\r\n" in written.lower()
+
+
+def test_protocol_answer_after_the_whole_body_arrived_keeps_the_connection() -> None:
+    # The same unread answer, but the body came with the head: nothing left to refuse, the
+    # connection goes on (a 422 for a bad key, say, on a keep-alive connection).
+    async def scenario(protocol: ReadLimitedProtocol, transport: FakeTransport) -> None:
+        protocol.data_received(b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n12345")
+        await settle()
+        protocol.data_received(b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab")
+        await settle()
+        assert not transport.closed and not transport.eof_written
+
+    written = bytes(run(scenario, app=refuse_unread).written)
+    assert statuses(written) == [413, 413]
+    assert b"connection: close" not in written.lower()
 
 
 def test_protocol_answer_before_the_body_closes_a_trickle_after_the_linger(

@@ -120,6 +120,43 @@ class _HeadersTooLarge:
         await send({"type": "http.response.body", "body": self.body, "more_body": False})
 
 
+class _CloseIfAnsweredBeforeBody:
+    """The application, behind a check made when it starts to answer: if the request's body
+    has not all arrived, the answer says "connection: close", and the protocol closes the
+    connection after it with a lingering close (``on_response_complete``) instead of parsing
+    the rest of the body. A client told nothing reused the connection for its next request,
+    and found it closed: "Server disconnected without sending a response".
+
+    A request whose body had all arrived when the application started (nearly every one: a
+    small body comes in the read that brings the head) costs one check.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(
+        self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        cycle = getattr(send, "__self__", None)  # uvicorn's RequestResponseCycle.send
+        if cycle is None or not getattr(cycle, "more_body", False):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: Any) -> None:
+            if message["type"] != "http.response.start" or not cycle.more_body:
+                await send(message)
+                return
+            closing: Any = {**message}
+            closing["headers"] = [*message.get("headers", ()), (b"connection", b"close")]
+            await send(closing)
+            # uvicorn took the header to mean an abrupt close after the answer: with the body
+            # still arriving, the kernel then resets the connection, and the client may lose
+            # the answer. The protocol closes it instead (on_response_complete).
+            cycle.keep_alive = True
+
+        await self.app(scope, receive, send_closing)
+
+
 class ReadLimitedProtocol(HttpToolsProtocol):
     """``HttpToolsProtocol`` that refuses oversized heads and closes requests that stall.
 
@@ -131,6 +168,7 @@ class ReadLimitedProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.app = _CloseIfAnsweredBeforeBody(self.app)
         self.url = b""
         self._timer: asyncio.TimerHandle | None = None
         self._head_begun = False  # from on_message_begin to on_headers_complete
@@ -333,15 +371,15 @@ class ReadLimitedProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         """uvicorn's, unless the application answered before the request's body had all arrived
-        (a 413 refused unread, a 401 or 423 given before reading): then the rest of the body is
-        not parsed but discarded, and the connection closed as a refused one is. uvicorn would
-        go on parsing it to keep the connection, for as long and as much as the client sends:
-        a Content-Length of 100 GB, trickled, held a connection for body_total_timeout.
-
-        The answer, already sent, carries no "connection: close" (uvicorn writes the head
-        before anyone can know): the end of the stream says it, which HTTP/1.1 clients expect
-        of any response (RFC 9112, section 9.6)."""
-        if not self._in_body or self.transport.is_closing():
+        (a 413 refused unread, a 401, 422 or 423 given before reading): then the rest of the
+        body is not parsed but discarded, and the connection closed as a refused one is (the
+        answer said "connection: close": ``_CloseIfAnsweredBeforeBody``). uvicorn would go on
+        parsing it to keep the connection, for as long and as much as the client sends: a
+        Content-Length of 100 GB, trickled, held a connection for body_total_timeout."""
+        cycle = self.cycle
+        # The cycle whose answer just ended, if its body is still arriving (a pipelined request
+        # after it would have a cycle of its own, and its body would have ended).
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
             super().on_response_complete()
             return
         self.server_state.total_requests += 1
