@@ -220,3 +220,46 @@ def test_cli_restore_of_a_malformed_users_json_says_so_in_one_line(tmp_path: Pat
         "(a required field is missing)\n"
     )
     assert not (tmp_path / "copy").exists()
+
+
+@pytest.mark.parametrize("case", ["missing directory", "a directory", "not a regular file"])
+@pytest.mark.parametrize("source", ["data-dir", "url"])
+def test_cli_backup_refuses_an_output_it_cannot_write_before_starting(
+    tmp_path: Path, case: str, source: str
+) -> None:
+    """The audit: over HTTP a FileNotFoundError or IsADirectoryError traceback; offline, the
+    whole backup taken first, then "backup failed" (exit 1)."""
+    _store(tmp_path / "data")
+    out, says = {
+        "missing directory": (tmp_path / "nope" / "b.tar", f"{tmp_path / 'nope'} does not exist"),
+        "a directory": (tmp_path, f"{tmp_path} is a directory"),
+        # A FIFO, never /dev/null: as root, the code before this replaced it with a file.
+        "not a regular file": (tmp_path / "fifo", f"{tmp_path / 'fifo'} is not a regular file"),
+    }[case]
+    os.mkfifo(tmp_path / "fifo")
+    # Nothing listens on port 9: a backup that asked it would exit 7.
+    where = (
+        ["--data-dir", str(tmp_path / "data")]
+        if source == "data-dir"
+        else ["--url", "http://127.0.0.1:9"]
+    )
+    made = runner.invoke(app, ["backup", str(out), *where])
+    assert made.exit_code == 2, made.output
+    assert made.stderr.startswith("filekv: ") and says in made.stderr
+    assert made.stderr.count("\n") == 1 and made.stdout == ""
+    assert not list(tmp_path.rglob("*.partial"))
+    assert not [n for n in os.listdir(tmp_path / "data") if n.startswith(".backup-")]
+
+
+def test_cli_backup_to_stdout_with_json_puts_the_summary_on_stderr(tmp_path: Path) -> None:
+    """The audit: the JSON summary was appended to the archive on stdout."""
+    _store(tmp_path / "data")
+    made = runner.invoke(app, ["backup", "-", "--data-dir", str(tmp_path / "data"), "--json"])
+    assert made.exit_code == 0, made.output
+    archive = made.stdout_bytes
+    assert archive.endswith(b"\0" * 1024)  # the tar's end, and nothing after it
+    figures = json.loads(made.stderr)
+    assert (figures["bytes"], figures["keys"], figures["to"]) == (len(archive), 30, "-")
+    done = runner.invoke(app, ["restore", "-", "--data-dir", str(tmp_path / "copy")], input=archive)
+    assert done.exit_code == 0, done.output
+    assert _contents(tmp_path / "copy") == _contents(tmp_path / "data")

@@ -7,11 +7,16 @@ under ``FILEKV_SOAK=1``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
+import resource
 import select
+import signal
+import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -275,3 +280,229 @@ def test_import_takes_the_servers_longest_ttl() -> None:
     from filekv.engine.expiry import MAX_TTL
 
     assert transfer_cli.MAX_TTL == MAX_TTL
+
+
+# -- output paths, write failures, --json, Ctrl-C, unreachable servers (the CLI audit) ----------
+
+UNREACHABLE = "http://127.0.0.1:9"  # nothing listens: a verb that asked it would exit 7
+
+
+def _one_error_line(stderr: str) -> str:
+    """The single ``filekv: ...`` line of ``stderr``: no traceback, nothing else."""
+    assert "Traceback" not in stderr and "Error:" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("filekv: "), stderr
+    return lines[0]
+
+
+def _limit_file_size(limit: int) -> Callable[[], None]:
+    """A ``preexec_fn``: files the child writes may grow to ``limit`` bytes, then a write fails
+    with EFBIG (a full disk, as far as the writer can tell; SIGXFSZ ignored, so not killed)."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("case", ["missing directory", "a directory", "not a regular file"])
+def test_cli_export_refuses_an_output_it_cannot_write_before_asking_the_server(
+    tmp_path: Path, case: str
+) -> None:
+    """The audit: a FileNotFoundError or IsADirectoryError traceback, after the export ran."""
+    output, says = {
+        "missing directory": (tmp_path / "nope" / "x.jsonl", f"{tmp_path / 'nope'} does not exist"),
+        "a directory": (tmp_path, f"{tmp_path} is a directory"),
+        # A FIFO, never /dev/null: as root, the code before this replaced it with a file.
+        "not a regular file": (tmp_path / "fifo", f"{tmp_path / 'fifo'} is not a regular file"),
+    }[case]
+    os.mkfifo(tmp_path / "fifo")
+    result = filekv("export", "-o", str(output), "--url", UNREACHABLE)
+    assert result.returncode == 2, result.stderr  # not 7: the server was never asked
+    assert says in _one_error_line(result.stderr)
+    assert result.stdout == ""
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_cli_export_write_failure_is_one_line_and_leaves_nothing(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = make_server(fsync="never")
+    path = write_lines(
+        tmp_path / "in.jsonl", [{"key": f"k{i}", "value": "v" * 100} for i in range(2000)]
+    )
+    assert filekv("import", str(path), "--url", server.url).returncode == 0
+    output = tmp_path / "out" / "all.jsonl"
+    output.parent.mkdir()
+    result = subprocess.run(
+        [FILEKV, "export", "-o", str(output), "--url", server.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=_limit_file_size(50_000),
+        check=False,
+    )
+    assert result.returncode == 1
+    line = _one_error_line(result.stderr)
+    assert line.startswith(f"filekv: cannot write {output}.partial: File too large; ")
+    assert list(output.parent.iterdir()) == []  # neither the file nor its .partial
+    with open("/dev/full", "wb") as full:
+        to_full = subprocess.run(
+            [FILEKV, "export", "--url", server.url],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert to_full.returncode == 1
+    assert _one_error_line(to_full.stderr).startswith("filekv: cannot write to stdout: No space")
+
+
+def test_cli_export_json_summary_on_stdout_or_beside_the_export(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    server = make_server(fsync="never")
+    path = write_lines(tmp_path / "in.jsonl", [{"key": f"k{i}", "value": "v"} for i in range(5)])
+    assert filekv("import", str(path), "--url", server.url).returncode == 0
+    to_file = filekv("export", "-o", str(tmp_path / "out.jsonl"), "--json", "--url", server.url)
+    assert to_file.returncode == 0, to_file.stderr
+    figures = json.loads(to_file.stdout)
+    assert (figures["keys"], figures["revision"]) == (5, 1)  # one batch: one revision
+    assert figures["to"] == str(tmp_path / "out.jsonl")
+    assert to_file.stderr == ""
+    to_stdout = filekv("export", "--prefix", "k1", "--json", "--url", server.url)
+    assert to_stdout.returncode == 0, to_stdout.stderr
+    assert [json.loads(line)["key"] for line in to_stdout.stdout.splitlines()] == ["k1"]
+    summary = json.loads(to_stdout.stderr)  # stdout holds the export: the summary is beside it
+    assert (summary["keys"], summary["prefix"], summary["to"]) == (1, "k1", "-")
+
+
+def _import_then_ctrl_c(server: Server, path: Path, *args: str) -> tuple[int, str, str]:
+    """Run an import of ``path`` and send it SIGINT once the server holds some of its keys."""
+    process = subprocess.Popen(
+        [FILEKV, "import", str(path), "--url", server.url, "--batch-size", "10", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with server.client() as http:
+            deadline = time.monotonic() + 60
+            while http.get("/stats").json()["keys"] < 100:
+                assert process.poll() is None, process.communicate()
+                assert time.monotonic() < deadline, "the import wrote nothing"
+                time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    return process.returncode, stdout, stderr
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_cli_import_ctrl_c_says_exactly_what_was_written(
+    make_server: MakeServer, tmp_path: Path, as_json: bool
+) -> None:
+    """The audit: exit 130 and not a word, though some batches were committed."""
+    server = make_server(fsync="never")
+    lines = 200_000  # at 10 keys a batch: far longer than it takes to be interrupted
+    path = write_lines(
+        tmp_path / "in.jsonl", [{"key": f"k{i:06d}", "value": "v"} for i in range(lines)]
+    )
+    code, stdout, stderr = _import_then_ctrl_c(server, path, *(["--json"] if as_json else []))
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    with server.client() as http:
+        stored = http.get("/stats").json()["keys"]
+    assert 100 <= stored < lines
+    message, summary = stderr.splitlines()
+    assert message == (
+        f"filekv: interrupted (Ctrl-C): the keys of lines 1-{stored:,} are written, none after; "
+        f"to write the rest: tail -n +{stored + 1} {path} | filekv import -"
+    )
+    assert summary.startswith(f"wrote {stored:,} keys (lines 1-{stored:,}) up to revision ")
+    if as_json:
+        figures = json.loads(stdout)
+        assert (figures["written"], figures["last_line"]) == (stored, stored)
+        assert figures["error"] == message.removeprefix("filekv: ")
+    else:
+        assert stdout == ""
+
+
+def test_cli_import_to_an_unreachable_server_says_the_batch_was_not_sent(tmp_path: Path) -> None:
+    """The audit: "the batch of lines 1-1 was refused" though it never left."""
+    path = write_lines(tmp_path / "in.jsonl", [{"key": "k", "value": "v"}])
+    result = filekv("import", str(path), "--url", "http://127.0.0.1:1")
+    assert result.returncode == 7
+    message, summary = result.stderr.splitlines()
+    assert message == (
+        "filekv: the batch of lines 1-1 could not be sent to http://127.0.0.1:1 (connection "
+        "refused), none of it written; is the server running there? (--url or FILEKV_URL)"
+    )
+    assert summary.startswith("wrote 0 keys in ")
+
+
+def test_cli_import_batch_without_an_answer_may_be_written(tmp_path: Path) -> None:
+    """A server that takes the request and closes the connection without answering: the batch
+    may have been written, and the message says so rather than "refused" or "not sent"."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                connection.recv(1 << 16)
+                connection.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        path = write_lines(tmp_path / "in.jsonl", [{"key": "k", "value": "v"}])
+        result = filekv("import", str(path), "--url", f"http://127.0.0.1:{port}")
+    finally:
+        listener.close()
+    assert result.returncode == 7
+    message = result.stderr.splitlines()[0]
+    assert message.startswith(
+        f"filekv: the batch of lines 1-1 was sent to http://127.0.0.1:{port} "
+    )
+    assert "but no answer came (" in message
+    assert "), so it may or may not be written; check the keys of those lines" in message
+
+
+def test_cli_import_ctrl_c_offline_counts_the_batch_it_was_writing(tmp_path: Path) -> None:
+    """``--data-dir``: the batch being written when Ctrl-C comes is finished and counted."""
+    from filekv.engine import Store
+
+    data = tmp_path / "data"
+    lines = 200_000
+    items = [{"key": f"k{i:06d}", "value": "v"} for i in range(lines)]
+    path = write_lines(tmp_path / "in.jsonl", items)
+    process = subprocess.Popen(
+        [FILEKV, "import", str(path), "--data-dir", str(data), "--batch-size", "10"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FILEKV_FSYNC": "never"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while sum(f.stat().st_size for f in data.glob("*.seg")) < 100_000:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the import wrote nothing"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _stdout, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    with Store.open(data) as store:
+        stored = sum(1 for _ in store.scan())
+    assert 0 < stored < lines
+    assert stderr.splitlines()[0].startswith(
+        f"filekv: interrupted (Ctrl-C): the keys of lines 1-{stored:,} are written, none after"
+    )

@@ -4,14 +4,15 @@
 ``filekv login`` stored for it, an admin's), or with ``--data-dir D`` takes the backup straight
 from a data directory no server is using (refused otherwise, as ``filekv compact`` is). The
 archive is written beside ``OUT.tar`` as ``OUT.tar.partial`` and renamed once whole, so a cut-off
-backup never lies under the real name; ``-`` writes it to stdout.
+backup never lies under the real name; ``-`` writes it to stdout. An output it cannot write (a
+missing folder, a folder) is refused before anything starts, exit 2 (``check_output_path``).
 
 ``restore IN.tar --data-dir D`` (``-``: stdin) is ``filekv.restore.restore``: it refuses a
 directory in use, and one that is not empty unless ``--force``; checks every member before
 writing it, the manifest's SHA-256 and users.json's, every record's checksum, and the revision
 and key count the manifest gives; and changes nothing in ``D`` unless all of it checks out.
 Both show a progress bar (bytes, speed, ETA) on stderr when stderr is a terminal, then a summary
-line on stderr (``--json``: as JSON on stdout).
+line on stderr (``--json``: as JSON on stdout, or on stderr when the archive goes to stdout).
 """
 
 from __future__ import annotations
@@ -98,9 +99,11 @@ class _ManifestTap:
         return self.sink.write(data)
 
 
-def _summary(verb: str, figures: dict[str, Any], as_json: bool) -> None:
+def _summary(verb: str, figures: dict[str, Any], as_json: bool, *, stdout: bool = True) -> None:
+    """The summary line on stderr; ``as_json``: as JSON on stdout, on stderr if not ``stdout``
+    (the archive went there)."""
     if as_json:
-        sys.stdout.write(orjson.dumps(figures).decode() + "\n")
+        (sys.stdout if stdout else sys.stderr).write(orjson.dumps(figures).decode() + "\n")
         return
     sys.stderr.write(
         f"{verb} revision {figures['revision']}: {figures['keys']:,} keys, "
@@ -126,6 +129,10 @@ def backup(
 ) -> None:
     """Write a backup of the store as one tar archive, while it serves (over HTTP, as an admin)
     or offline (--data-dir). Restore it with `filekv restore`."""
+    from filekv.transfer_cli import check_output_path
+
+    if str(out) != STDIO:
+        check_output_path(out, example="filekv.tar")  # exit 2 before anything is asked
     console = Console(stderr=True)
     started = time.monotonic()
     if data_dir is not None:
@@ -140,20 +147,26 @@ def backup(
         "seconds": round(time.monotonic() - started, 3),
         "to": str(out),
     }
-    _summary("backup of", figures, as_json)
+    _summary("backup of", figures, as_json, stdout=str(out) != STDIO)
 
 
 def _backup_over_http(url: str | None, out: Path, console: Console) -> tuple[Manifest, int]:
     from filekv.backup_archive import ArchiveError, read_manifest
+    from filekv.transfer_cli import write_failed
 
-    with _output(out) as sink, _progress(console, "backup") as bar, connect(url) as kv:
-        task = bar.add_task("backup", total=None)
-        tap = _ManifestTap(sink)
-        done = kv.backup(
-            tap,  # type: ignore[arg-type]  # a file-like: only write is used
-            on_start=lambda total: bar.update(task, total=total),
-            progress=lambda size: bar.advance(task, size),
-        )
+    try:
+        with _output(out) as sink, _progress(console, "backup") as bar, connect(url) as kv:
+            task = bar.add_task("backup", total=None)
+            tap = _ManifestTap(sink)
+            done = kv.backup(
+                tap,  # type: ignore[arg-type]  # a file-like: only write is used
+                on_start=lambda total: bar.update(task, total=total),
+                progress=lambda size: bar.advance(task, size),
+            )
+    except OSError as error:  # writing the archive (a full disk, say); _output removed .partial
+        if str(out) == STDIO:
+            write_failed("the archive to stdout", error, None)
+        write_failed(f"{out}{PARTIAL_SUFFIX}", error, str(out))
     try:
         return read_manifest(bytes(tap.head), "the downloaded archive"), done["bytes"]
     except ArchiveError as error:

@@ -11,23 +11,32 @@ validates and counts.
 
 A bad line stops the import with its line number; the batches written before it stay (each is
 atomic), the lines of the batch it was in are not written, and the summary says how many keys
-were. Both verbs show a progress bar (keys, keys/s, ETA) on stderr when stderr is a terminal,
-and none otherwise; the summary line goes to stderr too (``--json``: as JSON on stdout).
+were; so does a Ctrl-C, which stops the import between batches (exit 130). Both verbs show a
+progress bar (keys, keys/s, ETA) on stderr when stderr is a terminal, and none otherwise; the
+summary line goes to stderr too (``--json``: as JSON on stdout, or on stderr when the export
+itself goes to stdout). An ``-o`` that cannot be written is refused, exit 2, before the server
+is asked; a write that fails on the way is one line, exit 1, and leaves no ``FILE.partial``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
+import re
+import shlex
+import signal
+import stat
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Annotated, Any, Final
+from typing import IO, Annotated, Any, Final, NoReturn
 
+import httpx
 import orjson
 import typer
 from rich.console import Console
@@ -42,7 +51,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from filekv.client import Client, FilekvError
+from filekv.client import Client, FilekvError, Unavailable
 from filekv.client_cli import (
     EXIT_CODES_HELP,
     JsonOption,
@@ -62,6 +71,8 @@ EXIT_BAD_INPUT: Final = 2
 PIPELINE_DEPTH: Final = 2  # batches read ahead of the one being sent
 # The server's longest ttl (engine/expiry.py MAX_TTL), not imported: this module loads no engine.
 MAX_TTL: Final = 10 * 365 * 24 * 3600.0
+# The client's Unavailable caused by one of these: the request never left, nothing was written.
+NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 class Refused(Exception):
@@ -216,6 +227,44 @@ def _note(text: str) -> None:
     sys.stderr.flush()
 
 
+# -- output files --------------------------------------------------------------------------------
+
+EXIT_WRITE_FAILED: Final = 1  # the output could not be written (a full disk, say), as `backup`
+
+
+def check_output_path(path: Path, stdout: str = "- for stdout", example: str = "out") -> None:
+    """Refuse, with exit 2 and before any server is asked, an output file that cannot be made:
+    its folder missing, not a folder or not writable (the file is written there as
+    ``path.partial``, then renamed), or the path a folder or something else than a file.
+    ``stdout`` says how to write to stdout instead, ``example`` is a file name to suggest."""
+    folder = path.parent
+    try:
+        mode: int | None = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as error:
+        fail(f"cannot write {path}: {error.strerror or error}; choose another path", EXIT_BAD_INPUT)
+    if mode is not None and stat.S_ISDIR(mode):
+        fail(f"{path} is a directory: give a file name, such as {path / example}", EXIT_BAD_INPUT)
+    if mode is not None and not stat.S_ISREG(mode):
+        fail(f"{path} is not a regular file: give a file name, or {stdout}", EXIT_BAD_INPUT)
+    if not folder.is_dir():
+        what = "is not a directory" if folder.exists() else "does not exist"
+        fail(f"cannot write {path}: {folder} {what}; create it first", EXIT_BAD_INPUT)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        fail(
+            f"cannot write {path}: no permission to create files in {folder}; choose another "
+            "directory",
+            EXIT_BAD_INPUT,
+        )
+
+
+def write_failed(target: str, error: OSError, kept: str | None) -> NoReturn:
+    """One line for an output that could not be written (``kept``: the file left as it was)."""
+    left = "" if kept is None else f"; {kept} is untouched, the partial file removed"
+    fail(f"cannot write {target}: {error.strerror or error}{left}", EXIT_WRITE_FAILED)
+
+
 # -- export --------------------------------------------------------------------------------------
 
 
@@ -228,30 +277,60 @@ def export(
         ),
     ] = None,
     url: UrlOption = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the summary as one line of JSON: on stdout, or on stderr when the "
+            "export itself goes to stdout.",
+        ),
+    ] = False,
 ) -> None:
     """Write every key (starting with PREFIX) as JSON Lines, sorted, all as of one revision."""
+    if output is not None:
+        check_output_path(output, stdout="leave out -o for stdout", example="export.jsonl")
     started = time.monotonic()
     partial = None if output is None else output.with_name(output.name + ".partial")
     try:
         with connect(url) as kv, kv.export(prefix) as stream:
-            handle = sys.stdout.buffer if partial is None else partial.open("wb")
             try:
-                # Lines going to the terminal itself would be mixed with the bar: no bar then.
-                shown = partial is not None or not sys.stdout.isatty()
-                with progress_bar("export", stream.keys, shown=shown) as advance:
-                    for data, count in stream.chunks():
-                        handle.write(data)
-                        advance(count)
-                handle.flush()
-            finally:
-                if handle is not sys.stdout.buffer:
-                    handle.close()
-            if partial is not None and output is not None:
-                os.replace(partial, output)
+                handle = sys.stdout.buffer if partial is None else partial.open("wb")
+                try:
+                    # Lines going to the terminal itself would be mixed with the bar: no bar then.
+                    shown = partial is not None or not sys.stdout.isatty()
+                    with progress_bar("export", stream.keys, shown=shown) as advance:
+                        for data, count in stream.chunks():
+                            handle.write(data)
+                            advance(count)
+                    handle.flush()
+                finally:
+                    if handle is not sys.stdout.buffer:
+                        handle.close()
+                if partial is not None and output is not None:
+                    os.replace(partial, output)
+            except OSError as error:
+                if partial is None:
+                    if isinstance(error, BrokenPipeError):
+                        raise  # stdout's reader went away (`| head`): the quiet exit 1 as before
+                    write_failed("to stdout", error, None)
+                write_failed(str(partial), error, str(output))
     finally:
         if partial is not None:
             partial.unlink(missing_ok=True)
     seconds = time.monotonic() - started
+    if as_json:
+        figures = {
+            "keys": stream.received,
+            "revision": stream.revision,
+            "prefix": prefix,
+            "seconds": round(seconds, 3),
+            "to": "-" if output is None else str(output),
+        }
+        if output is None:
+            _note(json.dumps(figures, ensure_ascii=False))  # stdout holds the export
+        else:
+            emit_json(figures)
+        return
     _note(
         f"exported {stream.received:,} keys at revision {stream.revision} in {seconds:.1f} s "
         f"({_rate(stream.received, seconds)})"
@@ -260,6 +339,8 @@ def export(
 
 # -- import --------------------------------------------------------------------------------------
 
+EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+
 
 @dataclass
 class ImportResult:
@@ -267,6 +348,37 @@ class ImportResult:
     expired: int = 0  # keys left out because they had expired
     last_line: int = 0  # the last line of the last batch written
     revision: int | None = None
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped the import: no batch was sent after it. ``unknown`` is the batch being sent
+    when a second Ctrl-C gave up waiting for its answer (it may or may not be written)."""
+
+    def __init__(self, unknown: Batch | None = None) -> None:
+        super().__init__("interrupted")
+        self.unknown = unknown
+
+
+@contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """A Ctrl-C (SIGINT) while the block runs raises KeyboardInterrupt only once it is done, so
+    that a batch being written is written and counted whole. Only in the main thread (the one
+    signals reach), and not where SIGINT is ignored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def _open_input(source: str) -> IO[bytes]:
@@ -282,12 +394,13 @@ def _import_batches(
     batches: Iterator[Batch], result: ImportResult, write: Any, advance: Any
 ) -> None:
     for batch in batches:
-        revision = write(batch)
-        if revision is not None:
-            result.revision = revision
-        result.written += len(batch.keys)
-        result.expired += batch.expired
-        result.last_line = batch.last_line
+        with _ctrl_c_held():
+            revision = write(batch)
+            if revision is not None:
+                result.revision = revision
+            result.written += len(batch.keys)
+            result.expired += batch.expired
+            result.last_line = batch.last_line
         advance(len(batch.keys))
 
 
@@ -298,31 +411,56 @@ def _import_pipelined(
     checks the next: the CLI's work and the server's overlap (they took turns before, and the
     sum of the two was the import's time). At most ``PIPELINE_DEPTH`` batches wait; they go out
     in order. A bad line still stops the reading, after the batches before it are sent; a
-    refused batch stops the sending, and nothing after it is sent."""
+    refused batch stops the sending, and nothing after it is sent. A Ctrl-C stops both: the
+    batch being sent gets its answer (a second Ctrl-C stops waiting for it), none after it is
+    sent, and ``Interrupted`` is raised."""
     waiting: queue.Queue[Batch | None] = queue.Queue(maxsize=PIPELINE_DEPTH)
     failures: list[BaseException] = []
+    stop = threading.Event()  # Ctrl-C: send nothing more
+    sending: list[Batch] = []  # the batch on its way, while it is
 
     def send() -> None:
         while (batch := waiting.get()) is not None:
-            if failures:
+            if failures or stop.is_set():
                 continue  # drain: the reader may be blocked on a full queue
+            sending.append(batch)
             try:
                 _import_batches(iter([batch]), result, write, advance)
             except BaseException as error:
                 failures.append(error)
+            finally:
+                sending.clear()
 
     sender = threading.Thread(target=send, name="filekv-import-sender", daemon=True)
     sender.start()
+    stopped: BaseException | None = None  # what ended the reading early
     try:
         for batch in batches:
             if failures:
                 break
             waiting.put(batch)
-    finally:
-        waiting.put(None)
-        sender.join()
-        if failures:  # a batch refused before the line that is bad, if any: it is what stopped
-            raise failures[0]
+    except KeyboardInterrupt:
+        stop.set()
+    except BaseException as error:  # a bad line: the batches before it are still sent
+        stopped = error
+    ended = False
+    while True:
+        try:
+            if not ended:
+                waiting.put(None)
+                ended = True
+            sender.join()
+            break
+        except KeyboardInterrupt:
+            if stop.is_set():  # the second Ctrl-C: stop waiting for the batch on its way
+                raise Interrupted(sending[0] if sending else None) from None
+            stop.set()
+    if failures:  # a batch refused before the line that is bad, if any: it is what stopped
+        raise failures[0]
+    if stop.is_set():
+        raise Interrupted
+    if stopped is not None:
+        raise stopped
 
 
 def _write_online(kv: Client) -> Any:
@@ -335,6 +473,8 @@ def _write_online(kv: Client) -> Any:
         ]
         try:
             return kv.batch(ops)
+        except Unavailable as error:  # no answer: the server never saw it, or maybe it did
+            raise Refused(_unanswered(batch, kv.url, error), exit_code(error)) from None
         except FilekvError as error:
             status = "" if error.status is None else f" ({error.status})"
             raise Refused(_refused(batch, error.detail + status), exit_code(error)) from None
@@ -376,12 +516,12 @@ def import_(
     if url is not None and data_dir is not None and url != os.environ.get("FILEKV_URL"):
         fail("give --url or --data-dir, not both", EXIT_BAD_INPUT)
     started = time.monotonic()
-    total = None if source == "-" else count_lines(Path(source))
     result = ImportResult()
     handle = _open_input(source)
-    batches = read_batches(handle, batch_size)
     failure: tuple[str, int] | None = None
     try:
+        total = None if source == "-" else count_lines(Path(source))
+        batches = read_batches(handle, batch_size)
         with progress_bar("import", total) as advance:
             if dry_run:
                 _import_batches(batches, result, lambda _batch: None, advance)
@@ -394,6 +534,10 @@ def import_(
         failure = (f"{'stdin' if source == '-' else source} {error}", EXIT_BAD_INPUT)
     except Refused as error:
         failure = (str(error), error.code)
+    except KeyboardInterrupt:
+        failure = (_interrupted(source, result, None, dry_run), EXIT_INTERRUPTED)
+    except Interrupted as error:
+        failure = (_interrupted(source, result, error.unknown, dry_run), EXIT_INTERRUPTED)
     finally:
         if handle is not sys.stdin.buffer:
             handle.close()
@@ -431,6 +575,48 @@ def _refused(batch: Batch, detail: str) -> str:
         f"the batch of lines {batch.first_line}-{batch.last_line} was refused, none of it "
         f"written: {detail}"
     )
+
+
+def _unanswered(batch: Batch, url: str, error: Unavailable) -> str:
+    """What a batch that got no answer did: never left (refused or unreachable: nothing written),
+    or left and the connection was lost (written or not, nobody here knows)."""
+    lines = f"lines {batch.first_line}-{batch.last_line}"
+    cause = error.__cause__
+    if isinstance(cause, httpx.TimeoutException):
+        reason = "timed out"
+    else:
+        reason = str(cause) if cause is not None and str(cause) else error.detail
+        reason = re.sub(r"^\[Errno -?\d+\] ", "", reason).rstrip(".")
+        reason = reason[:1].lower() + reason[1:]
+    if isinstance(cause, NOT_SENT):
+        return (
+            f"the batch of {lines} could not be sent to {url} ({reason}), none of it written; "
+            "is the server running there? (--url or FILEKV_URL)"
+        )
+    return (
+        f"the batch of {lines} was sent to {url} but no answer came ({reason}), so it may or "
+        f"may not be written; check the keys of those lines, or import again from line "
+        f"{batch.first_line}"
+    )
+
+
+def _interrupted(source: str, result: ImportResult, unknown: Batch | None, dry_run: bool) -> str:
+    done = result.last_line
+    if dry_run:
+        return f"interrupted (Ctrl-C): lines 1-{done:,} checked, the rest not"
+    text = (
+        f"interrupted (Ctrl-C): the keys of lines 1-{done:,} are written, none after"
+        if done
+        else "interrupted (Ctrl-C): no key written"
+    )
+    if unknown is not None:
+        text += (
+            f" but maybe the batch of lines {unknown.first_line}-{unknown.last_line}, which was "
+            "on its way (a second Ctrl-C stopped waiting for its answer)"
+        )
+    if source != "-" and done:
+        text += f"; to write the rest: tail -n +{done + 1} {shlex.quote(source)} | filekv import -"
+    return text
 
 
 def _import_offline(
