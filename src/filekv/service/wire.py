@@ -85,15 +85,22 @@ def check_key_encoding(request: Request) -> None:
     _, found, part = raw.partition(b"/keys/")
     if not found:  # the prefix itself was percent-encoded: check the whole path
         part = raw
-    if _BAD_ESCAPE.search(part) is not None:
-        msg = "invalid percent-encoding in the key: '%' must be followed by two hex digits"
-    else:
-        try:
-            unquote_to_bytes(part).decode("utf-8")
-            return
-        except UnicodeDecodeError:
-            msg = "the key's percent-encoded bytes are not valid UTF-8"
-    raise RequestValidationError([{"type": "key_encoding", "loc": ("path", "key"), "msg": msg}])
+    msg = encoding_problem(part, "the key")
+    if msg is not None:
+        raise RequestValidationError([{"type": "key_encoding", "loc": ("path", "key"), "msg": msg}])
+
+
+def encoding_problem(raw: bytes, what: str) -> str | None:
+    """Why ``raw`` (percent-encoded, as sent) is not a text, or None: a '%' that does not start
+    an escape, or escapes that do not decode to UTF-8. The one rule for keys, in the path and
+    in the query (``routes/watch.py``): distinct raw texts must never decode to one key."""
+    if _BAD_ESCAPE.search(raw) is not None:
+        return f"invalid percent-encoding in {what}: '%' must be followed by two hex digits"
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return f"the percent-encoded bytes of {what} are not valid UTF-8"
+    return None
 
 
 def check_json_body(request: Request) -> None:

@@ -22,7 +22,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, Final
-from urllib.parse import unquote_plus, unquote_to_bytes
+from urllib.parse import unquote_plus
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -41,6 +41,7 @@ from filekv.service.watch import (
     number_chunk,
     parse_event_id,
 )
+from filekv.service.wire import encoding_problem
 
 if TYPE_CHECKING:
     from filekv.engine import Store
@@ -101,10 +102,6 @@ def check_filter(request: Request, prefix: str, key: str | None) -> None:
             raise _query_error(name, "string_too_long", f"longer than {limit} bytes in UTF-8")
 
 
-# A '%' that does not start an escape: the rule ``wire.check_key_encoding`` applies to the path.
-_BAD_ESCAPE: Final = re.compile(rb"%(?![0-9A-Fa-f]{2})")
-
-
 # The query parameters that hold keys (or a prefix of them) or values, per route.
 WATCH_TEXT_PARAMETERS: Final = frozenset(("prefix", "key"))
 FIND_TEXT_PARAMETERS: Final = frozenset(("prefix", "value", "after"))
@@ -129,15 +126,9 @@ def check_query_encoding(request: Request, names: frozenset[str]) -> None:
         decoded = unquote_plus(name.decode("latin-1"))
         if decoded not in names:
             continue
-        if _BAD_ESCAPE.search(value) is not None:
-            msg = f"invalid percent-encoding in {decoded}: '%' must be followed by two hex digits"
-        else:
-            try:
-                unquote_to_bytes(value).decode("utf-8")
-                continue
-            except UnicodeDecodeError:
-                msg = f"the percent-encoded bytes of {decoded} are not valid UTF-8"
-        raise _query_error(decoded, "query_encoding", msg)
+        msg = encoding_problem(value, decoded)
+        if msg is not None:
+            raise _query_error(decoded, "query_encoding", msg)
 
 
 LAST_EVENT_ID: Final[dict[str, Any]] = {
