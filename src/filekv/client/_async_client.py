@@ -98,7 +98,7 @@ class AsyncClient:
 
     async def register(self, username: str, password: str) -> None:
         """Create a user (403 ``Forbidden`` if registration is closed, 409 if taken)."""
-        await self._send(p.register_call(username, password))
+        p.decode_json(await self._send(p.register_call(username, password)))
 
     async def login(self, username: str, password: str) -> str:
         """Log in; the token is kept (``kv.token``) and also returned."""
@@ -107,13 +107,12 @@ class AsyncClient:
 
     async def logout(self) -> None:
         """Revoke this client's token and forget it."""
-        await self._send(p.LOGOUT)
+        p.decode_no_content(await self._send(p.LOGOUT))
         self.token = None
 
     async def whoami(self) -> str:
         """The user name of this client's token."""
-        name: str = p.decode_json(await self._send(p.ME))["username"]
-        return name
+        return p.decode_username(await self._send(p.ME))
 
     async def health(self) -> dict[str, Any]:
         """``GET /healthz``."""
@@ -150,7 +149,7 @@ class AsyncClient:
 
     async def delete(self, key: str, *, expect: int | None = None) -> None:
         """Delete ``key``; ``NotFound`` if absent; ``expect=`` as for ``put``."""
-        await self._send(p.delete_call(key, expect))
+        p.decode_no_content(await self._send(p.delete_call(key, expect)))
 
     def keys(self, prefix: str = "", *, limit: int | None = None) -> AsyncIterator[str]:
         """Every key starting with ``prefix``, sorted, fetched a page (``limit``) at a time."""
@@ -191,7 +190,7 @@ class AsyncClient:
             request = p.export_call(prefix).request(self._http)
             response = await self._http.send(request, stream=True)
         try:
-            if response.status_code >= 400:
+            if not response.is_success:  # 3xx: not filekv's
                 with translate_transport_errors():
                     await response.aread()
                 p.check(response)
@@ -218,7 +217,7 @@ class AsyncClient:
         with translate_transport_errors():
             response = await self._http.send(p.BACKUP.request(self._http), stream=True)
             try:
-                if response.status_code >= 400:
+                if not response.is_success:  # 3xx: not filekv's
                     await response.aread()
                     p.check(response)
                 total, revision = p.decode_backup_head(response)

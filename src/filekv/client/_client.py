@@ -97,7 +97,7 @@ class Client:
 
     def register(self, username: str, password: str) -> None:
         """Create a user (403 ``Forbidden`` if registration is closed, 409 if taken)."""
-        self._send(p.register_call(username, password))
+        p.decode_json(self._send(p.register_call(username, password)))
 
     def login(self, username: str, password: str) -> str:
         """Log in; the token is kept (``kv.token``) and also returned."""
@@ -106,13 +106,12 @@ class Client:
 
     def logout(self) -> None:
         """Revoke this client's token and forget it."""
-        self._send(p.LOGOUT)
+        p.decode_no_content(self._send(p.LOGOUT))
         self.token = None
 
     def whoami(self) -> str:
         """The user name of this client's token."""
-        name: str = p.decode_json(self._send(p.ME))["username"]
-        return name
+        return p.decode_username(self._send(p.ME))
 
     def health(self) -> dict[str, Any]:
         """``GET /healthz``."""
@@ -150,7 +149,7 @@ class Client:
 
     def delete(self, key: str, *, expect: int | None = None) -> None:
         """Delete ``key``; ``NotFound`` if absent; ``expect=`` as for ``put``."""
-        self._send(p.delete_call(key, expect))
+        p.decode_no_content(self._send(p.delete_call(key, expect)))
 
     def keys(self, prefix: str = "", *, limit: int | None = None) -> Iterator[str]:
         """Every key starting with ``prefix``, sorted, fetched a page (``limit``) at a time."""
@@ -188,7 +187,7 @@ class Client:
         with translate_transport_errors():
             response = self._http.send(p.export_call(prefix).request(self._http), stream=True)
         try:
-            if response.status_code >= 400:
+            if not response.is_success:  # 3xx: not filekv's
                 with translate_transport_errors():
                     response.read()
                 p.check(response)
@@ -216,7 +215,7 @@ class Client:
         with translate_transport_errors():
             response = self._http.send(p.BACKUP.request(self._http), stream=True)
             try:
-                if response.status_code >= 400:
+                if not response.is_success:  # 3xx: not filekv's
                     response.read()
                     p.check(response)
                 total, revision = p.decode_backup_head(response)

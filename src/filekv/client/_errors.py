@@ -10,15 +10,23 @@
     ├── PreconditionFailed      412  expect= (If-Match / If-None-Match) did not hold
     ├── Gone                    410  a watch asked for history compacted away (.oldest_revision)
     ├── TooLarge                413  value, body or transaction too large
-    ├── InvalidRequest          400, 415, 422, 431  the request itself is wrong
+    ├── InvalidRequest          400, 415, 422, 431  the request itself is wrong; also raised
+    │                           before sending (.status None) for an invalid argument
     ├── Locked                  423  another client holds the transaction (.retry_after)
     ├── TooManyRequests         429  login throttled (.retry_after)
     ├── ServerError             5xx  the store failed, or the disk is full (507)
     └── Unavailable             no answer: the server cannot be reached
 
-``error_for_status`` turns an HTTP answer into one of these, and ``translate_transport_errors``
-turns every httpx transport error into ``Unavailable``: the one place lower-level errors become
-the client's own.
+A ``FilekvError`` whose class is none of these (the base class itself) is an answer the client
+cannot take for filekv's: a status without a class of its own (418), a redirect, or a body that
+is not the JSON filekv answers (a URL that is not a filekv server's); its ``.status`` is the
+answer's, its ``detail`` names the request's URL.
+
+Lower-level errors become the client's own in four places: ``error_for_status`` turns an HTTP
+answer into one of these, ``translate_transport_errors`` every httpx transport error into
+``Unavailable``, ``translate_request_errors`` a request that cannot be built (an invalid URL,
+text that is not UTF-8, a float JSON cannot carry) into ``InvalidRequest``, and
+``translate_decode_errors`` an answer that is not filekv's into ``FilekvError``.
 """
 
 from __future__ import annotations
@@ -76,7 +84,37 @@ class TooLarge(FilekvError):
 
 
 class InvalidRequest(FilekvError):
-    """400, 415, 422 or 431: the request is malformed or invalid."""
+    """400, 415, 422 or 431: the request is malformed or invalid; or (``status`` None) an
+    argument the client refuses before sending: a key or value that is not UTF-8, a ttl that
+    is not a finite number above 0, a URL httpx cannot make."""
+
+
+class _InvalidArgument(InvalidRequest, ValueError):
+    """An argument refused before sending: an ``InvalidRequest``, and the ``ValueError`` it
+    was before the client had its own."""
+
+
+class _WrongType(InvalidRequest, TypeError):
+    """An argument of the wrong type (a key that is not a ``str``): an ``InvalidRequest``, and
+    a ``TypeError``."""
+
+
+def invalid_argument(detail: str) -> InvalidRequest:
+    """The error for an argument the client refuses before sending anything (no status)."""
+    return _InvalidArgument(detail)
+
+
+def wrong_type(what: str, expected: str, value: object) -> InvalidRequest:
+    """The error for an argument of the wrong type."""
+    return _WrongType(f"{what} is a {expected}, not {type(value).__name__}")
+
+
+def not_utf8(what: str, exc: UnicodeEncodeError) -> InvalidRequest:
+    """The error for text (a key, a value) that UTF-8 cannot encode: a lone surrogate."""
+    bad = exc.object[exc.start : exc.end]
+    return invalid_argument(
+        f"{what} is not valid UTF-8: {bad!r} at position {exc.start} ({exc.reason})"
+    )
 
 
 class _RetryAfter(FilekvError):
@@ -173,6 +211,49 @@ def _oldest_revision(response: httpx.Response) -> int | None:
         return None
     oldest = body.get("oldest_revision") if isinstance(body, dict) else None
     return oldest if isinstance(oldest, int) else None
+
+
+def not_filekv(response: httpx.Response, why: str) -> FilekvError:
+    """The error for an answer that is not filekv's: its status, its request's URL, ``why``."""
+    request = response.request
+    kind = response.headers.get("content-type", "no Content-Type")
+    return FilekvError(
+        f"{request.method} {request.url} answered {response.status_code}"
+        f" {response.reason_phrase} ({kind}), not a filekv answer: {why}",
+        status=response.status_code,
+    )
+
+
+@contextlib.contextmanager
+def translate_decode_errors(response: httpx.Response) -> Iterator[None]:
+    """Reading an answer's body or headers: what fails (not JSON, a field missing or of the
+    wrong type) becomes the ``FilekvError`` of ``not_filekv``."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise not_filekv(response, why) from exc
+
+
+@contextlib.contextmanager
+def translate_request_errors(method: str, path: str) -> Iterator[None]:
+    """Building a request: an URL httpx refuses (too long, a bad base URL), text UTF-8 cannot
+    encode (a lone surrogate) or a float JSON cannot carry becomes ``InvalidRequest``."""
+    try:
+        yield
+    except InvalidRequest:
+        raise
+    except httpx.InvalidURL as exc:
+        where = path if len(path) <= 100 else f"{path[:100]}... ({len(path):,} characters)"
+        raise invalid_argument(f"cannot make the URL of {method} {where}: {exc}") from exc
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end]
+        raise invalid_argument(
+            f"cannot make the request {method} {path[:100]}: {bad!r} is not valid UTF-8"
+            f" ({exc.reason})"
+        ) from exc
+    except ValueError as exc:  # json.dumps: "Out of range float values are not JSON compliant"
+        raise invalid_argument(f"cannot make the request {method} {path[:100]}: {exc}") from exc
 
 
 @contextlib.contextmanager

@@ -17,18 +17,26 @@ from typing import Final
 
 import httpx
 
-from filekv.client._errors import Unavailable, translate_transport_errors
+from filekv.client._errors import (
+    Unavailable,
+    not_filekv,
+    translate_decode_errors,
+    translate_transport_errors,
+)
 from filekv.client._models import Entry
 
 REVISION_HEADER: Final = "x-filekv-revision"
 KEYS_HEADER: Final = "x-filekv-keys"
 
 
-def decode_lines(data: bytes) -> Iterator[Entry]:
-    """The entries of whole JSON Lines (one object a line: ``key``, ``value``, ``revision``)."""
+def decode_lines(data: bytes, response: httpx.Response) -> Iterator[Entry]:
+    """The entries of whole JSON Lines (one object a line: ``key``, ``value``, ``revision``);
+    a line that is not one is a ``FilekvError`` naming the ``response`` it came in."""
     for line in data.splitlines():
-        item = json.loads(line)
-        yield Entry(item["key"], item["value"], item["revision"])
+        with translate_decode_errors(response):
+            item = json.loads(line)
+            entry = Entry(item["key"], item["value"], item["revision"])
+        yield entry
 
 
 class _Lines:
@@ -36,8 +44,11 @@ class _Lines:
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        self.revision = int(response.headers.get(REVISION_HEADER, "0"))
-        self.keys = int(response.headers.get(KEYS_HEADER, "0"))
+        if REVISION_HEADER not in response.headers or KEYS_HEADER not in response.headers:
+            raise not_filekv(response, "no X-Filekv-Revision and X-Filekv-Keys headers")
+        with translate_decode_errors(response):
+            self.revision = int(response.headers[REVISION_HEADER])
+            self.keys = int(response.headers[KEYS_HEADER])
         self.received = 0  # lines so far
         self._pending = b""  # the start of a line whose end has not arrived yet
 
@@ -74,7 +85,7 @@ class ExportStream(_Lines):
     def __iter__(self) -> Iterator[Entry]:
         """Every key with its value and revision, in key order."""
         for data, _count in self.chunks():
-            yield from decode_lines(data)
+            yield from decode_lines(data, self._response)
 
 
 class AsyncExportStream(_Lines):
@@ -92,5 +103,5 @@ class AsyncExportStream(_Lines):
     async def __aiter__(self) -> AsyncIterator[Entry]:
         """Every key with its value and revision, in key order."""
         async for data, _count in self.chunks():
-            for entry in decode_lines(data):
+            for entry in decode_lines(data, self._response):
                 yield entry

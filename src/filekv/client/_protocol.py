@@ -8,6 +8,7 @@ decides whether a 423 is waited out (``wait_locked``).
 
 from __future__ import annotations
 
+import math
 import os
 import ssl
 import urllib.request
@@ -18,7 +19,17 @@ from urllib.parse import quote
 
 import httpx
 
-from filekv.client._errors import Unavailable, error_for_status, retry_after
+from filekv.client._errors import (
+    Unavailable,
+    error_for_status,
+    invalid_argument,
+    not_filekv,
+    not_utf8,
+    retry_after,
+    translate_decode_errors,
+    translate_request_errors,
+    wrong_type,
+)
 from filekv.client._models import Entry
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
@@ -42,8 +53,23 @@ def tls_verify(url: str) -> ssl.SSLContext | bool:
 
 
 def base_url(url: str | None) -> str:
-    """``url``, else ``$FILEKV_URL``, else the default; without a trailing ``/``."""
+    """``url``, else ``$FILEKV_URL``, else the default; without a trailing ``/``.
+
+    ``InvalidRequest`` unless it is an ``http://`` or ``https://`` URL with a host that httpx
+    can parse (``http://[::1`` is not), and without a query or fragment."""
     chosen = url or os.environ.get(URL_ENV) or DEFAULT_URL
+    if not isinstance(chosen, str):
+        raise wrong_type("the server URL", "str", chosen)
+    try:
+        parsed = httpx.URL(chosen)
+    except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
+        raise invalid_argument(f"invalid server URL {chosen!r}: {exc}") from exc
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise invalid_argument(
+            f"invalid server URL {chosen!r}: http://HOST[:PORT] or https://HOST[:PORT] expected"
+        )
+    if parsed.query or parsed.fragment:
+        raise invalid_argument(f"invalid server URL {chosen!r}: a query or fragment has no place")
     return chosen.rstrip("/")
 
 
@@ -60,24 +86,34 @@ class Call:
     read_timeout: float | None = None  # seconds between two bytes, when not the client's
 
     def request(self, client: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        """The request; ``InvalidRequest`` if it cannot be made (see
+        ``translate_request_errors``)."""
         timeout = client.timeout
         if self.read_timeout is not None:
             timeout = httpx.Timeout(timeout.connect, read=self.read_timeout)
-        return client.build_request(
-            self.method,
-            self.path,
-            params=self.params,
-            json=self.json,
-            data=self.data,
-            headers=self.headers,
-            timeout=timeout,
-        )
+        with translate_request_errors(self.method, self.path):
+            return client.build_request(
+                self.method,
+                self.path,
+                params=self.params,
+                json=self.json,
+                data=self.data,
+                headers=self.headers,
+                timeout=timeout,
+            )
 
 
 def check(response: httpx.Response) -> httpx.Response:
-    """The answer if it is a success, else raise its ``FilekvError``."""
-    if response.status_code >= 400:
+    """The answer if it is a success (2xx), else raise its ``FilekvError``: the status's for
+    400 and up, ``not_filekv``'s for anything else (filekv never redirects, so a 3xx comes from
+    something else at that URL)."""
+    status = response.status_code
+    if status >= 400:
         raise error_for_status(response)
+    if status < 200 or status >= 300:
+        location = response.headers.get("location")
+        why = f"a redirect to {location}" if location else "filekv answers no such status"
+        raise not_filekv(response, f"{why}; is the client's URL a filekv server's own?")
     return response
 
 
@@ -93,11 +129,54 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+_DOT_SEGMENTS: Final = frozenset((".", ".."))
+
+
 def key_path(key: str) -> str:
-    """``/keys/<key>`` with every byte of the key's UTF-8 outside ``A-Za-z0-9-._~`` escaped."""
+    """``/keys/<key>`` with every byte of the key's UTF-8 outside ``A-Za-z0-9-._~`` escaped,
+    and the dots of a segment ``.`` or ``..`` too (``%2E``).
+
+    A URL's path segment ``.`` or ``..`` is removed by httpx (and by any proxy that
+    normalises paths): ``/keys/..`` would be sent as ``/``, ``/keys/.`` as ``/keys``. Escaped,
+    the server still reads ``.`` and ``..``. The segments are cut at the key's ``/`` (sent as
+    ``%2F``), so ``a/..`` and ``../a`` stay whole too behind something that decodes ``%2F``.
+    """
     if not isinstance(key, str):
-        raise TypeError(f"a key is a str, not {type(key).__name__}")
-    return "/keys/" + quote(key, safe="")
+        raise wrong_type("a key", "str", key)
+    try:
+        quoted = quote(key, safe="")
+    except UnicodeEncodeError as exc:
+        raise not_utf8("the key", exc) from exc
+    if "." in key:
+        segments = key.split("/")
+        if not _DOT_SEGMENTS.isdisjoint(segments):
+            quoted = "%2F".join(
+                "%2E" * len(segment) if segment in _DOT_SEGMENTS else quote(segment, safe="")
+                for segment in segments
+            )
+    return "/keys/" + quoted
+
+
+def check_value(value: str, what: str = "the value") -> None:
+    """``InvalidRequest`` unless ``value`` is a ``str`` that UTF-8 can encode."""
+    if not isinstance(value, str):
+        raise wrong_type(what.replace("the ", "a ", 1), "str", value)
+    if not value.isascii():  # the common case: one quick pass, no copy
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise not_utf8(what, exc) from exc
+
+
+def check_ttl(ttl: Any, what: str = "ttl") -> None:
+    """``InvalidRequest`` unless ``ttl`` is None or a finite number of seconds above 0 (the
+    server has its own upper bound)."""
+    if ttl is None:
+        return
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise invalid_argument(f"{what} must be a number of seconds, not {ttl!r}")
+    if (isinstance(ttl, float) and not math.isfinite(ttl)) or ttl <= 0:
+        raise invalid_argument(f"{what} must be a finite number of seconds above 0, not {ttl!r}")
 
 
 def expect_headers(expect: int | None) -> dict[str, str]:
@@ -105,7 +184,9 @@ def expect_headers(expect: int | None) -> dict[str, str]:
     if expect is None:
         return {}
     if isinstance(expect, bool) or not isinstance(expect, int) or expect < 0:
-        raise ValueError(f"expect must be a revision >= 0 (0: must not exist), not {expect!r}")
+        raise invalid_argument(
+            f"expect must be a revision >= 0 (0: must not exist), not {expect!r}"
+        )
     return {"If-None-Match": "*"} if expect == 0 else {"If-Match": f'"{expect}"'}
 
 
@@ -120,9 +201,38 @@ def login_call(username: str, password: str) -> Call:
     return Call("POST", "/auth/token", data={"username": username, "password": password})
 
 
+def _json(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object; ``TypeError`` if it is JSON but not an object."""
+    body = response.json()
+    if not isinstance(body, dict):
+        raise TypeError(f"a JSON object expected, not {type(body).__name__}")
+    return body
+
+
+def _typed(body: dict[str, Any], name: str, *types: type) -> Any:
+    """``body[name]``; ``KeyError`` if absent, ``TypeError`` unless of one of ``types``."""
+    value = body[name]
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise TypeError(f"{name!r} is {type(value).__name__}")
+    return value
+
+
 def decode_token(response: httpx.Response) -> str:
-    token: str = response.json()["access_token"]
+    with translate_decode_errors(response):
+        token: str = _typed(_json(response), "access_token", str)
     return token
+
+
+def decode_no_content(response: httpx.Response) -> None:
+    """A delete's or a logout's answer: 204, without a body (anything else is not filekv's)."""
+    if response.status_code != 204:
+        raise not_filekv(response, "204 No Content expected")
+
+
+def decode_username(response: httpx.Response) -> str:
+    with translate_decode_errors(response):
+        name: str = _typed(_json(response), "username", str)
+    return name
 
 
 LOGOUT: Final = Call("POST", "/auth/logout")
@@ -135,17 +245,19 @@ STATS: Final = Call("GET", "/stats")
 
 
 def put_call(key: str, value: str, expect: int | None, ttl: float | None = None) -> Call:
-    if not isinstance(value, str):
-        raise TypeError(f"a value is a str, not {type(value).__name__}")
+    path = key_path(key)
+    check_value(value)
+    check_ttl(ttl)
     body: dict[str, Any] = {"value": value}
     if ttl is not None:
         body["ttl"] = ttl
-    return Call("PUT", key_path(key), json=body, headers=expect_headers(expect))
+    return Call("PUT", path, json=body, headers=expect_headers(expect))
 
 
 def decode_revision(response: httpx.Response) -> int | None:
     """The answer's ``revision``: an int, or None when the write was staged."""
-    revision: int | None = response.json().get("revision")
+    with translate_decode_errors(response):
+        revision: int | None = _typed(_json(response), "revision", int, type(None))
     return revision
 
 
@@ -154,13 +266,14 @@ def get_call(key: str) -> Call:
 
 
 def decode_entry(response: httpx.Response) -> Entry:
-    body = response.json()
-    return Entry(
-        key=body["key"],
-        value=body["value"],
-        revision=body["revision"],
-        expires_in=body.get("expires_in"),
-    )
+    with translate_decode_errors(response):
+        body = _json(response)
+        return Entry(
+            key=_typed(body, "key", str),
+            value=_typed(body, "value", str),
+            revision=_typed(body, "revision", int, type(None)),  # None: staged
+            expires_in=body.get("expires_in"),
+        )
 
 
 def delete_call(key: str, expect: int | None) -> Call:
@@ -180,8 +293,9 @@ def page_call(*, prefix: str, value: str | None, after: str | None, limit: int |
 
 def decode_page(response: httpx.Response) -> tuple[list[str], str | None]:
     """One page of keys and the cursor of the next (None: this was the last)."""
-    body = response.json()
-    return list(body["keys"]), body["next"]
+    with translate_decode_errors(response):
+        body = _json(response)
+        return list(_typed(body, "keys", list)), _typed(body, "next", str, type(None))
 
 
 # --- batch
@@ -204,14 +318,23 @@ def _batch_op(index: int, op: BatchOp) -> dict[str, Any]:
         if len(op) == 3:
             item["expect"] = op[2]
     else:
-        raise ValueError(
+        raise invalid_argument(
             f"op {index}: expected ('put', key, value[, expect[, ttl]]), ('delete', key[, expect])"
             f" or a dict, not {op!r}"
         )
     if item.get("op") not in ("put", "delete"):
-        raise ValueError(f"op {index}: 'op' must be 'put' or 'delete', not {item.get('op')!r}")
+        raise invalid_argument(
+            f"op {index}: 'op' must be 'put' or 'delete', not {item.get('op')!r}"
+        )
     if item.get("expect") is None:
         item.pop("expect", None)
+    # What the server would refuse only after the whole batch came, or what could not even
+    # be sent (a lone surrogate, an infinite ttl): said here, with the op's index.
+    for name in ("key", "value"):
+        if isinstance(item.get(name), str):
+            check_value(item[name], f"op {index}: the {name}")
+    if item.get("ttl") is not None:
+        check_ttl(item["ttl"], f"op {index}: ttl")
     return item
 
 
@@ -236,7 +359,9 @@ BACKUP: Final = Call("GET", "/admin/backup", read_timeout=BACKUP_READ_TIMEOUT)
 
 def decode_backup_head(response: httpx.Response) -> tuple[int, int]:
     """A backup answer's archive size in bytes and its revision, from its headers."""
-    return int(response.headers["content-length"]), int(response.headers["x-filekv-revision"])
+    with translate_decode_errors(response):
+        headers = response.headers
+        return int(headers["content-length"]), int(headers["x-filekv-revision"])
 
 
 def backup_result(revision: int, written: int, total: int) -> dict[str, int]:
@@ -257,15 +382,17 @@ STATUS: Final = Call("GET", "/transactions")
 
 
 def decode_depth(response: httpx.Response) -> int:
-    depth: int = response.json()["depth"]
+    with translate_decode_errors(response):
+        depth: int = _typed(_json(response), "depth", int)
     return depth
 
 
 def decode_applied(response: httpx.Response) -> int:
-    applied: int = response.json()["applied"]
+    with translate_decode_errors(response):
+        applied: int = _typed(_json(response), "applied", int)
     return applied
 
 
 def decode_json(response: httpx.Response) -> dict[str, Any]:
-    body: dict[str, Any] = response.json()
-    return body
+    with translate_decode_errors(response):
+        return _json(response)

@@ -20,10 +20,14 @@ from typing import Any, Final
 import httpx
 
 from filekv.client._errors import (
+    FilekvError,
     Gone,
     ServerError,
     Unavailable,
     error_for_status,
+    not_filekv,
+    translate_decode_errors,
+    translate_request_errors,
     translate_transport_errors,
 )
 from filekv.client._protocol import tls_verify
@@ -111,34 +115,52 @@ class Resume:
             headers["Last-Event-ID"] = self.parser.last_id
         elif self.from_revision is not None:
             params["from_revision"] = self.from_revision
-        return client.build_request("GET", "/watch", params=params, headers=headers)
+        with translate_request_errors("GET", "/watch"):
+            return client.build_request("GET", "/watch", params=params, headers=headers)
 
     def new_parser(self) -> None:
         """A new connection: nothing half-read carries over, the position does."""
         last_id, retry = self.parser.last_id, self.parser.retry
         self.parser = EventParser(last_id, retry)
 
-    def change(self, event: Event) -> Change | None:
+    def change(self, event: Event, response: httpx.Response) -> Change | None:
         """The change ``event`` announces; None for anything else. ``Gone`` if compaction
-        overtook the stream while it caught up."""
+        overtook the stream while it caught up; ``FilekvError`` (``not_filekv``) if its data
+        is not the JSON filekv sends."""
         if event.name in CHANGE_EVENTS:
-            body: dict[str, Any] = json.loads(event.data)
-            return Change(
-                revision=body["revision"],
-                op=event.name,
-                key=body["key"],
-                value=body.get("value"),
-                expires_in=body.get("expires_in"),
-                event_id=self.parser.last_id or str(body["revision"]),
-            )
+            with translate_decode_errors(response):
+                body: dict[str, Any] = json.loads(event.data)
+                return Change(
+                    revision=body["revision"],
+                    op=event.name,
+                    key=body["key"],
+                    value=body.get("value"),
+                    expires_in=body.get("expires_in"),
+                    event_id=self.parser.last_id or str(body["revision"]),
+                )
         if event.name == "compacted":
-            body = json.loads(event.data)
-            raise Gone(
-                body.get("detail", "compacted"),
-                status=410,
-                oldest_revision=body.get("oldest_revision"),
-            )
+            with translate_decode_errors(response):
+                body = json.loads(event.data)
+                detail = str(body.get("detail", "compacted"))
+                oldest = body.get("oldest_revision")
+            raise Gone(detail, status=410, oldest_revision=oldest)
         return None  # "overflow": the stream ends and the watch reconnects from last_id
+
+
+def is_stream(response: httpx.Response) -> bool:
+    """Whether ``response`` is a watch's stream: 200 and ``text/event-stream``."""
+    kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return response.status_code == 200 and kind == "text/event-stream"
+
+
+def stream_error(response: httpx.Response) -> FilekvError:
+    """The error for an answer (read) that is not a stream: the status's for 400 and up,
+    ``not_filekv``'s for another status or a body that is not an event stream."""
+    if response.status_code >= 400:
+        return error_for_status(response)
+    location = response.headers.get("location")
+    why = f"a redirect to {location}" if location else "not a text/event-stream"
+    return not_filekv(response, f"{why}; is the client's URL a filekv server's own?")
 
 
 def _connection(
@@ -169,14 +191,14 @@ def watch_sync(
                 with translate_transport_errors():
                     response = http.send(resume.request(http), stream=True)
                     try:
-                        if response.status_code >= 400:
+                        if not is_stream(response):
                             response.read()
-                            raise error_for_status(response)
+                            raise stream_error(response)
                         down_since = None
                         resume.new_parser()
                         for line in response.iter_lines():
                             event = resume.parser.line(line)
-                            change = resume.change(event) if event is not None else None
+                            change = None if event is None else resume.change(event, response)
                             if change is not None:
                                 yield change
                     finally:
@@ -206,14 +228,14 @@ async def watch_async(
                 with translate_transport_errors():
                     response = await http.send(resume.request(http), stream=True)
                     try:
-                        if response.status_code >= 400:
+                        if not is_stream(response):
                             await response.aread()
-                            raise error_for_status(response)
+                            raise stream_error(response)
                         down_since = None
                         resume.new_parser()
                         async for line in response.aiter_lines():
                             event = resume.parser.line(line)
-                            change = resume.change(event) if event is not None else None
+                            change = None if event is None else resume.change(event, response)
                             if change is not None:
                                 yield change
                     finally:
