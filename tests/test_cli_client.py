@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.server import FILEKV, Server, free_port, http_client
+from support.server import FILEKV, Server, free_port, http_client, serve_command
 
 from filekv.client import Client
 
@@ -141,6 +141,7 @@ def test_json_output_of_the_key_verbs(server: Server, alice: Path) -> None:
     assert json.loads(run(server, alice, "delete", "j/k", "--json").stdout) == {
         "key": "j/k",
         "deleted": True,
+        "staged": False,
     }
 
 
@@ -313,7 +314,9 @@ def test_exit_7_server_unreachable(tmp_path: Path) -> None:
     for verb in (["get", "k"], ["status"], ["ls"]):
         done = run(None, tmp_path, *verb, url=closed)
         assert done.returncode == 7, done.stderr
-        assert _one_error_line(done).startswith(f"filekv: {closed}: cannot reach the server")
+        assert _one_error_line(done) == (
+            f"filekv: cannot reach the server at {closed}: connection refused"
+        )
 
 
 def test_exit_8_login_throttled(server: Server, tmp_path: Path) -> None:
@@ -406,3 +409,211 @@ def test_readme_cli_examples_print_what_the_readme_says(
         if (problem := test_readme.check(step, output)) is not None
     ]
     assert problems == [], "\n".join(problems)
+
+
+# -- the audit: no traceback, exit codes of the table, messages that say what to do --------------
+
+
+def _no_traceback(result: subprocess.CompletedProcess[Any]) -> str:
+    """The one error line of a run that printed no Python traceback."""
+    stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
+    assert "Traceback" not in stderr and "Error:" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("filekv: "), stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["put", "k", "v", "--ttl", "inf"], "--ttl must be a number of seconds"),
+        (
+            ["get", "bad-\udcff"],
+            "the key is not valid UTF-8: filekv keys and values are text",
+        ),  # the byte 0xff, as argv holds it
+        (
+            ["put", "k", "bad-\udcff"],
+            "the value is not valid UTF-8: filekv keys and values are text",
+        ),
+        (["ls", "bad-\udcff"], "the prefix is not valid UTF-8: filekv keys and values are text"),
+        (["get", "k" * 70_000], "the key (or prefix) is too long"),
+        (["get", "x", "--url", "http://[::1"], "invalid --url 'http://[::1'"),
+        (["get", "x", "--url", "127.0.0.1:8000"], "it must start with http:// or https://"),
+        (["get", "x", "--url", "ftp://127.0.0.1:8000"], "it must start with http:// or https://"),
+        (["get", "x", "--url", " http://127.0.0.1:8000"], "it must start with http:// or https://"),
+    ],
+)
+def test_exit_2_without_a_traceback(
+    server: Server, alice: Path, args: list[str], message: str
+) -> None:
+    done = run(server, alice, *args)
+    assert done.returncode == 2, done.stderr
+    assert message in _no_traceback(done)
+
+
+def test_exit_2_a_value_on_stdin_that_is_not_utf8(server: Server, alice: Path) -> None:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    environ.update(XDG_CONFIG_HOME=str(alice), FILEKV_URL=server.url)
+    done = subprocess.run(
+        [FILEKV, "put", "k", "-"], input=b"\xff", capture_output=True, env=environ, timeout=60
+    )
+    assert done.returncode == 2
+    assert "the value on stdin is not valid UTF-8" in _no_traceback(done)
+
+
+def test_exit_2_a_url_that_is_not_a_filekv_server(server: Server, alice: Path) -> None:
+    # /docs/keys/x: a 404 of no key (not "no such key")
+    docs = run(server, alice, "get", "x", url=server.url + "/docs")
+    assert docs.returncode == 2
+    assert f"{server.url}/docs is not a filekv server?" in _no_traceback(docs)
+    assert run(server, alice, "ls", url=server.url + "/docs").returncode == 2
+    # POST /keys/transaction/commit: a key's path takes no POST, a 405
+    wrong = run(server, alice, "commit", url=server.url + "/keys")
+    assert wrong.returncode == 2
+    assert "is not a filekv server? it answered 405" in _no_traceback(wrong)
+
+
+def test_a_stored_login_that_died_reads_anonymously_and_refuses_writes(
+    server: Server, tmp_path: Path
+) -> None:
+    """The server forgot the stored token (as a restart does): reads warn and go on without it,
+    writes and transactions stop with exit 4 (a transaction died with the token)."""
+    login = run(server, tmp_path, "login", "alice", "--password-stdin", stdin=PASSWORD + "\n")
+    assert login.returncode == 0, login.stderr
+    with Client(server.url) as kv:
+        kv.put("died/k", "v")
+    with Client(server.url, token=_token(tmp_path, server)) as kv:
+        kv.logout()  # the server no longer knows it; the credentials file still holds it
+    advice = (
+        f"filekv: the stored login for {server.url} is no longer valid (a restart logs everyone"
+        " out); run `filekv login` again, or `filekv logout`"
+    )
+    for verb, out in [
+        (["get", "died/k"], "v\n"),
+        (["ls", "died/"], "died/k\n"),
+        (["find", "v", "--prefix", "died/"], "died/k\n"),
+    ]:
+        done = run(server, tmp_path, *verb)
+        assert (done.returncode, done.stdout, done.stderr) == (0, out, advice + "\n"), verb
+    status = run(server, tmp_path, "status")
+    assert status.returncode == 0 and status.stderr == advice + "\n"
+    for verb in (["put", "died/k", "w"], ["delete", "died/k"], ["begin"], ["commit"]):
+        done = run(server, tmp_path, *verb)
+        assert (done.returncode, done.stderr) == (4, advice + "\n"), verb
+    with Client(server.url) as kv:
+        assert kv.get("died/k") == "v"
+    assert run(server, tmp_path, "logout").returncode == 0  # the server had forgotten it: done
+    assert (
+        server.url
+        not in json.loads((tmp_path / "filekv" / "credentials.json").read_text())["tokens"]
+    )
+
+
+def test_delete_in_a_transaction_prints_staged(server: Server, alice: Path) -> None:
+    with Client(server.url) as kv:
+        kv.put("st/a", "1")
+        kv.put("st/b", "2")
+    assert run(server, alice, "begin").returncode == 0
+    try:
+        done = run(server, alice, "delete", "st/a")
+        assert (done.returncode, done.stdout) == (0, "staged\n")
+        answer = json.loads(run(server, alice, "delete", "st/b", "--json").stdout)
+        assert answer == {"key": "st/b", "deleted": True, "staged": True}
+    finally:
+        run(server, alice, "rollback")
+    assert run(server, alice, "delete", "st/a").stdout == ""  # committed at once: nothing
+
+
+def test_messages_that_say_what_to_do(server: Server, tmp_path: Path) -> None:
+    begin = run(server, tmp_path, "begin")
+    assert begin.returncode == 4
+    assert _no_traceback(begin) == "filekv: not logged in: run `filekv login` (or set FILEKV_TOKEN)"
+    empty = run(server, tmp_path, "login", "alice", "--password-stdin", stdin="\n")
+    assert (empty.returncode, _no_traceback(empty)) == (2, "filekv: empty password")
+    for verb in (["register"], ["login"], ["register", "zed", "--password-stdin"]):
+        closed = run(server, tmp_path, *verb)  # stdin is empty: closed at once
+        assert closed.returncode == 2, closed.stderr
+        assert closed.stderr.rstrip().endswith("given (stdin closed)"), closed.stderr
+        assert "Aborted" not in closed.stderr
+
+
+def test_logout_with_the_server_down_forgets_the_token_and_says_so(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    path = tmp_path / "filekv" / "credentials.json"
+    path.parent.mkdir(mode=0o700)
+    path.write_text(json.dumps({"tokens": {closed: "some-token"}}))
+    done = run(None, tmp_path, "logout", url=closed)
+    assert done.returncode == 7
+    line = _no_traceback(done)
+    assert line.startswith("filekv: forgot the stored token; the server could not be told")
+    assert "until it expires (token_ttl) or the server restarts" in line
+    assert json.loads(path.read_text())["tokens"] == {}
+
+
+def test_batch_takes_a_ttl_per_put_and_help_says_the_limits(server: Server, alice: Path) -> None:
+    line = json.dumps({"op": "put", "key": "bt/k", "value": "v", "ttl": 300})
+    done = run(server, alice, "batch", "-", stdin=line + "\n")
+    assert done.returncode == 0, done.stderr
+    with Client(server.url) as kv:
+        expires_in = kv.entry("bt/k").expires_in
+        assert expires_in is not None and 0 < expires_in <= 300
+    infinite = run(server, alice, "batch", "-", stdin=line.replace("300", "Infinity") + "\n")
+    assert infinite.returncode == 2
+    _no_traceback(infinite)
+    assert "1000" in run(server, alice, "batch", "--help").stdout
+    assert "expires_in" in run(server, alice, "watch", "--help").stdout
+
+
+def test_watch_fails_at_once_when_the_server_is_down(tmp_path: Path) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = run(None, tmp_path, "watch", url=closed)
+    assert done.returncode == 7
+    assert _no_traceback(done) == f"filekv: cannot reach the server at {closed}: connection refused"
+    assert time.monotonic() - started < 20  # not after the 60 s a lost connection is given
+
+
+def test_watch_says_it_reconnects_and_resumes(tmp_path: Path) -> None:
+    srv = Server(tmp_path / "data", tmp_path / "server.log")
+    srv.start()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    environ.update(XDG_CONFIG_HOME=str(tmp_path / "config"), FILEKV_URL=srv.url)
+    watcher = subprocess.Popen(
+        [FILEKV, "watch", "w/"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environ,
+    )
+    try:
+        assert watcher.stdout is not None and watcher.stderr is not None
+        time.sleep(2)  # connected (nothing to wait on: a watch prints nothing until a change)
+        with Client(srv.url) as kv:
+            kv.put("w/1", "one")
+        assert watcher.stdout.readline() == '1 put "w/1" "one"\n'
+        port = srv.port
+        srv.stop()
+        line = watcher.stderr.readline()
+        assert line.startswith(f"filekv: cannot reach the server at {srv.url}: "), line
+        assert line.endswith("; reconnecting\n"), line
+        srv.process = subprocess.Popen(
+            serve_command(srv.data_dir, port),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "FILEKV_FSYNC": "always"},
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            with Client(srv.url) as kv:
+                try:
+                    kv.put("w/2", "two")
+                    break
+                except Exception:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.2)
+        assert watcher.stdout.readline() == '2 put "w/2" "two"\n'
+    finally:
+        watcher.kill()
+        watcher.wait()
+        srv.stop()

@@ -9,19 +9,25 @@ with the token of ``$FILEKV_TOKEN`` or the one ``filekv login`` stored for that 
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
+import re
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Final, NoReturn
+from typing import Annotated, Any, Final, NoReturn, TypeVar
 
+import httpx
 import typer
 
 from filekv import credentials
 from filekv.client import (
     DEFAULT_URL,
+    Change,
     Client,
     Conflict,
     FilekvError,
@@ -53,10 +59,14 @@ EXIT_CODES: Final[tuple[tuple[type[FilekvError], int], ...]] = (
     (TooManyRequests, 8),
     (Gone, 9),
 )
-EXIT_OTHER: Final = 7  # a FilekvError of no class above: the server answered something unexpected
+# A FilekvError of no class above (a 405, a 404 of no key...): an answer no filekv server gives,
+# so --url is not a filekv server: fix the URL (usage), retrying will not help.
+EXIT_OTHER: Final = 2
+_T = TypeVar("_T")
 
 EXIT_CODES_HELP: Final = (
-    "Exit codes of the client verbs: 0 ok, 1 not found, 2 usage or invalid input, "
+    "Exit codes of the client verbs: 0 ok, 1 not found, 2 usage or invalid input (also a --url "
+    "that is not a filekv server), "
     "3 locked (another client holds the transaction, 423), 4 not authorized (401/403), "
     "5 precondition failed (412), 6 conflict (409), 7 server unreachable or 5xx, "
     "8 too many requests (429), 9 gone (410: watch history compacted away). "
@@ -110,24 +120,187 @@ def fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """One line on stderr; the verb goes on."""
+    sys.stderr.write(f"filekv: {' '.join(message.splitlines())}\n")
+    sys.stderr.flush()
+
+
 def _url(url: str | None) -> str:
-    return credentials.normalize_url(url or DEFAULT_URL)
+    """The server's URL, normalized; exit 2 unless it is an http:// or https:// URL."""
+    server = credentials.normalize_url(url or DEFAULT_URL)
+    scheme = server.partition("://")[0].lower() if "://" in server else ""
+    if scheme not in ("http", "https") or server != server.strip():
+        fail(f"invalid --url {server!r}: it must start with http:// or https://", 2)
+    try:
+        host = httpx.URL(server).host
+    except httpx.InvalidURL as exc:
+        fail(f"invalid --url {server!r}: {exc}", 2)
+    if not host:
+        fail(f"invalid --url {server!r}: it names no host", 2)
+    return server
+
+
+def _text(value: str, what: str) -> str:
+    """``value`` if it is valid UTF-8 (an argument of undecodable bytes is not); else exit 2."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        fail(f"the {what} is not valid UTF-8: filekv keys and values are text", 2)
+    return value
+
+
+def _stdin_text(what: str) -> str:
+    """All of stdin, as it is, decoded as UTF-8 (else exit 2)."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        fail(f"the {what} on stdin is not valid UTF-8: filekv keys and values are text", 2)
+
+
+# Where the token a client sends came from: FILEKV_TOKEN, the credentials file, or nowhere.
+TOKEN_ENV: Final = "FILEKV_TOKEN"
+TOKEN_FILE: Final = "credentials"
+NO_SUCH_KEY: Final = "no such key"  # the detail of filekv's one 404
+NOT_LOGGED_IN: Final = "not logged in: run `filekv login` (or set FILEKV_TOKEN)"
+RECONNECT_SECONDS: Final = 60.0  # how long `watch` tries to get a lost connection back
+
+
+def _stale_login(server: str) -> str:
+    return (
+        f"the stored login for {server} is no longer valid (a restart logs everyone out);"
+        " run `filekv login` again, or `filekv logout`"
+    )
+
+
+def _dead_token(error: FilekvError) -> bool:
+    """The server knows no such token (expired, revoked, or the server restarted)."""
+    return isinstance(error, Unauthorized) and "invalid or expired token" in error.detail
+
+
+def _unreachable(server: str, error: FilekvError) -> str:
+    """``cannot reach the server at URL: connection refused`` from the transport error."""
+    cause = error.__cause__
+    if isinstance(cause, httpx.TimeoutException):
+        reason = "timed out"
+    elif cause is not None and str(cause):
+        reason = str(cause)
+    else:
+        reason = error.detail.removeprefix("cannot reach the server").lstrip(": ") or "no answer"
+    reason = re.sub(r"^\[Errno -?\d+\] ", "", reason).rstrip(".")
+    return f"cannot reach the server at {server}: {reason[:1].lower()}{reason[1:]}"
+
+
+def _not_filekv(server: str, what: str) -> str:
+    return f"{server} is not a filekv server? {what}; check --url"
+
+
+def _message(error: FilekvError, server: str, token_source: str | None) -> tuple[str, int]:
+    """The one line and the exit code that say what happened and what to do."""
+    status = f" ({error.status})" if error.status is not None else ""
+    if isinstance(error, Unavailable):
+        return _unreachable(server, error), exit_code(error)
+    if _dead_token(error):
+        if token_source == TOKEN_FILE:
+            return _stale_login(server), 4
+        if token_source == TOKEN_ENV:
+            return (
+                f"{error.detail}{status}: the token in FILEKV_TOKEN; log in again"
+                " (`filekv login`), or unset FILEKV_TOKEN",
+                4,
+            )
+    if isinstance(error, Unauthorized) and error.detail.startswith("not authenticated"):
+        return NOT_LOGGED_IN, 4
+    if isinstance(error, InvalidRequest) and error.status is None and "too long" in error.detail:
+        return "the key (or prefix) is too long: the server's max_key_bytes is far less", 2
+    if (isinstance(error, NotFound) and error.detail != NO_SUCH_KEY) or (
+        exit_code(error) == EXIT_OTHER and error.status is not None and error.status < 500
+    ):
+        # A 404 of no key, a 405, a page that is not JSON...: a path or method filekv does not
+        # have, or a server that is not filekv.
+        if "not a filekv answer" in error.detail:  # the client's own words: they name the URL
+            return _not_filekv(server, error.detail), EXIT_OTHER
+        return _not_filekv(server, f"it answered {error.status} {error.detail!r}"), EXIT_OTHER
+    return f"{error.detail}{status}", exit_code(error)
+
+
+@contextmanager
+def _translated(server: str, token_source: str | None) -> Iterator[None]:
+    """Every error of a client call as one line and an exit code: never a traceback."""
+    try:
+        yield
+    except FilekvError as exc:
+        message, code = _message(exc, server, token_source)
+        fail(message, code)
+    except httpx.InvalidURL as exc:  # a key or prefix too long for a URL
+        if "too long" in str(exc):
+            fail("the key (or prefix) is too long: the server's max_key_bytes is far less", 2)
+        fail(f"invalid request: {exc}", 2)
+    except UnicodeError:
+        fail("an argument is not valid UTF-8: filekv keys and values are text", 2)
+    except (json.JSONDecodeError, KeyError, TypeError):  # an answer that is not filekv's JSON
+        fail(_not_filekv(server, "its answer is not filekv's"), EXIT_OTHER)
+    except ValueError as exc:
+        fail(f"invalid input: {exc}", 2)
+
+
+def _token(server: str, stored_token: bool) -> tuple[str | None, str | None]:
+    """The token to send and where it came from (``TOKEN_ENV``, ``TOKEN_FILE`` or None)."""
+    token = os.environ.get("FILEKV_TOKEN") or None
+    if token is not None:
+        return token, TOKEN_ENV
+    if stored_token and (token := credentials.get_token(server)) is not None:
+        return token, TOKEN_FILE
+    return None, None
 
 
 @contextmanager
 def connect(url: str | None, *, stored_token: bool = True) -> Iterator[Client]:
     """A client on the server with the token to use; client errors become exit codes."""
+    with session(url, stored_token=stored_token) as verb:
+        yield verb.kv
+
+
+class Session:
+    """A verb's client: ``read`` retries anonymously when a stored login died, writes do not."""
+
+    def __init__(self, server: str, kv: Client, token_source: str | None) -> None:
+        self.server = server
+        self.kv = kv
+        self.token_source = token_source
+
+    def read(self, action: Callable[[Client], _T]) -> _T:
+        """``action(kv)``; if the stored token is dead, warn once and do it again without it
+        (a restart logs everyone out, and reading needs no login unless auth_mode=all)."""
+        try:
+            return action(self.kv)
+        except Unauthorized as exc:
+            if not self.drop_dead_token(exc):
+                raise
+        return action(self.kv)
+
+    def drop_dead_token(self, error: FilekvError) -> bool:
+        """Whether ``error`` says the stored token died; if so it is no longer sent."""
+        if self.token_source != TOKEN_FILE or not _dead_token(error):
+            return False
+        warn(_stale_login(self.server))
+        self.kv.token = None
+        self.token_source = None
+        return True
+
+
+@contextmanager
+def session(url: str | None, *, stored_token: bool = True) -> Iterator[Session]:
+    """A ``Session`` on ``--url``; every error inside becomes one line and an exit code."""
     server = _url(url)
-    token = os.environ.get("FILEKV_TOKEN") or None
-    if token is None and stored_token:
-        token = credentials.get_token(server)
+    token, source = _token(server, stored_token)
+    verb = Session(server, Client(server, token=token), source)
     try:
-        with Client(server, token=token) as kv:
-            yield kv
-    except Unavailable as exc:
-        fail(f"{server}: {exc.detail}", exit_code(exc))
-    except FilekvError as exc:
-        fail(exc.detail if exc.status is None else f"{exc.detail} ({exc.status})", exit_code(exc))
+        with _translated(server, source):
+            yield verb
+    finally:
+        verb.kv.close()
 
 
 def emit_json(data: Any) -> None:
@@ -143,8 +316,9 @@ def emit_line(text: str) -> None:
 
 def get(key: KeyArgument, url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Print the value of KEY, bare (so $(filekv get KEY) works); exit 1 if absent."""
-    with connect(url) as kv:
-        entry = kv.entry(key)
+    _text(key, "key")
+    with session(url) as verb:
+        entry = verb.read(lambda kv: kv.entry(key))
     if as_json:
         emit_json(
             {
@@ -174,10 +348,12 @@ def put(
     as_json: JsonOption = False,
 ) -> None:
     """Write KEY (staged if you hold the transaction); prints the new revision, or 'staged'."""
-    if value == "-":
-        value = sys.stdin.read()
-    with connect(url) as kv:
-        revision = kv.put(key, value, expect=expect, ttl=ttl)
+    if ttl is not None and not math.isfinite(ttl):
+        fail(f"--ttl must be a number of seconds (at most ten years), not {ttl}", 2)
+    _text(key, "key")
+    value = _stdin_text("value") if value == "-" else _text(value, "value")
+    with session(url) as verb:
+        revision = verb.kv.put(key, value, expect=expect, ttl=ttl)
     if as_json:
         emit_json({"key": key, "revision": revision, "staged": revision is None, "expires_in": ttl})
     else:
@@ -190,11 +366,17 @@ def delete(
     url: UrlOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Delete KEY (staged if you hold the transaction); exit 1 if absent."""
-    with connect(url) as kv:
-        kv.delete(key, expect=expect)
+    """Delete KEY (staged if you hold the transaction: prints 'staged'); exit 1 if absent."""
+    _text(key, "key")
+    with session(url) as verb:
+        verb.kv.delete(key, expect=expect)
+        # The answer (204) does not say whether the delete was staged: it was if this token
+        # holds the transaction (only a logged-in client can).
+        staged = verb.kv.token is not None and bool(verb.kv.transaction_status().get("mine"))
     if as_json:
-        emit_json({"key": key, "deleted": True})
+        emit_json({"key": key, "deleted": True, "staged": staged})
+    elif staged:
+        emit_line("staged")
 
 
 NullOption = Annotated[
@@ -206,6 +388,13 @@ NullOption = Annotated[
         "as find -print0; for xargs -0.",
     ),
 ]
+
+
+def _started(keys: Iterator[str]) -> Iterator[str]:
+    """``keys`` with its first page fetched already (so that its errors come now)."""
+    for first in keys:
+        return itertools.chain([first], keys)
+    return iter(())
 
 
 def _print_keys(keys: Iterator[str], as_json: bool, null: bool) -> None:
@@ -224,8 +413,9 @@ def ls(
     as_json: JsonOption = False,
 ) -> None:
     """List the keys (starting with PREFIX), sorted, one per line; every page is fetched."""
-    with connect(url) as kv:
-        _print_keys(kv.keys(prefix), as_json, null)
+    _text(prefix, "prefix")
+    with session(url) as verb:
+        _print_keys(verb.read(lambda kv: _started(kv.keys(prefix))), as_json, null)
 
 
 def find(
@@ -236,16 +426,45 @@ def find(
     as_json: JsonOption = False,
 ) -> None:
     """List the keys whose value is exactly VALUE, sorted, one per line."""
-    with connect(url) as kv:
-        _print_keys(kv.find(value, prefix), as_json, null)
+    _text(value, "value")
+    _text(prefix, "prefix")
+    with session(url) as verb:
+        _print_keys(verb.read(lambda kv: _started(kv.find(value, prefix))), as_json, null)
+
+
+MAX_BATCH_OPS: Final = 1000  # the server's limit on the ops of one POST /batch
+BATCH_FIELDS: Final = {
+    "put": frozenset({"op", "key", "value", "expect", "ttl"}),
+    "delete": frozenset({"op", "key", "expect"}),
+}
+BATCH_LINES: Final = (
+    '{"op": "put", "key": K, "value": V, "expect": REV?, "ttl": SECONDS?}'
+    ' or {"op": "delete", "key": K, "expect": REV?}'
+)
+
+
+def _valid_op(op: Any) -> bool:
+    if not isinstance(op, dict) or op.get("op") not in BATCH_FIELDS:
+        return False
+    ttl = op.get("ttl")
+    return (
+        set(op) <= BATCH_FIELDS[op["op"]]
+        and isinstance(op.get("key"), str)
+        and (op["op"] == "delete" or isinstance(op.get("value"), str))
+        and (op.get("expect") is None or type(op["expect"]) is int)
+        and (ttl is None or (type(ttl) in (int, float) and math.isfinite(ttl)))
+    )
 
 
 def _read_ops(source: str) -> list[dict[str, Any]]:
     """The ops of a JSON Lines file (or stdin for '-'); blank lines are skipped; bad ones exit 2."""
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read {source}: {exc}", 2)
+    if source == "-":
+        text = _stdin_text("batch")
+    else:
+        try:
+            text = Path(source).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            fail(f"cannot read {source}: {exc}", 2)
     ops: list[dict[str, Any]] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -254,23 +473,16 @@ def _read_ops(source: str) -> list[dict[str, Any]]:
             op = json.loads(line)
         except ValueError as exc:
             fail(f"{source} line {number}: not JSON ({exc})", 2)
-        allowed = {"put": {"op", "key", "value", "expect"}, "delete": {"op", "key", "expect"}}
-        if (
-            not isinstance(op, dict)
-            or op.get("op") not in allowed
-            or not isinstance(op.get("key"), str)
-            or (op["op"] == "put" and not isinstance(op.get("value"), str))
-            or not set(op) <= allowed[op["op"]]
-            or not (op.get("expect") is None or type(op["expect"]) is int)
-        ):
-            fail(
-                f'{source} line {number}: expected {{"op": "put", "key": K, "value": V,'
-                f' "expect": REV?}} or {{"op": "delete", "key": K, "expect": REV?}}',
-                2,
-            )
+        if not _valid_op(op):
+            fail(f"{source} line {number}: expected {BATCH_LINES}", 2)
+        for field in ("key", "value"):
+            if field in op:
+                _text(op[field], f"{field} of {source} line {number}")
         ops.append({k: v for k, v in op.items() if v is not None})
     if not ops:
         fail(f"{source}: no ops", 2)
+    if len(ops) > MAX_BATCH_OPS:
+        fail(f"{source}: {len(ops)} ops; a batch takes at most {MAX_BATCH_OPS}", 2)
     return ops
 
 
@@ -279,8 +491,8 @@ def batch(
         str,
         typer.Argument(
             metavar="FILE|-",
-            help='JSON Lines, one op a line: {"op": "put", "key": K, "value": V, "expect": REV?}'
-            ' or {"op": "delete", "key": K, "expect": REV?}; "-" reads stdin.',
+            help=f"JSON Lines, one op a line: {BATCH_LINES}; at most {MAX_BATCH_OPS} ops;"
+            ' "-" reads stdin.',
         ),
     ],
     url: UrlOption = None,
@@ -288,8 +500,8 @@ def batch(
 ) -> None:
     """Apply every op of FILE atomically at one revision, or none (exit 5 on a failed expect)."""
     ops = _read_ops(source)
-    with connect(url) as kv:
-        revision = kv.batch(ops)
+    with session(url) as verb:
+        revision = verb.kv.batch(ops)
     if as_json:
         emit_json({"revision": revision, "applied": len(ops), "staged": revision is None})
     else:
@@ -299,18 +511,35 @@ def batch(
 # -- auth ----------------------------------------------------------------------------------------
 
 
+def _prompt(label: str, *, hide_input: bool = False, confirm: bool = False) -> str:
+    """Ask on the terminal; exit 2 if stdin ends first (nothing to read the answer from)."""
+    try:
+        answer: str = typer.prompt(
+            label, hide_input=hide_input, confirmation_prompt=confirm, err=True
+        )
+    except typer.Abort as exc:
+        if isinstance(exc.__context__, EOFError):
+            sys.stderr.write("\n")
+            fail(f"no {label.lower()} given (stdin closed)", 2)
+        raise
+    return answer
+
+
 def _username(username: str | None) -> str:
-    if username:
-        return username
-    name: str = typer.prompt("Username", err=True)
-    return name
+    return _text(username or _prompt("Username"), "user name")
 
 
 def _password(password_stdin: bool, *, confirm: bool) -> str:
     if password_stdin:
-        return sys.stdin.readline().rstrip("\r\n")
-    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=confirm, err=True)
-    return password
+        line = sys.stdin.readline()
+        if not line:
+            fail("no password given (stdin closed)", 2)
+        password = line.rstrip("\r\n")
+    else:
+        password = _prompt("Password", hide_input=True, confirm=confirm)
+    if not password:
+        fail("empty password", 2)
+    return _text(password, "password")
 
 
 UsernameArgument = Annotated[
@@ -325,11 +554,11 @@ def login(
     as_json: JsonOption = False,
 ) -> None:
     """Log in and keep the token for this server in $XDG_CONFIG_HOME/filekv/credentials.json."""
+    server = _url(url)
     name = _username(username)
     password = _password(password_stdin, confirm=False)
-    server = _url(url)
-    with connect(server, stored_token=False) as kv:
-        token = kv.login(name, password)
+    with session(server, stored_token=False) as verb:
+        token = verb.kv.login(name, password)
     try:
         path = credentials.store_token(server, token)
     except OSError as exc:
@@ -341,16 +570,30 @@ def login(
 
 
 def logout(url: UrlOption = None, as_json: JsonOption = False) -> None:
-    """Revoke the stored token on the server and forget it (also if the server is gone)."""
+    """Forget the stored token and revoke it on the server (exit 7 if it could not be told)."""
     server = _url(url)
     token = credentials.get_token(server)
     if token is None:
         fail(f"not logged in to {server}", 4)
     try:
-        with connect(server) as kv:
-            kv.logout()
-    finally:
         credentials.remove_token(server)
+    except OSError as exc:
+        fail(f"could not forget the stored token: {exc}", 2)
+    try:
+        with Client(server, token=token) as kv:
+            kv.logout()
+    except (Unavailable, ServerError) as exc:
+        reason = _message(exc, server, None)[0]
+        fail(
+            f"forgot the stored token; the server could not be told ({reason}), so it stays"
+            " valid there until it expires (token_ttl) or the server restarts",
+            7,
+        )
+    except Unauthorized as exc:
+        if not _dead_token(exc):  # else the server had forgotten it already: logged out
+            fail(*_message(exc, server, None))
+    except FilekvError as exc:
+        fail(*_message(exc, server, None))
     if as_json:
         emit_json({"url": server, "logged_out": True})
 
@@ -362,10 +605,11 @@ def register(
     as_json: JsonOption = False,
 ) -> None:
     """Create a user on the server (asks for the password twice); then `filekv login`."""
+    server = _url(url)
     name = _username(username)
     password = _password(password_stdin, confirm=True)
-    with connect(url, stored_token=False) as kv:
-        kv.register(name, password)
+    with session(server, stored_token=False) as verb:
+        verb.kv.register(name, password)
     if as_json:
         emit_json({"username": name})
     else:
@@ -373,46 +617,55 @@ def register(
 
 
 # -- transactions --------------------------------------------------------------------------------
+# Never retried without a dead stored token: the transaction died with it (exit 4 says so).
 
 
 def begin(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Begin the transaction (or a nested level) for the stored token; prints the depth."""
-    with connect(url) as kv:
-        depth = kv.begin()
+    with session(url) as verb:
+        depth = verb.kv.begin()
     emit_json({"depth": depth}) if as_json else emit_line(str(depth))
 
 
 def release(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Merge the innermost level into the one below; prints the depth left (exit 6 at depth 1)."""
-    with connect(url) as kv:
-        depth = kv.release()
+    with session(url) as verb:
+        depth = verb.kv.release()
     emit_json({"depth": depth}) if as_json else emit_line(str(depth))
 
 
 def commit(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Commit every level atomically; prints how many writes were applied (exit 6 if none held)."""
-    with connect(url) as kv:
-        applied = kv.commit()
+    with session(url) as verb:
+        applied = verb.kv.commit()
     emit_json({"depth": 0, "applied": applied}) if as_json else emit_line(str(applied))
 
 
 def rollback(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Undo the innermost level; prints the depth left (0: the transaction ended)."""
-    with connect(url) as kv:
-        depth = kv.rollback()
+    with session(url) as verb:
+        depth = verb.kv.rollback()
     emit_json({"depth": depth}) if as_json else emit_line(str(depth))
+
+
+def _status(kv: Client) -> tuple[dict[str, Any], int | None, dict[str, Any]]:
+    health = kv.health()
+    try:
+        keys: int | None = int(kv.stats()["keys"])
+    except Unauthorized as exc:
+        if _dead_token(exc):
+            raise
+        keys = None  # auth_mode=all without a login
+    except Forbidden:
+        keys = None
+    return health, keys, kv.transaction_status()
 
 
 def status(url: UrlOption = None, as_json: JsonOption = False) -> None:
     """Server health, key count and the transaction's state (exit 7 if the server is down)."""
-    server = _url(url)
-    with connect(server) as kv:
-        health = kv.health()
-        try:
-            keys: int | None = int(kv.stats()["keys"])
-        except (Unauthorized, Forbidden):  # auth_mode=all without a login
-            keys = None
-        transaction = kv.transaction_status()
+    with session(url) as verb:
+        health, keys, transaction = verb.read(_status)
+    server = verb.server
     if as_json:
         emit_json({"url": server, "health": health, "keys": keys, "transaction": transaction})
         return
@@ -432,6 +685,79 @@ def status(url: UrlOption = None, as_json: JsonOption = False) -> None:
 # -- watching ------------------------------------------------------------------------------------
 
 
+def _mark(change: Change) -> tuple[int, float]:
+    """Where ``change`` is in the stream: its revision and its index in a batch or commit (the
+    last operation of one, or a lone change, is ``inf``: its revision is done)."""
+    revision, _, index = change.event_id.partition(".")
+    try:
+        return int(revision), float(index) if index else math.inf
+    except ValueError:
+        return change.revision, math.inf
+
+
+def _print_change(change: Change, as_json: bool) -> None:
+    if as_json:
+        emit_json(
+            {
+                "revision": change.revision,
+                "op": change.op,
+                "key": change.key,
+                "value": change.value,
+                "expires_in": change.expires_in,
+            }
+        )
+    else:
+        key = json.dumps(change.key, ensure_ascii=False)
+        line = f"{change.revision} {change.op} {key}"
+        if change.value is not None:
+            line += " " + json.dumps(change.value, ensure_ascii=False)
+        emit_line(line)
+    sys.stdout.flush()  # a pipe sees each change as it happens
+
+
+def _watch(verb: Session, prefix: str, start: int | None, as_json: bool) -> None:
+    """Print the changes from ``start`` on; a lost connection is made again (for at most
+    ``RECONNECT_SECONDS``) and the watch resumes right after the last change printed."""
+    last: tuple[int, float] | None = None  # the last change printed
+    down_since: float | None = None
+    while True:
+        if last is not None:
+            start = last[0] + 1 if last[1] == math.inf else last[0]
+        began = time.monotonic()
+        try:
+            for change in verb.kv.watch(prefix, from_revision=start, reconnect_timeout=0):
+                mark = _mark(change)
+                if last is not None and mark <= last:
+                    continue  # printed before the connection was lost
+                down_since = None
+                _print_change(change, as_json)
+                last = mark
+        except (Unavailable, ServerError) as exc:
+            if time.monotonic() - began > 10 * RETRY_SECONDS:
+                down_since = None  # it was watching until now: a new outage
+            if down_since is None:
+                down_since = time.monotonic()
+                warn(f"{_message(exc, verb.server, None)[0]}; reconnecting")
+            while not _reachable(verb.kv):
+                if time.monotonic() - down_since > RECONNECT_SECONDS:
+                    raise
+                time.sleep(RETRY_SECONDS)
+        except Unauthorized as exc:  # the server restarted: the stored token died with it
+            if not verb.drop_dead_token(exc):
+                raise
+
+
+def _reachable(kv: Client) -> bool:
+    try:
+        kv.health()
+    except (Unavailable, ServerError):
+        return False
+    return True
+
+
+RETRY_SECONDS: Final = 1.0
+
+
 def watch(
     prefix: Annotated[
         str, typer.Argument(help="Only keys starting with this (default: every key).")
@@ -445,37 +771,30 @@ def watch(
     url: UrlOption = None,
     as_json: Annotated[
         bool,
-        typer.Option("--json", help="One line of JSON per change: revision, op, key, value."),
+        typer.Option(
+            "--json", help="One line of JSON per change: revision, op, key, value, expires_in."
+        ),
     ] = False,
 ) -> None:
     """Print each change under PREFIX as it is committed, until interrupted (Ctrl-C).
 
     A line per change: revision, op (put, delete, expire), the key and a put's value (both as
-    JSON strings). A lost connection is resumed after the last change printed; exit 9 if
-    --from is older than the history the server keeps (watch_history).
+    JSON strings). Exit 7 at once if the server cannot be reached; a connection lost later is
+    made again (said on stderr; exit 7 after 60 s without the server) and the watch resumes
+    after the last change printed; exit 9 if --from is older than the history the server keeps
+    (watch_history).
     """
-    with connect(url) as kv:
-        try:
-            for change in kv.watch(prefix, from_revision=from_revision):
-                if as_json:
-                    emit_json(
-                        {
-                            "revision": change.revision,
-                            "op": change.op,
-                            "key": change.key,
-                            "value": change.value,
-                            "expires_in": change.expires_in,
-                        }
-                    )
-                else:
-                    key = json.dumps(change.key, ensure_ascii=False)
-                    line = f"{change.revision} {change.op} {key}"
-                    if change.value is not None:
-                        line += " " + json.dumps(change.value, ensure_ascii=False)
-                    emit_line(line)
-                sys.stdout.flush()  # a pipe sees each change as it happens
-        except KeyboardInterrupt:
-            return
+    _text(prefix, "prefix")
+    try:
+        with session(url) as verb:
+            # One call first: an unreachable server, or a dead stored login, is said at once.
+            stats = verb.read(lambda kv: kv.stats())
+            start = from_revision
+            if start is None and type(stats.get("revision")) is int:
+                start = stats["revision"] + 1  # from now, also across a reconnect
+            _watch(verb, prefix, start, as_json)
+    except KeyboardInterrupt:
+        return
 
 
 VERBS: Final[tuple[Callable[..., None], ...]] = (
