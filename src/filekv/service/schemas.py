@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Annotated, Any, Final, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic.json_schema import SkipJsonSchema
 
 from filekv.engine.expiry import MAX_TTL
@@ -78,10 +78,20 @@ _EXPECT_DOC: Final = (
     "Apply the batch only if the key is at this revision; 0: only if it does not exist."
 )
 
+
+def _whole_number(value: Any) -> Any:
+    """A float with no fraction as the int it is: JSON has one number type, and the schema's
+    "integer" (JSON Schema 2020-12) includes 7.0; the fuzz suite sends such revisions."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 # ``expect`` and ``ttl`` are strict, as PUT reads them (``wire.parse_ttl``, an If-Match):
-# lax mode would take ``true`` as 1, ``"30"`` as 30 and ``0.0`` or ``false`` as a revision.
-# Strict floats still take JSON integers (``"ttl": 30``); strict ints take no float at all.
-_Expect = Annotated[int | None, Field(ge=0, strict=True, description=_EXPECT_DOC)]
+# lax mode would take ``true`` as 1, ``"30"`` as 30 and ``false`` as a revision. Strict floats
+# still take JSON integers (``"ttl": 30``); a revision may be written 7.0, never 7.5.
+_Revision = Annotated[int, Field(ge=0, strict=True), BeforeValidator(_whole_number)]
+_Expect = Annotated[_Revision | None, Field(description=_EXPECT_DOC)]
 
 
 class BatchPut(BaseModel):
