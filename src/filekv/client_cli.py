@@ -69,7 +69,8 @@ EXIT_CODES_HELP: Final = (
     "that is not a filekv server), "
     "3 locked (another client holds the transaction, 423), 4 not authorized (401/403), "
     "5 precondition failed (412), 6 conflict (409), 7 server unreachable or 5xx, "
-    "8 too many requests (429), 9 gone (410: watch history compacted away). "
+    "8 too many requests (429), 9 gone (410: watch history compacted away), "
+    "130 interrupted (Ctrl-C; import says what it wrote). "
     "Server: --url or FILEKV_URL (default http://127.0.0.1:8000); "
     "token: FILEKV_TOKEN, else the one `filekv login` stored."
 )

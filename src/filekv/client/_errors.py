@@ -13,7 +13,7 @@
     ├── InvalidRequest          400, 415, 422, 431  the request itself is wrong; also raised
     │                           before sending (.status None) for an invalid argument
     ├── Locked                  423  another client holds the transaction (.retry_after)
-    ├── TooManyRequests         429  login throttled (.retry_after)
+    ├── TooManyRequests         429  login throttled, or a begin in a cooldown (.retry_after)
     ├── ServerError             5xx  the store failed, or the disk is full (507)
     └── Unavailable             no answer: the server cannot be reached
 
@@ -130,7 +130,9 @@ class Locked(_RetryAfter):
 
 
 class TooManyRequests(_RetryAfter):
-    """429: too many failed logins; ``retry_after`` seconds (or None)."""
+    """429: too many failed logins, or a transaction begun again within the cooldown that
+    follows one rolled back for passing transaction_max_seconds; ``retry_after`` seconds (or
+    None)."""
 
 
 class ServerError(FilekvError):
