@@ -676,6 +676,7 @@ def test_console_with_everything_locked_down_and_a_short_lease(
     strict = Server(tmp_path / "data", tmp_path / "server.log", transaction_timeout=2)
     strict.args = ("--registration", "closed", "--auth-mode", "all")
     strict.start()
+    page = None
     try:
         _user_command(strict.data_dir, "add", "dana")
         page = open_console(open_page, strict)
@@ -700,6 +701,8 @@ def test_console_with_everything_locked_down_and_a_short_lease(
         )
         expect(page.locator("#tx-state")).to_have_text("No transaction open")
     finally:
+        if page is not None:  # before its server goes: a poll would meet a closed port
+            page.context.close()
         strict.stop()
 
 
