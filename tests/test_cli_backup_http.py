@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import resource
-import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from support.limits import limit_file_size
 from support.server import FILEKV, PASSWORD, Server, login
 
 MakeServer = Callable[..., Server]
@@ -42,17 +41,6 @@ def admin_server(make_server: MakeServer) -> tuple[Server, dict[str, str]]:
     return server, {**env, "FILEKV_URL": server.url, "FILEKV_TOKEN": token}
 
 
-def _limit_file_size(limit: int) -> Callable[[], None]:
-    """A ``preexec_fn``: files the child writes may grow to ``limit`` bytes, then a write fails
-    with EFBIG (a full disk, as far as the writer can tell; SIGXFSZ ignored, so not killed)."""
-
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 def test_cli_backup_write_failure_is_one_line_and_leaves_the_old_archive(
     admin_server: tuple[Server, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -67,7 +55,7 @@ def test_cli_backup_write_failure_is_one_line_and_leaves_the_old_archive(
         text=True,
         env=env,
         timeout=120,
-        preexec_fn=_limit_file_size(100_000),
+        preexec_fn=limit_file_size(100_000),
         check=False,
     )
     assert made.returncode == 1

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import pty
-import resource
 import select
 import signal
 import socket
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from support.limits import limit_file_size
 from support.server import FILEKV, Server, read_all
 
 SOAK = os.environ.get("FILEKV_SOAK") == "1"
@@ -295,17 +295,6 @@ def _one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def _limit_file_size(limit: int) -> Callable[[], None]:
-    """A ``preexec_fn``: files the child writes may grow to ``limit`` bytes, then a write fails
-    with EFBIG (a full disk, as far as the writer can tell; SIGXFSZ ignored, so not killed)."""
-
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
-
-
 @pytest.mark.parametrize("case", ["missing directory", "a directory", "not a regular file"])
 def test_cli_export_refuses_an_output_it_cannot_write_before_asking_the_server(
     tmp_path: Path, case: str
@@ -340,7 +329,7 @@ def test_cli_export_write_failure_is_one_line_and_leaves_nothing(
         capture_output=True,
         text=True,
         timeout=120,
-        preexec_fn=_limit_file_size(50_000),
+        preexec_fn=limit_file_size(50_000),
         check=False,
     )
     assert result.returncode == 1
