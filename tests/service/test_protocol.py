@@ -389,3 +389,59 @@ def test_protocol_class_carries_its_limits() -> None:
     assert issubclass(cls, ReadLimitedProtocol)
     assert cls.limits == FAST
     assert ReadLimitedProtocol.limits == ReadLimits()
+
+
+async def slow_get_then_echo(scope: Any, receive: Any, send: Any) -> None:
+    """A GET answered after a moment (a request pipelined behind it arrives meanwhile), then
+    as ``echo_length``."""
+    if scope["method"] == "GET":
+        await asyncio.sleep(0.05)
+    await echo_length(scope, receive, send)
+
+
+def test_protocol_pipelined_request_behind_an_answer_is_answered_too() -> None:
+    # A PUT pipelined behind a GET, its body split across reads: the GET's answer ended while
+    # the newest cycle (the PUT's) still had its body coming, and that was taken for an answer
+    # given before its body: the connection closed and the PUT was never answered.
+    slow = ReadLimits(header_timeout=5, body_timeout=5, body_total_timeout=5)
+
+    async def scenario(protocol: ReadLimitedProtocol, transport: FakeTransport) -> None:
+        protocol.data_received(
+            head(b"Host: x") + b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n12"
+        )
+        await asyncio.sleep(0.2)
+        protocol.data_received(b"345")
+        await asyncio.sleep(0.2)
+        assert not transport.closed and not transport.eof_written
+
+    written = bytes(run(scenario, slow, app=slow_get_then_echo).written)
+    assert statuses(written) == [200, 200]
+    assert written.endswith(b"5")
+
+
+async def answer_in_two_parts_unread(scope: Any, receive: Any, send: Any) -> None:
+    """An answer begun before the body is read, finished after the body has arrived."""
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]}
+    )
+    await asyncio.sleep(0.05)
+    await send({"type": "http.response.body", "body": b"a", "more_body": True})
+    await asyncio.sleep(0.1)
+    await send({"type": "http.response.body", "body": b"b"})
+
+
+def test_protocol_answer_that_said_close_closes_even_if_the_body_came_meanwhile() -> None:
+    # The answer said "connection: close" while the body was still coming; the body finished
+    # before the answer did, and the connection was kept open against what the answer said.
+    slow = ReadLimits(header_timeout=5, body_timeout=5, body_total_timeout=5)
+
+    async def scenario(protocol: ReadLimitedProtocol, transport: FakeTransport) -> None:
+        protocol.data_received(b"PUT /k HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n12")
+        await asyncio.sleep(0.02)
+        protocol.data_received(b"345")
+        await asyncio.sleep(0.3)
+        assert transport.eof_written or transport.closed
+
+    written = bytes(run(scenario, slow, app=answer_in_two_parts_unread).written)
+    assert statuses(written) == [200]
+    assert b"connection: close" in written.lower()

@@ -131,8 +131,9 @@ class _CloseIfAnsweredBeforeBody:
     small body comes in the read that brings the head) costs one check.
     """
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, protocol: ReadLimitedProtocol) -> None:
         self.app = app
+        self.protocol = protocol
 
     async def __call__(
         self, scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
@@ -151,8 +152,10 @@ class _CloseIfAnsweredBeforeBody:
             await send(closing)
             # uvicorn took the header to mean an abrupt close after the answer: with the body
             # still arriving, the kernel then resets the connection, and the client may lose
-            # the answer. The protocol closes it instead (on_response_complete).
+            # the answer. The protocol closes it instead, once this very answer is complete
+            # (on_response_complete: a pipelined request's cycle may be the newest by then).
             cycle.keep_alive = True
+            self.protocol.closing_cycle = cycle
 
         await self.app(scope, receive, send_closing)
 
@@ -168,7 +171,10 @@ class ReadLimitedProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.app = _CloseIfAnsweredBeforeBody(self.app)
+        self.app = _CloseIfAnsweredBeforeBody(self.app, self)
+        # The request whose answer said "connection: close" while its body was still arriving
+        # (set by _CloseIfAnsweredBeforeBody): the connection ends with that answer.
+        self.closing_cycle: Any = None
         self.url = b""
         self._timer: asyncio.TimerHandle | None = None
         self._head_begun = False  # from on_message_begin to on_headers_complete
@@ -376,12 +382,13 @@ class ReadLimitedProtocol(HttpToolsProtocol):
         answer said "connection: close": ``_CloseIfAnsweredBeforeBody``). uvicorn would go on
         parsing it to keep the connection, for as long and as much as the client sends: a
         Content-Length of 100 GB, trickled, held a connection for body_total_timeout."""
-        cycle = self.cycle
-        # The cycle whose answer just ended, if its body is still arriving (a pipelined request
-        # after it would have a cycle of its own, and its body would have ended).
-        if cycle is None or not cycle.more_body or self.transport.is_closing():
+        closing = self.closing_cycle
+        # Answers end in order, so the one that said "close" has just ended if it is complete
+        # (the newest cycle, ``self.cycle``, may be a pipelined request's, whose body is whole).
+        if closing is None or not closing.response_complete or self.transport.is_closing():
             super().on_response_complete()
             return
+        self.closing_cycle = None
         self.server_state.total_requests += 1
         self._in_body = False
         self._disarm()
