@@ -18,7 +18,11 @@ from filekv.service.errors import (
     TransactionEnded,
     TransactionExpired,
 )
-from filekv.service.transactions import NO_TRANSACTION, TransactionManager
+from filekv.service.transactions import (
+    LOGIN_CHECK_INTERVAL,
+    NO_TRANSACTION,
+    TransactionManager,
+)
 
 
 class Clock:
@@ -588,7 +592,7 @@ class Login:
 
 
 def test_manager_holder_whose_login_died_is_rolled_back_when_anyone_asks(
-    bounded: TransactionManager, store: Store, caplog: pytest.LogCaptureFixture
+    bounded: TransactionManager, store: Store, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     login = Login()
     bounded.begin("alice", username="alice", alive=login)
@@ -596,6 +600,7 @@ def test_manager_holder_whose_login_died_is_rolled_back_when_anyone_asks(
     with pytest.raises(Locked):
         bounded.writer("bob")
     login.valid = False  # revoked, its password changed, its user removed, or its token expired
+    clock.now += LOGIN_CHECK_INTERVAL  # asked at most that often
     with caplog.at_level(logging.WARNING, logger="filekv.service.transactions"):
         assert bounded.write_target("bob", bounded.writer("bob")) is None  # the lock is free
     assert store.get("k") is None  # nothing of it applied
@@ -603,6 +608,24 @@ def test_manager_holder_whose_login_died_is_rolled_back_when_anyone_asks(
     (line,) = [r.getMessage() for r in caplog.records]
     assert "'alice'" in line and "login of" in line and "rolled back" in line
     assert bounded.begin("alice2", username="alice") == 1  # no cooldown: it hogged nothing
+
+
+def test_manager_asks_whether_the_holders_login_lives_at_most_every_interval(
+    bounded: TransactionManager, clock: Clock
+) -> None:
+    # It asked on every request that passed while a transaction was open (the auth lock, and a
+    # poll of users.json, on the event loop), two or three times a request.
+    login = Login()
+    bounded.begin("alice", username="alice", alive=login)
+    for _ in range(100):
+        assert bounded.is_open
+        with pytest.raises(Locked):
+            bounded.writer("bob")
+    assert login.checks == 0  # it had just logged in
+    clock.now += LOGIN_CHECK_INTERVAL
+    for _ in range(100):
+        assert bounded.is_open
+    assert login.checks == 1
 
 
 def test_manager_holder_whose_login_died_is_rolled_back_by_the_reaper(store: Store) -> None:

@@ -20,9 +20,9 @@ the deadline to find it taken again, so the store stayed read-only for ever.
 The holder's login must stay alive: ``begin`` takes a check of it (``alive``: the token is not
 logged out, expired or revoked, and its user still exists). A holder whose token died (``filekv
 user revoke|passwd|remove``, also from another process, or its ``token_ttl`` passing) can never
-commit, so its transaction is rolled back as soon as anyone asks for the lock, and by the reaper
-within ``_LOGIN_CHECK_INTERVAL`` otherwise; like a logout, it is not remembered (its next call is
-401).
+commit, so its transaction is rolled back within ``LOGIN_CHECK_INTERVAL`` (the check is made
+at most that often: by the first request after it, or by the reaper); like a logout, it is not
+remembered (its next call is 401).
 
 An admin may end the transaction at any time (``break_lock``, ``DELETE /transactions``): it is
 aborted the same way, whoever holds it, and the admin's and the holder's user names are logged.
@@ -76,7 +76,7 @@ logger = logging.getLogger(__name__)
 _REAPER_MIN_SLEEP = 0.005
 # How often the reaper asks whether the holder's login is still alive: a revoke from another
 # process reaches the token table no faster than users.json is polled, so more often buys nothing.
-_LOGIN_CHECK_INTERVAL: Final = RELOAD_INTERVAL
+LOGIN_CHECK_INTERVAL: Final = RELOAD_INTERVAL
 # The shortest cooldown, whatever ``max_seconds``: a writer refused with 423 waits a Retry-After in
 # whole seconds rounded up, so it wakes up to 1 s after the deadline, plus its round trip and a
 # busy machine's scheduling; the cooldown must still be running when it asks.
@@ -161,6 +161,7 @@ class TransactionManager:
         self._holder: str | None = None
         self._holder_name: str | None = None  # the holder's user name, for the log and cooldown
         self._holder_alive: Callable[[], bool] | None = None  # whether its login still is
+        self._login_checked_at = -math.inf  # when ``_holder_alive`` was last asked
         self._opened_at = 0.0
         self._lease_expires_at = 0.0
         self._committing = False
@@ -282,7 +283,7 @@ class TransactionManager:
             self._holder = session_id
             self._holder_name = username
             self._holder_alive = alive
-            self._opened_at = self._clock()
+            self._opened_at = self._login_checked_at = self._clock()  # it just logged in
             self._renew()
             self._generation += 1
             self._opened_generation = self._generation
@@ -391,7 +392,7 @@ class TransactionManager:
             if self._tx is not None:
                 delay = max(_REAPER_MIN_SLEEP, self._remaining())
                 if self._holder_alive is not None:
-                    delay = min(delay, _LOGIN_CHECK_INTERVAL)
+                    delay = min(delay, LOGIN_CHECK_INTERVAL)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), delay)
             wakeup.clear()
@@ -462,6 +463,12 @@ class TransactionManager:
             return f"session {session}"
         return f"{self._holder_name!r} (session {session})"
 
+    def _check_login(self, now: float) -> bool:
+        """Whether the holder's login is still alive (asked now, and remembered when)."""
+        self._login_checked_at = now
+        alive = self._holder_alive
+        return alive is None or alive()
+
     def _expire_if_due(self) -> None:
         now = self._clock()
         if self._expired:
@@ -474,7 +481,14 @@ class TransactionManager:
         # under for a dead login (that could split its record): it releases the lock itself.
         if self._tx is None or self._committing:
             return
-        if self._holder_alive is not None and not self._holder_alive():
+        # At most every LOGIN_CHECK_INTERVAL, not on each of the requests that pass here (the
+        # check takes the auth lock and may poll users.json): a revoke from another process is
+        # seen no sooner anyway, and a logout ends the session at once (end_session).
+        if (
+            self._holder_alive is not None
+            and now - self._login_checked_at >= LOGIN_CHECK_INTERVAL
+            and not self._check_login(now)
+        ):
             logger.warning(
                 "the login of %s ended (token expired or revoked, or user removed) while it held "
                 "the transaction; rolled back",
