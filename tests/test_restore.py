@@ -463,6 +463,24 @@ def test_restore_counts_keys_expired_since_the_backup_as_the_manifest_does(
         _restore(_format_1(data, keys=19), tmp_path / "fewer")
 
 
+def test_restore_counts_keys_by_the_backup_servers_clock_not_this_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys expired at the backup (held, not swept yet) looked alive on a machine whose clock
+    is behind, the count passed the manifest's, and a good archive was refused as damaged."""
+    then = time.time() - 3600
+    with Store.open(tmp_path / "source", clock=lambda: then, **FAST) as db:
+        for i in range(20):
+            db.put(f"forever{i}", b"x")
+        for i in range(5):
+            db.put(f"gone{i}", b"x", ttl=10)
+    data = _archive(tmp_path / "source")  # by the real clock: the gone keys expired
+    behind = then - 7 * 86_400  # a week behind: every TTL above is still running there
+    monkeypatch.setattr(time, "time", lambda: behind)
+    result = _restore(data, tmp_path / "restored")
+    assert result.keys == 20  # type: ignore[attr-defined]
+
+
 def test_restore_of_a_malformed_users_json_is_one_refusal_and_no_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -21,6 +21,7 @@ Steps, nothing in the data directory touched until the backup is known to be who
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import errno
 import fcntl
@@ -182,7 +183,7 @@ def _verify(staging: Path, extracted: Extracted, source_name: str) -> int:
             staging, auto_compact=False, expiry_sweep_seconds=0, clock=lambda: now
         ) as store:
             revision, held = store.revision, len(store)
-            now = time.time()
+            now = _backup_time(manifest.created) + 1  # created is in whole seconds
             keys = len(store)
     except StoreError as error:
         raise ArchiveError(f"{source_name}: the restored store does not open: {error}") from None
@@ -192,7 +193,9 @@ def _verify(staging: Path, extracted: Extracted, source_name: str) -> int:
             f"the manifest says {manifest.revision}"
         )
     # The manifest counts the keys alive when the backup was taken: all those held, less the
-    # ones expired by then; more may have expired since (``keys``, alive now).
+    # ones expired by then; at least those still alive when its manifest was made (``keys``).
+    # Both by the backup server's clock: this machine's may be behind, and then keys expired at
+    # the backup looked alive here, and a good archive was refused.
     if not keys <= manifest.keys <= held:
         expired = f", {held - keys:,} of them expired" if held != keys else ""
         raise ArchiveError(
@@ -200,6 +203,15 @@ def _verify(staging: Path, extracted: Extracted, source_name: str) -> int:
             f"the manifest says {manifest.keys:,}"
         )
     return keys
+
+
+def _backup_time(created: str) -> float:
+    """The manifest's ``created`` (UTC, to the second) as a Unix time; -inf if it is not one
+    (then only the keys held bound the manifest's count)."""
+    try:
+        return float(calendar.timegm(time.strptime(created, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return -math.inf
 
 
 class _ThisThread(logging.Filter):
