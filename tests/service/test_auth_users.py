@@ -160,3 +160,16 @@ def test_users_file_survives_sigkill_mid_write(tmp_path: Path) -> None:
     auth = service(tmp_path)
     last = acknowledged[-1]
     assert auth.login(f"user{last}", f"password{last}").access_token
+
+
+def test_users_file_known_answers_from_what_was_read_without_io(tmp_path: Path) -> None:
+    # The login throttle's log lines ask it under the throttle's lock: users.find polled the
+    # file there, and a damaged file raised out of the throttle's bookkeeping (a 503 login).
+    service(tmp_path).add_user("alice", PASSWORD)
+    users = UserFile(tmp_path)
+    assert users.find("alice") is not None  # read once
+    (tmp_path / "users.json").write_bytes(b"{")  # damaged since
+    os.utime(tmp_path / "users.json", (0, 0))
+    assert users.known("ALICE") and not users.known("bob") and not users.known("\u212alice")
+    with pytest.raises(UsersFileCorrupt):
+        users.usernames()  # what reads the file sees the damage

@@ -176,7 +176,7 @@ class AuthService:
         self._clock = clock
         self._throttle = throttle or LoginThrottle()
         # The throttle's log lines name a user, never what else was typed as a name.
-        self._throttle.known_name = lambda name: self.users.find(name) is not None
+        self._throttle.known_name = self.users.known  # read under the throttle's lock: no I/O
         self._hasher = hasher
         # Verified against for unknown users, so they cost the same time as wrong passwords.
         self._dummy_hash = hasher.hash(secrets.token_urlsafe(16))

@@ -220,6 +220,11 @@ class UserFile:
         """The user of exactly that name as last read, without any I/O (for token checks)."""
         return self._table.users.get(name)
 
+    def known(self, username: str) -> bool:
+        """Whether a user has that name (its ASCII fold) as last read: no I/O, no lock, never
+        raises (for log lines written under another lock)."""
+        return self._table.find(username) is not None
+
     def poll(self) -> None:
         """Reload the file if it changed, at most every ``RELOAD_INTERVAL`` s; never blocks.
 
