@@ -15,10 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from support.server import FILEKV, Server, free_port, http_client, serve_command
 
-from filekv.client import Client
+import filekv.client._watch
+from filekv import client_cli
+from filekv.client import Client, ServerError, Unavailable
 
 PASSWORD = "alice-secret-1"
 
@@ -210,7 +213,6 @@ def test_exit_5_batch_with_a_failing_expect_applies_nothing(server: Server, alic
         (["batch", "/nonexistent/ops.jsonl"], ""),
         (["get"], ""),  # a missing argument: click's usage error
         (["put", "k", "v", "--expect", "-1"], ""),
-        (["put", "k" * 2000, "v"], ""),  # a key over max_key_bytes: the server's 422
     ],
 )
 def test_exit_2_usage_and_invalid_input(
@@ -219,6 +221,41 @@ def test_exit_2_usage_and_invalid_input(
     done = run(server, alice, *args, stdin=stdin)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip()
+
+
+@pytest.mark.parametrize(
+    "args, stdin, detail",
+    [
+        (  # a key over max_key_bytes
+            ["put", "k" * 2000, "v"],
+            "",
+            "path.key: the key is 2000 bytes in UTF-8; the limit is 1024 (422)",
+        ),
+        (  # a value over max_value_bytes
+            ["put", "big", "-"],
+            "x" * (2 << 20),
+            "the value is 2097152 bytes; the limit is 1048576 (413)",
+        ),
+        (  # a batch op the server refuses: a ttl over ten years
+            ["batch", "-"],
+            json.dumps({"op": "put", "key": "k", "value": "v", "ttl": 1e12}) + "\n",
+            "body.ops.0.put.ttl: Input should be less than or equal to 315360000 (422)",
+        ),
+        (  # ... and an empty key
+            ["batch", "-"],
+            json.dumps({"op": "put", "key": "", "value": "v"}) + "\n",
+            "body.ops.0.put.key: String should have at least 1 character (422)",
+        ),
+    ],
+)
+def test_exit_2_invalid_input_says_the_servers_detail(
+    server: Server, alice: Path, args: list[str], stdin: str, detail: str
+) -> None:
+    """A 413 or 422 of a real filekv server is the input's fault, said in the server's words:
+    not "is not a filekv server? ... check --url" (exit 2 too, but another cause)."""
+    done = run(server, alice, *args, stdin=stdin)
+    assert done.returncode == 2, done.stderr
+    assert _no_traceback(done) == f"filekv: {detail}"
 
 
 def test_exit_3_locked_by_another_token(server: Server, alice: Path) -> None:
@@ -414,6 +451,9 @@ def test_readme_cli_examples_print_what_the_readme_says(
 # -- the audit: no traceback, exit codes of the table, messages that say what to do --------------
 
 
+URL_EXPECTED = "http://HOST[:PORT] or https://HOST[:PORT] expected; check --url (or FILEKV_URL)"
+
+
 def _no_traceback(result: subprocess.CompletedProcess[Any]) -> str:
     """The one error line of a run that printed no Python traceback."""
     stderr = result.stderr if isinstance(result.stderr, str) else result.stderr.decode()
@@ -437,10 +477,15 @@ def _no_traceback(result: subprocess.CompletedProcess[Any]) -> str:
         ),
         (["ls", "bad-\udcff"], "the prefix is not valid UTF-8: filekv keys and values are text"),
         (["get", "k" * 70_000], "the key (or prefix) is too long"),
-        (["get", "x", "--url", "http://[::1"], "invalid --url 'http://[::1'"),
-        (["get", "x", "--url", "127.0.0.1:8000"], "it must start with http:// or https://"),
-        (["get", "x", "--url", "ftp://127.0.0.1:8000"], "it must start with http:// or https://"),
-        (["get", "x", "--url", " http://127.0.0.1:8000"], "it must start with http:// or https://"),
+        (["get", "x", "--url", "http://[::1"], "invalid server URL 'http://[::1': "),
+        (["get", "x", "--url", "127.0.0.1:8000"], URL_EXPECTED),
+        (["get", "x", "--url", "ftp://127.0.0.1:8000"], URL_EXPECTED),
+        (["get", "x", "--url", " http://127.0.0.1:8000"], URL_EXPECTED),
+        (["get", "x", "--url", "http://127.0.0.1:8000 "], URL_EXPECTED),
+        # the client's own check, said as it says it (this was a traceback: the CLI's check let
+        # a query through, then the client refused it)
+        (["get", "x", "--url", "http://127.0.0.1:8000/?a=1"], "a query or fragment has no place"),
+        (["login", "--url", "http://127.0.0.1:8000/#x"], "a query or fragment has no place"),
     ],
 )
 def test_exit_2_without_a_traceback(
@@ -617,3 +662,56 @@ def test_watch_says_it_reconnects_and_resumes(tmp_path: Path) -> None:
         watcher.kill()
         watcher.wait()
         srv.stop()
+
+
+def test_delete_learns_staged_from_its_own_answer(
+    server: Server, alice: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`delete` makes one request: the 204 says whether it was staged. A second one (GET
+    /transactions) that failed would exit 7 after the key was deleted."""
+    with Client(server.url) as kv:
+        kv.put("one/a", "1")
+        kv.put("one/b", "2")
+    for name in [name for name in os.environ if name.startswith("FILEKV_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(alice))
+
+    def second_request(self: Client) -> dict[str, Any]:
+        raise Unavailable("cannot reach the server: the second request")
+
+    monkeypatch.setattr(Client, "transaction_status", second_request)
+    client_cli.delete("one/a", url=server.url, as_json=True)
+    assert json.loads(capsys.readouterr().out) == {"key": "one/a", "deleted": True, "staged": False}
+    with Client(server.url, token=_token(alice, server)) as holder:
+        holder.begin()
+        try:
+            client_cli.delete("one/b", url=server.url)
+            assert capsys.readouterr().out == "staged\n"
+        finally:
+            holder.rollback()
+
+
+def test_watch_gives_up_when_the_server_answers_but_watch_keeps_failing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server is up (/healthz answers) but every /watch is a 503 (too many watchers): the
+    watch gives up after RECONNECT_SECONDS as it does without a server, instead of forever."""
+    watches = [0]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/healthz":
+            return httpx.Response(200, json={"status": "ok"})
+        watches[0] += 1
+        if watches[0] > 1000:
+            raise RuntimeError("still retrying after 1000 watches")
+        return httpx.Response(503, json={"detail": "too many watchers"})
+
+    monkeypatch.setattr(client_cli, "RECONNECT_SECONDS", 0.5)
+    monkeypatch.setattr(client_cli, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(filekv.client._watch, "RETRY_SECONDS", 0.01)
+    with Client("http://filekv.test", transport=httpx.MockTransport(answer)) as kv:
+        verb = client_cli.Session("http://filekv.test", kv, None)
+        with pytest.raises(ServerError) as error:
+            client_cli._watch(verb, "", None, as_json=False)
+    assert client_cli._message(error.value, verb.server, None) == ("too many watchers (503)", 7)
+    assert watches[0] >= 2

@@ -25,6 +25,8 @@ import pytest
 from support.limits import limit_file_size
 from support.server import FILEKV, Server, read_all
 
+from filekv import transfer_cli
+
 SOAK = os.environ.get("FILEKV_SOAK") == "1"
 ROUND_TRIP_KEYS = 1_000_000 if SOAK else 20_000
 
@@ -495,3 +497,22 @@ def test_cli_import_ctrl_c_offline_counts_the_batch_it_was_writing(tmp_path: Pat
     assert stderr.splitlines()[0].startswith(
         f"filekv: interrupted (Ctrl-C): the keys of lines 1-{stored:,} are written, none after"
     )
+
+
+class _EmptiedOnceTested(list[transfer_cli.Batch]):
+    """The sender thread's list of the batch on its way, which that thread empties (the batch
+    answered) right after the main thread tested it, before it indexed it."""
+
+    def __bool__(self) -> bool:
+        held = len(self) > 0
+        self.clear()
+        return held
+
+
+def test_import_second_ctrl_c_takes_one_look_at_the_batch_on_its_way() -> None:
+    """A second Ctrl-C names the batch being sent from one snapshot of the list the sender
+    thread empties at any moment: a test, then an index, was an IndexError traceback when the
+    batch was answered in between."""
+    batch = transfer_cli.Batch(first_line=1, last_line=2)
+    assert transfer_cli._on_its_way(_EmptiedOnceTested([batch])) is batch
+    assert transfer_cli._on_its_way([]) is None

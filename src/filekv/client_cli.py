@@ -43,6 +43,7 @@ from filekv.client import (
     Unauthorized,
     Unavailable,
 )
+from filekv.client._protocol import base_url
 
 #: The one table from client exception to exit status (the first matching class wins).
 EXIT_CODES: Final[tuple[tuple[type[FilekvError], int], ...]] = (
@@ -128,18 +129,12 @@ def warn(message: str) -> None:
 
 
 def _url(url: str | None) -> str:
-    """The server's URL, normalized; exit 2 unless it is an http:// or https:// URL."""
-    server = credentials.normalize_url(url or DEFAULT_URL)
-    scheme = server.partition("://")[0].lower() if "://" in server else ""
-    if scheme not in ("http", "https") or server != server.strip():
-        fail(f"invalid --url {server!r}: it must start with http:// or https://", 2)
+    """The server's URL as the client takes it (without a trailing ``/``); exit 2 with the
+    client's own reason if it refuses it (not http:// or https://, no host, a query...)."""
     try:
-        host = httpx.URL(server).host
-    except httpx.InvalidURL as exc:
-        fail(f"invalid --url {server!r}: {exc}", 2)
-    if not host:
-        fail(f"invalid --url {server!r}: it names no host", 2)
-    return server
+        return base_url(url or DEFAULT_URL)
+    except InvalidRequest as exc:
+        fail(f"{exc.detail}; check --url (or FILEKV_URL)", 2)
 
 
 def _text(value: str, what: str) -> str:
@@ -180,17 +175,23 @@ def _dead_token(error: FilekvError) -> bool:
     return isinstance(error, Unauthorized) and "invalid or expired token" in error.detail
 
 
-def _unreachable(server: str, error: FilekvError) -> str:
-    """``cannot reach the server at URL: connection refused`` from the transport error."""
+def no_answer_reason(error: FilekvError) -> str:
+    """Why no answer came (an ``Unavailable``), in a few words: ``connection refused``,
+    ``timed out``; from the transport error that caused it, cleaned of its ``[Errno N]``."""
     cause = error.__cause__
     if isinstance(cause, httpx.TimeoutException):
-        reason = "timed out"
-    elif cause is not None and str(cause):
+        return "timed out"
+    if cause is not None and str(cause):
         reason = str(cause)
     else:
         reason = error.detail.removeprefix("cannot reach the server").lstrip(": ") or "no answer"
     reason = re.sub(r"^\[Errno -?\d+\] ", "", reason).rstrip(".")
-    return f"cannot reach the server at {server}: {reason[:1].lower()}{reason[1:]}"
+    return reason[:1].lower() + reason[1:]
+
+
+def _unreachable(server: str, error: FilekvError) -> str:
+    """``cannot reach the server at URL: connection refused`` from the transport error."""
+    return f"cannot reach the server at {server}: {no_answer_reason(error)}"
 
 
 def _not_filekv(server: str, what: str) -> str:
@@ -215,11 +216,10 @@ def _message(error: FilekvError, server: str, token_source: str | None) -> tuple
         return NOT_LOGGED_IN, 4
     if isinstance(error, InvalidRequest) and error.status is None and "too long" in error.detail:
         return "the key (or prefix) is too long: the server's max_key_bytes is far less", 2
-    if (isinstance(error, NotFound) and error.detail != NO_SUCH_KEY) or (
-        exit_code(error) == EXIT_OTHER and error.status is not None and error.status < 500
-    ):
-        # A 404 of no key, a 405, a page that is not JSON...: a path or method filekv does not
-        # have, or a server that is not filekv.
+    if type(error) is FilekvError or (isinstance(error, NotFound) and error.detail != NO_SUCH_KEY):
+        # An answer of no class of its own (a 405, a redirect, a page that is not JSON...) or a
+        # 404 of no key: a path or method filekv does not have, or a server that is not filekv.
+        # (Not decided by the exit code: EXIT_OTHER is also InvalidRequest's and TooLarge's.)
         if "not a filekv answer" in error.detail:  # the client's own words: they name the URL
             return _not_filekv(server, error.detail), EXIT_OTHER
         return _not_filekv(server, f"it answered {error.status} {error.detail!r}"), EXIT_OTHER
@@ -370,10 +370,7 @@ def delete(
     """Delete KEY (staged if you hold the transaction: prints 'staged'); exit 1 if absent."""
     _text(key, "key")
     with session(url) as verb:
-        verb.kv.delete(key, expect=expect)
-        # The answer (204) does not say whether the delete was staged: it was if this token
-        # holds the transaction (only a logged-in client can).
-        staged = verb.kv.token is not None and bool(verb.kv.transaction_status().get("mine"))
+        staged = verb.kv.delete(key, expect=expect)  # the answer says it (X-Filekv-Staged)
     if as_json:
         emit_json({"key": key, "deleted": True, "staged": staged})
     elif staged:
@@ -433,7 +430,9 @@ def find(
         _print_keys(verb.read(lambda kv: _started(kv.find(value, prefix))), as_json, null)
 
 
-MAX_BATCH_OPS: Final = 1000  # the server's limit on the ops of one POST /batch
+# The server's limit on the ops of one POST /batch (service/schemas.py MAX_BATCH_OPS), not
+# imported: that module loads pydantic and the engine, and a client verb loads neither.
+MAX_BATCH_OPS: Final = 1000
 BATCH_FIELDS: Final = {
     "put": frozenset({"op", "key", "value", "expect", "ttl"}),
     "delete": frozenset({"op", "key", "expect"}),
@@ -739,9 +738,13 @@ def _watch(verb: Session, prefix: str, start: int | None, as_json: bool) -> None
             if down_since is None:
                 down_since = time.monotonic()
                 warn(f"{_message(exc, verb.server, None)[0]}; reconnecting")
-            while not _reachable(verb.kv):
+            # The deadline counts whether the server is down or up with /watch failing (a 503:
+            # too many watchers): either way, no watch for RECONNECT_SECONDS ends it.
+            while True:
                 if time.monotonic() - down_since > RECONNECT_SECONDS:
                     raise
+                if _reachable(verb.kv):
+                    break
                 time.sleep(RETRY_SECONDS)
         except Unauthorized as exc:  # the server restarted: the stored token died with it
             if not verb.drop_dead_token(exc):
@@ -781,9 +784,9 @@ def watch(
 
     A line per change: revision, op (put, delete, expire), the key and a put's value (both as
     JSON strings). Exit 7 at once if the server cannot be reached; a connection lost later is
-    made again (said on stderr; exit 7 after 60 s without the server) and the watch resumes
-    after the last change printed; exit 9 if --from is older than the history the server keeps
-    (watch_history).
+    made again (said on stderr; exit 7 after 60 s without a watch: the server down, or
+    answering 5xx, such as 503 too many watchers) and the watch resumes after the last change
+    printed; exit 9 if --from is older than the history the server keeps (watch_history).
     """
     _text(prefix, "prefix")
     try:

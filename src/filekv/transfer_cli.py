@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import queue
-import re
 import shlex
 import signal
 import stat
@@ -54,22 +53,25 @@ from rich.text import Text
 from filekv.client import Client, FilekvError, Unavailable
 from filekv.client_cli import (
     EXIT_CODES_HELP,
+    MAX_BATCH_OPS,
     JsonOption,
     UrlOption,
     connect,
     emit_json,
     exit_code,
     fail,
+    no_answer_reason,
 )
 
-BATCH_KEYS: Final = 1000  # POST /batch takes at most 1000 operations ...
+BATCH_KEYS: Final = MAX_BATCH_OPS  # POST /batch takes at most 1000 operations ...
 BATCH_BYTES: Final = 12 << 20  # ... in a body of at most 16 MiB: keep a margin for the framing
 LINE_FIELDS: Final = frozenset({"key", "value", "revision", "expires_at"})
 # A longer line could not go in one POST /batch anyway (16 MiB bodies); it is refused unread.
 MAX_LINE_BYTES: Final = BATCH_BYTES
 EXIT_BAD_INPUT: Final = 2
 PIPELINE_DEPTH: Final = 2  # batches read ahead of the one being sent
-# The server's longest ttl (engine/expiry.py MAX_TTL), not imported: this module loads no engine.
+# The server's longest ttl (engine/expiry.py MAX_TTL), not imported: this module loads no engine
+# (importing engine.expiry loads the filekv.engine package, which no client verb may).
 MAX_TTL: Final = 10 * 365 * 24 * 3600.0
 # The client's Unavailable caused by one of these: the request never left, nothing was written.
 NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -453,7 +455,7 @@ def _import_pipelined(
             break
         except KeyboardInterrupt:
             if stop.is_set():  # the second Ctrl-C: stop waiting for the batch on its way
-                raise Interrupted(sending[0] if sending else None) from None
+                raise Interrupted(_on_its_way(sending)) from None
             stop.set()
     if failures:  # a batch refused before the line that is bad, if any: it is what stopped
         raise failures[0]
@@ -461,6 +463,12 @@ def _import_pipelined(
         raise Interrupted
     if stopped is not None:
         raise stopped
+
+
+def _on_its_way(sending: list[Batch]) -> Batch | None:
+    """The batch the sender thread is sending, if any: one look at ``sending``, which that
+    thread may empty at any moment (testing it, then indexing it, could fail in between)."""
+    return next(iter(sending), None)
 
 
 def _write_online(kv: Client) -> Any:
@@ -581,14 +589,8 @@ def _unanswered(batch: Batch, url: str, error: Unavailable) -> str:
     """What a batch that got no answer did: never left (refused or unreachable: nothing written),
     or left and the connection was lost (written or not, nobody here knows)."""
     lines = f"lines {batch.first_line}-{batch.last_line}"
-    cause = error.__cause__
-    if isinstance(cause, httpx.TimeoutException):
-        reason = "timed out"
-    else:
-        reason = str(cause) if cause is not None and str(cause) else error.detail
-        reason = re.sub(r"^\[Errno -?\d+\] ", "", reason).rstrip(".")
-        reason = reason[:1].lower() + reason[1:]
-    if isinstance(cause, NOT_SENT):
+    reason = no_answer_reason(error)
+    if isinstance(error.__cause__, NOT_SENT):
         return (
             f"the batch of {lines} could not be sent to {url} ({reason}), none of it written; "
             "is the server running there? (--url or FILEKV_URL)"

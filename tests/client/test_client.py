@@ -80,7 +80,7 @@ def test_client_put_get_entry_delete(connect: Connect, server: Server) -> None:
     assert kv.get(key) == "hi"
     with pytest.raises(PreconditionFailed):
         kv.delete(key, expect=first)
-    assert kv.delete(key, expect=second) is None
+    assert kv.delete(key, expect=second) is False  # applied at once, not staged
     with pytest.raises(NotFound):
         kv.get(key)
     assert kv.get(key, default=None) is None

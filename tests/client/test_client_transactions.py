@@ -109,7 +109,7 @@ def test_transaction_delete_staged_and_committed(user: Any, server: Server) -> N
     a = unique("a")
     user.put(a, "old")
     with user.transaction():
-        assert user.delete(a) is None
+        assert user.delete(a) is True  # staged
         assert user.get(a, default=None) is None
         assert _committed(server, a) == {a: "old"}
     assert _committed(server, a) == {a: None}
@@ -240,3 +240,20 @@ def test_batch_rejects_malformed_ops(server: Server) -> None:
             kv.batch([("get", "a")])
         with pytest.raises(ValueError):
             kv.batch([{"op": "merge", "key": "a"}])
+
+
+def test_delete_says_whether_it_was_staged(user: Any, server: Server) -> None:
+    """``delete`` returns True when staged in the transaction, False when applied at once: from
+    the answer itself (``X-Filekv-Staged``), not from a second request."""
+    a, b = unique("a"), unique("b")
+    user.put(a, "1")
+    user.put(b, "2")
+    assert user.delete(a) is False
+    assert _committed(server, a) == {a: None}
+    with user.transaction():
+        assert user.delete(b) is True
+        assert _committed(server, b) == {b: "2"}
+    assert _committed(server, b) == {b: None}
+    with Client(server.url) as anonymous:
+        anonymous.put(a, "again")
+        assert anonymous.delete(a) is False

@@ -13,15 +13,16 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import support.server
 from clientkit import unique
 from support.server import FILEKV, Server
 
-from filekv.client import AsyncClient, Change, Client, Gone, InvalidRequest
+from filekv.client import AsyncClient, Change, Client, FilekvError, Gone, InvalidRequest
 from filekv.engine import Store
 
 
@@ -182,3 +183,63 @@ def test_cli_watch_prints_each_change(server: Server, tmp_path: Path) -> None:
             assert [{k: v for k, v in p.items() if k != "expires_in"} for p in parsed] == expected
         else:
             assert lines == expected
+
+
+PAGE_BYTES = 16 << 20  # what the wrong URL would send, 16 MiB
+CHUNK = b"<p>not an event stream</p>".ljust(64 << 10, b" ")
+
+
+def _html(status: int, pulled: list[int]) -> tuple[dict[str, str], Iterator[bytes]]:
+    def body() -> Iterator[bytes]:
+        for _ in range(PAGE_BYTES // len(CHUNK)):
+            pulled[0] += len(CHUNK)
+            yield CHUNK
+
+    return {"content-type": "text/html"}, body()
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_client_watch_reads_little_of_an_answer_that_is_not_a_stream(status: int) -> None:
+    """A --url naming a large page (or an endless stream of something else): the error is
+    raised after at most 64 KiB of it is read, not once the whole is in memory."""
+    pulled = [0]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        headers, body = _html(status, pulled)
+        return httpx.Response(status, headers=headers, content=body)
+
+    transport = httpx.MockTransport(answer)
+    with (
+        Client("http://filekv.test", transport=transport) as kv,
+        pytest.raises(FilekvError) as error,
+    ):
+        next(iter(kv.watch(reconnect_timeout=0)))
+    assert error.value.status == status
+    assert pulled[0] <= 1 << 20
+    assert len(error.value.detail) <= 64 << 10
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_async_client_watch_reads_little_of_an_answer_that_is_not_a_stream(status: int) -> None:
+    pulled = [0]
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        headers, body = _html(status, pulled)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for chunk in body:
+                yield chunk
+
+        return httpx.Response(status, headers=headers, content=chunks())
+
+    async def main() -> FilekvError:
+        transport = httpx.MockTransport(answer)
+        async with AsyncClient("http://filekv.test", transport=transport) as kv:
+            with pytest.raises(FilekvError) as error:
+                await anext(aiter(kv.watch(reconnect_timeout=0)))
+        return error.value
+
+    error = asyncio.run(main())
+    assert error.status == status
+    assert pulled[0] <= 1 << 20
+    assert len(error.detail) <= 64 << 10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -432,3 +433,28 @@ def test_keys_wrong_method_is_405_with_every_allowed_method(
     assert answer.status_code == 405
     assert set(answer.headers["allow"].split(", ")) == allowed
     assert method in answer.json()["detail"]
+
+
+def test_keys_delete_says_in_a_header_when_it_was_staged(client: TestClient, login: Any) -> None:
+    alice = login(client, "alice")
+    client.put("/keys/a", json={"value": "1"})
+    client.put("/keys/b", json={"value": "2"})
+    for headers in (None, alice):  # applied at once: no header, anonymous or logged in
+        client.put("/keys/gone", json={"value": "x"})
+        applied = client.delete("/keys/gone", headers=headers)
+        assert applied.status_code == 204
+        assert "x-filekv-staged" not in applied.headers
+    assert client.post("/transactions", headers=alice).status_code == 201
+    try:
+        staged = client.delete("/keys/a", headers=alice)
+        assert (staged.status_code, staged.content) == (204, b"")
+        assert staged.headers["x-filekv-staged"] == "true"
+        assert client.get("/keys/a").status_code == 200  # committed data: still there
+    finally:
+        client.post("/transactions/rollback", headers=alice)
+
+
+def test_keys_delete_declares_its_staged_header(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    answer = spec["paths"]["/keys/{key}"]["delete"]["responses"]["204"]
+    assert set(answer["headers"]) == {"X-Filekv-Staged"}

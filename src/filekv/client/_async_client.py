@@ -147,9 +147,10 @@ class AsyncClient:
                 raise
             return default
 
-    async def delete(self, key: str, *, expect: int | None = None) -> None:
-        """Delete ``key``; ``NotFound`` if absent; ``expect=`` as for ``put``."""
-        p.decode_no_content(await self._send(p.delete_call(key, expect)))
+    async def delete(self, key: str, *, expect: int | None = None) -> bool:
+        """Delete ``key``; ``NotFound`` if absent; ``expect=`` as for ``put``. True if the
+        delete was staged in your transaction (applied at commit), False if applied at once."""
+        return p.decode_deleted(await self._send(p.delete_call(key, expect)))
 
     def keys(self, prefix: str = "", *, limit: int | None = None) -> AsyncIterator[str]:
         """Every key starting with ``prefix``, sorted, fetched a page (``limit``) at a time."""

@@ -56,7 +56,8 @@ def base_url(url: str | None) -> str:
     """``url``, else ``$FILEKV_URL``, else the default; without a trailing ``/``.
 
     ``InvalidRequest`` unless it is an ``http://`` or ``https://`` URL with a host that httpx
-    can parse (``http://[::1`` is not), and without a query or fragment."""
+    can parse (``http://[::1`` is not), without a query or fragment, and without spaces around
+    it (httpx would keep a trailing one in every request's URL)."""
     chosen = url or os.environ.get(URL_ENV) or DEFAULT_URL
     if not isinstance(chosen, str):
         raise wrong_type("the server URL", "str", chosen)
@@ -64,7 +65,7 @@ def base_url(url: str | None) -> str:
         parsed = httpx.URL(chosen)
     except (httpx.InvalidURL, UnicodeError, ValueError) as exc:
         raise invalid_argument(f"invalid server URL {chosen!r}: {exc}") from exc
-    if parsed.scheme not in ("http", "https") or not parsed.host:
+    if parsed.scheme not in ("http", "https") or not parsed.host or chosen != chosen.strip():
         raise invalid_argument(
             f"invalid server URL {chosen!r}: http://HOST[:PORT] or https://HOST[:PORT] expected"
         )
@@ -278,6 +279,17 @@ def decode_entry(response: httpx.Response) -> Entry:
 
 def delete_call(key: str, expect: int | None) -> Call:
     return Call("DELETE", key_path(key), headers=expect_headers(expect))
+
+
+STAGED_HEADER: Final = "x-filekv-staged"
+
+
+def decode_deleted(response: httpx.Response) -> bool:
+    """A delete's answer: 204; whether it was staged in the caller's transaction (the server
+    says so with ``X-Filekv-Staged: true``) rather than applied at once."""
+    decode_no_content(response)
+    staged: bool = response.headers.get(STAGED_HEADER) == "true"
+    return staged
 
 
 def page_call(*, prefix: str, value: str | None, after: str | None, limit: int | None) -> Call:

@@ -153,6 +153,49 @@ def is_stream(response: httpx.Response) -> bool:
     return response.status_code == 200 and kind == "text/event-stream"
 
 
+# Of an answer that is not an event stream, only this much is read, for the error's detail: a
+# wrong URL may name a large file or an endless stream of something else.
+MAX_ERROR_BYTES: Final = 64 * 1024
+_KEPT_EXTENSIONS: Final = frozenset(("http_version", "reason_phrase"))
+
+
+def _capped(response: httpx.Response, body: bytes) -> httpx.Response:
+    """``response`` with ``body`` (its first bytes, decoded) as its whole content."""
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=response.request,
+        extensions={k: v for k, v in response.extensions.items() if k in _KEPT_EXTENSIONS},
+    )
+
+
+def read_error_sync(response: httpx.Response) -> FilekvError:
+    """``stream_error`` of an answer that is not a stream, reading at most
+    ``MAX_ERROR_BYTES`` of it."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) >= MAX_ERROR_BYTES:
+            break
+    return stream_error(_capped(response, bytes(body[:MAX_ERROR_BYTES])))
+
+
+async def read_error_async(response: httpx.Response) -> FilekvError:
+    """``read_error_sync`` for an ``httpx.AsyncClient``'s answer."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) >= MAX_ERROR_BYTES:
+            break
+    return stream_error(_capped(response, bytes(body[:MAX_ERROR_BYTES])))
+
+
 def stream_error(response: httpx.Response) -> FilekvError:
     """The error for an answer (read) that is not a stream: the status's for 400 and up,
     ``not_filekv``'s for another status or a body that is not an event stream."""
@@ -192,8 +235,7 @@ def watch_sync(
                     response = http.send(resume.request(http), stream=True)
                     try:
                         if not is_stream(response):
-                            response.read()
-                            raise stream_error(response)
+                            raise read_error_sync(response)
                         down_since = None
                         resume.new_parser()
                         for line in response.iter_lines():
@@ -229,8 +271,7 @@ async def watch_async(
                     response = await http.send(resume.request(http), stream=True)
                     try:
                         if not is_stream(response):
-                            await response.aread()
-                            raise stream_error(response)
+                            raise await read_error_async(response)
                         down_since = None
                         resume.new_parser()
                         async for line in response.aiter_lines():

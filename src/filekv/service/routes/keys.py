@@ -86,6 +86,17 @@ WRITE_CONFLICT: Final = error(
 )
 
 
+# The header of a DELETE staged in the caller's transaction (a PUT says it in its body).
+STAGED: Final[dict[str, Any]] = {
+    "X-Filekv-Staged": {
+        "description": "`true` when the delete was staged in your transaction (applied at "
+        "commit); absent when it was applied at once.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+STAGED_HEADERS: Final = {"X-Filekv-Staged": "true"}
+
+
 PRECONDITION_FAILED: Final = error(
     "If-Match did not match (`*`: the key must exist; else its revision must be one of the "
     'strong tags: `"<rev>"`), or If-None-Match did (`*`: the key exists; a tag, weak or not, '
@@ -240,6 +251,10 @@ async def put_key(key: str, request: Request) -> Response:
     status_code=204,
     response_class=Response,
     responses={
+        204: {
+            "description": "Deleted, or (with `X-Filekv-Staged: true`) staged in your transaction.",
+            "headers": STAGED,
+        },
         400: error("An If-Match / If-None-Match that is neither `*` nor a list of entity tags."),
         401: UNAUTHORIZED,
         404: error("No such key."),
@@ -267,12 +282,13 @@ async def delete_key(key: str, request: Request) -> Response:
         expect = expect.expected_revision(key, tx or state.store)
     if tx is None:
         store: Store = state.store
-        existed = await store.adelete(key, expect=expect)
-    else:
-        existed = tx.delete(key, expect=expect)
-    if not existed:
+        if not await store.adelete(key, expect=expect):
+            raise KeyNotFound("no such key")
+        return Response(status_code=204)
+    if not tx.delete(key, expect=expect):
         raise KeyNotFound("no such key")
-    return Response(status_code=204)
+    # A 204 has no body to say it in: the header tells the holder the delete was only staged.
+    return Response(status_code=204, headers=STAGED_HEADERS)
 
 
 @router.get(
