@@ -357,3 +357,20 @@ def test_ttl_snapshot_leaves_out_expired_keys(
     with db.snapshot("a/") as snap:
         assert [key for key, _, _ in snap] == ["a/2", "a/3"]
         assert (snap.expires_at("a/2"), snap.expires_at("a/3")) == (None, START + 100)
+
+
+def test_ttl_staged_delete_of_a_key_that_ran_out_is_not_counted_as_applied(
+    open_store: OpenStore, tmp_path: Path, clock: Clock
+) -> None:
+    """Its expiry is the sweeper's own operation: the commit wrote no delete for it, and said
+    it had applied one (4 against 3 operations in the feed)."""
+    db = _open(open_store, tmp_path / "db", clock)
+    db.put("short", b"x", ttl=1)
+    db.put("kept", b"x")
+    tx = db.transaction()
+    tx.delete("short")
+    tx.delete("kept")
+    tx.put("new", b"y")
+    clock.advance(1)  # "short" runs out while the transaction is open
+    assert tx.commit() == 2
+    assert db.get("short") is None and db.get("kept") is None and db.get("new") == b"y"

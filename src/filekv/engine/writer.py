@@ -327,7 +327,9 @@ class Writer:
             self._tx = None
             if operations:
                 self._after_write()
-        return seq, len(staged)
+        # The operations written: a staged delete of a key whose TTL ran out meanwhile writes
+        # nothing (its expiry is the sweeper's, an ``expire`` of its own), so is not counted.
+        return seq, len(operations)
 
     def append_batch(self, ops: Sequence[BatchOp]) -> tuple[int, int]:
         """Write batch operations as one record; return (sequence number, revision).
