@@ -391,6 +391,9 @@ def serve(
     watch_heartbeat_seconds: Annotated[
         float | None, typer.Option(help=_help("watch_heartbeat_seconds"))
     ] = None,
+    watch_stall_seconds: Annotated[
+        float | None, typer.Option(help=_help("watch_stall_seconds"))
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help=_help("log_level"))] = None,
     log_format: Annotated[str | None, typer.Option(help=_help("log_format"))] = None,
     # Values (true/false, as the environment takes them), not flags: a --no-... column beside
@@ -437,6 +440,7 @@ def serve(
         watch_max_watchers=watch_max_watchers,
         watch_queue_events=watch_queue_events,
         watch_heartbeat_seconds=watch_heartbeat_seconds,
+        watch_stall_seconds=watch_stall_seconds,
         log_level=log_level,
         log_format=log_format,
         log_keys=log_keys,

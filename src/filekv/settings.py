@@ -197,6 +197,16 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds between the comment lines that keep an idle watch stream open.",
     )
+    # A minute: far beyond what a live reader needs to take 64 KiB (a 10 kbit/s link takes
+    # 52 s), four heartbeats at the default; a reader that is cut off loses nothing anyway.
+    watch_stall_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds a watch stream may wait for its client to take the next piece "
+        "(64 KiB) of it; then the stream is closed and its slot freed (the client resumes "
+        "with Last-Event-ID).",
+    )
 
     @field_validator("forwarded_allow_ips")
     @classmethod

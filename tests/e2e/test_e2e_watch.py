@@ -8,7 +8,9 @@ Waits are bounded (a hang fails), nothing asserts on time.
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,3 +361,69 @@ def test_e2e_watch_needs_a_token_when_auth_mode_is_all(tmp_path: Path) -> None:
             assert http.get("/keys", params={"wait": 0.1}, headers=headers).status_code == 200
     finally:
         server.stop()
+
+
+def _raw_watch(server: Server, prefix: str) -> socket.socket:
+    """A client that asks for a stream and never reads it (a tiny receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(f"GET /watch?prefix={prefix} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return sock
+
+
+def _read_to_end(sock: socket.socket, limit: float = 30.0) -> bytes:
+    """Everything the server sent until it closed the connection (a timeout fails the test)."""
+    sock.settimeout(limit)
+    received = bytearray()
+    while chunk := sock.recv(1 << 20):
+        received += chunk
+    return bytes(received)
+
+
+def test_e2e_watch_a_client_that_stops_reading_is_closed_and_frees_its_slot(
+    tmp_path: Path,
+) -> None:
+    """Two streams that never read, a batch of 10 x 1 MB under their prefix: each stream is
+    closed after watch_stall_seconds (its slot free again), having handed the server a bounded
+    part of the 10 MB (not the whole batch at once), and without uvicorn's ERROR."""
+    server = Server(
+        tmp_path / "data",
+        tmp_path / "server.log",
+        fsync="never",
+        watch_max_watchers=2,
+        watch_stall_seconds=1,
+    )
+    server.start()
+    stalled = [_raw_watch(server, "burst/") for _ in range(2)]
+    try:
+        with client(server) as http:
+            for _ in range(100):  # both streams have started
+                if http.get("/watch", params={"prefix": "other/"}).status_code == 503:
+                    break
+                threading.Event().wait(0.05)
+            value = "q" * 1_000_000
+            ops = [{"op": "put", "key": f"burst/{i}", "value": value} for i in range(10)]
+            assert http.post("/batch", json={"ops": ops}).status_code == 200
+            started = time.monotonic()
+            for _ in range(400):  # bounded: the stalled streams are closed, their slots free
+                with stream(http, params={"prefix": "other/"}) as response:
+                    if response.status_code == 200:
+                        break
+                threading.Event().wait(0.05)
+            assert response.status_code == 200
+            assert time.monotonic() - started >= 0.5
+        for sock in stalled:
+            received = _read_to_end(sock)  # the server closed it: EOF, not a timeout
+            assert received.startswith(b"HTTP/1.1 200")
+            # What the kernel's buffers held (the send buffer grows up to tcp_wmem's maximum,
+            # 4 MiB by default) and a piece or two of the transport's, not the 10 MB batch.
+            assert len(received) < 6_000_000, len(received)
+            assert not received.endswith(b"0\r\n\r\n")  # cut off, not ended as if complete
+    finally:
+        for sock in stalled:
+            sock.close()
+        server.stop()
+    log = server.log()
+    assert "watch_stall_seconds" in log
+    assert "without completing response" not in log

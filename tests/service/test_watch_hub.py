@@ -4,12 +4,15 @@ and a hub that fell behind the history (every watcher told to resume)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from filekv.engine import Change, Put, Store
 from filekv.service.errors import TooManyWatchers
+from filekv.service.routes.watch import pack
 from filekv.service.watch import (
     QUEUE_BYTES,
     Position,
@@ -163,3 +166,58 @@ def test_watch_hub_idles_without_watchers_and_misses_nothing_after(tmp_path: Pat
             await hub.stop()
 
     asyncio.run(main())
+
+
+def test_watch_response_hands_over_bounded_pieces_and_ends_a_stalled_send() -> None:
+    """A stream of one 1 MB event and small ones is sent in pieces of at most SEND_BYTES; a
+    send that never completes (a client that stopped reading) ends the response after
+    stall_seconds, and the stream's generator is closed (its finally frees the watcher)."""
+    from filekv.service.routes.watch import SEND_BYTES, WatchResponse
+
+    closed: list[bool] = []
+
+    async def events() -> AsyncGenerator[bytes, None]:
+        try:
+            yield b"retry: 2000\n\n"
+            for piece in pack([b"x" * 1_000_000, *[b"small\n\n"] * 3]):
+                yield piece
+            await asyncio.Event().wait()  # never more
+        finally:
+            closed.append(True)
+
+    sizes: list[int] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body":
+            sizes.append(len(message["body"]))
+            if sum(sizes) > 3 * SEND_BYTES:  # the client's buffers are full: stuck for ever
+                await asyncio.Event().wait()
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never goes away
+        return {}
+
+    async def main() -> float:
+        response = WatchResponse(events(), stall_seconds=0.2, prefix="p/")
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(response(scope, receive, send), 10)
+        return loop.time() - started
+
+    took = asyncio.run(main())
+    assert 0.2 <= took < 5
+    assert closed == [True]
+    assert max(sizes) <= SEND_BYTES
+    assert sum(sizes) <= 4 * SEND_BYTES  # what it handed over before it was stopped
+
+
+def test_watch_pack_cuts_big_events_and_joins_small_ones() -> None:
+    from filekv.service.routes.watch import SEND_BYTES
+
+    small = [b"s" * 100] * 10
+    assert list(pack(small)) == [b"".join(small)]
+    big = b"b" * (2 * SEND_BYTES + 5)
+    pieces = list(pack([b"a", big, b"c"]))
+    assert b"".join(pieces) == b"a" + big + b"c"
+    assert all(len(piece) <= SEND_BYTES for piece in pieces)

@@ -24,6 +24,7 @@ client gone (Starlette cancels the stream on ``http.disconnect``), or the time l
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Final
@@ -41,6 +42,39 @@ MEDIA_TYPE: Final = "application/x-ndjson"
 REVISION_HEADER: Final = "X-Filekv-Revision"
 KEYS_HEADER: Final = "X-Filekv-Keys"
 RETRY_AFTER_SECONDS: Final = 5
+
+
+# What uvicorn logs, as an ERROR, when an application returns with its answer unfinished: the
+# only way ASGI has to close a connection mid-answer, hence what a cut-off streamed answer does
+# (an export or a watch stream at its limit: the answer ends without the chunked body's end, so
+# that the client knows it was cut short). Such a cut-off is logged by the route itself (a
+# WARNING saying which limit), and uvicorn's line is dropped for that request only.
+UNFINISHED_ANSWER: Final = "ASGI callable returned without completing response."
+_CUT_OFF: Final = contextvars.ContextVar("filekv_cut_off", default=False)
+
+
+class _QuietCutOff(logging.Filter):
+    """Drops uvicorn's "returned without completing response" for an answer cut off on purpose.
+
+    uvicorn logs it in the task that ran the application, after it returned: the context
+    variable ``cut_off`` set there (in the response's ``__call__``, the request's own task) is
+    still visible. Any other request's unfinished answer (a bug) is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_CUT_OFF.get() and record.msg == UNFINISHED_ANSWER)
+
+
+_QUIET_CUT_OFF: Final = _QuietCutOff()
+
+
+def cut_off() -> None:
+    """Say that the answer of the current request is being cut off on purpose (and logged):
+    uvicorn's ERROR about it is not logged. Call it in the response's ``__call__`` (the
+    request's task), before it returns."""
+    logger = logging.getLogger("uvicorn.error")
+    if _QUIET_CUT_OFF not in logger.filters:
+        logger.addFilter(_QUIET_CUT_OFF)
+    _CUT_OFF.set(True)
 
 
 class ExportSlots:

@@ -143,6 +143,13 @@ class Watcher:
             self.queued_bytes = size
         self.ready.set()
 
+    def pop(self) -> Event:
+        """The oldest event queued (the queue must not be empty). A stream takes its events one
+        at a time: those not sent yet still count against the queue's bounds."""
+        event = self.queue.popleft()
+        self.queued_bytes -= len(event[3])
+        return event
+
     def take(self) -> list[Event]:
         """Every event queued, in order; the queue is empty after."""
         events = list(self.queue)

@@ -6,7 +6,8 @@ new change as the hub (``service/watch.py``) hands it over. The watcher is regis
 hub *before* the history is read, and events the hub queued meanwhile are skipped up to the last
 revision the history delivered: no gap, no duplicate. A comment line every
 ``watch_heartbeat_seconds`` keeps proxies from closing an idle stream. When the client goes
-away, Starlette cancels the stream and the watcher is removed at once.
+away, Starlette cancels the stream and the watcher is removed at once; when it stops reading,
+``WatchResponse`` closes the stream after ``watch_stall_seconds``.
 
 Same authorization as reading keys (``auth_mode=all`` needs a token). Errors are answered before
 the stream starts: 422 for a malformed ``Last-Event-ID`` (its pattern is in the schema), 409 for a
@@ -18,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Final
 from urllib.parse import unquote_plus
 
@@ -28,10 +30,12 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from filekv.engine import Compacted
 from filekv.service.deps import request_session_id
 from filekv.service.errors import BadRequest, RevisionAhead, TooManyWatchers
+from filekv.service.export import cut_off
 from filekv.service.schemas import OPTIONAL_BEARER, UNAUTHORIZED, error, invalid
 from filekv.service.watch import (
     Position,
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
     from filekv.engine import Store
     from filekv.service.transactions import TransactionManager
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(tags=["watch"])
 
 # What the stream's ids look like: ``7``, or ``7.1`` inside a batch (never ``0.i``).
@@ -54,6 +60,9 @@ EVENT_ID_PATTERN: Final = r"^(0|[1-9][0-9]{0,18}(\.(0|[1-9][0-9]{0,8}))?)$"
 MAX_WAIT_SECONDS: Final = 60.0  # the longest long poll
 MAX_REVISION: Final = (1 << 63) - 1
 RETRY_MS: Final = 2000  # what an EventSource waits before it reconnects
+# The most bytes a stream hands the server at once (WatchResponse): what a client that stopped
+# reading can make the stream hold, besides the transport's buffer.
+SEND_BYTES: Final = 64 << 10
 
 _SSE_EXAMPLE: Final = (
     'id: 7\nevent: put\ndata: {"key":"cfg/a","value":"1","revision":7,"expires_in":null}\n\n'
@@ -249,11 +258,65 @@ async def watch(
         watched, exact = prefix, False
     else:  # both filters hold; no key is empty, so "" matches nothing
         watched, exact = (key if key.startswith(prefix) else ""), True
-    return StreamingResponse(
+    return WatchResponse(
         _stream(store, hub, watched, exact, position),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        stall_seconds=state.settings.watch_stall_seconds,
+        prefix=watched,
     )
+
+
+class WatchResponse(StreamingResponse):
+    """The event stream, handed to the server a piece (at most ``SEND_BYTES``) at a time, and
+    closed when one piece waits more than ``stall_seconds`` for the client to take it.
+
+    A client that stops reading (its socket's buffers full) would otherwise hold the stream's
+    watcher slot for ever, and the events queued for it: the ``event: overflow`` that ends a
+    slow reader's stream can never reach one that does not read. uvicorn writes a piece into the
+    transport's buffer at once and makes the *next* send wait until that buffer has drained
+    below its high-water mark (64 KiB), so a stalled stream holds about two pieces of its own
+    (the rest of what it was handed is shared with the other watchers, and bounded by
+    ``watch_queue_events`` and ``QUEUE_BYTES``). At the limit the stream ends without the
+    chunked body's end (what ``/export`` does at ``export_time_limit``); its watcher is removed,
+    and the client, once it reads again, resumes with its ``Last-Event-ID``: nothing is lost.
+    """
+
+    def __init__(
+        self, content: AsyncGenerator[bytes, None], *, stall_seconds: float, prefix: str
+    ) -> None:
+        self._events = content
+        super().__init__(
+            content,
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self._stall_seconds = stall_seconds
+        self._prefix = prefix
+
+    async def stream_response(self, send: Send) -> None:
+        # One timer per send, not a deadline for the stream: a healthy stream runs for ever.
+        stall = self._stall_seconds
+        async with asyncio.timeout(stall):
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        async for piece in self.body_iterator:
+            async with asyncio.timeout(stall):
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except TimeoutError:
+            # Starlette's task group has cancelled the stream: its finally removed the watcher.
+            log.warning(
+                "watch stream of %r closed: its client took nothing for watch_stall_seconds (%s s)",
+                self._prefix,
+                self._stall_seconds,
+            )
+            cut_off()
+        finally:
+            # Its finally removes the watcher now, not when the garbage collector finds it: a
+            # stream cut off while waiting in a send was not cancelled inside the generator.
+            await self._events.aclose()
 
 
 def _start_id(position: Position) -> str:
@@ -264,7 +327,7 @@ def _start_id(position: Position) -> str:
 
 async def _stream(
     store: Store, hub: WatchHub, watched: str, exact: bool, position: Position
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     last_id = _start_id(position)
     # Added here, not in the route: a response that never starts (the client gone before the
     # headers went out) never runs this generator, so its finally could not remove it.
@@ -288,8 +351,8 @@ async def _stream(
                         parts.append(format_event(change, index, last, now))
                         last_id = str(change.revision) if last else f"{change.revision}.{index}"
                 upto = chunk[-1].revision
-                if parts:
-                    yield b"".join(parts)
+                for piece in pack(parts):
+                    yield piece
         except Compacted as exc:  # compaction overtook a slow catch-up
             yield _final("compacted", exc.args[0], last_id, exc.oldest_available)
             return
@@ -299,14 +362,18 @@ async def _stream(
                 yield _final("overflow", detail, last_id)
                 return
             if watcher.queue:
-                parts = []
-                for revision, index, event_id, data in watcher.take():
+                # One event at a time off the queue, in pieces: no copy of the queue is made,
+                # and what is not sent yet still counts against the queue's bounds.
+                sent = False
+                while watcher.queue and not watcher.overflowed:
+                    revision, index, event_id, data = watcher.pop()
                     if revision > upto and position.wants(revision, index):
-                        parts.append(data)
                         last_id = event_id
-                if parts:
+                        sent = True
+                        for piece in pack([data]):
+                            yield piece
+                if sent:
                     watcher.heartbeat_due = False  # data is as good a sign of life
-                    yield b"".join(parts)
                 continue
             if watcher.closed:
                 return
@@ -318,6 +385,25 @@ async def _stream(
             await watcher.ready.wait()
     finally:
         hub.remove(watcher)
+
+
+def pack(events: list[bytes]) -> Iterator[bytes]:
+    """``events`` in pieces of at most ``SEND_BYTES``: small ones together, a big one cut."""
+    buffer = bytearray()
+    for data in events:
+        if len(buffer) + len(data) <= SEND_BYTES:
+            buffer += data
+            continue
+        if buffer:
+            yield bytes(buffer)
+            buffer.clear()
+        if len(data) <= SEND_BYTES:
+            buffer += data
+        else:
+            for start in range(0, len(data), SEND_BYTES):
+                yield data[start : start + SEND_BYTES]
+    if buffer:
+        yield bytes(buffer)
 
 
 def _final(event: str, detail: str, last_id: str, oldest: int | None = None) -> bytes:
