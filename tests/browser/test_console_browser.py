@@ -783,7 +783,10 @@ def test_console_is_usable_by_keyboard_alone(
     page.locator("#value").focus()
     keyboard.press("e")
     keyboard.type("not saved")
-    keyboard.press("Escape")
+    keyboard.press("Escape")  # asks first: the text typed would be lost
+    expect(page.locator("#confirm-cancel")).to_be_focused()
+    keyboard.press("Shift+Tab")
+    keyboard.press("Enter")
     expect(page.locator("#value")).to_have_text("22")
 
     page.locator("#value").focus()
@@ -857,3 +860,207 @@ def test_console_fits_a_laptop_and_a_phone_screen(
     expect(phone.locator("#value-key")).to_be_in_viewport()  # scrolled to, below the list
     log_in(phone, expect, ROOT_USER)  # the header wraps, nothing is cut off
     assert _overflow(phone) == 0
+
+
+# -- the value editor: typing kept, stale reads dropped, expiry, unchanged saves, focus ----------
+
+
+def put_for(http: httpx.Client, key: str, value: str, ttl: float) -> int:
+    """A write whose key expires in ``ttl`` seconds."""
+    answer = http.put(path_of(key), json={"value": value, "ttl": ttl})
+    assert answer.status_code in (200, 201), answer.text
+    revision: int = answer.json()["revision"]
+    return revision
+
+
+def entry_of(http: httpx.Client, key: str) -> dict[str, Any]:
+    answer = http.get(path_of(key))
+    assert answer.status_code == 200, answer.text
+    entry: dict[str, Any] = answer.json()
+    return entry
+
+
+def test_console_editor_keeps_typing_through_a_login_and_asks_before_discarding(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    put(http, "draft/doc", "original")
+    put(http, "draft/other", "other value")
+    page = open_console(open_page, server, "#prefix=draft/&key=draft/doc")
+    page.click("#edit")
+    page.fill("#edit-value", "half typed")
+    # Something outside the editor re-renders the viewer: a login, then a logout.
+    log_in(page, expect, ROOT_USER)
+    expect(page.locator("#edit-value")).to_have_value("half typed")
+    page.click("#logout")
+    expect(page.locator("#login-open")).to_be_visible()
+    expect(page.locator("#edit-value")).to_have_value("half typed")
+
+    # Esc asks before throwing the text away; the dialog starts on Cancel, which keeps it.
+    page.locator("#edit-value").focus()
+    page.keyboard.press("Escape")
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    expect(page.locator("#confirm-cancel")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#confirm-dialog")).to_be_hidden()
+    expect(page.locator("#edit-value")).to_have_value("half typed")
+    # So does opening another key.
+    page.locator("#key-list .row.key", has_text="other").click()
+    expect(page.locator("#confirm-dialog")).to_be_visible()
+    page.click("#confirm-cancel")
+    expect(page.locator("#edit-value")).to_have_value("half typed")
+    selected = page.locator("#key-list .row.key[aria-current='true'] .row-name")
+    expect(selected).to_have_text("doc")
+    page.click("#cancel")
+    page.click("#confirm-ok")
+    expect(page.locator("#value")).to_have_text("original")
+    assert value_of(http, "draft/doc") == "original"
+
+    # Nothing changed: Esc leaves at once.
+    page.click("#edit")
+    page.locator("#edit-value").focus()
+    page.keyboard.press("Escape")
+    expect(page.locator("#value")).to_have_text("original")
+    expect(page.locator("#confirm-dialog")).to_be_hidden()
+
+
+def test_console_drops_a_slow_read_of_a_key_no_longer_wanted(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    put(http, "slow/a", "value of a")
+    put(http, "slow/b", "value of b")
+    page = open_console(open_page, server, "#prefix=slow/")
+    held: list[Any] = []
+    page.route(re.compile(r"/keys/slow%2Fa$"), lambda route: held.append(route))
+
+    page.locator("#key-list .row.key", has_text="a").click()
+    expect(page.locator("#value-loading")).to_have_text("Loading…")  # while the read is out
+    expect(page.locator("#viewer-body")).to_have_attribute("aria-busy", "true")
+    assert len(held) == 1
+    open_key(page, expect, "b", "slow/b")
+    expect(page.locator("#value")).to_have_text("value of b")
+    page.click("#edit")
+    page.fill("#edit-value", "typing in b")
+    with page.expect_request_finished(lambda request: request.url.endswith("/keys/slow%2Fa")):
+        held[0].continue_()
+    page.wait_for_timeout(300)  # the answer reached the page: it must change nothing
+    expect(page.locator("#value-key")).to_have_text("slow/b")
+    expect(page.locator("#edit-value")).to_have_value("typing in b")
+    selected = page.locator("#key-list .row.key[aria-current='true'] .row-name")
+    expect(selected).to_have_text("b")
+
+    # Two quick clicks in view: the value shown is the key highlighted, the later one.
+    page.click("#cancel")
+    page.click("#confirm-ok")
+    expect(page.locator("#value")).to_have_text("value of b")
+    page.locator("#key-list .row.key", has_text="a").click()
+    assert len(held) == 2
+    open_key(page, expect, "b", "slow/b")
+    with page.expect_request_finished(lambda request: request.url.endswith("/keys/slow%2Fa")):
+        held[1].continue_()
+    page.wait_for_timeout(300)
+    expect(page.locator("#value")).to_have_text("value of b")
+    expect(selected).to_have_text("b")
+    expect(page.locator("#viewer-body")).not_to_have_attribute("aria-busy", "true")
+
+
+def test_console_edit_keeps_a_keys_expiry_unless_made_permanent(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    put_for(http, "ttl/a", "v1", 600)
+    put_for(http, "ttl/b", "first", 600)
+    page = open_console(open_page, server, "#prefix=ttl/&key=ttl/a")
+    expect(page.locator("#value-expiry")).to_have_text(
+        re.compile(r"^expires in (9 min \d+|10 min 0) s$")
+    )
+    page.click("#edit")
+    expect(page.locator("#edit-expiry")).to_have_value("keep")
+    expect(page.locator("#edit-expiry option[value='keep']")).to_contain_text("Keep the expiry")
+    page.fill("#edit-value", "v2")
+    page.click("#save")
+    expect(page.locator("#value")).to_have_text("v2")
+    entry = entry_of(http, "ttl/a")
+    assert entry["value"] == "v2" and 500 < entry["expires_in"] <= 600  # kept, not reset
+    expect(page.locator("#value-expiry")).to_contain_text("expires in")
+
+    page.click("#edit")
+    page.select_option("#edit-expiry", "permanent")
+    page.fill("#edit-value", "v3")
+    page.click("#save")
+    expect(page.locator("#value")).to_have_text("v3")
+    expect(page.locator("#value-expiry")).to_have_count(0)
+    entry = entry_of(http, "ttl/a")
+    assert entry["value"] == "v3" and entry["expires_in"] is None
+
+    # Keep mine after a conflict keeps the expiry their version has now (the latest read).
+    open_key(page, expect, "b", "ttl/b")
+    page.click("#edit")
+    page.fill("#edit-value", "mine")
+    put_for(http, "ttl/b", "theirs", 300)
+    page.click("#save")
+    expect(page.locator("#conflict")).to_contain_text(
+        re.compile(r"expires in (4 min \d+|5 min 0) s")
+    )
+    page.click("#conflict-overwrite")
+    expect(page.locator("#value")).to_have_text("mine")
+    entry = entry_of(http, "ttl/b")
+    assert entry["value"] == "mine" and 200 < entry["expires_in"] <= 300
+
+
+def test_console_save_without_change_writes_nothing_and_keeps_line_breaks(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    revision = put(http, "eol/crlf", "one\r\ntwo\r\n")
+    mixed = put(http, "eol/mixed", "a\rb\r\nc")
+    page = open_console(open_page, server, "#prefix=eol/&key=eol/crlf")
+    page.click("#edit")
+    expect(page.locator("#line-endings")).to_contain_text("CRLF")
+    page.click("#save")
+    expect(page.locator(".notice.success").last).to_contain_text("No change")
+    expect(page.locator("#value-revision")).to_have_text(f"revision {revision}")
+    assert entry_of(http, "eol/crlf") == {
+        "key": "eol/crlf",
+        "value": "one\r\ntwo\r\n",
+        "revision": revision,
+        "expires_in": None,
+    }
+    page.click("#edit")
+    page.fill("#edit-value", "one\ntwo\nthree\n")
+    page.click("#save")
+    expect(page.locator("#value-revision")).not_to_have_text(f"revision {revision}")
+    assert value_of(http, "eol/crlf") == "one\r\ntwo\r\nthree\r\n"  # CRLF kept
+
+    # Mixed line breaks cannot be kept: said before saving, and nothing written unchanged.
+    open_key(page, expect, "mixed", "eol/mixed")
+    page.click("#edit")
+    expect(page.locator("#line-endings")).to_contain_text("saved as LF")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator(".notice.success").last).to_contain_text("No change")
+    assert entry_of(http, "eol/mixed")["revision"] == mixed
+    page.click("#edit")
+    page.fill("#edit-value", "a\nb\nc!")
+    page.click("#save")
+    expect(page.locator(".notice.success").last).to_contain_text("line breaks are now LF")
+    assert value_of(http, "eol/mixed") == "a\nb\nc!"
+
+
+def test_console_focus_stays_in_place_after_a_save_and_a_delete(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    for name in ("a", "b", "c"):
+        put(http, f"focus/{name}", name)
+    page = open_console(open_page, server, "#prefix=focus/&key=focus/b")
+    expect(page.locator("#value")).to_have_text("b")
+    page.locator("#value").focus()
+    page.keyboard.press("e")
+    page.keyboard.type("2")
+    page.keyboard.press("Control+Enter")
+    expect(page.locator("#value")).to_have_text("b2")
+    expect(page.locator("#value")).to_be_focused()
+
+    page.keyboard.press("Delete")
+    expect(page.locator("#confirm-cancel")).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["a", "c"])
+    expect(page.locator("#key-list .row.key").nth(1)).to_be_focused()  # where b was
+    assert value_of(http, "focus/b") is None

@@ -112,9 +112,13 @@ export class Api {
     return this.request("GET", `keys/${keySegment(key)}`);
   }
 
-  /** expect: a revision (If-Match), 0 (If-None-Match: *, must not exist) or null (no check). */
-  putKey(key, value, expect = null) {
-    return this.request("PUT", `keys/${keySegment(key)}`, { json: { value }, headers: conditions(expect) });
+  /**
+   * expect: a revision (If-Match), 0 (If-None-Match: *, must not exist) or null (no check);
+   * ttl: seconds the key lives, or null: it never expires (a write without ttl ends an expiry).
+   */
+  putKey(key, value, expect = null, ttl = null) {
+    const json = ttl === null ? { value } : { value, ttl };
+    return this.request("PUT", `keys/${keySegment(key)}`, { json, headers: conditions(expect) });
   }
 
   deleteKey(key, expect = null) {

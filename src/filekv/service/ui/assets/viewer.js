@@ -2,11 +2,20 @@
 // create, edit and delete, each guarded by the revision the person saw. An edit sends
 // If-Match with the revision it started from, so a change made meanwhile by someone else is
 // never overwritten unseen (412): the person is told, and chooses what happens next.
+//
+// What the person types is theirs until they save or say to drop it: the editor's text is kept
+// as it is typed (this.draft), so a re-render caused by anything else (the lease running out, a
+// login or logout, a commit) puts it back; leaving an edit with changes asks first. A read that
+// answers after the person moved on (another key, an edit begun) is dropped (this.generation).
+// A key that expires keeps its expiry through an edit unless the person chooses otherwise (a
+// write without ttl would end it), and a save that changes nothing writes nothing.
 
 import { $, copyText, el, printable } from "./dom.js";
 
 // Where app.css puts the value below the key list (its narrowest layout).
 const ONE_COLUMN = "(max-width: 700px)";
+// A textarea turns every CRLF and lone CR into LF: texts are compared after the same.
+const LINE_BREAK = /\r\n?/g;
 
 export class Viewer {
   constructor(app) {
@@ -14,34 +23,87 @@ export class Viewer {
     this.api = app.api;
     this.root = $("#viewer-body");
     this.title = $("#viewer-title");
-    this.entry = null; // {key, value, revision} as last read
-    this.mode = "empty"; // empty | view | edit | create | missing
+    this.entry = null; // {key, value, revision, expires_in} as last read
+    this.expiresAt = null; // when the entry expires, on performance.now()'s clock, or null
+    this.mode = "empty"; // empty | loading | view | edit | create | missing
     this.pretty = true;
     this.editRevision = null; // the revision an edit started from
-    this.draft = null;
+    this.base = null; // what an edit started from: {value, expiresAt} (value null: no key)
+    this.draft = null; // the editor's text as typed
+    this.keepExpiry = true; // an edit of a key that expires keeps the expiry, unless told
+    this.createPrefix = "";
     this.conflict = null;
+    this.generation = 0; // bumped whenever what the viewer should show changes
+    this.ticker = null;
+  }
+
+  get editing() {
+    return this.mode === "edit" || this.mode === "create";
+  }
+
+  /** Whether leaving the editor now would lose something the person typed. */
+  changed() {
+    if (this.mode === "create") return (this.draft ?? "") !== "" || this.entry.key !== this.createPrefix;
+    if (this.mode !== "edit") return false;
+    return this.base.value === null || normalised(this.draft ?? "") !== normalised(this.base.value);
+  }
+
+  confirmDiscard() {
+    const where = this.mode === "create" ? "for the new key" : `in "${printable(this.entry.key)}"`;
+    return this.app.confirm("Discard your changes?", `What you typed ${where} is not saved; it will be lost.`, "Discard");
+  }
+
+  /** The latest expiry known for the key being edited: theirs once a conflict showed it. */
+  latestExpiry() {
+    if (this.conflict) return this.conflict.current ? this.conflict.current.expiresAt : null;
+    return this.base?.expiresAt ?? null;
   }
 
   get key() {
     return this.entry?.key ?? null;
   }
 
-  /** Read and show key; reveal: scroll the value into view where it is below the list. */
-  async show(key, { quiet = false, reveal = false } = {}) {
+  /**
+   * Read and show key; reveal: scroll the value into view where it is below the list; discard:
+   * drop an edit in progress without asking (the caller saved it or was told to drop it).
+   */
+  async show(key, { quiet = false, reveal = false, discard = false } = {}) {
+    if (!discard && this.editing && this.changed() && !(await this.confirmDiscard())) return;
+    const generation = ++this.generation;
     this.app.browser.select(key);
     this.conflict = null;
+    if (this.key !== key || (this.mode !== "view" && this.mode !== "missing")) {
+      this.mode = "loading";
+      this.entry = { key, value: null, revision: null, expires_in: null };
+      this.expiresAt = null;
+      this.render();
+    }
+    let entry = null;
+    let failure = null;
     try {
-      this.entry = await this.api.getKey(key);
-      this.mode = "view";
+      entry = await this.api.getKey(key);
     } catch (error) {
-      this.entry = { key, value: null, revision: null };
+      failure = error;
+    }
+    // Another key was asked for, or an edit began, while this read was out: not wanted.
+    if (generation !== this.generation) return;
+    if (entry) {
+      this.setEntry(entry);
+      this.mode = "view";
+    } else {
+      this.setEntry({ key, value: null, revision: null, expires_in: null });
       this.mode = "missing";
-      this.missingDetail = error.detail;
-      if (!quiet || error.status !== 404) this.app.notices.error(`Read "${printable(key)}": ${error.detail}`);
+      this.missingDetail = failure.detail ?? failure.message;
+      if (!quiet || failure.status !== 404) this.app.notices.error(`Read "${printable(key)}": ${this.missingDetail}`);
     }
     this.app.saveLocation();
     this.render();
     if (reveal && window.matchMedia(ONE_COLUMN).matches) this.root.closest("section").scrollIntoView();
+  }
+
+  setEntry(entry) {
+    this.entry = entry;
+    this.expiresAt = typeof entry.expires_in === "number" ? performance.now() + entry.expires_in * 1000 : null;
   }
 
   /** After a change elsewhere: read the shown key again, unless it is being edited. */
@@ -51,7 +113,9 @@ export class Viewer {
   }
 
   clear() {
+    this.generation += 1;
     this.entry = null;
+    this.expiresAt = null;
     this.mode = "empty";
     this.app.browser.select(null);
     this.app.saveLocation();
@@ -60,9 +124,12 @@ export class Viewer {
 
   edit() {
     if (this.mode !== "view" || this.refusedByLock("Edit")) return;
+    this.generation += 1; // a read still out must not replace the editor
     this.mode = "edit";
     this.editRevision = this.entry.revision;
-    this.draft = this.entry.value;
+    this.base = { value: this.entry.value, expiresAt: this.expiresAt };
+    this.keepExpiry = true;
+    this.draft = normalised(this.entry.value);
     this.conflict = null;
     this.render();
     $("#edit-value").focus();
@@ -71,7 +138,9 @@ export class Viewer {
   create() {
     if (this.refusedByLock("New key")) return;
     const prefix = this.app.browser.prefix;
+    this.generation += 1;
     this.mode = "create";
+    this.createPrefix = prefix;
     this.conflict = null;
     this.draft = "";
     this.entry = { key: prefix, value: "", revision: null };
@@ -89,8 +158,11 @@ export class Viewer {
     return true;
   }
 
-  cancel() {
-    if (this.mode === "edit") this.show(this.entry.key, { quiet: true });
+  /** Leave the editor (Esc, Cancel): asks first when something typed would be lost. */
+  async cancel() {
+    if (!this.editing) return;
+    if (this.changed() && !(await this.confirmDiscard())) return;
+    if (this.mode === "edit") await this.show(this.entry.key, { quiet: true, discard: true });
     else if (this.mode === "create") this.clear();
   }
 
@@ -98,36 +170,70 @@ export class Viewer {
     if (this.refusedByLock("Save")) return;
     const creating = this.mode === "create";
     const key = creating ? $("#create-key").value : this.entry.key;
-    const value = $("#edit-value").value;
-    this.draft = value;
+    const typed = $("#edit-value").value;
+    this.draft = typed;
     if (creating && !key) {
       this.app.notices.error("Give the new key a name.");
       return;
     }
+    let value = typed;
+    let ttl = null;
+    let note = "";
+    if (!creating) {
+      const base = this.base.value;
+      const expiresAt = this.latestExpiry();
+      const keep = expiresAt !== null && this.keepExpiry;
+      const same = base !== null && typed === normalised(base);
+      if (same && (expiresAt === null || keep)) {
+        this.app.notices.success(`No change: "${printable(key)}" was not written.`);
+        this.mode = "view";
+        await this.show(key, { quiet: true, discard: true });
+        return;
+      }
+      if (same) value = base; // only the expiry changes: the value is sent back as it was
+      else if (base !== null && uniformlyCrlf(base)) value = typed.replace(/\n/g, "\r\n");
+      else if (base !== null && base.includes("\r")) note = " Its line breaks are now LF.";
+      if (keep) {
+        const left = (expiresAt - performance.now()) / 1000;
+        if (left <= 0) {
+          this.app.notices.error(`Not saved: "${printable(key)}" expired while you were editing; choose "Make it permanent" to save your text.`);
+          return;
+        }
+        ttl = Math.max(0.001, Math.round(left * 1000) / 1000);
+        note += ` It still expires in ${duration(ttl)}.`;
+      } else if (expiresAt !== null) {
+        note += " It no longer expires.";
+      }
+    }
     // Staged keys have no revision until commit; nobody else can change them meanwhile.
     const expect = creating ? 0 : this.editRevision;
+    const generation = this.generation;
     try {
-      const answer = await this.api.putKey(key, value, expect);
+      const answer = await this.api.putKey(key, value, expect, ttl);
       if (answer.staged) this.app.transactions.recordStaged("put", key);
       this.app.notices.success(answer.staged
-        ? `Staged "${printable(key)}" in your transaction.`
-        : `Saved "${printable(key)}" at revision ${answer.revision}.`);
-      this.mode = "view";
-      await this.show(key, { quiet: true });
+        ? `Staged "${printable(key)}" in your transaction.${note}`
+        : `Saved "${printable(key)}" at revision ${answer.revision}.${note}`);
+      if (generation === this.generation) { // else the person has moved on meanwhile
+        this.mode = "view";
+        await this.show(key, { quiet: true, discard: true });
+      }
       this.app.dataChanged({ viewer: false });
     } catch (error) {
-      if (error.status === 412) await this.onConflict(key, creating, error);
+      if (error.status === 412) await this.onConflict(key, creating, error, generation);
       else this.app.notices.error(`Save "${printable(key)}": ${error.detail}`);
     }
   }
 
-  async onConflict(key, creating, error) {
+  async onConflict(key, creating, error, generation) {
     let current = null;
     try {
       current = await this.api.getKey(key);
+      current.expiresAt = typeof current.expires_in === "number" ? performance.now() + current.expires_in * 1000 : null;
     } catch (readError) {
       if (readError.status !== 404) this.app.notices.error(`Read "${printable(key)}": ${readError.detail}`);
     }
+    if (generation !== this.generation || !this.editing) return; // moved on meanwhile
     if (creating) {
       this.app.notices.error(`A key named "${printable(key)}" exists already (${error.detail}). Open it to edit it.`);
       return;
@@ -141,6 +247,8 @@ export class Viewer {
   overwrite() {
     const current = this.conflict?.current;
     this.editRevision = current ? current.revision : 0;
+    // From now on the edit is of their version: its value and its expiry, as just read.
+    this.base = current ? { value: current.value, expiresAt: current.expiresAt } : { value: null, expiresAt: null };
     this.conflict = null;
     return this.save(); // a change made since the conflict was shown is a conflict again
   }
@@ -155,12 +263,18 @@ export class Viewer {
       "Delete",
     );
     if (!ok) return;
+    const row = [...this.app.browser.rows.values()].findIndex((entry) => entry.key === key);
     try {
       await this.api.deleteKey(key, revision);
       if (staged) this.app.transactions.recordStaged("delete", key);
       this.app.notices.success(staged ? `Delete of "${printable(key)}" staged.` : `Deleted "${printable(key)}".`);
+      if (this.key !== key) return this.app.dataChanged({ viewer: false }); // moved on meanwhile
       this.clear();
       this.app.dataChanged({ viewer: false });
+      // Focus went with the viewer's buttons: onto the row where the key was, once listed.
+      await listed(this.app.browser.list);
+      const active = document.activeElement;
+      if (row >= 0 && (active === null || active === document.body || active === this.root)) this.app.browser.focusRow(row);
     } catch (error) {
       this.app.notices.error(error.status === 412
         ? `Not deleted: "${printable(key)}" changed since you opened it (${error.detail}); here it is now.`
@@ -188,6 +302,9 @@ export class Viewer {
     if (this.mode === "empty") {
       this.title.textContent = "Value";
       parts.push(el("p", { class: "hint" }, "Choose a key on the left, or create one (N)."));
+    } else if (this.mode === "loading") {
+      this.title.textContent = "Value";
+      parts.push(keyLine(this.entry.key), el("p", { class: "hint", id: "value-loading", role: "status" }, "Loading…"));
     } else if (this.mode === "missing") {
       this.title.textContent = "Value";
       parts.push(keyLine(this.entry.key), el("p", { class: "hint", id: "missing" }, `Not readable: ${this.missingDetail}`));
@@ -201,6 +318,7 @@ export class Viewer {
           ? el("span", { class: "badge staged", id: "value-revision" }, "staged: not committed yet")
           : el("span", { class: "badge", id: "value-revision" }, `revision ${revision}`),
         json !== null ? el("span", { class: "badge json" }, "JSON") : null,
+        this.expiresAt !== null ? el("span", { class: "badge", id: "value-expiry" }, expiryText(this.expiresAt)) : null,
         el("span", { class: "size" }, `${new TextEncoder().encode(value).length.toLocaleString("en")} bytes`)));
       parts.push(el("div", { class: "actions" },
         write("Edit", "edit", () => this.edit(), "E"),
@@ -215,14 +333,31 @@ export class Viewer {
       this.title.textContent = creating ? "New key" : "Edit";
       const form = el("form", { id: "edit-form", class: "edit-form", onsubmit: (event) => { event.preventDefault(); this.save(); } });
       if (creating) {
-        form.append(el("label", { for: "create-key" }, "Key"), el("input", { id: "create-key", type: "text", value: this.entry.key, autocomplete: "off", spellcheck: "false" }));
+        const name = el("input", { id: "create-key", type: "text", value: this.entry.key, autocomplete: "off", spellcheck: "false" });
+        name.addEventListener("input", () => { this.entry.key = name.value; });
+        form.append(el("label", { for: "create-key" }, "Key"), name);
       } else {
         form.append(keyLine(this.entry.key), el("p", { class: "meta" }, this.editRevision === null
           ? "Staged in your transaction: saved without a revision check."
           : this.editRevision === 0 ? "Saving creates the key again (it was deleted)." : `Editing revision ${this.editRevision}: saving checks that nobody changed it since (If-Match).`));
+        const expiresAt = this.latestExpiry();
+        if (expiresAt !== null) {
+          const choice = el("select", { id: "edit-expiry", onchange: (event) => { this.keepExpiry = event.target.value === "keep"; } },
+            el("option", { value: "keep", id: "edit-expiry-keep", selected: this.keepExpiry }, keepText(expiresAt)),
+            el("option", { value: "permanent", selected: !this.keepExpiry }, "Make it permanent (no expiry)"));
+          form.append(el("label", { for: "edit-expiry" }, "Expiry"), choice);
+        }
+        const base = this.base.value;
+        if (base !== null && uniformlyCrlf(base)) {
+          form.append(el("p", { class: "hint", id: "line-endings" }, "Line breaks are CRLF (\\r\\n): a changed text is saved with CRLF too."));
+        } else if (base !== null && base.includes("\r")) {
+          form.append(el("p", { class: "hint", id: "line-endings", role: "note" },
+            "This value has CR (\\r) line breaks, which the editor shows as LF (\\n): if you change the text, every line break is saved as LF."));
+        }
       }
       const area = el("textarea", { id: "edit-value", rows: "12", spellcheck: "false", "aria-label": "value" });
       area.value = this.draft ?? "";
+      area.addEventListener("input", () => { this.draft = area.value; });
       area.addEventListener("keydown", (event) => {
         if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
           event.preventDefault();
@@ -238,14 +373,52 @@ export class Viewer {
         el("span", { class: "hint" }, "Ctrl+Enter saves · Esc cancels")));
       parts.push(form);
     }
+    // Focus inside the viewer goes with the elements replaced: give it back (the same control,
+    // where the caret was, or the value), so the keyboard goes on from here.
+    const active = document.activeElement;
+    const focused = active !== null && active !== this.root && this.root.contains(active)
+      ? { id: active.id, start: active.selectionStart, end: active.selectionEnd, scroll: active.scrollTop }
+      : null;
+    this.root.setAttribute("tabindex", "-1");
+    if (this.mode === "loading") this.root.setAttribute("aria-busy", "true");
+    else this.root.removeAttribute("aria-busy");
     this.root.replaceChildren(...parts);
     this.app.updateWriteControls();
+    if (focused && !this.root.contains(document.activeElement)) refocus(this.root, focused);
+    this.syncTicker();
+  }
+
+  /** The time left on the key shown or edited, counted down every second. */
+  syncTicker() {
+    const needed = (this.mode === "view" && this.expiresAt !== null) || (this.mode === "edit" && this.latestExpiry() !== null);
+    if (needed && this.ticker === null) this.ticker = setInterval(() => this.tick(), 1000);
+    else if (!needed && this.ticker !== null) {
+      clearInterval(this.ticker);
+      this.ticker = null;
+    }
+  }
+
+  tick() {
+    if (this.mode === "view" && this.expiresAt !== null) {
+      const badge = $("#value-expiry", this.root);
+      if (badge) badge.textContent = expiryText(this.expiresAt);
+      if (this.expiresAt <= performance.now() && !this.entry.expiredSeen) {
+        this.entry.expiredSeen = true;
+        this.reload(); // gone for the server too: the read says so
+      }
+    } else if (this.mode === "edit") {
+      const option = $("#edit-expiry-keep", this.root);
+      const expiresAt = this.latestExpiry();
+      if (option && expiresAt !== null) option.textContent = keepText(expiresAt);
+    }
+    this.syncTicker();
   }
 
   conflictBox() {
     const { current, detail } = this.conflict;
+    const expiry = current && current.expiresAt !== null ? `, ${expiryText(current.expiresAt)}` : "";
     const now = current
-      ? el("span", {}, `It is now at revision ${current.revision}, with this value:`)
+      ? el("span", {}, `It is now at revision ${current.revision}${expiry}, with this value:`)
       : el("span", {}, "It has been deleted since.");
     return el("div", { class: "conflict", id: "conflict", role: "alert" },
       el("strong", {}, "Someone else changed this key while you were editing."),
@@ -253,8 +426,64 @@ export class Viewer {
       current ? el("pre", { class: "value theirs" }, current.value) : null,
       el("div", { class: "actions" },
         el("button", { type: "button", id: "conflict-overwrite", "data-write": "", onclick: () => this.overwrite() }, "Keep mine (overwrite theirs)"),
-        el("button", { type: "button", id: "conflict-theirs", onclick: () => this.show(this.entry.key, { quiet: true }) }, "Discard mine, show theirs")));
+        el("button", { type: "button", id: "conflict-theirs", onclick: () => this.show(this.entry.key, { quiet: true, discard: true }) }, "Discard mine, show theirs")));
   }
+}
+
+/** Put focus back after a re-render: on the same control (caret and scroll too), else the value. */
+function refocus(root, { id, start, end, scroll }) {
+  const same = id ? root.querySelector(`#${CSS.escape(id)}`) : null;
+  const target = same ?? $("#value", root) ?? $("#edit-value", root) ?? root;
+  target.focus();
+  if (target === same && typeof start === "number" && typeof target.setSelectionRange === "function") {
+    target.setSelectionRange(start, end);
+    target.scrollTop = scroll;
+  }
+}
+
+/** Resolves once the key list is not loading (its aria-busy gone). */
+function listed(list) {
+  return new Promise((resolve) => {
+    if (!list.hasAttribute("aria-busy")) {
+      resolve();
+      return;
+    }
+    const observer = new MutationObserver(() => {
+      if (list.hasAttribute("aria-busy")) return;
+      observer.disconnect();
+      resolve();
+    });
+    observer.observe(list, { attributes: true, attributeFilter: ["aria-busy"] });
+  });
+}
+
+/** Text as a textarea holds it: every CRLF and lone CR made LF. */
+export function normalised(text) {
+  return text.replace(LINE_BREAK, "\n");
+}
+
+/** Whether every line break of text is CRLF (and there is one at least). */
+export function uniformlyCrlf(text) {
+  return text.includes("\r\n") && !/\r(?!\n)|(?<!\r)\n/.test(text);
+}
+
+/** "8 min 47 s": a duration in seconds, rounded up, in its two largest units. */
+export function duration(seconds) {
+  const s = Math.max(0, Math.ceil(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+}
+
+function expiryText(expiresAt) {
+  const left = (expiresAt - performance.now()) / 1000;
+  return left > 0 ? `expires in ${duration(left)}` : "expired";
+}
+
+function keepText(expiresAt) {
+  const left = (expiresAt - performance.now()) / 1000;
+  return left > 0 ? `Keep the expiry (expires in ${duration(left)})` : "Keep the expiry (it has run out)";
 }
 
 function keyLine(key) {
