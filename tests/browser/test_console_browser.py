@@ -682,11 +682,18 @@ def test_console_with_everything_locked_down_and_a_short_lease(
         page = open_console(open_page, strict)
         expect(page.locator("#login-open")).to_be_visible()
         expect(page.locator("#register-open")).to_be_hidden()  # registration is closed
-        expect_error(page, expect, "List keys: not authenticated: send Authorization")
+        # Nothing to read without a login: the console asks for one, and writes are off.
+        expect(page.locator("#login-dialog")).to_be_visible()
+        expect(page.locator("#login-why")).to_contain_text("log in to see it")
+        expect(page.locator("#list-status")).to_have_text("Log in to see this store.")
+        expect(page.locator("#new-key")).to_be_disabled()
+        expect(page.locator(".notice.error")).to_have_count(0)
         expect(page.locator("#stats-error")).to_have_text(
             "Statistics: not authenticated: send Authorization: Bearer <token>"
         )
+        page.click("#login-cancel")
         log_in(page, expect, "dana")
+        expect(page.locator("#new-key")).to_be_enabled()
         expect(page.locator("#list-status")).to_have_text("0 entries")  # read once logged in
         expect(page.locator("#stat-keys")).to_have_text("0")
         expect(page.locator("#stats-error")).to_be_hidden()
@@ -1064,3 +1071,203 @@ def test_console_focus_stays_in_place_after_a_save_and_a_delete(
     expect(page.locator("#key-list .row.key .row-name")).to_have_text(["a", "c"])
     expect(page.locator("#key-list .row.key").nth(1)).to_be_focused()  # where b was
     assert value_of(http, "focus/b") is None
+
+
+def test_console_counts_down_an_expiry_and_shows_the_key_gone(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    put_for(http, "soon/gone", "short-lived", 3)
+    page = open_console(open_page, server, "#prefix=soon/&key=soon/gone")
+    expect(page.locator("#value-expiry")).to_have_text(re.compile(r"^expires in [1-3] s$"))
+    expect(page.locator("#value-expiry")).to_have_text(re.compile(r"^expires in 1 s$"))
+    expect(page.locator("#missing")).to_have_text("Not readable: no such key")
+    assert value_of(http, "soon/gone") is None
+
+
+# -- audit of the console: key text, the lost transaction, logout, phone, headers, keys -------
+
+
+def _computed(page: Page, selector: str, prop: str) -> str:
+    value: str = page.locator(selector).first.evaluate(
+        f"node => getComputedStyle(node).getPropertyValue('{prop}')"
+    )
+    return value
+
+
+def test_console_key_names_cannot_hide_characters_or_reorder_text(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    override = "mark/bidi-invoice\u202efdp.exe"
+    put(http, override, "not a pdf")
+    for key in ("mark/zero\u200bwidth", "mark/line\u2028sep", "mark/c1\u0085next", "mark/\u05e9x"):
+        put(http, key, "v")
+    page = open_console(open_page, server, "#prefix=mark/&view=flat")
+    assert key_names(page) == [
+        "mark/bidi-invoice⟨U+202E⟩fdp.exe",
+        "mark/c1⟨U+0085⟩next",
+        "mark/line⟨U+2028⟩sep",
+        "mark/zero⟨U+200B⟩width",
+        "\u2068mark/\u05e9x\u2069",  # isolated: a right-to-left letter reorders nothing around
+    ]
+    assert _computed(page, "#key-list .row-name", "unicode-bidi") == "isolate"
+    open_key(page, expect, "mark/bidi-invoice⟨U+202E⟩fdp.exe")
+    assert _computed(page, "#value-key", "unicode-bidi") == "isolate"
+    page.click("#delete")
+    expect(page.locator("#confirm-text")).to_have_text(
+        '"mark/bidi-invoice⟨U+202E⟩fdp.exe" is deleted for good.'
+    )
+    page.click("#confirm-cancel")
+
+
+def test_console_holder_learns_at_once_that_an_admin_broke_its_transaction(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect, root: dict[str, str]
+) -> None:
+    register(http, "hilda")
+    page = open_console(open_page, server, "#prefix=broken/&view=flat")
+    log_in(page, expect, "hilda")
+    page.click("#tx-begin")
+    expect(page.locator("#tx-state")).to_have_text("Your transaction · depth 1")
+    create_key(page, expect, "broken/a", "staged")
+    page.wait_for_timeout(1_000)  # the reads that follow a write are answered, and settled
+    assert http.delete("/transactions", headers=root).json()["rolled_back"] is True
+    page.wait_for_timeout(500)
+    # The holder does not poll (it would renew its lease): it cannot know yet.
+    expect(page.locator("#tx-state")).to_have_text("Your transaction · depth 1")
+    page.click("#new-key")
+    page.fill("#create-key", "broken/b")
+    page.fill("#edit-value", "refused")
+    page.click("#save")
+    expect_error(page, expect, "an admin ended your transaction")
+    # Told by the 409, not 30 s later by the lease's countdown.
+    expect(page.locator("#tx-state")).to_have_text("No transaction open", timeout=5_000)
+    expect(page.locator("#tx-lease")).to_have_text("")
+    expect(page.locator("#tx-staged")).to_be_hidden()
+    assert value_of(http, "broken/a") is None
+
+
+def test_console_log_out_while_holding_a_transaction_asks_first(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    register(http, "otto")
+    page = open_console(open_page, server, "#prefix=logout/&view=flat")
+    log_in(page, expect, "otto")
+    page.click("#tx-begin")
+    create_key(page, expect, "logout/a", "staged")
+    create_key(page, expect, "logout/b", "staged")
+    page.click("#logout")
+    expect(page.locator("#confirm-text")).to_contain_text("2 staged writes")
+    expect(page.locator("#confirm-cancel")).to_be_focused()
+    page.click("#confirm-cancel")
+    expect(page.locator("#session-status")).to_contain_text("Logged in as otto")
+    expect(page.locator("#tx-state")).to_have_text("Your transaction · depth 1")
+
+    clear_notices(page)
+    page.click("#logout")
+    page.click("#confirm-ok")
+    expect(page.locator(".notice.success").last).to_contain_text("transaction was rolled back")
+    expect(page.locator("#tx-state")).to_have_text("No transaction open")
+    expect(page.locator("#session-status")).to_have_text("Not logged in")
+    expect(page.locator(".notice.error")).to_have_count(0)  # no "not authenticated" rollback
+    assert value_of(http, "logout/a") is None
+
+
+def _in_view(page: Page, selector: str) -> bool:
+    box = page.locator(selector).bounding_box()
+    assert box is not None
+    return bool(box["y"] >= 0 and box["y"] + box["height"] <= PHONE["height"])
+
+
+def test_console_on_a_phone_keeps_the_lease_and_the_banner_in_view(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    register(http, "phil")
+    batch_put(http, [(f"phone/{n:03}", "v" * 200) for n in range(60)])
+    holder = open_console(open_page, server, "#prefix=phone/&view=flat", viewport=PHONE)
+    log_in(holder, expect, "phil")
+    holder.click("#tx-begin")
+    expect(holder.locator("#tx-lease")).to_contain_text("s left")
+    waiting = open_console(
+        open_page, server, "#prefix=phone/&view=flat", viewport=PHONE, clock=True
+    )
+    let_time_pass(waiting, LOCK_POLL_MS)
+    expect(waiting.locator("#lock-banner")).to_be_visible()
+    for page in (holder, waiting):
+        page.locator("#key-list .row.key").last.click()  # the value, far down the page
+        expect(page.locator("#value")).to_have_text("v" * 200)
+        page.mouse.wheel(0, 3000)
+        page.wait_for_timeout(200)
+    assert _in_view(holder, "#tx-lease")
+    assert _in_view(waiting, "#lock-banner")
+
+    # Notices stacked at the bottom: the newest whole, the one before on a line, no more.
+    for n in range(4):
+        holder.goto(f"{server.url}/ui#prefix=phone/&view=flat&key=phone/missing-{n}")
+        expect(holder.locator(".notice.error")).to_have_count(n + 1)
+    box = holder.locator("#notices").bounding_box()
+    assert box is not None and box["height"] < 110, box
+
+
+def test_console_shortcuts_work_in_upper_case_too(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    put(http, "upper/a", "1")
+    page = open_console(open_page, server, "#prefix=upper/")
+    page.keyboard.press("Shift+F")
+    expect(page.locator("#find-value")).to_be_focused()
+    page.locator("#find-value").blur()
+    page.keyboard.press("Shift+K")
+    expect(page.locator("#key-list .row.key").first).to_be_focused()
+    page.keyboard.press("Shift+L")
+    expect(page.locator("#login-dialog")).to_be_visible()
+    page.keyboard.press("Escape")
+    page.keyboard.press("Shift+N")
+    expect(page.locator("#create-key")).to_be_focused()
+    page.keyboard.press("Escape")
+    page.locator("#prefix").focus()
+    page.locator("#prefix").blur()
+    page.keyboard.press("Control+Shift+K")  # with Ctrl it is the browser's, not the console's
+    expect(page.locator("#key-list .row.key").first).not_to_be_focused()
+
+
+def test_console_shows_a_folders_own_key_and_says_a_retry_once(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    put(http, "own/", "the folder's own")
+    put(http, "own/a", "a")
+    page = open_console(open_page, server, "#prefix=own/")
+    expect(page.locator("#key-list .row.key .row-name")).to_have_text(["own/", "a"])
+    expect(page.locator("#key-list .row.key").first).to_contain_text("this folder's own key")
+    open_key(page, expect, "own/")
+    expect(page.locator("#value")).to_have_text("the folder's own")
+
+    detail = "too many failed logins for this username; retry after 30 s"
+    page.route(
+        re.compile(r"/auth/token$"),
+        lambda route: route.fulfill(
+            status=429, headers={"Retry-After": "30"}, json={"detail": detail}
+        ),
+    )
+    page.click("#login-open")
+    page.fill("#login-username", "nobody")
+    page.fill("#login-password", "wrong password")
+    page.click("#login-submit")
+    expect(page.locator("#login-error")).to_have_text(detail)
+
+
+def test_console_opens_the_api_docs_in_a_new_tab_without_the_token(
+    server: Server, http: httpx.Client, open_page: OpenPage, expect: Expect
+) -> None:
+    register(http, "nora")
+    page = open_console(open_page, server)
+    log_in(page, expect, "nora")
+    assert page.evaluate("sessionStorage.getItem('filekv.token')")
+    link = page.locator("a", has_text="API docs")
+    assert link.get_attribute("rel") == "noopener noreferrer"
+    with page.context.expect_page() as opened:
+        link.click()
+    docs = opened.value
+    docs.wait_for_load_state()
+    assert docs.url == f"{server.url}/docs"
+    assert docs.evaluate("sessionStorage.getItem('filekv.token')") is None
+    assert docs.evaluate("window.opener") is None
+    assert page.url.startswith(f"{server.url}/ui")  # the console stays where it was

@@ -12,16 +12,20 @@ reads revision 1, the compare-and-set test counts revisions from the first.
 
 from __future__ import annotations
 
+import html
+import http.server
 import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
 import pytest
 from support.server import Server, running
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Locator, Page
+    from playwright.sync_api import Browser, Locator, Page
 
 OpenPage = Callable[[str], "Page"]
 
@@ -207,3 +211,47 @@ def test_redoc_renders_every_operation(docs_server: Server, open_page: OpenPage)
         section = page.locator(f"[data-section-id='operation/{operation['operationId']}']")
         assert section.count() >= 1, operation["operationId"]
         assert operation["summary"] in section.first.inner_text()
+
+
+# -- security headers: no page of another site may frame the docs ----------------------------
+
+
+@pytest.fixture(scope="module")
+def framer() -> Iterator[str]:
+    """A page of another origin (another port) on this machine that frames ``?src=``: a public
+    page would not even be allowed a frame of a local one."""
+
+    class Framing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            src = parse_qs(urlsplit(self.path).query)["src"][0]
+            body = f'<iframe id="framed" src="{html.escape(src)}"></iframe>'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), Framing) as served:
+        thread = threading.Thread(target=served.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{served.server_address[1]}/"
+        served.shutdown()
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_docs_refuse_to_be_framed_by_another_site(
+    docs_server: Server, browser: Browser, framer: str, path: str
+) -> None:
+    """A page of another origin that frames the docs (clickjacking) gets an empty frame."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"{framer}?{urlencode({'src': docs_server.url + path})}")
+        page.wait_for_timeout(2_000)  # long enough for the docs to render, were they allowed
+        frame = page.frame_locator("#framed")
+        assert frame.locator("#swagger-ui, redoc").count() == 0
+    finally:
+        context.close()

@@ -2,7 +2,9 @@
 
 A pure ASGI middleware (Starlette's ``BaseHTTPMiddleware`` runs the app in a task and streams
 the answer through a queue: it would cost more than the key routes themselves). Per request it
-picks the request id, wraps ``send`` to add ``X-Request-ID`` to the answer and note its status,
+picks the request id, wraps ``send`` to add ``X-Request-ID`` and ``X-Content-Type-Options:
+nosniff`` (no browser takes a JSON answer or a file for a script or a page) to the answer and
+note its status,
 and once the app is done hands the route template, status and duration to the metrics and the
 access log, whichever are on.
 
@@ -42,6 +44,7 @@ __all__ = ["MAX_REQUEST_ID", "RequestMiddleware", "new_request_id", "sane_reques
 
 MAX_REQUEST_ID: Final = 128
 HEADER: Final = b"x-request-id"
+NOSNIFF: Final = (b"x-content-type-options", b"nosniff")
 _SANE: Final = re.compile(rb"[A-Za-z0-9._~:+/=-]{1,%d}" % MAX_REQUEST_ID)
 
 
@@ -92,7 +95,7 @@ class RequestMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                message["headers"] = [*message.get("headers", ()), id_header, NOSNIFF]
             await send(message)
 
         try:
@@ -121,6 +124,7 @@ def _internal_error(request_id: str, id_header: tuple[bytes, bytes]) -> tuple[Me
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode("ascii")),
         id_header,
+        NOSNIFF,
     ]
     return (
         {"type": "http.response.start", "status": 500, "headers": headers},

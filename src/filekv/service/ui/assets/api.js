@@ -93,9 +93,11 @@ export class Api {
       const error = new ApiError(response.status, detailText(body, response.status, response.statusText),
         retry === null ? null : Number(retry));
       if (response.status === 401 && sentToken && sentToken === this.token) this.onUnauthorized(error);
+      // A 409 to a logged-in request: its transaction may be over (lease, admin): ask again.
+      if (response.status === 409 && sentToken) this.onAnswer(method, path, sentToken, 409);
       throw error;
     }
-    this.onAnswer(method, path, sentToken);
+    this.onAnswer(method, path, sentToken, response.status);
     return body;
   }
 

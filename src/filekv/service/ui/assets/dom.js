@@ -20,11 +20,26 @@ export function el(tag, attributes = {}, ...children) {
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
-/** Control characters are invisible or break a line: show them as their Unicode pictures. */
+/**
+ * Key text as the console shows it: nothing in it may hide, or reorder the text around it.
+ * - C0 controls (U+0000-001F, U+007F) become their Unicode pictures (U+2400-2421: "␊").
+ * - C1 controls (U+0080-009F), the bidi controls (U+061C, U+200E-200F, U+202A-202E,
+ *   U+2066-2069), zero-width and invisible formatting characters (U+00AD, U+034F, U+115F-1160,
+ *   U+17B4-17B5, U+180B-180F, U+200B-200D, U+2060-2065, U+206A-206F, U+3164, U+FEFF, U+FFA0,
+ *   U+FFF9-FFFB, the tags U+E0000-E007F) and the line and paragraph separators (U+2028-2029)
+ *   become a visible token naming the code point: "⟨U+202E⟩".
+ * - Text holding a right-to-left letter is wrapped in FIRST STRONG ISOLATE ... POP DIRECTIONAL
+ *   ISOLATE (U+2068 ... U+2069, invisible), so that it cannot reorder the sentence it is quoted
+ *   in (a notice, a confirmation).
+ */
+const INVISIBLE = /[\u0080-\u009f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufeff\uffa0\ufff9-\ufffb\u{e0000}-\u{e007f}]/gu;
+const RIGHT_TO_LEFT = /[\u0590-\u08ff\ufb1d-\ufdff\ufe70-\ufefc\u{10800}-\u{10fff}\u{1e800}-\u{1efff}]/u;
+
 export function printable(text) {
-  return text.replace(/[\u0000-\u001f\u007f]/g, (c) =>
-    String.fromCharCode(c === "\u007f" ? 0x2421 : 0x2400 + c.charCodeAt(0)),
-  );
+  const shown = text
+    .replace(/[\u0000-\u001f\u007f]/g, (c) => String.fromCharCode(c === "\u007f" ? 0x2421 : 0x2400 + c.charCodeAt(0)))
+    .replace(INVISIBLE, (c) => `⟨U+${c.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}⟩`);
+  return RIGHT_TO_LEFT.test(shown) ? `\u2068${shown}\u2069` : shown;
 }
 
 export function formatBytes(n) {

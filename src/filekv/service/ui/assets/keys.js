@@ -106,6 +106,12 @@ export class KeyBrowser {
       this.entries = [];
       this.next = null;
       this.renderList();
+      if (error.status === 401 && !this.api.token) {
+        // The server lets nobody read without a login (auth_mode "all"): say that, once.
+        this.status.textContent = "Log in to see this store.";
+        this.app.loginRequired();
+        return;
+      }
       const detail = error.detail ?? error.message;
       this.status.textContent = `Could not list keys: ${detail}`;
       this.app.notices.error(`List keys: ${detail}`);
@@ -213,13 +219,17 @@ export class KeyBrowser {
   }
 
   keyRow(key) {
-    const label = this.mode === "tree" ? key.slice(this.base.length) : key;
+    // A key exactly equal to the folder listed ("shop/" under "shop/") has no name of its own
+    // in the tree: it is shown whole, and said to be the folder's own key.
+    const own = this.mode === "tree" && key === this.base;
+    const label = this.mode === "tree" && !own ? key.slice(this.base.length) : key;
     const staged = this.app.transactions.stagedOp(key) === "put";
     return el("button", {
       type: "button", class: "row key", title: printable(key),
       "aria-current": key === this.selected ? "true" : false,
       onclick: () => this.app.viewer.show(key, { reveal: true }),
     }, el("span", { class: "row-icon", "aria-hidden": "true" }, "•"), el("span", { class: "row-name" }, printable(label)),
+    own ? el("span", { class: "row-note" }, "this folder's own key") : null,
     staged ? el("span", { class: "badge staged" }, "staged") : null);
   }
 

@@ -20,6 +20,8 @@ class App {
     this.browser = new KeyBrowser(this);
     this.viewer = new Viewer(this);
     this.restoring = false;
+    this.needsLogin = false; // the server refused to list keys without a login (auth_mode "all")
+    this.askedLogin = false;
     $("#new-key").addEventListener("click", () => this.viewer.create());
     $("#help-open").addEventListener("click", () => $("#help-dialog").showModal());
     $("#help-close").addEventListener("click", () => $("#help-dialog").close());
@@ -51,12 +53,27 @@ class App {
     this.dataChanged();
   }
 
-  /** Write controls are off while another client holds the lock; reads stay on. */
+  /**
+   * The server answered 401 to an anonymous read: nothing here works without a login. The
+   * login dialog opens by itself (once a page load), and the write controls are off until
+   * someone logs in.
+   */
+  loginRequired() {
+    this.needsLogin = true;
+    this.updateWriteControls();
+    if (this.session.user || this.askedLogin || document.querySelector("dialog[open]")) return;
+    this.askedLogin = true;
+    this.session.open("login", "This store lets nobody read or write without a login: log in to see it.");
+  }
+
+  /** Write controls are off while another client holds the lock, or before a needed login. */
   updateWriteControls() {
     const locked = this.transactions.lockedByOther;
+    const anonymous = this.needsLogin && !this.session.user;
     for (const control of document.querySelectorAll("[data-write]")) {
-      control.disabled = locked;
+      control.disabled = locked || anonymous;
       if (locked) control.title = "Another client holds the transaction lock";
+      else if (anonymous) control.title = "Log in first: this store needs a login";
       else control.removeAttribute("title");
     }
   }
@@ -114,14 +131,15 @@ class App {
     const actions = {
       "/": () => $("#prefix").focus(),
       f: () => $("#find-value").focus(),
-      n: () => this.viewer.create(),
+      n: () => (this.needsLogin && !this.session.user ? this.session.open("login", "Log in to create a key.") : this.viewer.create()),
       e: () => this.viewer.edit(),
       Delete: () => this.viewer.remove(),
       k: () => this.browser.focusRow(0),
       l: () => (this.session.user ? null : this.session.open("login")),
       "?": () => $("#help-dialog").showModal(),
     };
-    const action = actions[event.key];
+    // Letters in either case (Shift, Caps Lock): the help and the README write them upper case.
+    const action = actions[event.key.length === 1 ? event.key.toLowerCase() : event.key];
     if (action) {
       event.preventDefault();
       action();

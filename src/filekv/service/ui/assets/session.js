@@ -54,8 +54,11 @@ export class Session {
     }
   }
 
-  open(mode) {
+  /** The login dialog; why: a line saying why it opened by itself (null when asked for). */
+  open(mode, why = null) {
     this.mode = mode;
+    $("#login-why").textContent = why ?? "";
+    $("#login-why").hidden = !why;
     const registering = mode === "register";
     $("#login-title").textContent = registering ? "Register" : "Log in";
     $("#login-submit").textContent = registering ? "Register and log in" : "Log in";
@@ -82,7 +85,8 @@ export class Session {
       this.app.notices.success(this.mode === "register" ? `Registered and logged in as ${this.user.username}.` : `Logged in as ${this.user.username}.`);
       this.changed();
     } catch (error) {
-      const retry = error.retryAfter ? ` (retry in ${error.retryAfter} s)` : "";
+      // Said once: the server's detail may already say when to retry.
+      const retry = error.retryAfter && !/retry/i.test(error.detail) ? ` (retry in ${error.retryAfter} s)` : "";
       this.formError.textContent = `${error.detail}${retry}`;
     } finally {
       submit.disabled = false;
@@ -90,9 +94,22 @@ export class Session {
   }
 
   async logout() {
+    // Logging out ends the session's transaction on the server: its staged writes are lost.
+    const transactions = this.app.transactions;
+    const holding = transactions.mine;
+    if (holding) {
+      const count = transactions.stagedCount();
+      const ok = await this.app.confirm(
+        "Log out and roll back your transaction?",
+        `You hold a transaction (depth ${transactions.state.depth}) with ${count} staged write${count === 1 ? "" : "s"} from this tab. ` +
+          "Logging out rolls it back, every level: nothing of it is applied.",
+        "Log out and roll back",
+      );
+      if (!ok) return;
+    }
     try {
       await this.api.logout();
-      this.app.notices.success("Logged out.");
+      this.app.notices.success(holding ? "Logged out: your transaction was rolled back, nothing of it applied." : "Logged out.");
     } catch (error) {
       if (error.status !== 401) this.app.notices.error(`Log out: ${error.detail}`);
     }

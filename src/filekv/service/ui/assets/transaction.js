@@ -45,7 +45,7 @@ export class Transactions {
     this.buttons.rollback.addEventListener("click", () => this.act("rollback"));
     this.buttons.commit.addEventListener("click", () => this.act("commit"));
     this.buttons.breakLock.addEventListener("click", () => this.breakLock());
-    this.api.onAnswer = (method, path, token) => this.afterAnswer(path, token);
+    this.api.onAnswer = (method, path, token, status) => this.afterAnswer(path, token, status);
   }
 
   get mine() {
@@ -93,18 +93,24 @@ export class Transactions {
       else if (state.mine) this.trimLevels(state.depth);
     } catch (error) {
       this.known = false;
-      this.error = error.detail || String(error);
+      this.error = error.status === 401 && !this.api.token ? "log in to see it" : error.detail || String(error);
     } finally {
       this.asking = false;
     }
     this.render();
   }
 
-  /** After a request of the holder (which renewed its lease): learn the new time left. */
-  afterAnswer(path, token) {
+  /**
+   * After a request of the holder (which renewed its lease): learn the new time left. After a
+   * 409 to a transaction-bound request (a write, a transaction call), whoever sent it: the
+   * server says the transaction is over (lease, maximum age, an admin) or changed, so the bar
+   * asks at once instead of showing a depth and a lease that are no more.
+   */
+  afterAnswer(path, token, status) {
     // Only the data and transaction routes renew a lease; /stats and /healthz do not.
     const renews = path.startsWith("keys") || path.startsWith("transactions/") || path === "batch";
-    if (!this.mine || !token || !renews) return;
+    const over = status === 409 && (renews || path === "transactions");
+    if (!token || !(over || (this.mine && renews))) return;
     clearTimeout(this.syncTimer);
     this.syncTimer = setTimeout(() => this.refresh(), SYNC_DELAY_MS);
   }
@@ -116,6 +122,7 @@ export class Transactions {
    */
   async lost() {
     this.saveLevels([]);
+    if (!this.api.token) return; // logged out: the server ended it with the login
     try {
       await this.api.rollback();
       this.app.notices.error("Your transaction had ended; nothing of it was applied.");
@@ -202,9 +209,18 @@ export class Transactions {
     else sessionStorage.removeItem(STAGED_KEY);
   }
 
+  /** Logged in, out, or expired: nothing this tab believed about its transaction holds. */
   identityChanged() {
     this.saveLevels([]);
+    this.state = { active: false, mine: false, depth: 0, expires_in: null };
+    this.known = false;
+    this.render();
     this.refresh();
+  }
+
+  /** How many writes this tab staged in its transaction, every level. */
+  stagedCount() {
+    return this.levels.reduce((count, level) => count + level.length, 0);
   }
 
   render() {
