@@ -71,7 +71,11 @@ export class ServerPanel {
       this.updated.textContent = `updated ${new Date().toLocaleTimeString("en-GB")}`;
     } catch (error) {
       this.error.hidden = false;
-      this.error.textContent = `Statistics: ${error.detail}`;
+      // auth_mode "all": anonymous visitors are told to log in, not how to send a header.
+      this.error.textContent =
+        error.status === 401 && !this.api.token
+          ? "Statistics: log in to see them."
+          : `Statistics: ${error.detail}`;
     }
   }
 }
