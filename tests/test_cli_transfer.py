@@ -8,6 +8,7 @@ under ``FILEKV_SOAK=1``.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pty
@@ -19,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -516,3 +518,72 @@ def test_import_second_ctrl_c_takes_one_look_at_the_batch_on_its_way() -> None:
     batch = transfer_cli.Batch(first_line=1, last_line=2)
     assert transfer_cli._on_its_way(_EmptiedOnceTested([batch])) is batch
     assert transfer_cli._on_its_way([]) is None
+
+
+@pytest.mark.parametrize("how", ["online", "dry run", "offline"])
+def test_cli_import_counts_expired_lines_wherever_they_are(
+    make_server: MakeServer, tmp_path: Path, how: str
+) -> None:
+    """Expired lines are left out and counted, with the lines they are on, also at the end of the
+    file where no key follows them in their batch, and in a file of nothing else."""
+    stale = time.time() - 3600
+    live = {"key": "i/live", "value": "x"}
+    files = {
+        "only expired": ([{"key": "i/b", "value": "x", "expires_at": 1}], (0, 1, 1)),
+        "expired at the end": (
+            [
+                live,
+                {"key": "i/b", "value": "x", "expires_at": 1},
+                {"key": "i/c", "value": "x", "expires_at": stale},
+            ],
+            (1, 3, 2),
+        ),
+        "expired around a batch": (
+            [
+                {"key": "i/b", "value": "x", "expires_at": stale},
+                live,
+                {"key": "i/c", "value": "x", "expires_at": stale},
+                {"key": "i/d", "value": "y"},
+                {"key": "i/e", "value": "x", "expires_at": stale},
+            ],
+            (2, 5, 3),
+        ),
+    }
+    target = make_server(fsync="never") if how == "online" else None
+    for number, (name, (items, (valid, last_line, expired))) in enumerate(files.items()):
+        path = write_lines(tmp_path / f"{number}.jsonl", items)
+        where = {
+            "online": ["--url", target.url if target else ""],
+            "dry run": ["--dry-run"],
+            "offline": ["--data-dir", str(tmp_path / f"data{number}")],
+        }[how]
+        result = filekv("import", str(path), "--json", "--batch-size", "1", *where)
+        assert result.returncode == 0, (name, result.stderr)
+        summary = json.loads(result.stdout)
+        figures = (summary["valid"], summary["last_line"], summary["expired"])
+        assert figures == (valid, last_line, expired), name
+        plain = filekv("import", str(path), "--dry-run")
+        assert f"; {expired} expired keys left out" in plain.stderr, name
+        if valid:
+            assert f"(lines 1-{last_line})" in plain.stderr, name
+
+
+def test_import_counts_a_ttl_from_when_its_batch_is_sent() -> None:
+    """A batch read, then sent later (it waited behind another): its ttls are counted from the
+    moment it is sent, not from when its lines were read, so the key expires when it should."""
+    expires_at = time.time() + 1000
+    line = orjson.dumps({"key": "k", "value": "v", "expires_at": expires_at}) + b"\n"
+    (batch,) = transfer_cli.read_batches(io.BytesIO(line), 10)
+    time.sleep(0.5)  # waiting in the queue
+    sent: list[tuple[float, list[dict[str, Any]]]] = []
+
+    class Target:
+        url = "http://filekv.test"
+
+        def batch(self, ops: list[dict[str, Any]]) -> int:
+            sent.append((time.time(), ops))
+            return 1
+
+    transfer_cli._write_online(cast(Any, Target()))(batch)
+    ((at, ops),) = sent
+    assert abs(ops[0]["ttl"] - (expires_at - at)) < 0.1

@@ -128,7 +128,8 @@ def parse_line(number: int, line: bytes) -> tuple[str, str, float | None]:
 
 @dataclass
 class Batch:
-    """Keys and values read for the next write, and the lines they came from."""
+    """Keys and values read for the next write, and the lines they came from (an expired line's
+    among them: a batch may hold only such lines, and no key to write)."""
 
     first_line: int = 0
     last_line: int = 0
@@ -139,8 +140,11 @@ class Batch:
     expired: int = 0  # lines left out: their key had expired by the time they were read
 
     def operations(self) -> Iterator[tuple[str, str, float | None]]:
-        """(key, value, ttl in seconds or None), the ttl counted from now: at least 1 ms, so a
-        key that expires while its batch is on the way is written and gone at once."""
+        """(key, value, ttl in seconds or None), the ttl counted from the moment this is first
+        iterated: a write does so just before it sends the batch (which may have waited behind
+        another since its lines were read), so the key expires when ``expires_at`` says, give
+        or take the clocks' difference and the request's flight. At least 1 ms, so a key that
+        expires while its batch is on the way is written and gone at once."""
         now = time.time()
         for key, value, expires_at in zip(self.keys, self.values, self.expiries, strict=True):
             yield key, value, None if expires_at is None else max(expires_at - now, 0.001)
@@ -159,20 +163,24 @@ def read_batches(lines: IO[bytes], batch_keys: int) -> Iterator[Batch]:
             continue
         key, value, expires_at = parse_line(number, line)
         if expires_at is not None and expires_at <= time.time():
-            batch.expired += 1  # gone already: as an export taken now would leave it out
+            # Gone already, as an export taken now would leave it out: counted, not written.
+            if not batch.last_line:
+                batch.first_line = number
+            batch.last_line = number
+            batch.expired += 1
             continue
         size = len(line) + 16  # as a batch operation: the line's JSON, give or take a field name
         if batch.keys and (len(batch.keys) >= batch_keys or batch.size + size > BATCH_BYTES):
             yield batch
             batch = Batch()
-        if not batch.keys:
+        if not batch.last_line:
             batch.first_line = number
         batch.last_line = number
         batch.keys.append(key)
         batch.values.append(value)
         batch.expiries.append(expires_at)
         batch.size += size
-    if batch.keys:
+    if batch.last_line:  # its keys, or only expired lines: counted all the same
         yield batch
 
 
@@ -397,7 +405,7 @@ def _import_batches(
 ) -> None:
     for batch in batches:
         with _ctrl_c_held():
-            revision = write(batch)
+            revision = write(batch) if batch.keys else None  # nothing but expired lines
             if revision is not None:
                 result.revision = revision
             result.written += len(batch.keys)
