@@ -685,16 +685,6 @@ def status(url: UrlOption = None, as_json: JsonOption = False) -> None:
 # -- watching ------------------------------------------------------------------------------------
 
 
-def _mark(change: Change) -> tuple[int, float]:
-    """Where ``change`` is in the stream: its revision and its index in a batch or commit (the
-    last operation of one, or a lone change, is ``inf``: its revision is done)."""
-    revision, _, index = change.event_id.partition(".")
-    try:
-        return int(revision), float(index) if index else math.inf
-    except ValueError:
-        return change.revision, math.inf
-
-
 def _print_change(change: Change, as_json: bool) -> None:
     if as_json:
         emit_json(
@@ -717,21 +707,23 @@ def _print_change(change: Change, as_json: bool) -> None:
 
 def _watch(verb: Session, prefix: str, start: int | None, as_json: bool) -> None:
     """Print the changes from ``start`` on; a lost connection is made again (for at most
-    ``RECONNECT_SECONDS``) and the watch resumes right after the last change printed."""
-    last: tuple[int, float] | None = None  # the last change printed
+    ``RECONNECT_SECONDS``) and the watch resumes where its stream was: right after the last
+    change printed, or after the later position the server named on an idle stream (the id of
+    a heartbeat), so a quiet prefix does not fall behind the history the server keeps."""
+    position: str | None = None  # the stream's last event id, once the server sent one
     down_since: float | None = None
     while True:
-        if last is not None:
-            start = last[0] + 1 if last[1] == math.inf else last[0]
         began = time.monotonic()
+        changes = verb.kv.watch(
+            prefix,
+            from_revision=None if position is not None else start,
+            last_event_id=position,
+            reconnect_timeout=0,
+        )
         try:
-            for change in verb.kv.watch(prefix, from_revision=start, reconnect_timeout=0):
-                mark = _mark(change)
-                if last is not None and mark <= last:
-                    continue  # printed before the connection was lost
+            for change in changes:
                 down_since = None
                 _print_change(change, as_json)
-                last = mark
         except (Unavailable, ServerError) as exc:
             if time.monotonic() - began > 10 * RETRY_SECONDS:
                 down_since = None  # it was watching until now: a new outage
@@ -749,6 +741,8 @@ def _watch(verb: Session, prefix: str, start: int | None, as_json: bool) -> None
         except Unauthorized as exc:  # the server restarted: the stored token died with it
             if not verb.drop_dead_token(exc):
                 raise
+        finally:
+            position = changes.last_event_id
 
 
 def _reachable(kv: Client) -> bool:
@@ -785,8 +779,9 @@ def watch(
     A line per change: revision, op (put, delete, expire), the key and a put's value (both as
     JSON strings). Exit 7 at once if the server cannot be reached; a connection lost later is
     made again (said on stderr; exit 7 after 60 s without a watch: the server down, or
-    answering 5xx, such as 503 too many watchers) and the watch resumes after the last change
-    printed; exit 9 if --from is older than the history the server keeps (watch_history).
+    answering 5xx, such as 503 too many watchers) and the watch resumes where its stream was
+    (after the last change printed, or the later position an idle stream's heartbeat named);
+    exit 9 if --from is older than the history the server keeps (watch_history).
     """
     _text(prefix, "prefix")
     try:

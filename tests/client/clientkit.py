@@ -150,3 +150,22 @@ def login_new_user(kv: Any) -> str:
     kv.register(name, PASSWORD)
     kv.login(name, PASSWORD)
     return name
+
+
+class BigPage(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """What a wrong URL may answer: 16 MiB of HTML in 64 KiB pieces; ``pulled`` counts the bytes
+    the client read of it."""
+
+    PIECE = b"<p>not filekv</p>".ljust(64 << 10, b" ")
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for _ in range(256):
+            self.pulled += len(self.PIECE)
+            yield self.PIECE
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self:
+            yield piece

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from clientkit import PASSWORD, Body, Connect, add_admin, login_new_user, unique
+from clientkit import PASSWORD, BigPage, Body, Connect, add_admin, login_new_user, unique
 from support.server import Server
 
 from filekv.client import FilekvError, Forbidden, Unauthorized, Unavailable
@@ -76,3 +76,24 @@ def test_client_backup_cut_short_is_unavailable(connect: Connect) -> None:
     with pytest.raises(Unavailable, match="cut off after 400 of 1000 bytes"):
         kv.backup(out)
     assert out.getvalue() == b"x" * 400  # what arrived: the caller renames only on success
+
+
+@pytest.mark.parametrize("status", [404, 302, 500])
+def test_client_backup_reads_little_of_an_answer_that_is_not_a_backup(
+    connect: Connect, status: int
+) -> None:
+    """A --url naming a large page: the error is raised after at most 64 KiB of it is read, not
+    once the whole is in memory; nothing is written."""
+    page = BigPage()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers={"content-type": "text/html"}, stream=page)
+
+    kv = connect("http://filekv.test", transport=httpx.MockTransport(answer))
+    out = io.BytesIO()
+    with pytest.raises(FilekvError) as raised:
+        kv.backup(out)
+    assert raised.value.status == status
+    assert page.pulled <= 1 << 20
+    assert len(raised.value.detail) <= 64 << 10
+    assert out.getvalue() == b""

@@ -12,7 +12,7 @@ import json
 
 import httpx
 import pytest
-from clientkit import Body, Connect, unique
+from clientkit import BigPage, Body, Connect, unique
 from support.server import Server
 
 from filekv.client import (
@@ -153,3 +153,22 @@ def test_client_export_error_status_maps_to_its_class(
     assert raised.value.detail == f"status {status}"
     if isinstance(raised.value, TooManyRequests):
         assert raised.value.retry_after == 3.0
+
+
+@pytest.mark.parametrize("status", [404, 302, 500])
+def test_client_export_reads_little_of_an_answer_that_is_not_an_export(
+    connect: Connect, status: int
+) -> None:
+    """A --url naming a large page: the error is raised after at most 64 KiB of it is read, not
+    once the whole is in memory."""
+    page = BigPage()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, headers={"content-type": "text/html"}, stream=page)
+
+    kv = connect("http://filekv.test", transport=httpx.MockTransport(answer))
+    with pytest.raises(FilekvError) as raised, kv.export():
+        pass
+    assert raised.value.status == status
+    assert page.pulled <= 1 << 20
+    assert len(raised.value.detail) <= 64 << 10

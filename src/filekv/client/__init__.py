@@ -37,11 +37,12 @@ from filekv.client._errors import (
 )
 from filekv.client._models import Entry
 from filekv.client._protocol import DEFAULT_URL
-from filekv.client._watch import Change
+from filekv.client._watch import AsyncWatch, Change, Watch
 
 __all__ = [
     "DEFAULT_URL",
     "AsyncClient",
+    "AsyncWatch",
     "Change",
     "Client",
     "Conflict",
@@ -58,4 +59,5 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",
+    "Watch",
 ]

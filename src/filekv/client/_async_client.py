@@ -16,7 +16,7 @@ from filekv.client import _protocol as p
 from filekv.client._errors import FilekvError, NotFound, translate_transport_errors
 from filekv.client._export import AsyncExportStream
 from filekv.client._models import Entry
-from filekv.client._watch import Change, Resume, watch_async
+from filekv.client._watch import AsyncWatch, Resume, watch_async
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,8 @@ class AsyncClient:
             request = p.export_call(prefix).request(self._http)
             response = await self._http.send(request, stream=True)
         try:
-            if not response.is_success:  # 3xx: not filekv's
-                with translate_transport_errors():
-                    await response.aread()
-                p.check(response)
+            if not response.is_success:  # 3xx: not filekv's; at most 64 KiB of it read
+                p.check(await p.read_capped_async(response))
             yield AsyncExportStream(response)
         finally:
             await response.aclose()
@@ -218,9 +216,8 @@ class AsyncClient:
         with translate_transport_errors():
             response = await self._http.send(p.BACKUP.request(self._http), stream=True)
             try:
-                if not response.is_success:  # 3xx: not filekv's
-                    await response.aread()
-                    p.check(response)
+                if not response.is_success:  # 3xx: not filekv's; at most 64 KiB of it read
+                    p.check(await p.read_capped_async(response))
                 total, revision = p.decode_backup_head(response)
                 if on_start is not None:
                     on_start(total)
@@ -243,12 +240,15 @@ class AsyncClient:
         key: str | None = None,
         from_revision: int | None = None,
         reconnect_timeout: float | None = 60.0,
-    ) -> AsyncIterator[Change]:
-        """``Client.watch`` for asyncio: ``async for change in kv.watch("cfg/"):``."""
-        resume = Resume(prefix, key, from_revision)
-        return watch_async(
+        last_event_id: str | None = None,
+    ) -> AsyncWatch:
+        """``Client.watch`` for asyncio: ``async for change in kv.watch("cfg/"):``; the answer's
+        ``last_event_id`` as ``Client.watch``'s."""
+        resume = Resume(prefix, key, from_revision, last_event_id)
+        changes = watch_async(
             self.url, self._http.headers, self._timeout, self._transport, resume, reconnect_timeout
         )
+        return AsyncWatch(changes, resume)
 
     # --- transactions
 

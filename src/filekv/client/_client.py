@@ -15,7 +15,7 @@ from filekv.client import _protocol as p
 from filekv.client._errors import FilekvError, NotFound, translate_transport_errors
 from filekv.client._export import ExportStream
 from filekv.client._models import Entry
-from filekv.client._watch import Change, Resume, watch_sync
+from filekv.client._watch import Resume, Watch, watch_sync
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,8 @@ class Client:
         with translate_transport_errors():
             response = self._http.send(p.export_call(prefix).request(self._http), stream=True)
         try:
-            if not response.is_success:  # 3xx: not filekv's
-                with translate_transport_errors():
-                    response.read()
-                p.check(response)
+            if not response.is_success:  # 3xx: not filekv's; at most 64 KiB of it read
+                p.check(p.read_capped_sync(response))
             yield ExportStream(response)
         finally:
             response.close()
@@ -216,9 +214,8 @@ class Client:
         with translate_transport_errors():
             response = self._http.send(p.BACKUP.request(self._http), stream=True)
             try:
-                if not response.is_success:  # 3xx: not filekv's
-                    response.read()
-                    p.check(response)
+                if not response.is_success:  # 3xx: not filekv's; at most 64 KiB of it read
+                    p.check(p.read_capped_sync(response))
                 total, revision = p.decode_backup_head(response)
                 if on_start is not None:
                     on_start(total)
@@ -241,20 +238,24 @@ class Client:
         key: str | None = None,
         from_revision: int | None = None,
         reconnect_timeout: float | None = 60.0,
-    ) -> Iterator[Change]:
+        last_event_id: str | None = None,
+    ) -> Watch:
         """Every change under ``prefix`` (or to ``key``) from ``from_revision`` on (None: from
         now), as it is committed: ``for change in kv.watch("cfg/"):``. Runs until you stop.
 
         On a connection of its own; when it drops (or the server says this watcher fell
-        behind) it reconnects and resumes after the last change yielded, without a gap or a
-        duplicate, giving up with ``Unavailable`` after ``reconnect_timeout`` seconds without
-        the server (None: never). ``Gone`` (with ``oldest_revision``) if ``from_revision`` is
-        compacted away.
+        behind) it reconnects and resumes where the stream was (after the last change yielded,
+        or a later position the server named while idle), without a gap or a duplicate,
+        giving up with ``Unavailable`` after ``reconnect_timeout`` seconds without the server
+        (None: never). ``Gone`` (with ``oldest_revision``) if ``from_revision`` is compacted
+        away. The answer's ``last_event_id`` is that position: ``last_event_id=`` (instead of
+        ``from_revision``) starts a new watch right after it.
         """
-        resume = Resume(prefix, key, from_revision)
-        return watch_sync(
+        resume = Resume(prefix, key, from_revision, last_event_id)
+        changes = watch_sync(
             self.url, self._http.headers, self._timeout, self._transport, resume, reconnect_timeout
         )
+        return Watch(changes, resume)
 
     # --- transactions
 

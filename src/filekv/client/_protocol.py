@@ -28,6 +28,7 @@ from filekv.client._errors import (
     retry_after,
     translate_decode_errors,
     translate_request_errors,
+    translate_transport_errors,
     wrong_type,
 )
 from filekv.client._models import Entry
@@ -116,6 +117,52 @@ def check(response: httpx.Response) -> httpx.Response:
         why = f"a redirect to {location}" if location else "filekv answers no such status"
         raise not_filekv(response, f"{why}; is the client's URL a filekv server's own?")
     return response
+
+
+# Of an answer that is not the one asked for (an error, a redirect, a stream of something else),
+# only this much is read, for the error's detail: a wrong URL may name a large file or an
+# endless stream, and filekv's own error answers are far smaller.
+MAX_ERROR_BYTES: Final = 64 * 1024
+_KEPT_EXTENSIONS: Final = frozenset(("http_version", "reason_phrase"))
+
+
+def _capped(response: httpx.Response, body: bytes) -> httpx.Response:
+    """``response`` with ``body`` (its first bytes, decoded) as its whole content."""
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name not in ("content-encoding", "content-length", "transfer-encoding")
+    ]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=response.request,
+        extensions={k: v for k, v in response.extensions.items() if k in _KEPT_EXTENSIONS},
+    )
+
+
+def read_capped_sync(response: httpx.Response) -> httpx.Response:
+    """A streamed ``response`` read for at most ``MAX_ERROR_BYTES`` (decoded), as an answer
+    whose whole content is that: for ``check`` or another error's detail."""
+    body = bytearray()
+    with translate_transport_errors():
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) >= MAX_ERROR_BYTES:
+                break
+    return _capped(response, bytes(body[:MAX_ERROR_BYTES]))
+
+
+async def read_capped_async(response: httpx.Response) -> httpx.Response:
+    """``read_capped_sync`` for an ``httpx.AsyncClient``'s answer."""
+    body = bytearray()
+    with translate_transport_errors():
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) >= MAX_ERROR_BYTES:
+                break
+    return _capped(response, bytes(body[:MAX_ERROR_BYTES]))
 
 
 def lock_delay(response: httpx.Response, remaining: float) -> float | None:

@@ -5,15 +5,20 @@ WHATWG rules the server relies on (``id:`` updates the last event id even withou
 server's first ``id:`` names where the stream starts). ``Resume`` remembers the last event id
 and builds each (re)connection's request from it, so a watch that loses its connection, or is
 told ``overflow`` (it read too slowly), goes on exactly after the last change it yielded:
-no gap, no duplicate. Only the sending differs between the two clients.
+no gap, no duplicate. An ``id:`` the server sends on an idle stream, with no event (a heartbeat
+saying where the stream is), moves that position too, so a watch on a quiet prefix does not
+fall behind the history compaction keeps. ``Watch`` and ``AsyncWatch`` (what ``watch`` returns)
+show the position, for a program that starts a new watch where one ended. Only the sending
+differs between the two clients.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -25,12 +30,13 @@ from filekv.client._errors import (
     ServerError,
     Unavailable,
     error_for_status,
+    invalid_argument,
     not_filekv,
     translate_decode_errors,
     translate_request_errors,
     translate_transport_errors,
 )
-from filekv.client._protocol import tls_verify
+from filekv.client._protocol import read_capped_async, read_capped_sync, tls_verify
 
 # Without a byte for this long (the server sends a heartbeat every 15 s by default), the
 # connection is taken for dead and made again.
@@ -93,14 +99,58 @@ class EventParser:
         return None
 
 
+_LINE_BREAK: Final = re.compile(rb"\r\n|\r|\n")
+
+
+class LineSplitter:
+    """Bytes of an event stream into its lines, broken as Server-Sent Events break them: at CR,
+    LF or CR LF, and nowhere else (``str.splitlines``, and so httpx's ``iter_lines``, also
+    breaks at U+0085, U+2028, U+2029 and more, which a value or a key may hold). A CR LF split
+    between two chunks is one line end. Each line is decoded once whole (a UTF-8 character never
+    holds a CR or LF byte, so none is cut); a line not yet ended waits for the next chunk, and
+    one never ended (the connection cut) is dropped, as the event it belongs to."""
+
+    def __init__(self) -> None:
+        self._partial = bytearray()  # the line begun, not yet ended
+        self._after_cr = False  # the last chunk ended with CR: an LF opening the next is its
+        self._first = True  # a byte order mark opening the stream is dropped
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """The lines ``chunk`` completes, without their line ends."""
+        if not chunk:
+            return []
+        if self._after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._after_cr = chunk[-1:] == b"\r"
+        parts = _LINE_BREAK.split(chunk)
+        self._partial += parts[0]
+        if len(parts) == 1:
+            return []
+        ended = [bytes(self._partial), *parts[1:-1]]
+        self._partial = bytearray(parts[-1])
+        lines = [part.decode("utf-8", "replace") for part in ended]
+        if self._first:
+            self._first = False
+            lines[0] = lines[0].removeprefix("\ufeff")
+        return lines
+
+
 class Resume:
     """Where a watch is, and the request that goes on from there."""
 
-    def __init__(self, prefix: str, key: str | None, from_revision: int | None) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        key: str | None,
+        from_revision: int | None,
+        last_event_id: str | None = None,
+    ) -> None:
+        if from_revision is not None and last_event_id is not None:
+            raise invalid_argument("give from_revision or last_event_id, not both")
         self.prefix = prefix
         self.key = key
         self.from_revision = from_revision
-        self.parser = EventParser()
+        self.parser = EventParser(last_event_id)
 
     @property
     def retry_seconds(self) -> float:
@@ -147,53 +197,72 @@ class Resume:
         return None  # "overflow": the stream ends and the watch reconnects from last_id
 
 
+class Watch(Iterator[Change]):
+    """What ``Client.watch`` returns: an iterator of the changes (``for change in watch``), and
+    where the watch is (``last_event_id``)."""
+
+    def __init__(self, changes: Generator[Change, None, None], resume: Resume) -> None:
+        self._changes = changes
+        self._resume = resume
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> Change:
+        return next(self._changes)
+
+    @property
+    def last_event_id(self) -> str | None:
+        """The id of the last event the server completed: the last change yielded, or an
+        ``id:`` the server sent since on an idle stream (a heartbeat's); None before the first.
+        ``watch(..., last_event_id=...)`` goes on from there, also after this one failed."""
+        return self._resume.parser.last_id
+
+    def close(self) -> None:
+        """Close the watch's connection (leaving a ``for`` loop early does not; ending the
+        program, or dropping every reference to the watch, does)."""
+        self._changes.close()
+
+
+class AsyncWatch(AsyncIterator[Change]):
+    """What ``AsyncClient.watch`` returns: ``Watch`` for ``async for``."""
+
+    def __init__(self, changes: AsyncGenerator[Change, None], resume: Resume) -> None:
+        self._changes = changes
+        self._resume = resume
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __anext__(self) -> Change:
+        return await anext(self._changes)
+
+    @property
+    def last_event_id(self) -> str | None:
+        """As ``Watch.last_event_id``."""
+        return self._resume.parser.last_id
+
+    async def aclose(self) -> None:
+        """Close the watch's connection."""
+        await self._changes.aclose()
+
+
 def is_stream(response: httpx.Response) -> bool:
     """Whether ``response`` is a watch's stream: 200 and ``text/event-stream``."""
     kind = response.headers.get("content-type", "").partition(";")[0].strip().lower()
     return response.status_code == 200 and kind == "text/event-stream"
 
 
-# Of an answer that is not an event stream, only this much is read, for the error's detail: a
-# wrong URL may name a large file or an endless stream of something else.
-MAX_ERROR_BYTES: Final = 64 * 1024
-_KEPT_EXTENSIONS: Final = frozenset(("http_version", "reason_phrase"))
-
-
-def _capped(response: httpx.Response, body: bytes) -> httpx.Response:
-    """``response`` with ``body`` (its first bytes, decoded) as its whole content."""
-    headers = [
-        (name, value)
-        for name, value in response.headers.multi_items()
-        if name not in ("content-encoding", "content-length", "transfer-encoding")
-    ]
-    return httpx.Response(
-        response.status_code,
-        headers=headers,
-        content=body,
-        request=response.request,
-        extensions={k: v for k, v in response.extensions.items() if k in _KEPT_EXTENSIONS},
-    )
-
-
 def read_error_sync(response: httpx.Response) -> FilekvError:
     """``stream_error`` of an answer that is not a stream, reading at most
-    ``MAX_ERROR_BYTES`` of it."""
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) >= MAX_ERROR_BYTES:
-            break
-    return stream_error(_capped(response, bytes(body[:MAX_ERROR_BYTES])))
+    ``MAX_ERROR_BYTES`` of it (a wrong URL may name a large file, or an endless stream of
+    something else)."""
+    return stream_error(read_capped_sync(response))
 
 
 async def read_error_async(response: httpx.Response) -> FilekvError:
     """``read_error_sync`` for an ``httpx.AsyncClient``'s answer."""
-    body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) >= MAX_ERROR_BYTES:
-            break
-    return stream_error(_capped(response, bytes(body[:MAX_ERROR_BYTES])))
+    return stream_error(await read_capped_async(response))
 
 
 def stream_error(response: httpx.Response) -> FilekvError:
@@ -224,7 +293,7 @@ def watch_sync(
     transport: httpx.BaseTransport | None,
     resume: Resume,
     reconnect_timeout: float | None,
-) -> Iterator[Change]:
+) -> Generator[Change, None, None]:
     """``Client.watch``: connect, yield the changes, reconnect from the last one."""
     http: httpx.Client = _connection(url, headers, timeout, transport, asynchronous=False)
     down_since: float | None = None
@@ -238,11 +307,13 @@ def watch_sync(
                             raise read_error_sync(response)
                         down_since = None
                         resume.new_parser()
-                        for line in response.iter_lines():
-                            event = resume.parser.line(line)
-                            change = None if event is None else resume.change(event, response)
-                            if change is not None:
-                                yield change
+                        lines = LineSplitter()
+                        for chunk in response.iter_bytes():
+                            for line in lines.feed(chunk):
+                                event = resume.parser.line(line)
+                                change = None if event is None else resume.change(event, response)
+                                if change is not None:
+                                    yield change
                     finally:
                         response.close()
                 continue  # the stream ended (overflow, a server shutting down): at once again
@@ -260,7 +331,7 @@ async def watch_async(
     transport: httpx.AsyncBaseTransport | None,
     resume: Resume,
     reconnect_timeout: float | None,
-) -> AsyncIterator[Change]:
+) -> AsyncGenerator[Change, None]:
     """``AsyncClient.watch``: as ``watch_sync``."""
     http: httpx.AsyncClient = _connection(url, headers, timeout, transport, asynchronous=True)
     down_since: float | None = None
@@ -274,11 +345,13 @@ async def watch_async(
                             raise await read_error_async(response)
                         down_since = None
                         resume.new_parser()
-                        async for line in response.aiter_lines():
-                            event = resume.parser.line(line)
-                            change = None if event is None else resume.change(event, response)
-                            if change is not None:
-                                yield change
+                        lines = LineSplitter()
+                        async for chunk in response.aiter_bytes():
+                            for line in lines.feed(chunk):
+                                event = resume.parser.line(line)
+                                change = None if event is None else resume.change(event, response)
+                                if change is not None:
+                                    yield change
                     finally:
                         await response.aclose()
                 continue
