@@ -427,3 +427,41 @@ def test_e2e_watch_a_client_that_stops_reading_is_closed_and_frees_its_slot(
     log = server.log()
     assert "watch_stall_seconds" in log
     assert "without completing response" not in log
+
+
+def test_e2e_watch_ends_when_its_token_dies(tmp_path: Path) -> None:
+    """auth_mode=all: a stream whose token is logged out gets a last `event: unauthorized` and
+    is closed; the values written after the logout never reach it."""
+    server = Server(
+        tmp_path / "data",
+        tmp_path / "server.log",
+        fsync="never",
+        auth_mode="all",
+        watch_heartbeat_seconds=0.3,
+    )
+    server.start()
+    try:
+        with client(server) as http:
+            headers = login(http)
+            writer = login(http, "writer")
+            with stream(http, headers=headers, params={"prefix": "au/"}) as response:
+                assert response.status_code == 200
+                before = http.put("/keys/au/x", json={"value": "before"}, headers=writer)
+                seen = (item for item in events(response) if isinstance(item, Event))
+                assert next(seen).data["value"] == "before"
+                assert http.post("/auth/logout", headers=headers).status_code == 204
+                assert http.get("/auth/me", headers=headers).status_code == 401
+                threading.Event().wait(0.6)  # past the stream's check interval
+                for i in range(3):
+                    answer = http.put("/keys/au/x", json={"value": f"secret{i}"}, headers=writer)
+                    assert answer.status_code == 200
+                rest: list[Event] = []
+                for event in seen:  # bounded: the stream ends, or the 3 puts came through
+                    rest.append(event)
+                    if len(rest) == 3:
+                        break
+        assert [e.name for e in rest] == ["unauthorized"]
+        assert "no longer valid" in str(rest[0].data["detail"])
+        assert rest[0].data["last_event_id"] == str(before.json()["revision"])
+    finally:
+        server.stop()

@@ -49,6 +49,7 @@ from filekv.service.wire import encoding_problem
 
 if TYPE_CHECKING:
     from filekv.engine import Store
+    from filekv.service.auth import AuthService
     from filekv.service.transactions import TransactionManager
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ EVENT_ID_PATTERN: Final = r"^(0|[1-9][0-9]{0,18}(\.(0|[1-9][0-9]{0,8}))?)$"
 MAX_WAIT_SECONDS: Final = 60.0  # the longest long poll
 MAX_REVISION: Final = (1 << 63) - 1
 RETRY_MS: Final = 2000  # what an EventSource waits before it reconnects
+TOKEN_CHECK_SECONDS: Final = 0.5  # a stream's token is checked again at most this often
 # The most bytes a stream hands the server at once (WatchResponse): what a client that stopped
 # reading can make the stream hold, besides the transport's buffer.
 SEND_BYTES: Final = 64 << 10
@@ -210,7 +212,8 @@ def start_position(
     responses={
         200: {
             "description": "A stream of `put`, `delete` and `expire` events (then `overflow` "
-            "if the client falls more than watch_queue_events behind).",
+            "if the client falls more than watch_queue_events behind, or `unauthorized` once "
+            "the token the stream was opened with is no longer valid).",
             "content": {
                 "text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}
             },
@@ -247,7 +250,7 @@ async def watch(
     """Every committed change under ``prefix`` (or to ``key``) after the start, as it happens."""
     state = request.app.state
     transactions: TransactionManager = state.transactions
-    request_session_id(request, transactions, write=False)
+    session_id = request_session_id(request, transactions, write=False)
     check_query_encoding(request, WATCH_TEXT_PARAMETERS)
     check_filter(request, prefix, key)
     store: Store = state.store
@@ -258,8 +261,11 @@ async def watch(
         watched, exact = prefix, False
     else:  # both filters hold; no key is empty, so "" matches nothing
         watched, exact = (key if key.startswith(prefix) else ""), True
+    # A stream that came with a token lives only as long as its token (a logout, a revoke, its
+    # expiry end it): a token sent is always checked, so a reconnect with it would be 401.
+    token = None if session_id is None else _Token(state.auth, session_id)
     return WatchResponse(
-        _stream(store, hub, watched, exact, position),
+        _stream(store, hub, watched, exact, position, token),
         stall_seconds=state.settings.watch_stall_seconds,
         prefix=watched,
     )
@@ -325,8 +331,37 @@ def _start_id(position: Position) -> str:
     return f"{position.revision + 1}.{position.index}"
 
 
+class _Token:
+    """A stream's token, checked again as the stream goes on, at most every
+    ``TOKEN_CHECK_SECONDS`` (``AuthService.session_alive``: a dict lookup, and at most every
+    0.5 s a ``stat`` of ``users.json``)."""
+
+    def __init__(self, auth: AuthService, session_id: str) -> None:
+        self._auth = auth
+        self._session_id = session_id
+        self._next = time.monotonic() + TOKEN_CHECK_SECONDS  # checked as the stream started
+
+    def dead(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + TOKEN_CHECK_SECONDS
+        return not self._auth.session_alive(self._session_id)
+
+
+TOKEN_GONE: Final = (
+    "the token this stream was opened with is no longer valid (logged out, revoked or expired): "
+    "log in again and reconnect with Last-Event-ID"
+)
+
+
 async def _stream(
-    store: Store, hub: WatchHub, watched: str, exact: bool, position: Position
+    store: Store,
+    hub: WatchHub,
+    watched: str,
+    exact: bool,
+    position: Position,
+    token: _Token | None = None,
 ) -> AsyncGenerator[bytes, None]:
     last_id = _start_id(position)
     # Added here, not in the route: a response that never starts (the client gone before the
@@ -342,6 +377,7 @@ async def _stream(
         yield f"retry: {RETRY_MS}\nid: {last_id}\n\n".encode()
         # The history, up to whatever the store has now; the hub queues what comes after.
         upto = position.revision
+        sent_id = last_id
         try:
             async for chunk in store.achange_chunks(after=position.revision, wait=False):
                 now = time.time()
@@ -351,6 +387,10 @@ async def _stream(
                         parts.append(format_event(change, index, last, now))
                         last_id = str(change.revision) if last else f"{change.revision}.{index}"
                 upto = chunk[-1].revision
+                if parts and token is not None and token.dead():
+                    yield _final("unauthorized", TOKEN_GONE, sent_id)
+                    return
+                sent_id = last_id
                 for piece in pack(parts):
                     yield piece
         except Compacted as exc:  # compaction overtook a slow catch-up
@@ -360,6 +400,9 @@ async def _stream(
             if watcher.overflowed:
                 detail = "this watcher fell too far behind: reconnect with Last-Event-ID"
                 yield _final("overflow", detail, last_id)
+                return
+            if (watcher.queue or watcher.heartbeat_due) and token is not None and token.dead():
+                yield _final("unauthorized", TOKEN_GONE, last_id)
                 return
             if watcher.queue:
                 # One event at a time off the queue, in pieces: no copy of the queue is made,
