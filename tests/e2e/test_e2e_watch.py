@@ -465,3 +465,20 @@ def test_e2e_watch_ends_when_its_token_dies(tmp_path: Path) -> None:
         assert rest[0].data["last_event_id"] == str(before.json()["revision"])
     finally:
         server.stop()
+
+
+def test_e2e_watch_last_event_id_inside_a_revision_ahead_of_the_store_is_409(
+    server: Server,
+) -> None:
+    """``<R+1>.<i>`` names revision R+1, which the store (at R) does not have: 409, never a
+    stream that would skip the next write."""
+    with client(server) as http:
+        revision = put(http, "ahead/a", "1")
+        with stream(http, headers={"Last-Event-ID": f"{revision + 1}.5"}) as answer:
+            assert answer.status_code == 409  # a stream is never read here: no hang if not
+            assert f"{revision + 1}.5" in json.loads(answer.read())["detail"]
+        # R.i of a revision the store has: a stream
+        with stream(
+            http, params={"prefix": "ahead/"}, headers={"Last-Event-ID": f"{revision}.0"}
+        ) as response:
+            assert response.status_code == 200

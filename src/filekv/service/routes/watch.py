@@ -197,7 +197,9 @@ def start_position(
         position, sent = Position(after_revision), after_revision
     else:
         position, sent = Position(current), current
-    if position.revision > current:
+    # ``R.i`` is after operation i of revision R: that revision must be in the store too.
+    named = position.revision if position.index is None else position.revision + 1
+    if named > current:
         raise RevisionAhead(f"revision {sent} is ahead of the store (at revision {current})")
     oldest = store.oldest_revision
     if position.revision + 1 < oldest:
