@@ -7,6 +7,7 @@ Waits are bounded (a hang fails), nothing asserts on time.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -482,3 +483,38 @@ def test_e2e_watch_last_event_id_inside_a_revision_ahead_of_the_store_is_409(
             http, params={"prefix": "ahead/"}, headers={"Last-Event-ID": f"{revision}.0"}
         ) as response:
             assert response.status_code == 200
+
+
+def test_e2e_watch_a_burst_past_the_limit_is_503_before_any_stream(tmp_path: Path) -> None:
+    """30 streams asked for at once with watch_max_watchers=5: 5 streams, 25 answers 503 with
+    Retry-After; no stream starts with 200 only to end with overflow."""
+    server = Server(tmp_path / "data", tmp_path / "server.log", fsync="never", watch_max_watchers=5)
+    server.start()
+
+    async def one(i: int) -> tuple[bytes, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET /watch?prefix=burst{i}/ HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        got = b""
+        while b"retry:" not in got and b'"detail"' not in got:  # a stream's start, or an error
+            data = await asyncio.wait_for(reader.read(4096), READ_TIMEOUT)
+            if not data:
+                break
+            got += data
+        return got, writer
+
+    async def burst() -> list[bytes]:
+        answers = await asyncio.gather(*(one(i) for i in range(30)))
+        for _, writer in answers:
+            writer.close()
+        return [got for got, _ in answers]
+
+    try:
+        answers = asyncio.run(burst())
+    finally:
+        server.stop()
+    started = [a for a in answers if a.startswith(b"HTTP/1.1 200")]
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503")]
+    assert len(started) == 5 and len(refused) == 25, [a[:40] for a in answers]
+    assert all(b"retry-after:" in a.lower() for a in refused)
+    assert not any(b"overflow" in a for a in answers)

@@ -221,3 +221,35 @@ def test_watch_pack_cuts_big_events_and_joins_small_ones() -> None:
     pieces = list(pack([b"a", big, b"c"]))
     assert b"".join(pieces) == b"a" + big + b"c"
     assert all(len(piece) <= SEND_BYTES for piece in pieces)
+
+
+def test_watch_hub_reservations_count_until_claimed_released_or_lapsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import filekv.service.watch as watch_module
+
+    with Store.open(tmp_path / "db", fsync="never") as store:
+        hub = WatchHub(store, max_watchers=2, queue_events=10)
+        first = hub.reserve()
+        second = hub.reserve()
+        with pytest.raises(TooManyWatchers):
+            hub.reserve()
+        with pytest.raises(TooManyWatchers):
+            hub.add("x")  # a long poll finds no room either
+        watcher = hub.add("a/", reservation=first)  # claimed: the same slot
+        assert hub.watchers == 1 and not first.live
+        hub.release(first)  # claimed: nothing to give back
+        with pytest.raises(TooManyWatchers):
+            hub.reserve()
+        hub.release(second)
+        hub.release(second)  # once only
+        third = hub.reserve()
+        hub.remove(watcher)
+        hub.reserve()
+        # An unclaimed reservation (a stream that never started) lapses.
+        monkeypatch.setattr(watch_module.time, "monotonic", lambda: third.deadline + 1)
+        hub.reserve()
+        assert not third.live
+        late = hub.add("b/", reservation=third)  # lapsed: it needs a free slot
+        assert hub.watchers == 1
+        hub.remove(late)

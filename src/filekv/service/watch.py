@@ -47,6 +47,17 @@ _EVENT_ID: Final = re.compile(r"(0|[1-9][0-9]{0,18})(?:\.(0|[1-9][0-9]{0,8}))?")
 
 # (revision, index within the revision, the event's id, the event's bytes)
 Event = tuple[int, int, str, bytes]
+# How long a slot reserved by GET /watch waits for its stream to claim it: a response that
+# never starts (the client gone before it) never runs the stream, so it cannot give it back.
+RESERVATION_SECONDS: Final = 5.0
+
+
+@dataclass(eq=False, slots=True)
+class Reservation:
+    """A watcher slot taken by the route, before its answer starts, for the stream to claim."""
+
+    deadline: float  # time.monotonic() after which the slot is free again, if unclaimed
+    live: bool = True  # neither claimed, released nor lapsed
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +197,9 @@ class WatchHub:
         self._prefixes: dict[int, dict[str, set[Watcher]]] = {}  # length -> prefix -> watchers
         self._exact: dict[str, set[Watcher]] = {}
         self._count = 0
+        # Slots reserved for streams not started yet, oldest first (all reserve the same time).
+        self._reservations: deque[Reservation] = deque()
+        self._reserved = 0  # how many of them are live
         self.position = store.revision  # every revision up to here is dispatched
         self._task: asyncio.Task[None] | None = None
         self._stopper: asyncio.Task[None] | None = None
@@ -213,15 +227,47 @@ class WatchHub:
                     await task
 
     def check_room(self) -> None:
-        """TooManyWatchers (503) if no other watcher may be added now."""
-        if self._count >= self._max_watchers:
+        """TooManyWatchers (503) if no other watcher may be added now (reserved slots count)."""
+        self._lapse()
+        if self._count + self._reserved >= self._max_watchers:
             raise TooManyWatchers(
                 f"the server already serves {self._max_watchers} watchers (watch_max_watchers)"
             )
 
-    def add(self, prefix: str, *, exact: bool = False) -> Watcher:
-        """A new watcher, dispatched every change after ``self.position`` from now on."""
+    def reserve(self) -> Reservation:
+        """A slot for a stream about to start (TooManyWatchers if none is free), taken at once:
+        the route answers 503 itself, not the stream an ``overflow`` once it has started. The
+        stream claims it (``add``); unclaimed, it is free again after ``RESERVATION_SECONDS``
+        or once ``release``d."""
         self.check_room()
+        reservation = Reservation(time.monotonic() + RESERVATION_SECONDS)
+        self._reservations.append(reservation)
+        self._reserved += 1
+        return reservation
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a slot reserved and not claimed (no-op otherwise)."""
+        if reservation.live:
+            reservation.live = False
+            self._reserved -= 1
+
+    def _lapse(self) -> None:
+        # Amortized O(1): each reservation is appended and popped once. Claimed or released
+        # ones wait behind a live one at most RESERVATION_SECONDS.
+        now = time.monotonic()
+        queue = self._reservations
+        while queue and (not queue[0].live or queue[0].deadline <= now):
+            self.release(queue.popleft())
+
+    def add(
+        self, prefix: str, *, exact: bool = False, reservation: Reservation | None = None
+    ) -> Watcher:
+        """A new watcher, dispatched every change after ``self.position`` from now on; in the
+        slot of ``reservation`` if it is still live, else in a free one (TooManyWatchers)."""
+        if reservation is not None and reservation.live:
+            self.release(reservation)  # the slot passes to the watcher
+        else:
+            self.check_room()
         watcher = Watcher(prefix, exact, self._queue_events)
         if self.closed:
             watcher.end()

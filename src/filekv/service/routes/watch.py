@@ -22,7 +22,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any, Final
 from urllib.parse import unquote_plus
 
@@ -39,6 +39,7 @@ from filekv.service.export import cut_off
 from filekv.service.schemas import OPTIONAL_BEARER, UNAUTHORIZED, error, invalid
 from filekv.service.watch import (
     Position,
+    Reservation,
     Watcher,
     WatchHub,
     format_event,
@@ -258,7 +259,6 @@ async def watch(
     store: Store = state.store
     hub: WatchHub = state.watch_hub
     position = start_position(store, from_revision, _last_event_id(request))
-    hub.check_room()  # 503 now; the watcher itself is added when the stream starts
     if key is None:
         watched, exact = prefix, False
     else:  # both filters hold; no key is empty, so "" matches nothing
@@ -266,10 +266,15 @@ async def watch(
     # A stream that came with a token lives only as long as its token (a logout, a revoke, its
     # expiry end it): a token sent is always checked, so a reconnect with it would be 401.
     token = None if session_id is None else _Token(state.auth, session_id)
+    # The slot is taken now (503 if none is free), before the answer starts: a burst of
+    # connections past watch_max_watchers is refused here, not by streams that start with 200
+    # and end with overflow. The stream claims it; WatchResponse gives it back if it never ran.
+    reservation = hub.reserve()
     return WatchResponse(
-        _stream(store, hub, watched, exact, position, token),
+        _stream(store, hub, watched, exact, position, token, reservation),
         stall_seconds=state.settings.watch_stall_seconds,
         prefix=watched,
+        release=lambda: hub.release(reservation),
     )
 
 
@@ -289,9 +294,15 @@ class WatchResponse(StreamingResponse):
     """
 
     def __init__(
-        self, content: AsyncGenerator[bytes, None], *, stall_seconds: float, prefix: str
+        self,
+        content: AsyncGenerator[bytes, None],
+        *,
+        stall_seconds: float,
+        prefix: str,
+        release: Callable[[], None] = lambda: None,
     ) -> None:
         self._events = content
+        self._release = release
         super().__init__(
             content,
             media_type="text/event-stream",
@@ -325,6 +336,7 @@ class WatchResponse(StreamingResponse):
             # Its finally removes the watcher now, not when the garbage collector finds it: a
             # stream cut off while waiting in a send was not cancelled inside the generator.
             await self._events.aclose()
+            self._release()  # the slot, if the stream never claimed it (no-op if it did)
 
 
 def _start_id(position: Position) -> str:
@@ -364,13 +376,15 @@ async def _stream(
     exact: bool,
     position: Position,
     token: _Token | None = None,
+    reservation: Reservation | None = None,
 ) -> AsyncGenerator[bytes, None]:
     last_id = _start_id(position)
-    # Added here, not in the route: a response that never starts (the client gone before the
-    # headers went out) never runs this generator, so its finally could not remove it.
+    # Added here, in the slot the route reserved, not in the route: a response that never
+    # starts (the client gone before the headers went out) never runs this generator, so its
+    # finally could not remove it.
     try:
-        watcher = hub.add(watched, exact=exact)
-    except TooManyWatchers as exc:  # filled up since the route checked
+        watcher = hub.add(watched, exact=exact, reservation=reservation)
+    except TooManyWatchers as exc:  # the reservation lapsed (a very late start) and no room
         yield _final("overflow", str(exc), last_id)
         return
     try:
