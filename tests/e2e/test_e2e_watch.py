@@ -518,3 +518,21 @@ def test_e2e_watch_a_burst_past_the_limit_is_503_before_any_stream(tmp_path: Pat
     assert len(started) == 5 and len(refused) == 25, [a[:40] for a in answers]
     assert all(b"retry-after:" in a.lower() for a in refused)
     assert not any(b"overflow" in a for a in answers)
+
+
+def test_e2e_watch_heartbeats_carry_the_position_reached(server: Server) -> None:
+    """A stream of a quiet prefix: its heartbeats carry `id:` of the revision the store has
+    reached (an id with no data sets an EventSource's last event id), so a reconnect resumes
+    from there, not from before every write it did not want."""
+    with client(server) as http, stream(http, params={"prefix": "quiet/"}) as response:
+        elsewhere = [put(http, f"loud/{i}", "x") for i in range(3)][-1]
+        lines = response.iter_lines()
+        heartbeat_ids: list[str] = []
+        for _, line in zip(range(500), lines, strict=False):  # bounded: a heartbeat each 0.3 s
+            if line == ": heartbeat":
+                following = next(lines)
+                assert following.startswith("id: "), following
+                heartbeat_ids.append(following.removeprefix("id: "))
+                if int(heartbeat_ids[-1]) >= elsewhere:
+                    break
+    assert int(heartbeat_ids[-1]) == elsewhere

@@ -438,12 +438,28 @@ async def _stream(
                 return
             if watcher.heartbeat_due:
                 watcher.heartbeat_due = False
-                yield b": heartbeat\n\n"
+                # With the id of where the stream is: every change up to the hub's position (or
+                # to what the history read) that this watcher matches has been sent (the queue
+                # is empty), so a watcher of a quiet prefix moves on too, and does not get 410
+                # after a compaction for changes it never wanted. The WHATWG rules: an "id"
+                # field sets the last event ID buffer, and the blank line's dispatch copies it
+                # to the EventSource's last event ID *before* it drops an event without data:
+                # no event fires, but the next reconnect sends this Last-Event-ID.
+                last_id = _moved_on(last_id, max(upto, hub.position))
+                yield f": heartbeat\nid: {last_id}\n\n".encode()
                 continue
             watcher.ready.clear()
             await watcher.ready.wait()
     finally:
         hub.remove(watcher)
+
+
+def _moved_on(last_id: str, reached: int) -> str:
+    """The id to send once every change up to revision ``reached`` was handed over: ``reached``
+    unless ``last_id`` is further (never backwards). ``R.i`` names revision R too: at
+    ``reached`` = R the rest of R was not for this watcher."""
+    named = int(last_id.partition(".")[0])
+    return str(reached) if reached >= named else last_id
 
 
 def pack(events: list[bytes]) -> Iterator[bytes]:
