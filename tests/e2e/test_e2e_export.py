@@ -283,3 +283,21 @@ def test_e2e_export_sigterm_cuts_it_off_and_exits(make_server: MakeServer, reade
     finally:
         sock.close()
     assert stopped_after < 15, stopped_after
+
+
+def test_e2e_export_checks_its_prefix_as_listing_does(make_server: MakeServer) -> None:
+    """A prefix whose %-escapes are not UTF-8 is 422 (it matched a key holding U+FFFD), and so
+    is one longer than max_key_bytes, as for /keys and /watch; before any snapshot is taken."""
+    server = make_server(fsync="never", export_max_concurrent=1)
+    with server.client() as http:
+        assert http.put("/keys/ff/%EF%BF%BDx", json={"value": "1"}).status_code == 201
+        for query in ("prefix=ff/%FF", "prefix=ff/%E2%82", "pre%66ix=%FF", "prefix=%zz"):
+            answer = http.get(f"/export?{query}")
+            assert answer.status_code == 422, (query, answer.text)
+            assert answer.json()["detail"][0]["type"] == "query_encoding"
+        answer = http.get("/export", params={"prefix": "a" * 5000})
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["detail"][0]["type"] == "string_too_long"
+        answer, lines = _export(http, "ff/")
+        assert answer.status_code == 200
+        assert [line["key"] for line in lines] == ["ff/\ufffdx"]

@@ -22,13 +22,16 @@ from filekv.service.export import (
     ExportResponse,
     ExportSlots,
 )
-from filekv.service.schemas import OPTIONAL_BEARER, RETRY_AFTER, UNAUTHORIZED, error
+from filekv.service.routes.watch import check_filter, check_query_encoding
+from filekv.service.schemas import OPTIONAL_BEARER, RETRY_AFTER, UNAUTHORIZED, error, invalid
 
 if TYPE_CHECKING:
     from filekv.engine import Store
     from filekv.service.transactions import TransactionManager
 
 router = APIRouter(tags=["keys"])
+
+EXPORT_TEXT_PARAMETERS: Final = frozenset(("prefix",))
 
 _LINE_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
@@ -63,6 +66,10 @@ _LINE_SCHEMA: Final[dict[str, Any]] = {
             },
         },
         401: UNAUTHORIZED,
+        422: invalid(
+            "A bad prefix: a broken or non-UTF-8 percent-encoding (`query_encoding`), or longer "
+            "than max_key_bytes (`string_too_long`)."
+        ),
         429: {
             **error("export_max_concurrent exports are already streaming; retry later."),
             "headers": RETRY_AFTER,
@@ -79,6 +86,9 @@ async def export_keys(
     state = request.app.state
     transactions: TransactionManager = state.transactions
     request_session_id(request, transactions, write=False)  # who may read keys may export
+    # The prefix as listing and watching check it (422), before a slot or a snapshot is taken.
+    check_query_encoding(request, EXPORT_TEXT_PARAMETERS)
+    check_filter(request, prefix, None)
     slots: ExportSlots = state.exports
     release = slots.acquire()
     try:
