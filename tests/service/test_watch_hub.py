@@ -4,6 +4,7 @@ and a hub that fell behind the history (every watcher told to resume)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from filekv.service.watch import (
     Watcher,
     WatchHub,
     event_id,
+    format_event,
     number_chunk,
     parse_event_id,
 )
@@ -253,3 +255,15 @@ def test_watch_hub_reservations_count_until_claimed_released_or_lapsed(
         late = hub.add("b/", reservation=third)  # lapsed: it needs a free slot
         assert hub.watchers == 1
         hub.remove(late)
+
+
+def test_watch_event_expires_in_is_never_zero_while_the_key_lives() -> None:
+    now = 1_000_000.0
+
+    def expires_in(expires_at: float) -> object:
+        data = format_event(Change(3, "put", "k", b"v", expires_at), 0, True, now)
+        return json.loads(data.split(b"data: ", 1)[1])["expires_in"]
+
+    assert expires_in(now + 0.0004) == 0.001
+    assert expires_in(now + 2.5) == 2.5
+    assert expires_in(now - 1) == 0.0  # already expired (a put read back from the history)

@@ -15,7 +15,8 @@ order. What bounds it:
   reading would otherwise hold the snapshot (its pinned segment files, its copy of the index)
   and a slot for ever; at the limit the connection is closed without the chunked body's end, so
   the client sees a truncated answer, never a short one that looks complete (and
-  ``X-Filekv-Keys`` says how many lines a complete one has).
+  ``X-Filekv-Keys`` says how many lines a complete one has). That cut-off is logged as a
+  WARNING; uvicorn's own ERROR about an answer left unfinished is dropped (``cut_off``).
 
 The snapshot is closed, and the slot freed, whichever way the response ends: all sent, the
 client gone (Starlette cancels the stream on ``http.disconnect``), or the time limit.
@@ -180,7 +181,9 @@ class ExportResponse(StreamingResponse):
             async with asyncio.timeout(self._time_limit):
                 await super().__call__(scope, receive, send)
         except TimeoutError:
-            # Returning without the body's end: the server closes the connection.
+            # Returning without the body's end: the server closes the connection (and does not
+            # log it as an error: this WARNING says what happened).
+            cut_off()
             log.warning(
                 "export of %r at revision %d cut off at export_time_limit (%s s), "
                 "%d of %d keys not sent",
@@ -191,6 +194,7 @@ class ExportResponse(StreamingResponse):
                 len(snapshot),
             )
         except _ShuttingDown:
+            cut_off()
             log.warning(
                 "export of %r at revision %d cut off: the server is shutting down",
                 snapshot.prefix,

@@ -95,7 +95,10 @@ def format_event(change: Change, index: int, last: bool, now: float) -> bytes:
     """One change as a Server-Sent Event (``data`` is one line of JSON)."""
     expires_in = None
     if change.expires_at is not None:
-        expires_in = max(0.0, round(change.expires_at - now, 3))
+        # As GET /keys rounds it (routes/keys.py): never 0.0 while the key lives (0.0004 s
+        # left), 0.0 once it has expired (a put read back from the history).
+        left = change.expires_at - now
+        expires_in = max(round(left, 3), 0.001) if left > 0 else 0.0
     value = None if change.value is None else change.value.decode("utf-8", errors="replace")
     data = orjson.dumps(
         {

@@ -60,6 +60,9 @@ router = APIRouter(tags=["watch"])
 # What the stream's ids look like: ``7``, or ``7.1`` inside a batch (never ``0.i``).
 EVENT_ID_PATTERN: Final = r"^(0|[1-9][0-9]{0,18}(\.(0|[1-9][0-9]{0,8}))?)$"
 MAX_WAIT_SECONDS: Final = 60.0  # the longest long poll
+# ``wait``: digits, at most one dot, an optional exponent (ASCII only); at most 32 characters.
+_WAIT: Final = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+MAX_WAIT_TEXT: Final = 32
 MAX_REVISION: Final = (1 << 63) - 1
 RETRY_MS: Final = 2000  # what an EventSource waits before it reconnects
 TOKEN_CHECK_SECONDS: Final = 0.5  # a stream's token is checked again at most this often
@@ -495,10 +498,11 @@ def parse_wait(text: str | None) -> float | None:
     """``wait`` checked as ``Query(ge=0, le=60)`` would (422 with the same shape)."""
     if text is None:
         return None
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise _query_error("wait", "float_parsing", "Input should be a valid number") from None
+    # A plain decimal number only: float() also takes "1_0", " 5", "+5", "inf", "nan" and
+    # other scripts' digits (U+FF15), none of which a client means as a number of seconds.
+    if len(text) > MAX_WAIT_TEXT or _WAIT.fullmatch(text) is None:
+        raise _query_error("wait", "float_parsing", "Input should be a valid number")
+    seconds = float(text)
     if not 0 <= seconds <= MAX_WAIT_SECONDS:  # NaN fails both
         raise _query_error(
             "wait", "less_than_equal", f"Input should be between 0 and {MAX_WAIT_SECONDS:g}"
