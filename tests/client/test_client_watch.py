@@ -14,7 +14,8 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,15 @@ from clientkit import unique
 from support.server import FILEKV, Server
 
 from filekv import client_cli
-from filekv.client import AsyncClient, Change, Client, FilekvError, Gone, InvalidRequest
+from filekv.client import (
+    AsyncClient,
+    Change,
+    Client,
+    FilekvError,
+    Gone,
+    InvalidRequest,
+    Unauthorized,
+)
 from filekv.engine import Store
 
 
@@ -455,3 +464,42 @@ def test_cli_watch_resumes_after_a_heartbeats_id(
         ("prefix=a", "9"),  # and its second try
         ("prefix=a", "9"),  # filekv watch's
     ]
+
+
+def test_client_watch_ends_with_unauthorized_when_its_token_dies(
+    make_server: Callable[..., Server],
+) -> None:
+    # The server ends a stream whose token died with a last "event: unauthorized"; the client
+    # took it for an unknown event, reconnected with the dead token, and only then failed.
+    server = make_server(auth_mode="all")
+    with server.client() as http:
+        watcher = support.server.login(http, "watcher")
+        writer = support.server.login(http, "writer")
+        token = watcher["Authorization"].removeprefix("Bearer ")
+        start = http.get("/stats", headers=writer).json()["revision"] + 1
+        outcome: list[BaseException | Change] = []
+
+        def watch() -> None:
+            try:
+                with Client(server.url, token=token) as kv:
+                    for change in kv.watch("au/", from_revision=start):
+                        outcome.append(change)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=watch, daemon=True)
+        thread.start()
+        assert http.put("/keys/au/1", json={"value": "a"}, headers=writer).status_code == 201
+        deadline = time.monotonic() + 10
+        while not outcome and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert http.post("/auth/logout", headers=watcher).status_code == 204
+        time.sleep(0.6)  # the stream asks about its token at most every 0.5 s
+        assert http.put("/keys/au/2", json={"value": "b"}, headers=writer).status_code == 201
+        thread.join(10)
+    assert not thread.is_alive()
+    assert isinstance(outcome[0], Change) and outcome[0].key == "au/1"
+    assert isinstance(outcome[-1], Unauthorized), outcome
+    # The stream's own last word, not the 401 of a reconnect made with the dead token.
+    assert "the token this stream was opened with" in outcome[-1].detail
+    assert not any(isinstance(o, Change) and o.key == "au/2" for o in outcome)

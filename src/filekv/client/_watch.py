@@ -28,6 +28,7 @@ from filekv.client._errors import (
     FilekvError,
     Gone,
     ServerError,
+    Unauthorized,
     Unavailable,
     error_for_status,
     invalid_argument,
@@ -194,6 +195,10 @@ class Resume:
                 detail = str(body.get("detail", "compacted"))
                 oldest = body.get("oldest_revision")
             raise Gone(detail, status=410, oldest_revision=oldest)
+        if event.name == "unauthorized":  # the token died (logout, revoke, expiry): no reconnect
+            with translate_decode_errors(response):
+                detail = str(json.loads(event.data).get("detail", "the token is no longer valid"))
+            raise Unauthorized(detail, status=401)
         return None  # "overflow": the stream ends and the watch reconnects from last_id
 
 
