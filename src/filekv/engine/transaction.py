@@ -380,8 +380,8 @@ class Transaction:
         self._staged_bytes = self._staged_ops = 0
 
     def commit(self) -> int:
-        """Apply every level as one atomic, durable record; return the number of writes it holds
-        (a staged delete of a key that expired meanwhile writes nothing)."""
+        """Apply every level as one atomic, durable record; return the number of staged writes
+        (a delete of a key absent by then is counted, though the record holds nothing for it)."""
         self._check_open()
         seq, count = self._store.commit_transaction(self, self._staged())
         self._clear()

@@ -327,9 +327,10 @@ class Writer:
             self._tx = None
             if operations:
                 self._after_write()
-        # The operations written: a staged delete of a key whose TTL ran out meanwhile writes
-        # nothing (its expiry is the sweeper's, an ``expire`` of its own), so is not counted.
-        return seq, len(operations)
+        # The staged writes, as the transaction's API counts them: a delete of a key absent by
+        # now (never there, or its TTL ran out meanwhile: the sweeper's ``expire`` records that)
+        # is counted though the record holds no operation for it.
+        return seq, len(staged)
 
     def append_batch(self, ops: Sequence[BatchOp]) -> tuple[int, int]:
         """Write batch operations as one record; return (sequence number, revision).
