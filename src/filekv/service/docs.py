@@ -18,6 +18,7 @@ call only this server, and be framed by no page (``frame-ancestors 'none'``, and
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from pathlib import Path
@@ -76,8 +77,14 @@ def page_headers(html: str) -> dict[str, str]:
     }
 
 
+@functools.cache
+def _page_headers(html: str) -> dict[str, str]:
+    # The pages are built once: their script hashes need not be worked out on every request.
+    return page_headers(html)
+
+
 def _page(html: str) -> HTMLResponse:
-    return HTMLResponse(html, headers=page_headers(html))
+    return HTMLResponse(html, headers=_page_headers(html))
 
 
 def install_docs(app: FastAPI) -> None:

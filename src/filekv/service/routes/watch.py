@@ -322,7 +322,8 @@ class WatchResponse(StreamingResponse):
         async for piece in self.body_iterator:
             async with asyncio.timeout(stall):
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        async with asyncio.timeout(stall):  # the end, after a last piece a stalled client holds
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -424,16 +425,29 @@ async def _stream(
                 yield _final("unauthorized", TOKEN_GONE, last_id)
                 return
             if watcher.queue:
-                # One event at a time off the queue, in pieces: no copy of the queue is made,
-                # and what is not sent yet still counts against the queue's bounds.
+                # Off the queue into pieces of at most SEND_BYTES: no copy of the whole queue is
+                # made (what is not handed over yet still counts against its bounds), and the
+                # events of a burst go out together, one send (and one stall timer) for many.
+                parts = []
+                size = 0
                 sent = False
                 while watcher.queue and not watcher.overflowed:
                     revision, index, event_id, data = watcher.pop()
-                    if revision > upto and position.wants(revision, index):
-                        last_id = event_id
-                        sent = True
+                    if revision <= upto or not position.wants(revision, index):
+                        continue
+                    last_id = event_id
+                    sent = True
+                    if parts and size + len(data) > SEND_BYTES:
+                        yield parts[0] if len(parts) == 1 else b"".join(parts)
+                        parts, size = [], 0
+                    if len(data) > SEND_BYTES:
                         for piece in pack([data]):
                             yield piece
+                    else:
+                        parts.append(data)
+                        size += len(data)
+                if parts:
+                    yield parts[0] if len(parts) == 1 else b"".join(parts)
                 if sent:
                     watcher.heartbeat_due = False  # data is as good a sign of life
                 continue

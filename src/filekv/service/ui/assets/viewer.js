@@ -45,6 +45,7 @@ export class Viewer {
   changed() {
     if (this.mode === "create") return (this.draft ?? "") !== "" || this.entry.key !== this.createPrefix;
     if (this.mode !== "edit") return false;
+    if (!this.keepExpiry && this.latestExpiry() !== null) return true; // "make it permanent"
     return this.base.value === null || normalised(this.draft ?? "") !== normalised(this.base.value);
   }
 
