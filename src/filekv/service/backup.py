@@ -33,6 +33,7 @@ from filekv.backup_archive import Manifest, archive_size, iter_archive, stage_ba
 from filekv.engine import Store
 from filekv.engine.backup import remove_stale_staging
 from filekv.service.errors import BackupRunning
+from filekv.service.export import cut_off
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,8 @@ class BackupResponse(Response):
                 await self._stream(chunks, send)
                 group.cancel_scope.cancel()
         finally:
+            if not self.complete:  # cut off (time limit, shutdown) or abandoned: logged above,
+                cut_off()  # so uvicorn's ERROR about an unfinished answer is not
             # Synchronous on purpose: this runs on cancellation too (shutdown, disconnect),
             # where an await would be cancelled before the links are gone. Closing the generator
             # closes its file; unlinking a few hundred links takes milliseconds.
