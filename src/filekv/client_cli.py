@@ -228,22 +228,14 @@ def _message(error: FilekvError, server: str, token_source: str | None) -> tuple
 
 @contextmanager
 def _translated(server: str, token_source: str | None) -> Iterator[None]:
-    """Every error of a client call as one line and an exit code: never a traceback."""
+    """Every error of a client call as one line and an exit code: never a traceback. The
+    client raises nothing but ``FilekvError`` (a URL too long, text that is not UTF-8, an
+    answer that is not filekv's: ``client/_errors.py``), so that is all there is to catch."""
     try:
         yield
     except FilekvError as exc:
         message, code = _message(exc, server, token_source)
         fail(message, code)
-    except httpx.InvalidURL as exc:  # a key or prefix too long for a URL
-        if "too long" in str(exc):
-            fail("the key (or prefix) is too long: the server's max_key_bytes is far less", 2)
-        fail(f"invalid request: {exc}", 2)
-    except UnicodeError:
-        fail("an argument is not valid UTF-8: filekv keys and values are text", 2)
-    except (json.JSONDecodeError, KeyError, TypeError):  # an answer that is not filekv's JSON
-        fail(_not_filekv(server, "its answer is not filekv's"), EXIT_OTHER)
-    except ValueError as exc:
-        fail(f"invalid input: {exc}", 2)
 
 
 def _token(server: str, stored_token: bool) -> tuple[str | None, str | None]:
