@@ -514,9 +514,15 @@ def test_console_notices_a_login_revoked_elsewhere(
     assert (
         http.post("/auth/logout", headers={"Authorization": f"Bearer {token}"}).status_code == 204
     )
-    page.click("#keys-refresh")
+    page.click("#keys-refresh")  # a read with the dead token (unless the 3 s poll came first)
     expect_error(page, expect, "You are logged out: invalid or expired")
     expect(page.locator("#session-status")).to_have_text("Not logged in")
+    # This store lets anyone read: a 401 to a request that carried a token says the login is
+    # over, not that the store needs one; the list is read again, anonymously, and no login
+    # dialog pops up (it did, claiming "nobody may read without a login", and blocked clicks).
+    wait_listed(page)
+    expect(page.locator("#login-dialog")).not_to_have_attribute("open", "")
+    expect(page.locator("#list-status")).not_to_contain_text("Log in")
 
 
 # -- transactions --------------------------------------------------------------------------------

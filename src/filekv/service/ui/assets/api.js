@@ -8,12 +8,17 @@ const TOKEN_KEY = "filekv.token";
 const LOCATIONS = new Set(["body", "path", "query", "header"]);
 
 export class ApiError extends Error {
-  /** status: the HTTP status, or null when no answer came; detail: the server's text. */
-  constructor(status, detail, retryAfter = null) {
+  /**
+   * status: the HTTP status, or null when no answer came; detail: the server's text; anonymous:
+   * the request carried no token. A 401 means "this store needs a login" only when anonymous:
+   * the token may have been dropped while a request that carried it was on its way.
+   */
+  constructor(status, detail, retryAfter = null, anonymous = false) {
     super(detail);
     this.status = status;
     this.detail = detail;
     this.retryAfter = retryAfter;
+    this.anonymous = anonymous;
   }
 }
 
@@ -91,7 +96,7 @@ export class Api {
     if (!response.ok) {
       const retry = response.headers.get("Retry-After");
       const error = new ApiError(response.status, detailText(body, response.status, response.statusText),
-        retry === null ? null : Number(retry));
+        retry === null ? null : Number(retry), !sentToken);
       if (response.status === 401 && sentToken && sentToken === this.token) this.onUnauthorized(error);
       // A 409 to a logged-in request: its transaction may be over (lease, admin): ask again.
       if (response.status === 409 && sentToken) this.onAnswer(method, path, sentToken, 409);

@@ -102,11 +102,12 @@ export class KeyBrowser {
       this.next = next;
       this.renderList();
     } catch (error) {
-      if (error.name === "AbortError") return;
+      // Aborted, or answered after a newer load began (a logout elsewhere reloads the list).
+      if (error.name === "AbortError" || controller.signal.aborted) return;
       this.entries = [];
       this.next = null;
       this.renderList();
-      if (error.status === 401 && !this.api.token) {
+      if (error.status === 401 && error.anonymous) {
         // The server lets nobody read without a login (auth_mode "all"): say that, once.
         this.status.textContent = "Log in to see this store.";
         this.app.loginRequired();

@@ -73,7 +73,7 @@ export class ServerPanel {
       this.error.hidden = false;
       // auth_mode "all": anonymous visitors are told to log in, not how to send a header.
       this.error.textContent =
-        error.status === 401 && !this.api.token
+        error.status === 401 && error.anonymous
           ? "Statistics: log in to see them."
           : `Statistics: ${error.detail}`;
     }

@@ -93,7 +93,7 @@ export class Transactions {
       else if (state.mine) this.trimLevels(state.depth);
     } catch (error) {
       this.known = false;
-      this.error = error.status === 401 && !this.api.token ? "log in to see it" : error.detail || String(error);
+      this.error = error.status === 401 && error.anonymous ? "log in to see it" : error.detail || String(error);
     } finally {
       this.asking = false;
     }
