@@ -4,6 +4,7 @@ and a hub that fell behind the history (every watcher told to resume)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from filekv.engine import Change, Put, Store
 from filekv.service.errors import TooManyWatchers
 from filekv.service.routes.watch import pack
+from filekv.service.stalls import SendStalls
 from filekv.service.watch import (
     QUEUE_BYTES,
     Position,
@@ -200,18 +202,90 @@ def test_watch_response_hands_over_bounded_pieces_and_ends_a_stalled_send() -> N
         return {}
 
     async def main() -> float:
-        response = WatchResponse(events(), stall_seconds=0.2, prefix="p/")
+        stalls = SendStalls(0.2)
+        stalls.start()
+        response = WatchResponse(events(), stalls=stalls, prefix="p/")
         scope = {"type": "http", "asgi": {"spec_version": "2.3"}}
         loop = asyncio.get_running_loop()
         started = loop.time()
         await asyncio.wait_for(response(scope, receive, send), 10)
-        return loop.time() - started
+        took = loop.time() - started
+        assert stalls.check() == 0  # its clock left the register with the stream
+        await stalls.stop()
+        return took
 
     took = asyncio.run(main())
     assert 0.2 <= took < 5
     assert closed == [True]
     assert max(sizes) <= SEND_BYTES
     assert sum(sizes) <= 4 * SEND_BYTES  # what it handed over before it was stopped
+
+
+def test_send_stalls_fire_only_sends_pending_past_the_limit() -> None:
+    """The checker cancels a send that has waited longer than the limit (inside it, as a
+    TimeoutError of the stream's own timeout), and leaves alone a send that is recent, a stream
+    between sends, and a stream whose sends keep completing however long it lives."""
+
+    async def main() -> None:
+        stalls = SendStalls(0.3)
+        loop = asyncio.get_running_loop()
+        outcomes: dict[str, str] = {}
+        gate = asyncio.Event()
+
+        async def stream(name: str, pending: bool, since_offset: float) -> None:
+            try:
+                async with asyncio.timeout(None) as deadline:
+                    with stalls.watching(deadline) as clock:
+                        if pending:
+                            clock.since = loop.time() - since_offset
+                        await gate.wait()  # a send (or the wait between sends) in progress
+                        clock.since = 0.0
+                outcomes[name] = "finished"
+            except TimeoutError:
+                outcomes[name] = "cut off"
+
+        tasks = [
+            asyncio.create_task(stream("stalled", True, 0.5)),
+            asyncio.create_task(stream("recent", True, 0.1)),
+            asyncio.create_task(stream("idle", False, 0.0)),
+        ]
+        await asyncio.sleep(0)  # all registered, waiting
+        assert stalls.check() == 1
+        assert stalls.check() == 0  # fired once, not again
+        await asyncio.sleep(0.01)
+        assert outcomes == {"stalled": "cut off"}
+        gate.set()
+        await asyncio.gather(*tasks)
+        assert outcomes == {"stalled": "cut off", "recent": "finished", "idle": "finished"}
+
+        # The periodic task: a send completing every 0.1 s for 1 s (three limits) is never
+        # cut; one that never completes is, within 1 to 1.25 limits (plus scheduling).
+        stalls.start()
+
+        async def steady() -> str:
+            async with asyncio.timeout(None) as deadline:
+                with stalls.watching(deadline) as clock:
+                    for _ in range(10):
+                        clock.since = loop.time()
+                        await asyncio.sleep(0.1)
+                        clock.since = 0.0
+            return "finished"
+
+        async def stuck() -> float:
+            started = loop.time()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None) as deadline:
+                    with stalls.watching(deadline) as clock:
+                        clock.since = loop.time()
+                        await asyncio.Event().wait()
+            return loop.time() - started
+
+        finished, waited = await asyncio.wait_for(asyncio.gather(steady(), stuck()), 10)
+        assert finished == "finished"
+        assert 0.3 <= waited < 1.0
+        await stalls.stop()
+
+    asyncio.run(main())
 
 
 def test_watch_pack_cuts_big_events_and_joins_small_ones() -> None:

@@ -36,6 +36,7 @@ from filekv.service.protocol import MAX_HEADER_BYTES, client_disconnected
 from filekv.service.routes import auth, backup, batch, export, health, keys, transactions, watch
 from filekv.service.routes import metrics as metrics_routes
 from filekv.service.schemas import error
+from filekv.service.stalls import SendStalls
 from filekv.service.transactions import TransactionManager
 from filekv.service.watch import WatchHub
 from filekv.settings import Settings, load_settings
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, password_hasher: PasswordHasher | None = N
         )
         reaper: asyncio.Task[None] | None = None
         hub: WatchHub | None = None
+        stalls: SendStalls | None = None
         try:
             app.state.auth = AuthService(
                 settings.data_dir,
@@ -102,11 +104,16 @@ def create_app(settings: Settings, *, password_hasher: PasswordHasher | None = N
             )
             app.state.watch_hub = hub
             hub.start()
+            stalls = SendStalls(settings.watch_stall_seconds)
+            app.state.send_stalls = stalls
+            stalls.start()
             logger.info("serving %s (fsync=%s)", settings.data_dir, settings.fsync)
             yield
         finally:
             if hub is not None:
                 await hub.stop()
+            if stalls is not None:
+                await stalls.stop()
             if reaper is not None:
                 reaper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

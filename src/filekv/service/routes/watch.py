@@ -37,6 +37,7 @@ from filekv.service.deps import request_session_id
 from filekv.service.errors import BadRequest, RevisionAhead, TooManyWatchers
 from filekv.service.export import cut_off
 from filekv.service.schemas import OPTIONAL_BEARER, UNAUTHORIZED, error, invalid
+from filekv.service.stalls import SendStalls
 from filekv.service.watch import (
     Position,
     Reservation,
@@ -275,7 +276,7 @@ async def watch(
     reservation = hub.reserve()
     return WatchResponse(
         _stream(store, hub, watched, exact, position, token, reservation),
-        stall_seconds=state.settings.watch_stall_seconds,
+        stalls=state.send_stalls,
         prefix=watched,
         release=lambda: hub.release(reservation),
     )
@@ -283,7 +284,8 @@ async def watch(
 
 class WatchResponse(StreamingResponse):
     """The event stream, handed to the server a piece (at most ``SEND_BYTES``) at a time, and
-    closed when one piece waits more than ``stall_seconds`` for the client to take it.
+    closed when one piece waits more than ``watch_stall_seconds`` for the client to take it
+    (``stalls``: one check for every stream, ``service/stalls.py``).
 
     A client that stops reading (its socket's buffers full) would otherwise hold the stream's
     watcher slot for ever, and the events queued for it: the ``event: overflow`` that ends a
@@ -300,7 +302,7 @@ class WatchResponse(StreamingResponse):
         self,
         content: AsyncGenerator[bytes, None],
         *,
-        stall_seconds: float,
+        stalls: SendStalls,
         prefix: str,
         release: Callable[[], None] = lambda: None,
     ) -> None:
@@ -311,19 +313,26 @@ class WatchResponse(StreamingResponse):
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-        self._stall_seconds = stall_seconds
+        self._stalls = stalls
         self._prefix = prefix
 
     async def stream_response(self, send: Send) -> None:
-        # One timer per send, not a deadline for the stream: a healthy stream runs for ever.
-        stall = self._stall_seconds
-        async with asyncio.timeout(stall):
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        async for piece in self.body_iterator:
-            async with asyncio.timeout(stall):
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-        async with asyncio.timeout(stall):  # the end, after a last piece a stalled client holds
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # Not a deadline for the stream (a healthy one runs for ever): each send notes when it
+        # began, and the stall checker fires this timeout when one has waited too long.
+        clock_time = asyncio.get_running_loop().time
+        async with asyncio.timeout(None) as deadline:
+            with self._stalls.watching(deadline) as clock:
+                clock.since = clock_time()
+                await send(
+                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                )
+                clock.since = 0.0
+                async for piece in self.body_iterator:
+                    clock.since = clock_time()
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    clock.since = 0.0
+                clock.since = clock_time()  # the end, after a last piece a stalled client holds
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -333,7 +342,7 @@ class WatchResponse(StreamingResponse):
             log.warning(
                 "watch stream of %r closed: its client took nothing for watch_stall_seconds (%s s)",
                 self._prefix,
-                self._stall_seconds,
+                self._stalls.stall_seconds,
             )
             cut_off()
         finally:
@@ -427,7 +436,7 @@ async def _stream(
             if watcher.queue:
                 # Off the queue into pieces of at most SEND_BYTES: no copy of the whole queue is
                 # made (what is not handed over yet still counts against its bounds), and the
-                # events of a burst go out together, one send (and one stall timer) for many.
+                # events of a burst go out together, one send for many.
                 parts = []
                 size = 0
                 sent = False
