@@ -205,7 +205,8 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds a watch stream may wait for its client to take the next piece "
         "(64 KiB) of it; then the stream is closed and its slot freed (the client resumes "
-        "with Last-Event-ID). A paused send waits for ~112 KiB to drain, so a reader slower "
+        "with Last-Event-ID); checked every quarter of it, so a stalled stream ends after 1 "
+        "to 1.25 times it. A paused send waits for ~112 KiB to drain, so a reader slower "
         "than ~16 kbit/s while events flow is cut at the default.",
     )
 
