@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from support.server import Server, login, read_all
+from support.sockets import server_lets_go
 
 MakeServer = Callable[..., Server]
 
@@ -220,6 +221,8 @@ def test_e2e_export_time_limit_frees_a_stalled_reader(make_server: MakeServer) -
             assert _wait_for(lambda: _export(http, "none")[0].status_code == 429, 5)
             assert _wait_for(lambda: _export(http, "none")[0].status_code == 200, 30)
             freed_after = time.monotonic() - started
+            # Not held until the client reads again: the server has let go of the connection.
+            assert server_lets_go(stalled)
             # The stalled client now reads on: the answer ends without its last chunk.
             stalled.settimeout(30)
             received = b""

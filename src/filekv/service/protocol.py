@@ -141,6 +141,8 @@ class _CloseIfAnsweredBeforeBody:
         cycle = getattr(send, "__self__", None)  # uvicorn's RequestResponseCycle.send
         if cycle is None or not getattr(cycle, "more_body", False):
             await self.app(scope, receive, send)
+            if cycle is not None and not getattr(cycle, "response_complete", True):
+                self.protocol.abandoned(cycle)
             return
 
         async def send_closing(message: Any) -> None:
@@ -158,6 +160,8 @@ class _CloseIfAnsweredBeforeBody:
             self.protocol.closing_cycle = cycle
 
         await self.app(scope, receive, send_closing)
+        if not getattr(cycle, "response_complete", True):
+            self.protocol.abandoned(cycle)
 
 
 class ReadLimitedProtocol(HttpToolsProtocol):
@@ -211,6 +215,21 @@ class ReadLimitedProtocol(HttpToolsProtocol):
             self.transport.abort()
             return
         super().shutdown()
+
+    def abandoned(self, cycle: Any) -> None:
+        """The application returned from an answer it did not finish: a watch stream cut off at
+        ``watch_stall_seconds``, an export at ``export_time_limit``, a backup download at
+        ``backup_time_limit``. uvicorn then closes the transport, which waits for its unsent
+        bytes to drain before it lets go of the socket: for ever, if the client reads nothing,
+        the descriptor and the transport's buffer held while that client opens the next
+        connection. When the client is not taking data (writes paused) the transport is
+        aborted instead: its buffer is dropped and the socket closed at once. What the kernel
+        still holds is delivered as usual, then the end of the connection, so a client that
+        reads again sees the answer cut short, as after a close; the kernel drops the socket
+        if the client never reads (``tcp_orphan_retries``, ``tcp_max_orphans``)."""
+        if getattr(cycle, "disconnected", True) or not self.flow.write_paused:
+            return
+        self.transport.abort()
 
     def handle_websocket_upgrade(self) -> None:
         self._disarm()  # the transport now belongs to the websocket protocol
