@@ -50,7 +50,7 @@ from .errors import CorruptStore, DiskFull, StorageError, StoreClosed, StoreFail
 from .fileio import FileIO
 from .hint import decode_hint
 from .record import FormatError
-from .segment import HINT_SUFFIX, SEGMENT_SUFFIX, hint_name, scan_segment
+from .segment import HINT_SUFFIX, SEGMENT_SUFFIX, hint_name, id_of, scan_segment
 from .segments import SegmentSet
 
 log = logging.getLogger(__name__)
@@ -181,23 +181,23 @@ def verify_copy(directory: Path, io: FileIO | None = None, *, strict: bool = Fal
     io = io or FileIO()
     sizes: dict[int, tuple[int, bool]] = {}  # segment id -> (bytes, merged)
     for name in sorted(os.listdir(directory)):
-        stem, _, suffix = name.partition(".")
-        if stem.isdigit() and "." + suffix == SEGMENT_SUFFIX:
+        segment_id = id_of(name, SEGMENT_SUFFIX)
+        if segment_id is not None:
             path = directory / name
             scanned = scan_segment(io, path, may_have_torn_tail=False)
-            sizes[int(stem)] = (len(scanned.data), scanned.header.merged)
+            sizes[segment_id] = (len(scanned.data), scanned.header.merged)
             del scanned
     for name in sorted(os.listdir(directory)):
-        stem, _, suffix = name.partition(".")
-        if not (stem.isdigit() and "." + suffix == HINT_SUFFIX):
+        hinted = id_of(name, HINT_SUFFIX)
+        if hinted is None:
             continue
         path = directory / name
-        found = sizes.get(int(stem))
+        found = sizes.get(hinted)
         try:
             if found is None:
                 raise FormatError("no segment of that id")
             hint = decode_hint(io.read_file(str(path)))
-            if hint.segment_id != int(stem):
+            if hint.segment_id != hinted:
                 raise FormatError("hint file names another segment")
             size, merged = found
             if not merged and hint.segment_length != size:

@@ -35,11 +35,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from typing import Final
 
 from .errors import CorruptStore, StoreClosed
 from .hint import (
+    HASH_MASK,
     LENGTH_MASK,
     LENGTH_SHIFT,
     OFFSET_BITS,
@@ -275,10 +277,12 @@ class Compactor:
                 self._finish(output)
                 output = None
                 finished += 1
-        except OSError as error:
+        except BaseException as error:  # an I/O error, or damage found (CorruptStore)
             if output is not None:
                 self._discard(output)
-            raise segments.storage_error(error, "compacting") from error
+            if isinstance(error, OSError):
+                raise segments.storage_error(error, "compacting") from error
+            raise
         return copied, finished
 
     def _finish(self, output: MergedOutput) -> None:
@@ -348,6 +352,8 @@ class Compactor:
                 revision = (location >> REVISION_SHIFT) & REVISION_MASK
                 expires_at = expiries.get(key) if expiries else None
                 value = window[at : at + length]
+                if zlib.crc32(value) != location & HASH_MASK:  # copied, it would look sound
+                    raise CorruptStore(str(segment.path), start, "value fails its checksum")
                 entries.append((key, key.encode("utf-8"), revision, location, value, expires_at))
             yield entries
 

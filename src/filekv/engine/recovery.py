@@ -53,6 +53,7 @@ from .segment import (
     StopCheck,
     cut_tail,
     hint_name,
+    id_of,
     list_segment_ids,
     scan_segment,
     segment_name,
@@ -115,18 +116,14 @@ def recover(
     directory = segments.directory
     io = segments.io
     for name in os.listdir(directory):
-        stem, _, suffix = name.partition(".")
         # Only our own unfinished compaction outputs (NNNNNNNNNN.seg.tmp, .hint.tmp): other
         # programs' temporary files in the directory are theirs to clean up.
-        if stem.isdigit() and "." + suffix in (
-            SEGMENT_SUFFIX + TEMP_SUFFIX,
-            HINT_SUFFIX + TEMP_SUFFIX,
-        ):
+        if any(id_of(name, end + TEMP_SUFFIX) is not None for end in (SEGMENT_SUFFIX, HINT_SUFFIX)):
             io.unlink(str(directory / name))
     ids = list_segment_ids(directory)
     for name in os.listdir(directory):
-        stem, _, suffix = name.partition(".")
-        if "." + suffix == HINT_SUFFIX and stem.isdigit() and int(stem) not in ids:
+        hinted = id_of(name, HINT_SUFFIX)
+        if hinted is not None and hinted not in ids:
             io.unlink(str(directory / name))  # orphan of a deleted segment
     last = ids[-1] if ids else None
     revision = 0

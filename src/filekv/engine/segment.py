@@ -56,13 +56,21 @@ def hint_name(segment_id: int) -> str:
     return f"{segment_id:010d}{HINT_SUFFIX}"
 
 
+def id_of(name: str, suffix: str) -> int | None:
+    """The segment id in ``name`` if it is exactly ``segment_name(id)`` with ``suffix`` (ten
+    ASCII digits, no more leading zeros), else None: any other file is not ours. ``isdigit``
+    alone took "1.seg" (loaded twice beside 0000000001.seg), "12.seg" (a segment that is not
+    there: the open failed) and "².seg" (``int`` refused it: ValueError)."""
+    stem = name.removesuffix(suffix)
+    if stem == name or not (stem.isascii() and stem.isdigit()):
+        return None
+    segment_id = int(stem)
+    return segment_id if f"{segment_id:010d}" == stem else None
+
+
 def list_segment_ids(directory: Path) -> list[int]:
-    ids = []
-    for name in os.listdir(directory):
-        stem, _dot, suffix = name.partition(".")
-        if "." + suffix == SEGMENT_SUFFIX and stem.isdigit():
-            ids.append(int(stem))
-    return sorted(ids)
+    ids = [id_of(name, SEGMENT_SUFFIX) for name in os.listdir(directory)]
+    return sorted(segment_id for segment_id in ids if segment_id is not None)
 
 
 @dataclass(slots=True)

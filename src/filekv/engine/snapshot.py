@@ -27,6 +27,7 @@ Owns the pins (``SegmentPins``, held by the ``SegmentSet``) and each snapshot's 
 from __future__ import annotations
 
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Final, Self
 
 from .errors import CorruptStore, StoreClosed
 from .hint import (
+    HASH_MASK,
     LENGTH_MASK,
     LENGTH_SHIFT,
     OFFSET_MASK,
@@ -269,6 +271,8 @@ class Snapshot:
                 value = pread(segment.fd, length, offset)
                 if len(value) != length:
                     raise CorruptStore(str(segment.path), offset, "value cut short")
+                if zlib.crc32(value) != location & HASH_MASK:
+                    raise CorruptStore(str(segment.path), offset, "value fails its checksum")
                 items.append((key, value, (location >> REVISION_SHIFT) & REVISION_MASK))
                 total += length
         self._position = start + len(items)
