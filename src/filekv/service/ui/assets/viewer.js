@@ -8,7 +8,8 @@
 // login or logout, a commit) puts it back; leaving an edit with changes asks first. A read that
 // answers after the person moved on (another key, an edit begun) is dropped (this.generation).
 // A key that expires keeps its expiry through an edit unless the person chooses otherwise (a
-// write without ttl would end it), and a save that changes nothing writes nothing.
+// write without ttl would end it), and a save that changes nothing writes nothing. A new key
+// may be given an expiry ("expires in", whole seconds), checked here before it is sent.
 
 import { $, copyText, el, printable } from "./dom.js";
 
@@ -16,6 +17,8 @@ import { $, copyText, el, printable } from "./dom.js";
 const ONE_COLUMN = "(max-width: 700px)";
 // A textarea turns every CRLF and lone CR into LF: texts are compared after the same.
 const LINE_BREAK = /\r\n?/g;
+// The server's longest ttl in seconds, ten years (engine/expiry.py MAX_TTL): a longer one is 422.
+export const MAX_TTL = 10 * 365 * 24 * 3600;
 
 export class Viewer {
   constructor(app) {
@@ -32,6 +35,7 @@ export class Viewer {
     this.draft = null; // the editor's text as typed
     this.keepExpiry = true; // an edit of a key that expires keeps the expiry, unless told
     this.createPrefix = "";
+    this.createTtl = ""; // the new key's "expires in" field as typed
     this.conflict = null;
     this.generation = 0; // bumped whenever what the viewer should show changes
     this.ticker = null;
@@ -43,7 +47,9 @@ export class Viewer {
 
   /** Whether leaving the editor now would lose something the person typed. */
   changed() {
-    if (this.mode === "create") return (this.draft ?? "") !== "" || this.entry.key !== this.createPrefix;
+    if (this.mode === "create") {
+      return (this.draft ?? "") !== "" || this.entry.key !== this.createPrefix || this.createTtl.trim() !== "";
+    }
     if (this.mode !== "edit") return false;
     if (!this.keepExpiry && this.latestExpiry() !== null) return true; // "make it permanent"
     return this.base.value === null || normalised(this.draft ?? "") !== normalised(this.base.value);
@@ -142,6 +148,7 @@ export class Viewer {
     this.generation += 1;
     this.mode = "create";
     this.createPrefix = prefix;
+    this.createTtl = "";
     this.conflict = null;
     this.draft = "";
     this.entry = { key: prefix, value: "", revision: null };
@@ -180,7 +187,17 @@ export class Viewer {
     let value = typed;
     let ttl = null;
     let note = "";
-    if (!creating) {
+    if (creating) {
+      ttl = parseTtl(this.createTtl);
+      if (ttl === undefined) {
+        this.app.notices.error(`Not created: "expires in" must be a whole number of seconds from 1 to ${MAX_TTL} (ten years), or empty for a key that never expires; not "${printable(this.createTtl.trim())}".`);
+        const field = $("#create-ttl", this.root);
+        field.setAttribute("aria-invalid", "true");
+        field.focus();
+        return;
+      }
+      if (ttl !== null) note = ` It expires in ${duration(ttl)}.`;
+    } else {
       const base = this.base.value;
       const expiresAt = this.latestExpiry();
       const keep = expiresAt !== null && this.keepExpiry;
@@ -367,6 +384,16 @@ export class Viewer {
       });
       if (creating) form.append(el("label", { for: "edit-value" }, "Value"));
       form.append(area);
+      if (creating) {
+        const ttl = el("input", { id: "create-ttl", class: "ttl", type: "text", inputmode: "numeric", value: this.createTtl,
+          autocomplete: "off", spellcheck: "false", "aria-describedby": "create-ttl-hint" });
+        ttl.addEventListener("input", () => {
+          this.createTtl = ttl.value;
+          ttl.removeAttribute("aria-invalid");
+        });
+        form.append(el("label", { for: "create-ttl" }, "Expires in (seconds)"), ttl,
+          el("p", { class: "hint", id: "create-ttl-hint" }, `Optional: 1 to ${MAX_TTL} (ten years); empty: the key never expires.`));
+      }
       if (this.conflict) form.append(this.conflictBox());
       form.append(el("div", { class: "actions" },
         el("button", { type: "submit", id: "save", class: "primary", "data-write": "", "aria-keyshortcuts": "Control+Enter" }, creating ? "Create" : "Save"),
@@ -466,6 +493,18 @@ export function normalised(text) {
 /** Whether every line break of text is CRLF (and there is one at least). */
 export function uniformlyCrlf(text) {
   return text.includes("\r\n") && !/\r(?!\n)|(?<!\r)\n/.test(text);
+}
+
+/**
+ * The new key's "expires in" field: null when empty (never expires), the whole number of seconds
+ * from 1 to MAX_TTL it holds, else undefined (refused: no fractions, signs, exponents or words).
+ */
+export function parseTtl(text) {
+  const typed = text.trim();
+  if (typed === "") return null;
+  if (!/^[0-9]+$/.test(typed)) return undefined;
+  const seconds = Number(typed);
+  return seconds >= 1 && seconds <= MAX_TTL ? seconds : undefined;
 }
 
 /** "8 min 47 s": a duration in seconds, rounded up, in its two largest units. */
