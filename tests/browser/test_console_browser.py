@@ -30,7 +30,7 @@ from support.server import PASSWORD, Server, running, user_command
 from filekv.engine.expiry import MAX_TTL
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, Request, Response
 
 OpenPage = Callable[..., "Page"]
 Expect = Any  # playwright.sync_api.expect, imported once the browser fixture said it is there
@@ -1278,6 +1278,55 @@ def test_console_opens_the_api_docs_in_a_new_tab_without_the_token(
     assert docs.evaluate("sessionStorage.getItem('filekv.token')") is None
     assert docs.evaluate("window.opener") is None
     assert page.url.startswith(f"{server.url}/ui")  # the console stays where it was
+
+
+# -- loading the console: nothing logged in red --------------------------------------------------
+
+
+@pytest.mark.parametrize("registration", ["open", "closed"])
+def test_console_loads_without_an_error_in_the_browser_console(
+    tmp_path: Path, browser: Browser, expect: Expect, registration: str
+) -> None:
+    # Every "error" the browser's own console shows, with the "Failed to load resource" lines the
+    # conftest leaves to the tests: the console asked POST /auth/register with an empty body
+    # whether registration is open, and each load logged its 403 or 422 in red.
+    logged: list[str] = []
+    failed: list[str] = []
+    asked: list[str] = []
+
+    def answered(response: Response) -> None:
+        if response.status >= 400:
+            failed.append(f"{response.status} {response.request.method} {response.url}")
+
+    def sent(request: Request) -> None:
+        if "/auth/register" in request.url:
+            asked.append(request.method)
+
+    with running(tmp_path, "--registration", registration) as served:
+        context = browser.new_context(viewport=LAPTOP)
+        try:
+            page = context.new_page()
+            page.on("console", lambda m: logged.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda exc: logged.append(f"page error: {exc}"))
+            page.on("response", answered)
+            page.on("requestfailed", lambda r: failed.append(f"failed {r.method} {r.url}"))
+            page.on("request", sent)
+            page.goto(f"{served.url}/ui")
+            page.wait_for_selector("body[data-ready='true']")
+            wait_listed(page)
+            register_button = page.locator("#register-open")
+            if registration == "open":
+                expect(register_button).to_be_visible()
+            else:
+                expect(register_button).to_be_hidden()
+            expect(page.locator("#login-open")).to_be_visible()
+            expect(page.locator("#health")).to_have_attribute("data-health", "ok")
+            page.wait_for_load_state("networkidle")
+        finally:
+            context.close()
+    assert logged == []
+    assert failed == []
+    assert asked == ["GET"]  # asked once, and never by a POST that could register anyone
 
 
 # -- a new key's expiry --------------------------------------------------------------------------

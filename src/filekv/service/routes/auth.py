@@ -1,4 +1,4 @@
-"""``/auth``: sign up, log in (OAuth2 password flow), log out, who am I.
+"""``/auth``: sign up (and whether one may), log in (OAuth2 password flow), log out, who am I.
 
 Plain ``def`` routes on purpose: argon2 hashing is CPU-bound, and FastAPI runs ``def`` routes in
 its threadpool, so a login never blocks the event loop. The one exception is ``logout``, which
@@ -147,6 +147,16 @@ class Me(UserOut):
     role: Role = Field(description="`user`, or `admin` (who may break the transaction lock).")
 
 
+class RegistrationState(BaseModel):
+    """Answer to ``GET /auth/register``: whether ``POST /auth/register`` works now."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"open": True}]})
+
+    open: bool = Field(
+        description="True: anyone may register; false: users come from `filekv user add`."
+    )
+
+
 class TokenOut(BaseModel):
     """A new bearer token: send it as ``Authorization: Bearer <access_token>``."""
 
@@ -187,6 +197,15 @@ def register(body: Credentials, auth: AuthDep) -> UserOut:
     """Create a user (while registration is open)."""
     auth.register(body.username, body.password)
     return UserOut(username=body.username)
+
+
+@router.get(
+    "/register",
+    responses={200: {"description": "Whether registration is open (the `registration` setting)."}},
+)
+def registration_open(auth: AuthDep) -> RegistrationState:
+    """Whether registration is open, asked without registering anyone (no login needed)."""
+    return RegistrationState(open=auth.registration == "open")
 
 
 @router.post(

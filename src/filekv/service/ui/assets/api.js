@@ -176,19 +176,10 @@ export class Api {
     return this.request("POST", "auth/register", { json: { username, password } });
   }
 
-  /**
-   * Whether registration is open, without registering anyone: a closed registration refuses
-   * every body (403) before reading it, an open one refuses this empty one as invalid (422).
-   */
+  /** Whether registration is open (GET /auth/register: 200 {"open"} either way, no login). */
   async registrationOpen() {
-    try {
-      await this.request("POST", "auth/register", { json: {} });
-      return true;
-    } catch (error) {
-      if (error.status === 403) return false;
-      if (error.status === 422) return true;
-      throw error;
-    }
+    const answer = await this.request("GET", "auth/register");
+    return answer.open === true;
   }
 
   // -- server ----------------------------------------------------------------------------------
