@@ -32,6 +32,7 @@ handed, under the Store's lock, which it is handed too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -427,8 +428,9 @@ class Compactor:
         for segment in inputs:  # oldest first: see the module docstring, step 5
             io.unlink(str(segment.path))
             hint = directory / hint_name(segment.segment_id)
-            if hint.exists():
-                io.unlink(str(hint))
+            if hint.exists():  # the hint writer removes one it finished too late: may win
+                with contextlib.suppress(FileNotFoundError):
+                    io.unlink(str(hint))
             # One directory fsync per deletion: a file system may persist unlinks in any order, and
             # only oldest-first keeps the survivors a suffix (else an old put could outlive the
             # newer segment that deleted its key).

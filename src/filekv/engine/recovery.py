@@ -334,7 +334,10 @@ def _replay(
     highest = seed.max_revision if seed is not None else 0
     for offset, revision in scanned.records:
         for op in iter_operations(data, offset, version):
-            key = op.key.decode("utf-8")
+            try:
+                key = op.key.decode("utf-8")
+            except UnicodeDecodeError:  # only a record crafted with good checksums holds one
+                raise CorruptStore(str(segment.path), offset, "a key is not UTF-8") from None
             if op.kind == PUT:
                 start = op.value_offset
                 length = op.value_length
