@@ -103,8 +103,9 @@ def prepare(
         else:
             raise TypeError(f"op {index}: a batch operation is a Put or a Delete, not {op!r}")
         key = op.key
-        try:
-            encoded = key.encode("utf-8") if type(key) is str else b""
+        try:  # (a key over 4 * max_key_bytes characters is not encoded: encode_key refuses it)
+            short = type(key) is str and len(key) <= 4 * max_key_bytes
+            encoded = key.encode("utf-8") if short else b""
         except UnicodeEncodeError:
             encoded = b""
         if not encoded or len(encoded) > max_key_bytes:
