@@ -243,10 +243,16 @@ def _record_starts(io: FileIO, segment: Segment, offset: int) -> bool:
 
 
 def _is_unborn(path: Path) -> bool:
-    """A newest segment too short to hold its header (a version 1 header is shorter)."""
+    """A newest segment too short to hold its header (a version 1 header is shorter), or all
+    zeros: its length reached the disk but not its header (a file system may zero-fill what a
+    crash left unwritten). Records are appended only once the header is durable, so no write
+    can have been acknowledged in either; anything else that does not decode is CorruptStore."""
     size = os.path.getsize(path)
     if size >= SEGMENT_HEADER_SIZE:
-        return False
+        with path.open("rb") as handle:
+            if handle.read(SEGMENT_HEADER_SIZE).strip(b"\0"):
+                return False
+        return not path.read_bytes().strip(b"\0")
     if size < SEGMENT_HEADER_SIZE_V1:
         return True
     try:
