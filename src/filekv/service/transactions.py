@@ -362,11 +362,21 @@ class TransactionManager:
 
         Every level is rolled back and the lock released; the former holder is told, as after an
         expired lease (``TransactionBroken``, 409). A commit in flight is waited for, not aborted
-        under (that could split its record): if it succeeds, there is nothing left to end.
+        under (that could split its record): if it succeeds, there is nothing left to end, even
+        if another client began a transaction the moment it released the lock (that one is not
+        the transaction this admin asked about, and is left alone).
         """
+        waited_for = self._opened_generation if self._committing else None
         while self._committing and self._commit_finished is not None:
             await self._commit_finished.wait()
         self._expire_if_due()
+        if waited_for is not None and self._opened_generation != waited_for:
+            logger.info(
+                "admin %r asked to break the transaction lock; the transaction it found "
+                "committed meanwhile",
+                admin,
+            )
+            return None
         if self._tx is None:
             logger.info("admin %r asked to break the transaction lock; none was open", admin)
             return None
