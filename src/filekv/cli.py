@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from enum import StrEnum
 from pathlib import Path
 from types import FrameType
@@ -468,6 +468,7 @@ def run_server(settings: Settings) -> int:
     if refused:
         _stderr().print(f"filekv: {refused}", markup=False, highlight=False)
         return 1
+    _raise_open_file_limit()
     # Every line in one format, uvicorn's too: it gets no logging config of its own, and its
     # access log is replaced by the application's (service/logs.py).
     configure_logging(settings.log_level, settings.log_format)
@@ -552,6 +553,27 @@ def run_server(settings: Settings) -> int:
     if code == 0 and not server.started:
         return 1
     return code
+
+
+# The most descriptors serve asks for: far beyond what it uses (a connection each, a segment each).
+MAX_OPEN_FILES: Final = 1 << 20
+
+
+def _raise_open_file_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit, as Go's runtime does for
+    every program: the usual soft limit (1,024) is below the default watch_max_watchers (2,000
+    streams, a descriptor each), and every sealed segment keeps a descriptor, so past ~1,000
+    segments (64 GiB at the default segment size) every rotation failed with "Too many open
+    files". The hard limit is the administrator's; only the soft one moves, and only up."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else min(hard, MAX_OPEN_FILES)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with suppress(ValueError, OSError):  # refused: keep the limit it has
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 def _cannot_listen(host: str, port: int) -> str | None:
