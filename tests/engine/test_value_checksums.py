@@ -90,6 +90,8 @@ def test_value_checksums_damage_before_the_newest_segments_hint_ends_is_never_se
         with pytest.raises(CorruptStore, match="checksum"):
             db.entry("k005")
         assert db.get("k004") == expected["k004"]
+        with pytest.raises(CorruptStore, match="value of 'k005': value fails its checksum"):
+            db.check()  # names the key, as before
         with db.snapshot() as snap, pytest.raises(CorruptStore, match="checksum"):
             list(snap)
     finally:

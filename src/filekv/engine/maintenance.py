@@ -16,11 +16,9 @@ from .backup import take_backup, verify_copy_in_child
 from .compaction import Compactor
 from .durability import GroupCommit, RoundObserver
 from .errors import CorruptStore
-from .hint import HASH_MASK, offset_of, segment_of
 from .index import KeyIndex
 from .options import StoreOptions
 from .overlay_folder import OverlayFolder
-from .record import value_hash
 from .segments import SegmentSet
 from .stats import StoreStats
 from .writer import Writer
@@ -121,13 +119,12 @@ class StoreMaintenance:
 
 
 def check_values(segments: SegmentSet, entries: Iterable[tuple[str, int]]) -> None:
-    """CorruptStore unless each value read back matches the hash its location holds."""
+    """CorruptStore, naming the key, unless each value reads back whole and matches the hash its
+    location holds (``read_value`` checks both)."""
     for key, location in entries:
-        if value_hash(segments.read_value(location)) != location & HASH_MASK:
-            segment = segments.get(segment_of(location))
-            assert segment is not None  # read_value found it
+        try:
+            segments.read_value(location)
+        except CorruptStore as error:
             raise CorruptStore(
-                str(segment.path),
-                offset_of(location),
-                f"value of {key!r} does not match its hash",
-            )
+                error.path, error.offset, f"value of {key!r}: {error.reason}"
+            ) from None
