@@ -209,10 +209,19 @@ class ReadLimitedProtocol(HttpToolsProtocol):
         one streamed to a client that has stopped reading (a stalled backup download: the
         transport's buffer full, writes paused) would hold the server's exit for ever, its
         unsent bytes waiting to be flushed. That connection is aborted instead.
+
+        Nor does a request whose body is still arriving get the grace period: a client that
+        stalled mid-body (or trickles it) held every SIGTERM for the whole grace period, 10 s,
+        as long as ``docker stop`` waits before its SIGKILL, and its request was then cancelled
+        with an ERROR traceback. It is refused at once (503), as a body timeout refuses it: the
+        application reading the body sees the client gone, and the answer says why.
         """
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and self.flow.write_paused:
             self.transport.abort()
+            return
+        if self._in_body and cycle is not None and not cycle.response_started:
+            self._refuse(503, "the server is shutting down; the request's body had not all arrived")
             return
         super().shutdown()
 

@@ -1,0 +1,64 @@
+"""SIGTERM while a client is stalled in the middle of a request body: the server exits at once.
+
+Found by a mixed-load audit: uvicorn gives every request still running its graceful-shutdown
+period (10 s), and a request whose body stopped arriving is "running" (the route waits in
+``receive()``). One client that stalled mid-body held every SIGTERM for the full 10 s, as long as
+``docker stop`` waits before it sends SIGKILL, and the request was then cancelled with an
+``Exception in ASGI application`` ERROR and a traceback in the log. Now such a request is refused
+at once with 503 (``protocol.py`` ``shutdown``), nothing of it written, and the exit is prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from support.server import Server, http_client
+
+MakeServer = Callable[..., Server]
+EXIT_WITHIN = 5.0  # seconds; it used to take the whole 10 s grace period
+
+
+def read_answer(sock: socket.socket) -> bytes:
+    received = b""
+    with contextlib.suppress(ConnectionResetError, TimeoutError):
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+def test_sigterm_does_not_wait_for_a_stalled_request_body(make_server: MakeServer) -> None:
+    server = make_server()
+    with http_client(server.url) as client:
+        assert client.put("/keys/k", json={"value": "before"}).status_code == 201
+    body = b'{"value": "' + b"x" * 1000 + b'"}'
+    heads = [
+        b"PUT /keys/k HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+        b"POST /batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n",
+    ]
+    socks = []
+    for head in heads:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+        sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body[:100])
+        socks.append(sock)
+    time.sleep(0.5)  # the routes are waiting for the rest of their bodies
+    started = time.monotonic()
+    code = server.stop(signal.SIGTERM)
+    took = time.monotonic() - started
+    answers = [read_answer(sock) for sock in socks]
+    for sock in socks:
+        sock.close()
+    assert code == 0
+    assert took < EXIT_WITHIN, f"the exit waited {took:.1f} s for a stalled body"
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert b"shutting down" in answer
+    log = server.log()
+    assert "Exception in ASGI application" not in log
+    assert "timeout graceful shutdown exceeded" not in log
+    server.start()
+    with http_client(server.url) as client:
+        assert client.get("/keys/k").json()["value"] == "before"  # nothing of it applied
