@@ -66,6 +66,10 @@ MAX_UNFINISHED_HEAD_BYTES: Final = 2 * MAX_HEADER_BYTES
 MAX_TARGET_BYTES: Final = 65_535
 LINGER_SECONDS: Final = 2.0
 LINGER_BYTES: Final = 1 << 20
+# Once the server is stopping, the longest pause in a request body before the request is refused
+# (503) instead of the graceful shutdown waiting for it: a body still flowing finishes, a
+# stalled one does not hold the exit for the whole grace period.
+SHUTDOWN_BODY_PAUSE: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +193,7 @@ class ReadLimitedProtocol(HttpToolsProtocol):
         self._body_read_at = 0.0
         self._body_paused = False  # reading was paused for the application at the last check
         self._discarding = False  # refused: what arrives is dropped until the connection closes
+        self._stopping = False  # the server is shutting down: a body may pause for less
         self._discarded_bytes = 0
 
     # -- connection ------------------------------------------------------------------------------
@@ -210,19 +215,21 @@ class ReadLimitedProtocol(HttpToolsProtocol):
         transport's buffer full, writes paused) would hold the server's exit for ever, its
         unsent bytes waiting to be flushed. That connection is aborted instead.
 
-        Nor does a request whose body is still arriving get the grace period: a client that
-        stalled mid-body (or trickles it) held every SIGTERM for the whole grace period, 10 s,
-        as long as ``docker stop`` waits before its SIGKILL, and its request was then cancelled
-        with an ERROR traceback. It is refused at once (503), as a body timeout refuses it: the
-        application reading the body sees the client gone, and the answer says why.
+        Nor does a request whose body stalls: one that stopped mid-body (or trickled it) held
+        every SIGTERM for the whole grace period, 10 s, as long as ``docker stop`` waits before
+        its SIGKILL, and was then cancelled with an ERROR traceback. From now on its body may
+        pause for ``SHUTDOWN_BODY_PAUSE`` at most, then it is refused (503) as a body timeout
+        refuses it: the application reading the body sees the client gone, and the answer says
+        why. A body still flowing arrives and its request is answered as usual.
         """
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and self.flow.write_paused:
             self.transport.abort()
             return
         if self._in_body and cycle is not None and not cycle.response_started:
-            self._refuse(503, "the server is shutting down; the request's body had not all arrived")
-            return
+            self._stopping = True
+            self._disarm()
+            self._arm(SHUTDOWN_BODY_PAUSE, self._body_timer_fired)
         super().shutdown()
 
     def abandoned(self, cycle: Any) -> None:
@@ -366,10 +373,14 @@ class ReadLimitedProtocol(HttpToolsProtocol):
             self._body_read_at = now
         self._body_paused = paused
         limits = self.limits
-        idle_deadline = self._body_read_at + limits.body_timeout
+        pause = SHUTDOWN_BODY_PAUSE if self._stopping else limits.body_timeout
+        idle_deadline = self._body_read_at + pause
         total_deadline = self._body_started_at + limits.body_total_timeout
         if now < idle_deadline and now < total_deadline:
             self._arm(min(idle_deadline, total_deadline) - now, self._body_timer_fired)
+            return
+        if self._stopping and now < total_deadline:
+            self._refuse(503, "the server is shutting down; the request's body had not all arrived")
             return
         if now >= total_deadline:
             detail = f"request body not complete within {limits.body_total_timeout:g} s"
