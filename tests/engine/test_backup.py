@@ -115,13 +115,41 @@ def test_backup_of_an_empty_store(open_store: OpenStore, tmp_path: Path) -> None
 def test_backup_links_the_hint_of_the_segment_it_sealed(
     open_store: OpenStore, tmp_path: Path
 ) -> None:
-    db = open_store(tmp_path / "live")
+    db = open_store(tmp_path / "live", segment_bytes=1 << 16)
     db.put("a", b"1")
-    db.put("b", b"2")
+    db.put("b", b"x" * (1 << 15))  # the active segment is half full: the backup seals it
     db.backup(tmp_path / "copy")
     first = tmp_path / "copy" / segment_name(1)
     assert (tmp_path / "copy" / hint_name(1)).exists() and first.exists()
     assert os.stat(first).st_ino == os.stat(tmp_path / "live" / segment_name(1)).st_ino
+    assert len(list((tmp_path / "live").glob("*.seg"))) == 2  # the sealed one, a new one
+
+
+def test_backup_copies_an_active_segment_less_than_half_full_instead_of_sealing_it(
+    open_store: OpenStore, tmp_path: Path
+) -> None:
+    """A store backed up more often than it fills a segment: each backup sealed the active
+    segment, one more segment (and file descriptor) per backup, never compacted while small
+    (300 backups of one write each left 301 segments). The copy holds the records all the same,
+    is its own file, and opens with every key, at the backup's revision."""
+    db = open_store(tmp_path / "live")
+    for i in range(30):
+        db.put(f"k{i}", f"v{i}".encode())
+        result = db.backup(tmp_path / f"copy{i}")
+        assert result["revision"] == db.revision
+    assert sorted(p.name for p in (tmp_path / "live").glob("*.seg")) == [segment_name(1)]
+    db.put("after", b"the last backup")
+    for i in (0, 29):
+        copy_dir = tmp_path / f"copy{i}"
+        assert not list(copy_dir.glob("*.copying"))
+        copied = copy_dir / segment_name(1)
+        assert os.stat(copied).st_ino != os.stat(tmp_path / "live" / segment_name(1)).st_ino
+        with _open_copy(copy_dir) as copy:
+            assert _contents(copy) == {f"k{j}": f"v{j}".encode() for j in range(i + 1)}
+            assert copy.revision == i + 1
+            copy.put("own", b"write")  # appended to the copy's own newest segment
+    assert db.get("own") is None and db.get("k0") == b"v0"
+    db.check()
 
 
 @pytest.mark.parametrize("writers", [8])
