@@ -82,3 +82,29 @@ def test_sigterm_does_not_wait_for_a_stalled_request_body(make_server: MakeServe
     with http_client(server.url) as client:
         assert client.get("/keys/k").json()["value"] == "before"  # nothing of it applied
         assert client.get("/keys/flowing").json()["value"] == "x" * 1000
+
+
+def test_sigterm_during_the_lingering_close_after_a_408_exits_at_once(
+    make_server: MakeServer,
+) -> None:
+    """A body refused for pausing (408) is followed by a lingering close (the client may still
+    be sending): a SIGTERM then took that connection for a stalled body again, cancelled the
+    close, answered 503 on a socket already half closed (``RuntimeError: Cannot call write()
+    after write_eof()``, an asyncio ERROR) and held the exit for the whole 10 s grace period."""
+    server = make_server(body_timeout=1.0, fsync="never")
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    try:
+        sock.sendall(
+            b"PUT /keys/k HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"value": "'
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 408")  # lingering from now on
+        started = time.monotonic()
+        assert server.stop(signal.SIGTERM, timeout=15) == 0
+        took = time.monotonic() - started
+    finally:
+        sock.close()
+    assert took < EXIT_WITHIN, took
+    log = server.log()
+    assert "write_eof" not in log and "Traceback" not in log
+    assert "timeout graceful shutdown exceeded" not in log

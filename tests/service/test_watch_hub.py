@@ -288,6 +288,44 @@ def test_send_stalls_fire_only_sends_pending_past_the_limit() -> None:
     asyncio.run(main())
 
 
+def test_watch_response_is_not_cut_off_by_a_check_that_fired_as_its_send_completed() -> None:
+    """The checker fires a stream's timeout on the next loop turn: a send that completes in
+    the same turn must not be cancelled afterwards, somewhere else (a healthy stream logged as
+    stalled and closed); the stream undoes the firing and goes on."""
+    from filekv.service.routes.watch import WatchResponse
+
+    async def main() -> list[bytes]:
+        stalls = SendStalls(0.05)  # not started: the test calls check() itself
+        gate = asyncio.Event()
+        sent: list[bytes] = []
+
+        async def events() -> AsyncGenerator[bytes, None]:
+            for piece in (b"first\n\n", b"second\n\n", b"third\n\n"):
+                yield piece
+                await asyncio.sleep(0.01)
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                if not sent:
+                    await gate.wait()  # the first piece waits past the limit
+                sent.append(message["body"])
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()
+            return {}
+
+        response = WatchResponse(events(), stalls=stalls, prefix="p/")
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}}
+        task = asyncio.create_task(response(scope, receive, send))
+        await asyncio.sleep(0.1)  # the first send has waited twice the limit
+        gate.set()  # it completes on the next turn...
+        assert stalls.check() == 1  # ...and the check fires in this one
+        await asyncio.wait_for(task, 5)
+        return sent
+
+    assert asyncio.run(main()) == [b"first\n\n", b"second\n\n", b"third\n\n", b""]
+
+
 def test_watch_pack_cuts_big_events_and_joins_small_ones() -> None:
     from filekv.service.routes.watch import SEND_BYTES
 

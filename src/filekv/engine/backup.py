@@ -72,6 +72,7 @@ log = logging.getLogger(__name__)
 STAGING_PREFIX: Final = ".backup-"
 # The name an active segment is linked under while its records are copied out of it.
 COPYING_SUFFIX: Final = ".copying"
+COPY_PIECE: Final = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,11 +209,17 @@ def _copy_prefix(stage: Path, name: str, length: int) -> None:
     written as ``name``: every record it held when the backup froze the store (appends after
     that lie beyond ``length``; nothing before it ever changes), then the link removed."""
     link = stage / (name + COPYING_SUFFIX)
-    with link.open("rb") as source:
-        data = source.read(length)
-    if len(data) != length:
-        raise StorageError(f"the active segment {name} is shorter than the {length} bytes noted")
-    _write_file(stage / name, data)
+    left = length
+    with link.open("rb") as source, (stage / name).open("xb") as target:
+        os.fchmod(target.fileno(), 0o600)
+        while left:  # in pieces: segment_bytes has no upper bound for an embedding program
+            piece = source.read(min(left, COPY_PIECE))
+            if not piece:
+                raise StorageError(f"the active segment {name} is shorter than {length} bytes")
+            target.write(piece)
+            left -= len(piece)
+        target.flush()
+        os.fsync(target.fileno())
     link.unlink()
 
 

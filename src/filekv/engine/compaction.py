@@ -65,6 +65,10 @@ BATCH: Final = 2048  # entries checked or moved per hold of the store lock: a pa
 READ_WINDOW: Final = 1 << 20  # an input's live values are read in windows of about this size
 
 INFINITE: Final = 1 << 62  # no size limit for the last reserved output
+DAMAGED_VALUE: Final = (  # no key: logged by the background compaction (log_keys is the service's)
+    "value fails its checksum; automatic compaction waits until its key is deleted or written "
+    "again (Store.check() names it)"
+)
 
 
 class Compactor:
@@ -95,6 +99,7 @@ class Compactor:
         self._automatic = automatic
         self._keep_revisions = keep_revisions  # watch_history: see _kept_history
         self._running = threading.Lock()  # one compaction at a time
+        self._damaged: tuple[str, int] | None = None  # (key, location) of a value that failed
         self._thread: threading.Thread | None = None
         self.last_compaction: float | None = None  # time.time() of the last one
         self.compactions = 0  # run by this process
@@ -110,6 +115,12 @@ class Compactor:
         """Start a background compaction if the thresholds say so. Called under the lock."""
         if not self._automatic or self._is_closed():
             return
+        if self._damaged is not None:
+            # A damaged value fails every try alike, each sealing a segment and keeping the
+            # outputs it finished (the store grew every 1,024 writes): paused while it is live.
+            if self._index.get(self._damaged[0]) == self._damaged[1]:
+                return
+            self._damaged = None
         if self._thread is not None and self._thread.is_alive():
             return
         disk = self._segments.data_bytes()
@@ -354,7 +365,8 @@ class Compactor:
                 expires_at = expiries.get(key) if expiries else None
                 value = window[at : at + length]
                 if zlib.crc32(value) != location & HASH_MASK:  # copied, it would look sound
-                    raise CorruptStore(str(segment.path), start, "value fails its checksum")
+                    self._damaged = (key, location)  # automatic compaction waits (maybe_start)
+                    raise CorruptStore(str(segment.path), start, DAMAGED_VALUE)
                 entries.append((key, key.encode("utf-8"), revision, location, value, expires_at))
             yield entries
 

@@ -226,7 +226,13 @@ class ReadLimitedProtocol(HttpToolsProtocol):
         if cycle is not None and not cycle.response_complete and self.flow.write_paused:
             self.transport.abort()
             return
-        if self._in_body and cycle is not None and not cycle.response_started:
+        # Not while refused already: the lingering close after that answer has its own timer.
+        if (
+            self._in_body
+            and not self._discarding
+            and cycle is not None
+            and not cycle.response_started
+        ):
             self._stopping = True
             self._disarm()
             self._arm(SHUTDOWN_BODY_PAUSE, self._body_timer_fired)
@@ -392,6 +398,8 @@ class ReadLimitedProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer ``status`` and close; only close if another answer is or was under way."""
+        if self._discarding:  # refused already: its answer is written, its close under way
+            return
         self._disarm()
         self._discarding = True
         cycle = self.cycle

@@ -30,7 +30,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from filekv.engine import Compacted
 from filekv.service.deps import request_session_id
@@ -322,17 +322,21 @@ class WatchResponse(StreamingResponse):
         clock_time = asyncio.get_running_loop().time
         async with asyncio.timeout(None) as deadline:
             with self._stalls.watching(deadline) as clock:
-                clock.since = clock_time()
-                await send(
-                    {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
-                )
-                clock.since = 0.0
-                async for piece in self.body_iterator:
+
+                async def timed(message: Message) -> None:
                     clock.since = clock_time()
-                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    await send(message)
                     clock.since = 0.0
-                clock.since = clock_time()  # the end, after a last piece a stalled client holds
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    if deadline.when() is not None:  # fired as this send completed: undone
+                        with contextlib.suppress(RuntimeError):  # too late: cancelled already
+                            deadline.reschedule(None)
+
+                start = {"type": "http.response.start", "status": 200, "headers": self.raw_headers}
+                await timed(start)
+                async for piece in self.body_iterator:
+                    await timed({"type": "http.response.body", "body": piece, "more_body": True})
+                # The end, after a last piece a stalled client holds.
+                await timed({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
