@@ -590,6 +590,26 @@ def test_auth_content_coded_body_is_415_unread(auth_app: AuthApp, path: str) -> 
     assert "Content-Encoding" in answer.json()["detail"] or "coding" in answer.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"]
+)
+def test_auth_register_body_not_declared_json_is_415_and_registers_nobody(
+    auth_app: AuthApp, content_type: str
+) -> None:
+    # A JSON body declared as something else was a 422 about its fields (PUT and batch: 415).
+    answer = auth_app.client.post(
+        "/auth/register",
+        content=b'{"username": "tp", "password": "alice-secret-1"}',
+        headers={"Content-Type": content_type},
+    )
+    assert answer.status_code == 415
+    assert "JSON" in answer.json()["detail"]
+    declared = auth_app.client.post(
+        "/auth/register", json={"username": "tp", "password": "alice-secret-1"}
+    )
+    assert declared.status_code == 201  # nobody was registered by the refused one
+
+
 # -- passwords in Unicode NFC ------------------------------------------------------------------
 
 NFC_PASSWORD = "p\u00e4ssw\u00f6rd\u20ac\u20ac"  # "ä" and "ö" as one code point each

@@ -33,7 +33,7 @@ from filekv.service.users import (
     Role,
     check_password,
 )
-from filekv.service.wire import check_no_content_coding
+from filekv.service.wire import check_json_body, check_no_content_coding
 
 # A user name is at most 64 ASCII bytes and a password 1024 characters; JSON or form encoding may
 # spell one character as up to 12 bytes (an escaped surrogate pair, four %XX escapes). So no real
@@ -72,10 +72,15 @@ async def _read_capped(request: Request, cap: int) -> Request:
     return capped
 
 
+def _before_register(request: Request) -> None:
+    get_auth(request).check_registration_open()
+    # A JSON body declared as something else was a 422 about its fields, where PUT and batch
+    # say 415: the same rule for every JSON body.
+    check_json_body(request)
+
+
 # Checks that need no body, run before it is read: route name -> check.
-_BEFORE_BODY: Final[dict[str, Callable[[Request], None]]] = {
-    "register": lambda request: get_auth(request).check_registration_open(),
-}
+_BEFORE_BODY: Final[dict[str, Callable[[Request], None]]] = {"register": _before_register}
 
 
 class BodyCappedRoute(APIRoute):
@@ -188,7 +193,7 @@ CODED: Final = error("The body is content-coded (Content-Encoding other than ide
         403: error("Registration is closed; users are added with `filekv user add`."),
         409: error("That username is taken (names are unique whatever the case)."),
         413: TOO_LARGE,
-        415: CODED,
+        415: error("The body is not declared JSON, or is content-coded: not read."),
         503: USERS_UNAVAILABLE,
         507: error("The disk is full: the user was not added."),
     },
