@@ -563,7 +563,8 @@ def test_cli_import_counts_expired_lines_wherever_they_are(
         figures = (summary["valid"], summary["last_line"], summary["expired"])
         assert figures == (valid, last_line, expired), name
         plain = filekv("import", str(path), "--dry-run")
-        assert f"; {expired} expired keys left out" in plain.stderr, name
+        noun = "key" if expired == 1 else "keys"
+        assert f"; {expired} expired {noun} left out" in plain.stderr, name
         if valid:
             assert f"(lines 1-{last_line})" in plain.stderr, name
 

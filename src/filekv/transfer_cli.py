@@ -228,6 +228,12 @@ def progress_bar(description: str, total: int | None, *, shown: bool = True) -> 
         yield lambda keys: progress.advance(task, keys)
 
 
+def _expired_left_out(count: int) -> str:
+    if not count:
+        return ""
+    return f"; {count:,} expired {'key' if count == 1 else 'keys'} left out"
+
+
 def _rate(keys: int, seconds: float) -> str:
     return f"{keys / seconds:,.0f} keys/s" if seconds > 0 else "-- keys/s"
 
@@ -564,7 +570,7 @@ def import_(
         f"{f' (lines 1-{result.last_line:,})' if result.last_line else ''}"
         f"{'' if result.revision is None else f' up to revision {result.revision}'}"
         f" in {seconds:.1f} s ({_rate(result.written, seconds)})"
-        f"{f'; {result.expired:,} expired keys left out' if result.expired else ''}"
+        f"{_expired_left_out(result.expired)}"
     )
     if as_json:
         emit_json(
