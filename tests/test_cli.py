@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import typer
-from support.server import Server, http_client, serve_command
+from support.server import FILEKV, Server, http_client, serve_command
 from typer.testing import CliRunner
 
 from filekv.cli import COMMANDS, app
@@ -313,6 +313,43 @@ def test_cli_compact_refuses_a_missing_directory(tmp_path: Path) -> None:
     result = runner.invoke(app, ["compact", "--data-dir", str(tmp_path / "nope")])
     assert result.exit_code == 1
     assert "no data directory" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["serve", "--port", "0"],
+        ["compact"],
+        ["user", "list"],
+        ["user", "add", "alice", "--password-stdin"],
+        ["backup", "out.tar"],
+        ["restore", "in.tar"],
+        ["import", "in.jsonl"],
+    ],
+    ids=lambda args: " ".join(args[:2]),
+)
+@pytest.mark.parametrize("empty", [["--data-dir", ""], ["--data-dir="], ["--data-dir", " "]])
+def test_cli_empty_data_dir_flag_is_refused_as_the_empty_env_is(
+    tmp_path: Path, args: list[str], empty: list[str]
+) -> None:
+    # typer made Path("") of it, the current directory: serve and compact ran on the cwd.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    (tmp_path / "in.jsonl").write_text("")
+    result = subprocess.run(
+        [FILEKV, *args, *empty],
+        cwd=tmp_path,
+        env=env,
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "filekv: invalid setting data_dir: Value error, must not be empty"
+        " (use . for the current directory)"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # nothing made here
 
 
 @pytest.mark.parametrize(

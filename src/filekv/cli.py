@@ -183,7 +183,35 @@ def _build(name: str) -> Command:
             suggest_commands=app.suggest_commands,
         )
     _unwrap_help(command)
+    _refuse_empty_data_dir(command)
     return command
+
+
+def _refuse_empty_data_dir(command: Command) -> None:
+    """Have every ``--data-dir`` of ``command`` (and of its subcommands) refuse an empty value
+    as ``FILEKV_DATA_DIR=`` is refused: one line, exit 2.
+
+    typer makes ``Path("")`` of ``--data-dir ''``, which is the current directory: an unset
+    ``$DIR`` in ``filekv serve --data-dir "$DIR"`` served (or compacted) whatever directory it
+    ran in. The check is on the text given, before typer's ``Path``; ``.`` still means here."""
+    for param in command.params:
+        if param.name == "data_dir":
+            param.process_value = _not_empty(param.process_value)  # type: ignore[method-assign,assignment]
+    for sub in getattr(command, "commands", {}).values():
+        _refuse_empty_data_dir(sub)
+
+
+def _not_empty(process: Callable[[Context, Any], Any]) -> Callable[[Context, Any], Any]:
+    """``process`` (a parameter's ``process_value``), but a blank value is the invalid
+    setting ``data_dir``, as the settings say it."""
+
+    def checked(ctx: Context, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            _settings(data_dir=value)  # the settings' own refusal: one line, exit 2
+            raise typer.Exit(2)  # (not reached: the settings refuse every blank data_dir)
+        return process(ctx, value)
+
+    return checked
 
 
 def _unwrapped(text: str | None) -> str | None:
