@@ -67,6 +67,8 @@ MAX_MANIFEST_BYTES: Final = 16 << 20
 MEMBER_NAME: Final = re.compile(r"(?:[0-9]{10}\.(?:seg|hint)|users\.json)")
 _SEGMENT_NAME: Final = re.compile(r"[0-9]{10}\.seg")
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
+# manifest_sha256 as written (the last one, as _sealed_digest finds it).
+_CLAIMED_DIGEST: Final = re.compile(rb'"manifest_sha256"\s*:\s*"([0-9a-f]{64})"')
 # What manifest_sha256 stands for while the digest is computed: as long as a digest, so the
 # manifest's length (and the archive's, announced before it is written) does not change.
 _BLANK_DIGEST: Final = "0" * 64
@@ -367,6 +369,11 @@ def _read_manifest(reader: _Reader) -> Manifest:
     data_at = reader.offset
     data = reader.read(info.size, "the manifest")
     reader.read(_padded(info.size) - info.size, "the manifest")
+    # The digest first, before any field is read: a flip anywhere else says what it is, not
+    # which field it happened to break.
+    claimed = [digest.decode() for digest in _CLAIMED_DIGEST.findall(data)]
+    if claimed and _sealed_digest(data, claimed[-1]) != claimed[-1]:
+        raise reader.fail(data_at, "damaged manifest: it does not match its manifest_sha256")
     try:
         manifest = Manifest.model_validate_json(data)
     except ValidationError as error:
