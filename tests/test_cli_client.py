@@ -10,6 +10,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -516,6 +517,60 @@ def test_exit_2_a_url_that_is_not_a_filekv_server(server: Server, alice: Path) -
     wrong = run(server, alice, "commit", url=server.url + "/keys")
     assert wrong.returncode == 2
     assert "is not a filekv server? it answered 405" in _no_traceback(wrong)
+
+
+@pytest.fixture
+def web_server(tmp_path: Path) -> Iterator[str]:
+    """A web server that is not filekv (python -m http.server): its errors are HTML pages."""
+    port = free_port()
+    (tmp_path / "site").mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=tmp_path / "site",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(url + "/")
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "status"),
+    [
+        (["get", "x"], "", "404 File not found"),
+        (["put", "x", "y"], "", "501 Unsupported method ('PUT')"),
+        (["delete", "x"], "", "501 Unsupported method ('DELETE')"),
+        (["begin"], "", "501 Unsupported method ('POST')"),
+        (["commit"], "", "501 Unsupported method ('POST')"),
+        (["login", "alice", "--password-stdin"], PASSWORD + "\n", "501 Unsupported method"),
+        (["batch", "-"], '{"op": "put", "key": "k", "value": "v"}\n', "501 Unsupported method"),
+        (["watch"], "", "404 File not found"),
+    ],
+    ids=lambda value: value[0] if isinstance(value, list) else None,
+)
+def test_exit_2_a_web_server_that_is_not_filekv_for_every_verb(
+    web_server: str, tmp_path: Path, args: list[str], stdin: str, status: str
+) -> None:
+    """Its 501 page (a method it does not take) was a server error: exit 7, the whole page
+    flattened as the message. Every verb says what `get` says of its 404 page: not filekv."""
+    done = run(None, tmp_path, *args, stdin=stdin, url=web_server)
+    line = _no_traceback(done)
+    assert done.returncode == 2, line
+    assert line.startswith(f"filekv: {web_server} is not a filekv server? it answered {status}")
+    assert "(text/html), not filekv's JSON error; check --url" in line
+    assert "<" not in line  # not the page
 
 
 def test_a_stored_login_that_died_reads_anonymously_and_refuses_writes(

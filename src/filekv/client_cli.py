@@ -43,7 +43,7 @@ from filekv.client import (
     Unauthorized,
     Unavailable,
 )
-from filekv.client._protocol import base_url
+from filekv.client._protocol import LIMITS, MAX_ERROR_BYTES, base_url, tls_verify
 
 #: The one table from client exception to exit status (the first matching class wins).
 EXIT_CODES: Final[tuple[tuple[type[FilekvError], int], ...]] = (
@@ -198,11 +198,82 @@ def _not_filekv(server: str, what: str) -> str:
     return f"{server} is not a filekv server? {what}; check --url"
 
 
-def _message(error: FilekvError, server: str, token_source: str | None) -> tuple[str, int]:
-    """The one line and the exit code that say what happened and what to do."""
+class AnswerCheck(httpx.BaseTransport):
+    """httpx's own transport, which also looks at each error answer (400 and up): is it
+    filekv's, JSON with a string ``detail``? ``foreign`` describes the last one that was not.
+
+    The client makes an exception of the status of any error answer: a 501 HTML page of a web
+    server that is not filekv was a ``ServerError`` (exit 7, the page flattened as its detail),
+    a 404 page a ``NotFound``; ``_message`` says "not a filekv server" (exit 2) for such an
+    answer whatever its status."""
+
+    def __init__(self, server: str) -> None:
+        # As the client's own (``Client`` makes it so when given no transport).
+        self.inner = httpx.HTTPTransport(verify=tls_verify(server), limits=LIMITS)
+        self.foreign: str | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if response.status_code < 400:
+            self.foreign = None
+            return response
+        body = bytearray()
+        try:
+            for chunk in response.iter_raw():
+                body += chunk
+                if len(body) > MAX_ERROR_BYTES:
+                    break
+        finally:
+            response.close()
+        headers = [
+            (name, value)
+            for name, value in response.headers.multi_items()
+            if name not in ("content-length", "transfer-encoding")
+        ]
+        if len(body) > MAX_ERROR_BYTES:  # far larger than any filekv error: not read further
+            headers = [(n, v) for n, v in headers if n != "content-encoding"]
+            body = bytearray()
+        answer = httpx.Response(
+            response.status_code,
+            headers=headers,
+            content=bytes(body),
+            request=request,
+            extensions=response.extensions,
+        )
+        self.foreign = None if _filekv_error(answer) else _described(answer)
+        return answer
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _filekv_error(answer: httpx.Response) -> bool:
+    """Whether an error answer is filekv's: JSON with a string ``detail`` (or the list of a
+    422's validation errors)."""
+    try:
+        body: Any = answer.json()
+    except (ValueError, httpx.DecodingError):
+        return False
+    return isinstance(body, dict) and isinstance(body.get("detail"), str | list)
+
+
+def _described(answer: httpx.Response) -> str:
+    """``it answered 501 Not Implemented (text/html)``: what a foreign answer was."""
+    kind = answer.headers.get("content-type", "no Content-Type").split(";")[0]
+    reason = answer.reason_phrase or httpx.codes.get_reason_phrase(answer.status_code)
+    return f"it answered {answer.status_code} {reason} ({kind}), not filekv's JSON error"
+
+
+def _message(
+    error: FilekvError, server: str, token_source: str | None, answers: AnswerCheck | None = None
+) -> tuple[str, int]:
+    """The one line and the exit code that say what happened and what to do. ``answers``: the
+    transport of the client that raised ``error``, which says if its answer was not filekv's."""
     status = f" ({error.status})" if error.status is not None else ""
     if isinstance(error, Unavailable):
         return _unreachable(server, error), exit_code(error)
+    if error.status is not None and answers is not None and answers.foreign is not None:
+        return _not_filekv(server, answers.foreign), EXIT_OTHER
     if _dead_token(error):
         if token_source == TOKEN_FILE:
             return _stale_login(server), 4
@@ -227,14 +298,16 @@ def _message(error: FilekvError, server: str, token_source: str | None) -> tuple
 
 
 @contextmanager
-def _translated(server: str, token_source: str | None) -> Iterator[None]:
+def _translated(
+    server: str, token_source: str | None, answers: AnswerCheck | None = None
+) -> Iterator[None]:
     """Every error of a client call as one line and an exit code: never a traceback. The
     client raises nothing but ``FilekvError`` (a URL too long, text that is not UTF-8, an
     answer that is not filekv's: ``client/_errors.py``), so that is all there is to catch."""
     try:
         yield
     except FilekvError as exc:
-        message, code = _message(exc, server, token_source)
+        message, code = _message(exc, server, token_source, answers)
         fail(message, code)
 
 
@@ -258,10 +331,17 @@ def connect(url: str | None, *, stored_token: bool = True) -> Iterator[Client]:
 class Session:
     """A verb's client: ``read`` retries anonymously when a stored login died, writes do not."""
 
-    def __init__(self, server: str, kv: Client, token_source: str | None) -> None:
+    def __init__(
+        self,
+        server: str,
+        kv: Client,
+        token_source: str | None,
+        answers: AnswerCheck | None = None,
+    ) -> None:
         self.server = server
         self.kv = kv
         self.token_source = token_source
+        self.answers = answers  # kv's transport: was an error answer filekv's?
 
     def read(self, action: Callable[[Client], _T]) -> _T:
         """``action(kv)``; if the stored token is dead, warn once and do it again without it
@@ -288,9 +368,10 @@ def session(url: str | None, *, stored_token: bool = True) -> Iterator[Session]:
     """A ``Session`` on ``--url``; every error inside becomes one line and an exit code."""
     server = _url(url)
     token, source = _token(server, stored_token)
-    verb = Session(server, Client(server, token=token), source)
+    answers = AnswerCheck(server)
+    verb = Session(server, Client(server, token=token, transport=answers), source, answers)
     try:
-        with _translated(server, source):
+        with _translated(server, source, answers):
             yield verb
     finally:
         verb.kv.close()
@@ -571,23 +652,30 @@ def logout(url: UrlOption = None, as_json: JsonOption = False) -> None:
         credentials.remove_token(server)
     except OSError as exc:
         fail(f"could not forget the stored token: {exc}", 2)
+    answers = AnswerCheck(server)
     try:
-        with Client(server, token=token) as kv:
+        with Client(server, token=token, transport=answers) as kv:
             kv.logout()
-    except (Unavailable, ServerError) as exc:
+    except FilekvError as exc:
+        _logout_failed(exc, server, answers)
+    if as_json:
+        emit_json({"url": server, "logged_out": True})
+
+
+def _logout_failed(exc: FilekvError, server: str, answers: AnswerCheck) -> None:
+    """Exit with what ``exc`` says, unless it means the token was forgotten there already."""
+    if exc.status is not None and answers.foreign is not None:
+        fail(*_message(exc, server, None, answers))  # not a filekv server: exit 2
+    if isinstance(exc, Unavailable | ServerError):
         reason = _message(exc, server, None)[0]
         fail(
             f"forgot the stored token; the server could not be told ({reason}), so it stays"
             " valid there until it expires (token_ttl) or the server restarts",
             7,
         )
-    except Unauthorized as exc:
-        if not _dead_token(exc):  # else the server had forgotten it already: logged out
-            fail(*_message(exc, server, None))
-    except FilekvError as exc:
-        fail(*_message(exc, server, None))
-    if as_json:
-        emit_json({"url": server, "logged_out": True})
+    if isinstance(exc, Unauthorized) and _dead_token(exc):
+        return  # the server had forgotten it already: logged out
+    fail(*_message(exc, server, None))
 
 
 def register(
