@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
+import signal
 import stat
 import subprocess
 import sys
@@ -770,3 +773,126 @@ def test_watch_gives_up_when_the_server_answers_but_watch_keeps_failing(
             client_cli._watch(verb, "", None, as_json=False)
     assert client_cli._message(error.value, verb.server, None) == ("too many watchers (503)", 7)
     assert watches[0] >= 2
+
+
+def _read_until(fd: int, wanted: bytes, timeout: float = 30) -> bytes:
+    """What ``fd`` gives until ``wanted`` is among it (the prompt: no newline after it)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while wanted not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {wanted!r} in {seen!r}"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if ready:
+            chunk = os.read(fd, 1 << 16)
+            assert chunk, f"the output ended before {wanted!r}: {seen!r}"
+            seen += chunk
+    return seen
+
+
+def _environ(config: Path, url: str) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    return {**environ, "XDG_CONFIG_HOME": str(config), "FILEKV_URL": url}
+
+
+def test_watch_ctrl_c_exits_130(server: Server, tmp_path: Path) -> None:
+    """The help's exit table says 130 for a Ctrl-C; watch, stopped by one, exited 0."""
+    watcher = subprocess.Popen(
+        [FILEKV, "watch", "sigint/"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environ(tmp_path, server.url),
+    )
+    try:
+        assert watcher.stdout is not None
+        deadline = time.monotonic() + 30
+        with Client(server.url) as kv:  # until a change shows it is watching
+            while True:
+                kv.put("sigint/k", "v")
+                ready, _, _ = select.select([watcher.stdout], [], [], 0.5)
+                if ready:
+                    break
+                assert watcher.poll() is None, watcher.communicate()
+                assert time.monotonic() < deadline, "watch printed nothing"
+        assert " put " in watcher.stdout.readline()
+        watcher.send_signal(signal.SIGINT)
+        _stdout, stderr = watcher.communicate(timeout=30)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+            watcher.wait()
+    assert watcher.returncode == 130, stderr
+    assert stderr == "filekv: interrupted (Ctrl-C)\n"
+
+
+def test_login_ctrl_c_at_the_username_prompt_exits_130(server: Server, tmp_path: Path) -> None:
+    """It said "Aborted." and exited 1 (click's), not 130 as the exit table says. stdin a pipe
+    left open: the prompt waits on it."""
+    process = subprocess.Popen(
+        [FILEKV, "login"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_environ(tmp_path, server.url),
+    )
+    try:
+        assert process.stderr is not None
+        _read_until(process.stderr.fileno(), b"Username:")
+        process.send_signal(signal.SIGINT)
+        _stdout, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr.decode().splitlines()[-1] == "filekv: interrupted (Ctrl-C)"
+    assert b"Aborted" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "prompt"),
+    [
+        (["register"], b"Username: "),
+        (["register", "carol"], b"Password: "),  # hidden: getpass, on the terminal
+        (["login", "carol"], b"Password: "),
+    ],
+    ids=["register-username", "register-password", "login-password"],
+)
+def test_ctrl_c_at_a_prompt_on_a_terminal_exits_130(
+    server: Server, tmp_path: Path, args: list[str], prompt: bytes
+) -> None:
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [FILEKV, *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=_environ(tmp_path, server.url),
+        start_new_session=True,  # not the terminal of the tests
+    )
+    os.close(slave)
+    try:
+        output = _read_until(master, prompt)
+        process.send_signal(signal.SIGINT)
+        process.wait(30)
+        while True:
+            ready, _, _ = select.select([master], [], [], 5)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:  # EIO: the process is gone and closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    text = output.decode()
+    assert process.returncode == 130, text
+    assert text.splitlines()[-1] == "filekv: interrupted (Ctrl-C)", text
+    assert "Aborted" not in text

@@ -148,7 +148,10 @@ def _text(value: str, what: str) -> str:
 
 def _stdin_text(what: str) -> str:
     """All of stdin, as it is, decoded as UTF-8 (else exit 2)."""
-    data = sys.stdin.buffer.read()
+    try:
+        data = sys.stdin.buffer.read()
+    except KeyboardInterrupt:
+        interrupted()
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -160,6 +163,8 @@ TOKEN_ENV: Final = "FILEKV_TOKEN"
 TOKEN_FILE: Final = "credentials"
 NO_SUCH_KEY: Final = "no such key"  # the detail of filekv's one 404
 NOT_LOGGED_IN: Final = "not logged in: run `filekv login` (or set FILEKV_TOKEN)"
+EXIT_INTERRUPTED: Final = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
+INTERRUPTED: Final = "interrupted (Ctrl-C)"
 RECONNECT_SECONDS: Final = 60.0  # how long `watch` tries to get a lost connection back
 
 
@@ -309,6 +314,13 @@ def _translated(
     except FilekvError as exc:
         message, code = _message(exc, server, token_source, answers)
         fail(message, code)
+    except KeyboardInterrupt:  # click would say "Aborted!", exit 1
+        interrupted()
+
+
+def interrupted() -> NoReturn:
+    """Exit 130 for a Ctrl-C, as ``filekv import`` does: the exit code of the help's table."""
+    fail(INTERRUPTED, EXIT_INTERRUPTED)
 
 
 def _token(server: str, stored_token: bool) -> tuple[str | None, str | None]:
@@ -594,6 +606,10 @@ def _prompt(label: str, *, hide_input: bool = False, confirm: bool = False) -> s
         if isinstance(exc.__context__, EOFError):
             sys.stderr.write("\n")
             fail(f"no {label.lower()} given (stdin closed)", 2)
+        if isinstance(exc.__context__, KeyboardInterrupt):  # else click: "Aborted.", exit 1
+            if not hide_input:  # (getpass ends the line itself)
+                sys.stderr.write("\n")
+            interrupted()
         raise
     return answer
 
@@ -604,7 +620,10 @@ def _username(username: str | None) -> str:
 
 def _password(password_stdin: bool, *, confirm: bool) -> str:
     if password_stdin:
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:
+            interrupted()
         if not line:
             fail("no password given (stdin closed)", 2)
         password = line.rstrip("\r\n")
@@ -864,16 +883,13 @@ def watch(
     exit 9 if --from is older than the history the server keeps (watch_history).
     """
     _text(prefix, "prefix")
-    try:
-        with session(url) as verb:
-            # One call first: an unreachable server, or a dead stored login, is said at once.
-            stats = verb.read(lambda kv: kv.stats())
-            start = from_revision
-            if start is None and type(stats.get("revision")) is int:
-                start = stats["revision"] + 1  # from now, also across a reconnect
-            _watch(verb, prefix, start, as_json)
-    except KeyboardInterrupt:
-        return
+    with session(url) as verb:  # a Ctrl-C ends it: exit 130, as the help's table says
+        # One call first: an unreachable server, or a dead stored login, is said at once.
+        stats = verb.read(lambda kv: kv.stats())
+        start = from_revision
+        if start is None and type(stats.get("revision")) is int:
+            start = stats["revision"] + 1  # from now, also across a reconnect
+        _watch(verb, prefix, start, as_json)
 
 
 VERBS: Final[tuple[Callable[..., None], ...]] = (
