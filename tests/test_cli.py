@@ -283,6 +283,59 @@ def test_cli_user_commands_on_a_damaged_users_file_say_what_is_wrong(
     assert "$argon2id$x" not in output
 
 
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("{not json", "not valid JSON: Expecting property name enclosed in double quotes"),
+        ("[1, 2]", 'not the JSON object filekv writes, {"format": 1, "users": {...}}'),
+        ('{"format": 1, "users": [1]}', "not the JSON object filekv writes"),
+        ('{"format": 1, "users": {"alice": [1]}}', "not the JSON object filekv writes"),
+        ('{"format": 2, "users": {}}', "unknown format"),
+    ],
+    ids=["not-json", "a-list", "users-a-list", "entry-a-list", "format"],
+)
+def test_cli_user_list_on_a_damaged_users_file_is_one_plain_line(
+    tmp_path: Path, content: str, reason: str
+) -> None:
+    """It printed the server's log line first ("...; logins and registrations are refused until
+    it is fixed", no "filekv:"), and for [1, 2] "AttributeError: 'list' object has no attribute
+    'get'"."""
+    (tmp_path / "users.json").write_text(content)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FILEKV_")}
+    result = subprocess.run(
+        [FILEKV, "user", "list", "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"filekv: {tmp_path / 'users.json'}: not a filekv users file (")
+    assert reason in lines[0]
+    assert lines[0].endswith("); fix users.json or restore it from a backup")
+    assert "Error" not in lines[0] and "object has no attribute" not in lines[0]
+
+
+def test_cli_user_list_says_the_service_warnings_as_its_own(tmp_path: Path) -> None:
+    users = {"format": 1, "users": {"alice": {"hash": "h"}, "Alice": {"hash": "h"}}}
+    (tmp_path / "users.json").write_text(json.dumps(users))
+    result = subprocess.run(
+        [FILEKV, "user", "list", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Alice\tuser\nalice\tuser\n"
+    assert result.stderr == (
+        "filekv: warning: users.json has names differing only in case (Alice, alice):"
+        " each logs in only with its exact spelling\n"
+    )
+
+
 def test_cli_compact_keeps_data_and_reports(tmp_path: Path) -> None:
     with Store.open(tmp_path, auto_compact=False) as db:
         for round_ in range(5):

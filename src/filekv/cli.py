@@ -18,6 +18,7 @@ import errno
 import functools
 import gc
 import inspect
+import json
 import logging
 import signal
 import sys
@@ -780,17 +781,71 @@ def _auth(data_dir: Path | None, *, existing: bool = True) -> AuthService:
     settings = _settings(data_dir=data_dir)
     if existing and not settings.data_dir.is_dir():
         raise _fail(f"no data directory at {settings.data_dir.resolve()}")
+    _say_service_warnings()
     return AuthService(settings.data_dir, token_ttl=settings.token_ttl, registration="closed")
+
+
+class _CommandLog(logging.Handler):
+    """The service's log lines in a user command: a warning as ``filekv: warning: ...``; an
+    error not at all, as the command says it as its own failure, in one line. Without a
+    handler, Python's last resort printed the server's line for a damaged users.json ("...;
+    logins and registrations are refused until it is fixed") before the command's own."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR:
+            return
+        sys.stderr.write(f"filekv: warning: {' '.join(self.format(record).splitlines())}\n")
+        sys.stderr.flush()
+
+
+def _say_service_warnings() -> None:
+    service = logging.getLogger("filekv.service")
+    if not any(isinstance(handler, _CommandLog) for handler in service.handlers):
+        service.addHandler(_CommandLog(logging.WARNING))
 
 
 def _users_file_failure(exc: BaseException) -> typer.Exit:
     """Exit 1 with what is wrong with ``users.json`` (the operator's own file: say it all)."""
     from filekv.service.auth import UsersDiskFull
+    from filekv.service.users import UsersFileCorrupt
 
     cause = exc.__cause__
     if isinstance(exc, UsersDiskFull):
         return _fail("the disk is full: users.json was not changed (free some space and retry)")
+    if isinstance(cause, UsersFileCorrupt):
+        return _fail(f"{_corrupt_users_file(cause)}; fix users.json or restore it from a backup")
     return _fail(f"{cause or exc}; fix users.json or restore it from a backup")
+
+
+_NOT_USERS_FILE: Final = ": not a filekv users file"
+_USERS_FILE_SHAPE: Final = 'not the JSON object filekv writes, {"format": 1, "users": {...}}'
+
+
+def _corrupt_users_file(corrupt: BaseException) -> str:
+    """``PATH: not a filekv users file (REASON)``, the reason in plain words: the server's log
+    line names the exception that stopped the parsing, such as "AttributeError: 'list' object
+    has no attribute 'get'" for a file holding ``[1, 2]``."""
+    text = str(corrupt)
+    end = text.find(_NOT_USERS_FILE + " (")
+    if end < 0:
+        return text
+    head = text[: end + len(_NOT_USERS_FILE)]
+    error = corrupt.__cause__
+    if isinstance(error, json.JSONDecodeError):
+        reason = f"not valid JSON: {error.msg} at line {error.lineno} column {error.colno}"
+    elif isinstance(error, UnicodeDecodeError):
+        reason = "not UTF-8 text"
+    elif isinstance(error, KeyError):
+        reason = "a required field is missing"
+    elif isinstance(error, AttributeError) or (
+        isinstance(error, TypeError) and not str(error).startswith("a ")  # not users.py's own
+    ):
+        reason = _USERS_FILE_SHAPE
+    elif isinstance(error, ValueError | TypeError):  # users.py's own words: "unknown format"...
+        reason = str(error)
+    else:
+        return text
+    return f"{head} ({reason})"
 
 
 def _wait_for_running_server() -> None:
