@@ -194,6 +194,10 @@ def test_batch_from_a_file_and_stdin(server: Server, alice: Path, tmp_path: Path
 
 
 def test_exit_5_batch_with_a_failing_expect_applies_nothing(server: Server, alice: Path) -> None:
+    with Client(server.url) as kv:  # this test's own key, whatever ran before it
+        if kv.get("b/2", default=None) is None:
+            kv.put("b/2", "x")
+        stale = str(kv.entry("b/2").revision + 1)  # not its revision
     lines = [
         {"op": "put", "key": "p/new", "value": "x"},
         {"op": "put", "key": "b/2", "value": "x", "expect": 0},  # b/2 exists
@@ -203,7 +207,7 @@ def test_exit_5_batch_with_a_failing_expect_applies_nothing(server: Server, alic
     _one_error_line(done)
     with Client(server.url) as kv:
         assert kv.get("p/new", default=None) is None
-    cas = run(server, alice, "put", "b/2", "y", "--expect", "1")
+    cas = run(server, alice, "put", "b/2", "y", "--expect", stale)
     assert cas.returncode == 5
 
 
