@@ -28,8 +28,9 @@ class AsyncClient:
 
     ``token`` is a bearer token to send (``login`` sets it); ``timeout`` bounds each request in
     seconds; with ``wait_locked > 0`` an answer 423 (another client holds the transaction) is
-    retried after its ``Retry-After``, for at most ``wait_locked`` seconds in all, before
-    ``Locked`` is raised. ``transport`` replaces httpx's (for tests).
+    retried after its ``Retry-After`` or 2 s, whichever is sooner, for at most ``wait_locked``
+    seconds in all, before ``Locked`` is raised (a retry cut off unanswered by a closing
+    connection is sent once more on a new one). ``transport`` replaces httpx's (for tests).
     """
 
     def __init__(
@@ -85,14 +86,33 @@ class AsyncClient:
 
     async def _send(self, call: p.Call) -> httpx.Response:
         deadline = time.monotonic() + self.wait_locked
+        waited = False
         while True:
             with translate_transport_errors():
-                response = await self._http.send(call.request(self._http))
+                response = await self._attempt(call, after_lock_wait=waited)
             delay = p.lock_delay(response, deadline - time.monotonic())
             if delay is None:
                 return p.check(response)
             log.debug("%s %s: locked, retrying in %.1f s", call.method, call.path, delay)
             await asyncio.sleep(delay)
+            waited = True
+
+    async def _attempt(self, call: p.Call, *, after_lock_wait: bool) -> httpx.Response:
+        """``call`` sent and its answer read; once more if ``after_lock_wait`` and the
+        connection was closed before any answer came (why: ``Client._attempt``)."""
+        try:
+            response = await self._http.send(call.request(self._http), stream=True)
+        except p.NO_ANSWER as exc:
+            if not after_lock_wait:
+                raise
+            log.debug("%s %s: closed unanswered (%r), sending again", call.method, call.path, exc)
+            response = await self._http.send(call.request(self._http), stream=True)
+        try:
+            await response.aread()
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
 
     # --- auth
 

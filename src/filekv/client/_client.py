@@ -27,8 +27,9 @@ class Client:
 
     ``token`` is a bearer token to send (``login`` sets it); ``timeout`` bounds each request in
     seconds; with ``wait_locked > 0`` an answer 423 (another client holds the transaction) is
-    retried after its ``Retry-After``, for at most ``wait_locked`` seconds in all, before
-    ``Locked`` is raised. ``transport`` replaces httpx's (for tests).
+    retried after its ``Retry-After`` or 2 s, whichever is sooner, for at most ``wait_locked``
+    seconds in all, before ``Locked`` is raised (a retry cut off unanswered by a closing
+    connection is sent once more on a new one). ``transport`` replaces httpx's (for tests).
     """
 
     def __init__(
@@ -84,14 +85,43 @@ class Client:
 
     def _send(self, call: p.Call) -> httpx.Response:
         deadline = time.monotonic() + self.wait_locked
+        waited = False
         while True:
             with translate_transport_errors():
-                response = self._http.send(call.request(self._http))
+                response = self._attempt(call, after_lock_wait=waited)
             delay = p.lock_delay(response, deadline - time.monotonic())
             if delay is None:
                 return p.check(response)
             log.debug("%s %s: locked, retrying in %.1f s", call.method, call.path, delay)
             time.sleep(delay)
+            waited = True
+
+    def _attempt(self, call: p.Call, *, after_lock_wait: bool) -> httpx.Response:
+        """``call`` sent and its answer read; once more if ``after_lock_wait`` and the
+        connection was closed before any answer came.
+
+        The re-send after a 423 goes out on the connection kept alive since that 423, which a
+        proxy in front of the server may close at that moment (one whose keep-alive is shorter
+        than ``LOCK_POLL_MAX``; the server's own is longer: see ``p.KEEPALIVE_EXPIRY``). The
+        client waited for the lock, not for the network, so that is sent again on a new
+        connection, and only that: the answer's head had not begun (the body is read apart,
+        and an error there is not retried), and the lock had refused the previous attempt, so
+        only a server that crashed in between can have applied it (and a crashed server then
+        refuses the new connection: ``Unavailable`` as before).
+        """
+        try:
+            response = self._http.send(call.request(self._http), stream=True)
+        except p.NO_ANSWER as exc:
+            if not after_lock_wait:
+                raise
+            log.debug("%s %s: closed unanswered (%r), sending again", call.method, call.path, exc)
+            response = self._http.send(call.request(self._http), stream=True)
+        try:
+            response.read()
+        except BaseException:
+            response.close()
+            raise
+        return response
 
     # --- auth
 

@@ -35,8 +35,27 @@ from filekv.client._models import Entry
 
 DEFAULT_URL: Final = "http://127.0.0.1:8000"
 URL_ENV: Final = "FILEKV_URL"
-# One connection, kept alive between calls.
-LIMITS: Final = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+# One connection, kept alive between calls, but not sent on once it has been idle for
+# KEEPALIVE_EXPIRY: the server closes an idle connection after its keep-alive timeout (uvicorn's
+# 5 s, README "Limits"), and a request sent on it as it closes is cut off unanswered
+# ("Server disconnected without sending a response": ``Unavailable``). httpx's default expiry is
+# that same 5 s, so a call made 5 s after the last one (a ``wait_locked`` re-send after a sleep of
+# 5 s, say) raced the server's close; 3 s leaves a server 2 s to see the request first even if
+# its event loop is busy when its timer is due. An older connection is replaced by a new one.
+KEEPALIVE_EXPIRY: Final = 3.0
+LIMITS: Final = httpx.Limits(
+    max_connections=1, max_keepalive_connections=1, keepalive_expiry=KEEPALIVE_EXPIRY
+)
+# A 423 is asked again after its Retry-After or this many seconds, whichever is sooner.
+# Retry-After counts down the holder's whole lease (30 s by default) while a holder commits or
+# rolls back whenever it likes: asking sooner is harmless (one more 423) and notices a freed lock
+# within LOCK_POLL_MAX rather than at the end of the lease or of ``wait_locked``. Under
+# KEEPALIVE_EXPIRY, so the wait keeps its connection alive and re-sends on it.
+LOCK_POLL_MAX: Final = 2.0
+# Transport errors that mean the connection was closed (or reset) before any of the answer came.
+# A re-send after a 423 wait that meets one of them is sent once more, on a new connection (see
+# the clients' ``_attempt``); timeouts are not among them: the server may be applying the request.
+NO_ANSWER: Final = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 def tls_verify(url: str) -> ssl.SSLContext | bool:
@@ -170,7 +189,7 @@ def lock_delay(response: httpx.Response, remaining: float) -> float | None:
     if response.status_code != 423 or remaining <= 0:
         return None
     wait = retry_after(response)
-    return min(1.0 if wait is None else wait, remaining)
+    return min(1.0 if wait is None else wait, LOCK_POLL_MAX, remaining)
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
