@@ -14,14 +14,12 @@ raw bytes: distinct raw keys must never collide into one stored key.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from starlette.convertors import PathConvertor, register_url_convertor
-from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 
 from filekv.engine.validation import encode_key
@@ -344,7 +342,7 @@ async def find_keys(
     check_filter(request, prefix, None)
     revision = None
     if wait is not None or after_revision is not None:
-        revision = await _long_poll(request, prefix, wait, after_revision)
+        revision = await wait_for_change(request, prefix, wait, after_revision)
     tx = transactions.reader(session_id) if session_id is not None else None
     source = tx or state.store
     # One key more than the page tells whether another page exists, so a short page ends it.
@@ -357,36 +355,6 @@ async def find_keys(
     if revision is not None:
         return _json({"keys": page, "next": page[-1] if more else None, "revision": revision})
     return _json({"keys": page, "next": page[-1] if more else None})
-
-
-async def _long_poll(
-    request: Request, prefix: str, wait: float | None, after_revision: int | None
-) -> int:
-    """``wait_for_change``, given up as soon as the client goes away.
-
-    The poll holds a slot of ``watch_max_watchers`` for up to ``wait`` seconds; nothing else
-    listens for the client while it waits (a ``/watch`` stream's response does), so a client
-    that closed its connection kept its slot for the whole wait, and a few such clients made
-    every watch and long poll 503 for up to a minute. ``ClientDisconnect`` ends the request
-    (``protocol.client_disconnected``: an answer nobody reads).
-    """
-    poll = asyncio.ensure_future(wait_for_change(request, prefix, wait, after_revision))
-    gone = asyncio.ensure_future(_client_gone(request))
-    try:
-        await asyncio.wait((poll, gone), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        poll.cancel()  # nothing if it is done; else its ``finally`` frees the watcher slot
-        await asyncio.wait((poll, gone))
-    if poll.cancelled():
-        raise ClientDisconnect
-    return poll.result()
-
-
-async def _client_gone(request: Request) -> None:
-    """Return once the client has disconnected (a GET's body, if any, is read and dropped)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _find_keys_fast(request: Request) -> Response:

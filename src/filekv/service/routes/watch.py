@@ -30,6 +30,7 @@ import orjson
 from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
 from starlette.types import Message, Receive, Scope, Send
 
 from filekv.engine import Compacted
@@ -568,11 +569,37 @@ async def wait_for_change(
                 changed = True
                 break
         if not changed and wait:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_changed(watcher, position.revision), wait)
+            await _changed_or_gone(request, watcher, position.revision, wait)
     finally:
         hub.remove(watcher)
     return store.revision
+
+
+async def _changed_or_gone(request: Request, watcher: Watcher, after: int, wait: float) -> None:
+    """Wait up to ``wait`` seconds for a change; ``ClientDisconnect`` if the client goes first.
+
+    The poll holds a slot of ``watch_max_watchers`` while it waits, and nothing else listens for
+    its client (a ``/watch`` stream's response does): a client that closed its connection kept
+    its slot for the whole wait, and a few such clients made every watch and long poll 503 for
+    up to a minute. ``ClientDisconnect`` ends the request (``protocol.client_disconnected``).
+    """
+    changed = asyncio.ensure_future(_changed(watcher, after))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait((changed, gone), timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        changed.cancel()
+        gone.cancel()
+        await asyncio.wait((changed, gone))
+    if gone.done() and not gone.cancelled():
+        gone.result()  # its own error, if receiving failed
+        raise ClientDisconnect
+
+
+async def _client_gone(request: Request) -> None:
+    """Return once the client has disconnected (a GET's body, if any, is read and dropped)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _changed(watcher: Watcher, after: int) -> None:
